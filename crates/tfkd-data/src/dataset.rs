@@ -1,0 +1,184 @@
+//! The in-memory u8 dataset type and the [`Source`] trait the loader reads from.
+
+use crate::error::{DataError, Result};
+use crate::image::Image;
+
+/// Anything the [`crate::Loader`] can draw samples from: an in-memory [`ImageDataset`] or a
+/// lazily decoded [`crate::ImageFolder`].
+pub trait Source: Send + Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+    /// True when there is no sample.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Label of sample `index` (no decoding).
+    fn label(&self, index: usize) -> Result<u32>;
+    /// Pixels of sample `index` (decoded if needed).
+    fn image(&self, index: usize) -> Result<Image<'_>>;
+    /// Number of classes.
+    fn num_classes(&self) -> usize;
+}
+
+/// A labelled image dataset held in memory as u8 (CIFAR train: 50,000 x 3,072 bytes).
+///
+/// All images have the same shape. Pixel values run from 0 to `pixel_max` (255, or 16 for
+/// the 8x8 digits), which the normalisation step divides by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageDataset {
+    pub(crate) images: Vec<u8>,
+    pub(crate) labels: Vec<u32>,
+    pub(crate) coarse_labels: Option<Vec<u32>>,
+    pub(crate) shape: (usize, usize, usize),
+    pub(crate) num_classes: usize,
+    pub(crate) class_names: Vec<String>,
+    pub(crate) pixel_max: u8,
+}
+
+impl ImageDataset {
+    /// Builds a dataset from planar u8 images (`labels.len()` images of `shape`, back to back).
+    pub fn new(
+        images: Vec<u8>,
+        labels: Vec<u32>,
+        shape: (usize, usize, usize),
+        num_classes: usize,
+    ) -> Result<Self> {
+        let per = shape.0 * shape.1 * shape.2;
+        if per == 0 || images.len() != per * labels.len() {
+            return Err(DataError::InvalidConfig {
+                what: "dataset",
+                message: format!(
+                    "{} image bytes for {} labels of shape {:?}",
+                    images.len(),
+                    labels.len(),
+                    shape
+                ),
+            });
+        }
+        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= num_classes) {
+            return Err(DataError::InvalidConfig {
+                what: "dataset",
+                message: format!("label {l} of sample {i} out of range 0..{num_classes}"),
+            });
+        }
+        Ok(ImageDataset {
+            images,
+            labels,
+            coarse_labels: None,
+            shape,
+            num_classes,
+            class_names: Vec::new(),
+            pixel_max: 255,
+        })
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Image shape (channels, height, width).
+    pub fn shape(&self) -> (usize, usize, usize) {
+        self.shape
+    }
+
+    /// The planar bytes of image `index`; `None` past the end.
+    pub fn image_bytes(&self, index: usize) -> Option<&[u8]> {
+        let per = self.shape.0 * self.shape.1 * self.shape.2;
+        self.images.get(index * per..(index + 1) * per)
+    }
+
+    /// All images, back to back.
+    pub fn images(&self) -> &[u8] {
+        &self.images
+    }
+
+    /// The labels (fine labels for CIFAR-100).
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    /// CIFAR-100 coarse (superclass) labels, when the format has them.
+    pub fn coarse_labels(&self) -> Option<&[u32]> {
+        self.coarse_labels.as_deref()
+    }
+
+    /// Number of classes of [`Self::labels`].
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// Class names (line i = label i) when the dataset ships them; else empty.
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    /// The largest pixel value of the format (255; 16 for the digits).
+    pub fn pixel_max(&self) -> u8 {
+        self.pixel_max
+    }
+
+    /// Sets the class names.
+    pub fn with_class_names(mut self, names: Vec<String>) -> Self {
+        self.class_names = names;
+        self
+    }
+
+    /// Replaces the labels by the CIFAR-100 coarse labels (20 superclasses).
+    pub fn into_coarse(mut self) -> Result<Self> {
+        match self.coarse_labels.take() {
+            Some(c) => {
+                self.labels = c;
+                self.num_classes = 20;
+                self.class_names.clear();
+                Ok(self)
+            }
+            None => Err(DataError::InvalidConfig {
+                what: "labels",
+                message: "this dataset has no coarse labels".into(),
+            }),
+        }
+    }
+
+    /// The first `n` samples (or all when fewer).
+    pub fn take(&self, n: usize) -> Self {
+        let n = n.min(self.len());
+        let per = self.shape.0 * self.shape.1 * self.shape.2;
+        ImageDataset {
+            images: self.images[..n * per].to_vec(),
+            labels: self.labels[..n].to_vec(),
+            coarse_labels: self.coarse_labels.as_ref().map(|c| c[..n].to_vec()),
+            shape: self.shape,
+            num_classes: self.num_classes,
+            class_names: self.class_names.clone(),
+            pixel_max: self.pixel_max,
+        }
+    }
+}
+
+impl Source for ImageDataset {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn label(&self, index: usize) -> Result<u32> {
+        self.labels
+            .get(index)
+            .copied()
+            .ok_or(DataError::IndexOutOfRange { index, len: self.len() })
+    }
+    fn image(&self, index: usize) -> Result<Image<'_>> {
+        let (c, h, w) = self.shape;
+        let bytes = self
+            .image_bytes(index)
+            .ok_or(DataError::IndexOutOfRange { index, len: self.len() })?;
+        Ok(Image::borrowed(c, h, w, bytes))
+    }
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+}

@@ -1,0 +1,189 @@
+//! The typed error of `tfkd-data`: every variant names the file (and record) it is about.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while reading, augmenting, loading or downloading data.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// An I/O operation on a file or folder failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done ("reading", "opening", "creating", ...).
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A required file is missing.
+    #[error("missing file {path}{hint}")]
+    MissingFile {
+        /// The file that should exist.
+        path: PathBuf,
+        /// Extra help (may be empty), starting with "; ".
+        hint: String,
+    },
+    /// A required folder is missing.
+    #[error("missing folder {path}{hint}")]
+    MissingFolder {
+        /// The folder that should exist.
+        path: PathBuf,
+        /// Extra help (may be empty), starting with "; ".
+        hint: String,
+    },
+    /// A fixed-record file whose size is not a whole number of records.
+    #[error("{path}: size {size} bytes is not a multiple of the {record_size}-byte record (truncated, or not this format)")]
+    TruncatedFile {
+        /// The file.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+        /// The record size of the expected format.
+        record_size: usize,
+    },
+    /// A file with the wrong number of records (e.g. an official CIFAR batch that is not 10,000).
+    #[error("{path}: expected {expected} records, found {found}")]
+    WrongRecordCount {
+        /// The file.
+        path: PathBuf,
+        /// Records the format prescribes.
+        expected: usize,
+        /// Records found.
+        found: usize,
+    },
+    /// A label byte outside the class range.
+    #[error("{path}: record {record}: {field} {value} out of range 0..{classes}")]
+    LabelOutOfRange {
+        /// The file.
+        path: PathBuf,
+        /// The 0-based record index.
+        record: usize,
+        /// Which label ("label", "coarse label", "fine label").
+        field: &'static str,
+        /// The value found.
+        value: u32,
+        /// The number of classes.
+        classes: usize,
+    },
+    /// A pixel value above the format's maximum (e.g. above 16 for the digits).
+    #[error("{path}: record {record}: pixel value {value} above the format's maximum {max}")]
+    PixelOutOfRange {
+        /// The file.
+        path: PathBuf,
+        /// The 0-based record index.
+        record: usize,
+        /// The value found.
+        value: u8,
+        /// The format's maximum.
+        max: u8,
+    },
+    /// A text metadata file (class list, annotations) with a malformed line.
+    #[error("{path}: line {line}: {message}")]
+    BadLine {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// An image file that cannot be decoded.
+    #[error("cannot decode image {path}: {message}")]
+    Decode {
+        /// The image file.
+        path: PathBuf,
+        /// The decoder's message.
+        message: String,
+    },
+    /// An image of the wrong size for a fixed-size dataset.
+    #[error("{path}: image is {width}x{height}, expected {expected_width}x{expected_height}")]
+    WrongImageSize {
+        /// The image file.
+        path: PathBuf,
+        /// Width found.
+        width: u32,
+        /// Height found.
+        height: u32,
+        /// Width expected.
+        expected_width: u32,
+        /// Height expected.
+        expected_height: u32,
+    },
+    /// A dataset folder without any image.
+    #[error("{path}: no images found")]
+    Empty {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// A sample index past the end of a dataset.
+    #[error("sample {index} out of range for a dataset of {len}")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// The dataset length.
+        len: usize,
+    },
+    /// An invalid configuration value (batch size 0, crop larger than the image, ...).
+    #[error("invalid {what}: {message}")]
+    InvalidConfig {
+        /// The setting.
+        what: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An augmentation pipeline produced a different shape than the batch expects.
+    #[error("sample {index}: transformed image is {found:?} (c, h, w), the batch expects {expected:?}")]
+    ShapeMismatch {
+        /// The sample index.
+        index: usize,
+        /// The shape produced.
+        found: (usize, usize, usize),
+        /// The batch shape.
+        expected: (usize, usize, usize),
+    },
+    /// A downloaded or provided archive whose MD5 is not the published one.
+    #[error("{path}: md5 {found} does not match the published {expected}")]
+    ChecksumMismatch {
+        /// The archive file.
+        path: PathBuf,
+        /// The published checksum.
+        expected: String,
+        /// The checksum computed.
+        found: String,
+    },
+    /// The download failed (no network, HTTP error, ...).
+    #[error("cannot download {url}: {message}; without a network, download it elsewhere and put it at {dest}, then run again (it is verified and extracted from there)")]
+    Download {
+        /// The URL tried.
+        url: String,
+        /// Where the archive must be put by hand.
+        dest: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A malformed archive (bad tar/zip, or an entry escaping the destination).
+    #[error("{path}: bad archive: {message}")]
+    Archive {
+        /// The archive file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An error from candle while building a tensor.
+    #[error("building a tensor: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// A loader worker thread panicked.
+    #[error("loader worker {0} panicked")]
+    WorkerPanicked(usize),
+}
+
+/// Shorthand for `Result<T, DataError>`.
+pub type Result<T> = std::result::Result<T, DataError>;
+
+impl DataError {
+    /// An [`DataError::Io`] for `path`.
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io { action, path: path.into(), source }
+    }
+}
