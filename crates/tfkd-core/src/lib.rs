@@ -1,0 +1,44 @@
+//! `tfkd-core`: the tensors-and-losses crate of tfkd.
+//!
+//! Everything the paper's training recipe needs that candle lacks, usable on
+//! its own from any candle code:
+//!
+//! * [`loss`]: cross-entropy, KL with an explicit reduction, LSR, KD
+//!   (`loss_kd`), Tf-KD_self (`loss_kd_self`) and Tf-KD_reg
+//!   (`loss_kd_regularization`), computed exactly as the official PyTorch code
+//!   does, with the paper's written forms as named options;
+//! * [`optim`]: SGD with momentum, Nesterov and weight decay (PyTorch's rule);
+//! * [`schedule`]: the official warm-up + multi-step schedule, cosine;
+//! * [`rng`] and [`init`]: seeded, serialisable randomness and PyTorch's
+//!   default initialisers (candle's CPU RNG cannot be seeded);
+//! * [`metrics`]: top-1 / top-5 accuracy.
+//!
+//! ```
+//! use tfkd_core::candle_core::{Device, Tensor, Var};
+//! use tfkd_core::loss::KdLoss;
+//!
+//! # fn main() -> tfkd_core::Result<()> {
+//! let dev = Device::Cpu;
+//! let student = Var::new(&[[2.0f32, 0.5, -1.0], [0.1, 0.2, 3.0]], &dev)?;
+//! let teacher = Tensor::new(&[[3.0f32, 1.0, -2.0], [0.0, 0.0, 4.0]], &dev)?;
+//! let labels = Tensor::new(&[0u32, 2], &dev)?;
+//! // Normal KD as the official code computes it: α = 0.95, T = 20.
+//! let loss = KdLoss::official(0.95, 20.0).forward(&student, &teacher, &labels)?;
+//! let grads = loss.total.backward()?;
+//! let d_student = grads.get(&student).expect("the student logits get a gradient");
+//! assert_eq!(d_student.dims(), &[2, 3]);
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod init;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod rng;
+pub mod schedule;
+
+pub use error::{Error, Result};
+pub use {candle_core, candle_nn};

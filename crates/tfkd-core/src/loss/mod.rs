@@ -1,0 +1,223 @@
+//! The losses of the paper, computed exactly as its official code computes them.
+//!
+//! Notation used throughout: a batch of N samples and K classes, student logits
+//! `z` (N×K), teacher logits `zᵗ` (N×K), labels `y` (N), `p = softmax(z)`,
+//! `p̂ = softmax(z/T)`. All losses are differentiable candle graphs on any
+//! `Device`; gradients flow to the student logits only (teacher logits and
+//! targets are detached).
+//!
+//! | function / type | official code (`my_loss_function.py`) |
+//! |---|---|
+//! | [`cross_entropy`] | `F.cross_entropy(outputs, labels)` |
+//! | [`kl_div`] with [`KlReduction::ElementwiseMean`] | `nn.KLDivLoss()(input, target)` |
+//! | [`LabelSmoothing`] (`Official`) | `loss_label_smoothing` |
+//! | [`KdLoss::official`] | `loss_kd` (Normal KD, Re-KD, De-KD) |
+//! | [`KdLoss::self_training`] | `loss_kd_self` (Tf-KD_self) |
+//! | [`VirtualTeacherLoss::as_coded`] | `loss_kd_regularization` (Tf-KD_reg) |
+//!
+//! Every function validates its parameters, shapes and labels and returns an
+//! [`Error`](crate::Error) naming the offending value; a non-finite loss is an
+//! error that names the non-finite input.
+
+mod kd;
+mod label_smoothing;
+mod virtual_teacher;
+
+pub use kd::KdLoss;
+pub use label_smoothing::{LabelSmoothing, SmoothingForm};
+pub use virtual_teacher::{virtual_teacher, VirtualTeacherForm, VirtualTeacherLoss};
+
+use crate::{Error, Result};
+use candle_core::{DType, Tensor, D};
+
+/// How the pointwise KL terms `q·(log q − log p̂)` are reduced to a scalar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KlReduction {
+    /// Mean over all N·K elements: PyTorch's `KLDivLoss()` default
+    /// (`reduction='mean'`), which the official code uses. Equals the true
+    /// batch-mean KL divided by K.
+    #[default]
+    ElementwiseMean,
+    /// Sum over classes, mean over the batch: the true KL per sample
+    /// (`reduction='batchmean'`).
+    BatchMean,
+    /// Sum over all elements.
+    Sum,
+}
+
+impl KlReduction {
+    fn divisor(self, n: usize, k: usize) -> f64 {
+        match self {
+            Self::ElementwiseMean => (n * k) as f64,
+            Self::BatchMean => n as f64,
+            Self::Sum => 1.0,
+        }
+    }
+}
+
+/// A loss split into its weighted parts: `total = hard + soft`.
+#[derive(Clone, Debug)]
+pub struct LossTerms {
+    /// The scalar loss to back-propagate.
+    pub total: Tensor,
+    /// The weighted hard-label part, e.g. `(1−α)·CE(z, y)`.
+    pub hard: Tensor,
+    /// The weighted soft-target part, e.g. `α·T²·KL(...)`; `None` for losses
+    /// without one (cross-entropy, label smoothing).
+    pub soft: Option<Tensor>,
+}
+
+/// `log softmax(x)` over the last dimension, `x − max − log Σ exp(x − max)`.
+///
+/// Unlike `candle_nn::ops::log_softmax`, the max is detached: its exact
+/// derivative is zero, but through the graph it receives the rounding residual
+/// `Σg·(Σ softmax − 1)`, which the large soft-term weights of the official
+/// configs (α·T²·m up to 36,000) amplify past 1e-5 of the gradient in float32.
+///
+/// # Shapes
+/// `xs`: (..., K). Returns the same shape.
+pub fn log_softmax(xs: &Tensor) -> Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let diff = xs.broadcast_sub(&max)?;
+    let log_sum_exp = diff.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(diff.broadcast_sub(&log_sum_exp)?)
+}
+
+/// `softmax(x)` over the last dimension, with a detached max (see [`log_softmax`]).
+pub fn softmax(xs: &Tensor) -> Result<Tensor> {
+    let max = xs.max_keepdim(D::Minus1)?.detach();
+    let e = xs.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// Cross-entropy with hard labels, averaged over the batch:
+/// `CE(z, y) = −(1/N) Σₙ log softmax(zₙ)[yₙ]`.
+///
+/// # Shapes
+/// `logits`: (N, K) float; `labels`: (N) of u8, u32 or i64 with values < K.
+/// Returns a scalar. Gradient: `(p − onehot(y))/N`.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let (_, k) = check_logits("logits", logits)?;
+    let labels = check_labels(labels, logits.dim(0)?, k)?;
+    let loss = hard_cross_entropy(logits, &labels)?;
+    ensure_finite(&loss, &[("logits", logits)])?;
+    Ok(loss)
+}
+
+/// KL divergence `Σ q·(log q − input)` with PyTorch's `F.kl_div(input, target)`
+/// argument order: `log_pred` holds log-probabilities, `target` probabilities
+/// (terms with `q = 0` count as 0). `reduction` picks the normalisation.
+///
+/// # Shapes
+/// `log_pred`, `target`: (N, K). Returns a scalar.
+pub fn kl_div(log_pred: &Tensor, target: &Tensor, reduction: KlReduction) -> Result<Tensor> {
+    let (n, k) = check_logits("log-probabilities", log_pred)?;
+    check_same_shape("target probabilities", target, log_pred)?;
+    let target = target.detach();
+    let positive = target.gt(0.0)?;
+    let safe_log = positive.where_cond(&target.log()?, &target.zeros_like()?)?;
+    let terms = (&target * (safe_log - log_pred)?)?;
+    let loss = (terms.sum_all()? / reduction.divisor(n, k))?;
+    ensure_finite(&loss, &[("log-probabilities", log_pred), ("target probabilities", &target)])?;
+    Ok(loss)
+}
+
+/// `KL(softmax(target_logits) ‖ softmax(·))` from log-probabilities on both
+/// sides. Computing `q·(log q − log p̂)` from `log q` keeps it finite for any
+/// logits, even where `q` underflows to 0.
+pub(crate) fn kl_from_log_target(
+    log_pred: &Tensor,
+    log_target: &Tensor,
+    reduction: KlReduction,
+) -> Result<Tensor> {
+    let (n, k) = log_pred.dims2()?;
+    let log_target = log_target.detach();
+    let terms = (log_target.exp()? * (&log_target - log_pred)?)?;
+    Ok((terms.sum_all()? / reduction.divisor(n, k))?)
+}
+
+/// `−(1/N) Σₙ log softmax(zₙ)[yₙ]` on validated inputs.
+pub(crate) fn hard_cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let log_p = log_softmax(logits)?;
+    let picked = log_p.gather(&labels.unsqueeze(1)?, 1)?;
+    Ok(picked.mean_all()?.neg()?)
+}
+
+/// One-hot rows (N, K) in the logits' dtype.
+pub(crate) fn one_hot(labels: &Tensor, k: usize, dtype: DType) -> Result<Tensor> {
+    let classes = Tensor::arange(0u32, k as u32, labels.device())?.unsqueeze(0)?;
+    Ok(labels.unsqueeze(1)?.broadcast_eq(&classes)?.to_dtype(dtype)?)
+}
+
+/// Checks a (N, K) float matrix with N ≥ 1 and K ≥ 2; returns (N, K).
+pub(crate) fn check_logits(what: &'static str, t: &Tensor) -> Result<(usize, usize)> {
+    if !t.dtype().is_float() {
+        return Err(Error::Shape { what, detail: format!("expected a float tensor, got {:?}", t.dtype()) });
+    }
+    match *t.dims() {
+        [n, k] if n >= 1 && k >= 2 => Ok((n, k)),
+        ref dims => Err(Error::Shape {
+            what,
+            detail: format!("expected shape (N >= 1, K >= 2), got {dims:?}"),
+        }),
+    }
+}
+
+pub(crate) fn check_same_shape(what: &'static str, t: &Tensor, like: &Tensor) -> Result<()> {
+    if t.dims() != like.dims() {
+        return Err(Error::Shape {
+            what,
+            detail: format!("expected shape {:?} (as the student logits), got {:?}", like.dims(), t.dims()),
+        });
+    }
+    if t.dtype() != like.dtype() {
+        return Err(Error::Shape {
+            what,
+            detail: format!("expected dtype {:?} (as the student logits), got {:?}", like.dtype(), t.dtype()),
+        });
+    }
+    Ok(())
+}
+
+/// Checks labels (N) of an integer dtype with values in `[0, K)`; returns them as u32.
+///
+/// This reads the labels to the host once: N integers, negligible next to a
+/// forward pass, and the only way to catch a bad label on every backend.
+pub(crate) fn check_labels(labels: &Tensor, n: usize, k: usize) -> Result<Tensor> {
+    if !matches!(labels.dtype(), DType::U8 | DType::U32 | DType::I64) {
+        return Err(Error::Shape {
+            what: "labels",
+            detail: format!("expected an integer dtype (u8, u32 or i64), got {:?}", labels.dtype()),
+        });
+    }
+    if labels.dims() != [n] {
+        return Err(Error::Shape { what: "labels", detail: format!("expected shape [{n}], got {:?}", labels.dims()) });
+    }
+    let values = labels.to_dtype(DType::I64)?.to_vec1::<i64>()?;
+    if let Some((index, &label)) = values.iter().enumerate().find(|(_, &l)| l < 0 || l as usize >= k) {
+        return Err(Error::LabelOutOfRange { index, label, num_classes: k });
+    }
+    Ok(labels.to_dtype(DType::U32)?)
+}
+
+/// Whether every element of `t` is finite (`x − x` is NaN exactly for NaN and ±∞).
+pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
+    let probe = (t - t)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    Ok(probe.is_finite())
+}
+
+/// Fails when `loss` is not finite, naming the first non-finite input (or the
+/// loss itself). Costs one scalar read on the happy path.
+pub(crate) fn ensure_finite(loss: &Tensor, inputs: &[(&'static str, &Tensor)]) -> Result<()> {
+    let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if value.is_finite() {
+        return Ok(());
+    }
+    for &(what, t) in inputs {
+        if !all_finite(t)? {
+            return Err(Error::NonFinite { what });
+        }
+    }
+    Err(Error::NonFinite { what: "loss" })
+}
