@@ -1,0 +1,290 @@
+//! The serde form of the strategies, as written in an experiment config.
+
+use crate::strategies::{Baseline, Distillation, LabelSmoothingStrategy, VirtualTeacher};
+use crate::Strategy;
+use std::path::PathBuf;
+use tfkd_core::loss::{KdLoss, KlReduction, LabelSmoothing, SmoothingForm, VirtualTeacherForm, VirtualTeacherLoss};
+
+/// Which network teaches, and from which weights.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherSpec {
+    /// Registry name of the teacher architecture; `None` means the student's.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Where its weights come from.
+    #[serde(default)]
+    pub source: TeacherSource,
+}
+
+/// Where a teacher's weights come from.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum TeacherSource {
+    /// The best checkpoint of the teacher architecture's own baseline run on
+    /// the same data and seed; the runner trains it first when it is missing.
+    #[default]
+    Baseline,
+    /// The checkpoint saved after this epoch (1-based) of that baseline run:
+    /// a poorly-trained teacher for De-KD.
+    BaselineEpoch(usize),
+    /// A checkpoint file: `.safetensors`, `.pth` or `.pth.tar` (PyTorch
+    /// state dicts load unchanged).
+    Checkpoint(PathBuf),
+}
+
+/// The Tf-KD_reg formula: as the official code computes it, or as Eq. 9 reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegForm {
+    /// `loss_kd_regularization`: student `log_softmax(z)`, no T².
+    #[default]
+    AsCoded,
+    /// Eq. 9: student `log_softmax(z/T)`.
+    PaperEq9,
+}
+
+fn default_epsilon() -> f64 {
+    0.1
+}
+fn default_correct_prob() -> f64 {
+    0.99
+}
+fn one() -> f64 {
+    1.0
+}
+
+/// A strategy with its hyper-parameters: the `[strategy]` table of a config.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StrategyConfig {
+    /// Cross-entropy only.
+    Baseline,
+    /// Label smoothing (`loss_label_smoothing`; ε = 0.1 as coded).
+    Lsr {
+        /// Smoothing mass ε.
+        #[serde(default = "default_epsilon")]
+        epsilon: f64,
+        /// `official` (ε/(K−1) off the true class) or `uniform` (ε/K, Eq. 1).
+        #[serde(default)]
+        form: SmoothingForm,
+    },
+    /// Normal KD: a stronger trained teacher (`loss_kd`).
+    Kd {
+        /// Soft-term weight α.
+        alpha: f64,
+        /// Temperature T.
+        temperature: f64,
+        /// The teacher.
+        teacher: TeacherSpec,
+        /// KL reduction (the code: `elementwise_mean`).
+        #[serde(default)]
+        reduction: KlReduction,
+    },
+    /// Reversed KD: a weaker trained network teaches (`loss_kd`).
+    ReKd {
+        /// Soft-term weight α.
+        alpha: f64,
+        /// Temperature T.
+        temperature: f64,
+        /// The (weaker) teacher.
+        teacher: TeacherSpec,
+        /// KL reduction.
+        #[serde(default)]
+        reduction: KlReduction,
+    },
+    /// Defective KD: an early checkpoint of a baseline run teaches (`loss_kd`).
+    DeKd {
+        /// Soft-term weight α.
+        alpha: f64,
+        /// Temperature T.
+        temperature: f64,
+        /// The poorly-trained teacher (usually `source = { baseline-epoch = E }`).
+        teacher: TeacherSpec,
+        /// KL reduction.
+        #[serde(default)]
+        reduction: KlReduction,
+    },
+    /// Tf-KD_self: the student's own trained baseline teaches (`loss_kd_self`).
+    TfKdSelf {
+        /// Soft-term weight α.
+        alpha: f64,
+        /// Temperature T.
+        temperature: f64,
+        /// Multiplier m on the soft term.
+        #[serde(default = "one")]
+        multiplier: f64,
+        /// KL reduction.
+        #[serde(default)]
+        reduction: KlReduction,
+        /// Where the self-teacher's weights come from (default: the
+        /// student architecture's baseline run, trained first if missing).
+        #[serde(default)]
+        source: TeacherSource,
+    },
+    /// Tf-KD_reg: the virtual teacher (`loss_kd_regularization`).
+    TfKdReg {
+        /// Soft-term weight α (`reg_alpha`).
+        alpha: f64,
+        /// Temperature T (`reg_temperature`).
+        temperature: f64,
+        /// Multiplier m on the soft term.
+        #[serde(default = "one")]
+        multiplier: f64,
+        /// Probability a of the true class.
+        #[serde(default = "default_correct_prob")]
+        correct_prob: f64,
+        /// `as_coded` (default: student at T = 1, no T²) or `paper_eq9`
+        /// (student softened by T as Eq. 9 is written).
+        #[serde(default)]
+        form: RegForm,
+        /// With `paper_eq9`: also scale the soft term by T².
+        #[serde(default)]
+        temperature_squared: bool,
+        /// KL reduction.
+        #[serde(default)]
+        reduction: KlReduction,
+    },
+}
+
+impl StrategyConfig {
+    /// The method name (`baseline`, `lsr`, `kd`, `re-kd`, `de-kd`, `tf-kd-self`, `tf-kd-reg`).
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::Lsr { .. } => "lsr",
+            Self::Kd { .. } => "kd",
+            Self::ReKd { .. } => "re-kd",
+            Self::DeKd { .. } => "de-kd",
+            Self::TfKdSelf { .. } => "tf-kd-self",
+            Self::TfKdReg { .. } => "tf-kd-reg",
+        }
+    }
+
+    /// Validates the hyper-parameters and builds the strategy.
+    pub fn build(&self) -> tfkd_core::Result<Box<dyn Strategy>> {
+        let name = self.method();
+        let kd = |alpha: f64, temperature: f64, multiplier: f64, reduction: KdReduction, teacher: TeacherSpec| {
+            let loss = KdLoss::self_training(alpha, temperature, multiplier).with_reduction(reduction);
+            loss.validate()?;
+            Ok(Box::new(Distillation { name, loss, teacher }) as Box<dyn Strategy>)
+        };
+        match self.clone() {
+            Self::Baseline => Ok(Box::new(Baseline)),
+            Self::Lsr { epsilon, form } => {
+                let loss = LabelSmoothing { epsilon, form };
+                loss.validate()?;
+                Ok(Box::new(LabelSmoothingStrategy(loss)))
+            }
+            Self::Kd { alpha, temperature, teacher, reduction }
+            | Self::ReKd { alpha, temperature, teacher, reduction } => {
+                kd(alpha, temperature, 1.0, reduction, teacher)
+            }
+            Self::DeKd { alpha, temperature, teacher, reduction } => {
+                if matches!(teacher.source, TeacherSource::Baseline) {
+                    return Err(tfkd_core::Error::InvalidParameter {
+                        name: "teacher.source",
+                        value: f64::NAN,
+                        expected: "de-kd needs a poorly-trained teacher: `baseline-epoch = E` or a checkpoint".into(),
+                    });
+                }
+                kd(alpha, temperature, 1.0, reduction, teacher)
+            }
+            Self::TfKdSelf { alpha, temperature, multiplier, reduction, source } => {
+                kd(alpha, temperature, multiplier, reduction, TeacherSpec { model: None, source })
+            }
+            Self::TfKdReg { alpha, temperature, multiplier, correct_prob, form, temperature_squared, reduction } => {
+                let form = match form {
+                    RegForm::AsCoded if temperature_squared => {
+                        return Err(tfkd_core::Error::InvalidParameter {
+                            name: "temperature_squared",
+                            value: 1.0,
+                            expected: "only applies to form = \"paper_eq9\"".into(),
+                        })
+                    }
+                    RegForm::AsCoded => VirtualTeacherForm::AsCoded,
+                    RegForm::PaperEq9 => VirtualTeacherForm::PaperEq9 { temperature_squared },
+                };
+                let loss = VirtualTeacherLoss { alpha, temperature, multiplier, correct_prob, reduction, form };
+                // a ∈ (1/K, 1] is checked per batch, when K is known.
+                loss.validate(2)?;
+                Ok(Box::new(VirtualTeacher(loss)))
+            }
+        }
+    }
+}
+
+type KdReduction = KlReduction;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_parses_and_builds() {
+        let configs = [
+            r#"method = "baseline""#,
+            r#"method = "lsr""#,
+            r#"method = "lsr"
+               epsilon = 0.2
+               form = "uniform""#,
+            r#"method = "kd"
+               alpha = 0.95
+               temperature = 20.0
+               teacher = { model = "resnet18" }"#,
+            r#"method = "re-kd"
+               alpha = 0.6
+               temperature = 20.0
+               teacher = { model = "mobilenet_v2", source = { checkpoint = "mv2.pth.tar" } }"#,
+            r#"method = "de-kd"
+               alpha = 0.95
+               temperature = 20.0
+               teacher = { model = "resnet18", source = { baseline-epoch = 1 } }"#,
+            r#"method = "tf-kd-self"
+               alpha = 0.9
+               temperature = 20.0
+               multiplier = 100.0"#,
+            r#"method = "tf-kd-reg"
+               alpha = 0.1
+               temperature = 20.0
+               multiplier = 100.0"#,
+            r#"method = "tf-kd-reg"
+               alpha = 0.1
+               temperature = 20.0
+               form = "paper_eq9"
+               temperature_squared = true
+               reduction = "batch_mean""#,
+        ];
+        let mut methods = Vec::new();
+        for text in configs {
+            let config: StrategyConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let strategy = config.build().unwrap();
+            assert_eq!(strategy.name(), config.method());
+            methods.push(config.method());
+            // Round trip through TOML keeps the value.
+            let again: StrategyConfig = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
+            assert_eq!(again, config);
+        }
+        methods.dedup();
+        assert_eq!(methods, ["baseline", "lsr", "kd", "re-kd", "de-kd", "tf-kd-self", "tf-kd-reg"]);
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let err = toml::from_str::<StrategyConfig>("method = \"kd\"\nalpha = 0.9\ntemperature = 4.0").unwrap_err();
+        assert!(err.to_string().contains("teacher"), "{err}");
+        let err = toml::from_str::<StrategyConfig>("method = \"distill\"").unwrap_err();
+        assert!(err.to_string().contains("distill"), "{err}");
+        let err = toml::from_str::<StrategyConfig>("method = \"lsr\"\neps = 0.1").unwrap_err();
+        assert!(err.to_string().contains("eps"), "{err}");
+        let config: StrategyConfig = toml::from_str(
+            "method = \"tf-kd-self\"\nalpha = 1.5\ntemperature = 4.0",
+        )
+        .unwrap();
+        assert!(config.build().unwrap_err().to_string().contains("alpha = 1.5"));
+        let config: StrategyConfig =
+            toml::from_str("method = \"de-kd\"\nalpha = 0.9\ntemperature = 4.0\nteacher = { model = \"resnet18\" }")
+                .unwrap();
+        assert!(config.build().unwrap_err().to_string().contains("baseline-epoch"));
+    }
+}
