@@ -1,0 +1,81 @@
+//! # tfkd-zoo
+//!
+//! Every network of "Revisiting Knowledge Distillation via Label Smoothing
+//! Regularization" (Yuan et al., CVPR 2020) on candle, structurally identical to
+//! the official PyTorch code (`yuanli2333/Teacher-free-Knowledge-Distillation`,
+//! `model/*.py`) and to torchvision for the ImageNet models, with the PyTorch
+//! state-dict names, so that PyTorch checkpoints load unchanged.
+//!
+//! - [`build`] / [`build_with`]: a model by registry name, number of classes and
+//!   [`InputSize`] over any [`candle_nn::VarBuilder`] (a `VarMap` to train, loaded
+//!   tensors for a teacher: no `Var`, hence no autograd graph).
+//! - [`list`], [`entry`], [`param_count`], [`param_shapes`]: the registry
+//!   ([`registry`]) and analytic parameter counts (no weight is allocated).
+//! - [`load`], [`read_state_dict`], [`check_state_dict`], [`save_safetensors`]:
+//!   `.pth` / `.pth.tar` / `.safetensors` checkpoints, with one error listing
+//!   missing, unexpected and mis-shaped tensors.
+//! - [`ops`]: max-pooling with any kernel / stride / padding (with backward),
+//!   global average pooling and channel shuffle.
+//!
+//! Every model implements [`Model`] (and so `candle_core::ModuleT`): pass
+//! `train = true` for batch statistics, running-statistics updates and dropout,
+//! `train = false` for evaluation.
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+pub mod error;
+pub mod layers;
+pub mod models;
+pub mod ops;
+pub mod registry;
+
+pub use checkpoint::{
+    check_state_dict, check_tensors, from_state_dict, load, read_state_dict, save_safetensors,
+    varmap_state_dict,
+};
+pub use error::{MisShaped, Result, ZooError};
+pub use layers::{Dropout, MaskRng};
+pub use registry::{
+    build, build_with, entry, is_buffer, list, param_count, param_shapes, record_shapes, InputSize,
+    ModelEntry, ModelOptions, DEFAULT_DROPOUT_SEED,
+};
+
+use candle_core::{ModuleT, Tensor};
+
+/// A classification network of the zoo.
+///
+/// `forward_t(x, train)` (from [`ModuleT`]) equals
+/// `forward_head(&forward_features(x, train)?, train)`.
+pub trait Model: ModuleT + Send + Sync {
+    /// Pooled, flattened features before the classifier.
+    ///
+    /// # Shapes
+    /// `xs`: `[N, 3, H, W]` → `[N, D]`
+    fn forward_features(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor>;
+
+    /// The classifier (with the dropout that precedes it, if any).
+    ///
+    /// # Shapes
+    /// `features`: `[N, D]` → `[N, K]`
+    fn forward_head(&self, features: &Tensor, train: bool) -> candle_core::Result<Tensor>;
+
+    /// Number of output classes `K`.
+    fn num_classes(&self) -> usize;
+}
+
+/// Implements `ModuleT` as features followed by head.
+macro_rules! impl_module_t {
+    ($t:ty) => {
+        impl candle_core::ModuleT for $t {
+            fn forward_t(
+                &self,
+                xs: &candle_core::Tensor,
+                train: bool,
+            ) -> candle_core::Result<candle_core::Tensor> {
+                let f = $crate::Model::forward_features(self, xs, train)?;
+                $crate::Model::forward_head(self, &f, train)
+            }
+        }
+    };
+}
+pub(crate) use impl_module_t;

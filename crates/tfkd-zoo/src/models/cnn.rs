@@ -1,0 +1,96 @@
+//! 5-layer plain CNN (3 conv + 2 FC), the "Plain CNN" student of Table 2.
+//!
+//! Reference: `model/net.py` (`Net`) of yuanli2333/Teacher-free-Knowledge-Distillation,
+//! itself from haitongli/knowledge-distillation-pytorch.
+//!
+//! Structure: three times [conv3×3 p1 → BN → max-pool 2 → ReLU] (BN before the
+//! pool, ReLU after it), flatten, Linear → BatchNorm1d → ReLU → dropout → Linear.
+//! The flatten size follows the input: `(S/8)²·4C` (2048 at 32×32, as in `Net`;
+//! 8192 at 64×64 for Tiny-ImageNet, where `Net`'s hard-coded `4*4` would fail).
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
+
+use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, ConvSpec, Dropout, MaskRng, WInit};
+use crate::ops::max_pool2d;
+
+/// Configuration of the plain CNN.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CnnConfig {
+    /// `num_channels` of `params.json` (32 in the paper's configs).
+    pub num_channels: usize,
+    /// `dropout_rate` of `params.json` (0.5).
+    pub dropout: f32,
+}
+
+impl CnnConfig {
+    /// The paper's configuration: 32 channels, dropout 0.5.
+    pub fn paper() -> Self {
+        Self { num_channels: 32, dropout: 0.5 }
+    }
+}
+
+/// The plain CNN.
+#[derive(Debug)]
+pub struct Cnn {
+    convs: Vec<(Conv2d, BatchNorm)>,
+    fc1: Linear,
+    fcbn1: BatchNorm,
+    fc2: Linear,
+    dropout: Dropout,
+    num_classes: usize,
+}
+
+/// Builds the CNN for `input_side`×`input_side` images (a multiple of 8).
+pub fn build(
+    cfg: &CnnConfig,
+    num_classes: usize,
+    input_side: usize,
+    dropout_seed: u64,
+    vb: VarBuilder,
+) -> Result<Cnn> {
+    if input_side % 8 != 0 || input_side == 0 {
+        candle_core::bail!("cnn input side {input_side} is not a positive multiple of 8")
+    }
+    let c = cfg.num_channels;
+    let chans = [3, c, 2 * c, 4 * c];
+    let mut convs = Vec::new();
+    for i in 0..3 {
+        let conv = conv2d(
+            vb.pp(format!("conv{}", i + 1)),
+            ConvSpec::new(chans[i], chans[i + 1], 3, 1, 1),
+            WInit::Torch,
+            BInit::Torch,
+        )?;
+        let bn = bn2d(vb.pp(format!("bn{}", i + 1)), chans[i + 1])?;
+        convs.push((conv, bn));
+    }
+    let s = input_side / 8;
+    let fc1 = linear(vb.pp("fc1"), s * s * 4 * c, 4 * c, WInit::Torch, BInit::Torch)?;
+    let fcbn1 = bn2d(vb.pp("fcbn1"), 4 * c)?;
+    let fc2 = linear(vb.pp("fc2"), 4 * c, num_classes, WInit::Torch, BInit::Torch)?;
+    let dropout = Dropout::new(cfg.dropout, Arc::new(Mutex::new(MaskRng::new(dropout_seed))))?;
+    Ok(Cnn { convs, fc1, fcbn1, fc2, dropout, num_classes })
+}
+
+impl crate::Model for Cnn {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = xs.clone();
+        for (conv, bn) in &self.convs {
+            x = max_pool2d(&conv_bn(conv, bn, &x, train)?, 2, 2, 0)?.relu()?;
+        }
+        let x = x.flatten_from(1)?;
+        self.fcbn1.forward_t(&self.fc1.forward(&x)?, train)?.relu()
+    }
+
+    fn forward_head(&self, features: &Tensor, train: bool) -> Result<Tensor> {
+        self.fc2.forward(&self.dropout.forward_t(features, train)?)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+}
+crate::impl_module_t!(Cnn);

@@ -1,0 +1,138 @@
+//! DenseNet-BC for CIFAR (Huang et al., "Densely Connected Convolutional
+//! Networks", CVPR 2017), weiaicunzai-style.
+//!
+//! Reference: `model/densenet.py` of yuanli2333/Teacher-free-Knowledge-Distillation
+//! (`densenet121`: blocks [6, 12, 24, 16], growth k = 32).
+//! Stem conv3×3 3→2k (no bias, no pool). Bottleneck: BN-ReLU-conv1×1 (4k)-BN-ReLU-
+//! conv3×3 (k), concatenated to its input. Quirk reproduced: transitions are
+//! **BN → conv1×1 (×0.5) → avg-pool 2 with no ReLU**. Head: BN → ReLU → global
+//! average pool → Linear. Names follow the reference's `features.*` modules,
+//! including its irregular `dense_block_layer_I` / `transition_layer_I` /
+//! `dense_blockN` (last block) spelling.
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
+
+use crate::layers::{bn2d, conv2d, linear, BInit, ConvSpec, WInit};
+use crate::ops::{avg_pool2d, global_avg_pool};
+
+/// Configuration of the CIFAR DenseNet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseNetConfig {
+    /// Bottleneck layers per dense block.
+    pub blocks: Vec<usize>,
+    /// Growth rate k.
+    pub growth: usize,
+    /// Transition compression (0.5).
+    pub reduction: f64,
+}
+
+impl DenseNetConfig {
+    /// DenseNet121: [6, 12, 24, 16], k = 32.
+    pub fn densenet121() -> Self {
+        Self { blocks: vec![6, 12, 24, 16], growth: 32, reduction: 0.5 }
+    }
+}
+
+#[derive(Debug)]
+struct Bottleneck {
+    bn1: BatchNorm,
+    conv1: Conv2d,
+    bn2: BatchNorm,
+    conv2: Conv2d,
+}
+
+#[derive(Debug)]
+enum Stage {
+    Dense(Vec<Bottleneck>),
+    Transition(BatchNorm, Conv2d),
+}
+
+/// The CIFAR DenseNet.
+#[derive(Debug)]
+pub struct DenseNet {
+    conv1: Conv2d,
+    stages: Vec<Stage>,
+    bn: BatchNorm,
+    linear: Linear,
+    num_classes: usize,
+}
+
+fn dense_block(vb: VarBuilder, mut cin: usize, n: usize, k: usize) -> Result<(Vec<Bottleneck>, usize)> {
+    let mut layers = Vec::new();
+    for j in 0..n {
+        let v = vb.pp(format!("bottle_neck_layer_{j}")).pp("bottle_neck");
+        layers.push(Bottleneck {
+            bn1: bn2d(v.pp(0), cin)?,
+            conv1: conv2d(v.pp(2), ConvSpec::new(cin, 4 * k, 1, 1, 0), WInit::Torch, BInit::None)?,
+            bn2: bn2d(v.pp(3), 4 * k)?,
+            conv2: conv2d(v.pp(5), ConvSpec::new(4 * k, k, 3, 1, 1), WInit::Torch, BInit::None)?,
+        });
+        cin += k;
+    }
+    Ok((layers, cin))
+}
+
+/// Builds the CIFAR DenseNet.
+pub fn build(cfg: &DenseNetConfig, num_classes: usize, vb: VarBuilder) -> Result<DenseNet> {
+    if cfg.blocks.is_empty() {
+        candle_core::bail!("densenet: at least one dense block is required")
+    }
+    let k = cfg.growth;
+    let mut c = 2 * k;
+    let conv1 = conv2d(vb.pp("conv1"), ConvSpec::new(3, c, 3, 1, 1), WInit::Torch, BInit::None)?;
+    let f = vb.pp("features");
+    let mut stages = Vec::new();
+    let last = cfg.blocks.len() - 1;
+    for (i, &n) in cfg.blocks.iter().enumerate() {
+        let name = if i == last { format!("dense_block{i}") } else { format!("dense_block_layer_{i}") };
+        let (layers, cout) = dense_block(f.pp(name), c, n, k)?;
+        stages.push(Stage::Dense(layers));
+        c = cout;
+        if i != last {
+            let out = (cfg.reduction * c as f64).floor() as usize;
+            let t = f.pp(format!("transition_layer_{i}")).pp("down_sample");
+            stages.push(Stage::Transition(
+                bn2d(t.pp(0), c)?,
+                conv2d(t.pp(1), ConvSpec::new(c, out, 1, 1, 0), WInit::Torch, BInit::None)?,
+            ));
+            c = out;
+        }
+    }
+    let bn = bn2d(f.pp("bn"), c)?;
+    let linear = linear(vb.pp("linear"), c, num_classes, WInit::Torch, BInit::Torch)?;
+    Ok(DenseNet { conv1, stages, bn, linear, num_classes })
+}
+
+impl crate::Model for DenseNet {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = self.conv1.forward(xs)?;
+        for s in &self.stages {
+            match s {
+                Stage::Dense(layers) => {
+                    for l in layers {
+                        let y = l.bn1.forward_t(&x, train)?.relu()?;
+                        let y = l.conv1.forward(&y)?;
+                        let y = l.bn2.forward_t(&y, train)?.relu()?;
+                        let y = l.conv2.forward(&y)?;
+                        x = Tensor::cat(&[&x, &y], 1)?;
+                    }
+                }
+                Stage::Transition(bn, conv) => {
+                    x = conv.forward(&bn.forward_t(&x, train)?)?;
+                    x = avg_pool2d(&x, 2)?;
+                }
+            }
+        }
+        global_avg_pool(&self.bn.forward_t(&x, train)?.relu()?)
+    }
+
+    fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
+        self.linear.forward(features)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+}
+crate::impl_module_t!(DenseNet);

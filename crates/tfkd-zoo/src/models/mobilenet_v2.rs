@@ -1,0 +1,164 @@
+//! MobileNetV2 for CIFAR (Sandler et al., "MobileNetV2: Inverted Residuals and
+//! Linear Bottlenecks", CVPR 2018), weiaicunzai-style.
+//!
+//! Reference: `model/mobilenetv2.py` of yuanli2333/Teacher-free-Knowledge-Distillation.
+//! Quirk reproduced: the stem is a **1×1 conv with padding 1**, so a 32×32 image
+//! becomes 34×34 (34 → 17 → 9 → 5 through the stride-2 stages). Every conv has a
+//! bias. Blocks: conv1×1 → BN → ReLU6 → depthwise 3×3 → BN → ReLU6 → conv1×1 →
+//! BN, plus the input when stride 1 and in == out. Head: conv1×1 → BN → ReLU6 →
+//! global average pool → conv1×1 to K classes (no dropout). `stage1` and `stage7`
+//! are single blocks (names `stageN.residual.*`), stages 2–6 are sequences
+//! (`stageN.I.residual.*`).
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, Conv2d, VarBuilder};
+
+use crate::layers::{bn2d, conv2d, conv_bn, BInit, ConvSpec, WInit};
+use crate::ops::{global_avg_pool, relu6};
+
+/// One stage: expansion `t`, output channels `c`, repeats `n`, first stride `s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stage {
+    /// Expansion factor.
+    pub t: usize,
+    /// Output channels.
+    pub c: usize,
+    /// Number of blocks (1 for the first and last stage).
+    pub n: usize,
+    /// Stride of the first block.
+    pub s: usize,
+}
+
+/// Configuration of MobileNetV2.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MobileNetV2Config {
+    /// Stem width (32).
+    pub stem: usize,
+    /// The seven stages.
+    pub stages: [Stage; 7],
+    /// Width of the last 1×1 conv (1280).
+    pub last: usize,
+}
+
+impl MobileNetV2Config {
+    /// The paper's network.
+    pub fn paper() -> Self {
+        let st = |t, c, n, s| Stage { t, c, n, s };
+        Self {
+            stem: 32,
+            stages: [
+                st(1, 16, 1, 1),
+                st(6, 24, 2, 2),
+                st(6, 32, 3, 2),
+                st(6, 64, 4, 2),
+                st(6, 96, 3, 1),
+                st(6, 160, 3, 1),
+                st(6, 320, 1, 1),
+            ],
+            last: 1280,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Bottleneck {
+    layers: Vec<(Conv2d, BatchNorm)>,
+    residual: bool,
+}
+
+impl Bottleneck {
+    fn new(vb: VarBuilder, cin: usize, cout: usize, stride: usize, t: usize) -> Result<Self> {
+        let vb = vb.pp("residual");
+        let mid = cin * t;
+        let specs = [
+            (0, ConvSpec::new(cin, mid, 1, 1, 0)),
+            (3, ConvSpec::new(mid, mid, 3, stride, 1).groups(mid)),
+            (6, ConvSpec::new(mid, cout, 1, 1, 0)),
+        ];
+        let mut layers = Vec::new();
+        for (i, s) in specs {
+            let conv = conv2d(vb.pp(i), s, WInit::Torch, BInit::Torch)?;
+            let bn = bn2d(vb.pp(i + 1), s.cout)?;
+            layers.push((conv, bn));
+        }
+        Ok(Self { layers, residual: stride == 1 && cin == cout })
+    }
+
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = xs.clone();
+        for (i, (conv, bn)) in self.layers.iter().enumerate() {
+            x = conv_bn(conv, bn, &x, train)?;
+            if i < 2 {
+                x = relu6(&x)?;
+            }
+        }
+        if self.residual {
+            x + xs
+        } else {
+            Ok(x)
+        }
+    }
+}
+
+/// MobileNetV2 (CIFAR variant).
+#[derive(Debug)]
+pub struct MobileNetV2 {
+    pre: (Conv2d, BatchNorm),
+    blocks: Vec<Bottleneck>,
+    conv1: (Conv2d, BatchNorm),
+    conv2: Conv2d,
+    num_classes: usize,
+}
+
+/// Builds MobileNetV2 (names `pre.0`, `pre.1`, `stageN…`, `conv1.0`, `conv1.1`, `conv2`).
+pub fn build(cfg: &MobileNetV2Config, num_classes: usize, vb: VarBuilder) -> Result<MobileNetV2> {
+    if cfg.stages[0].n != 1 || cfg.stages[6].n != 1 {
+        candle_core::bail!("mobilenet_v2: the first and last stages must have exactly one block")
+    }
+    let pre = (
+        conv2d(vb.pp("pre").pp(0), ConvSpec::new(3, cfg.stem, 1, 1, 1), WInit::Torch, BInit::Torch)?,
+        bn2d(vb.pp("pre").pp(1), cfg.stem)?,
+    );
+    let mut blocks = Vec::new();
+    let mut cin = cfg.stem;
+    for (i, st) in cfg.stages.iter().enumerate() {
+        let vbs = vb.pp(format!("stage{}", i + 1));
+        if i == 0 || i == 6 {
+            blocks.push(Bottleneck::new(vbs, cin, st.c, st.s, st.t)?);
+            cin = st.c;
+        } else {
+            for j in 0..st.n {
+                let stride = if j == 0 { st.s } else { 1 };
+                blocks.push(Bottleneck::new(vbs.pp(j), cin, st.c, stride, st.t)?);
+                cin = st.c;
+            }
+        }
+    }
+    let conv1 = (
+        conv2d(vb.pp("conv1").pp(0), ConvSpec::new(cin, cfg.last, 1, 1, 0), WInit::Torch, BInit::Torch)?,
+        bn2d(vb.pp("conv1").pp(1), cfg.last)?,
+    );
+    let conv2 = conv2d(vb.pp("conv2"), ConvSpec::new(cfg.last, num_classes, 1, 1, 0), WInit::Torch, BInit::Torch)?;
+    Ok(MobileNetV2 { pre, blocks, conv1, conv2, num_classes })
+}
+
+impl crate::Model for MobileNetV2 {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = relu6(&conv_bn(&self.pre.0, &self.pre.1, xs, train)?)?;
+        for b in &self.blocks {
+            x = b.forward_t(&x, train)?;
+        }
+        let x = relu6(&self.conv1.1.forward_t(&self.conv1.0.forward(&x)?, train)?)?;
+        global_avg_pool(&x)
+    }
+
+    fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
+        let (n, d) = features.dims2()?;
+        self.conv2.forward(&features.reshape((n, d, 1, 1))?)?.flatten_from(1)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+}
+crate::impl_module_t!(MobileNetV2);

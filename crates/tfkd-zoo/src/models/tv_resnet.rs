@@ -1,0 +1,152 @@
+//! ImageNet ResNet / ResNeXt with torchvision's structure and parameter names
+//! (He et al., CVPR 2016; Xie et al., CVPR 2017), used by the paper's ImageNet
+//! experiments (Tables 7, 8, 11: ResNet18, ResNet50, ResNeXt101-32x8d).
+//!
+//! Reference: `torchvision/models/resnet.py` (ResNet v1.5: the stride is on the
+//! 3×3 conv of a bottleneck), used by `ImageNet_train/main.py` of
+//! yuanli2333/Teacher-free-Knowledge-Distillation. Stem conv7×7 s2 p3 → BN →
+//! ReLU → max-pool 3 s2 p1 (overlapping, [`crate::ops::max_pool2d`] with backward);
+//! four stages; `downsample.0/1` shortcut; adaptive average pool → `fc`.
+//! Bottleneck width = ⌊planes·width_per_group/64⌋·groups. Initialisation as
+//! torchvision: conv kaiming_normal(fan_out), BN 1/0, `fc` PyTorch default.
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
+
+use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, ConvSpec, WInit};
+use crate::ops::{global_avg_pool, max_pool2d};
+
+/// Configuration of a torchvision ResNet / ResNeXt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TvResNetConfig {
+    /// Bottleneck blocks (expansion 4) instead of basic blocks.
+    pub bottleneck: bool,
+    /// Blocks per stage.
+    pub blocks: [usize; 4],
+    /// Planes per stage (64, 128, 256, 512).
+    pub widths: [usize; 4],
+    /// Stem width (64).
+    pub stem: usize,
+    /// Groups of the 3×3 conv (ResNeXt cardinality).
+    pub groups: usize,
+    /// Width per group (64 for ResNet, 8 for ResNeXt101-32x8d).
+    pub width_per_group: usize,
+}
+
+impl TvResNetConfig {
+    fn std(bottleneck: bool, blocks: [usize; 4], groups: usize, width_per_group: usize) -> Self {
+        Self { bottleneck, blocks, widths: [64, 128, 256, 512], stem: 64, groups, width_per_group }
+    }
+    /// torchvision `resnet18`.
+    pub fn resnet18() -> Self {
+        Self::std(false, [2, 2, 2, 2], 1, 64)
+    }
+    /// torchvision `resnet50`.
+    pub fn resnet50() -> Self {
+        Self::std(true, [3, 4, 6, 3], 1, 64)
+    }
+    /// torchvision `resnext101_32x8d`.
+    pub fn resnext101_32x8d() -> Self {
+        Self::std(true, [3, 4, 23, 3], 32, 8)
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    convs: Vec<(Conv2d, BatchNorm)>,
+    downsample: Option<(Conv2d, BatchNorm)>,
+}
+
+impl Block {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let mut out = xs.clone();
+        let last = self.convs.len() - 1;
+        for (i, (c, b)) in self.convs.iter().enumerate() {
+            out = conv_bn(c, b, &out, train)?;
+            if i != last {
+                out = out.relu()?;
+            }
+        }
+        let id = match &self.downsample {
+            Some((c, b)) => conv_bn(c, b, xs, train)?,
+            None => xs.clone(),
+        };
+        (out + id)?.relu()
+    }
+}
+
+/// A torchvision ResNet / ResNeXt.
+#[derive(Debug)]
+pub struct TvResNet {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    blocks: Vec<Block>,
+    fc: Linear,
+    num_classes: usize,
+}
+
+/// Builds a torchvision ResNet (names `conv1`, `bn1`, `layerI.J.*`, `fc`).
+pub fn build(cfg: &TvResNetConfig, num_classes: usize, vb: VarBuilder) -> Result<TvResNet> {
+    let k = WInit::KaimingOut;
+    let n = BInit::None;
+    let conv1 = conv2d(vb.pp("conv1"), ConvSpec::new(3, cfg.stem, 7, 2, 3), k, n)?;
+    let bn1 = bn2d(vb.pp("bn1"), cfg.stem)?;
+    let exp = if cfg.bottleneck { 4 } else { 1 };
+    if !cfg.bottleneck && (cfg.groups != 1 || cfg.width_per_group != 64) {
+        candle_core::bail!("tv_resnet: basic blocks need groups 1 and width_per_group 64")
+    }
+    let mut cin = cfg.stem;
+    let mut blocks = Vec::new();
+    for (s, (&nb, &planes)) in cfg.blocks.iter().zip(cfg.widths.iter()).enumerate() {
+        let vbl = vb.pp(format!("layer{}", s + 1));
+        for j in 0..nb {
+            let stride = if j == 0 && s > 0 { 2 } else { 1 };
+            let v = vbl.pp(j);
+            let cout = planes * exp;
+            let specs = if cfg.bottleneck {
+                let width = planes * cfg.width_per_group / 64 * cfg.groups;
+                vec![
+                    ConvSpec::new(cin, width, 1, 1, 0),
+                    ConvSpec::new(width, width, 3, stride, 1).groups(cfg.groups),
+                    ConvSpec::new(width, cout, 1, 1, 0),
+                ]
+            } else {
+                vec![ConvSpec::new(cin, planes, 3, stride, 1), ConvSpec::new(planes, planes, 3, 1, 1)]
+            };
+            let mut convs = Vec::new();
+            for (i, sp) in specs.into_iter().enumerate() {
+                convs.push((conv2d(v.pp(format!("conv{}", i + 1)), sp, k, n)?, bn2d(v.pp(format!("bn{}", i + 1)), sp.cout)?));
+            }
+            let downsample = if stride != 1 || cin != cout {
+                let d = v.pp("downsample");
+                Some((conv2d(d.pp(0), ConvSpec::new(cin, cout, 1, stride, 0), k, n)?, bn2d(d.pp(1), cout)?))
+            } else {
+                None
+            };
+            blocks.push(Block { convs, downsample });
+            cin = cout;
+        }
+    }
+    let fc = linear(vb.pp("fc"), cin, num_classes, WInit::Torch, BInit::Torch)?;
+    Ok(TvResNet { conv1, bn1, blocks, fc, num_classes })
+}
+
+impl crate::Model for TvResNet {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.bn1.forward_t(&self.conv1.forward(xs)?, train)?.relu()?;
+        let mut x = max_pool2d(&x, 3, 2, 1)?;
+        for b in &self.blocks {
+            x = b.forward_t(&x, train)?;
+        }
+        global_avg_pool(&x)
+    }
+
+    fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
+        self.fc.forward(features)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+}
+crate::impl_module_t!(TvResNet);

@@ -1,0 +1,128 @@
+//! Wide ResNet (Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016),
+//! pre-activation, xternalz/WideResNet-pytorch style.
+//!
+//! Reference: `model/wrn.py` of yuanli2333/Teacher-free-Knowledge-Distillation
+//! (`WideResNet(depth, num_classes, widen_factor, dropRate)`; not wired into its
+//! `main.py` and not used in the paper's tables). Widths 16, 16w, 32w, 64w;
+//! (depth − 4)/6 blocks per group, strides 1, 2, 2; a block pre-activates its
+//! input (BN-ReLU), and when in ≠ out the 1×1 shortcut conv also takes the
+//! pre-activated input; dropout between the two convs. Head BN → ReLU →
+//! `avg_pool2d(8)` (global at 32×32; global at every size here) → Linear.
+//! Initialisation as the reference: conv kaiming_normal(fan_out), BN 1/0,
+//! Linear bias 0.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
+
+use crate::layers::{bn2d, conv2d, linear, BInit, ConvSpec, Dropout, MaskRng, WInit};
+use crate::ops::global_avg_pool;
+
+/// Configuration of a Wide ResNet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrnConfig {
+    /// Depth, 6n + 4.
+    pub depth: usize,
+    /// Widen factor.
+    pub widen_factor: usize,
+    /// Dropout between the convs of a block (`dropRate`, default 0).
+    pub drop_rate: f32,
+}
+
+impl WrnConfig {
+    /// WRN-depth-width without dropout.
+    pub fn new(depth: usize, widen_factor: usize) -> Self {
+        Self { depth, widen_factor, drop_rate: 0.0 }
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    bn1: BatchNorm,
+    conv1: Conv2d,
+    bn2: BatchNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+    dropout: Dropout,
+}
+
+impl Block {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let act = self.bn1.forward_t(xs, train)?.relu()?;
+        let out = self.conv1.forward(&act)?;
+        let out = self.bn2.forward_t(&out, train)?.relu()?;
+        let out = self.dropout.forward_t(&out, train)?;
+        let out = self.conv2.forward(&out)?;
+        match &self.shortcut {
+            Some(c) => c.forward(&act)? + out,
+            None => xs + out,
+        }
+    }
+}
+
+/// A Wide ResNet.
+#[derive(Debug)]
+pub struct Wrn {
+    conv1: Conv2d,
+    blocks: Vec<Block>,
+    bn1: BatchNorm,
+    fc: Linear,
+    num_classes: usize,
+}
+
+/// Builds a WRN (names `conv1`, `blockG.layer.I.{bn1,conv1,bn2,conv2,convShortcut}`, `bn1`, `fc`).
+pub fn build(cfg: &WrnConfig, num_classes: usize, dropout_seed: u64, vb: VarBuilder) -> Result<Wrn> {
+    if cfg.depth < 10 || (cfg.depth - 4) % 6 != 0 {
+        candle_core::bail!("wrn: depth {} is not 6n + 4 with n >= 1", cfg.depth)
+    }
+    let n = (cfg.depth - 4) / 6;
+    let w = cfg.widen_factor;
+    let ch = [16, 16 * w, 32 * w, 64 * w];
+    let k = WInit::KaimingOut;
+    let rng = Arc::new(Mutex::new(MaskRng::new(dropout_seed)));
+    let conv1 = conv2d(vb.pp("conv1"), ConvSpec::new(3, ch[0], 3, 1, 1), k, BInit::None)?;
+    let mut blocks = Vec::new();
+    for g in 0..3 {
+        let vbg = vb.pp(format!("block{}", g + 1)).pp("layer");
+        for i in 0..n {
+            let (cin, stride) = if i == 0 { (ch[g], if g == 0 { 1 } else { 2 }) } else { (ch[g + 1], 1) };
+            let cout = ch[g + 1];
+            let v = vbg.pp(i);
+            blocks.push(Block {
+                bn1: bn2d(v.pp("bn1"), cin)?,
+                conv1: conv2d(v.pp("conv1"), ConvSpec::new(cin, cout, 3, stride, 1), k, BInit::None)?,
+                bn2: bn2d(v.pp("bn2"), cout)?,
+                conv2: conv2d(v.pp("conv2"), ConvSpec::new(cout, cout, 3, 1, 1), k, BInit::None)?,
+                shortcut: if cin != cout {
+                    Some(conv2d(v.pp("convShortcut"), ConvSpec::new(cin, cout, 1, stride, 0), k, BInit::None)?)
+                } else {
+                    None
+                },
+                dropout: Dropout::new(cfg.drop_rate, rng.clone())?,
+            });
+        }
+    }
+    let bn1 = bn2d(vb.pp("bn1"), ch[3])?;
+    let fc = linear(vb.pp("fc"), ch[3], num_classes, WInit::Torch, BInit::Zero)?;
+    Ok(Wrn { conv1, blocks, bn1, fc, num_classes })
+}
+
+impl crate::Model for Wrn {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = self.conv1.forward(xs)?;
+        for b in &self.blocks {
+            x = b.forward_t(&x, train)?;
+        }
+        global_avg_pool(&self.bn1.forward_t(&x, train)?.relu()?)
+    }
+
+    fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
+        self.fc.forward(features)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+}
+crate::impl_module_t!(Wrn);

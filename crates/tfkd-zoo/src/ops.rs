@@ -1,0 +1,167 @@
+//! Differentiable, device-generic pooling and shuffling ops that candle lacks.
+//!
+//! candle's own `max_pool2d_with_stride` has a backward pass only when the
+//! kernel equals the stride and there is no padding (candle#1593, #1851), and
+//! in candle-core 0.11.1 that backward is wrong: it multiplies the gradient of
+//! a unique maximum by 1/k². The zoo therefore never uses it.
+//! [`max_pool2d`] covers every kernel / stride / padding combination by composing
+//! ops candle can differentiate: the input is padded with `-inf`, and the
+//! maximum is taken over the `k × k` shifted, strided views with
+//! [`Tensor::maximum`]. It therefore runs on every candle device.
+//!
+//! Gradient note: where several window elements tie for the maximum, candle's
+//! `maximum` backward splits the gradient between them, whereas PyTorch sends
+//! it all to the first one. Ties between distinct inputs only occur on exact
+//! equal values (for example ReLU zeros, whose own gradient is zero), so the
+//! weight gradients of the zoo's networks agree with PyTorch.
+
+use candle_core::{Result, Tensor, D};
+
+/// Pads the last two dimensions with `value` (`top`, `bottom`, `left`, `right`).
+fn pad_hw(xs: &Tensor, top: usize, bottom: usize, left: usize, right: usize, value: f64) -> Result<Tensor> {
+    let (n, c, h, w) = xs.dims4()?;
+    let mut xs = xs.clone();
+    if left + right > 0 {
+        let mut parts = Vec::with_capacity(3);
+        if left > 0 {
+            parts.push(Tensor::full(value, (n, c, h, left), xs.device())?.to_dtype(xs.dtype())?);
+        }
+        parts.push(xs.clone());
+        if right > 0 {
+            parts.push(Tensor::full(value, (n, c, h, right), xs.device())?.to_dtype(xs.dtype())?);
+        }
+        xs = Tensor::cat(&parts, 3)?;
+    }
+    let w2 = w + left + right;
+    if top + bottom > 0 {
+        let mut parts = Vec::with_capacity(3);
+        if top > 0 {
+            parts.push(Tensor::full(value, (n, c, top, w2), xs.device())?.to_dtype(xs.dtype())?);
+        }
+        parts.push(xs.clone());
+        if bottom > 0 {
+            parts.push(Tensor::full(value, (n, c, bottom, w2), xs.device())?.to_dtype(xs.dtype())?);
+        }
+        xs = Tensor::cat(&parts, 2)?;
+    }
+    Ok(xs)
+}
+
+/// Output side of a pooling window, PyTorch's floor mode.
+fn out_size(size: usize, kernel: usize, stride: usize, padding: usize) -> Result<usize> {
+    if size + 2 * padding < kernel {
+        candle_core::bail!("pooling kernel {kernel} larger than padded input side {}", size + 2 * padding)
+    }
+    Ok((size + 2 * padding - kernel) / stride + 1)
+}
+
+/// 2-D max-pooling with any kernel, stride and padding, like
+/// `torch.nn.MaxPool2d(kernel, stride, padding)` (floor mode, dilation 1).
+///
+/// Differentiable on every device. Padding is `-inf`, as in PyTorch.
+///
+/// # Shapes
+/// `xs`: `[N, C, H, W]` → `[N, C, (H + 2p − k)/s + 1, (W + 2p − k)/s + 1]`
+pub fn max_pool2d(xs: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    if kernel == 0 || stride == 0 {
+        candle_core::bail!("max_pool2d kernel {kernel} and stride {stride} must be positive")
+    }
+    if padding * 2 > kernel {
+        candle_core::bail!("max_pool2d padding {padding} must be at most half the kernel {kernel}")
+    }
+    // candle's own `max_pool2d` is not used even when kernel == stride: its
+    // backward (candle-core 0.11.1, `backprop.rs`, `Op::MaxPool2D`) scales the
+    // gradient of the maximum by count/k² instead of 1/count, i.e. 1/k² for a
+    // unique maximum (found by `tests/parity.rs::cnn`).
+    let (_, _, h, w) = xs.dims4()?;
+    let ho = out_size(h, kernel, stride, padding)?;
+    let wo = out_size(w, kernel, stride, padding)?;
+    // Pad so that every shifted view `offset + stride * i` (i < out) can be taken
+    // by a reshape to `[out, stride]` and a narrow of the second axis.
+    let need_h = kernel - 1 + stride * ho;
+    let need_w = kernel - 1 + stride * wo;
+    let bottom = need_h.saturating_sub(h + padding);
+    let right = need_w.saturating_sub(w + padding);
+    let xs = pad_hw(xs, padding, bottom, padding, right, f64::NEG_INFINITY)?;
+    let (n, c, _, _) = xs.dims4()?;
+    let mut acc: Option<Tensor> = None;
+    for di in 0..kernel {
+        let rows = xs.narrow(2, di, stride * ho)?;
+        let rows = if stride == 1 {
+            rows
+        } else {
+            rows.reshape((n, c, ho, stride, xs.dim(3)?))?
+                .narrow(3, 0, 1)?
+                .squeeze(3)?
+        };
+        for dj in 0..kernel {
+            let view = rows.narrow(3, dj, stride * wo)?;
+            let view = if stride == 1 {
+                view
+            } else {
+                view.reshape((n, c, ho, wo, stride))?.narrow(4, 0, 1)?.squeeze(4)?
+            };
+            acc = Some(match acc {
+                None => view,
+                Some(a) => a.maximum(&view)?,
+            });
+        }
+    }
+    match acc {
+        Some(a) => Ok(a),
+        None => candle_core::bail!("max_pool2d kernel must be positive"),
+    }
+}
+
+/// 2-D average pooling with kernel = stride (`torch.nn.AvgPool2d(k)`), differentiable.
+///
+/// # Shapes
+/// `xs`: `[N, C, H, W]` → `[N, C, H/k, W/k]`
+///
+/// Sides that are not multiples of `kernel` are cropped first (floor mode, as
+/// PyTorch): candle's backward up-samples the gradient to the full input size
+/// and would misplace it otherwise.
+pub fn avg_pool2d(xs: &Tensor, kernel: usize) -> Result<Tensor> {
+    if kernel == 0 {
+        candle_core::bail!("avg_pool2d kernel must be positive")
+    }
+    let (_, _, h, w) = xs.dims4()?;
+    let (hc, wc) = (h / kernel * kernel, w / kernel * kernel);
+    if hc == 0 || wc == 0 {
+        candle_core::bail!("avg_pool2d kernel {kernel} larger than input {h}x{w}")
+    }
+    if (hc, wc) == (h, w) {
+        xs.avg_pool2d(kernel)
+    } else {
+        xs.narrow(2, 0, hc)?.narrow(3, 0, wc)?.avg_pool2d(kernel)
+    }
+}
+
+/// Global average pooling (`adaptive_avg_pool2d(x, 1)` then flatten).
+///
+/// # Shapes
+/// `xs`: `[N, C, H, W]` → `[N, C]`
+pub fn global_avg_pool(xs: &Tensor) -> Result<Tensor> {
+    xs.mean(D::Minus1)?.mean(D::Minus1)
+}
+
+/// ShuffleNet channel shuffle: `[N, g·c, H, W]` viewed as `[N, g, c, H, W]`,
+/// transposed to `[N, c, g, H, W]`, flattened back.
+///
+/// # Shapes
+/// `xs`: `[N, C, H, W]` → `[N, C, H, W]`, `C` divisible by `groups`
+pub fn channel_shuffle(xs: &Tensor, groups: usize) -> Result<Tensor> {
+    let (n, c, h, w) = xs.dims4()?;
+    if groups == 0 || c % groups != 0 {
+        candle_core::bail!("channel_shuffle: {c} channels not divisible by {groups} groups")
+    }
+    xs.reshape((n, groups, c / groups, h, w))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((n, c, h, w))
+}
+
+/// ReLU6: `min(max(x, 0), 6)`.
+pub fn relu6(xs: &Tensor) -> Result<Tensor> {
+    xs.relu()?.minimum(6f64)
+}

@@ -1,0 +1,307 @@
+//! The model registry: one table, [`MODELS`], from which building by name,
+//! listing, parameter counting and the documentation table derive.
+//!
+//! Adding a family means adding one file under `models/` and its rows here.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+
+use crate::error::{Result, ZooError};
+use crate::models::{
+    cnn, densenet, googlenet, mobilenet_v2, resnet, resnext, shufflenet_v2, tv_densenet, tv_resnet, wrn,
+};
+use crate::Model;
+
+/// The input resolution a model is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InputSize {
+    /// CIFAR-10/100, 32×32.
+    Cifar,
+    /// Tiny-ImageNet, 64×64.
+    Tiny,
+    /// ImageNet, 224×224.
+    ImageNet,
+}
+
+impl InputSize {
+    /// Side of the square input in pixels.
+    pub fn side(self) -> usize {
+        match self {
+            InputSize::Cifar => 32,
+            InputSize::Tiny => 64,
+            InputSize::ImageNet => 224,
+        }
+    }
+
+    /// The input size of a given side (32, 64 or 224).
+    pub fn from_side(side: usize) -> Option<Self> {
+        match side {
+            32 => Some(InputSize::Cifar),
+            64 => Some(InputSize::Tiny),
+            224 => Some(InputSize::ImageNet),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for InputSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            InputSize::Cifar => "cifar",
+            InputSize::Tiny => "tiny",
+            InputSize::ImageNet => "imagenet",
+        };
+        write!(f, "{name} ({0}x{0})", self.side())
+    }
+}
+
+/// The default dropout-mask seed (the official code's seed, 230).
+pub const DEFAULT_DROPOUT_SEED: u64 = 230;
+
+/// Everything a builder needs besides the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// Number of classes K.
+    pub num_classes: usize,
+    /// Input resolution.
+    pub input: InputSize,
+    /// Seed of the model's dropout masks (CNN, GoogLeNet, WRN with dropout).
+    pub dropout_seed: u64,
+}
+
+impl ModelOptions {
+    /// Options with the default dropout seed.
+    pub fn new(num_classes: usize, input: InputSize) -> Self {
+        Self { num_classes, input, dropout_seed: DEFAULT_DROPOUT_SEED }
+    }
+}
+
+type BuildFn = fn(&ModelOptions, VarBuilder) -> candle_core::Result<Box<dyn Model>>;
+
+/// One row of the registry.
+pub struct ModelEntry {
+    /// Registry name (the official `model_version` for CIFAR models).
+    pub name: &'static str,
+    /// Source file under `src/models/`.
+    pub family: &'static str,
+    /// One-line description.
+    pub description: &'static str,
+    /// Input sizes the model supports.
+    pub inputs: &'static [InputSize],
+    /// Reference learnable-parameter counts `(K, count)`: paper.md §4 for the
+    /// CIFAR models (32×32), torchvision's published counts for ImageNet.
+    pub reference_params: &'static [(usize, u64)],
+    build: BuildFn,
+}
+
+impl fmt::Debug for ModelEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelEntry")
+            .field("name", &self.name)
+            .field("family", &self.family)
+            .field("inputs", &self.inputs)
+            .finish()
+    }
+}
+
+impl ModelEntry {
+    /// Builds this model.
+    pub fn build(&self, opts: &ModelOptions, vb: VarBuilder) -> Result<Box<dyn Model>> {
+        check(self, opts)?;
+        Ok((self.build)(opts, vb)?)
+    }
+}
+
+const CT: &[InputSize] = &[InputSize::Cifar, InputSize::Tiny];
+const IN: &[InputSize] = &[InputSize::ImageNet];
+
+fn boxed<M: Model + 'static>(r: candle_core::Result<M>) -> candle_core::Result<Box<dyn Model>> {
+    Ok(Box::new(r?))
+}
+
+macro_rules! row {
+    ($name:expr, $family:expr, $desc:expr, $inputs:expr, $refs:expr, |$o:ident, $vb:ident| $body:expr) => {
+        ModelEntry {
+            name: $name,
+            family: $family,
+            description: $desc,
+            inputs: $inputs,
+            reference_params: $refs,
+            build: {
+                fn f($o: &ModelOptions, $vb: VarBuilder) -> candle_core::Result<Box<dyn Model>> {
+                    boxed($body)
+                }
+                f
+            },
+        }
+    };
+}
+
+/// The registry table.
+#[rustfmt::skip]
+pub static MODELS: &[ModelEntry] = &[
+    row!("cnn", "cnn.rs", "5-layer plain CNN (32 channels, dropout 0.5)", CT,
+        &[(10, 357_514), (100, 369_124), (200, 382_024)],
+        |o, vb| cnn::build(&cnn::CnnConfig::paper(), o.num_classes, o.input.side(), o.dropout_seed, vb)),
+    row!("resnet18", "resnet.rs", "CIFAR ResNet18", CT,
+        &[(10, 11_173_962), (100, 11_220_132), (200, 11_271_432)],
+        |o, vb| resnet::build(&resnet::ResNetConfig::resnet18(), o.num_classes, vb)),
+    row!("resnet34", "resnet.rs", "CIFAR ResNet34", CT,
+        &[(10, 21_282_122), (100, 21_328_292), (200, 21_379_592)],
+        |o, vb| resnet::build(&resnet::ResNetConfig::resnet34(), o.num_classes, vb)),
+    row!("resnet50", "resnet.rs", "CIFAR ResNet50", CT,
+        &[(10, 23_520_842), (100, 23_705_252), (200, 23_910_152)],
+        |o, vb| resnet::build(&resnet::ResNetConfig::resnet50(), o.num_classes, vb)),
+    row!("resnet101", "resnet.rs", "CIFAR ResNet101", CT,
+        &[(10, 42_512_970), (100, 42_697_380), (200, 42_902_280)],
+        |o, vb| resnet::build(&resnet::ResNetConfig::resnet101(), o.num_classes, vb)),
+    row!("resnet152", "resnet.rs", "CIFAR ResNet152", CT,
+        &[(10, 58_156_618), (100, 58_341_028), (200, 58_545_928)],
+        |o, vb| resnet::build(&resnet::ResNetConfig::resnet152(), o.num_classes, vb)),
+    row!("mobilenet_v2", "mobilenet_v2.rs", "CIFAR MobileNetV2 (1x1 pad-1 stem)", CT,
+        &[(10, 2_254_090), (100, 2_369_380), (200, 2_497_480)],
+        |o, vb| mobilenet_v2::build(&mobilenet_v2::MobileNetV2Config::paper(), o.num_classes, vb)),
+    row!("shufflenet_v2", "shufflenet_v2.rs", "CIFAR ShuffleNetV2 1x", CT,
+        &[(10, 1_268_646), (100, 1_360_896), (200, 1_463_396)],
+        |o, vb| shufflenet_v2::build(&shufflenet_v2::ShuffleNetV2Config::paper(), o.num_classes, vb)),
+    row!("densenet121", "densenet.rs", "CIFAR DenseNet121 (k = 32)", CT,
+        &[(10, 6_956_298), (100, 7_048_548), (200, 7_151_048)],
+        |o, vb| densenet::build(&densenet::DenseNetConfig::densenet121(), o.num_classes, vb)),
+    row!("googlenet", "googlenet.rs", "CIFAR GoogLeNet (BN eps = n5x5 quirk)", CT,
+        &[(10, 6_166_250), (100, 6_258_500), (200, 6_361_000)],
+        |o, vb| googlenet::build(&googlenet::GoogLeNetConfig::paper(), o.num_classes, o.dropout_seed, vb)),
+    row!("resnext29", "resnext.rs", "CIFAR ResNeXt29-8x64d", CT,
+        &[(10, 34_426_698), (100, 34_518_948), (200, 34_621_448)],
+        |o, vb| resnext::build(&resnext::ResNeXtConfig::resnext29_8x64d(), o.num_classes, vb)),
+    row!("wrn_28_10", "wrn.rs", "Wide ResNet 28-10", CT,
+        &[(10, 36_479_194), (100, 36_536_884), (200, 36_600_984)],
+        |o, vb| wrn::build(&wrn::WrnConfig::new(28, 10), o.num_classes, o.dropout_seed, vb)),
+    row!("wrn_40_2", "wrn.rs", "Wide ResNet 40-2", CT, &[],
+        |o, vb| wrn::build(&wrn::WrnConfig::new(40, 2), o.num_classes, o.dropout_seed, vb)),
+    row!("wrn_16_2", "wrn.rs", "Wide ResNet 16-2", CT, &[],
+        |o, vb| wrn::build(&wrn::WrnConfig::new(16, 2), o.num_classes, o.dropout_seed, vb)),
+    row!("resnet18_imagenet", "tv_resnet.rs", "torchvision resnet18", IN,
+        &[(1000, 11_689_512)],
+        |o, vb| tv_resnet::build(&tv_resnet::TvResNetConfig::resnet18(), o.num_classes, vb)),
+    row!("resnet50_imagenet", "tv_resnet.rs", "torchvision resnet50", IN,
+        &[(1000, 25_557_032)],
+        |o, vb| tv_resnet::build(&tv_resnet::TvResNetConfig::resnet50(), o.num_classes, vb)),
+    row!("resnext101_32x8d_imagenet", "tv_resnet.rs", "torchvision resnext101_32x8d", IN,
+        &[(1000, 88_791_336)],
+        |o, vb| tv_resnet::build(&tv_resnet::TvResNetConfig::resnext101_32x8d(), o.num_classes, vb)),
+    row!("densenet121_imagenet", "tv_densenet.rs", "torchvision densenet121", IN,
+        &[(1000, 7_978_856)],
+        |o, vb| tv_densenet::build(&tv_densenet::TvDenseNetConfig::densenet121(), o.num_classes, vb)),
+];
+
+/// Registry names, in table order.
+pub fn list() -> Vec<&'static str> {
+    MODELS.iter().map(|m| m.name).collect()
+}
+
+/// The registry row of `name`.
+pub fn entry(name: &str) -> Result<&'static ModelEntry> {
+    MODELS.iter().find(|m| m.name == name).ok_or_else(|| ZooError::UnknownModel {
+        name: name.to_string(),
+        known: list().join(", "),
+    })
+}
+
+fn check(e: &ModelEntry, opts: &ModelOptions) -> Result<()> {
+    if !e.inputs.contains(&opts.input) {
+        return Err(ZooError::UnsupportedInput {
+            name: e.name.to_string(),
+            input: opts.input.side(),
+            supported: e.inputs.iter().map(|i| i.side().to_string()).collect::<Vec<_>>().join(", "),
+        });
+    }
+    if opts.num_classes == 0 {
+        return Err(ZooError::InvalidConfig {
+            model: e.name.to_string(),
+            reason: "number of classes 0 must be positive".to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Builds model `name` for `num_classes` classes and `input` with the default
+/// dropout seed.
+///
+/// With a `VarBuilder` over a `VarMap`, the parameters are fresh `Var`s
+/// initialised as the reference code does; over loaded tensors, nothing is a
+/// `Var` and a forward builds no autograd graph.
+pub fn build(name: &str, num_classes: usize, input: InputSize, vb: VarBuilder) -> Result<Box<dyn Model>> {
+    build_with(name, &ModelOptions::new(num_classes, input), vb)
+}
+
+/// Builds model `name` with explicit [`ModelOptions`].
+pub fn build_with(name: &str, opts: &ModelOptions, vb: VarBuilder) -> Result<Box<dyn Model>> {
+    entry(name)?.build(opts, vb)
+}
+
+/// A backend that records the requested names and shapes and returns
+/// zero-stride views of one scalar, so no weight is allocated.
+struct Recorder(Arc<Mutex<Vec<(String, Vec<usize>)>>>);
+
+impl SimpleBackend for Recorder {
+    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("shape recorder lock poisoned".into()))?
+            .push((name.to_string(), s.dims().to_vec()));
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("shape recorder cannot provide `{name}` without a shape")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        false
+    }
+}
+
+/// Every tensor of model `name` (parameters and BatchNorm running statistics)
+/// with its shape, in construction order, under PyTorch state-dict names
+/// (without `num_batches_tracked`). Allocates no weights.
+pub fn param_shapes(name: &str, opts: &ModelOptions) -> Result<Vec<(String, Vec<usize>)>> {
+    let e = entry(name)?;
+    check(e, opts)?;
+    record_shapes(|vb| (e.build)(opts, vb))
+}
+
+/// Runs a model constructor over a recording `VarBuilder` and returns every
+/// tensor it requested with its shape (for models built outside the registry,
+/// e.g. reduced configurations of a family). Allocates no weights.
+pub fn record_shapes<T>(
+    build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<Vec<(String, Vec<usize>)>> {
+    let rec = Arc::new(Mutex::new(Vec::new()));
+    let vb = VarBuilder::from_backend(Box::new(Recorder(rec.clone())), DType::F32, Device::Cpu);
+    drop(build(vb)?);
+    let shapes = rec
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("shape recorder lock poisoned".into()))?
+        .clone();
+    Ok(shapes)
+}
+
+/// True for BatchNorm running statistics (buffers, not learnable).
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with(".running_mean") || name.ends_with(".running_var") || name.ends_with("num_batches_tracked")
+}
+
+/// Number of learnable parameters of model `name` (BatchNorm running
+/// statistics excluded, as `sum(p.numel() for p in model.parameters())`).
+pub fn param_count(name: &str, num_classes: usize, input: InputSize) -> Result<u64> {
+    let shapes = param_shapes(name, &ModelOptions::new(num_classes, input))?;
+    Ok(shapes
+        .iter()
+        .filter(|(n, _)| !is_buffer(n))
+        .map(|(_, s)| s.iter().product::<usize>() as u64)
+        .sum())
+}
