@@ -22,7 +22,7 @@ fn dataset() -> (ImageDataset, &'static str) {
         }
     }
     let n = 50_000;
-    let images: Vec<u8> = (0..n * 3072).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let images: Vec<u8> = (0..n * 3072).map(|i: usize| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let labels = (0..n).map(|i| (i % 10) as u32).collect();
     (ImageDataset::new(images, labels, (3, 32, 32), 10).expect("dataset"), "synthetic")
 }

@@ -102,6 +102,15 @@ pub(crate) fn normalize_with(lut: &[[f32; 256]], img: &Image<'_>, out: &mut [f32
     Ok(())
 }
 
+/// A uniform draw in `[lo, hi)` as torch's `uniform_` (`lo` when the range is empty, never a panic).
+pub fn uniform(rng: &mut SeededRng, lo: f64, hi: f64) -> f64 {
+    if hi > lo {
+        lo + (hi - lo) * rng.random::<f64>()
+    } else {
+        lo
+    }
+}
+
 // ----------------------------------------------------------------------------------------
 // Pure transforms with explicit parameters.
 
@@ -352,8 +361,8 @@ pub fn random_resized_crop_params(
     let area = (height * width) as f64;
     let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
     for _ in 0..10 {
-        let target = area * rng.random_range(scale.0..scale.1);
-        let aspect = rng.random_range(lr0..lr1).exp();
+        let target = area * uniform(rng, scale.0, scale.1);
+        let aspect = uniform(rng, lr0, lr1).exp();
         let w = (target * aspect).sqrt().round_ties_even() as usize;
         let h = (target / aspect).sqrt().round_ties_even() as usize;
         if 0 < w && w <= width && 0 < h && h <= height {
@@ -370,7 +379,8 @@ pub fn random_resized_crop_params(
     } else {
         (height, width)
     };
-    ((height - h) / 2, (width - w) / 2, h, w)
+    let (h, w) = (h.clamp(1, height.max(1)), w.clamp(1, width.max(1)));
+    (height.saturating_sub(h) / 2, width.saturating_sub(w) / 2, h, w)
 }
 
 // ----------------------------------------------------------------------------------------
@@ -451,7 +461,7 @@ impl Op {
                     img.clone().into_owned()
                 }
             }
-            Op::RandomRotation { degrees } => rotate(img, rng.random_range(-degrees..degrees)),
+            Op::RandomRotation { degrees } => rotate(img, uniform(rng, -degrees, degrees)),
             Op::RandomResizedCrop { size, scale, ratio } => {
                 let (t, l, h, w) = random_resized_crop_params(rng, img.height, img.width, scale, ratio);
                 resize_bilinear(&crop(img, t, l, h, w)?, size, size)
@@ -587,8 +597,7 @@ impl Pipeline {
         Self::new(vec![Op::Resize { size: 256 }, Op::CenterCrop { size: 224 }], Normalization::imagenet())
     }
 
-    /// The output shape for an input shape, or `None` when it depends on the input size
-    /// (never for the pipelines above when their last op fixes the size).
+    /// The output shape (C, H, W) for an input shape.
     pub fn output_shape(&self, input: (usize, usize, usize)) -> (usize, usize, usize) {
         let (c, mut h, mut w) = input;
         for op in &self.ops {
@@ -615,7 +624,7 @@ impl Pipeline {
         let top = rng.random_range(0..=2 * padding);
         let left = rng.random_range(0..=2 * padding);
         let flip = rng.random::<f64>() < p_flip;
-        let angle = rng.random_range(-degrees..degrees);
+        let angle = uniform(rng, -degrees, degrees);
         CifarParams { top, left, flip, angle }
     }
 

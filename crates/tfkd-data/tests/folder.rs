@@ -141,4 +141,10 @@ fn random_resized_crop_params_stay_inside_and_follow_torchvision_ranges() {
     // Impossible ratio → the central fallback of torchvision.
     let p = tfkd_data::transforms::random_resized_crop_params(&mut rng, 100, 400, (0.9, 1.0), (0.5, 0.6));
     assert_eq!(p, (0, 170, 100, 60));
+    // Degenerate settings give a valid crop, never a panic.
+    let p = tfkd_data::transforms::random_resized_crop_params(&mut rng, 50, 40, (0.5, 0.5), (-1.0, 0.0));
+    assert!(p.0 + p.2 <= 50 && p.1 + p.3 <= 40 && p.2 > 0 && p.3 > 0, "{p:?}");
+    let img = tfkd_data::Image::owned(3, 8, 8, (0..192).map(|v| v as u8).collect());
+    let still = tfkd_data::Op::RandomRotation { degrees: 0.0 }.apply(&img, &mut rng).unwrap();
+    assert_eq!(still, img);
 }
