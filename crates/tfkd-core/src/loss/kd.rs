@@ -1,9 +1,10 @@
 //! Knowledge distillation from a teacher network: Normal KD, Re-KD, De-KD
 //! (`loss_kd`) and Tf-KD_self (`loss_kd_self`).
 
+use super::fused::{FusedLoss, HardTerm, LabelTarget, SoftTarget, SoftTerm};
 use super::{
-    check_labels, check_logits, check_same_shape, ensure_finite, hard_cross_entropy,
-    kl_from_log_target, log_softmax, KlReduction, LossTerms,
+    check_labels, check_labels_host, check_logits, check_same_shape, ensure_finite, hard_cross_entropy,
+    kl_from_log_target, log_softmax, KlReduction, LossTerms, Path,
 };
 use crate::error::check_param;
 use crate::Result;
@@ -88,18 +89,42 @@ impl KdLoss {
     /// # Shapes
     /// `student`, `teacher`: (N, K) of the same float dtype; `labels`: (N).
     pub fn forward(&self, student: &Tensor, teacher: &Tensor, labels: &Tensor) -> Result<LossTerms> {
+        self.forward_on(Path::Auto, student, teacher, labels)
+    }
+
+    /// [`KdLoss::forward`] computed by the composed candle graph even where
+    /// the fused op applies (for tests and benchmarks).
+    #[doc(hidden)]
+    pub fn forward_composed(&self, student: &Tensor, teacher: &Tensor, labels: &Tensor) -> Result<LossTerms> {
+        self.forward_on(Path::Composed, student, teacher, labels)
+    }
+
+    fn forward_on(&self, path: Path, student: &Tensor, teacher: &Tensor, labels: &Tensor) -> Result<LossTerms> {
         self.validate()?;
         let (n, k) = check_logits("student logits", student)?;
         check_same_shape("teacher logits", teacher, student)?;
-        let labels = check_labels(labels, n, k)?;
         let t = self.temperature;
-        let hard = (hard_cross_entropy(student, &labels)? * (1.0 - self.alpha))?;
-        let log_student = log_softmax(&(student / t)?)?;
-        let log_teacher = log_softmax(&(teacher.detach() / t)?)?;
-        let kl = kl_from_log_target(&log_student, &log_teacher, self.reduction)?;
         let t2 = if self.temperature_squared { t * t } else { 1.0 };
-        let soft = (kl * (self.alpha * t2 * self.multiplier))?;
-        let total = (&hard + &soft)?;
+        let soft_weight = self.alpha * t2 * self.multiplier;
+        let (total, hard, soft) = if path.fused(student) {
+            let labels = check_labels_host(labels, n, k)?;
+            let hard = HardTerm { weight: (1.0 - self.alpha) / n as f64, target: LabelTarget { on: 1.0, off: 0.0 } };
+            let soft = SoftTerm {
+                weight: soft_weight / self.reduction.divisor(n, k),
+                student_scale: 1.0 / t,
+                target: SoftTarget::Teacher { scale: 1.0 / t },
+            };
+            let terms = FusedLoss::new(Some(hard), Some(soft), labels).apply(student, Some(teacher))?;
+            (terms.total, terms.hard, terms.soft)
+        } else {
+            let labels = check_labels(labels, n, k)?;
+            let hard = (hard_cross_entropy(student, &labels)? * (1.0 - self.alpha))?;
+            let log_student = log_softmax(&(student / t)?)?;
+            let log_teacher = log_softmax(&(teacher.detach() / t)?)?;
+            let kl = kl_from_log_target(&log_student, &log_teacher, self.reduction)?;
+            let soft = (kl * soft_weight)?;
+            ((&hard + &soft)?, hard, soft)
+        };
         ensure_finite(&total, &[("student logits", student), ("teacher logits", teacher)])?;
         Ok(LossTerms { total, hard, soft: Some(soft) })
     }

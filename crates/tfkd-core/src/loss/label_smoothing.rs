@@ -1,6 +1,7 @@
 //! Label-smoothing regularisation (LSR), the paper's hand-made baseline.
 
-use super::{check_labels, check_logits, ensure_finite, log_softmax, one_hot, LossTerms};
+use super::fused::{FusedLoss, HardTerm, LabelTarget};
+use super::{check_labels, check_labels_host, check_logits, ensure_finite, log_softmax, one_hot, LossTerms, Path};
 use crate::error::check_param;
 use crate::Result;
 use candle_core::Tensor;
@@ -54,13 +55,19 @@ impl LabelSmoothing {
 
     /// The smoothed target distribution s (N, K) for `labels`.
     pub fn targets(&self, labels: &Tensor, num_classes: usize, like: &Tensor) -> Result<Tensor> {
+        let LabelTarget { on, off } = self.label_target(num_classes);
+        // onehot·(on − off) + off
+        Ok(one_hot(labels, num_classes, like.dtype())?.affine(on - off, off)?)
+    }
+
+    /// The mass on the true class and on each other class.
+    fn label_target(&self, num_classes: usize) -> LabelTarget {
         let k = num_classes as f64;
         let (on, off) = match self.form {
             SmoothingForm::Official => (1.0 - self.epsilon, self.epsilon / (k - 1.0)),
             SmoothingForm::Uniform => (1.0 - self.epsilon + self.epsilon / k, self.epsilon / k),
         };
-        // onehot·(on − off) + off
-        Ok(one_hot(labels, num_classes, like.dtype())?.affine(on - off, off)?)
+        LabelTarget { on, off }
     }
 
     /// The loss for one batch.
@@ -68,12 +75,29 @@ impl LabelSmoothing {
     /// # Shapes
     /// `logits`: (N, K) float; `labels`: (N).
     pub fn forward(&self, logits: &Tensor, labels: &Tensor) -> Result<LossTerms> {
+        self.forward_on(Path::Auto, logits, labels)
+    }
+
+    /// [`LabelSmoothing::forward`] computed by the composed candle graph even
+    /// where the fused op applies (for tests and benchmarks).
+    #[doc(hidden)]
+    pub fn forward_composed(&self, logits: &Tensor, labels: &Tensor) -> Result<LossTerms> {
+        self.forward_on(Path::Composed, logits, labels)
+    }
+
+    fn forward_on(&self, path: Path, logits: &Tensor, labels: &Tensor) -> Result<LossTerms> {
         self.validate()?;
         let (n, k) = check_logits("logits", logits)?;
-        let labels = check_labels(labels, n, k)?;
-        let targets = self.targets(&labels, k, logits)?;
-        let log_p = log_softmax(logits)?;
-        let total = ((targets * log_p)?.sum_all()? / -(n as f64))?;
+        let total = if path.fused(logits) {
+            let labels = check_labels_host(labels, n, k)?;
+            let hard = HardTerm { weight: 1.0 / n as f64, target: self.label_target(k) };
+            FusedLoss::new(Some(hard), None, labels).apply(logits, None)?.total
+        } else {
+            let labels = check_labels(labels, n, k)?;
+            let targets = self.targets(&labels, k, logits)?;
+            let log_p = log_softmax(logits)?;
+            ((targets * log_p)?.sum_all()? / -(n as f64))?
+        };
         ensure_finite(&total, &[("logits", logits)])?;
         Ok(LossTerms { hard: total.clone(), total, soft: None })
     }

@@ -1,8 +1,9 @@
 //! Tf-KD_reg: distillation from a hand-made "virtual teacher" (no network).
 
+use super::fused::{FusedLoss, HardTerm, LabelTarget, SoftTarget, SoftTerm};
 use super::{
-    check_labels, check_logits, ensure_finite, hard_cross_entropy, kl_from_log_target, one_hot,
-    log_softmax, softmax, KlReduction, LossTerms,
+    check_labels, check_labels_host, check_logits, ensure_finite, hard_cross_entropy, kl_from_log_target,
+    log_softmax, one_hot, softmax, KlReduction, LossTerms, Path,
 };
 use crate::error::check_param;
 use crate::Result;
@@ -108,28 +109,68 @@ impl VirtualTeacherLoss {
         Ok(softmax(&(pd / self.temperature)?)?)
     }
 
+    /// The softened target in closed form (f64): `softmax(pᵈ/T)` has
+    /// `t_on = 1/(1 + (K−1)·e^{(off − a)/T})` on the true class and
+    /// `t_off = (1 − t_on)/(K−1)` elsewhere, with `off = (1 − a)/(K − 1)`;
+    /// returns them with the row's `Σₖ tₖ log tₖ`.
+    fn target_closed_form(&self, num_classes: usize) -> (LabelTarget, f64) {
+        let (a, k, t) = (self.correct_prob, num_classes as f64, self.temperature);
+        let off = (1.0 - a) / (k - 1.0);
+        // log-sum-exp of the logits a/T (once) and off/T (K−1 times), a ≥ off.
+        let lse = a / t + ((k - 1.0) * ((off - a) / t).exp()).ln_1p();
+        let (log_on, log_off) = (a / t - lse, off / t - lse);
+        let (on, off_t) = (log_on.exp(), log_off.exp());
+        let xlogx = |p: f64, log_p: f64| if p > 0.0 { p * log_p } else { 0.0 };
+        (LabelTarget { on, off: off_t }, xlogx(on, log_on) + (k - 1.0) * xlogx(off_t, log_off))
+    }
+
     /// The loss for one batch.
     ///
     /// # Shapes
     /// `student`: (N, K) float; `labels`: (N).
     pub fn forward(&self, student: &Tensor, labels: &Tensor) -> Result<LossTerms> {
+        self.forward_on(Path::Auto, student, labels)
+    }
+
+    /// [`VirtualTeacherLoss::forward`] computed by the composed candle graph
+    /// even where the fused op applies (for tests and benchmarks).
+    #[doc(hidden)]
+    pub fn forward_composed(&self, student: &Tensor, labels: &Tensor) -> Result<LossTerms> {
+        self.forward_on(Path::Composed, student, labels)
+    }
+
+    fn forward_on(&self, path: Path, student: &Tensor, labels: &Tensor) -> Result<LossTerms> {
         let (n, k) = check_logits("student logits", student)?;
         self.validate(k)?;
-        let labels = check_labels(labels, n, k)?;
         let t = self.temperature;
-        let hard = (hard_cross_entropy(student, &labels)? * (1.0 - self.alpha))?;
-        let pd = virtual_teacher(&labels, k, self.correct_prob, student.dtype())?;
-        let log_target = log_softmax(&(pd / t)?)?;
         let (student_t, t2) = match self.form {
             VirtualTeacherForm::AsCoded => (1.0, 1.0),
             VirtualTeacherForm::PaperEq9 { temperature_squared } => {
                 (t, if temperature_squared { t * t } else { 1.0 })
             }
         };
-        let log_student = log_softmax(&(student / student_t)?)?;
-        let kl = kl_from_log_target(&log_student, &log_target, self.reduction)?;
-        let soft = (kl * (self.alpha * self.multiplier * t2))?;
-        let total = (&hard + &soft)?;
+        let soft_weight = self.alpha * self.multiplier * t2;
+        let (total, hard, soft) = if path.fused(student) {
+            let labels = check_labels_host(labels, n, k)?;
+            let hard = HardTerm { weight: (1.0 - self.alpha) / n as f64, target: LabelTarget { on: 1.0, off: 0.0 } };
+            let (target, neg_entropy) = self.target_closed_form(k);
+            let soft = SoftTerm {
+                weight: soft_weight / self.reduction.divisor(n, k),
+                student_scale: 1.0 / student_t,
+                target: SoftTarget::Labels { target, neg_entropy },
+            };
+            let terms = FusedLoss::new(Some(hard), Some(soft), labels).apply(student, None)?;
+            (terms.total, terms.hard, terms.soft)
+        } else {
+            let labels = check_labels(labels, n, k)?;
+            let hard = (hard_cross_entropy(student, &labels)? * (1.0 - self.alpha))?;
+            let pd = virtual_teacher(&labels, k, self.correct_prob, student.dtype())?;
+            let log_target = log_softmax(&(pd / t)?)?;
+            let log_student = log_softmax(&(student / student_t)?)?;
+            let kl = kl_from_log_target(&log_student, &log_target, self.reduction)?;
+            let soft = (kl * soft_weight)?;
+            ((&hard + &soft)?, hard, soft)
+        };
         ensure_finite(&total, &[("student logits", student)])?;
         Ok(LossTerms { total, hard, soft: Some(soft) })
     }

@@ -1,0 +1,548 @@
+//! Fused single-pass losses for the CPU: one candle [`CustomOp1`] /
+//! [`CustomOp2`] per loss, with an analytic backward.
+//!
+//! Every loss of this module is a sum of at most two weighted row terms of
+//! the student logits `z` (N×K), written with `p̂ = softmax(z·σ)` at a student
+//! scale σ = 1/τ:
+//!
+//! ```text
+//! hard = w_h · Σₙ Hₙ,   Hₙ = −Σₖ sₙₖ · log softmax(zₙ)ₖ          (σ = 1)
+//! soft = w_s · Σₙ Sₙ,   Sₙ = Σₖ tₙₖ · (log tₙₖ − log p̂ₙₖ)
+//! total = hard + soft
+//! ```
+//!
+//! * a *label target* `s` (or `t`) puts `on` on the true class and `off` on
+//!   every other one: `on = 1, off = 0` is cross-entropy, `(1 − ε, ε/(K−1))`
+//!   label smoothing, and `softmax(pᵈ/T)` the Tf-KD_reg virtual teacher;
+//! * a *teacher target* is `t = softmax(zᵗ·ς)` of the teacher logits (KD).
+//!
+//! With `Σs = on + (K−1)·off`, `m = maxₖ zₖ` and `Λ = log Σₖ exp((zₖ − m)σ)`:
+//!
+//! ```text
+//! −Σₖ sₖ log p̂ₖ = Σs·Λ − off·σ·Σₖ(zₖ − m) − (on − off)·σ·(z_y − m)
+//! Σₖ tₖ (log tₖ − log p̂ₖ) = (Σₖ eᵗₖ·(ς(zᵗₖ − mᵗ) − σ(zₖ − m)))/Σeᵗ − log Σeᵗ + Λ
+//! ∂/∂zₖ [−Σⱼ sⱼ log p̂ⱼ] = σ·(Σs·p̂ₖ − sₖ)
+//! ```
+//!
+//! with `eᵗₖ = exp(ς(zᵗₖ − mᵗ))`. The gradient w.r.t. the student logits is
+//! `(g_total + g_hard)·w_h·(Σs·p − s) + (g_total + g_soft)·w_s·σ·(Σt·p̂ − t)`
+//! where `g_*` are the upstream gradients of the op's three outputs
+//! `[total, hard, soft]`; the teacher and the targets get none.
+//!
+//! One pass over each row computes its max, its log-sum-exps and the reduction
+//! (the row is then in L1 for the few cheap passes that follow). Exponentials
+//! of f32 inputs use a vectorisable Cephes-style `expf` (≤ 2 ulp); every sum is
+//! accumulated in f64 in a fixed order. Rows are split into chunks whose size
+//! depends only on (N, K), processed on rayon's pool when there are several,
+//! and the per-chunk partial sums are added in chunk order: the result does not
+//! depend on the number of threads.
+
+use crate::Result;
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, WithDType,
+};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Number of elements a chunk of rows must reach before rows are processed on
+/// several threads (smaller work runs inline: rayon's hand-off costs more).
+const PARALLEL_GRAIN: usize = 16 * 1024;
+
+/// A label target: `on` on the true class, `off` on every other class.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct LabelTarget {
+    /// The true class's mass.
+    pub on: f64,
+    /// Every other class's mass.
+    pub off: f64,
+}
+
+/// The soft term's target distribution.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum SoftTarget {
+    /// `t = softmax(zᵗ·scale)` of the teacher logits (the op's second input).
+    Teacher {
+        /// ς = 1/T.
+        scale: f64,
+    },
+    /// A label target with its (constant) negative entropy `Σₖ tₖ log tₖ`.
+    Labels {
+        /// Where the mass goes.
+        target: LabelTarget,
+        /// `Σₖ tₖ log tₖ` of one row.
+        neg_entropy: f64,
+    },
+}
+
+/// The weighted soft (KL) term.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SoftTerm {
+    /// w_s: the weight of `Σₙ KLₙ` in the loss (reduction divisor included).
+    pub weight: f64,
+    /// σ: the student logits are multiplied by it before the softmax.
+    pub student_scale: f64,
+    /// The target distribution.
+    pub target: SoftTarget,
+}
+
+/// The weighted hard (label-target cross-entropy at σ = 1) term.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HardTerm {
+    /// w_h: the weight of `Σₙ Hₙ` in the loss.
+    pub weight: f64,
+    /// The label target `s`.
+    pub target: LabelTarget,
+}
+
+/// A fused loss: the configuration of the op (see the module docs).
+#[derive(Clone, Debug)]
+pub(crate) struct FusedLoss {
+    pub hard: Option<HardTerm>,
+    pub soft: Option<SoftTerm>,
+    labels: Arc<[u32]>,
+}
+
+/// The scalars of a fused loss, each a 0-d tensor of the logits' dtype.
+pub(crate) struct FusedTerms {
+    pub total: Tensor,
+    pub hard: Tensor,
+    pub soft: Tensor,
+}
+
+/// Whether `t` can take the fused path: a CPU tensor of f32 or f64.
+pub(crate) fn supported(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+impl FusedLoss {
+    /// A loss over validated `labels` (values < K).
+    pub(crate) fn new(hard: Option<HardTerm>, soft: Option<SoftTerm>, labels: Vec<u32>) -> Self {
+        Self { hard, soft, labels: labels.into() }
+    }
+
+    /// Applies the loss to validated (N, K) CPU logits of f32 / f64. `teacher`
+    /// (same shape and dtype) is required by, and only by, a teacher target.
+    pub(crate) fn apply(self, student: &Tensor, teacher: Option<&Tensor>) -> Result<FusedTerms> {
+        let student = student.contiguous()?;
+        let out = match teacher {
+            Some(teacher) => student.apply_op2(&teacher.detach().contiguous()?, self)?,
+            None => student.apply_op1(self)?,
+        };
+        Ok(FusedTerms { total: out.get(0)?, hard: out.get(1)?, soft: out.get(2)? })
+    }
+
+    fn has_teacher(&self) -> bool {
+        matches!(self.soft, Some(SoftTerm { target: SoftTarget::Teacher { .. }, .. }))
+    }
+
+    /// Forward: `[total, hard, soft]`.
+    fn forward<E: Elem>(&self, z: &[E], teacher: Option<&[E]>, n: usize, k: usize) -> candle_core::Result<Vec<E>> {
+        let [h, s] = self.run(z, teacher, n, k, None)?;
+        let hard = self.hard.map_or(0.0, |t| t.weight * h);
+        let soft = self.soft.map_or(0.0, |t| t.weight * s);
+        Ok([hard + soft, hard, soft].map(E::from_f64).to_vec())
+    }
+
+    /// Backward: the gradient (N·K) w.r.t. the student logits for upstream
+    /// gradients `g = [g_total, g_hard, g_soft]`.
+    fn gradient<E: Elem>(&self, z: &[E], teacher: Option<&[E]>, n: usize, k: usize, g: [f64; 3]) -> candle_core::Result<Vec<E>> {
+        let mut grad = vec![E::from_f64(0.0); n * k];
+        let coef = [
+            self.hard.map_or(0.0, |t| t.weight * (g[0] + g[1])),
+            self.soft.map_or(0.0, |t| t.weight * (g[0] + g[2])),
+        ];
+        self.run(z, teacher, n, k, Some((&mut grad, coef)))?;
+        Ok(grad)
+    }
+
+    /// Runs the row kernel over all rows; returns the unweighted `[Σ H, Σ S]`
+    /// and, with `grad`, writes `coef[0]·∂H + coef[1]·∂S` into it.
+    fn run<E: Elem>(
+        &self,
+        z: &[E],
+        teacher: Option<&[E]>,
+        n: usize,
+        k: usize,
+        grad: Option<(&mut [E], [f64; 2])>,
+    ) -> candle_core::Result<[f64; 2]> {
+        if z.len() != n * k || self.labels.len() != n || teacher.is_some_and(|t| t.len() != n * k) {
+            return Err(shape_error("inputs do not match the labels"));
+        }
+        if self.labels.iter().any(|&y| y as usize >= k) {
+            return Err(shape_error("a label is out of range"));
+        }
+        if self.has_teacher() != teacher.is_some() {
+            return Err(shape_error("the teacher logits are required by, and only by, a teacher target"));
+        }
+        let rows_per_chunk = PARALLEL_GRAIN.div_ceil(k).max(1);
+        let chunks = n.div_ceil(rows_per_chunk);
+        let chunk = |c: usize, g: Option<(&mut [E], [f64; 2])>| {
+            let rows = c * rows_per_chunk..((c + 1) * rows_per_chunk).min(n);
+            let span = rows.start * k..rows.end * k;
+            let mut kernel = RowKernel::new(self, k);
+            let mut sums = [0.0f64; 2];
+            let (mut g, coef) = match g {
+                Some((g, coef)) => (Some(g), coef),
+                None => (None, [0.0; 2]),
+            };
+            for (i, row) in rows.clone().enumerate() {
+                let at = i * k..(i + 1) * k;
+                let zr = &z[span.clone()][at.clone()];
+                let tr = teacher.map(|t| &t[span.clone()][at.clone()]);
+                let gr = g.as_deref_mut().map(|g| (&mut g[at], coef));
+                let [h, s] = kernel.row(zr, tr, self.labels[row] as usize, gr);
+                sums[0] += h;
+                sums[1] += s;
+            }
+            sums
+        };
+        let partials: Vec<[f64; 2]> = match grad {
+            Some((g, coef)) if chunks > 1 => g
+                .par_chunks_mut(rows_per_chunk * k)
+                .enumerate()
+                .map(|(c, g)| chunk(c, Some((g, coef))))
+                .collect(),
+            Some(g) => vec![chunk(0, Some(g))],
+            None if chunks > 1 => (0..chunks).into_par_iter().map(|c| chunk(c, None)).collect(),
+            None => vec![chunk(0, None)],
+        };
+        Ok(partials.iter().fold([0.0, 0.0], |acc, p| [acc[0] + p[0], acc[1] + p[1]]))
+    }
+}
+
+fn shape_error(detail: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!("fused loss: {detail}"))
+}
+
+/// Scratch buffers and the per-row formulas, shared by forward and backward.
+struct RowKernel<'a, E> {
+    loss: &'a FusedLoss,
+    /// `exp(zₖ − m)` (hard term, σ = 1).
+    e_hard: Vec<E>,
+    /// `exp(σ(zₖ − m))` for the soft term when σ ≠ 1 or there is no hard term.
+    e_soft: Vec<E>,
+    /// `exp(ς(zᵗₖ − mᵗ))` (teacher target).
+    e_teacher: Vec<E>,
+}
+
+impl<'a, E: Elem> RowKernel<'a, E> {
+    fn new(loss: &'a FusedLoss, k: usize) -> Self {
+        let soft_own = loss.soft.is_some_and(|s| loss.hard.is_none() || s.student_scale != 1.0);
+        Self {
+            loss,
+            e_hard: vec![E::from_f64(0.0); if loss.hard.is_some() { k } else { 0 }],
+            e_soft: vec![E::from_f64(0.0); if soft_own { k } else { 0 }],
+            e_teacher: vec![E::from_f64(0.0); if loss.has_teacher() { k } else { 0 }],
+        }
+    }
+
+    /// One row: returns the unweighted `[Hₙ, Sₙ]`; with `grad`, writes
+    /// `coef[0]·∂Hₙ/∂z + coef[1]·∂Sₙ/∂z` into it.
+    fn row(&mut self, z: &[E], teacher: Option<&[E]>, y: usize, mut grad: Option<(&mut [E], [f64; 2])>) -> [f64; 2] {
+        let k = z.len() as f64;
+        let m = row_max(z);
+        let zy = z[y].to_f64() - m;
+        // Σₖ (zₖ − m), only needed by label targets with off ≠ 0.
+        let needs_sum = self.loss.hard.is_some_and(|h| h.target.off != 0.0)
+            || matches!(self.loss.soft, Some(SoftTerm { target: SoftTarget::Labels { target, .. }, .. }) if target.off != 0.0);
+        let sum_diff = if needs_sum { sum_shifted(z, m) } else { 0.0 };
+        let label_ce = |t: LabelTarget, scale: f64, log_sum: f64| {
+            (t.on + (k - 1.0) * t.off) * log_sum - t.off * scale * sum_diff - (t.on - t.off) * scale * zy
+        };
+        let mut out = [0.0; 2];
+        let mut hard_sum = f64::NAN;
+        if let Some(hard) = self.loss.hard {
+            hard_sum = E::exp_sum(z, m, 1.0, &mut self.e_hard);
+            out[0] = label_ce(hard.target, 1.0, hard_sum.ln());
+            if let Some((g, coef)) = grad.as_mut() {
+                label_gradient(g, &self.e_hard, hard_sum, hard.target, y, coef[0]);
+            }
+        }
+        let Some(soft) = self.loss.soft else { return out };
+        let sigma = soft.student_scale;
+        let (e, sum) = if self.e_soft.is_empty() {
+            (&self.e_hard, hard_sum)
+        } else {
+            let sum = E::exp_sum(z, m, sigma, &mut self.e_soft);
+            (&self.e_soft, sum)
+        };
+        match (soft.target, teacher) {
+            (SoftTarget::Labels { target, neg_entropy }, _) => {
+                out[1] = neg_entropy + label_ce(target, sigma, sum.ln());
+                if let Some((g, coef)) = grad.as_mut() {
+                    label_gradient(g, e, sum, target, y, coef[1] * sigma);
+                }
+            }
+            (SoftTarget::Teacher { scale }, Some(t)) => {
+                let mt = row_max(t);
+                let t_sum = E::exp_sum(t, mt, scale, &mut self.e_teacher);
+                let cross = teacher_dot(&self.e_teacher, t, mt, scale, z, m, sigma);
+                out[1] = cross / t_sum - t_sum.ln() + sum.ln();
+                if let Some((g, coef)) = grad.as_mut() {
+                    // σ·(p̂ₖ − tₖ)
+                    let (a, b) = (coef[1] * sigma / sum, coef[1] * sigma / t_sum);
+                    for ((g, &e), &et) in g.iter_mut().zip(e).zip(&self.e_teacher) {
+                        *g = E::from_f64(g.to_f64() + a * e.to_f64() - b * et.to_f64());
+                    }
+                }
+            }
+            (SoftTarget::Teacher { .. }, None) => out[1] = f64::NAN,
+        }
+        out
+    }
+}
+
+/// Adds `coef·(Σs·pₖ − sₖ)` to `g`, with `pₖ = eₖ/sum`.
+fn label_gradient<E: Elem>(g: &mut [E], e: &[E], sum: f64, t: LabelTarget, y: usize, coef: f64) {
+    let k = g.len() as f64;
+    let a = coef * (t.on + (k - 1.0) * t.off) / sum;
+    let b = coef * t.off;
+    for (g, &e) in g.iter_mut().zip(e) {
+        *g = E::from_f64(g.to_f64() + a * e.to_f64() - b);
+    }
+    g[y] = E::from_f64(g[y].to_f64() - coef * (t.on - t.off));
+}
+
+/// The element types of the fused path. Only the exponentials differ: f64
+/// uses `f64::exp`, f32 the vectorisable [`exp_nonpositive`].
+pub(crate) trait Elem: WithDType {
+    /// Writes `outₖ = exp((xₖ − shift)·scale)` (arguments ≤ 0: shift is the
+    /// row max) and returns `Σₖ outₖ` in f64.
+    fn exp_sum(xs: &[Self], shift: f64, scale: f64, out: &mut [Self]) -> f64;
+}
+
+impl Elem for f64 {
+    fn exp_sum(xs: &[Self], shift: f64, scale: f64, out: &mut [Self]) -> f64 {
+        exp_loop(xs, out, |x| ((x - shift) * scale).exp())
+    }
+}
+
+impl Elem for f32 {
+    fn exp_sum(xs: &[Self], shift: f64, scale: f64, out: &mut [Self]) -> f64 {
+        // The shift is an element of the row, so `x − shift` is exact-ish in f32.
+        let shift = shift as f32;
+        if scale == 1.0 {
+            exp_loop(xs, out, |x| exp_nonpositive(x - shift))
+        } else {
+            exp_loop(xs, out, |x| exp_nonpositive(((x - shift) as f64 * scale) as f32))
+        }
+    }
+}
+
+/// `outₖ = f(xₖ)`, returning `Σₖ outₖ` summed in eight f64 lanes.
+#[inline(always)]
+fn exp_loop<E: WithDType>(xs: &[E], out: &mut [E], f: impl Fn(E) -> E) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let mut xc = xs.chunks_exact(8);
+    let mut oc = out.chunks_exact_mut(8);
+    for (x, o) in (&mut xc).zip(&mut oc) {
+        for ((o, &x), l) in o.iter_mut().zip(x).zip(lanes.iter_mut()) {
+            *o = f(x);
+            *l += o.to_f64();
+        }
+    }
+    for ((o, &x), l) in oc.into_remainder().iter_mut().zip(xc.remainder()).zip(lanes.iter_mut()) {
+        *o = f(x);
+        *l += o.to_f64();
+    }
+    lane_sum(&lanes)
+}
+
+/// `maxₖ xₖ`, ignoring NaN (a NaN then poisons the exponentials).
+fn row_max<E: WithDType>(xs: &[E]) -> f64 {
+    let mut lanes = [f64::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            let x = x.to_f64();
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    for (l, &x) in lanes.iter_mut().zip(rest) {
+        let x = x.to_f64();
+        *l = if x > *l { x } else { *l };
+    }
+    lanes.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+/// `Σₖ (xₖ − shift)` in f64.
+fn sum_shifted<E: WithDType>(xs: &[E], shift: f64) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += x.to_f64() - shift;
+        }
+    }
+    for (l, &x) in lanes.iter_mut().zip(rest) {
+        *l += x.to_f64() - shift;
+    }
+    lane_sum(&lanes)
+}
+
+/// `Σₖ eₖ·(ς(tₖ − mᵗ) − σ(zₖ − m))` in f64.
+fn teacher_dot<E: WithDType>(e: &[E], t: &[E], mt: f64, scale_t: f64, z: &[E], m: f64, scale: f64) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let term = |e: E, t: E, z: E| e.to_f64() * (scale_t * (t.to_f64() - mt) - scale * (z.to_f64() - m));
+    let (ec, tc, zc) = (e.chunks_exact(8), t.chunks_exact(8), z.chunks_exact(8));
+    let rest = ec.remainder().iter().zip(tc.remainder()).zip(zc.remainder());
+    for ((e, t), z) in ec.zip(tc).zip(zc) {
+        for (((l, &e), &t), &z) in lanes.iter_mut().zip(e).zip(t).zip(z) {
+            *l += term(e, t, z);
+        }
+    }
+    for (l, ((&e, &t), &z)) in lanes.iter_mut().zip(rest) {
+        *l += term(e, t, z);
+    }
+    lane_sum(&lanes)
+}
+
+/// Adds the eight lanes in a fixed order.
+fn lane_sum(a: &[f64; 8]) -> f64 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+/// `exp(x)` for `x ≤ 0` in f32, branch-free so that loops over it vectorise:
+/// Cody–Waite reduction `x = n·ln 2 + r`, |r| ≤ ln 2 / 2, Cephes' degree-6
+/// minimax polynomial for `eʳ` (relative error ≤ 2 ulp), and `2ⁿ` built in the
+/// exponent bits. Results below the smallest normal f32 (x < −87.3365) are 0;
+/// NaN stays NaN.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LOW: f32 = -87.336_54;
+    // 1.5·2²³: adding it rounds to an integer held in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let xc = if x < LOW { LOW } else { x };
+    let t = xc * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let r2 = r * r;
+    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1)
+        * r2
+        + r
+        + 1.0;
+    let exponent = (t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32).wrapping_add(127) as u32;
+    let y = p * f32::from_bits(exponent.wrapping_shl(23));
+    if x < LOW {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// A contiguous (N, K) slice of `storage` under `layout`.
+fn matrix<'s, E: Elem>(storage: &'s CpuStorage, layout: &Layout) -> candle_core::Result<(&'s [E], usize, usize)> {
+    let (n, k) = layout.shape().dims2()?;
+    let data = storage.as_slice::<E>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok((&data[start..end], n, k)),
+        None => Err(shape_error("the logits must be contiguous")),
+    }
+}
+
+fn forward_dispatch(
+    op: &FusedLoss,
+    s: &CpuStorage,
+    l: &Layout,
+    teacher: Option<(&CpuStorage, &Layout)>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn typed<E: Elem>(
+        op: &FusedLoss,
+        s: &CpuStorage,
+        l: &Layout,
+        teacher: Option<(&CpuStorage, &Layout)>,
+    ) -> candle_core::Result<Vec<E>> {
+        let (z, n, k) = matrix::<E>(s, l)?;
+        let t = teacher.map(|(s, l)| matrix::<E>(s, l).map(|m| m.0)).transpose()?;
+        op.forward(z, t, n, k)
+    }
+    let out = match s.dtype() {
+        DType::F32 => CpuStorage::F32(typed::<f32>(op, s, l, teacher)?),
+        DType::F64 => CpuStorage::F64(typed::<f64>(op, s, l, teacher)?),
+        other => return Err(shape_error(&format!("unsupported dtype {other:?}"))),
+    };
+    Ok((out, Shape::from(3)))
+}
+
+fn backward_dispatch(op: &FusedLoss, student: &Tensor, teacher: Option<&Tensor>, grad_res: &Tensor) -> candle_core::Result<Tensor> {
+    let g: [f64; 3] = grad_res
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?
+        .try_into()
+        .map_err(|_| shape_error("the upstream gradient must have 3 elements"))?;
+    let (s_guard, s_layout) = student.storage_and_layout();
+    let Storage::Cpu(s) = &*s_guard else { return Err(shape_error("the fused loss runs on the CPU only")) };
+    let t_guard = teacher.map(|t| t.storage_and_layout());
+    let t = match &t_guard {
+        Some((guard, layout)) => match &**guard {
+            Storage::Cpu(t) => Some((t, *layout)),
+            _ => return Err(shape_error("the fused loss runs on the CPU only")),
+        },
+        None => None,
+    };
+    fn typed<E: Elem>(
+        op: &FusedLoss,
+        s: &CpuStorage,
+        l: &Layout,
+        teacher: Option<(&CpuStorage, &Layout)>,
+        g: [f64; 3],
+    ) -> candle_core::Result<Vec<E>> {
+        let (z, n, k) = matrix::<E>(s, l)?;
+        let t = teacher.map(|(s, l)| matrix::<E>(s, l).map(|m| m.0)).transpose()?;
+        op.gradient(z, t, n, k, g)
+    }
+    let shape = s_layout.shape().clone();
+    match s.dtype() {
+        DType::F32 => Tensor::from_vec(typed::<f32>(op, s, s_layout, t, g)?, shape, student.device()),
+        DType::F64 => Tensor::from_vec(typed::<f64>(op, s, s_layout, t, g)?, shape, student.device()),
+        other => Err(shape_error(&format!("unsupported dtype {other:?}"))),
+    }
+}
+
+impl CustomOp1 for FusedLoss {
+    fn name(&self) -> &'static str {
+        "tfkd-fused-loss"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        forward_dispatch(self, storage, layout, None)
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        backward_dispatch(self, arg, None, grad_res).map(Some)
+    }
+}
+
+impl CustomOp2 for FusedLoss {
+    fn name(&self) -> &'static str {
+        "tfkd-fused-loss-with-teacher"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        forward_dispatch(self, s1, l1, Some((s2, l2)))
+    }
+
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(backward_dispatch(self, arg1, Some(arg2), grad_res)?), None))
+    }
+}
