@@ -23,7 +23,9 @@ Outputs (all float32, small):
                         kernel / stride / padding combinations.
   ckpt_*.pth(.tar)      tiny PyTorch checkpoints of case `resnet_basic`: the
                         official {'epoch', 'state_dict', 'optim_dict'} layout,
-                        a DataParallel (`module.`) one, and a bare state dict.
+                        a DataParallel (`module.`) one, a bare state dict, and
+                        a legacy-format one (PyTorch <= 1.5 serialization, as
+                        the official teachers).
 
 Usage: python scripts/gen_zoo_fixtures.py [OUT_DIR]   (default fixtures/zoo)
 """
@@ -763,6 +765,11 @@ def main():
             torch.save({"epoch": 3, "state_dict": sd_init, "optim_dict": {}}, os.path.join(out, "ckpt_resnet_basic.pth.tar"))
             torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in sd_init.items()}}, os.path.join(out, "ckpt_resnet_basic_dp.pth.tar"))
             torch.save(sd_init, os.path.join(out, "ckpt_resnet_basic_bare.pth"))
+            # PyTorch <= 1.5 layout (the official teachers were saved by PyTorch 1.2),
+            # DataParallel names, and an optimizer state whose storages must be skipped.
+            legacy = {"epoch": 3, "state_dict": {"module." + k: v for k, v in sd_init.items()},
+                      "optim_dict": {"state": {0: {"momentum_buffer": torch.arange(5, dtype=torch.float64)}}}}
+            torch.save(legacy, os.path.join(out, "ckpt_resnet_basic_legacy.pth.tar"), _use_new_zipfile_serialization=False)
             del sd
     maxpool_case(g, out)
     print("wrote", out)

@@ -1,5 +1,6 @@
 //! Checkpoints: PyTorch `.pth` / `.pth.tar` / `.pt` (pickled state dicts, as the
-//! official release's teachers) and `.safetensors`.
+//! official release's teachers; zip and legacy formats, see [`crate::pth`]) and
+//! `.safetensors`.
 //!
 //! A PyTorch checkpoint may hold the state dict at its top level or under a
 //! `state_dict` key (the official `{'epoch', 'state_dict', 'optim_dict'}`
@@ -50,10 +51,8 @@ pub fn read_state_dict(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>
     let entries = if name.ends_with(".safetensors") {
         candle_core::safetensors::load(path, &Device::Cpu).map_err(io)?.into_iter().collect()
     } else if is_pytorch(&name) {
-        match candle_core::pickle::read_all_with_key(path, Some("state_dict")) {
-            Ok(v) if !v.is_empty() => v,
-            _ => candle_core::pickle::read_all_with_key(path, None).map_err(io)?,
-        }
+        let bytes = std::fs::read(path).map_err(|e| io(e.into()))?;
+        crate::pth::read_pth_bytes(&bytes).map_err(io)?
     } else {
         return Err(ZooError::UnsupportedFormat { path: path.to_path_buf() });
     };

@@ -27,6 +27,7 @@ pub mod error;
 pub mod layers;
 pub mod models;
 pub mod ops;
+pub mod pth;
 pub mod registry;
 
 pub use checkpoint::{
