@@ -239,7 +239,7 @@ impl ImageFolder {
                         }
                         Err(e) => {
                             if let Ok(mut f) = first_err.lock() {
-                                if f.as_ref().is_none_or(|(j, _)| i < *j) {
+                                if f.as_ref().map_or(true, |(j, _)| i < *j) {
                                     *f = Some((i, e));
                                 }
                             }

@@ -40,7 +40,7 @@ fn cifar_tar_gz() -> Vec<u8> {
     let mut recs = Vec::new();
     for i in 0..3u8 {
         recs.extend([i, 10 + i]);
-        recs.extend(std::iter::repeat_n(i, 3072));
+        recs.extend(std::iter::repeat(i).take(3072));
     }
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);

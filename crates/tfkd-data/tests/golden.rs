@@ -157,3 +157,25 @@ fn center_crop_offsets_round_half_to_even_like_python() {
     assert_eq!(transforms::resize_shorter_dims(240, 320, 256), (256, 341));
     assert_eq!(transforms::resize_shorter_dims(300, 263, 256), (292, 256));
 }
+
+#[test]
+fn fused_cifar_path_equals_the_generic_op_chain_for_the_same_stream() {
+    let ds = cifar_source("c10");
+    let pipe = tfkd_data::Pipeline::cifar_train(Normalization::cifar100());
+    let lut_norm = Normalization::cifar100();
+    let mut scratch = Scratch::default();
+    let mut flips = 0;
+    for i in 0..20u64 {
+        let img = Image::borrowed(3, 32, 32, ds.image_bytes(i as usize).unwrap());
+        let mut fast = vec![0f32; 3072];
+        pipe.apply_into(&img, &mut tfkd_data::SeededRng::derive(9, &[0, i]), &mut scratch, &mut fast, (3, 32, 32), 0).unwrap();
+        let slow_u8 = pipe.augment(&img, &mut tfkd_data::SeededRng::derive(9, &[0, i])).unwrap();
+        let mut slow = vec![0f32; 3072];
+        lut_norm.apply(&slow_u8, &mut slow).unwrap();
+        assert_eq!(fast, slow, "image {i}");
+        let p = tfkd_data::Pipeline::draw_cifar_params(&mut tfkd_data::SeededRng::derive(9, &[0, i]), 4, 0.5, 15.0);
+        assert!(p.top <= 8 && p.left <= 8 && (-15.0..15.0).contains(&p.angle));
+        flips += p.flip as usize;
+    }
+    assert!((3..=17).contains(&flips), "{flips} flips in 20");
+}

@@ -12,7 +12,7 @@ const C100_COARSE: [u32; 20] = [10, 10, 0, 4, 10, 2, 11, 7, 10, 4, 10, 12, 19, 1
 
 fn record(label: &[u8], fill: u8, pixels: usize) -> Vec<u8> {
     let mut r = label.to_vec();
-    r.extend(std::iter::repeat_n(fill, pixels));
+    r.extend(std::iter::repeat(fill).take(pixels));
     r
 }
 
