@@ -1,0 +1,106 @@
+//! Run-directory files, all written atomically (temporary file, fsync,
+//! rename): a crash never leaves a half-written checkpoint or result.
+//!
+//! `last.safetensors` holds everything needed to resume: the model's tensors
+//! under their PyTorch names (BatchNorm running statistics included), the
+//! momentum buffers under `optim.`, and a JSON [`CheckpointMeta`] in the
+//! safetensors header (epochs done, the per-epoch history). `best.safetensors`
+//! and `epoch-E.safetensors` hold the model only, loadable as teachers.
+
+use crate::error::{io_err, Result, RunError};
+use crate::train::EpochRecord;
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Prefix of optimizer tensors in `last.safetensors`.
+pub const OPTIM_PREFIX: &str = "optim.";
+/// Key of the JSON metadata in the safetensors header.
+const META_KEY: &str = "tfkd";
+
+/// The resume state stored next to the tensors.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointMeta {
+    /// Completed epochs.
+    pub epochs_done: usize,
+    /// The registry name of the model.
+    pub model: String,
+    /// One record per completed epoch.
+    pub history: Vec<EpochRecord>,
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    drop(f);
+    commit(&tmp, path)
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+fn commit(tmp: &Path, path: &Path) -> Result<()> {
+    std::fs::rename(tmp, path).map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        // Make the rename itself durable.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Saves tensors (and optional metadata) as safetensors, atomically.
+pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)], meta: Option<&CheckpointMeta>) -> Result<()> {
+    let tmp = tmp_path(path);
+    let info = match meta {
+        Some(m) => Some(HashMap::from([(
+            META_KEY.to_string(),
+            serde_json::to_string(m).map_err(|e| RunError::Checkpoint { path: path.into(), reason: e.to_string() })?,
+        )])),
+        None => None,
+    };
+    let mut sorted: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    safetensors::serialize_to_file(sorted, info, &tmp)
+        .map_err(|e| RunError::Checkpoint { path: path.into(), reason: e.to_string() })?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
+    commit(&tmp, path)
+}
+
+/// A loaded checkpoint: model tensors, optimizer tensors (prefix removed) and metadata.
+pub struct Loaded {
+    /// Model tensors by PyTorch name.
+    pub model: HashMap<String, Tensor>,
+    /// Optimizer state by name.
+    pub optim: HashMap<String, Tensor>,
+    /// The metadata, when the file has it.
+    pub meta: Option<CheckpointMeta>,
+}
+
+/// Reads a checkpoint written by [`save_tensors`].
+pub fn load_tensors(path: &Path, device: &Device) -> Result<Loaded> {
+    let bad = |reason: String| RunError::Checkpoint { path: path.into(), reason };
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let meta = match header.metadata().as_ref().and_then(|m| m.get(META_KEY)) {
+        Some(json) => Some(serde_json::from_str(json).map_err(|e| bad(format!("metadata: {e}")))?),
+        None => None,
+    };
+    let all = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
+    let (mut model, mut optim) = (HashMap::new(), HashMap::new());
+    for (name, t) in all {
+        match name.strip_prefix(OPTIM_PREFIX) {
+            Some(rest) => optim.insert(rest.to_string(), t),
+            None => model.insert(name, t),
+        };
+    }
+    Ok(Loaded { model, optim, meta })
+}

@@ -1,0 +1,88 @@
+//! The clap definition of `tfkd`; doc comments are the help text.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Teacher-free knowledge distillation on candle: train and evaluate the
+/// models and methods of "Revisiting Knowledge Distillation via Label
+/// Smoothing Regularization" (CVPR 2020).
+#[derive(Debug, Parser)]
+#[command(name = "tfkd", version)]
+pub struct Cli {
+    /// More logs (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bars, only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Config and overrides shared by `train` and `eval`.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// The experiment config (TOML).
+    #[arg(short, long)]
+    pub config: PathBuf,
+    /// Override a config field, e.g. `--set optim.lr=0.05 --set strategy.alpha=0.9`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// `cpu`, `cuda`, `cuda:N` or `metal` (overrides the config's `device`).
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train one experiment (its teacher first, when that is a missing baseline).
+    Train {
+        /// The config.
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Continue a started run from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Print the resolved config and exit.
+        #[arg(long)]
+        show_config: bool,
+    },
+    /// Evaluate a checkpoint on the config's test set.
+    Eval {
+        /// The config (dataset, model).
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The weights: `.safetensors`, `.pth` or `.pth.tar`; default: the run's best.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// List the model registry with parameter counts.
+    ListModels {
+        /// Number of classes for the counts.
+        #[arg(long, default_value_t = 100)]
+        classes: usize,
+    },
+    /// Download and verify a dataset (cifar10, cifar100, tiny-imagenet).
+    Download {
+        /// Which dataset.
+        dataset: String,
+        /// The folder to put it in.
+        #[arg(long, default_value = "data")]
+        root: PathBuf,
+    },
+}
+
+/// Logs to stderr; `-v` raises the level, `RUST_LOG` overrides.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();
+}

@@ -1,0 +1,29 @@
+//! One function per subcommand.
+
+mod download;
+mod eval;
+mod list_models;
+mod reporter;
+mod train;
+
+use crate::cli::{Command, ConfigArgs};
+use tfkd_runner::ExperimentConfig;
+
+/// Runs a parsed command.
+pub fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Train { config, resume, show_config } => train::run(&config, resume, show_config),
+        Command::Eval { config, checkpoint } => eval::run(&config, checkpoint),
+        Command::ListModels { classes } => list_models::run(classes),
+        Command::Download { dataset, root } => download::run(&dataset, &root),
+    }
+}
+
+/// Loads the config with the `--set` and `--device` overrides.
+fn load_config(args: &ConfigArgs) -> anyhow::Result<ExperimentConfig> {
+    let mut overrides = args.overrides.clone();
+    if let Some(device) = &args.device {
+        overrides.push(format!("device=\"{device}\""));
+    }
+    Ok(ExperimentConfig::load(&args.config, &overrides)?)
+}

@@ -1,0 +1,27 @@
+//! `tfkd train`.
+
+use super::reporter::Bars;
+use crate::cli::ConfigArgs;
+use tfkd_runner::{run_experiment, RunOptions};
+
+pub fn run(args: &ConfigArgs, resume: bool, show_config: bool) -> anyhow::Result<()> {
+    let config = super::load_config(args)?;
+    if show_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    let mut bars = Bars::new();
+    let outcome = run_experiment(&config, &RunOptions { resume, ..Default::default() }, &mut bars)?;
+    if let Some(s) = outcome.summary {
+        println!(
+            "{}: best top-1 {:.2}% (epoch {}), last {:.2}%, top-5 {:.2}% -> {}",
+            s.run,
+            s.best.test_top1,
+            s.best.epoch,
+            s.last.test_top1,
+            s.last.test_top5,
+            outcome.dir.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! The experiment config: one TOML file, with `--set key=value` overrides,
+//! validated as a whole before anything is trained.
+
+use crate::error::{config_err, io_err, Result, RunError};
+use std::path::{Path, PathBuf};
+use tfkd_core::optim::SgdConfig;
+use tfkd_core::schedule::{scale_lr_by_batch, Decay, LrSchedule};
+use tfkd_distill::StrategyConfig;
+
+/// A whole experiment: what to train, on what, how, and where to write it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Run name: the run directory is `<out_dir>/<name>`. Default:
+    /// `<dataset>-<model>-<method>-s<seed>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Seed of initialisation, shuffling, augmentation and dropout.
+    #[serde(default)]
+    pub seed: u64,
+    /// `cpu`, `cuda`, `cuda:N` or `metal`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Number of training epochs.
+    pub epochs: usize,
+    /// Parent directory of run directories.
+    #[serde(default = "default_out_dir")]
+    pub out_dir: PathBuf,
+    /// Epochs (1-based) after which a named checkpoint `epoch-E.safetensors`
+    /// is kept, e.g. for De-KD teachers.
+    #[serde(default)]
+    pub keep_epochs: Vec<usize>,
+    /// The network.
+    pub model: ModelConfig,
+    /// The data.
+    pub data: DataConfig,
+    /// The optimizer and batch size.
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// The learning-rate schedule.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// The training objective.
+    pub strategy: StrategyConfig,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_out_dir() -> PathBuf {
+    "runs".into()
+}
+
+/// The network to train.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Registry name (`tfkd list-models`).
+    pub name: String,
+    /// Base width for the models that take one (the 5-layer CNN's
+    /// `num_channels`, 32 in the paper); `None`: the paper's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
+}
+
+/// Which dataset, where, and how it is augmented.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// The dataset (see [`crate::data::DatasetKind`]).
+    pub dataset: crate::data::DatasetKind,
+    /// The folder holding the dataset's files.
+    pub root: PathBuf,
+    /// Train-time augmentation as the original (`augmentation = "yes"`).
+    #[serde(default = "yes")]
+    pub augmentation: bool,
+    /// Use only the first N training samples (0: all).
+    #[serde(default)]
+    pub train_subset: usize,
+    /// Use only the first N test samples (0: all).
+    #[serde(default)]
+    pub test_subset: usize,
+    /// Loader worker threads.
+    #[serde(default = "two")]
+    pub threads: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn two() -> usize {
+    2
+}
+
+/// SGD and the batch size (the official recipe by default).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Learning rate before batch scaling (`learning_rate` of params.json).
+    pub lr: f64,
+    /// The effective rate is `lr × batch_size / lr_reference_batch` (128 in
+    /// the official CIFAR code, 256 on ImageNet; 0 disables scaling).
+    pub lr_reference_batch: usize,
+    /// Momentum.
+    pub momentum: f64,
+    /// L2 weight decay on every parameter (BN and biases included).
+    pub weight_decay: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self { batch_size: 128, lr: 0.1, lr_reference_batch: 128, momentum: 0.9, weight_decay: 5e-4, nesterov: false }
+    }
+}
+
+impl OptimConfig {
+    /// The learning rate after batch scaling.
+    pub fn effective_lr(&self) -> f64 {
+        if self.lr_reference_batch == 0 {
+            self.lr
+        } else {
+            scale_lr_by_batch(self.lr, self.batch_size, self.lr_reference_batch)
+        }
+    }
+
+    /// The SGD hyper-parameters.
+    pub fn sgd(&self) -> SgdConfig {
+        SgdConfig {
+            lr: self.effective_lr(),
+            momentum: self.momentum,
+            dampening: 0.0,
+            weight_decay: self.weight_decay,
+            nesterov: self.nesterov,
+        }
+    }
+}
+
+/// Warm-up and decay (the official recipe by default).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// Epochs of per-iteration linear warm-up.
+    pub warmup_epochs: usize,
+    /// Decay after the warm-up.
+    pub decay: Decay,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self { warmup_epochs: 1, decay: Decay::MultiStep { milestones: vec![60, 120, 160], gamma: 0.2 } }
+    }
+}
+
+impl ExperimentConfig {
+    /// Reads a config file and applies `key=value` overrides (dotted keys,
+    /// TOML values; a value that is not valid TOML is taken as a string).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let mut value: toml::Value = toml::from_str(&text)
+            .map_err(|e| RunError::ConfigFile { path: path.to_path_buf(), reason: e.to_string() })?;
+        apply_overrides(&mut value, overrides)?;
+        let mut config: Self = value
+            .try_into()
+            .map_err(|e: toml::de::Error| RunError::ConfigFile { path: path.to_path_buf(), reason: e.to_string() })?;
+        // Relative paths in a config file are relative to the file.
+        let base = path.parent().unwrap_or(Path::new(""));
+        config.data.root = base.join(&config.data.root);
+        config.out_dir = base.join(&config.out_dir);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a config from TOML text (paths stay as written).
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let config: Self = toml::from_str(text)
+            .map_err(|e| RunError::ConfigFile { path: "<text>".into(), reason: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config as TOML (what is written into the run directory).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# unserialisable config: {e}"))
+    }
+
+    /// The run name, explicit or derived.
+    pub fn run_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            format!("{}-{}-{}-s{}", self.data.dataset.name(), self.model.name, self.strategy.method(), self.seed)
+        })
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> PathBuf {
+        self.out_dir.join(self.run_name())
+    }
+
+    /// The learning-rate schedule for `iters_per_epoch` batches per epoch.
+    pub fn lr_schedule(&self, iters_per_epoch: usize) -> LrSchedule {
+        LrSchedule {
+            base_lr: self.optim.effective_lr(),
+            warmup_epochs: self.schedule.warmup_epochs,
+            iters_per_epoch,
+            decay: self.schedule.decay.clone(),
+        }
+    }
+
+    /// Checks every field that can be checked without loading data or
+    /// weights, naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(config_err("epochs", "must be at least 1"));
+        }
+        if self.optim.batch_size == 0 {
+            return Err(config_err("optim.batch_size", "must be at least 1"));
+        }
+        if let Some(e) = self.keep_epochs.iter().find(|&&e| e == 0 || e > self.epochs) {
+            return Err(config_err("keep_epochs", format!("epoch {e} is outside 1..={}", self.epochs)));
+        }
+        if let Some(name) = &self.name {
+            if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+                return Err(config_err("name", format!("{name:?} is not a valid directory name")));
+            }
+        }
+        self.optim.sgd().validate().map_err(|e| config_err("optim", e.to_string()))?;
+        self.lr_schedule(1).validate().map_err(|e| config_err("schedule", e.to_string()))?;
+        crate::device::parse_device(&self.device)?;
+        tfkd_zoo::entry(&self.model.name).map_err(|e| config_err("model.name", e.to_string()))?;
+        let strategy = self.strategy.build().map_err(|e| config_err("strategy", e.to_string()))?;
+        if let Some(teacher) = strategy.teacher() {
+            if let Some(model) = &teacher.model {
+                tfkd_zoo::entry(model).map_err(|e| config_err("strategy.teacher.model", e.to_string()))?;
+            }
+            if let tfkd_distill::TeacherSource::Checkpoint(path) = &teacher.source {
+                if !path.is_file() {
+                    return Err(config_err("strategy.teacher.source.checkpoint", format!("{} is not a file", path.display())));
+                }
+            }
+            if let tfkd_distill::TeacherSource::BaselineEpoch(e) = teacher.source {
+                if e == 0 {
+                    return Err(config_err("strategy.teacher.source.baseline-epoch", "epochs are 1-based"));
+                }
+            }
+        }
+        if !self.data.root.is_dir() {
+            return Err(config_err(
+                "data.root",
+                format!("{} is not a directory{}", self.data.root.display(), self.data.dataset.download_hint()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn apply_overrides(value: &mut toml::Value, overrides: &[String]) -> Result<()> {
+    for item in overrides {
+        let (key, raw) = item
+            .split_once('=')
+            .ok_or_else(|| config_err(item.as_str(), "an override is written key=value, e.g. optim.lr=0.05"))?;
+        let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        let mut node = &mut *value;
+        let parts: Vec<&str> = key.trim().split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let table = node
+                .as_table_mut()
+                .ok_or_else(|| config_err(key, format!("`{}` is not a table", parts[..i].join("."))))?;
+            if i + 1 == parts.len() {
+                table.insert(part.to_string(), parsed.clone());
+                break;
+            }
+            node = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        epochs = 3
+        [model]
+        name = "cnn"
+        [data]
+        dataset = "digits"
+        root = "."
+        [strategy]
+        method = "baseline"
+    "#;
+
+    #[test]
+    fn defaults_are_the_official_recipe() {
+        let c = ExperimentConfig::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.optim, OptimConfig::default());
+        assert_eq!(c.optim.effective_lr(), 0.1);
+        assert_eq!(c.schedule.warmup_epochs, 1);
+        assert_eq!(c.run_name(), "digits-cnn-baseline-s0");
+        let again = ExperimentConfig::from_toml(&c.to_toml()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn overrides_and_errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exp.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let c = ExperimentConfig::load(&path, &["optim.batch_size=64".into(), "strategy.method=\"lsr\"".into(), "seed=7".into()])
+            .unwrap();
+        assert_eq!(c.optim.batch_size, 64);
+        assert_eq!(c.optim.effective_lr(), 0.05);
+        assert_eq!(c.strategy.method(), "lsr");
+        assert_eq!(c.seed, 7);
+        let err = |o: &str| ExperimentConfig::load(&path, &[o.to_string()]).unwrap_err().to_string();
+        assert!(err("optim.batch_size=0").contains("optim.batch_size"));
+        assert!(err("model.name=resnet1000").contains("model.name"));
+        assert!(err("optim.lrr=0.1").contains("lrr"));
+        assert!(err("epochs=0").contains("epochs"));
+        assert!(err("device=tpu").contains("device"));
+        assert!(err("data.root=\"missing-dir\"").contains("data.root"));
+        assert!(err("strategy.alpha=2").contains("alpha"));
+        assert!(err("keep_epochs=[9]").contains("keep_epochs"));
+        let err = ExperimentConfig::load(&dir.path().join("nope.toml"), &[]).unwrap_err().to_string();
+        assert!(err.contains("nope.toml"), "{err}");
+    }
+}

@@ -1,0 +1,408 @@
+//! The training loop: forward → loss → backward/step → evaluation, every
+//! epoch checkpointed atomically so that a killed run resumes exactly.
+//!
+//! Determinism: the weights come from `SeededVarMap::new(seed)`, the batches
+//! of epoch e from the loader's `(seed, e)` streams, and the dropout masks of
+//! epoch e from a generator derived from `(seed, e)`. Resuming from the end of
+//! epoch e therefore continues with exactly the numbers an uninterrupted run
+//! would have used.
+
+use crate::checkpoint::{load_tensors, save_tensors, write_atomic, CheckpointMeta, OPTIM_PREFIX};
+use crate::config::ExperimentConfig;
+use crate::data::build_loaders;
+use crate::device::open_device;
+use crate::error::{io_err, Result, RunError};
+use crate::teacher::{load_teacher, teacher_checkpoint};
+use candle_core::{DType, Device, Tensor, Var};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tfkd_core::init::SeededVarMap;
+use tfkd_core::loss::cross_entropy;
+use tfkd_core::metrics::{top_k_correct, Accuracy};
+use tfkd_core::optim::Sgd;
+use tfkd_core::rng::SeededRng;
+use tfkd_data::Loader;
+use tfkd_distill::Strategy;
+use tfkd_zoo::{Model, ModelOptions};
+
+/// The resumable checkpoint of a run.
+pub const LAST: &str = "last.safetensors";
+/// The model with the best test top-1 so far.
+pub const BEST: &str = "best.safetensors";
+/// The run's final summary; its presence marks a finished run.
+pub const SUMMARY: &str = "summary.json";
+/// One JSON object per epoch.
+pub const METRICS: &str = "metrics.jsonl";
+/// The resolved config the run was started with.
+pub const CONFIG: &str = "config.toml";
+
+/// The file name of the checkpoint kept after `epoch` (1-based).
+pub fn epoch_file(epoch: usize) -> String {
+    format!("epoch-{epoch}.safetensors")
+}
+
+/// What one epoch did.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Learning rate of the epoch's last iteration.
+    pub lr: f64,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Mean weighted hard-label part of the loss.
+    pub train_hard: f64,
+    /// Mean weighted soft part of the loss (0 without one).
+    pub train_soft: f64,
+    /// Training top-1 accuracy (%) on the augmented batches, in train mode.
+    pub train_top1: f64,
+    /// Test cross-entropy.
+    pub test_loss: f64,
+    /// Test top-1 accuracy (%).
+    pub test_top1: f64,
+    /// Test top-5 accuracy (%).
+    pub test_top5: f64,
+    /// Wall-clock seconds of the epoch (training and evaluation).
+    pub seconds: f64,
+    /// Training images per second.
+    pub images_per_sec: f64,
+}
+
+/// The result of a finished run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    /// Run name.
+    pub run: String,
+    /// Student model.
+    pub model: String,
+    /// Dataset.
+    pub dataset: String,
+    /// Strategy method.
+    pub method: String,
+    /// Seed.
+    pub seed: u64,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// The epoch with the highest test top-1 (the official `best.pth.tar`).
+    pub best: EpochRecord,
+    /// The final epoch.
+    pub last: EpochRecord,
+    /// The teacher's test top-1, for runs with a teacher network.
+    pub teacher_top1: Option<f64>,
+}
+
+/// Progress events of a run; the CLI draws them, tests ignore them.
+pub trait Reporter {
+    /// A stage begins (e.g. training a teacher first).
+    fn stage(&mut self, _message: &str) {}
+    /// An epoch begins.
+    fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _batches: usize) {}
+    /// A training batch finished.
+    fn batch_end(&mut self, _iteration: usize, _images: usize, _loss: f64) {}
+    /// An epoch finished.
+    fn epoch_end(&mut self, _record: &EpochRecord) {}
+}
+
+/// A reporter that ignores everything.
+pub struct Silent;
+impl Reporter for Silent {}
+
+/// How to run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Continue a started run from its last checkpoint.
+    pub resume: bool,
+    /// Stop after this many epochs of this invocation (to test resuming).
+    pub stop_after: Option<usize>,
+}
+
+/// The outcome of [`run_experiment`].
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The summary, `None` when the run stopped early (`stop_after`).
+    pub summary: Option<Summary>,
+}
+
+/// Evaluates `model` in eval mode: (cross-entropy, accuracy).
+pub fn evaluate(model: &dyn Model, loader: &Loader) -> Result<(f64, Accuracy)> {
+    let mut acc = Accuracy::default();
+    let mut loss_sum = 0.0;
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let logits = model.forward_t(&batch.images, false)?.detach();
+        let n = batch.labels.dim(0)?;
+        loss_sum += cross_entropy(&logits, &batch.labels)?.to_dtype(DType::F64)?.to_scalar::<f64>()? * n as f64;
+        acc.update(&logits, &batch.labels)?;
+    }
+    Ok((if acc.total == 0 { 0.0 } else { loss_sum / acc.total as f64 }, acc))
+}
+
+fn dropout_seed(seed: u64, epoch: usize) -> u64 {
+    use rand::RngCore;
+    SeededRng::derive(seed, &[epoch as u64, 0xD20F]).next_u64()
+}
+
+fn read_summary(dir: &Path) -> Result<Option<Summary>> {
+    let path = dir.join(SUMMARY);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| RunError::Checkpoint { path, reason: format!("unreadable summary: {e}") })
+}
+
+/// The config a run directory was started with must match, apart from
+/// `keep_epochs` (which only adds files).
+fn check_stored_config(dir: &Path, config: &ExperimentConfig) -> Result<()> {
+    let path = dir.join(CONFIG);
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let stored: ExperimentConfig = toml::from_str(&text)
+        .map_err(|e| RunError::ConfigFile { path: path.clone(), reason: e.to_string() })?;
+    let normalise = |c: &ExperimentConfig| ExperimentConfig { keep_epochs: Vec::new(), ..c.clone() };
+    if normalise(&stored) != normalise(config) {
+        let (a, b) = (normalise(&stored).to_toml(), normalise(config).to_toml());
+        let detail = a
+            .lines()
+            .zip(b.lines())
+            .find(|(x, y)| x != y)
+            .map(|(x, y)| format!("stored `{x}`, given `{y}`"))
+            .unwrap_or_else(|| "different fields".into());
+        return Err(RunError::ConfigChanged { dir: dir.to_path_buf(), detail });
+    }
+    Ok(())
+}
+
+/// Runs (or resumes, or skips when finished) one experiment.
+pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter: &mut dyn Reporter) -> Result<RunOutcome> {
+    config.validate()?;
+    let dir = config.run_dir();
+    if let Some(summary) = read_summary(&dir)? {
+        check_stored_config(&dir, config)?;
+        reporter.stage(&format!("{} is finished (best top-1 {:.2}%), skipping", summary.run, summary.best.test_top1));
+        return Ok(RunOutcome { dir, summary: Some(summary) });
+    }
+    let last_path = dir.join(LAST);
+    let resuming = last_path.is_file();
+    if resuming && !options.resume {
+        return Err(RunError::RunExists(dir));
+    }
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    check_stored_config(&dir, config)?;
+    write_atomic(&dir.join(CONFIG), config.to_toml().as_bytes())?;
+
+    let device = open_device(&config.device)?;
+    let strategy = config.strategy.build()?;
+    let loaders = build_loaders(&config.data, config.optim.batch_size, config.seed, &device)?;
+    let model_opts = |dropout_seed| ModelOptions {
+        dropout_seed,
+        ..ModelOptions::new(loaders.num_classes, config.data.dataset.input_size())
+    };
+
+    let teacher = match strategy.teacher() {
+        None => None,
+        Some(spec) => {
+            let path = teacher_checkpoint(config, spec, options, reporter)?;
+            let name = spec.model.clone().unwrap_or_else(|| config.model.name.clone());
+            Some(load_teacher(&name, &model_opts(0), &path, &device)?)
+        }
+    };
+    let teacher_top1 = match &teacher {
+        Some(t) => {
+            let (_, acc) = evaluate(t.as_ref(), &loaders.test)?;
+            reporter.stage(&format!("the teacher's test top-1: {:.2}%", acc.top1_percent()));
+            Some(acc.top1_percent())
+        }
+        None => None,
+    };
+
+    // Create the student's variables (and drop this first view of them).
+    let varmap = SeededVarMap::new(config.seed);
+    tfkd_zoo::build_with(&config.model.name, &model_opts(0), varmap.var_builder(DType::F32, &device))?;
+    let params: Vec<(String, Var)> =
+        varmap.named_vars().into_iter().filter(|(name, _)| !tfkd_zoo::registry::is_buffer(name)).collect();
+    let mut sgd = Sgd::new(params, config.optim.sgd())?;
+    let mut meta = CheckpointMeta { model: config.model.name.clone(), ..Default::default() };
+    if resuming {
+        meta = restore(&last_path, &varmap, &mut sgd, &device)?;
+        reporter.stage(&format!("resuming {} after epoch {}", config.run_name(), meta.epochs_done));
+    }
+    write_metrics(&dir, &meta.history)?;
+
+    let schedule = config.lr_schedule(loaders.train.num_batches());
+    let mut ran = 0;
+    for epoch in meta.epochs_done..config.epochs {
+        if options.stop_after.is_some_and(|n| ran >= n) {
+            return Ok(RunOutcome { dir, summary: None });
+        }
+        let model = tfkd_zoo::build_with(
+            &config.model.name,
+            &model_opts(dropout_seed(config.seed, epoch)),
+            varmap.var_builder(DType::F32, &device),
+        )?;
+        let step = EpochStep { loader: &loaders.train, strategy: strategy.as_ref(), teacher: teacher.as_deref() };
+        let mut record = step.train(model.as_ref(), &mut sgd, &schedule, epoch, config.epochs, &dir, reporter)?;
+        let started = Instant::now();
+        let (test_loss, acc) = evaluate(model.as_ref(), &loaders.test)?;
+        record.seconds += started.elapsed().as_secs_f64();
+        record.test_loss = test_loss;
+        record.test_top1 = acc.top1_percent();
+        record.test_top5 = acc.top5_percent();
+        let improved = meta.history.iter().all(|r| record.test_top1 >= r.test_top1);
+        meta.history.push(record.clone());
+        meta.epochs_done = epoch + 1;
+        save_checkpoints(&dir, &varmap, &sgd, &meta, improved, config.keep_epochs.contains(&(epoch + 1)))?;
+        write_metrics(&dir, &meta.history)?;
+        reporter.epoch_end(&record);
+        ran += 1;
+    }
+
+    let best = meta
+        .history
+        .iter()
+        .fold(None::<&EpochRecord>, |best, r| match best {
+            Some(b) if b.test_top1 > r.test_top1 => Some(b),
+            _ => Some(r),
+        })
+        .cloned()
+        .unwrap_or_default();
+    let summary = Summary {
+        run: config.run_name(),
+        model: config.model.name.clone(),
+        dataset: config.data.dataset.name().into(),
+        method: config.strategy.method().into(),
+        seed: config.seed,
+        epochs: config.epochs,
+        best,
+        last: meta.history.last().cloned().unwrap_or_default(),
+        teacher_top1,
+    };
+    let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    write_atomic(&dir.join(SUMMARY), json.as_bytes())?;
+    Ok(RunOutcome { dir, summary: Some(summary) })
+}
+
+/// One epoch of training.
+struct EpochStep<'a> {
+    loader: &'a Loader,
+    strategy: &'a dyn Strategy,
+    teacher: Option<&'a dyn Model>,
+}
+
+impl EpochStep<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn train(
+        &self,
+        model: &dyn Model,
+        sgd: &mut Sgd,
+        schedule: &tfkd_core::schedule::LrSchedule,
+        epoch: usize,
+        epochs: usize,
+        dir: &Path,
+        reporter: &mut dyn Reporter,
+    ) -> Result<EpochRecord> {
+        let started = Instant::now();
+        reporter.epoch_start(epoch + 1, epochs, self.loader.num_batches());
+        let (mut images, mut correct) = (0usize, 0usize);
+        let (mut loss_sum, mut hard_sum, mut soft_sum, mut lr) = (0.0, 0.0, 0.0, 0.0);
+        for (iteration, batch) in self.loader.epoch(epoch as u64).enumerate() {
+            let batch = batch?;
+            lr = schedule.lr(epoch, iteration);
+            sgd.set_learning_rate(lr)?;
+            let logits = model.forward_t(&batch.images, true)?;
+            let teacher_logits = match self.teacher {
+                Some(t) => Some(t.forward_t(&batch.images, false)?.detach()),
+                None => None,
+            };
+            let terms = self.strategy.loss(&logits, teacher_logits.as_ref(), &batch.labels).map_err(|e| match e {
+                e @ tfkd_core::Error::NonFinite { .. } => RunError::Diverged {
+                    epoch: epoch + 1,
+                    iteration,
+                    source: e,
+                    checkpoint: dir.join(LAST),
+                },
+                e => e.into(),
+            })?;
+            sgd.backward_step(&terms.total)?;
+            let n = batch.labels.dim(0)?;
+            let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+            let loss = scalar(&terms.total)?;
+            loss_sum += loss * n as f64;
+            hard_sum += scalar(&terms.hard)? * n as f64;
+            if let Some(soft) = &terms.soft {
+                soft_sum += scalar(soft)? * n as f64;
+            }
+            correct += top_k_correct(&logits.detach(), &batch.labels, 1)?;
+            images += n;
+            reporter.batch_end(iteration, n, loss);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let per = |x: f64| if images == 0 { 0.0 } else { x / images as f64 };
+        Ok(EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            train_loss: per(loss_sum),
+            train_hard: per(hard_sum),
+            train_soft: per(soft_sum),
+            train_top1: 100.0 * per(correct as f64),
+            seconds,
+            images_per_sec: images as f64 / seconds.max(1e-9),
+            ..Default::default()
+        })
+    }
+}
+
+fn model_tensors(varmap: &SeededVarMap) -> Vec<(String, Tensor)> {
+    varmap.named_vars().into_iter().map(|(name, var)| (name, var.as_tensor().clone())).collect()
+}
+
+fn save_checkpoints(
+    dir: &Path,
+    varmap: &SeededVarMap,
+    sgd: &Sgd,
+    meta: &CheckpointMeta,
+    best: bool,
+    keep: bool,
+) -> Result<()> {
+    let model = model_tensors(varmap);
+    let mut all = model.clone();
+    all.extend(sgd.state().into_iter().map(|(name, t)| (format!("{OPTIM_PREFIX}{name}"), t)));
+    save_tensors(&dir.join(LAST), &all, Some(meta))?;
+    if best {
+        save_tensors(&dir.join(BEST), &model, None)?;
+    }
+    if keep {
+        save_tensors(&dir.join(epoch_file(meta.epochs_done)), &model, None)?;
+    }
+    Ok(())
+}
+
+fn restore(path: &Path, varmap: &SeededVarMap, sgd: &mut Sgd, device: &Device) -> Result<CheckpointMeta> {
+    let loaded = load_tensors(path, device)?;
+    let bad = |reason: String| RunError::Checkpoint { path: path.into(), reason };
+    let meta = loaded.meta.ok_or_else(|| bad("no tfkd metadata: not a resumable checkpoint".into()))?;
+    for (name, var) in varmap.named_vars() {
+        let value = loaded.model.get(&name).ok_or_else(|| bad(format!("missing tensor {name}")))?;
+        if value.dims() != var.dims() {
+            return Err(bad(format!("tensor {name} has shape {:?}, the model {:?}", value.dims(), var.dims())));
+        }
+        var.set(value)?;
+    }
+    sgd.load_state(loaded.optim).map_err(|e| bad(e.to_string()))?;
+    Ok(meta)
+}
+
+fn write_metrics(dir: &Path, history: &[EpochRecord]) -> Result<()> {
+    let mut text = String::new();
+    for r in history {
+        text.push_str(&serde_json::to_string(r).unwrap_or_default());
+        text.push('\n');
+    }
+    write_atomic(&dir.join(METRICS), text.as_bytes())
+}
