@@ -72,6 +72,49 @@ impl ImageDataset {
         })
     }
 
+    /// Builds a dataset from candle tensors, e.g. those of `candle-datasets`' MNIST or CIFAR-10
+    /// readers: `images` is `(N, C, H, W)`, `(N, H, W)` or `(N, H*W)` (then `shape` says the
+    /// image shape), either u8, or float in `[0, 1]` (scaled back by `round(v * 255)`, exact for
+    /// images that were u8 / 255); `labels` is `(N,)` of any integer or float type.
+    pub fn from_tensors(
+        images: &candle_core::Tensor,
+        labels: &candle_core::Tensor,
+        shape: (usize, usize, usize),
+        num_classes: usize,
+    ) -> Result<Self> {
+        use candle_core::DType;
+        let n = labels.dims1()?;
+        let flat = images.flatten_all()?;
+        let bytes: Vec<u8> = match images.dtype() {
+            DType::U8 => flat.to_vec1::<u8>()?,
+            _ => {
+                let v = flat.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                if let Some(bad) = v.iter().find(|x| !(0.0..=1.0).contains(*x)) {
+                    return Err(DataError::InvalidConfig {
+                        what: "image tensor",
+                        message: format!("value {bad} outside [0, 1]"),
+                    });
+                }
+                v.iter().map(|&x| (x * 255.0).round() as u8).collect()
+            }
+        };
+        let raw = labels.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        if let Some((i, l)) = raw.iter().enumerate().find(|(_, l)| !(**l >= 0.0 && l.fract() == 0.0 && **l < u32::MAX as f64)) {
+            return Err(DataError::InvalidConfig {
+                what: "label tensor",
+                message: format!("label {l} of sample {i} is not a class index"),
+            });
+        }
+        let labels: Vec<u32> = raw.iter().map(|&l| l as u32).collect();
+        if bytes.len() != n * shape.0 * shape.1 * shape.2 {
+            return Err(DataError::InvalidConfig {
+                what: "image tensor",
+                message: format!("{:?} does not hold {n} images of shape {shape:?}", images.dims()),
+            });
+        }
+        Self::new(bytes, labels, shape, num_classes)
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()

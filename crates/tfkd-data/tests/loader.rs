@@ -127,3 +127,26 @@ fn real_cifar10_mini_epoch() {
     }
     assert_eq!(n, 2_000);
 }
+
+#[test]
+fn datasets_from_candle_tensors_round_trip_u8_and_unit_floats() {
+    use candle_core::Tensor;
+    let bytes: Vec<u8> = (0..2 * 28 * 28).map(|i| (i % 256) as u8).collect();
+    // As candle-datasets' MNIST reader returns them: (N, 784) f32 in [0, 1], u8 labels.
+    let f = (Tensor::from_vec(bytes.clone(), (2, 784), &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap() / 255.0).unwrap();
+    let labels = Tensor::new(&[7u8, 2], &Device::Cpu).unwrap();
+    let ds = ImageDataset::from_tensors(&f, &labels, (1, 28, 28), 10).unwrap();
+    assert_eq!(ds.images(), &bytes[..]);
+    assert_eq!(ds.labels(), [7, 2]);
+    let u = Tensor::from_vec(bytes.clone(), (2, 1, 28, 28), &Device::Cpu).unwrap();
+    assert_eq!(ImageDataset::from_tensors(&u, &labels, (1, 28, 28), 10).unwrap().images(), &bytes[..]);
+    let e = ImageDataset::from_tensors(&(f * 2.0).unwrap(), &labels, (1, 28, 28), 10).unwrap_err();
+    assert!(e.to_string().contains("outside [0, 1]"), "{e}");
+    let e = ImageDataset::from_tensors(&u, &labels, (3, 28, 28), 10).unwrap_err();
+    assert!(e.to_string().contains("does not hold 2 images"), "{e}");
+    let bad = Tensor::new(&[7u8, 12], &Device::Cpu).unwrap();
+    assert!(ImageDataset::from_tensors(&u, &bad, (1, 28, 28), 10).is_err());
+    let neg = Tensor::new(&[1f32, -1.0], &Device::Cpu).unwrap();
+    let e = ImageDataset::from_tensors(&u, &neg, (1, 28, 28), 10).unwrap_err();
+    assert!(e.to_string().contains("label -1 of sample 1"), "{e}");
+}
