@@ -39,22 +39,35 @@ pub fn normalize_state_dict(entries: Vec<(String, Tensor)>) -> HashMap<String, T
 }
 
 fn is_pytorch(name: &str) -> bool {
-    [".pth", ".pth.tar", ".pt", ".tar", ".bin", ".ckpt"].iter().any(|e| name.ends_with(e))
+    [".pth", ".pth.tar", ".pt", ".tar", ".bin", ".ckpt"]
+        .iter()
+        .any(|e| name.ends_with(e))
 }
 
 /// Reads a checkpoint's tensors (on the CPU, as stored), normalised by
 /// [`normalize_state_dict`]. The format follows the extension.
 pub fn read_state_dict(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>> {
     let path = path.as_ref();
-    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
-    let io = |source| ZooError::Io { path: path.to_path_buf(), source };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let io = |source| ZooError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let entries = if name.ends_with(".safetensors") {
-        candle_core::safetensors::load(path, &Device::Cpu).map_err(io)?.into_iter().collect()
+        candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(io)?
+            .into_iter()
+            .collect()
     } else if is_pytorch(&name) {
         let bytes = std::fs::read(path).map_err(|e| io(e.into()))?;
         crate::pth::read_pth_bytes(&bytes).map_err(io)?
     } else {
-        return Err(ZooError::UnsupportedFormat { path: path.to_path_buf() });
+        return Err(ZooError::UnsupportedFormat {
+            path: path.to_path_buf(),
+        });
     };
     Ok(normalize_state_dict(entries))
 }
@@ -95,7 +108,11 @@ pub fn check_tensors(
             Some(_) => {}
         }
     }
-    let mut unexpected: Vec<String> = tensors.keys().filter(|k| !expected.contains_key(*k)).cloned().collect();
+    let mut unexpected: Vec<String> = tensors
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .cloned()
+        .collect();
     unexpected.sort();
     if missing.is_empty() && unexpected.is_empty() && mis_shaped.is_empty() {
         Ok(())
@@ -144,7 +161,14 @@ pub fn load(
 ) -> Result<Box<dyn Model>> {
     let path = path.as_ref();
     let tensors = read_state_dict(path)?;
-    from_state_dict(name, opts, tensors, &path.display().to_string(), dtype, device)
+    from_state_dict(
+        name,
+        opts,
+        tensors,
+        &path.display().to_string(),
+        dtype,
+        device,
+    )
 }
 
 /// The tensors of a `VarMap` (parameters and running statistics) by name.
@@ -153,11 +177,17 @@ pub fn varmap_state_dict(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
         .data()
         .lock()
         .map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
-    Ok(data.iter().map(|(k, v)| (k.clone(), v.as_detached_tensor())).collect())
+    Ok(data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_detached_tensor()))
+        .collect())
 }
 
 /// Saves tensors (for example [`varmap_state_dict`]) as safetensors.
 pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    candle_core::safetensors::save(tensors, path).map_err(|source| ZooError::Io { path: path.to_path_buf(), source })
+    candle_core::safetensors::save(tensors, path).map_err(|source| ZooError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

@@ -64,7 +64,10 @@ pub enum ZooError {
         source: candle_core::Error,
     },
     /// The checkpoint's tensors do not match the model's parameters.
-    #[error("checkpoint `{source_name}` does not match model `{model}`: {}", describe_mismatch(missing, unexpected, mis_shaped))]
+    #[error(
+        "checkpoint `{source_name}` does not match model `{model}`: {}",
+        describe_mismatch(missing, unexpected, mis_shaped)
+    )]
     StateDictMismatch {
         /// The model name.
         model: String,
@@ -79,10 +82,18 @@ pub enum ZooError {
     },
 }
 
-fn describe_mismatch(missing: &[String], unexpected: &[String], mis_shaped: &[MisShaped]) -> String {
+fn describe_mismatch(
+    missing: &[String],
+    unexpected: &[String],
+    mis_shaped: &[MisShaped],
+) -> String {
     let mut parts = Vec::new();
     if !missing.is_empty() {
-        parts.push(format!("{} missing [{}]", missing.len(), missing.join(", ")));
+        parts.push(format!(
+            "{} missing [{}]",
+            missing.len(),
+            missing.join(", ")
+        ));
     }
     if !unexpected.is_empty() {
         parts.push(format!(

@@ -54,7 +54,11 @@ fn bias(vb: &VarBuilder, n: usize, init: BInit, fan_in: usize) -> Result<Option<
         BInit::None => Ok(None),
         BInit::Torch => {
             let b = 1.0 / (fan_in as f64).sqrt();
-            Ok(Some(vb.get_with_hints(n, "bias", Init::Uniform { lo: -b, up: b })?))
+            Ok(Some(vb.get_with_hints(
+                n,
+                "bias",
+                Init::Uniform { lo: -b, up: b },
+            )?))
         }
         BInit::Zero => Ok(Some(vb.get_with_hints(n, "bias", Init::Const(0.0))?)),
     }
@@ -74,7 +78,14 @@ pub(crate) struct ConvSpec {
 impl ConvSpec {
     /// A convolution with one group.
     pub fn new(cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Self {
-        Self { cin, cout, k, stride, pad, groups: 1 }
+        Self {
+            cin,
+            cout,
+            k,
+            stride,
+            pad,
+            groups: 1,
+        }
     }
     /// The same convolution with `groups` groups.
     pub fn groups(mut self, groups: usize) -> Self {
@@ -113,7 +124,13 @@ pub(crate) fn conv2d(vb: VarBuilder, s: ConvSpec, w: WInit, b: BInit) -> Result<
 }
 
 /// `nn.Linear`: `weight` `[out, in]`, `bias` `[out]`.
-pub(crate) fn linear(vb: VarBuilder, cin: usize, cout: usize, w: WInit, b: BInit) -> Result<Linear> {
+pub(crate) fn linear(
+    vb: VarBuilder,
+    cin: usize,
+    cout: usize,
+    w: WInit,
+    b: BInit,
+) -> Result<Linear> {
     let weight = vb.get_with_hints((cout, cin), "weight", weight_hint(w, cin, cout))?;
     let bias = bias(&vb, cout, b, cin)?;
     Ok(Linear::new(weight, bias))
@@ -208,10 +225,9 @@ impl ModuleT for Dropout {
         let n = xs.elem_count();
         let scale = 1.0 / (1.0 - self.p);
         let mask: Vec<f32> = {
-            let mut rng = self
-                .rng
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("dropout mask generator lock poisoned".into()))?;
+            let mut rng = self.rng.lock().map_err(|_| {
+                candle_core::Error::Msg("dropout mask generator lock poisoned".into())
+            })?;
             (0..n)
                 .map(|_| if rng.next_f32() >= self.p { scale } else { 0.0 })
                 .collect()

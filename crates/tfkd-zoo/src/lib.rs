@@ -37,11 +37,15 @@ pub use checkpoint::{
 pub use error::{MisShaped, Result, ZooError};
 pub use layers::{Dropout, MaskRng};
 pub use registry::{
-    build, build_with, entry, is_buffer, list, param_count, param_shapes, record_shapes, InputSize,
-    ModelEntry, ModelOptions, DEFAULT_DROPOUT_SEED,
+    build, build_with, entry, is_buffer, list, models_markdown, param_count, param_shapes,
+    record_shapes, InputSize, ModelEntry, ModelOptions, DEFAULT_DROPOUT_SEED,
 };
 
 use candle_core::{ModuleT, Tensor};
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// A classification network of the zoo.
 ///

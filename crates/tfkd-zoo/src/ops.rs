@@ -18,7 +18,14 @@
 use candle_core::{Result, Tensor, D};
 
 /// Pads the last two dimensions with `value` (`top`, `bottom`, `left`, `right`).
-fn pad_hw(xs: &Tensor, top: usize, bottom: usize, left: usize, right: usize, value: f64) -> Result<Tensor> {
+fn pad_hw(
+    xs: &Tensor,
+    top: usize,
+    bottom: usize,
+    left: usize,
+    right: usize,
+    value: f64,
+) -> Result<Tensor> {
     let (n, c, h, w) = xs.dims4()?;
     let mut xs = xs.clone();
     if left + right > 0 {
@@ -50,7 +57,10 @@ fn pad_hw(xs: &Tensor, top: usize, bottom: usize, left: usize, right: usize, val
 /// Output side of a pooling window, PyTorch's floor mode.
 fn out_size(size: usize, kernel: usize, stride: usize, padding: usize) -> Result<usize> {
     if size + 2 * padding < kernel {
-        candle_core::bail!("pooling kernel {kernel} larger than padded input side {}", size + 2 * padding)
+        candle_core::bail!(
+            "pooling kernel {kernel} larger than padded input side {}",
+            size + 2 * padding
+        )
     }
     Ok((size + 2 * padding - kernel) / stride + 1)
 }
@@ -99,7 +109,9 @@ pub fn max_pool2d(xs: &Tensor, kernel: usize, stride: usize, padding: usize) -> 
             let view = if stride == 1 {
                 view
             } else {
-                view.reshape((n, c, ho, wo, stride))?.narrow(4, 0, 1)?.squeeze(4)?
+                view.reshape((n, c, ho, wo, stride))?
+                    .narrow(4, 0, 1)?
+                    .squeeze(4)?
             };
             acc = Some(match acc {
                 None => view,

@@ -56,7 +56,10 @@ fn zip_entries(b: &[u8]) -> Result<HashMap<String, (usize, usize)>> {
         .ok_or_else(|| candle_core::Error::Msg("no zip end-of-central-directory record".into()))?;
     let mut n = u16_at(b, eocd + 10)?;
     let mut cd = u32_at(b, eocd + 16)?;
-    if (n == 0xFFFF || cd == MAX32) && eocd >= 20 && b[eocd - 20..eocd - 16] == [0x50, 0x4b, 0x06, 0x07] {
+    if (n == 0xFFFF || cd == MAX32)
+        && eocd >= 20
+        && b[eocd - 20..eocd - 16] == [0x50, 0x4b, 0x06, 0x07]
+    {
         let z = u64_at(b, eocd - 12)?;
         n = u64_at(b, z + 32)?;
         cd = u64_at(b, z + 48)?;
@@ -72,7 +75,8 @@ fn zip_entries(b: &[u8]) -> Result<HashMap<String, (usize, usize)>> {
         let mut usize_ = u32_at(b, p + 24)?;
         let (nl, el, cl) = (u16_at(b, p + 28)?, u16_at(b, p + 30)?, u16_at(b, p + 32)?);
         let mut off = u32_at(b, p + 42)?;
-        let name = String::from_utf8_lossy(b.get(p + 46..p + 46 + nl).unwrap_or_default()).into_owned();
+        let name =
+            String::from_utf8_lossy(b.get(p + 46..p + 46 + nl).unwrap_or_default()).into_owned();
         // zip64 extended information: the 0xFFFFFFFF fields, in order.
         let mut e = p + 46 + nl;
         let end = e + el;
@@ -90,7 +94,9 @@ fn zip_entries(b: &[u8]) -> Result<HashMap<String, (usize, usize)>> {
             e += 4 + len;
         }
         if method != 0 || csize != usize_ {
-            return err(format!("zip entry {name} is compressed (method {method}), torch.save never compresses"));
+            return err(format!(
+                "zip entry {name} is compressed (method {method}), torch.save never compresses"
+            ));
         }
         if b.get(off..off + 4) != Some(&[0x50, 0x4b, 0x03, 0x04]) {
             return err(format!("bad zip local header for {name}"));
@@ -141,7 +147,9 @@ fn collect_storages(o: &Object, out: &mut HashMap<String, usize>) {
     match o {
         Object::PersistentLoad(inner) => {
             if let Object::Tuple(t) = inner.as_ref() {
-                if let (Some(Object::Class { class_name, .. }), Some(Object::Unicode(key))) = (t.get(1), t.get(2)) {
+                if let (Some(Object::Class { class_name, .. }), Some(Object::Unicode(key))) =
+                    (t.get(1), t.get(2))
+                {
                     let size = storage_dtype(class_name).map(|d| d.1).unwrap_or(4);
                     out.insert(key.clone(), size);
                 }
@@ -164,7 +172,10 @@ fn collect_storages(o: &Object, out: &mut HashMap<String, usize>) {
 /// holding that key, else the top level itself.
 fn select_state_dict(obj: Object) -> Object {
     if let Object::Dict(kv) = &obj {
-        if let Some((_, v)) = kv.iter().find(|(k, _)| *k == Object::Unicode("state_dict".into())) {
+        if let Some((_, v)) = kv
+            .iter()
+            .find(|(k, _)| *k == Object::Unicode("state_dict".into()))
+        {
             return v.clone();
         }
     }
@@ -176,17 +187,22 @@ fn tensor_from(info: &candle_core::pickle::TensorInfo, data: &[u8]) -> Result<Te
     let start = info.layout.start_offset();
     let dims = info.layout.dims().to_vec();
     let numel: usize = dims.iter().product();
-    let bytes = data
-        .get(start..start + numel * es)
-        .ok_or_else(|| candle_core::Error::Msg(format!("tensor {} runs past its storage", info.name)))?;
+    let bytes = data.get(start..start + numel * es).ok_or_else(|| {
+        candle_core::Error::Msg(format!("tensor {} runs past its storage", info.name))
+    })?;
     if info.layout.is_contiguous() {
         Tensor::from_raw_buffer(bytes, info.dtype, &dims, &Device::Cpu)
     } else if info.layout.is_fortran_contiguous() {
         let rev: Vec<usize> = dims.iter().rev().copied().collect();
         let perm: Vec<usize> = (0..dims.len()).rev().collect();
-        Tensor::from_raw_buffer(bytes, info.dtype, &rev, &Device::Cpu)?.permute(perm)?.contiguous()
+        Tensor::from_raw_buffer(bytes, info.dtype, &rev, &Device::Cpu)?
+            .permute(perm)?
+            .contiguous()
     } else {
-        err(format!("tensor {} is not contiguous in its storage", info.name))
+        err(format!(
+            "tensor {} is not contiguous in its storage",
+            info.name
+        ))
     }
 }
 
@@ -195,54 +211,75 @@ fn tensor_from(info: &candle_core::pickle::TensorInfo, data: &[u8]) -> Result<Te
 /// Entries that are not tensors of a supported dtype are skipped.
 pub fn read_pth_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
     // Storage key → bytes, and the state-dict object.
-    let (obj, storages): (Object, HashMap<String, &[u8]>) = if bytes.starts_with(&[0x50, 0x4b, 0x03, 0x04]) {
-        let entries = zip_entries(bytes)?;
-        let (pkl, &(s, n)) = entries
-            .iter()
-            .find(|(k, _)| k.ends_with("data.pkl"))
-            .ok_or_else(|| candle_core::Error::Msg("no data.pkl in the archive".into()))?;
-        let dir = pkl.trim_end_matches("data.pkl").to_string();
-        let obj = unpickle(&mut Cursor::new(&bytes[s..s + n]))?;
-        let storages = entries
-            .iter()
-            .filter_map(|(k, &(s, n))| k.strip_prefix(&format!("{dir}data/")).map(|key| (key.to_string(), &bytes[s..s + n])))
-            .collect();
-        (obj, storages)
-    } else {
-        // Legacy: magic, protocol, sys info, object, storage keys, storages.
-        // The magic number 0x1950a86a20f9469cfc6c is a 10-byte LONG1, which
-        // candle's unpickler cannot hold (it overflows an i64): match its bytes.
-        const MAGIC: [u8; 15] = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e];
-        if !bytes.starts_with(&MAGIC) {
-            return err("not a PyTorch checkpoint (neither a zip archive nor the legacy magic number)");
-        }
-        let mut r = Cursor::new(bytes);
-        r.set_position(MAGIC.len() as u64);
-        unpickle(&mut r)?; // protocol version
-        unpickle(&mut r)?; // system information
-        let obj = unpickle(&mut r)?;
-        let keys: Vec<String> = match unpickle(&mut r)? {
-            Object::List(v) | Object::Tuple(v) => v
-                .into_iter()
-                .map(|k| k.unicode().map_err(|o| candle_core::Error::Msg(format!("legacy checkpoint: storage key is {}", kind(&o)))))
-                .collect::<Result<_>>()?,
-            o => return err(format!("legacy checkpoint: storage key list is {}", kind(&o))),
+    let (obj, storages): (Object, HashMap<String, &[u8]>) =
+        if bytes.starts_with(&[0x50, 0x4b, 0x03, 0x04]) {
+            let entries = zip_entries(bytes)?;
+            let (pkl, &(s, n)) = entries
+                .iter()
+                .find(|(k, _)| k.ends_with("data.pkl"))
+                .ok_or_else(|| candle_core::Error::Msg("no data.pkl in the archive".into()))?;
+            let dir = pkl.trim_end_matches("data.pkl").to_string();
+            let obj = unpickle(&mut Cursor::new(&bytes[s..s + n]))?;
+            let storages = entries
+                .iter()
+                .filter_map(|(k, &(s, n))| {
+                    k.strip_prefix(&format!("{dir}data/"))
+                        .map(|key| (key.to_string(), &bytes[s..s + n]))
+                })
+                .collect();
+            (obj, storages)
+        } else {
+            // Legacy: magic, protocol, sys info, object, storage keys, storages.
+            // The magic number 0x1950a86a20f9469cfc6c is a 10-byte LONG1, which
+            // candle's unpickler cannot hold (it overflows an i64): match its bytes.
+            const MAGIC: [u8; 15] = [
+                0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+                0x2e,
+            ];
+            if !bytes.starts_with(&MAGIC) {
+                return err(
+                    "not a PyTorch checkpoint (neither a zip archive nor the legacy magic number)",
+                );
+            }
+            let mut r = Cursor::new(bytes);
+            r.set_position(MAGIC.len() as u64);
+            unpickle(&mut r)?; // protocol version
+            unpickle(&mut r)?; // system information
+            let obj = unpickle(&mut r)?;
+            let keys: Vec<String> = match unpickle(&mut r)? {
+                Object::List(v) | Object::Tuple(v) => v
+                    .into_iter()
+                    .map(|k| {
+                        k.unicode().map_err(|o| {
+                            candle_core::Error::Msg(format!(
+                                "legacy checkpoint: storage key is {}",
+                                kind(&o)
+                            ))
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+                o => {
+                    return err(format!(
+                        "legacy checkpoint: storage key list is {}",
+                        kind(&o)
+                    ))
+                }
+            };
+            let mut sizes = HashMap::new();
+            collect_storages(&obj, &mut sizes);
+            let mut pos = r.position() as usize;
+            let mut storages = HashMap::new();
+            for key in keys {
+                let numel = u64_at(bytes, pos)?;
+                let es = sizes.get(&key).copied().unwrap_or(4);
+                let data = bytes.get(pos + 8..pos + 8 + numel * es).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("legacy checkpoint: storage {key} truncated"))
+                })?;
+                storages.insert(key, data);
+                pos += 8 + numel * es;
+            }
+            (obj, storages)
         };
-        let mut sizes = HashMap::new();
-        collect_storages(&obj, &mut sizes);
-        let mut pos = r.position() as usize;
-        let mut storages = HashMap::new();
-        for key in keys {
-            let numel = u64_at(bytes, pos)?;
-            let es = sizes.get(&key).copied().unwrap_or(4);
-            let data = bytes
-                .get(pos + 8..pos + 8 + numel * es)
-                .ok_or_else(|| candle_core::Error::Msg(format!("legacy checkpoint: storage {key} truncated")))?;
-            storages.insert(key, data);
-            pos += 8 + numel * es;
-        }
-        (obj, storages)
-    };
     let mut out = Vec::new();
     if let Object::Dict(kv) = select_state_dict(obj) {
         for (name, value) in kv {
@@ -251,9 +288,9 @@ pub fn read_pth_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
                 _ => continue,
             };
             let key = info.path.trim_start_matches('/');
-            let data = storages
-                .get(key)
-                .ok_or_else(|| candle_core::Error::Msg(format!("storage {key} of tensor {} not found", info.name)))?;
+            let data = storages.get(key).ok_or_else(|| {
+                candle_core::Error::Msg(format!("storage {key} of tensor {} not found", info.name))
+            })?;
             out.push((info.name.clone(), tensor_from(&info, data)?));
         }
     }

@@ -12,7 +12,8 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::error::{Result, ZooError};
 use crate::models::{
-    cnn, densenet, googlenet, mobilenet_v2, resnet, resnext, shufflenet_v2, tv_densenet, tv_resnet, wrn,
+    cnn, densenet, googlenet, mobilenet_v2, resnet, resnext, shufflenet_v2, tv_densenet, tv_resnet,
+    wrn,
 };
 use crate::Model;
 
@@ -76,7 +77,11 @@ pub struct ModelOptions {
 impl ModelOptions {
     /// Options with the default dropout seed.
     pub fn new(num_classes: usize, input: InputSize) -> Self {
-        Self { num_classes, input, dropout_seed: DEFAULT_DROPOUT_SEED }
+        Self {
+            num_classes,
+            input,
+            dropout_seed: DEFAULT_DROPOUT_SEED,
+        }
     }
 }
 
@@ -205,10 +210,13 @@ pub fn list() -> Vec<&'static str> {
 
 /// The registry row of `name`.
 pub fn entry(name: &str) -> Result<&'static ModelEntry> {
-    MODELS.iter().find(|m| m.name == name).ok_or_else(|| ZooError::UnknownModel {
-        name: name.to_string(),
-        known: list().join(", "),
-    })
+    MODELS
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| ZooError::UnknownModel {
+            name: name.to_string(),
+            known: list().join(", "),
+        })
 }
 
 fn check(e: &ModelEntry, opts: &ModelOptions) -> Result<()> {
@@ -216,7 +224,12 @@ fn check(e: &ModelEntry, opts: &ModelOptions) -> Result<()> {
         return Err(ZooError::UnsupportedInput {
             name: e.name.to_string(),
             input: opts.input.side(),
-            supported: e.inputs.iter().map(|i| i.side().to_string()).collect::<Vec<_>>().join(", "),
+            supported: e
+                .inputs
+                .iter()
+                .map(|i| i.side().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     }
     if opts.num_classes == 0 {
@@ -234,7 +247,12 @@ fn check(e: &ModelEntry, opts: &ModelOptions) -> Result<()> {
 /// With a `VarBuilder` over a `VarMap`, the parameters are fresh `Var`s
 /// initialised as the reference code does; over loaded tensors, nothing is a
 /// `Var` and a forward builds no autograd graph.
-pub fn build(name: &str, num_classes: usize, input: InputSize, vb: VarBuilder) -> Result<Box<dyn Model>> {
+pub fn build(
+    name: &str,
+    num_classes: usize,
+    input: InputSize,
+    vb: VarBuilder,
+) -> Result<Box<dyn Model>> {
     build_with(name, &ModelOptions::new(num_classes, input), vb)
 }
 
@@ -245,10 +263,20 @@ pub fn build_with(name: &str, opts: &ModelOptions, vb: VarBuilder) -> Result<Box
 
 /// A backend that records the requested names and shapes and returns
 /// zero-stride views of one scalar, so no weight is allocated.
-struct Recorder(Arc<Mutex<Vec<(String, Vec<usize>)>>>);
+/// Names and shapes requested so far.
+type Shapes = Arc<Mutex<Vec<(String, Vec<usize>)>>>;
+
+struct Recorder(Shapes);
 
 impl SimpleBackend for Recorder {
-    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.0
             .lock()
             .map_err(|_| candle_core::Error::Msg("shape recorder lock poisoned".into()))?
@@ -292,7 +320,9 @@ pub fn record_shapes<T>(
 
 /// True for BatchNorm running statistics (buffers, not learnable).
 pub fn is_buffer(name: &str) -> bool {
-    name.ends_with(".running_mean") || name.ends_with(".running_var") || name.ends_with("num_batches_tracked")
+    name.ends_with(".running_mean")
+        || name.ends_with(".running_var")
+        || name.ends_with("num_batches_tracked")
 }
 
 /// Number of learnable parameters of model `name` (BatchNorm running
@@ -304,4 +334,55 @@ pub fn param_count(name: &str, num_classes: usize, input: InputSize) -> Result<u
         .filter(|(n, _)| !is_buffer(n))
         .map(|(_, s)| s.iter().product::<usize>() as u64)
         .sum())
+}
+
+/// The registry as a Markdown table (the one in `docs/MODELS.md`): every
+/// model and input size with its learnable-parameter counts at K = 10, 100,
+/// 200 (and 1000 for ImageNet) and the reference count it must equal.
+pub fn models_markdown() -> Result<String> {
+    let mut out = String::from(
+        "| name | file | input | K=10 | K=100 | K=200 | K=1000 | reference (paper.md §4 / torchvision) |\n\
+         |---|---|---|---:|---:|---:|---:|---|\n",
+    );
+    let fmt = |n: u64| {
+        let s = n.to_string();
+        let mut o = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                o.push(',');
+            }
+            o.push(c);
+        }
+        o
+    };
+    for e in MODELS {
+        for &input in e.inputs {
+            let mut cells = Vec::new();
+            for k in [10, 100, 200, 1000] {
+                if k == 1000 && input != InputSize::ImageNet {
+                    cells.push("".to_string());
+                } else {
+                    cells.push(fmt(param_count(e.name, k, input)?));
+                }
+            }
+            let reference = if input == InputSize::Tiny && e.name != "cnn" {
+                "same as cifar (global pooling adds no parameter)".to_string()
+            } else if input == InputSize::Tiny {
+                "fc1 takes 8·8·128 inputs at 64×64".to_string()
+            } else if e.reference_params.is_empty() {
+                "PyTorch reference only".to_string()
+            } else {
+                e.reference_params
+                    .iter()
+                    .map(|(k, n)| format!("K={k}: {}", fmt(*n)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            out.push_str(&format!(
+                "| `{}` | `{}` | {} | {} | {} | {} | {} | {} |\n",
+                e.name, e.family, input.side(), cells[0], cells[1], cells[2], cells[3], reference
+            ));
+        }
+    }
+    Ok(out)
 }

@@ -11,7 +11,11 @@ use tfkd_zoo::{InputSize, ModelOptions};
 
 fn cnn_with_seed(vm: &VarMap, seed: u64) -> Result<Box<dyn tfkd_zoo::Model>> {
     let vb = VarBuilder::from_varmap(vm, DType::F32, &Device::Cpu);
-    let opts = ModelOptions { num_classes: 10, input: InputSize::Cifar, dropout_seed: seed };
+    let opts = ModelOptions {
+        num_classes: 10,
+        input: InputSize::Cifar,
+        dropout_seed: seed,
+    };
     Ok(tfkd_zoo::build_with("cnn", &opts, vb)?)
 }
 
@@ -33,8 +37,14 @@ fn dropout_acts_in_train_mode_only_and_is_seeded() -> Result<()> {
     let hc = c.forward_head(&f, true)?;
     let he = a.forward_head(&f, false)?;
     assert_eq!(max_abs_diff(&ha, &hb)?, 0.0, "same seed, different masks");
-    assert!(max_abs_diff(&ha, &hc)? > 1e-3, "different seeds, same masks");
-    assert!(max_abs_diff(&ha, &he)? > 1e-3, "dropout inactive in train mode");
+    assert!(
+        max_abs_diff(&ha, &hc)? > 1e-3,
+        "different seeds, same masks"
+    );
+    assert!(
+        max_abs_diff(&ha, &he)? > 1e-3,
+        "dropout inactive in train mode"
+    );
     assert_eq!(max_abs_diff(&he, &a.forward_t(&x, false)?)?, 0.0);
     Ok(())
 }
@@ -50,7 +60,10 @@ fn dropout_layer_keeps_expectation() -> Result<()> {
     assert!((zeros - 0.4).abs() < 0.02, "drop fraction {zeros}");
     let kept: Vec<f32> = y.iter().copied().filter(|v| *v != 0.0).collect();
     assert!(kept.iter().all(|v| (v - 1.0 / 0.6).abs() < 1e-6));
-    assert_eq!(d.forward_t(&x, false)?.to_vec1::<f32>()?, vec![1f32; 20_000]);
+    assert_eq!(
+        d.forward_t(&x, false)?.to_vec1::<f32>()?,
+        vec![1f32; 20_000]
+    );
     assert!(tfkd_zoo::Dropout::new(1.0, rng).is_err());
     Ok(())
 }
@@ -60,13 +73,20 @@ fn batchnorm_uses_and_updates_running_statistics_in_train_mode_only() -> Result<
     let vm = VarMap::new();
     let m = cnn_with_seed(&vm, 0)?;
     let x = Tensor::randn(0f32, 1.0, (6, 3, 32, 32), &Device::Cpu)?.affine(3.0, 2.0)?;
-    let rm = || -> Result<Tensor> { Ok(vm.data().lock().unwrap()["bn1.running_mean"].as_tensor().copy()?) };
+    let rm = || -> Result<Tensor> {
+        Ok(vm.data().lock().unwrap()["bn1.running_mean"]
+            .as_tensor()
+            .copy()?)
+    };
     let r0 = rm()?;
     m.forward_t(&x, false)?;
     assert_eq!(max_abs_diff(&r0, &rm()?)?, 0.0, "eval updated running_mean");
     let e0 = m.forward_t(&x, false)?;
     m.forward_t(&x, true)?;
-    assert!(max_abs_diff(&r0, &rm()?)? > 1e-3, "train did not update running_mean");
+    assert!(
+        max_abs_diff(&r0, &rm()?)? > 1e-3,
+        "train did not update running_mean"
+    );
     // Eval output now reflects the new running statistics.
     assert!(max_abs_diff(&e0, &m.forward_t(&x, false)?)? > 1e-6);
     Ok(())
@@ -77,10 +97,18 @@ fn trainable_models_track_ops_and_teachers_do_not() -> Result<()> {
     let fx = fixture("googlenet.safetensors")?;
     let params = with_prefix(&fx, "param.");
     let x = &fx["input"];
-    let teacher = build_case("googlenet", VarBuilder::from_tensors(params.clone(), DType::F32, &Device::Cpu))?.0;
+    let teacher = build_case(
+        "googlenet",
+        VarBuilder::from_tensors(params.clone(), DType::F32, &Device::Cpu),
+    )?
+    .0;
     assert!(!teacher.forward_t(x, false)?.track_op());
     let vm = varmap_from(&params)?;
-    let student = build_case("googlenet", VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?.0;
+    let student = build_case(
+        "googlenet",
+        VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+    )?
+    .0;
     assert!(student.forward_t(x, true)?.track_op());
     Ok(())
 }

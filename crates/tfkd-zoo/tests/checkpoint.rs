@@ -31,7 +31,12 @@ fn pytorch_checkpoints_load_and_match_logits() -> Result<()> {
         "ckpt_resnet_basic_legacy.pth.tar",
     ] {
         let tensors = tfkd_zoo::read_state_dict(fixture_dir().join(file))?;
-        assert!(!tensors.keys().any(|k| k.contains("num_batches_tracked") || k.starts_with("module.")), "{file}");
+        assert!(
+            !tensors
+                .keys()
+                .any(|k| k.contains("num_batches_tracked") || k.starts_with("module.")),
+            "{file}"
+        );
         tfkd_zoo::check_tensors("resnet_basic", &expected, &tensors, file)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let (model, _) = build_case("resnet_basic", vb)?;
@@ -50,26 +55,54 @@ fn pytorch_checkpoints_load_and_match_logits() -> Result<()> {
 fn mismatch_is_one_error_listing_everything() -> Result<()> {
     let mut tensors = tfkd_zoo::read_state_dict(fixture_dir().join("ckpt_resnet_basic.pth.tar"))?;
     tensors.remove("layer2.0.shortcut.1.running_var");
-    tensors.insert("fc.weight".to_string(), Tensor::zeros((10, 16), DType::F32, &Device::Cpu)?);
-    tensors.insert("linear.weight".to_string(), Tensor::zeros((9, 16), DType::F32, &Device::Cpu)?);
-    let err = tfkd_zoo::check_tensors("resnet_basic", &case_shapes("resnet_basic")?, &tensors, "edited.pth")
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("mismatch accepted"))?;
+    tensors.insert(
+        "fc.weight".to_string(),
+        Tensor::zeros((10, 16), DType::F32, &Device::Cpu)?,
+    );
+    tensors.insert(
+        "linear.weight".to_string(),
+        Tensor::zeros((9, 16), DType::F32, &Device::Cpu)?,
+    );
+    let err = tfkd_zoo::check_tensors(
+        "resnet_basic",
+        &case_shapes("resnet_basic")?,
+        &tensors,
+        "edited.pth",
+    )
+    .err()
+    .ok_or_else(|| anyhow::anyhow!("mismatch accepted"))?;
     let msg = err.to_string();
     match err {
-        ZooError::StateDictMismatch { missing, unexpected, mis_shaped, .. } => {
+        ZooError::StateDictMismatch {
+            missing,
+            unexpected,
+            mis_shaped,
+            ..
+        } => {
             assert_eq!(missing, vec!["layer2.0.shortcut.1.running_var".to_string()]);
             assert_eq!(unexpected, vec!["fc.weight".to_string()]);
             assert_eq!(mis_shaped.len(), 1);
             assert_eq!(mis_shaped[0].name, "linear.weight");
-            assert_eq!((mis_shaped[0].expected.clone(), mis_shaped[0].found.clone()), (vec![10, 16], vec![9, 16]));
+            assert_eq!(
+                (mis_shaped[0].expected.clone(), mis_shaped[0].found.clone()),
+                (vec![10, 16], vec![9, 16])
+            );
         }
         other => bail!("wrong error {other}"),
     }
-    assert!(msg.starts_with("checkpoint `edited.pth` does not match model `resnet_basic`"), "{msg}");
-    assert!(msg.contains("1 missing [layer2.0.shortcut.1.running_var]"), "{msg}");
+    assert!(
+        msg.starts_with("checkpoint `edited.pth` does not match model `resnet_basic`"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("1 missing [layer2.0.shortcut.1.running_var]"),
+        "{msg}"
+    );
     assert!(msg.contains("1 unexpected [fc.weight]"), "{msg}");
-    assert!(msg.contains("linear.weight: expected [10, 16], found [9, 16]"), "{msg}");
+    assert!(
+        msg.contains("linear.weight: expected [10, 16], found [9, 16]"),
+        "{msg}"
+    );
     assert!(!msg.ends_with('.'));
     Ok(())
 }
@@ -79,7 +112,12 @@ fn registry_load_rejects_a_checkpoint_of_another_model() -> Result<()> {
     let opts = ModelOptions::new(10, InputSize::Cifar);
     let path = fixture_dir().join("ckpt_resnet_basic.pth.tar");
     match tfkd_zoo::load("resnet18", &opts, &path, DType::F32, &Device::Cpu) {
-        Err(ZooError::StateDictMismatch { model, mis_shaped, missing, .. }) => {
+        Err(ZooError::StateDictMismatch {
+            model,
+            mis_shaped,
+            missing,
+            ..
+        }) => {
             assert_eq!(model, "resnet18");
             assert!(!mis_shaped.is_empty() && !missing.is_empty());
         }
@@ -87,7 +125,10 @@ fn registry_load_rejects_a_checkpoint_of_another_model() -> Result<()> {
         Ok(_) => bail!("a reduced checkpoint loaded into resnet18"),
     }
     let err = tfkd_zoo::read_state_dict(fixture_dir().join("param_counts.json")).err();
-    assert!(matches!(err, Some(ZooError::UnsupportedFormat { .. })), "{err:?}");
+    assert!(
+        matches!(err, Some(ZooError::UnsupportedFormat { .. })),
+        "{err:?}"
+    );
     let err = tfkd_zoo::read_state_dict(fixture_dir().join("absent.safetensors")).err();
     assert!(matches!(err, Some(ZooError::Io { .. })), "{err:?}");
     // Garbage and truncated files are errors, not panics.
@@ -127,7 +168,13 @@ fn safetensors_round_trip_through_the_registry() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("cnn.safetensors");
     tfkd_zoo::save_safetensors(&state, &path)?;
-    let loaded = tfkd_zoo::load("cnn", &ModelOptions::new(10, InputSize::Cifar), &path, DType::F32, &dev);
+    let loaded = tfkd_zoo::load(
+        "cnn",
+        &ModelOptions::new(10, InputSize::Cifar),
+        &path,
+        DType::F32,
+        &dev,
+    );
     std::fs::remove_dir_all(&dir)?;
     let after = loaded?.forward_t(&x, false)?;
     assert_eq!(max_abs_diff(&before, &after)?, 0.0);

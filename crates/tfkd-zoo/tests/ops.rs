@@ -12,7 +12,14 @@ fn max_pool_matches_pytorch() -> Result<()> {
     let fx = fixture("maxpool.safetensors")?;
     let x = Var::from_tensor(&fx["input"])?;
     let mut n = 0;
-    for (k, s, p) in [(3, 2, 1), (3, 1, 1), (3, 2, 0), (2, 2, 0), (2, 1, 0), (3, 3, 1)] {
+    for (k, s, p) in [
+        (3, 2, 1),
+        (3, 1, 1),
+        (3, 2, 0),
+        (2, 2, 0),
+        (2, 1, 0),
+        (3, 3, 1),
+    ] {
         let tag = format!("k{k}s{s}p{p}");
         let y = tfkd_zoo::ops::max_pool2d(x.as_tensor(), k, s, p)?;
         let d = max_abs_diff(&y, &fx[&format!("{tag}.out")])?;
@@ -20,7 +27,9 @@ fn max_pool_matches_pytorch() -> Result<()> {
             bail!("{tag}: values differ by {d}")
         }
         let g = (&y * &fx[&format!("{tag}.proj")])?.sum_all()?.backward()?;
-        let gx = g.get(x.as_tensor()).ok_or_else(|| anyhow::anyhow!("{tag}: no gradient"))?;
+        let gx = g
+            .get(x.as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("{tag}: no gradient"))?;
         let d = max_abs_diff(gx, &fx[&format!("{tag}.grad")])?;
         if d > 1e-5 {
             bail!("{tag}: gradients differ by {d}")
@@ -38,10 +47,23 @@ fn pooling_on_divisible_and_odd_sides_matches_pytorch() -> Result<()> {
     let fx = fixture("maxpool.safetensors")?;
     let xe = Var::from_tensor(&fx["input_even"])?;
     let xo = Var::from_tensor(&fx["input"])?;
-    let cases: [(&str, &Var, Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>); 3] = [
-        ("even_k2s2p0", &xe, Box::new(|t| tfkd_zoo::ops::max_pool2d(t, 2, 2, 0))),
-        ("avg_k2_even", &xe, Box::new(|t| tfkd_zoo::ops::avg_pool2d(t, 2))),
-        ("avg_k2_odd", &xo, Box::new(|t| tfkd_zoo::ops::avg_pool2d(t, 2))),
+    type Pool = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
+    let cases: [(&str, &Var, Pool); 3] = [
+        (
+            "even_k2s2p0",
+            &xe,
+            Box::new(|t| tfkd_zoo::ops::max_pool2d(t, 2, 2, 0)),
+        ),
+        (
+            "avg_k2_even",
+            &xe,
+            Box::new(|t| tfkd_zoo::ops::avg_pool2d(t, 2)),
+        ),
+        (
+            "avg_k2_odd",
+            &xo,
+            Box::new(|t| tfkd_zoo::ops::avg_pool2d(t, 2)),
+        ),
     ];
     for (tag, x, f) in cases {
         let y = f(x.as_tensor())?;
@@ -50,7 +72,9 @@ fn pooling_on_divisible_and_odd_sides_matches_pytorch() -> Result<()> {
             bail!("{tag}: values differ by {d}")
         }
         let g = (&y * &fx[&format!("{tag}.proj")])?.sum_all()?.backward()?;
-        let gx = g.get(x.as_tensor()).ok_or_else(|| anyhow::anyhow!("{tag}: no gradient"))?;
+        let gx = g
+            .get(x.as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("{tag}: no gradient"))?;
         let d = max_abs_diff(gx, &fx[&format!("{tag}.grad")])?;
         if d > 1e-5 {
             bail!("{tag}: gradients differ by {d}")
@@ -72,7 +96,9 @@ fn max_pool_rejects_bad_geometry() -> Result<()> {
 #[test]
 fn channel_shuffle_interleaves_groups() -> Result<()> {
     let x = Tensor::arange(0f32, 6.0, &Device::Cpu)?.reshape((1, 6, 1, 1))?;
-    let y = tfkd_zoo::ops::channel_shuffle(&x, 2)?.flatten_all()?.to_vec1::<f32>()?;
+    let y = tfkd_zoo::ops::channel_shuffle(&x, 2)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     assert_eq!(y, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
     assert!(tfkd_zoo::ops::channel_shuffle(&x, 4).is_err());
     Ok(())

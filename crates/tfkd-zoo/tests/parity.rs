@@ -25,7 +25,9 @@ fn check_case(case: &str) -> Result<()> {
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
     let (model, side) = build_case(case, vb)?;
     // Every tensor of the PyTorch state dict was used, and only those.
-    let shapes = tfkd_zoo::record_shapes(|vb| Ok(build_case(case, vb).map_err(|e| candle_core::Error::Msg(e.to_string()))?))?;
+    let shapes = tfkd_zoo::record_shapes(|vb| {
+        build_case(case, vb).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    })?;
     tfkd_zoo::check_tensors(case, &shapes, &params, "fixture")?;
 
     let x = &fx["input"];
@@ -53,11 +55,20 @@ fn check_case(case: &str) -> Result<()> {
     let loss = (&train * &fx["proj"])?.sum_all()?;
     let grads = loss.backward()?;
     let refs = with_prefix(&fx, "grad.");
-    let global = refs.values().map(max_abs).collect::<Result<Vec<_>>>()?.into_iter().fold(0f32, f32::max);
+    let global = refs
+        .values()
+        .map(max_abs)
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .fold(0f32, f32::max);
     let data = vm.data().lock().unwrap();
     for (k, g_ref) in &refs {
-        let var = data.get(k).ok_or_else(|| anyhow::anyhow!("{case}: no variable {k}"))?;
-        let g = grads.get(var.as_tensor()).ok_or_else(|| anyhow::anyhow!("{case}: no gradient for {k}"))?;
+        let var = data
+            .get(k)
+            .ok_or_else(|| anyhow::anyhow!("{case}: no variable {k}"))?;
+        let g = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("{case}: no gradient for {k}"))?;
         let d = max_abs_diff(g, g_ref)?;
         let tol = GRAD_TOL * max_abs(g_ref)?.max(1e-2 * global);
         if d > tol {

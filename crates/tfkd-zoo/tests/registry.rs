@@ -35,12 +35,21 @@ fn parameter_counts_equal_pytorch_and_paper() -> Result<()> {
     for e in MODELS {
         for &input in e.inputs {
             let refs = &r[size_key(input)][e.name]["params"];
-            let ks: &[usize] = if input == InputSize::ImageNet { &[10, 100, 200, 1000] } else { &[10, 100, 200] };
+            let ks: &[usize] = if input == InputSize::ImageNet {
+                &[10, 100, 200, 1000]
+            } else {
+                &[10, 100, 200]
+            };
             for &k in ks {
                 let ours = tfkd_zoo::param_count(e.name, k, input)?;
-                let theirs = refs[k.to_string()].as_u64().with_context(|| format!("{} {input} K={k} missing", e.name))?;
+                let theirs = refs[k.to_string()]
+                    .as_u64()
+                    .with_context(|| format!("{} {input} K={k} missing", e.name))?;
                 if ours != theirs {
-                    bail!("{} {input} K={k}: {ours} parameters, PyTorch reference {theirs}", e.name)
+                    bail!(
+                        "{} {input} K={k}: {ours} parameters, PyTorch reference {theirs}",
+                        e.name
+                    )
                 }
                 checked += 1;
             }
@@ -55,7 +64,10 @@ fn parameter_counts_equal_pytorch_and_paper() -> Result<()> {
     }
     assert!(checked >= 14 * 6 + 4 * 4, "only {checked} counts checked");
     // The paper's cross-check: ResNeXt29-8x64d has 34.52M parameters at K = 100.
-    assert_eq!(tfkd_zoo::param_count("resnext29", 100, InputSize::Cifar)?, 34_518_948);
+    assert_eq!(
+        tfkd_zoo::param_count("resnext29", 100, InputSize::Cifar)?,
+        34_518_948
+    );
     Ok(())
 }
 
@@ -64,15 +76,33 @@ fn state_dict_names_and_shapes_equal_pytorch() -> Result<()> {
     let r = reference()?;
     for e in MODELS {
         let input = e.inputs[0];
-        let k = if input == InputSize::ImageNet { 1000 } else { 100 };
+        let k = if input == InputSize::ImageNet {
+            1000
+        } else {
+            100
+        };
         let ours: BTreeMap<String, Vec<usize>> =
-            tfkd_zoo::param_shapes(e.name, &ModelOptions::new(k, input))?.into_iter().collect();
-        let theirs: BTreeMap<String, Vec<usize>> = serde_json::from_value(r[size_key(input)][e.name]["shapes"].clone())
-            .with_context(|| format!("{}: no reference shapes", e.name))?;
+            tfkd_zoo::param_shapes(e.name, &ModelOptions::new(k, input))?
+                .into_iter()
+                .collect();
+        let theirs: BTreeMap<String, Vec<usize>> =
+            serde_json::from_value(r[size_key(input)][e.name]["shapes"].clone())
+                .with_context(|| format!("{}: no reference shapes", e.name))?;
         if ours != theirs {
-            let missing: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).take(5).collect();
-            let extra: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).take(5).collect();
-            bail!("{}: state dict differs (missing {missing:?}, unexpected {extra:?})", e.name)
+            let missing: Vec<_> = theirs
+                .keys()
+                .filter(|k| !ours.contains_key(*k))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = ours
+                .keys()
+                .filter(|k| !theirs.contains_key(*k))
+                .take(5)
+                .collect();
+            bail!(
+                "{}: state dict differs (missing {missing:?}, unexpected {extra:?})",
+                e.name
+            )
         }
     }
     Ok(())
@@ -86,7 +116,16 @@ fn registry_names_are_unique_and_listed() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(sorted.len(), names.len());
-    for n in ["cnn", "resnet18", "mobilenet_v2", "shufflenet_v2", "densenet121", "googlenet", "resnext29", "resnet18_imagenet"] {
+    for n in [
+        "cnn",
+        "resnet18",
+        "mobilenet_v2",
+        "shufflenet_v2",
+        "densenet121",
+        "googlenet",
+        "resnext29",
+        "resnet18_imagenet",
+    ] {
         assert!(names.contains(&n), "{n} missing");
     }
 }
@@ -94,18 +133,32 @@ fn registry_names_are_unique_and_listed() {
 #[test]
 fn errors_name_the_problem() {
     let vb = candle_nn::VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu);
-    let err = tfkd_zoo::build("resnet19", 10, InputSize::Cifar, vb.clone()).err().map(|e| e.to_string());
+    let err = tfkd_zoo::build("resnet19", 10, InputSize::Cifar, vb.clone())
+        .err()
+        .map(|e| e.to_string());
     let msg = err.unwrap_or_default();
-    assert!(msg.starts_with("unknown model `resnet19`") && msg.contains("resnet18"), "{msg}");
+    assert!(
+        msg.starts_with("unknown model `resnet19`") && msg.contains("resnet18"),
+        "{msg}"
+    );
 
     let err = tfkd_zoo::build("resnet18", 10, InputSize::ImageNet, vb.clone()).err();
-    assert!(matches!(err, Some(ZooError::UnsupportedInput { input: 224, .. })), "{err:?}");
+    assert!(
+        matches!(err, Some(ZooError::UnsupportedInput { input: 224, .. })),
+        "{err:?}"
+    );
 
     let err = tfkd_zoo::build("resnet18_imagenet", 10, InputSize::Cifar, vb.clone()).err();
-    assert!(matches!(err, Some(ZooError::UnsupportedInput { input: 32, .. })), "{err:?}");
+    assert!(
+        matches!(err, Some(ZooError::UnsupportedInput { input: 32, .. })),
+        "{err:?}"
+    );
 
     let err = tfkd_zoo::build("cnn", 0, InputSize::Cifar, vb).err();
-    assert!(matches!(err, Some(ZooError::InvalidConfig { .. })), "{err:?}");
+    assert!(
+        matches!(err, Some(ZooError::InvalidConfig { .. })),
+        "{err:?}"
+    );
     assert_eq!(InputSize::from_side(64), Some(InputSize::Tiny));
     assert_eq!(InputSize::from_side(48), None);
 }
@@ -120,20 +173,49 @@ fn every_model_forwards_to_k_logits() -> Result<()> {
     for e in MODELS {
         // The widest networks are covered by their reduced parity instances and
         // the count / shape checks; a full forward of them would dominate CI time.
-        if ["resnext29", "wrn_28_10", "resnext101_32x8d_imagenet", "resnet152", "resnet101"].contains(&e.name) {
+        if [
+            "resnext29",
+            "wrn_28_10",
+            "resnext101_32x8d_imagenet",
+            "resnet152",
+            "resnet101",
+        ]
+        .contains(&e.name)
+        {
             continue;
         }
         let vm = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
         let input = e.inputs[0];
         let model = tfkd_zoo::build(e.name, 7, input, vb)?;
-        let side = if input == InputSize::ImageNet { 64 } else { input.side() };
+        let side = if input == InputSize::ImageNet {
+            64
+        } else {
+            input.side()
+        };
         let x = Tensor::randn(0f32, 1.0, (2, 3, side, side), &dev)?;
         let y = model.forward_t(&x, false)?;
         assert_eq!(y.dims(), &[2, 7], "{}", e.name);
         assert_eq!(model.num_classes(), 7);
         let n: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
         assert!(n > 0, "{}: no variables", e.name);
+    }
+    Ok(())
+}
+
+/// `docs/MODELS.md`'s table is generated from the registry; a stale table is
+/// rewritten and the test fails (commit the new file).
+#[test]
+fn models_doc_table_is_current() -> Result<()> {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/MODELS.md");
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let (start, end) = ("<!-- models-table:start -->\n", "<!-- models-table:end -->");
+    let (head, rest) = text.split_once(start).context("no table start marker")?;
+    let (_, tail) = rest.split_once(end).context("no table end marker")?;
+    let fresh = format!("{head}{start}{}{end}{tail}", tfkd_zoo::models_markdown()?);
+    if fresh != text {
+        std::fs::write(&path, fresh)?;
+        bail!("docs/MODELS.md was stale and has been regenerated; commit it")
     }
     Ok(())
 }

@@ -28,7 +28,10 @@ pub struct CnnConfig {
 impl CnnConfig {
     /// The paper's configuration: 32 channels, dropout 0.5.
     pub fn paper() -> Self {
-        Self { num_channels: 32, dropout: 0.5 }
+        Self {
+            num_channels: 32,
+            dropout: 0.5,
+        }
     }
 }
 
@@ -68,11 +71,27 @@ pub fn build(
         convs.push((conv, bn));
     }
     let s = input_side / 8;
-    let fc1 = linear(vb.pp("fc1"), s * s * 4 * c, 4 * c, WInit::Torch, BInit::Torch)?;
+    let fc1 = linear(
+        vb.pp("fc1"),
+        s * s * 4 * c,
+        4 * c,
+        WInit::Torch,
+        BInit::Torch,
+    )?;
     let fcbn1 = bn2d(vb.pp("fcbn1"), 4 * c)?;
     let fc2 = linear(vb.pp("fc2"), 4 * c, num_classes, WInit::Torch, BInit::Torch)?;
-    let dropout = Dropout::new(cfg.dropout, Arc::new(Mutex::new(MaskRng::new(dropout_seed))))?;
-    Ok(Cnn { convs, fc1, fcbn1, fc2, dropout, num_classes })
+    let dropout = Dropout::new(
+        cfg.dropout,
+        Arc::new(Mutex::new(MaskRng::new(dropout_seed))),
+    )?;
+    Ok(Cnn {
+        convs,
+        fc1,
+        fcbn1,
+        fc2,
+        dropout,
+        num_classes,
+    })
 }
 
 impl crate::Model for Cnn {

@@ -30,7 +30,11 @@ pub struct DenseNetConfig {
 impl DenseNetConfig {
     /// DenseNet121: [6, 12, 24, 16], k = 32.
     pub fn densenet121() -> Self {
-        Self { blocks: vec![6, 12, 24, 16], growth: 32, reduction: 0.5 }
+        Self {
+            blocks: vec![6, 12, 24, 16],
+            growth: 32,
+            reduction: 0.5,
+        }
     }
 }
 
@@ -58,15 +62,30 @@ pub struct DenseNet {
     num_classes: usize,
 }
 
-fn dense_block(vb: VarBuilder, mut cin: usize, n: usize, k: usize) -> Result<(Vec<Bottleneck>, usize)> {
+fn dense_block(
+    vb: VarBuilder,
+    mut cin: usize,
+    n: usize,
+    k: usize,
+) -> Result<(Vec<Bottleneck>, usize)> {
     let mut layers = Vec::new();
     for j in 0..n {
         let v = vb.pp(format!("bottle_neck_layer_{j}")).pp("bottle_neck");
         layers.push(Bottleneck {
             bn1: bn2d(v.pp(0), cin)?,
-            conv1: conv2d(v.pp(2), ConvSpec::new(cin, 4 * k, 1, 1, 0), WInit::Torch, BInit::None)?,
+            conv1: conv2d(
+                v.pp(2),
+                ConvSpec::new(cin, 4 * k, 1, 1, 0),
+                WInit::Torch,
+                BInit::None,
+            )?,
             bn2: bn2d(v.pp(3), 4 * k)?,
-            conv2: conv2d(v.pp(5), ConvSpec::new(4 * k, k, 3, 1, 1), WInit::Torch, BInit::None)?,
+            conv2: conv2d(
+                v.pp(5),
+                ConvSpec::new(4 * k, k, 3, 1, 1),
+                WInit::Torch,
+                BInit::None,
+            )?,
         });
         cin += k;
     }
@@ -80,12 +99,21 @@ pub fn build(cfg: &DenseNetConfig, num_classes: usize, vb: VarBuilder) -> Result
     }
     let k = cfg.growth;
     let mut c = 2 * k;
-    let conv1 = conv2d(vb.pp("conv1"), ConvSpec::new(3, c, 3, 1, 1), WInit::Torch, BInit::None)?;
+    let conv1 = conv2d(
+        vb.pp("conv1"),
+        ConvSpec::new(3, c, 3, 1, 1),
+        WInit::Torch,
+        BInit::None,
+    )?;
     let f = vb.pp("features");
     let mut stages = Vec::new();
     let last = cfg.blocks.len() - 1;
     for (i, &n) in cfg.blocks.iter().enumerate() {
-        let name = if i == last { format!("dense_block{i}") } else { format!("dense_block_layer_{i}") };
+        let name = if i == last {
+            format!("dense_block{i}")
+        } else {
+            format!("dense_block_layer_{i}")
+        };
         let (layers, cout) = dense_block(f.pp(name), c, n, k)?;
         stages.push(Stage::Dense(layers));
         c = cout;
@@ -94,14 +122,25 @@ pub fn build(cfg: &DenseNetConfig, num_classes: usize, vb: VarBuilder) -> Result
             let t = f.pp(format!("transition_layer_{i}")).pp("down_sample");
             stages.push(Stage::Transition(
                 bn2d(t.pp(0), c)?,
-                conv2d(t.pp(1), ConvSpec::new(c, out, 1, 1, 0), WInit::Torch, BInit::None)?,
+                conv2d(
+                    t.pp(1),
+                    ConvSpec::new(c, out, 1, 1, 0),
+                    WInit::Torch,
+                    BInit::None,
+                )?,
             ));
             c = out;
         }
     }
     let bn = bn2d(f.pp("bn"), c)?;
     let linear = linear(vb.pp("linear"), c, num_classes, WInit::Torch, BInit::Torch)?;
-    Ok(DenseNet { conv1, stages, bn, linear, num_classes })
+    Ok(DenseNet {
+        conv1,
+        stages,
+        bn,
+        linear,
+        num_classes,
+    })
 }
 
 impl crate::Model for DenseNet {

@@ -63,7 +63,10 @@ struct Inception {
 }
 
 fn cb(vb: &VarBuilder, i: usize, s: ConvSpec, eps: f64) -> Result<Cb> {
-    Ok((conv2d(vb.pp(i), s, WInit::Torch, BInit::Torch)?, bn(vb.pp(i + 1), s.cout, eps)?))
+    Ok((
+        conv2d(vb.pp(i), s, WInit::Torch, BInit::Torch)?,
+        bn(vb.pp(i + 1), s.cout, eps)?,
+    ))
 }
 
 fn apply(c: &Cb, xs: &Tensor, train: bool) -> Result<Tensor> {
@@ -77,7 +80,10 @@ impl Inception {
         let (v1, v2, v3, v4) = (vb.pp("b1"), vb.pp("b2"), vb.pp("b3"), vb.pp("b4"));
         Ok(Self {
             b1: cb(&v1, 0, ConvSpec::new(cin, n1, 1, 1, 0), e)?,
-            b2: [cb(&v2, 0, ConvSpec::new(cin, n3r, 1, 1, 0), e)?, cb(&v2, 3, ConvSpec::new(n3r, n3, 3, 1, 1), e)?],
+            b2: [
+                cb(&v2, 0, ConvSpec::new(cin, n3r, 1, 1, 0), e)?,
+                cb(&v2, 3, ConvSpec::new(n3r, n3, 3, 1, 1), e)?,
+            ],
             b3: [
                 cb(&v3, 0, ConvSpec::new(cin, n5r, 1, 1, 0), e)?,
                 // nn.BatchNorm2d(n5x5, n5x5): the second argument is eps.
@@ -111,9 +117,19 @@ pub struct GoogLeNet {
 }
 
 /// Builds GoogLeNet (names `prelayer.*`, `a3.b1.*` … `b5.b4.*`, `linear`).
-pub fn build(cfg: &GoogLeNetConfig, num_classes: usize, dropout_seed: u64, vb: VarBuilder) -> Result<GoogLeNet> {
+pub fn build(
+    cfg: &GoogLeNetConfig,
+    num_classes: usize,
+    dropout_seed: u64,
+    vb: VarBuilder,
+) -> Result<GoogLeNet> {
     let prelayer = (
-        conv2d(vb.pp("prelayer").pp(0), ConvSpec::new(3, cfg.prelayer, 3, 1, 1), WInit::Torch, BInit::Torch)?,
+        conv2d(
+            vb.pp("prelayer").pp(0),
+            ConvSpec::new(3, cfg.prelayer, 3, 1, 1),
+            WInit::Torch,
+            BInit::Torch,
+        )?,
         bn2d(vb.pp("prelayer").pp(1), cfg.prelayer)?,
     );
     let mut cin = cfg.prelayer;
@@ -122,9 +138,24 @@ pub fn build(cfg: &GoogLeNetConfig, num_classes: usize, dropout_seed: u64, vb: V
         inceptions.push(Inception::new(vb.pp(*name), cin, *w)?);
         cin = w[0] + w[2] + w[4] + w[5];
     }
-    let dropout = Dropout::new(cfg.dropout, std::sync::Arc::new(std::sync::Mutex::new(MaskRng::new(dropout_seed))))?;
-    let linear = linear(vb.pp("linear"), cin, num_classes, WInit::Torch, BInit::Torch)?;
-    Ok(GoogLeNet { prelayer, inceptions, dropout, linear, num_classes })
+    let dropout = Dropout::new(
+        cfg.dropout,
+        std::sync::Arc::new(std::sync::Mutex::new(MaskRng::new(dropout_seed))),
+    )?;
+    let linear = linear(
+        vb.pp("linear"),
+        cin,
+        num_classes,
+        WInit::Torch,
+        BInit::Torch,
+    )?;
+    Ok(GoogLeNet {
+        prelayer,
+        inceptions,
+        dropout,
+        linear,
+        num_classes,
+    })
 }
 
 impl crate::Model for GoogLeNet {
@@ -140,7 +171,8 @@ impl crate::Model for GoogLeNet {
     }
 
     fn forward_head(&self, features: &Tensor, train: bool) -> Result<Tensor> {
-        self.linear.forward(&self.dropout.forward_t(features, train)?)
+        self.linear
+            .forward(&self.dropout.forward_t(features, train)?)
     }
 
     fn num_classes(&self) -> usize {

@@ -81,7 +81,10 @@ impl Bottleneck {
             let bn = bn2d(vb.pp(i + 1), s.cout)?;
             layers.push((conv, bn));
         }
-        Ok(Self { layers, residual: stride == 1 && cin == cout })
+        Ok(Self {
+            layers,
+            residual: stride == 1 && cin == cout,
+        })
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
@@ -116,7 +119,12 @@ pub fn build(cfg: &MobileNetV2Config, num_classes: usize, vb: VarBuilder) -> Res
         candle_core::bail!("mobilenet_v2: the first and last stages must have exactly one block")
     }
     let pre = (
-        conv2d(vb.pp("pre").pp(0), ConvSpec::new(3, cfg.stem, 1, 1, 1), WInit::Torch, BInit::Torch)?,
+        conv2d(
+            vb.pp("pre").pp(0),
+            ConvSpec::new(3, cfg.stem, 1, 1, 1),
+            WInit::Torch,
+            BInit::Torch,
+        )?,
         bn2d(vb.pp("pre").pp(1), cfg.stem)?,
     );
     let mut blocks = Vec::new();
@@ -135,11 +143,27 @@ pub fn build(cfg: &MobileNetV2Config, num_classes: usize, vb: VarBuilder) -> Res
         }
     }
     let conv1 = (
-        conv2d(vb.pp("conv1").pp(0), ConvSpec::new(cin, cfg.last, 1, 1, 0), WInit::Torch, BInit::Torch)?,
+        conv2d(
+            vb.pp("conv1").pp(0),
+            ConvSpec::new(cin, cfg.last, 1, 1, 0),
+            WInit::Torch,
+            BInit::Torch,
+        )?,
         bn2d(vb.pp("conv1").pp(1), cfg.last)?,
     );
-    let conv2 = conv2d(vb.pp("conv2"), ConvSpec::new(cfg.last, num_classes, 1, 1, 0), WInit::Torch, BInit::Torch)?;
-    Ok(MobileNetV2 { pre, blocks, conv1, conv2, num_classes })
+    let conv2 = conv2d(
+        vb.pp("conv2"),
+        ConvSpec::new(cfg.last, num_classes, 1, 1, 0),
+        WInit::Torch,
+        BInit::Torch,
+    )?;
+    Ok(MobileNetV2 {
+        pre,
+        blocks,
+        conv1,
+        conv2,
+        num_classes,
+    })
 }
 
 impl crate::Model for MobileNetV2 {
@@ -154,7 +178,9 @@ impl crate::Model for MobileNetV2 {
 
     fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
         let (n, d) = features.dims2()?;
-        self.conv2.forward(&features.reshape((n, d, 1, 1))?)?.flatten_from(1)
+        self.conv2
+            .forward(&features.reshape((n, d, 1, 1))?)?
+            .flatten_from(1)
     }
 
     fn num_classes(&self) -> usize {

@@ -30,7 +30,12 @@ pub struct ResNetConfig {
 
 impl ResNetConfig {
     fn std(bottleneck: bool, blocks: [usize; 4]) -> Self {
-        Self { bottleneck, blocks, widths: [64, 128, 256, 512], stem: 64 }
+        Self {
+            bottleneck,
+            blocks,
+            widths: [64, 128, 256, 512],
+            stem: 64,
+        }
     }
     /// ResNet18: basic blocks [2, 2, 2, 2].
     pub fn resnet18() -> Self {
@@ -61,7 +66,13 @@ struct Block {
 }
 
 impl Block {
-    fn new(vb: VarBuilder, cin: usize, planes: usize, stride: usize, bottleneck: bool) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        cin: usize,
+        planes: usize,
+        stride: usize,
+        bottleneck: bool,
+    ) -> Result<Self> {
         let (specs, cout) = if bottleneck {
             (
                 vec![
@@ -73,20 +84,33 @@ impl Block {
             )
         } else {
             (
-                vec![ConvSpec::new(cin, planes, 3, stride, 1), ConvSpec::new(planes, planes, 3, 1, 1)],
+                vec![
+                    ConvSpec::new(cin, planes, 3, stride, 1),
+                    ConvSpec::new(planes, planes, 3, 1, 1),
+                ],
                 planes,
             )
         };
         let mut convs = Vec::new();
         for (i, s) in specs.into_iter().enumerate() {
-            let conv = conv2d(vb.pp(format!("conv{}", i + 1)), s, WInit::Torch, BInit::None)?;
+            let conv = conv2d(
+                vb.pp(format!("conv{}", i + 1)),
+                s,
+                WInit::Torch,
+                BInit::None,
+            )?;
             let bn = bn2d(vb.pp(format!("bn{}", i + 1)), s.cout)?;
             convs.push((conv, bn));
         }
         let shortcut = if stride != 1 || cin != cout {
             let vb = vb.pp("shortcut");
             Some((
-                conv2d(vb.pp(0), ConvSpec::new(cin, cout, 1, stride, 0), WInit::Torch, BInit::None)?,
+                conv2d(
+                    vb.pp(0),
+                    ConvSpec::new(cin, cout, 1, stride, 0),
+                    WInit::Torch,
+                    BInit::None,
+                )?,
                 bn2d(vb.pp(1), cout)?,
             ))
         } else {
@@ -124,7 +148,12 @@ pub struct ResNet {
 
 /// Builds a CIFAR ResNet (parameter names `conv1`, `bn1`, `layerI.J.*`, `linear`).
 pub fn build(cfg: &ResNetConfig, num_classes: usize, vb: VarBuilder) -> Result<ResNet> {
-    let conv1 = conv2d(vb.pp("conv1"), ConvSpec::new(3, cfg.stem, 3, 1, 1), WInit::Torch, BInit::None)?;
+    let conv1 = conv2d(
+        vb.pp("conv1"),
+        ConvSpec::new(3, cfg.stem, 3, 1, 1),
+        WInit::Torch,
+        BInit::None,
+    )?;
     let bn1 = bn2d(vb.pp("bn1"), cfg.stem)?;
     let exp = if cfg.bottleneck { 4 } else { 1 };
     let mut cin = cfg.stem;
@@ -137,8 +166,20 @@ pub fn build(cfg: &ResNetConfig, num_classes: usize, vb: VarBuilder) -> Result<R
             cin = planes * exp;
         }
     }
-    let linear = linear(vb.pp("linear"), cin, num_classes, WInit::Torch, BInit::Torch)?;
-    Ok(ResNet { conv1, bn1, layers, linear, num_classes })
+    let linear = linear(
+        vb.pp("linear"),
+        cin,
+        num_classes,
+        WInit::Torch,
+        BInit::Torch,
+    )?;
+    Ok(ResNet {
+        conv1,
+        bn1,
+        layers,
+        linear,
+        num_classes,
+    })
 }
 
 impl crate::Model for ResNet {

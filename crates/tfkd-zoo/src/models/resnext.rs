@@ -36,7 +36,12 @@ pub struct ResNeXtConfig {
 impl ResNeXtConfig {
     /// ResNeXt29-8×64d.
     pub fn resnext29_8x64d() -> Self {
-        Self { cardinality: 8, depth: 29, widen_factor: 4, base: 64 }
+        Self {
+            cardinality: 8,
+            depth: 29,
+            widen_factor: 4,
+            base: 64,
+        }
     }
 }
 
@@ -49,26 +54,49 @@ struct Bottleneck {
 }
 
 impl Bottleneck {
-    fn new(vb: VarBuilder, cin: usize, cout: usize, stride: usize, card: usize, w: usize) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        stride: usize,
+        card: usize,
+        w: usize,
+    ) -> Result<Self> {
         let d = card * cout / w;
         let k = WInit::KaimingOut;
         let n = BInit::None;
         let shortcut = if cin != cout {
             let s = vb.pp("shortcut");
             Some((
-                conv2d(s.pp("shortcut_conv"), ConvSpec::new(cin, cout, 1, stride, 0), k, n)?,
+                conv2d(
+                    s.pp("shortcut_conv"),
+                    ConvSpec::new(cin, cout, 1, stride, 0),
+                    k,
+                    n,
+                )?,
                 bn2d(s.pp("shortcut_bn"), cout)?,
             ))
         } else {
             None
         };
         Ok(Self {
-            reduce: (conv2d(vb.pp("conv_reduce"), ConvSpec::new(cin, d, 1, 1, 0), k, n)?, bn2d(vb.pp("bn_reduce"), d)?),
+            reduce: (
+                conv2d(vb.pp("conv_reduce"), ConvSpec::new(cin, d, 1, 1, 0), k, n)?,
+                bn2d(vb.pp("bn_reduce"), d)?,
+            ),
             conv: (
-                conv2d(vb.pp("conv_conv"), ConvSpec::new(d, d, 3, stride, 1).groups(card), k, n)?,
+                conv2d(
+                    vb.pp("conv_conv"),
+                    ConvSpec::new(d, d, 3, stride, 1).groups(card),
+                    k,
+                    n,
+                )?,
                 bn2d(vb.pp("bn"), d)?,
             ),
-            expand: (conv2d(vb.pp("conv_expand"), ConvSpec::new(d, cout, 1, 1, 0), k, n)?, bn2d(vb.pp("bn_expand"), cout)?),
+            expand: (
+                conv2d(vb.pp("conv_expand"), ConvSpec::new(d, cout, 1, 1, 0), k, n)?,
+                bn2d(vb.pp("bn_expand"), cout)?,
+            ),
             shortcut,
         })
     }
@@ -104,7 +132,12 @@ pub fn build(cfg: &ResNeXtConfig, num_classes: usize, vb: VarBuilder) -> Result<
     let w = cfg.widen_factor;
     let stages = [cfg.base, cfg.base * w, 2 * cfg.base * w, 4 * cfg.base * w];
     let stem = (
-        conv2d(vb.pp("conv_1_3x3"), ConvSpec::new(3, cfg.base, 3, 1, 1), WInit::KaimingOut, BInit::None)?,
+        conv2d(
+            vb.pp("conv_1_3x3"),
+            ConvSpec::new(3, cfg.base, 3, 1, 1),
+            WInit::KaimingOut,
+            BInit::None,
+        )?,
         bn2d(vb.pp("bn_1"), cfg.base)?,
     );
     let mut blocks = Vec::new();
@@ -112,7 +145,11 @@ pub fn build(cfg: &ResNeXtConfig, num_classes: usize, vb: VarBuilder) -> Result<
         let name = format!("stage_{}", s + 1);
         let vbs = vb.pp(&name);
         for i in 0..n {
-            let (cin, stride) = if i == 0 { (stages[s], if s == 0 { 1 } else { 2 }) } else { (stages[s + 1], 1) };
+            let (cin, stride) = if i == 0 {
+                (stages[s], if s == 0 { 1 } else { 2 })
+            } else {
+                (stages[s + 1], 1)
+            };
             blocks.push(Bottleneck::new(
                 vbs.pp(format!("{name}_bottleneck_{i}")),
                 cin,
@@ -123,13 +160,28 @@ pub fn build(cfg: &ResNeXtConfig, num_classes: usize, vb: VarBuilder) -> Result<
             )?);
         }
     }
-    let classifier = linear(vb.pp("classifier"), stages[3], num_classes, WInit::KaimingIn, BInit::Zero)?;
-    Ok(ResNeXt { stem, blocks, classifier, num_classes })
+    let classifier = linear(
+        vb.pp("classifier"),
+        stages[3],
+        num_classes,
+        WInit::KaimingIn,
+        BInit::Zero,
+    )?;
+    Ok(ResNeXt {
+        stem,
+        blocks,
+        classifier,
+        num_classes,
+    })
 }
 
 impl crate::Model for ResNeXt {
     fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = self.stem.1.forward_t(&self.stem.0.forward(xs)?, train)?.relu()?;
+        let mut x = self
+            .stem
+            .1
+            .forward_t(&self.stem.0.forward(xs)?, train)?
+            .relu()?;
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;
         }

@@ -28,7 +28,11 @@ pub struct ShuffleNetV2Config {
 impl ShuffleNetV2Config {
     /// The 1× network of the paper.
     pub fn paper() -> Self {
-        Self { stem: 24, out_channels: [116, 232, 464, 1024], repeats: [3, 7, 3] }
+        Self {
+            stem: 24,
+            out_channels: [116, 232, 464, 1024],
+            repeats: [3, 7, 3],
+        }
     }
 }
 
@@ -41,7 +45,10 @@ struct Unit {
 }
 
 fn cb(vb: &VarBuilder, i: usize, s: ConvSpec) -> Result<(Conv2d, BatchNorm)> {
-    Ok((conv2d(vb.pp(i), s, WInit::Torch, BInit::Torch)?, bn2d(vb.pp(i + 1), s.cout)?))
+    Ok((
+        conv2d(vb.pp(i), s, WInit::Torch, BInit::Torch)?,
+        bn2d(vb.pp(i + 1), s.cout)?,
+    ))
 }
 
 impl Unit {
@@ -58,7 +65,10 @@ impl Unit {
                 cb(&s, 0, ConvSpec::new(cin, cin, 3, stride, 1).groups(cin))?,
                 cb(&s, 2, ConvSpec::new(cin, cout / 2, 1, 1, 0))?,
             ];
-            Ok(Self { residual, shortcut: Some(shortcut) })
+            Ok(Self {
+                residual,
+                shortcut: Some(shortcut),
+            })
         } else {
             let c = cin / 2;
             let r = vb.pp("residual");
@@ -67,7 +77,10 @@ impl Unit {
                 cb(&r, 3, ConvSpec::new(c, c, 3, stride, 1).groups(c))?,
                 cb(&r, 5, ConvSpec::new(c, c, 1, 1, 0))?,
             ];
-            Ok(Self { residual, shortcut: None })
+            Ok(Self {
+                residual,
+                shortcut: None,
+            })
         }
     }
 
@@ -104,7 +117,10 @@ pub struct ShuffleNetV2 {
 /// Builds ShuffleNetV2 (names `pre.*`, `stageN.I.{residual,shortcut}.*`, `conv5.*`, `fc`).
 pub fn build(cfg: &ShuffleNetV2Config, num_classes: usize, vb: VarBuilder) -> Result<ShuffleNetV2> {
     if cfg.out_channels[..3].iter().any(|c| c % 2 != 0) {
-        candle_core::bail!("shufflenet_v2: stage channels {:?} must be even", &cfg.out_channels[..3])
+        candle_core::bail!(
+            "shufflenet_v2: stage channels {:?} must be even",
+            &cfg.out_channels[..3]
+        )
     }
     let pre = cb(&vb.pp("pre"), 0, ConvSpec::new(3, cfg.stem, 3, 1, 1))?;
     let mut units = Vec::new();
@@ -118,9 +134,25 @@ pub fn build(cfg: &ShuffleNetV2Config, num_classes: usize, vb: VarBuilder) -> Re
         }
         cin = cout;
     }
-    let conv5 = cb(&vb.pp("conv5"), 0, ConvSpec::new(cin, cfg.out_channels[3], 1, 1, 0))?;
-    let fc = linear(vb.pp("fc"), cfg.out_channels[3], num_classes, WInit::Torch, BInit::Torch)?;
-    Ok(ShuffleNetV2 { pre, units, conv5, fc, num_classes })
+    let conv5 = cb(
+        &vb.pp("conv5"),
+        0,
+        ConvSpec::new(cin, cfg.out_channels[3], 1, 1, 0),
+    )?;
+    let fc = linear(
+        vb.pp("fc"),
+        cfg.out_channels[3],
+        num_classes,
+        WInit::Torch,
+        BInit::Torch,
+    )?;
+    Ok(ShuffleNetV2 {
+        pre,
+        units,
+        conv5,
+        fc,
+        num_classes,
+    })
 }
 
 impl crate::Model for ShuffleNetV2 {
@@ -129,7 +161,11 @@ impl crate::Model for ShuffleNetV2 {
         for u in &self.units {
             x = u.forward_t(&x, train)?;
         }
-        let x = self.conv5.1.forward_t(&self.conv5.0.forward(&x)?, train)?.relu()?;
+        let x = self
+            .conv5
+            .1
+            .forward_t(&self.conv5.0.forward(&x)?, train)?
+            .relu()?;
         global_avg_pool(&x)
     }
 

@@ -33,7 +33,12 @@ pub struct TvDenseNetConfig {
 impl TvDenseNetConfig {
     /// torchvision `densenet121`.
     pub fn densenet121() -> Self {
-        Self { growth: 32, blocks: vec![6, 12, 24, 16], init_features: 64, bn_size: 4 }
+        Self {
+            growth: 32,
+            blocks: vec![6, 12, 24, 16],
+            init_features: 64,
+            bn_size: 4,
+        }
     }
 }
 
@@ -91,18 +96,37 @@ pub fn build(cfg: &TvDenseNetConfig, num_classes: usize, vb: VarBuilder) -> Resu
         stages.push(Stage::Dense(layers));
         if i + 1 != cfg.blocks.len() {
             let t = f.pp(format!("transition{}", i + 1));
-            stages.push(Stage::Transition(bn2d(t.pp("norm"), c)?, conv2d(t.pp("conv"), ConvSpec::new(c, c / 2, 1, 1, 0), k, n)?));
+            stages.push(Stage::Transition(
+                bn2d(t.pp("norm"), c)?,
+                conv2d(t.pp("conv"), ConvSpec::new(c, c / 2, 1, 1, 0), k, n)?,
+            ));
             c /= 2;
         }
     }
     let norm5 = bn2d(f.pp("norm5"), c)?;
-    let classifier = linear(vb.pp("classifier"), c, num_classes, WInit::Torch, BInit::Zero)?;
-    Ok(TvDenseNet { conv0, norm0, stages, norm5, classifier, num_classes })
+    let classifier = linear(
+        vb.pp("classifier"),
+        c,
+        num_classes,
+        WInit::Torch,
+        BInit::Zero,
+    )?;
+    Ok(TvDenseNet {
+        conv0,
+        norm0,
+        stages,
+        norm5,
+        classifier,
+        num_classes,
+    })
 }
 
 impl crate::Model for TvDenseNet {
     fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.norm0.forward_t(&self.conv0.forward(xs)?, train)?.relu()?;
+        let x = self
+            .norm0
+            .forward_t(&self.conv0.forward(xs)?, train)?
+            .relu()?;
         let mut x = max_pool2d(&x, 3, 2, 1)?;
         for s in &self.stages {
             match s {

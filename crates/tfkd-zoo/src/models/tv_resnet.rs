@@ -35,7 +35,14 @@ pub struct TvResNetConfig {
 
 impl TvResNetConfig {
     fn std(bottleneck: bool, blocks: [usize; 4], groups: usize, width_per_group: usize) -> Self {
-        Self { bottleneck, blocks, widths: [64, 128, 256, 512], stem: 64, groups, width_per_group }
+        Self {
+            bottleneck,
+            blocks,
+            widths: [64, 128, 256, 512],
+            stem: 64,
+            groups,
+            width_per_group,
+        }
     }
     /// torchvision `resnet18`.
     pub fn resnet18() -> Self {
@@ -111,15 +118,24 @@ pub fn build(cfg: &TvResNetConfig, num_classes: usize, vb: VarBuilder) -> Result
                     ConvSpec::new(width, cout, 1, 1, 0),
                 ]
             } else {
-                vec![ConvSpec::new(cin, planes, 3, stride, 1), ConvSpec::new(planes, planes, 3, 1, 1)]
+                vec![
+                    ConvSpec::new(cin, planes, 3, stride, 1),
+                    ConvSpec::new(planes, planes, 3, 1, 1),
+                ]
             };
             let mut convs = Vec::new();
             for (i, sp) in specs.into_iter().enumerate() {
-                convs.push((conv2d(v.pp(format!("conv{}", i + 1)), sp, k, n)?, bn2d(v.pp(format!("bn{}", i + 1)), sp.cout)?));
+                convs.push((
+                    conv2d(v.pp(format!("conv{}", i + 1)), sp, k, n)?,
+                    bn2d(v.pp(format!("bn{}", i + 1)), sp.cout)?,
+                ));
             }
             let downsample = if stride != 1 || cin != cout {
                 let d = v.pp("downsample");
-                Some((conv2d(d.pp(0), ConvSpec::new(cin, cout, 1, stride, 0), k, n)?, bn2d(d.pp(1), cout)?))
+                Some((
+                    conv2d(d.pp(0), ConvSpec::new(cin, cout, 1, stride, 0), k, n)?,
+                    bn2d(d.pp(1), cout)?,
+                ))
             } else {
                 None
             };
@@ -128,12 +144,21 @@ pub fn build(cfg: &TvResNetConfig, num_classes: usize, vb: VarBuilder) -> Result
         }
     }
     let fc = linear(vb.pp("fc"), cin, num_classes, WInit::Torch, BInit::Torch)?;
-    Ok(TvResNet { conv1, bn1, blocks, fc, num_classes })
+    Ok(TvResNet {
+        conv1,
+        bn1,
+        blocks,
+        fc,
+        num_classes,
+    })
 }
 
 impl crate::Model for TvResNet {
     fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.bn1.forward_t(&self.conv1.forward(xs)?, train)?.relu()?;
+        let x = self
+            .bn1
+            .forward_t(&self.conv1.forward(xs)?, train)?
+            .relu()?;
         let mut x = max_pool2d(&x, 3, 2, 1)?;
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;

@@ -33,7 +33,11 @@ pub struct WrnConfig {
 impl WrnConfig {
     /// WRN-depth-width without dropout.
     pub fn new(depth: usize, widen_factor: usize) -> Self {
-        Self { depth, widen_factor, drop_rate: 0.0 }
+        Self {
+            depth,
+            widen_factor,
+            drop_rate: 0.0,
+        }
     }
 }
 
@@ -72,7 +76,12 @@ pub struct Wrn {
 }
 
 /// Builds a WRN (names `conv1`, `blockG.layer.I.{bn1,conv1,bn2,conv2,convShortcut}`, `bn1`, `fc`).
-pub fn build(cfg: &WrnConfig, num_classes: usize, dropout_seed: u64, vb: VarBuilder) -> Result<Wrn> {
+pub fn build(
+    cfg: &WrnConfig,
+    num_classes: usize,
+    dropout_seed: u64,
+    vb: VarBuilder,
+) -> Result<Wrn> {
     if cfg.depth < 10 || (cfg.depth - 4) % 6 != 0 {
         candle_core::bail!("wrn: depth {} is not 6n + 4 with n >= 1", cfg.depth)
     }
@@ -81,21 +90,45 @@ pub fn build(cfg: &WrnConfig, num_classes: usize, dropout_seed: u64, vb: VarBuil
     let ch = [16, 16 * w, 32 * w, 64 * w];
     let k = WInit::KaimingOut;
     let rng = Arc::new(Mutex::new(MaskRng::new(dropout_seed)));
-    let conv1 = conv2d(vb.pp("conv1"), ConvSpec::new(3, ch[0], 3, 1, 1), k, BInit::None)?;
+    let conv1 = conv2d(
+        vb.pp("conv1"),
+        ConvSpec::new(3, ch[0], 3, 1, 1),
+        k,
+        BInit::None,
+    )?;
     let mut blocks = Vec::new();
     for g in 0..3 {
         let vbg = vb.pp(format!("block{}", g + 1)).pp("layer");
         for i in 0..n {
-            let (cin, stride) = if i == 0 { (ch[g], if g == 0 { 1 } else { 2 }) } else { (ch[g + 1], 1) };
+            let (cin, stride) = if i == 0 {
+                (ch[g], if g == 0 { 1 } else { 2 })
+            } else {
+                (ch[g + 1], 1)
+            };
             let cout = ch[g + 1];
             let v = vbg.pp(i);
             blocks.push(Block {
                 bn1: bn2d(v.pp("bn1"), cin)?,
-                conv1: conv2d(v.pp("conv1"), ConvSpec::new(cin, cout, 3, stride, 1), k, BInit::None)?,
+                conv1: conv2d(
+                    v.pp("conv1"),
+                    ConvSpec::new(cin, cout, 3, stride, 1),
+                    k,
+                    BInit::None,
+                )?,
                 bn2: bn2d(v.pp("bn2"), cout)?,
-                conv2: conv2d(v.pp("conv2"), ConvSpec::new(cout, cout, 3, 1, 1), k, BInit::None)?,
+                conv2: conv2d(
+                    v.pp("conv2"),
+                    ConvSpec::new(cout, cout, 3, 1, 1),
+                    k,
+                    BInit::None,
+                )?,
                 shortcut: if cin != cout {
-                    Some(conv2d(v.pp("convShortcut"), ConvSpec::new(cin, cout, 1, stride, 0), k, BInit::None)?)
+                    Some(conv2d(
+                        v.pp("convShortcut"),
+                        ConvSpec::new(cin, cout, 1, stride, 0),
+                        k,
+                        BInit::None,
+                    )?)
                 } else {
                     None
                 },
@@ -105,7 +138,13 @@ pub fn build(cfg: &WrnConfig, num_classes: usize, dropout_seed: u64, vb: VarBuil
     }
     let bn1 = bn2d(vb.pp("bn1"), ch[3])?;
     let fc = linear(vb.pp("fc"), ch[3], num_classes, WInit::Torch, BInit::Zero)?;
-    Ok(Wrn { conv1, blocks, bn1, fc, num_classes })
+    Ok(Wrn {
+        conv1,
+        blocks,
+        bn1,
+        fc,
+        num_classes,
+    })
 }
 
 impl crate::Model for Wrn {

@@ -10,7 +10,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use tfkd_zoo::models::{
-    cnn, densenet, googlenet, mobilenet_v2, resnet, resnext, shufflenet_v2, tv_densenet, tv_resnet, wrn,
+    cnn, densenet, googlenet, mobilenet_v2, resnet, resnext, shufflenet_v2, tv_densenet, tv_resnet,
+    wrn,
 };
 use tfkd_zoo::Model;
 
@@ -19,13 +20,18 @@ pub const K: usize = 10;
 
 /// `fixtures/zoo/` of the workspace.
 pub fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("fixtures").join("zoo")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("..")
+        .join("fixtures")
+        .join("zoo")
 }
 
 /// Loads `fixtures/zoo/<name>`.
 pub fn fixture(name: &str) -> Result<HashMap<String, Tensor>> {
     let p = fixture_dir().join(name);
-    candle_core::safetensors::load(&p, &Device::Cpu).with_context(|| format!("fixture {}", p.display()))
+    candle_core::safetensors::load(&p, &Device::Cpu)
+        .with_context(|| format!("fixture {}", p.display()))
 }
 
 /// Tensors of `fx` under `prefix`, with the prefix removed.
@@ -54,31 +60,63 @@ pub fn build_case(case: &str, vb: VarBuilder) -> Result<(Box<dyn Model>, usize)>
     Ok(match case {
         "cnn" | "cnn_t64" => {
             let side = if case == "cnn" { 32 } else { 64 };
-            let cfg = cnn::CnnConfig { num_channels: 4, dropout: 0.0 };
+            let cfg = cnn::CnnConfig {
+                num_channels: 4,
+                dropout: 0.0,
+            };
             (Box::new(cnn::build(&cfg, K, side, 0, vb)?), side)
         }
         "resnet_basic" | "resnet_basic_t64" => {
-            let cfg = resnet::ResNetConfig { bottleneck: false, blocks: [2, 1, 1, 1], widths: [4, 8, 8, 16], stem: 4 };
-            (Box::new(resnet::build(&cfg, K, vb)?), if case == "resnet_basic" { 32 } else { 64 })
+            let cfg = resnet::ResNetConfig {
+                bottleneck: false,
+                blocks: [2, 1, 1, 1],
+                widths: [4, 8, 8, 16],
+                stem: 4,
+            };
+            (
+                Box::new(resnet::build(&cfg, K, vb)?),
+                if case == "resnet_basic" { 32 } else { 64 },
+            )
         }
         "resnet_bottleneck" => {
-            let cfg = resnet::ResNetConfig { bottleneck: true, blocks: [1, 2, 1, 1], widths: [2, 4, 4, 8], stem: 4 };
+            let cfg = resnet::ResNetConfig {
+                bottleneck: true,
+                blocks: [1, 2, 1, 1],
+                widths: [2, 4, 4, 8],
+                stem: 4,
+            };
             (Box::new(resnet::build(&cfg, K, vb)?), 32)
         }
         "mobilenet_v2" => {
             let cfg = mobilenet_v2::MobileNetV2Config {
                 stem: 8,
-                stages: [st(1, 8, 1, 1), st(2, 8, 2, 2), st(2, 8, 1, 2), st(2, 16, 2, 2), st(2, 16, 1, 1), st(2, 24, 2, 1), st(2, 24, 1, 1)],
+                stages: [
+                    st(1, 8, 1, 1),
+                    st(2, 8, 2, 2),
+                    st(2, 8, 1, 2),
+                    st(2, 16, 2, 2),
+                    st(2, 16, 1, 1),
+                    st(2, 24, 2, 1),
+                    st(2, 24, 1, 1),
+                ],
                 last: 32,
             };
             (Box::new(mobilenet_v2::build(&cfg, K, vb)?), 32)
         }
         "shufflenet_v2" => {
-            let cfg = shufflenet_v2::ShuffleNetV2Config { stem: 8, out_channels: [8, 16, 24, 32], repeats: [1, 2, 1] };
+            let cfg = shufflenet_v2::ShuffleNetV2Config {
+                stem: 8,
+                out_channels: [8, 16, 24, 32],
+                repeats: [1, 2, 1],
+            };
             (Box::new(shufflenet_v2::build(&cfg, K, vb)?), 32)
         }
         "densenet" => {
-            let cfg = densenet::DenseNetConfig { blocks: vec![1, 2, 1, 2], growth: 4, reduction: 0.5 };
+            let cfg = densenet::DenseNetConfig {
+                blocks: vec![1, 2, 1, 2],
+                growth: 4,
+                reduction: 0.5,
+            };
             (Box::new(densenet::build(&cfg, K, vb)?), 32)
         }
         "googlenet" => {
@@ -92,10 +130,18 @@ pub fn build_case(case: &str, vb: VarBuilder) -> Result<(Box<dyn Model>, usize)>
             (Box::new(googlenet::build(&cfg, K, 0, vb)?), 32)
         }
         "resnext" => {
-            let cfg = resnext::ResNeXtConfig { cardinality: 2, depth: 11, widen_factor: 4, base: 8 };
+            let cfg = resnext::ResNeXtConfig {
+                cardinality: 2,
+                depth: 11,
+                widen_factor: 4,
+                base: 8,
+            };
             (Box::new(resnext::build(&cfg, K, vb)?), 32)
         }
-        "wrn" => (Box::new(wrn::build(&wrn::WrnConfig::new(10, 1), K, 0, vb)?), 32),
+        "wrn" => (
+            Box::new(wrn::build(&wrn::WrnConfig::new(10, 1), K, 0, vb)?),
+            32,
+        ),
         "tv_resnet_basic" => {
             let cfg = tv_resnet::TvResNetConfig {
                 bottleneck: false,
@@ -119,7 +165,12 @@ pub fn build_case(case: &str, vb: VarBuilder) -> Result<(Box<dyn Model>, usize)>
             (Box::new(tv_resnet::build(&cfg, K, vb)?), 64)
         }
         "tv_densenet" => {
-            let cfg = tv_densenet::TvDenseNetConfig { growth: 4, blocks: vec![1, 2, 1, 1], init_features: 8, bn_size: 2 };
+            let cfg = tv_densenet::TvDenseNetConfig {
+                growth: 4,
+                blocks: vec![1, 2, 1, 1],
+                init_features: 8,
+                bn_size: 2,
+            };
             (Box::new(tv_densenet::build(&cfg, K, vb)?), 64)
         }
         other => bail!("unknown case {other}"),
