@@ -380,7 +380,14 @@ pub fn models_markdown() -> Result<String> {
             };
             out.push_str(&format!(
                 "| `{}` | `{}` | {} | {} | {} | {} | {} | {} |\n",
-                e.name, e.family, input.side(), cells[0], cells[1], cells[2], cells[3], reference
+                e.name,
+                e.family,
+                input.side(),
+                cells[0],
+                cells[1],
+                cells[2],
+                cells[3],
+                reference
             ));
         }
     }
