@@ -169,7 +169,15 @@ pub fn hflip(img: &Image<'_>) -> Image<'static> {
 
 /// Python's `round(v, 15)`: the double nearest the decimal rounded to 15 places.
 fn round15(v: f64) -> f64 {
-    format!("{v:.15}").parse().unwrap_or(v)
+    use std::io::Write;
+    // Formatted on the stack: no allocation per sample. |v| <= 1 needs at most 18 bytes.
+    let mut buf = [0u8; 48];
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    if write!(cur, "{v:.15}").is_err() {
+        return v;
+    }
+    let n = cur.position() as usize;
+    std::str::from_utf8(&buf[..n]).ok().and_then(|s| s.parse().ok()).unwrap_or(v)
 }
 
 /// The 16.16 fixed-point affine coefficients PIL's `Image.rotate(angle)` (no expand, centre
