@@ -61,8 +61,14 @@ fn zip_entries(b: &[u8]) -> Result<HashMap<String, (usize, usize)>> {
         && b[eocd - 20..eocd - 16] == [0x50, 0x4b, 0x06, 0x07]
     {
         let z = u64_at(b, eocd - 12)?;
+        if z > b.len() {
+            return err("bad zip64 end record offset");
+        }
         n = u64_at(b, z + 32)?;
         cd = u64_at(b, z + 48)?;
+    }
+    if cd > b.len() {
+        return err("bad zip central directory offset");
     }
     let mut out = HashMap::new();
     let mut p = cd;
@@ -101,8 +107,11 @@ fn zip_entries(b: &[u8]) -> Result<HashMap<String, (usize, usize)>> {
         if b.get(off..off + 4) != Some(&[0x50, 0x4b, 0x03, 0x04]) {
             return err(format!("bad zip local header for {name}"));
         }
+        if off > b.len() {
+            return err(format!("bad zip local header offset for {name}"));
+        }
         let data = off + 30 + u16_at(b, off + 26)? + u16_at(b, off + 28)?;
-        if data + csize > b.len() {
+        if data.checked_add(csize).map_or(true, |e| e > b.len()) {
             return err(format!("zip entry {name} runs past the end of the file"));
         }
         out.insert(name, (data, csize));
@@ -150,8 +159,15 @@ fn collect_storages(o: &Object, out: &mut HashMap<String, usize>) {
                 if let (Some(Object::Class { class_name, .. }), Some(Object::Unicode(key))) =
                     (t.get(1), t.get(2))
                 {
+                    // A legacy storage view `(view_key, offset, size)` in the sixth
+                    // slot: marked with usize::MAX and refused rather than read at
+                    // a wrong offset.
+                    let is_view = matches!(t.get(5), Some(v) if *v != Object::None);
                     let size = storage_dtype(class_name).map(|d| d.1).unwrap_or(4);
-                    out.insert(key.clone(), size);
+                    let e = out.entry(key.clone()).or_insert(size);
+                    if is_view {
+                        *e = usize::MAX;
+                    }
                 }
             }
         }
@@ -187,7 +203,11 @@ fn tensor_from(info: &candle_core::pickle::TensorInfo, data: &[u8]) -> Result<Te
     let start = info.layout.start_offset();
     let dims = info.layout.dims().to_vec();
     let numel: usize = dims.iter().product();
-    let bytes = data.get(start..start + numel * es).ok_or_else(|| {
+    let end = numel
+        .checked_mul(es)
+        .and_then(|n| n.checked_add(start))
+        .unwrap_or(usize::MAX);
+    let bytes = data.get(start..end).ok_or_else(|| {
         candle_core::Error::Msg(format!("tensor {} runs past its storage", info.name))
     })?;
     if info.layout.is_contiguous() {
@@ -211,75 +231,85 @@ fn tensor_from(info: &candle_core::pickle::TensorInfo, data: &[u8]) -> Result<Te
 /// Entries that are not tensors of a supported dtype are skipped.
 pub fn read_pth_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
     // Storage key → bytes, and the state-dict object.
-    let (obj, storages): (Object, HashMap<String, &[u8]>) =
-        if bytes.starts_with(&[0x50, 0x4b, 0x03, 0x04]) {
-            let entries = zip_entries(bytes)?;
-            let (pkl, &(s, n)) = entries
-                .iter()
-                .find(|(k, _)| k.ends_with("data.pkl"))
-                .ok_or_else(|| candle_core::Error::Msg("no data.pkl in the archive".into()))?;
-            let dir = pkl.trim_end_matches("data.pkl").to_string();
-            let obj = unpickle(&mut Cursor::new(&bytes[s..s + n]))?;
-            let storages = entries
-                .iter()
-                .filter_map(|(k, &(s, n))| {
-                    k.strip_prefix(&format!("{dir}data/"))
-                        .map(|key| (key.to_string(), &bytes[s..s + n]))
-                })
-                .collect();
-            (obj, storages)
-        } else {
-            // Legacy: magic, protocol, sys info, object, storage keys, storages.
-            // The magic number 0x1950a86a20f9469cfc6c is a 10-byte LONG1, which
-            // candle's unpickler cannot hold (it overflows an i64): match its bytes.
-            const MAGIC: [u8; 15] = [
-                0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
-                0x2e,
-            ];
-            if !bytes.starts_with(&MAGIC) {
-                return err(
-                    "not a PyTorch checkpoint (neither a zip archive nor the legacy magic number)",
-                );
-            }
-            let mut r = Cursor::new(bytes);
-            r.set_position(MAGIC.len() as u64);
-            unpickle(&mut r)?; // protocol version
-            unpickle(&mut r)?; // system information
-            let obj = unpickle(&mut r)?;
-            let keys: Vec<String> = match unpickle(&mut r)? {
-                Object::List(v) | Object::Tuple(v) => v
-                    .into_iter()
-                    .map(|k| {
-                        k.unicode().map_err(|o| {
-                            candle_core::Error::Msg(format!(
-                                "legacy checkpoint: storage key is {}",
-                                kind(&o)
-                            ))
-                        })
+    let (obj, storages): (Object, HashMap<String, &[u8]>) = if bytes
+        .starts_with(&[0x50, 0x4b, 0x03, 0x04])
+    {
+        let entries = zip_entries(bytes)?;
+        let (pkl, &(s, n)) = entries
+            .iter()
+            .find(|(k, _)| k.ends_with("data.pkl"))
+            .ok_or_else(|| candle_core::Error::Msg("no data.pkl in the archive".into()))?;
+        let dir = pkl.trim_end_matches("data.pkl").to_string();
+        let obj = unpickle(&mut Cursor::new(&bytes[s..s + n]))?;
+        let storages = entries
+            .iter()
+            .filter_map(|(k, &(s, n))| {
+                k.strip_prefix(&format!("{dir}data/"))
+                    .map(|key| (key.to_string(), &bytes[s..s + n]))
+            })
+            .collect();
+        (obj, storages)
+    } else {
+        // Legacy: magic, protocol, sys info, object, storage keys, storages.
+        // The magic number 0x1950a86a20f9469cfc6c is a 10-byte LONG1, which
+        // candle's unpickler cannot hold (it overflows an i64): match its bytes.
+        const MAGIC: [u8; 15] = [
+            0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+            0x2e,
+        ];
+        if !bytes.starts_with(&MAGIC) {
+            return err(
+                "not a PyTorch checkpoint (neither a zip archive nor the legacy magic number)",
+            );
+        }
+        let mut r = Cursor::new(bytes);
+        r.set_position(MAGIC.len() as u64);
+        unpickle(&mut r)?; // protocol version
+        unpickle(&mut r)?; // system information
+        let obj = unpickle(&mut r)?;
+        let keys: Vec<String> = match unpickle(&mut r)? {
+            Object::List(v) | Object::Tuple(v) => v
+                .into_iter()
+                .map(|k| {
+                    k.unicode().map_err(|o| {
+                        candle_core::Error::Msg(format!(
+                            "legacy checkpoint: storage key is {}",
+                            kind(&o)
+                        ))
                     })
-                    .collect::<Result<_>>()?,
-                o => {
-                    return err(format!(
-                        "legacy checkpoint: storage key list is {}",
-                        kind(&o)
-                    ))
-                }
-            };
-            let mut sizes = HashMap::new();
-            collect_storages(&obj, &mut sizes);
-            let mut pos = r.position() as usize;
-            let mut storages = HashMap::new();
-            for key in keys {
-                let numel = u64_at(bytes, pos)?;
-                let es = sizes.get(&key).copied().unwrap_or(4);
-                let data = bytes.get(pos + 8..pos + 8 + numel * es).ok_or_else(|| {
+                })
+                .collect::<Result<_>>()?,
+            o => {
+                return err(format!(
+                    "legacy checkpoint: storage key list is {}",
+                    kind(&o)
+                ))
+            }
+        };
+        let mut sizes = HashMap::new();
+        collect_storages(&obj, &mut sizes);
+        if let Some((key, _)) = sizes.iter().find(|(_, &v)| v == usize::MAX) {
+            return err(format!(
+                    "legacy checkpoint: storage {key} is used through a storage view, which is not supported"
+                ));
+        }
+        let mut pos = r.position() as usize;
+        let mut storages = HashMap::new();
+        for key in keys {
+            let numel = u64_at(bytes, pos)?;
+            let es = sizes.get(&key).copied().unwrap_or(4);
+            let end = numel
+                .checked_mul(es)
+                .and_then(|n| n.checked_add(pos + 8))
+                .filter(|&e| e <= bytes.len())
+                .ok_or_else(|| {
                     candle_core::Error::Msg(format!("legacy checkpoint: storage {key} truncated"))
                 })?;
-                storages.insert(key, data);
-                pos += 8 + numel * es;
-            }
-            (obj, storages)
-        };
+            storages.insert(key, &bytes[pos + 8..end]);
+            pos = end;
+        }
+        (obj, storages)
+    };
     let mut out = Vec::new();
     if let Object::Dict(kv) = select_state_dict(obj) {
         for (name, value) in kv {

@@ -129,3 +129,36 @@ fn wrn_and_torchvision_init() -> Result<()> {
     assert_eq!(max_abs(&var(&vm, "classifier.bias")?)?, 0.0);
     Ok(())
 }
+
+/// With tfkd-core's `SeededVarMap`, the zoo's hints give reproducible weights
+/// (candle's own `VarMap` cannot be seeded on CPU).
+#[test]
+fn seeded_varmap_makes_models_reproducible() -> Result<()> {
+    let dev = Device::Cpu;
+    let weights = |seed: u64| -> Result<Vec<f32>> {
+        let m = tfkd_core::init::SeededVarMap::new(seed);
+        tfkd_zoo::build(
+            "googlenet",
+            10,
+            InputSize::Cifar,
+            m.var_builder(DType::F32, &dev),
+        )?;
+        let mut out = Vec::new();
+        for (name, v) in m.named_vars() {
+            if name.ends_with("weight") {
+                out.extend(
+                    v.as_tensor()
+                        .flatten_all()?
+                        .narrow(0, 0, 4)?
+                        .to_vec1::<f32>()?,
+                );
+            }
+        }
+        Ok(out)
+    };
+    let (a, b, c) = (weights(7)?, weights(7)?, weights(8)?);
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    Ok(())
+}
