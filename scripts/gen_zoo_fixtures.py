@@ -462,6 +462,56 @@ class WideResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(out, 1).view(-1, self.nChannels))
 
 
+class AlexNet(nn.Module):
+    """model/alexnet.py (global pooling = its flatten of a 1x1 map at 32x32)."""
+
+    def __init__(self, num_classes=10, widths=(64, 192, 384, 256, 256)):
+        super().__init__()
+        w = widths
+        self.features = nn.Sequential(
+            nn.Conv2d(3, w[0], kernel_size=11, stride=4, padding=5), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+            nn.Conv2d(w[0], w[1], kernel_size=5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+            nn.Conv2d(w[1], w[2], kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(w[2], w[3], kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(w[3], w[4], kernel_size=3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2))
+        self.classifier = nn.Linear(w[4], num_classes)
+
+    def forward(self, x):
+        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+VGG19 = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+
+
+class VGG(nn.Module):
+    """torchvision vgg19_bn structure, names and init, reducible."""
+
+    def __init__(self, cfg=VGG19, num_classes=10, hidden=4096, pool=7, dropout=0.5):
+        super().__init__()
+        layers, c = [], 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((pool, pool))
+        self.classifier = nn.Sequential(
+            nn.Linear(c * pool * pool, hidden), nn.ReLU(True), nn.Dropout(p=dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(p=dropout), nn.Linear(hidden, num_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.constant_(m.bias, 0)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
 # --------------------------------------------------------------------------
 # ImageNet networks (torchvision structure and names), reducible
 # --------------------------------------------------------------------------
@@ -610,6 +660,8 @@ FULL = {
     "densenet121": lambda k, side: DenseNet(num_class=k),
     "googlenet": lambda k, side: GoogleNet(num_class=k, **GOOGLENET_PAPER),
     "resnext29": lambda k, side: CifarResNeXt(8, 29, k, 4),
+    "alexnet": lambda k, side: AlexNet(k),
+    "vgg19": lambda k, side: VGG(num_classes=k),
     "wrn_28_10": lambda k, side: WideResNet(28, k, 10),
     "wrn_40_2": lambda k, side: WideResNet(40, k, 2),
     "wrn_16_2": lambda k, side: WideResNet(16, k, 2),
@@ -635,6 +687,9 @@ CASES = {
     "googlenet": (lambda: GoogleNet(8, [(4, 4, 8, 2, 4, 4), (4, 4, 4, 2, 4, 4)] + [(4, 2, 4, 2, 4, 4)] * 5 + [(8, 4, 8, 2, 4, 4)] * 2, 0.0, K), 32),
     "resnext": (lambda: CifarResNeXt(2, 11, K, 4, 8), 32),
     "wrn": (lambda: WideResNet(10, K, 1), 32),
+    "alexnet": (lambda: AlexNet(K, (8, 16, 16, 16, 16)), 32),
+    "vgg": (lambda: VGG([8, "M", 16, "M", 16, 16, "M", 16, "M", 32, "M"], K, 16, 7, 0.0), 32),
+    "vgg_t64": (lambda: VGG([8, "M", 16, "M", 16, 16, "M", 16, "M", 32, "M"], K, 16, 7, 0.0), 64),
     "tv_resnet_basic": (lambda: TvResNet(False, [1, 1, 1, 1], K, widths=(8, 16, 16, 32), stem=8), 64),
     "tv_resnext": (lambda: TvResNet(True, [1, 1, 1, 1], K, groups=2, width_per_group=32, widths=(8, 8, 16, 16), stem=8), 64),
     "tv_densenet": (lambda: TvDenseNet(4, (1, 2, 1, 1), 8, 2, K), 64),
@@ -743,6 +798,18 @@ def main():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(230)
     check_against_torchvision()
+    try:
+        import torchvision
+        ref, ours = torchvision.models.vgg19_bn(num_classes=100), VGG(num_classes=100)
+        assert shapes(ref) == shapes(ours)
+        ours.load_state_dict(ref.state_dict())
+        ours.eval(), ref.eval()
+        x = torch.randn(1, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.allclose(ours(x), ref(x), atol=1e-5)
+        print("  vgg19 matches torchvision.models.vgg19_bn")
+    except ImportError:
+        pass
     counts = {"cifar": {}, "tiny": {}, "imagenet": {}}
     for name, ctor in FULL.items():
         for size, side in [("cifar", 32), ("tiny", 64)]:

@@ -157,6 +157,41 @@ pub fn global_avg_pool(xs: &Tensor) -> Result<Tensor> {
     xs.mean(D::Minus1)?.mean(D::Minus1)
 }
 
+/// Adaptive average pooling (`nn.AdaptiveAvgPool2d((oh, ow))`): output cell
+/// `(i, j)` averages rows `⌊i·H/oh⌋ .. ⌈(i+1)·H/oh⌉` and the matching columns,
+/// as PyTorch (bins may overlap; a 1×1 input is replicated). Differentiable.
+///
+/// # Shapes
+/// `xs`: `[N, C, H, W]` → `[N, C, oh, ow]`
+pub fn adaptive_avg_pool2d(xs: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+    let (_, _, h, w) = xs.dims4()?;
+    if oh == 0 || ow == 0 || h == 0 || w == 0 {
+        candle_core::bail!("adaptive_avg_pool2d: empty input {h}x{w} or output {oh}x{ow}")
+    }
+    if h % oh == 0 && w % ow == 0 {
+        return avg_pool_rect(xs, h / oh, w / ow);
+    }
+    let bin = |i: usize, n: usize, o: usize| (i * n / o, ((i + 1) * n).div_ceil(o));
+    let mut rows = Vec::with_capacity(oh);
+    for i in 0..oh {
+        let (r0, r1) = bin(i, h, oh);
+        let band = xs.narrow(2, r0, r1 - r0)?.mean_keepdim(2)?;
+        let mut cells = Vec::with_capacity(ow);
+        for j in 0..ow {
+            let (c0, c1) = bin(j, w, ow);
+            cells.push(band.narrow(3, c0, c1 - c0)?.mean_keepdim(3)?);
+        }
+        rows.push(Tensor::cat(&cells, 3)?);
+    }
+    Tensor::cat(&rows, 2)
+}
+
+/// Non-overlapping average pooling with a `kh × kw` window (divisible sides).
+fn avg_pool_rect(xs: &Tensor, kh: usize, kw: usize) -> Result<Tensor> {
+    let (n, c, h, w) = xs.dims4()?;
+    xs.reshape((n, c, h / kh, kh, w / kw, kw))?.mean(5)?.mean(3)
+}
+
 /// ShuffleNet channel shuffle: `[N, g·c, H, W]` viewed as `[N, g, c, H, W]`,
 /// transposed to `[N, c, g, H, W]`, flattened back.
 ///

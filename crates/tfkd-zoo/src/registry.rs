@@ -12,8 +12,8 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::error::{Result, ZooError};
 use crate::models::{
-    cnn, densenet, googlenet, mobilenet_v2, resnet, resnext, shufflenet_v2, tv_densenet, tv_resnet,
-    wrn,
+    alexnet, cnn, densenet, googlenet, mobilenet_v2, resnet, resnext, shufflenet_v2, tv_densenet,
+    tv_resnet, vgg, wrn,
 };
 use crate::Model;
 
@@ -189,6 +189,12 @@ pub static MODELS: &[ModelEntry] = &[
         |o, vb| wrn::build(&wrn::WrnConfig::new(40, 2), o.num_classes, o.dropout_seed, vb)),
     row!("wrn_16_2", "wrn.rs", "Wide ResNet 16-2", CT, &[],
         |o, vb| wrn::build(&wrn::WrnConfig::new(16, 2), o.num_classes, o.dropout_seed, vb)),
+    row!("alexnet", "alexnet.rs", "CIFAR AlexNet (no BN, no FC layers)", CT,
+        &[(10, 2_472_266), (100, 2_495_396), (200, 2_521_096)],
+        |o, vb| alexnet::build(&alexnet::AlexNetConfig::paper(), o.num_classes, vb)),
+    row!("vgg19", "vgg.rs", "torchvision vgg19_bn on CIFAR input", CT,
+        &[(10, 139_622_218), (100, 139_990_948), (200, 140_400_648)],
+        |o, vb| vgg::build(&vgg::VggConfig::vgg19_bn(), o.num_classes, o.dropout_seed, vb)),
     row!("resnet18_imagenet", "tv_resnet.rs", "torchvision resnet18", IN,
         &[(1000, 11_689_512)],
         |o, vb| tv_resnet::build(&tv_resnet::TvResNetConfig::resnet18(), o.num_classes, vb)),

@@ -10,8 +10,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use tfkd_zoo::models::{
-    cnn, densenet, googlenet, mobilenet_v2, resnet, resnext, shufflenet_v2, tv_densenet, tv_resnet,
-    wrn,
+    alexnet, cnn, densenet, googlenet, mobilenet_v2, resnet, resnext, shufflenet_v2, tv_densenet,
+    tv_resnet, vgg, wrn,
 };
 use tfkd_zoo::Model;
 
@@ -142,6 +142,38 @@ pub fn build_case(case: &str, vb: VarBuilder) -> Result<(Box<dyn Model>, usize)>
             Box::new(wrn::build(&wrn::WrnConfig::new(10, 1), K, 0, vb)?),
             32,
         ),
+        "alexnet" => {
+            let cfg = alexnet::AlexNetConfig {
+                widths: [8, 16, 16, 16, 16],
+            };
+            (Box::new(alexnet::build(&cfg, K, vb)?), 32)
+        }
+        "vgg" | "vgg_t64" => {
+            use vgg::Layer::{Conv, Pool};
+            let layers = vec![
+                Conv(8),
+                Pool,
+                Conv(16),
+                Pool,
+                Conv(16),
+                Conv(16),
+                Pool,
+                Conv(16),
+                Pool,
+                Conv(32),
+                Pool,
+            ];
+            let cfg = vgg::VggConfig {
+                layers,
+                hidden: 16,
+                pool: 7,
+                dropout: 0.0,
+            };
+            (
+                Box::new(vgg::build(&cfg, K, 0, vb)?),
+                if case == "vgg" { 32 } else { 64 },
+            )
+        }
         "tv_resnet_basic" => {
             let cfg = tv_resnet::TvResNetConfig {
                 bottleneck: false,
@@ -193,6 +225,9 @@ pub const CASES: &[&str] = &[
     "tv_resnet_basic",
     "tv_resnext",
     "tv_densenet",
+    "alexnet",
+    "vgg",
+    "vgg_t64",
 ];
 
 /// A `VarMap` whose variables are the given tensors.
