@@ -25,7 +25,9 @@ Outputs (all float32, small):
                         official {'epoch', 'state_dict', 'optim_dict'} layout,
                         a DataParallel (`module.`) one, a bare state dict, and
                         a legacy-format one (PyTorch <= 1.5 serialization, as
-                        the official teachers).
+                        the official teachers). The legacy file names its
+                        storages by memory address, so its bytes change on
+                        every run; everything else is reproducible.
 
 Usage: python scripts/gen_zoo_fixtures.py [OUT_DIR]   (default fixtures/zoo)
 """
