@@ -798,6 +798,30 @@ mod tests {
     }
 
     #[test]
+    fn cifar100_cells_without_a_config_are_those_of_paper_md_3_4() {
+        let mut missing = BTreeSet::new();
+        for t in all() {
+            for c in &t.cells {
+                if t.dataset_of(c) == Dataset::Cifar100 && c.official_config.is_none() {
+                    missing.insert((t.table, c.row.clone(), c.column.clone()));
+                }
+            }
+        }
+        let expected: BTreeSet<_> = [
+            (1, "ResNet50 / MobileNetV2", "Normal KD (T→S)"),
+            (4, "CIFAR100, ResNet50 / MobileNetV2", "De-KD"),
+            (5, "GoogLeNet", "Normal KD [T]"),
+            (5, "DenseNet121", "Normal KD [T]"),
+            (5, "ResNeXt29", "Normal KD [T]"),
+            (9, "GoogLeNet", "Normal KD [Teacher]"),
+        ]
+        .iter()
+        .map(|&(n, r, c)| (n, r.to_string(), c.to_string()))
+        .collect();
+        assert_eq!(missing, expected);
+    }
+
+    #[test]
     fn de_kd_teachers_match_the_pt_teacher_cells() {
         let t = load_table(4).unwrap();
         for c in t.cells.iter().filter(|c| c.method == Method::DeKd) {
