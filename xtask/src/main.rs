@@ -7,6 +7,7 @@
 //! ordinary tests of this crate (`tidy.rs`), so `cargo test` enforces them.
 
 mod fixtures;
+mod tables;
 mod tidy;
 
 use clap::{Parser, Subcommand};
