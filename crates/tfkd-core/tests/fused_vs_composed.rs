@@ -4,9 +4,10 @@
 //! op (what `forward` runs on the CPU) and once by the composed graph (the
 //! hidden `*_composed` entry points, the path every other device takes) — and
 //! the values of `total`, `hard` and `soft` and the gradient w.r.t. the student
-//! logits are compared. The gradient is taken of `2.5·total − 0.75·hard +
-//! 0.5·soft`, so the upstream gradients reaching the op are not 1 and differ
-//! per output. Shapes include K = 2, odd N and a batch large enough to be split
+//! logits are compared. Gradients are taken of `2.5·total − 0.75·hard +
+//! 0.5·soft` (upstream gradients that are not 1 and differ per output: the op
+//! recomputes the gradient) and of `−1.5·total` (the op scales the gradient it
+//! cached in the forward pass), each on a fresh forward pass. Shapes include K = 2, odd N and a batch large enough to be split
 //! over threads; logits include ±1e4.
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -57,17 +58,40 @@ fn max_abs(t: &Tensor) -> f64 {
     t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar().unwrap()
 }
 
-/// The gradient of `2.5·total − 0.75·hard + 0.5·soft` w.r.t. the student.
-fn gradient(terms: &LossTerms, student: &Var) -> Tensor {
-    let mut objective = ((&terms.total * 2.5).unwrap() - (&terms.hard * 0.75).unwrap()).unwrap();
-    if let Some(soft) = &terms.soft {
-        objective = (objective + (soft * 0.5).unwrap()).unwrap();
+/// The gradient of `2.5·total − 0.75·hard + 0.5·soft` (`mixed`) or of
+/// `−1.5·total` w.r.t. the student.
+fn gradient(terms: &LossTerms, student: &Var, mixed: bool) -> Tensor {
+    let mut objective = (&terms.total * if mixed { 2.5 } else { -1.5 }).unwrap();
+    if mixed {
+        objective = (objective - (&terms.hard * 0.75).unwrap()).unwrap();
+        if let Some(soft) = &terms.soft {
+            objective = (objective + (soft * 0.5).unwrap()).unwrap();
+        }
     }
     objective.backward().unwrap().get(student).expect("the student gets a gradient").clone()
 }
 
 /// Compares values and gradients; returns a description of each mismatch.
-fn compare(name: &str, fused: &LossTerms, composed: &LossTerms, student: &Var, tol: f64) -> Vec<String> {
+/// `forward` computes the loss on the fused (`true`) or composed path.
+fn compare(name: &str, forward: &dyn Fn(bool) -> LossTerms, student: &Var, tol: f64) -> Vec<String> {
+    let mut errors = Vec::new();
+    for mixed in [true, false] {
+        let (fused, composed) = (forward(true), forward(false));
+        if mixed {
+            errors.extend(compare_values(name, &fused, &composed, tol));
+        }
+        let (gf, gc) = (gradient(&fused, student, mixed), gradient(&composed, student, mixed));
+        let scale = max_abs(&gc);
+        let err = max_abs(&(&gf - &gc).unwrap().to_dtype(DType::F64).unwrap());
+        let values = gf.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        if !(err <= tol * scale.max(1e-30)) || !values.iter().all(|x| x.is_finite()) {
+            errors.push(format!("{name}: gradient (mixed = {mixed}) error {err:e} vs max |grad| {scale:e}"));
+        }
+    }
+    errors
+}
+
+fn compare_values(name: &str, fused: &LossTerms, composed: &LossTerms, tol: f64) -> Vec<String> {
     let mut errors = Vec::new();
     let pairs = [
         ("total", Some(&fused.total), Some(&composed.total)),
@@ -86,13 +110,6 @@ fn compare(name: &str, fused: &LossTerms, composed: &LossTerms, student: &Var, t
             _ => errors.push(format!("{name}: {what} present on one path only")),
         }
     }
-    let (gf, gc) = (gradient(fused, student), gradient(composed, student));
-    let scale = max_abs(&gc);
-    let err = max_abs(&(&gf - &gc).unwrap().to_dtype(DType::F64).unwrap());
-    let finite = gf.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().all(|x| x.is_finite());
-    if !(err <= tol * scale.max(1e-30)) || !finite {
-        errors.push(format!("{name}: gradient error {err:e} vs max |grad| {scale:e}"));
-    }
     errors
 }
 
@@ -105,19 +122,19 @@ fn run_all(dtype: DType, tol: f64) {
             let c = case(&mut rng, n, k, dtype, extreme);
             let (s, t, y) = (&c.student, &c.teacher, &c.labels);
             let tag = |loss: &str| format!("{loss} N={n} K={k} {dtype:?} extreme={extreme}");
-            let mut check = |name: String, fused: LossTerms, composed: LossTerms| {
+            let mut check = |name: String, forward: &dyn Fn(bool) -> LossTerms| {
                 count += 1;
-                errors.extend(compare(&name, &fused, &composed, s, tol));
+                errors.extend(compare(&name, forward, s, tol));
             };
             let as_terms = |l: Tensor| LossTerms { hard: l.clone(), total: l, soft: None };
-            check(
-                tag("cross_entropy"),
-                as_terms(cross_entropy(s, y).unwrap()),
-                as_terms(cross_entropy_composed(s, y).unwrap()),
-            );
+            check(tag("cross_entropy"), &|fused| {
+                as_terms(if fused { cross_entropy(s, y) } else { cross_entropy_composed(s, y) }.unwrap())
+            });
             for form in [SmoothingForm::Official, SmoothingForm::Uniform] {
                 let l = LabelSmoothing { epsilon: 0.1, form };
-                check(tag(&format!("{l:?}")), l.forward(s, y).unwrap(), l.forward_composed(s, y).unwrap());
+                check(tag(&format!("{l:?}")), &|fused| {
+                    if fused { l.forward(s, y) } else { l.forward_composed(s, y) }.unwrap()
+                });
             }
             for reduction in REDUCTIONS {
                 for l in [
@@ -126,7 +143,9 @@ fn run_all(dtype: DType, tol: f64) {
                     KdLoss { temperature_squared: false, ..KdLoss::official(0.3, 1.0) },
                 ] {
                     let l = l.with_reduction(reduction);
-                    check(tag(&format!("{l:?}")), l.forward(s, t, y).unwrap(), l.forward_composed(s, t, y).unwrap());
+                    check(tag(&format!("{l:?}")), &|fused| {
+                        if fused { l.forward(s, t, y) } else { l.forward_composed(s, t, y) }.unwrap()
+                    });
                 }
                 for l in [
                     VirtualTeacherLoss::as_coded(0.95, 20.0, 100.0),
@@ -134,7 +153,9 @@ fn run_all(dtype: DType, tol: f64) {
                     VirtualTeacherLoss::paper_eq9(0.1, 1.5, 10.0, false),
                 ] {
                     let l = l.with_reduction(reduction);
-                    check(tag(&format!("{l:?}")), l.forward(s, y).unwrap(), l.forward_composed(s, y).unwrap());
+                    check(tag(&format!("{l:?}")), &|fused| {
+                        if fused { l.forward(s, y) } else { l.forward_composed(s, y) }.unwrap()
+                    });
                 }
             }
         }
@@ -163,7 +184,7 @@ fn fused_is_deterministic() {
     let l = KdLoss::self_training(0.9, 20.0, 100.0);
     let run = || {
         let terms = l.forward(&c.student, &c.teacher, &c.labels).unwrap();
-        let g = gradient(&terms, &c.student).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let g = gradient(&terms, &c.student, true).flatten_all().unwrap().to_vec1::<f32>().unwrap();
         (terms.total.to_scalar::<f32>().unwrap(), g)
     };
     let first = run();

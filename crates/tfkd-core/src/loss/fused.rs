@@ -42,7 +42,7 @@ use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, WithDType,
 };
 use rayon::prelude::*;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Number of elements a chunk of rows must reach before rows are processed on
 /// several threads (smaller work runs inline: rayon's hand-off costs more).
@@ -95,11 +95,21 @@ pub(crate) struct HardTerm {
 }
 
 /// A fused loss: the configuration of the op (see the module docs).
-#[derive(Clone, Debug)]
+///
+/// When the student logits track gradients, the forward pass also writes the
+/// gradient for the upstream gradient `[1, 0, 0]` (back-propagating `total`,
+/// the training case) while the rows are in cache, and the backward pass
+/// returns it (scaled by `g_total`) instead of recomputing it. Any other
+/// upstream gradient, or a second backward pass, recomputes it.
+#[derive(Debug)]
 pub(crate) struct FusedLoss {
     pub hard: Option<HardTerm>,
     pub soft: Option<SoftTerm>,
     labels: Arc<[u32]>,
+    /// Whether the forward pass also computes the gradient.
+    cache_gradient: bool,
+    /// The gradient for `[1, 0, 0]`, from the forward pass, until used.
+    cached: Mutex<Option<CpuStorage>>,
 }
 
 /// The scalars of a fused loss, each a 0-d tensor of the logits' dtype.
@@ -117,13 +127,14 @@ pub(crate) fn supported(t: &Tensor) -> bool {
 impl FusedLoss {
     /// A loss over validated `labels` (values < K).
     pub(crate) fn new(hard: Option<HardTerm>, soft: Option<SoftTerm>, labels: Vec<u32>) -> Self {
-        Self { hard, soft, labels: labels.into() }
+        Self { hard, soft, labels: labels.into(), cache_gradient: false, cached: Mutex::new(None) }
     }
 
     /// Applies the loss to validated (N, K) CPU logits of f32 / f64. `teacher`
     /// (same shape and dtype) is required by, and only by, a teacher target.
-    pub(crate) fn apply(self, student: &Tensor, teacher: Option<&Tensor>) -> Result<FusedTerms> {
+    pub(crate) fn apply(mut self, student: &Tensor, teacher: Option<&Tensor>) -> Result<FusedTerms> {
         let student = student.contiguous()?;
+        self.cache_gradient = student.track_op();
         let out = match teacher {
             Some(teacher) => student.apply_op2(&teacher.detach().contiguous()?, self)?,
             None => student.apply_op1(self)?,
@@ -135,9 +146,16 @@ impl FusedLoss {
         matches!(self.soft, Some(SoftTerm { target: SoftTarget::Teacher { .. }, .. }))
     }
 
-    /// Forward: `[total, hard, soft]`.
+    /// Forward: `[total, hard, soft]` (and the cached gradient, see above).
     fn forward<E: Elem>(&self, z: &[E], teacher: Option<&[E]>, n: usize, k: usize) -> candle_core::Result<Vec<E>> {
-        let [h, s] = self.run(z, teacher, n, k, None)?;
+        let [h, s] = if self.cache_gradient {
+            let mut grad = vec![E::from_f64(0.0); n * k];
+            let sums = self.run(z, teacher, n, k, Some((&mut grad, self.coefficients([1.0, 0.0, 0.0]))))?;
+            *self.cache() = Some(E::to_cpu_storage_owned(grad));
+            sums
+        } else {
+            self.run(z, teacher, n, k, None)?
+        };
         let hard = self.hard.map_or(0.0, |t| t.weight * h);
         let soft = self.soft.map_or(0.0, |t| t.weight * s);
         Ok([hard + soft, hard, soft].map(E::from_f64).to_vec())
@@ -146,13 +164,33 @@ impl FusedLoss {
     /// Backward: the gradient (N·K) w.r.t. the student logits for upstream
     /// gradients `g = [g_total, g_hard, g_soft]`.
     fn gradient<E: Elem>(&self, z: &[E], teacher: Option<&[E]>, n: usize, k: usize, g: [f64; 3]) -> candle_core::Result<Vec<E>> {
+        if g[1] == 0.0 && g[2] == 0.0 {
+            if let Some(cached) = self.cache().take() {
+                let mut grad = E::cpu_storage_data(cached)?;
+                if grad.len() == n * k {
+                    if g[0] != 1.0 {
+                        let scale = E::from_f64(g[0]);
+                        grad.iter_mut().for_each(|x| *x *= scale);
+                    }
+                    return Ok(grad);
+                }
+            }
+        }
         let mut grad = vec![E::from_f64(0.0); n * k];
-        let coef = [
-            self.hard.map_or(0.0, |t| t.weight * (g[0] + g[1])),
-            self.soft.map_or(0.0, |t| t.weight * (g[0] + g[2])),
-        ];
-        self.run(z, teacher, n, k, Some((&mut grad, coef)))?;
+        self.run(z, teacher, n, k, Some((&mut grad, self.coefficients(g))))?;
         Ok(grad)
+    }
+
+    /// `[w_h·(g_total + g_hard), w_s·(g_total + g_soft)]`: the weights of
+    /// `∂H` and `∂S` in the gradient.
+    fn coefficients(&self, g: [f64; 3]) -> [f64; 2] {
+        [self.hard.map_or(0.0, |t| t.weight * (g[0] + g[1])), self.soft.map_or(0.0, |t| t.weight * (g[0] + g[2]))]
+    }
+
+    /// The cached gradient (a poisoned lock only means a panic elsewhere
+    /// mid-write of an `Option`: the value is still usable).
+    fn cache(&self) -> std::sync::MutexGuard<'_, Option<CpuStorage>> {
+        self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs the row kernel over all rows; returns the unweighted `[Σ H, Σ S]`
@@ -179,22 +217,8 @@ impl FusedLoss {
         let chunk = |c: usize, g: Option<(&mut [E], [f64; 2])>| {
             let rows = c * rows_per_chunk..((c + 1) * rows_per_chunk).min(n);
             let span = rows.start * k..rows.end * k;
-            let mut kernel = RowKernel::new(self, k);
-            let mut sums = [0.0f64; 2];
-            let (mut g, coef) = match g {
-                Some((g, coef)) => (Some(g), coef),
-                None => (None, [0.0; 2]),
-            };
-            for (i, row) in rows.clone().enumerate() {
-                let at = i * k..(i + 1) * k;
-                let zr = &z[span.clone()][at.clone()];
-                let tr = teacher.map(|t| &t[span.clone()][at.clone()]);
-                let gr = g.as_deref_mut().map(|g| (&mut g[at], coef));
-                let [h, s] = kernel.row(zr, tr, self.labels[row] as usize, gr);
-                sums[0] += h;
-                sums[1] += s;
-            }
-            sums
+            let labels = &self.labels[rows];
+            rows_dispatch(self, &z[span.clone()], teacher.map(|t| &t[span]), labels, k, g)
         };
         let partials: Vec<[f64; 2]> = match grad {
             Some((g, coef)) if chunks > 1 => g
@@ -210,6 +234,68 @@ impl FusedLoss {
     }
 }
 
+/// Processes consecutive rows (`labels.len()` of them) with the widest vector
+/// instructions the CPU has: the same code, compiled for AVX2 where detected.
+fn rows_dispatch<E: Elem>(
+    loss: &FusedLoss,
+    z: &[E],
+    teacher: Option<&[E]>,
+    labels: &[u32],
+    k: usize,
+    grad: Option<(&mut [E], [f64; 2])>,
+) -> [f64; 2] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (just detected).
+        return unsafe { rows_avx2(loss, z, teacher, labels, k, grad) };
+    }
+    rows(loss, z, teacher, labels, k, grad)
+}
+
+/// [`rows`] compiled with AVX2 enabled.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn rows_avx2<E: Elem>(
+    loss: &FusedLoss,
+    z: &[E],
+    teacher: Option<&[E]>,
+    labels: &[u32],
+    k: usize,
+    grad: Option<(&mut [E], [f64; 2])>,
+) -> [f64; 2] {
+    rows(loss, z, teacher, labels, k, grad)
+}
+
+/// Runs the row kernel on consecutive rows; returns the sums of `[Hₙ, Sₙ]`.
+#[inline(always)]
+fn rows<E: Elem>(
+    loss: &FusedLoss,
+    z: &[E],
+    teacher: Option<&[E]>,
+    labels: &[u32],
+    k: usize,
+    grad: Option<(&mut [E], [f64; 2])>,
+) -> [f64; 2] {
+    let mut kernel = RowKernel::new(loss, k);
+    let mut sums = [0.0f64; 2];
+    let (mut g, coef) = match grad {
+        Some((g, coef)) => (Some(g), coef),
+        None => (None, [0.0; 2]),
+    };
+    for (i, &y) in labels.iter().enumerate() {
+        let at = i * k..(i + 1) * k;
+        let tr = teacher.map(|t| &t[at.clone()]);
+        let gr = g.as_deref_mut().map(|g| (&mut g[at.clone()], coef));
+        let [h, s] = kernel.row(&z[at], tr, y as usize, gr);
+        sums[0] += h;
+        sums[1] += s;
+    }
+    sums
+}
+
 fn shape_error(detail: &str) -> candle_core::Error {
     candle_core::Error::Msg(format!("fused loss: {detail}"))
 }
@@ -223,6 +309,8 @@ struct RowKernel<'a, E> {
     e_soft: Vec<E>,
     /// `exp(ς(zᵗₖ − mᵗ))` (teacher target).
     e_teacher: Vec<E>,
+    /// Terms of a sum.
+    tmp: Vec<E>,
 }
 
 impl<'a, E: Elem> RowKernel<'a, E> {
@@ -233,9 +321,11 @@ impl<'a, E: Elem> RowKernel<'a, E> {
             e_hard: vec![E::from_f64(0.0); if loss.hard.is_some() { k } else { 0 }],
             e_soft: vec![E::from_f64(0.0); if soft_own { k } else { 0 }],
             e_teacher: vec![E::from_f64(0.0); if loss.has_teacher() { k } else { 0 }],
+            tmp: vec![E::from_f64(0.0); k],
         }
     }
 
+    #[inline(always)]
     /// One row: returns the unweighted `[Hₙ, Sₙ]`; with `grad`, writes
     /// `coef[0]·∂Hₙ/∂z + coef[1]·∂Sₙ/∂z` into it.
     fn row(&mut self, z: &[E], teacher: Option<&[E]>, y: usize, mut grad: Option<(&mut [E], [f64; 2])>) -> [f64; 2] {
@@ -245,7 +335,7 @@ impl<'a, E: Elem> RowKernel<'a, E> {
         // Σₖ (zₖ − m), only needed by label targets with off ≠ 0.
         let needs_sum = self.loss.hard.is_some_and(|h| h.target.off != 0.0)
             || matches!(self.loss.soft, Some(SoftTerm { target: SoftTarget::Labels { target, .. }, .. }) if target.off != 0.0);
-        let sum_diff = if needs_sum { sum_shifted(z, m) } else { 0.0 };
+        let sum_diff = if needs_sum { sum_shifted(z, m, &mut self.tmp) } else { 0.0 };
         let label_ce = |t: LabelTarget, scale: f64, log_sum: f64| {
             (t.on + (k - 1.0) * t.off) * log_sum - t.off * scale * sum_diff - (t.on - t.off) * scale * zy
         };
@@ -276,13 +366,14 @@ impl<'a, E: Elem> RowKernel<'a, E> {
             (SoftTarget::Teacher { scale }, Some(t)) => {
                 let mt = row_max(t);
                 let t_sum = E::exp_sum(t, mt, scale, &mut self.e_teacher);
-                let cross = teacher_dot(&self.e_teacher, t, mt, scale, z, m, sigma);
+                let cross = teacher_dot(&self.e_teacher, t, mt, scale, z, m, sigma, &mut self.tmp);
                 out[1] = cross / t_sum - t_sum.ln() + sum.ln();
                 if let Some((g, coef)) = grad.as_mut() {
                     // σ·(p̂ₖ − tₖ)
-                    let (a, b) = (coef[1] * sigma / sum, coef[1] * sigma / t_sum);
+                    let a = E::from_f64(coef[1] * sigma / sum);
+                    let b = E::from_f64(coef[1] * sigma / t_sum);
                     for ((g, &e), &et) in g.iter_mut().zip(e).zip(&self.e_teacher) {
-                        *g = E::from_f64(g.to_f64() + a * e.to_f64() - b * et.to_f64());
+                        *g += a * e - b * et;
                     }
                 }
             }
@@ -293,12 +384,13 @@ impl<'a, E: Elem> RowKernel<'a, E> {
 }
 
 /// Adds `coef·(Σs·pₖ − sₖ)` to `g`, with `pₖ = eₖ/sum`.
+#[inline(always)]
 fn label_gradient<E: Elem>(g: &mut [E], e: &[E], sum: f64, t: LabelTarget, y: usize, coef: f64) {
     let k = g.len() as f64;
-    let a = coef * (t.on + (k - 1.0) * t.off) / sum;
-    let b = coef * t.off;
+    let a = E::from_f64(coef * (t.on + (k - 1.0) * t.off) / sum);
+    let b = E::from_f64(coef * t.off);
     for (g, &e) in g.iter_mut().zip(e) {
-        *g = E::from_f64(g.to_f64() + a * e.to_f64() - b);
+        *g += a * e - b;
     }
     g[y] = E::from_f64(g[y].to_f64() - coef * (t.on - t.off));
 }
@@ -309,97 +401,108 @@ pub(crate) trait Elem: WithDType {
     /// Writes `outₖ = exp((xₖ − shift)·scale)` (arguments ≤ 0: shift is the
     /// row max) and returns `Σₖ outₖ` in f64.
     fn exp_sum(xs: &[Self], shift: f64, scale: f64, out: &mut [Self]) -> f64;
+    /// `maxₖ xₖ` as f64, ignoring NaN.
+    fn row_max(xs: &[Self]) -> f64;
 }
 
 impl Elem for f64 {
+    #[inline(always)]
     fn exp_sum(xs: &[Self], shift: f64, scale: f64, out: &mut [Self]) -> f64 {
         exp_loop(xs, out, |x| ((x - shift) * scale).exp())
+    }
+
+    #[inline(always)]
+    fn row_max(xs: &[Self]) -> f64 {
+        xs.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b))
     }
 }
 
 impl Elem for f32 {
+    #[inline(always)]
     fn exp_sum(xs: &[Self], shift: f64, scale: f64, out: &mut [Self]) -> f64 {
-        // The shift is an element of the row, so `x − shift` is exact-ish in f32.
-        let shift = shift as f32;
+        // As the composed f32 graph: (x − max)·σ in f32, then exp.
+        let (shift, scale) = (shift as f32, scale as f32);
         if scale == 1.0 {
             exp_loop(xs, out, |x| exp_nonpositive(x - shift))
         } else {
-            exp_loop(xs, out, |x| exp_nonpositive(((x - shift) as f64 * scale) as f32))
+            exp_loop(xs, out, |x| exp_nonpositive((x - shift) * scale))
         }
+    }
+
+    #[inline(always)]
+    fn row_max(xs: &[Self]) -> f64 {
+        xs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64
     }
 }
 
-/// `outₖ = f(xₖ)`, returning `Σₖ outₖ` summed in eight f64 lanes.
+/// Elements per block: sums run in eight lanes of the element type within a
+/// block and are carried across blocks in f64.
+const BLOCK: usize = 64;
+
+/// `Σₖ xₖ`: eight lanes of `E` within each block of [`BLOCK`] elements, the
+/// blocks' sums accumulated in f64, all in a fixed order (fixed-size lanes,
+/// so that LLVM vectorises it).
+#[inline(always)]
+fn block_sum<E: WithDType>(xs: &[E]) -> f64 {
+    let mut total = 0.0f64;
+    for block in xs.chunks(BLOCK) {
+        let mut lanes = [E::from_f64(0.0); 8];
+        let chunks = block.chunks_exact(8);
+        let rest = chunks.remainder();
+        for c in chunks {
+            if let Ok(c) = <&[E; 8]>::try_from(c) {
+                for j in 0..8 {
+                    lanes[j] += c[j];
+                }
+            }
+        }
+        for (l, &x) in lanes.iter_mut().zip(rest) {
+            *l += x;
+        }
+        total += lane_sum(&lanes.map(|l| l.to_f64()));
+    }
+    total
+}
+
+/// `outₖ = f(xₖ)`, returning `Σₖ outₖ` (a map LLVM vectorises, then a
+/// [`block_sum`]).
 #[inline(always)]
 fn exp_loop<E: WithDType>(xs: &[E], out: &mut [E], f: impl Fn(E) -> E) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let mut xc = xs.chunks_exact(8);
-    let mut oc = out.chunks_exact_mut(8);
-    for (x, o) in (&mut xc).zip(&mut oc) {
-        for ((o, &x), l) in o.iter_mut().zip(x).zip(lanes.iter_mut()) {
-            *o = f(x);
-            *l += o.to_f64();
-        }
-    }
-    for ((o, &x), l) in oc.into_remainder().iter_mut().zip(xc.remainder()).zip(lanes.iter_mut()) {
+    for (o, &x) in out.iter_mut().zip(xs) {
         *o = f(x);
-        *l += o.to_f64();
     }
-    lane_sum(&lanes)
+    block_sum(out)
 }
 
-/// `maxₖ xₖ`, ignoring NaN (a NaN then poisons the exponentials).
-fn row_max<E: WithDType>(xs: &[E]) -> f64 {
-    let mut lanes = [f64::NEG_INFINITY; 8];
-    let chunks = xs.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            let x = x.to_f64();
-            *l = if x > *l { x } else { *l };
-        }
-    }
-    for (l, &x) in lanes.iter_mut().zip(rest) {
-        let x = x.to_f64();
-        *l = if x > *l { x } else { *l };
-    }
-    lanes.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b))
+/// `maxₖ xₖ` (as f64), ignoring NaN (a NaN then poisons the exponentials).
+#[inline(always)]
+fn row_max<E: Elem>(xs: &[E]) -> f64 {
+    E::row_max(xs)
 }
 
-/// `Σₖ (xₖ − shift)` in f64.
-fn sum_shifted<E: WithDType>(xs: &[E], shift: f64) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let chunks = xs.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            *l += x.to_f64() - shift;
-        }
+/// `Σₖ (xₖ − shift)` (shift: an element of the row), via `tmp`.
+#[inline(always)]
+fn sum_shifted<E: WithDType>(xs: &[E], shift: f64, tmp: &mut [E]) -> f64 {
+    let shift = E::from_f64(shift);
+    for (o, &x) in tmp.iter_mut().zip(xs) {
+        *o = x - shift;
     }
-    for (l, &x) in lanes.iter_mut().zip(rest) {
-        *l += x.to_f64() - shift;
-    }
-    lane_sum(&lanes)
+    block_sum(&tmp[..xs.len()])
 }
 
-/// `Σₖ eₖ·(ς(tₖ − mᵗ) − σ(zₖ − m))` in f64.
-fn teacher_dot<E: WithDType>(e: &[E], t: &[E], mt: f64, scale_t: f64, z: &[E], m: f64, scale: f64) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let term = |e: E, t: E, z: E| e.to_f64() * (scale_t * (t.to_f64() - mt) - scale * (z.to_f64() - m));
-    let (ec, tc, zc) = (e.chunks_exact(8), t.chunks_exact(8), z.chunks_exact(8));
-    let rest = ec.remainder().iter().zip(tc.remainder()).zip(zc.remainder());
-    for ((e, t), z) in ec.zip(tc).zip(zc) {
-        for (((l, &e), &t), &z) in lanes.iter_mut().zip(e).zip(t).zip(z) {
-            *l += term(e, t, z);
-        }
+/// `Σₖ eₖ·(ς(tₖ − mᵗ) − σ(zₖ − m))` (mᵗ, m: the rows' maxima), via `tmp`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn teacher_dot<E: WithDType>(e: &[E], t: &[E], mt: f64, scale_t: f64, z: &[E], m: f64, scale: f64, tmp: &mut [E]) -> f64 {
+    let (mt, scale_t, m, scale) = (E::from_f64(mt), E::from_f64(scale_t), E::from_f64(m), E::from_f64(scale));
+    for (((o, &e), &t), &z) in tmp.iter_mut().zip(e).zip(t).zip(z) {
+        *o = e * (scale_t * (t - mt) - scale * (z - m));
     }
-    for (l, ((&e, &t), &z)) in lanes.iter_mut().zip(rest) {
-        *l += term(e, t, z);
-    }
-    lane_sum(&lanes)
+    block_sum(&tmp[..z.len()])
 }
 
 /// Adds the eight lanes in a fixed order.
+#[inline(always)]
 fn lane_sum(a: &[f64; 8]) -> f64 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
