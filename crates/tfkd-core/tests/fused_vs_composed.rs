@@ -192,3 +192,24 @@ fn fused_is_deterministic() {
         assert_eq!(run(), first);
     }
 }
+
+/// A transposed (non-contiguous) view of a variable: the fused op copies it
+/// to a contiguous layout and the gradient still reaches the variable.
+#[test]
+fn non_contiguous_student_logits() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (n, k) = (9, 13);
+    let c = case(&mut rng, k, n, DType::F32, false);
+    let student = c.student.as_tensor().t().unwrap();
+    assert!(!student.is_contiguous());
+    let teacher = c.teacher.t().unwrap();
+    let labels = Tensor::new((0..n as u32).map(|i| i % k as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let l = KdLoss::self_training(0.7, 3.0, 2.0);
+    let fused = l.forward(&student, &teacher, &labels).unwrap();
+    let composed = l.forward_composed(&student, &teacher, &labels).unwrap();
+    assert!(compare_values("transposed", &fused, &composed, 1e-5).is_empty());
+    let gf = fused.total.backward().unwrap().get(&c.student).unwrap().clone();
+    let gc = composed.total.backward().unwrap().get(&c.student).unwrap().clone();
+    assert_eq!(gf.dims(), &[k, n]);
+    assert!(max_abs(&(&gf - &gc).unwrap()) <= 1e-5 * max_abs(&gc));
+}

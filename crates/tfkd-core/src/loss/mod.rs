@@ -16,7 +16,7 @@
 //! | [`VirtualTeacherLoss::as_coded`] | `loss_kd_regularization` (Tf-KD_reg) |
 //!
 //! Every function validates its parameters, shapes and labels and returns an
-//! [`Error`](crate::Error) naming the offending value; a non-finite loss is an
+//! [`Error`] naming the offending value; a non-finite loss is an
 //! error that names the non-finite input.
 //!
 //! # Two implementations, one result
