@@ -9,8 +9,12 @@
 //! - [`build`] / [`build_with`]: a model by registry name, number of classes and
 //!   [`InputSize`] over any [`candle_nn::VarBuilder`] (a `VarMap` to train, loaded
 //!   tensors for a teacher: no `Var`, hence no autograd graph).
-//! - [`list`], [`entry`], [`param_count`], [`param_shapes`]: the registry
-//!   ([`registry`]) and analytic parameter counts (no weight is allocated).
+//! - [`list`], [`entry`], [`param_count`], [`param_count_with`], [`param_shapes`]:
+//!   the registry ([`registry`]) and analytic parameter counts (no weight is
+//!   allocated).
+//! - [`ModelOptions::with_width_divisor`]: the same networks with every
+//!   channel count divided by d (same depth, strides and quirks), for fast
+//!   experiments; each family's `Config::thinned(d)` implements it.
 //! - [`load`], [`read_state_dict`], [`check_state_dict`], [`save_safetensors`]:
 //!   `.pth` / `.pth.tar` / `.safetensors` checkpoints, with one error listing
 //!   missing, unexpected and mis-shaped tensors.
@@ -37,8 +41,9 @@ pub use checkpoint::{
 pub use error::{MisShaped, Result, ZooError};
 pub use layers::{Dropout, MaskRng};
 pub use registry::{
-    build, build_with, entry, is_buffer, list, models_markdown, param_count, param_shapes,
-    record_shapes, InputSize, ModelEntry, ModelOptions, DEFAULT_DROPOUT_SEED,
+    build, build_with, entry, is_buffer, list, models_markdown, param_count, param_count_with,
+    param_shapes, record_shapes, width_markdown, InputSize, ModelEntry, ModelOptions,
+    DEFAULT_DROPOUT_SEED,
 };
 
 use candle_core::{ModuleT, Tensor};

@@ -72,15 +72,34 @@ pub struct ModelOptions {
     pub input: InputSize,
     /// Seed of the model's dropout masks (CNN, GoogLeNet, WRN with dropout).
     pub dropout_seed: u64,
+    /// Width divisor d: every channel count of the network is divided by d,
+    /// rounded up, at least 1, and kept a multiple of what it must be a
+    /// multiple of (groups, cardinality, ShuffleNetV2's even split); depth,
+    /// strides, pooling and quirks are unchanged and the classifier still
+    /// outputs K classes. 1 (the default) is the paper's network; 0 is a
+    /// [`ZooError::InvalidConfig`]. Each family's `thinned(d)` implements it
+    /// (see [`crate::models::div_ceil_multiple`]).
+    pub width_divisor: usize,
 }
 
 impl ModelOptions {
-    /// Options with the default dropout seed.
+    /// Options with the default dropout seed and width divisor 1 (the paper's
+    /// network).
     pub fn new(num_classes: usize, input: InputSize) -> Self {
         Self {
             num_classes,
             input,
             dropout_seed: DEFAULT_DROPOUT_SEED,
+            width_divisor: 1,
+        }
+    }
+
+    /// These options with width divisor `d` (a scaled-down network for fast
+    /// experiments; see [`ModelOptions::width_divisor`]).
+    pub fn with_width_divisor(self, d: usize) -> Self {
+        Self {
+            width_divisor: d,
+            ..self
         }
     }
 }
@@ -151,62 +170,62 @@ macro_rules! row {
 pub static MODELS: &[ModelEntry] = &[
     row!("cnn", "cnn.rs", "5-layer plain CNN (32 channels, dropout 0.5)", CT,
         &[(10, 357_514), (100, 369_124), (200, 382_024)],
-        |o, vb| cnn::build(&cnn::CnnConfig::paper(), o.num_classes, o.input.side(), o.dropout_seed, vb)),
+        |o, vb| cnn::build(&cnn::CnnConfig::paper().thinned(o.width_divisor), o.num_classes, o.input.side(), o.dropout_seed, vb)),
     row!("resnet18", "resnet.rs", "CIFAR ResNet18", CT,
         &[(10, 11_173_962), (100, 11_220_132), (200, 11_271_432)],
-        |o, vb| resnet::build(&resnet::ResNetConfig::resnet18(), o.num_classes, vb)),
+        |o, vb| resnet::build(&resnet::ResNetConfig::resnet18().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnet34", "resnet.rs", "CIFAR ResNet34", CT,
         &[(10, 21_282_122), (100, 21_328_292), (200, 21_379_592)],
-        |o, vb| resnet::build(&resnet::ResNetConfig::resnet34(), o.num_classes, vb)),
+        |o, vb| resnet::build(&resnet::ResNetConfig::resnet34().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnet50", "resnet.rs", "CIFAR ResNet50", CT,
         &[(10, 23_520_842), (100, 23_705_252), (200, 23_910_152)],
-        |o, vb| resnet::build(&resnet::ResNetConfig::resnet50(), o.num_classes, vb)),
+        |o, vb| resnet::build(&resnet::ResNetConfig::resnet50().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnet101", "resnet.rs", "CIFAR ResNet101", CT,
         &[(10, 42_512_970), (100, 42_697_380), (200, 42_902_280)],
-        |o, vb| resnet::build(&resnet::ResNetConfig::resnet101(), o.num_classes, vb)),
+        |o, vb| resnet::build(&resnet::ResNetConfig::resnet101().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnet152", "resnet.rs", "CIFAR ResNet152", CT,
         &[(10, 58_156_618), (100, 58_341_028), (200, 58_545_928)],
-        |o, vb| resnet::build(&resnet::ResNetConfig::resnet152(), o.num_classes, vb)),
+        |o, vb| resnet::build(&resnet::ResNetConfig::resnet152().thinned(o.width_divisor), o.num_classes, vb)),
     row!("mobilenet_v2", "mobilenet_v2.rs", "CIFAR MobileNetV2 (1x1 pad-1 stem)", CT,
         &[(10, 2_254_090), (100, 2_369_380), (200, 2_497_480)],
-        |o, vb| mobilenet_v2::build(&mobilenet_v2::MobileNetV2Config::paper(), o.num_classes, vb)),
+        |o, vb| mobilenet_v2::build(&mobilenet_v2::MobileNetV2Config::paper().thinned(o.width_divisor), o.num_classes, vb)),
     row!("shufflenet_v2", "shufflenet_v2.rs", "CIFAR ShuffleNetV2 1x", CT,
         &[(10, 1_268_646), (100, 1_360_896), (200, 1_463_396)],
-        |o, vb| shufflenet_v2::build(&shufflenet_v2::ShuffleNetV2Config::paper(), o.num_classes, vb)),
+        |o, vb| shufflenet_v2::build(&shufflenet_v2::ShuffleNetV2Config::paper().thinned(o.width_divisor), o.num_classes, vb)),
     row!("densenet121", "densenet.rs", "CIFAR DenseNet121 (k = 32)", CT,
         &[(10, 6_956_298), (100, 7_048_548), (200, 7_151_048)],
-        |o, vb| densenet::build(&densenet::DenseNetConfig::densenet121(), o.num_classes, vb)),
+        |o, vb| densenet::build(&densenet::DenseNetConfig::densenet121().thinned(o.width_divisor), o.num_classes, vb)),
     row!("googlenet", "googlenet.rs", "CIFAR GoogLeNet (BN eps = n5x5 quirk)", CT,
         &[(10, 6_166_250), (100, 6_258_500), (200, 6_361_000)],
-        |o, vb| googlenet::build(&googlenet::GoogLeNetConfig::paper(), o.num_classes, o.dropout_seed, vb)),
+        |o, vb| googlenet::build(&googlenet::GoogLeNetConfig::paper().thinned(o.width_divisor), o.num_classes, o.dropout_seed, vb)),
     row!("resnext29", "resnext.rs", "CIFAR ResNeXt29-8x64d", CT,
         &[(10, 34_426_698), (100, 34_518_948), (200, 34_621_448)],
-        |o, vb| resnext::build(&resnext::ResNeXtConfig::resnext29_8x64d(), o.num_classes, vb)),
+        |o, vb| resnext::build(&resnext::ResNeXtConfig::resnext29_8x64d().thinned(o.width_divisor), o.num_classes, vb)),
     row!("wrn_28_10", "wrn.rs", "Wide ResNet 28-10", CT,
         &[(10, 36_479_194), (100, 36_536_884), (200, 36_600_984)],
-        |o, vb| wrn::build(&wrn::WrnConfig::new(28, 10), o.num_classes, o.dropout_seed, vb)),
+        |o, vb| wrn::build(&wrn::WrnConfig::new(28, 10).thinned(o.width_divisor), o.num_classes, o.dropout_seed, vb)),
     row!("wrn_40_2", "wrn.rs", "Wide ResNet 40-2", CT, &[],
-        |o, vb| wrn::build(&wrn::WrnConfig::new(40, 2), o.num_classes, o.dropout_seed, vb)),
+        |o, vb| wrn::build(&wrn::WrnConfig::new(40, 2).thinned(o.width_divisor), o.num_classes, o.dropout_seed, vb)),
     row!("wrn_16_2", "wrn.rs", "Wide ResNet 16-2", CT, &[],
-        |o, vb| wrn::build(&wrn::WrnConfig::new(16, 2), o.num_classes, o.dropout_seed, vb)),
+        |o, vb| wrn::build(&wrn::WrnConfig::new(16, 2).thinned(o.width_divisor), o.num_classes, o.dropout_seed, vb)),
     row!("alexnet", "alexnet.rs", "CIFAR AlexNet (no BN, no FC layers)", CT,
         &[(10, 2_472_266), (100, 2_495_396), (200, 2_521_096)],
-        |o, vb| alexnet::build(&alexnet::AlexNetConfig::paper(), o.num_classes, vb)),
+        |o, vb| alexnet::build(&alexnet::AlexNetConfig::paper().thinned(o.width_divisor), o.num_classes, vb)),
     row!("vgg19", "vgg.rs", "torchvision vgg19_bn on CIFAR input", CT,
         &[(10, 139_622_218), (100, 139_990_948), (200, 140_400_648)],
-        |o, vb| vgg::build(&vgg::VggConfig::vgg19_bn(), o.num_classes, o.dropout_seed, vb)),
+        |o, vb| vgg::build(&vgg::VggConfig::vgg19_bn().thinned(o.width_divisor), o.num_classes, o.dropout_seed, vb)),
     row!("resnet18_imagenet", "tv_resnet.rs", "torchvision resnet18", IN,
         &[(1000, 11_689_512)],
-        |o, vb| tv_resnet::build(&tv_resnet::TvResNetConfig::resnet18(), o.num_classes, vb)),
+        |o, vb| tv_resnet::build(&tv_resnet::TvResNetConfig::resnet18().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnet50_imagenet", "tv_resnet.rs", "torchvision resnet50", IN,
         &[(1000, 25_557_032)],
-        |o, vb| tv_resnet::build(&tv_resnet::TvResNetConfig::resnet50(), o.num_classes, vb)),
+        |o, vb| tv_resnet::build(&tv_resnet::TvResNetConfig::resnet50().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnext101_32x8d_imagenet", "tv_resnet.rs", "torchvision resnext101_32x8d", IN,
         &[(1000, 88_791_336)],
-        |o, vb| tv_resnet::build(&tv_resnet::TvResNetConfig::resnext101_32x8d(), o.num_classes, vb)),
+        |o, vb| tv_resnet::build(&tv_resnet::TvResNetConfig::resnext101_32x8d().thinned(o.width_divisor), o.num_classes, vb)),
     row!("densenet121_imagenet", "tv_densenet.rs", "torchvision densenet121", IN,
         &[(1000, 7_978_856)],
-        |o, vb| tv_densenet::build(&tv_densenet::TvDenseNetConfig::densenet121(), o.num_classes, vb)),
+        |o, vb| tv_densenet::build(&tv_densenet::TvDenseNetConfig::densenet121().thinned(o.width_divisor), o.num_classes, vb)),
 ];
 
 /// Registry names, in table order.
@@ -242,6 +261,12 @@ fn check(e: &ModelEntry, opts: &ModelOptions) -> Result<()> {
         return Err(ZooError::InvalidConfig {
             model: e.name.to_string(),
             reason: "number of classes 0 must be positive".to_string(),
+        });
+    }
+    if opts.width_divisor == 0 {
+        return Err(ZooError::InvalidConfig {
+            model: e.name.to_string(),
+            reason: "width divisor 0 must be at least 1 (1 = the paper's width)".to_string(),
         });
     }
     Ok(())
@@ -334,12 +359,68 @@ pub fn is_buffer(name: &str) -> bool {
 /// Number of learnable parameters of model `name` (BatchNorm running
 /// statistics excluded, as `sum(p.numel() for p in model.parameters())`).
 pub fn param_count(name: &str, num_classes: usize, input: InputSize) -> Result<u64> {
-    let shapes = param_shapes(name, &ModelOptions::new(num_classes, input))?;
+    param_count_with(name, &ModelOptions::new(num_classes, input))
+}
+
+/// Number of learnable parameters of model `name` built with explicit
+/// [`ModelOptions`] (e.g. a [`ModelOptions::width_divisor`] above 1).
+pub fn param_count_with(name: &str, opts: &ModelOptions) -> Result<u64> {
+    let shapes = param_shapes(name, opts)?;
     Ok(shapes
         .iter()
         .filter(|(n, _)| !is_buffer(n))
         .map(|(_, s)| s.iter().product::<usize>() as u64)
         .sum())
+}
+
+/// Width divisors of the table of [`width_markdown`].
+pub const DOC_WIDTH_DIVISORS: [usize; 5] = [1, 2, 4, 8, 16];
+
+/// `n` with thousands separators.
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut o = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            o.push(',');
+        }
+        o.push(c);
+    }
+    o
+}
+
+/// The learnable-parameter counts of every model at the width divisors
+/// [`DOC_WIDTH_DIVISORS`] as a Markdown table (the second table of
+/// `docs/MODELS.md`), at K = 100 and the model's first input size (K = 1000
+/// for ImageNet models).
+pub fn width_markdown() -> Result<String> {
+    let mut out = String::from("| name | input | K |");
+    for d in DOC_WIDTH_DIVISORS {
+        out.push_str(&format!(" d={d} |"));
+    }
+    out.push_str("\n|---|---|---:|");
+    for _ in DOC_WIDTH_DIVISORS {
+        out.push_str("---:|");
+    }
+    out.push('\n');
+    for e in MODELS {
+        let input = e.inputs[0];
+        let k = if input == InputSize::ImageNet {
+            1000
+        } else {
+            100
+        };
+        out.push_str(&format!("| `{}` | {} | {k} |", e.name, input.side()));
+        for d in DOC_WIDTH_DIVISORS {
+            let opts = ModelOptions::new(k, input).with_width_divisor(d);
+            out.push_str(&format!(
+                " {} |",
+                thousands(param_count_with(e.name, &opts)?)
+            ));
+        }
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// The registry as a Markdown table (the one in `docs/MODELS.md`): every
@@ -350,17 +431,7 @@ pub fn models_markdown() -> Result<String> {
         "| name | file | input | K=10 | K=100 | K=200 | K=1000 | reference (paper.md §4 / torchvision) |\n\
          |---|---|---|---:|---:|---:|---:|---|\n",
     );
-    let fmt = |n: u64| {
-        let s = n.to_string();
-        let mut o = String::new();
-        for (i, c) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i) % 3 == 0 {
-                o.push(',');
-            }
-            o.push(c);
-        }
-        o
-    };
+    let fmt = thousands;
     for e in MODELS {
         for &input in e.inputs {
             let mut cells = Vec::new();

@@ -12,9 +12,8 @@ use tfkd_zoo::{InputSize, ModelOptions};
 fn cnn_with_seed(vm: &VarMap, seed: u64) -> Result<Box<dyn tfkd_zoo::Model>> {
     let vb = VarBuilder::from_varmap(vm, DType::F32, &Device::Cpu);
     let opts = ModelOptions {
-        num_classes: 10,
-        input: InputSize::Cifar,
         dropout_seed: seed,
+        ..ModelOptions::new(10, InputSize::Cifar)
     };
     Ok(tfkd_zoo::build_with("cnn", &opts, vb)?)
 }

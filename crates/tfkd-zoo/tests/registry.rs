@@ -203,16 +203,28 @@ fn every_model_forwards_to_k_logits() -> Result<()> {
     Ok(())
 }
 
-/// `docs/MODELS.md`'s table is generated from the registry; a stale table is
-/// rewritten and the test fails (commit the new file).
+/// `docs/MODELS.md`'s tables (parameter counts, width divisors) are generated
+/// from the registry; a stale table is rewritten and the test fails (commit
+/// the new file).
 #[test]
 fn models_doc_table_is_current() -> Result<()> {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/MODELS.md");
     let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    let (start, end) = ("<!-- models-table:start -->\n", "<!-- models-table:end -->");
-    let (head, rest) = text.split_once(start).context("no table start marker")?;
-    let (_, tail) = rest.split_once(end).context("no table end marker")?;
-    let fresh = format!("{head}{start}{}{end}{tail}", tfkd_zoo::models_markdown()?);
+    let mut fresh = text.clone();
+    for (marker, table) in [
+        ("models-table", tfkd_zoo::models_markdown()?),
+        ("width-table", tfkd_zoo::width_markdown()?),
+    ] {
+        let start = format!("<!-- {marker}:start -->\n");
+        let end = format!("<!-- {marker}:end -->");
+        let (head, rest) = fresh
+            .split_once(&start)
+            .with_context(|| format!("no {marker} start marker"))?;
+        let (_, tail) = rest
+            .split_once(&end)
+            .with_context(|| format!("no {marker} end marker"))?;
+        fresh = format!("{head}{start}{table}{end}{tail}");
+    }
     if fresh != text {
         std::fs::write(&path, fresh)?;
         bail!("docs/MODELS.md was stale and has been regenerated; commit it")

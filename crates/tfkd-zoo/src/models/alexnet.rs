@@ -15,6 +15,8 @@ use candle_nn::{Conv2d, Linear, VarBuilder};
 use crate::layers::{conv2d, linear, BInit, ConvSpec, WInit};
 use crate::ops::{global_avg_pool, max_pool2d};
 
+use super::div_ceil_multiple;
+
 /// Configuration of the CIFAR AlexNet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlexNetConfig {
@@ -27,6 +29,14 @@ impl AlexNetConfig {
     pub fn paper() -> Self {
         Self {
             widths: [64, 192, 384, 256, 256],
+        }
+    }
+
+    /// The same network with the five conv widths divided by the width divisor
+    /// `d` (rounded up, at least 1; see [`super::div_ceil_multiple`]).
+    pub fn thinned(&self, d: usize) -> Self {
+        Self {
+            widths: self.widths.map(|w| div_ceil_multiple(w, d, 1)),
         }
     }
 }

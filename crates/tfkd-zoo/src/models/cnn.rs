@@ -16,6 +16,8 @@ use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
 use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, ConvSpec, Dropout, MaskRng, WInit};
 use crate::ops::max_pool2d;
 
+use super::div_ceil_multiple;
+
 /// Configuration of the plain CNN.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CnnConfig {
@@ -31,6 +33,16 @@ impl CnnConfig {
         Self {
             num_channels: 32,
             dropout: 0.5,
+        }
+    }
+
+    /// The same network with `num_channels` divided by the width divisor `d`
+    /// (rounded up, at least 1; see [`super::div_ceil_multiple`]). The conv
+    /// widths C, 2C, 4C and `fc1`'s 4C follow; dropout is unchanged.
+    pub fn thinned(&self, d: usize) -> Self {
+        Self {
+            num_channels: div_ceil_multiple(self.num_channels, d, 1),
+            ..self.clone()
         }
     }
 }

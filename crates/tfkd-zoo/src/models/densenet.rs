@@ -16,6 +16,8 @@ use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
 use crate::layers::{bn2d, conv2d, linear, BInit, ConvSpec, WInit};
 use crate::ops::{avg_pool2d, global_avg_pool};
 
+use super::div_ceil_multiple;
+
 /// Configuration of the CIFAR DenseNet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DenseNetConfig {
@@ -34,6 +36,18 @@ impl DenseNetConfig {
             blocks: vec![6, 12, 24, 16],
             growth: 32,
             reduction: 0.5,
+        }
+    }
+
+    /// The same network (blocks, compression, transitions) with the growth
+    /// rate k divided by the width divisor `d` (rounded up, at least 1; see
+    /// [`super::div_ceil_multiple`]). Every width derives from k: the stem's
+    /// 2k, the bottlenecks' 4k and k, and the concatenations and transitions
+    /// that follow.
+    pub fn thinned(&self, d: usize) -> Self {
+        Self {
+            growth: div_ceil_multiple(self.growth, d, 1),
+            ..self.clone()
         }
     }
 }

@@ -15,6 +15,8 @@ use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
 use crate::layers::{bn, bn2d, conv2d, linear, BInit, ConvSpec, Dropout, MaskRng, WInit};
 use crate::ops::{global_avg_pool, max_pool2d};
 
+use super::div_ceil_multiple;
+
 /// Widths of one inception: `n1x1, n3x3_reduce, n3x3, n5x5_reduce, n5x5, pool_proj`.
 pub type InceptionWidths = [usize; 6];
 
@@ -46,6 +48,22 @@ impl GoogLeNetConfig {
                 [384, 192, 384, 48, 128, 128],
             ],
             dropout: 0.4,
+        }
+    }
+
+    /// The same network (inceptions, pools, dropout) with the pre-layer and
+    /// every inception width divided by the width divisor `d` (rounded up, at
+    /// least 1; see [`super::div_ceil_multiple`]). An inception's output is the
+    /// sum of its four branch widths, so the concatenations need no constraint.
+    /// The eps quirk follows the thinned width (eps = thinned n5x5), as the
+    /// reference's `nn.BatchNorm2d(n5x5, n5x5)` would give.
+    pub fn thinned(&self, d: usize) -> Self {
+        Self {
+            prelayer: div_ceil_multiple(self.prelayer, d, 1),
+            inceptions: self
+                .inceptions
+                .map(|w| w.map(|c| div_ceil_multiple(c, d, 1))),
+            ..self.clone()
         }
     }
 }

@@ -16,6 +16,8 @@ use candle_nn::{BatchNorm, Conv2d, VarBuilder};
 use crate::layers::{bn2d, conv2d, conv_bn, BInit, ConvSpec, WInit};
 use crate::ops::{global_avg_pool, relu6};
 
+use super::div_ceil_multiple;
+
 /// One stage: expansion `t`, output channels `c`, repeats `n`, first stride `s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stage {
@@ -56,6 +58,40 @@ impl MobileNetV2Config {
                 st(6, 320, 1, 1),
             ],
             last: 1280,
+        }
+    }
+
+    /// The same network (expansions, repeats, strides, the 1×1 pad-1 stem) with
+    /// the stem, every stage's output channels and the last conv divided by the
+    /// width divisor `d` (rounded up, at least 1; see
+    /// [`super::div_ceil_multiple`]).
+    ///
+    /// A stride-1 first block has an identity shortcut exactly when its input
+    /// and output widths are equal, so the thinned widths keep that relation:
+    /// a width that differed from the previous stage's but rounds to the same
+    /// value is raised by one (never needed for the paper's network at
+    /// d ≤ 16).
+    pub fn thinned(&self, d: usize) -> Self {
+        let stem = div_ceil_multiple(self.stem, d, 1);
+        let mut stages = self.stages;
+        let (mut prev, mut prev_thin) = (self.stem, stem);
+        for st in stages.iter_mut() {
+            let mut c = div_ceil_multiple(st.c, d, 1);
+            if st.s == 1 {
+                if prev == st.c {
+                    c = prev_thin;
+                } else if prev_thin == c {
+                    c += 1;
+                }
+            }
+            prev = st.c;
+            prev_thin = c;
+            st.c = c;
+        }
+        Self {
+            stem,
+            stages,
+            last: div_ceil_multiple(self.last, d, 1),
         }
     }
 }

@@ -15,6 +15,8 @@ use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
 use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, ConvSpec, WInit};
 use crate::ops::global_avg_pool;
 
+use super::div_ceil_multiple;
+
 /// Configuration of a CIFAR ResNet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResNetConfig {
@@ -56,6 +58,17 @@ impl ResNetConfig {
     /// ResNet152: bottlenecks [3, 8, 36, 3].
     pub fn resnet152() -> Self {
         Self::std(true, [3, 8, 36, 3])
+    }
+
+    /// The same network (blocks, strides, expansion) with the stem and the
+    /// stage widths divided by the width divisor `d` (rounded up, at least 1;
+    /// see [`super::div_ceil_multiple`]).
+    pub fn thinned(&self, d: usize) -> Self {
+        Self {
+            widths: self.widths.map(|w| div_ceil_multiple(w, d, 1)),
+            stem: div_ceil_multiple(self.stem, d, 1),
+            ..self.clone()
+        }
     }
 }
 

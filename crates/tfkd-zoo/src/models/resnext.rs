@@ -20,6 +20,8 @@ use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
 use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, ConvSpec, WInit};
 use crate::ops::global_avg_pool;
 
+use super::div_ceil_multiple;
+
 /// Configuration of the CIFAR ResNeXt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResNeXtConfig {
@@ -41,6 +43,19 @@ impl ResNeXtConfig {
             depth: 29,
             widen_factor: 4,
             base: 64,
+        }
+    }
+
+    /// The same network (depth, cardinality, widen factor) with the base width
+    /// divided by the width divisor `d` (rounded up, at least 1; see
+    /// [`super::div_ceil_multiple`]). Every width derives from it: the stem
+    /// (base), the stage outputs (base·w·2^s) and the grouped inner widths
+    /// (cardinality·base·2^s), which therefore stay multiples of the
+    /// cardinality.
+    pub fn thinned(&self, d: usize) -> Self {
+        Self {
+            base: div_ceil_multiple(self.base, d, 1),
+            ..self.clone()
         }
     }
 }

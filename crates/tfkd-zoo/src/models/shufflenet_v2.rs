@@ -14,6 +14,8 @@ use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
 use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, ConvSpec, WInit};
 use crate::ops::{channel_shuffle, global_avg_pool};
 
+use super::div_ceil_multiple;
+
 /// Configuration of ShuffleNetV2.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShuffleNetV2Config {
@@ -32,6 +34,25 @@ impl ShuffleNetV2Config {
             stem: 24,
             out_channels: [116, 232, 464, 1024],
             repeats: [3, 7, 3],
+        }
+    }
+
+    /// The same network (units, strides, shuffles) with the stem, the stage
+    /// widths and `conv5` divided by the width divisor `d` (rounded up, at
+    /// least 1; see [`super::div_ceil_multiple`]). The stage widths are kept
+    /// even: stride-1 units split their input in two halves and stride-2 units
+    /// concatenate two branches of `out / 2` channels.
+    pub fn thinned(&self, d: usize) -> Self {
+        let o = self.out_channels;
+        Self {
+            stem: div_ceil_multiple(self.stem, d, 1),
+            out_channels: [
+                div_ceil_multiple(o[0], d, 2),
+                div_ceil_multiple(o[1], d, 2),
+                div_ceil_multiple(o[2], d, 2),
+                div_ceil_multiple(o[3], d, 1),
+            ],
+            ..self.clone()
         }
     }
 }

@@ -17,6 +17,8 @@ use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
 use crate::layers::{bn2d, conv2d, linear, BInit, ConvSpec, WInit};
 use crate::ops::{avg_pool2d, global_avg_pool, max_pool2d};
 
+use super::div_ceil_multiple;
+
 /// Configuration of a torchvision DenseNet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TvDenseNetConfig {
@@ -38,6 +40,19 @@ impl TvDenseNetConfig {
             blocks: vec![6, 12, 24, 16],
             init_features: 64,
             bn_size: 4,
+        }
+    }
+
+    /// The same network (blocks, bottleneck multiplier, transitions) with the
+    /// growth rate and the stem width divided by the width divisor `d`
+    /// (rounded up, at least 1; see [`super::div_ceil_multiple`]); the
+    /// bottleneck (bn_size·k), the concatenations and the halving transitions
+    /// follow.
+    pub fn thinned(&self, d: usize) -> Self {
+        Self {
+            growth: div_ceil_multiple(self.growth, d, 1),
+            init_features: div_ceil_multiple(self.init_features, d, 1),
+            ..self.clone()
         }
     }
 }

@@ -7,7 +7,8 @@
 //! yuanli2333/Teacher-free-Knowledge-Distillation. Stem conv7×7 s2 p3 → BN →
 //! ReLU → max-pool 3 s2 p1 (overlapping, [`crate::ops::max_pool2d`] with backward);
 //! four stages; `downsample.0/1` shortcut; adaptive average pool → `fc`.
-//! Bottleneck width = ⌊planes·width_per_group/64⌋·groups. Initialisation as
+//! Bottleneck width = ⌊planes·width_per_group/64⌋·groups (or explicit
+//! `inner_widths`, for thinned networks). Initialisation as
 //! torchvision: conv kaiming_normal(fan_out), BN 1/0, `fc` PyTorch default.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
@@ -15,6 +16,8 @@ use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
 
 use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, ConvSpec, WInit};
 use crate::ops::{global_avg_pool, max_pool2d};
+
+use super::div_ceil_multiple;
 
 /// Configuration of a torchvision ResNet / ResNeXt.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +34,11 @@ pub struct TvResNetConfig {
     pub groups: usize,
     /// Width per group (64 for ResNet, 8 for ResNeXt101-32x8d).
     pub width_per_group: usize,
+    /// Bottleneck inner widths per stage (width of the grouped 3×3 conv);
+    /// `None` is torchvision's ⌊planes·width_per_group/64⌋·groups. Set by
+    /// [`TvResNetConfig::thinned`], where that formula can round a group's
+    /// width down to 0.
+    pub inner_widths: Option<[usize; 4]>,
 }
 
 impl TvResNetConfig {
@@ -42,6 +50,7 @@ impl TvResNetConfig {
             stem: 64,
             groups,
             width_per_group,
+            inner_widths: None,
         }
     }
     /// torchvision `resnet18`.
@@ -55,6 +64,33 @@ impl TvResNetConfig {
     /// torchvision `resnext101_32x8d`.
     pub fn resnext101_32x8d() -> Self {
         Self::std(true, [3, 4, 23, 3], 32, 8)
+    }
+
+    /// The bottleneck inner width of stage `s` (0–3): `inner_widths`, or
+    /// torchvision's ⌊planes·width_per_group/64⌋·groups.
+    pub fn inner_width(&self, s: usize) -> usize {
+        match self.inner_widths {
+            Some(w) => w[s.min(3)],
+            None => self.widths[s.min(3)] * self.width_per_group / 64 * self.groups,
+        }
+    }
+
+    /// The same network (blocks, strides, groups, expansion) with the stem,
+    /// the stage planes and the bottleneck inner widths divided by the width
+    /// divisor `d` (rounded up, at least 1; see [`super::div_ceil_multiple`]).
+    /// The inner widths are thinned from the full network's and kept multiples
+    /// of `groups` (ResNeXt101-32x8d at d = 16: stage 1 keeps 32 = one channel
+    /// per group), and stored in `inner_widths`.
+    pub fn thinned(&self, d: usize) -> Self {
+        let inner_widths = self
+            .bottleneck
+            .then(|| [0, 1, 2, 3].map(|s| div_ceil_multiple(self.inner_width(s), d, self.groups)));
+        Self {
+            widths: self.widths.map(|w| div_ceil_multiple(w, d, 1)),
+            stem: div_ceil_multiple(self.stem, d, 1),
+            inner_widths,
+            ..self.clone()
+        }
     }
 }
 
@@ -111,7 +147,14 @@ pub fn build(cfg: &TvResNetConfig, num_classes: usize, vb: VarBuilder) -> Result
             let v = vbl.pp(j);
             let cout = planes * exp;
             let specs = if cfg.bottleneck {
-                let width = planes * cfg.width_per_group / 64 * cfg.groups;
+                let width = cfg.inner_width(s);
+                if width == 0 || width % cfg.groups.max(1) != 0 {
+                    candle_core::bail!(
+                        "tv_resnet: inner width {width} of stage {} is not a positive multiple of groups {}",
+                        s + 1,
+                        cfg.groups
+                    )
+                }
                 vec![
                     ConvSpec::new(cin, width, 1, 1, 0),
                     ConvSpec::new(width, width, 3, stride, 1).groups(cfg.groups),

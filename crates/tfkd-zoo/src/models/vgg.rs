@@ -20,6 +20,8 @@ use candle_nn::{BatchNorm, Conv2d, Init, Linear, VarBuilder};
 use crate::layers::{bn2d, conv2d, BInit, ConvSpec, Dropout, MaskRng, WInit};
 use crate::ops::{adaptive_avg_pool2d, max_pool2d};
 
+use super::div_ceil_multiple;
+
 /// One entry of a VGG configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layer {
@@ -56,6 +58,24 @@ impl VggConfig {
             hidden: 4096,
             pool: 7,
             dropout: 0.5,
+        }
+    }
+
+    /// The same network (layers, pools, 7×7 adaptive pool, dropout) with every
+    /// conv width and the classifier's hidden width divided by the width
+    /// divisor `d` (rounded up, at least 1; see [`super::div_ceil_multiple`]).
+    pub fn thinned(&self, d: usize) -> Self {
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| match *l {
+                    Layer::Conv(c) => Layer::Conv(div_ceil_multiple(c, d, 1)),
+                    Layer::Pool => Layer::Pool,
+                })
+                .collect(),
+            hidden: div_ceil_multiple(self.hidden, d, 1),
+            ..self.clone()
         }
     }
 }

@@ -19,6 +19,8 @@ use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
 use crate::layers::{bn2d, conv2d, linear, BInit, ConvSpec, Dropout, MaskRng, WInit};
 use crate::ops::global_avg_pool;
 
+use super::div_ceil_multiple;
+
 /// Configuration of a Wide ResNet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WrnConfig {
@@ -28,6 +30,8 @@ pub struct WrnConfig {
     pub widen_factor: usize,
     /// Dropout between the convs of a block (`dropRate`, default 0).
     pub drop_rate: f32,
+    /// Stem width (16); the groups output base·w, 2·base·w, 4·base·w.
+    pub base: usize,
 }
 
 impl WrnConfig {
@@ -37,6 +41,18 @@ impl WrnConfig {
             depth,
             widen_factor,
             drop_rate: 0.0,
+            base: 16,
+        }
+    }
+
+    /// The same network (depth, widen factor, dropout) with the base width
+    /// divided by the width divisor `d` (rounded up, at least 1; see
+    /// [`super::div_ceil_multiple`]); the stem and the three groups
+    /// (base·w, 2·base·w, 4·base·w) follow.
+    pub fn thinned(&self, d: usize) -> Self {
+        Self {
+            base: div_ceil_multiple(self.base, d, 1),
+            ..self.clone()
         }
     }
 }
@@ -87,7 +103,8 @@ pub fn build(
     }
     let n = (cfg.depth - 4) / 6;
     let w = cfg.widen_factor;
-    let ch = [16, 16 * w, 32 * w, 64 * w];
+    let b = cfg.base;
+    let ch = [b, b * w, 2 * b * w, 4 * b * w];
     let k = WInit::KaimingOut;
     let rng = Arc::new(Mutex::new(MaskRng::new(dropout_seed)));
     let conv1 = conv2d(

@@ -182,6 +182,7 @@ pub fn build_case(case: &str, vb: VarBuilder) -> Result<(Box<dyn Model>, usize)>
                 stem: 8,
                 groups: 1,
                 width_per_group: 64,
+                inner_widths: None,
             };
             (Box::new(tv_resnet::build(&cfg, K, vb)?), 64)
         }
@@ -193,6 +194,7 @@ pub fn build_case(case: &str, vb: VarBuilder) -> Result<(Box<dyn Model>, usize)>
                 stem: 8,
                 groups: 2,
                 width_per_group: 32,
+                inner_widths: None,
             };
             (Box::new(tv_resnet::build(&cfg, K, vb)?), 64)
         }
