@@ -2,11 +2,13 @@
 //!
 //! - `fixtures`: regenerate the PyTorch golden fixtures under `fixtures/`.
 //! - `bench`: run the criterion benchmarks and print the PyTorch comparison.
+//! - `reproduce-table <N|all>`: re-run tables of the paper, report side by side.
 //!
 //! Tidiness checks (`//!` headers, no machine paths in the repository) run as
 //! ordinary tests of this crate (`tidy.rs`), so `cargo test` enforces them.
 
 mod fixtures;
+mod reproduce;
 mod tables;
 mod tidy;
 
@@ -31,6 +33,8 @@ enum Task {
         /// Only these generators: core, data, zoo (default: all).
         only: Vec<String>,
     },
+    /// Re-run tables of the paper and write a report beside the printed numbers.
+    ReproduceTable(reproduce::Args),
     /// Run the loss benchmarks and compare them with PyTorch.
     Bench {
         /// The Python with torch installed (skipped when it has no torch).
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
     match Flags::parse().task {
         Task::Fixtures { python, only } => fixtures::run(&python, &only),
         Task::Bench { python } => bench(&python),
+        Task::ReproduceTable(args) => reproduce::run(&args),
     }
 }
 

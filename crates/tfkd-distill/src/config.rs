@@ -58,8 +58,9 @@ fn one() -> f64 {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "method", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum StrategyConfig {
-    /// Cross-entropy only.
-    Baseline,
+    /// Cross-entropy only. (A struct variant, so that a stray field such as
+    /// `alpha` under `method = "baseline"` is an error, not silently ignored.)
+    Baseline {},
     /// Label smoothing (`loss_label_smoothing`; ε = 0.1 as coded).
     Lsr {
         /// Smoothing mass ε.
@@ -151,7 +152,7 @@ impl StrategyConfig {
     /// The method name (`baseline`, `lsr`, `kd`, `re-kd`, `de-kd`, `tf-kd-self`, `tf-kd-reg`).
     pub fn method(&self) -> &'static str {
         match self {
-            Self::Baseline => "baseline",
+            Self::Baseline {} => "baseline",
             Self::Lsr { .. } => "lsr",
             Self::Kd { .. } => "kd",
             Self::ReKd { .. } => "re-kd",
@@ -170,7 +171,7 @@ impl StrategyConfig {
             Ok(Box::new(Distillation { name, loss, teacher }) as Box<dyn Strategy>)
         };
         match self.clone() {
-            Self::Baseline => Ok(Box::new(Baseline)),
+            Self::Baseline {} => Ok(Box::new(Baseline)),
             Self::Lsr { epsilon, form } => {
                 let loss = LabelSmoothing { epsilon, form };
                 loss.validate()?;
@@ -275,6 +276,8 @@ mod tests {
         assert!(err.to_string().contains("teacher"), "{err}");
         let err = toml::from_str::<StrategyConfig>("method = \"distill\"").unwrap_err();
         assert!(err.to_string().contains("distill"), "{err}");
+        let err = toml::from_str::<StrategyConfig>("method = \"baseline\"\nalpha = 0.9").unwrap_err();
+        assert!(err.to_string().contains("alpha"), "{err}");
         let err = toml::from_str::<StrategyConfig>("method = \"lsr\"\neps = 0.1").unwrap_err();
         assert!(err.to_string().contains("eps"), "{err}");
         let config: StrategyConfig = toml::from_str(

@@ -57,10 +57,17 @@ fn default_out_dir() -> PathBuf {
 pub struct ModelConfig {
     /// Registry name (`tfkd list-models`).
     pub name: String,
-    /// Base width for the models that take one (the 5-layer CNN's
-    /// `num_channels`, 32 in the paper); `None`: the paper's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub width: Option<usize>,
+    /// Every channel count of the network divided by this (1: the paper's
+    /// network). Keeps depth and structure: for scaled-down experiments.
+    #[serde(default = "one_usize", skip_serializing_if = "is_one")]
+    pub width_divisor: usize,
+}
+
+fn one_usize() -> usize {
+    1
+}
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 /// Which dataset, where, and how it is augmented.

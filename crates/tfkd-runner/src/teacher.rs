@@ -16,7 +16,7 @@ pub fn baseline_config(student: &ExperimentConfig, teacher_model: &str, keep_epo
     let mut c = student.clone();
     c.name = None;
     c.model.name = teacher_model.to_string();
-    c.strategy = StrategyConfig::Baseline;
+    c.strategy = StrategyConfig::Baseline {};
     c.keep_epochs = keep_epoch.into_iter().collect();
     c
 }

@@ -203,6 +203,7 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
     let model_opts = |dropout_seed| ModelOptions {
         dropout_seed,
         ..ModelOptions::new(loaders.num_classes, config.data.dataset.input_size())
+            .with_width_divisor(config.model.width_divisor)
     };
 
     let teacher = match strategy.teacher() {

@@ -22,7 +22,7 @@ fn config(out: &Path, strategy: &str, epochs: usize) -> ExperimentConfig {
         seed = 3
         [model]
         name = "cnn"
-        width = 8
+        width_divisor = 4
         [data]
         dataset = "digits"
         root = "{root}"

@@ -12,7 +12,8 @@ pub fn run(args: &ConfigArgs, checkpoint: Option<PathBuf>) -> anyhow::Result<()>
     anyhow::ensure!(path.is_file(), "checkpoint {} does not exist", path.display());
     let device = open_device(&config.device)?;
     let loaders = build_loaders(&config.data, config.optim.batch_size, config.seed, &device)?;
-    let opts = ModelOptions::new(loaders.num_classes, config.data.dataset.input_size());
+    let opts = ModelOptions::new(loaders.num_classes, config.data.dataset.input_size())
+        .with_width_divisor(config.model.width_divisor);
     let model = load_teacher(&config.model.name, &opts, &path, &device)
         .with_context(|| format!("loading {} into {}", path.display(), config.model.name))?;
     let (loss, acc) = evaluate(model.as_ref(), &loaders.test)?;

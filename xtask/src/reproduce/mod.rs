@@ -1,0 +1,256 @@
+//! `cargo xtask reproduce-table <N|all>`: plan, run and report the paper's
+//! tables. Runs are deduplicated across tables, finished runs are skipped and
+//! interrupted ones resumed, so the command can simply be run again.
+
+pub mod plan;
+pub mod profile;
+pub mod report;
+
+use crate::tables::{self, Table};
+use anyhow::{bail, Context, Result};
+use plan::{Plan, Shared};
+use profile::{Profile, ProfileName};
+use std::path::PathBuf;
+use std::time::Instant;
+use tfkd_runner::{run_experiment, RunOptions};
+
+/// The command's arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A table number (1-11), several, or `all`.
+    #[arg(required = true)]
+    pub tables: Vec<String>,
+    /// How far to scale the recipe: smoke (seconds), quick (2 CPU cores,
+    /// ~15 min a table), paper (the full recipe, for a GPU).
+    #[arg(long, value_enum, default_value = "quick")]
+    pub profile: ProfileName,
+    /// `cpu`, `cuda`, `cuda:N` or `metal`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seeds per cell (default: 3 for the CIFAR tables under `paper`, as the
+    /// paper reports mean ± std over 3 runs; 1 where it prints single numbers;
+    /// 2 under `quick`; 1 under `smoke`).
+    #[arg(long)]
+    pub seeds: Option<usize>,
+    /// The folder holding the datasets (`cifar-100-binary/`, `cifar10-mini/`, ...).
+    #[arg(long, env = "TFKD_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Where the runs and the reports go.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Print the plan and its estimated cost, run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn parse_tables(args: &[String]) -> Result<Vec<u32>> {
+    if args.iter().any(|a| a == "all") {
+        return Ok((1..=tables::TABLE_COUNT).collect());
+    }
+    args.iter()
+        .map(|a| {
+            let n: u32 = a.parse().with_context(|| format!("table {a:?} is not a number or `all`"))?;
+            if !(1..=tables::TABLE_COUNT).contains(&n) {
+                bail!("table {n} does not exist: the paper has tables 1 to {}", tables::TABLE_COUNT);
+            }
+            Ok(n)
+        })
+        .collect()
+}
+
+/// Forward multiply-accumulates of one 32×32 image (224×224 for the
+/// ImageNet networks), in millions: published figures for these networks,
+/// used only for the dry-run estimate.
+fn forward_mmacs(model: &str) -> f64 {
+    match model {
+        "cnn" => 11.0,
+        "resnet18" => 556.0,
+        "resnet34" => 1160.0,
+        "resnet50" => 1300.0,
+        "resnet101" => 2520.0,
+        "resnet152" => 3740.0,
+        "mobilenet_v2" => 100.0,
+        "shufflenet_v2" => 45.0,
+        "densenet121" => 900.0,
+        "googlenet" => 1530.0,
+        "resnext29" => 5400.0,
+        "resnet18_imagenet" => 1820.0,
+        "resnet50_imagenet" => 4100.0,
+        "densenet121_imagenet" => 2870.0,
+        "resnext101_32x8d_imagenet" => 16500.0,
+        _ => 1000.0,
+    }
+}
+
+/// Assumed sustained training throughput in GFLOP/s: a rough, stated guess.
+fn assumed_gflops(device: &str) -> f64 {
+    if device.starts_with("cuda") { 20_000.0 } else if device == "metal" { 5_000.0 } else { 8.0 }
+}
+
+fn estimate(plan: &Plan, profile: &Profile, tables: &[Table], device: &str) -> (f64, f64) {
+    let mut total_flop = 0.0;
+    let mut images = 0.0;
+    for run in plan.runs.values() {
+        let c = &run.config;
+        let dataset = tables.iter().find_map(|t| {
+            t.cells.iter().find(|cell| profile.model(&cell.student, c.data.dataset) == c.model.name).map(|_| t.dataset)
+        });
+        let full = match c.data.dataset {
+            tfkd_runner::data::DatasetKind::Cifar10 | tfkd_runner::data::DatasetKind::Cifar100 => 50_000.0,
+            tfkd_runner::data::DatasetKind::TinyImagenet => 100_000.0,
+            tfkd_runner::data::DatasetKind::Imagenet => 1_281_167.0,
+            tfkd_runner::data::DatasetKind::Cifar10Mini => 5_000.0,
+            tfkd_runner::data::DatasetKind::TinyImagenet10 => 5_000.0,
+            tfkd_runner::data::DatasetKind::Digits => 1_347.0,
+        };
+        let _ = dataset;
+        let n = if c.data.train_subset > 0 { (c.data.train_subset as f64).min(full) } else { full };
+        let side = c.data.dataset.input_size().side() as f64;
+        let scale = if c.model.name.ends_with("_imagenet") { 1.0 } else { (side / 32.0).powi(2) };
+        let macs = forward_mmacs(&c.model.name) * 1e6 * scale / (c.model.width_divisor as f64).powi(2);
+        // Training ≈ 3 forward passes (forward + backward), ×2 FLOP per MAC; a teacher adds ~1.
+        let per_image = 2.0 * macs * if run.teacher.is_some() { 4.0 } else { 3.0 };
+        total_flop += per_image * n * c.epochs as f64;
+        images += n * c.epochs as f64;
+    }
+    (images, total_flop / (assumed_gflops(device) * 1e9))
+}
+
+/// Runs the command.
+pub fn run(args: &Args) -> Result<()> {
+    let numbers = parse_tables(&args.tables)?;
+    let tables: Vec<Table> = numbers.iter().map(|&n| tables::load_table(n)).collect::<Result<_>>()?;
+    let profile = Profile::new(args.profile, &args.data_dir);
+    let runs_dir = plan::runs_dir(&args.out, &profile);
+    let shared = Shared { profile: &profile, device: &args.device, runs_dir: &runs_dir, seeds: args.seeds };
+    let plan = Plan::build(&tables, &shared)?;
+
+    let (images, seconds) = estimate(&plan, &profile, &tables, &args.device);
+    println!(
+        "plan: tables {:?}, profile {:?}, {} cells -> {} distinct runs ({} skipped cells)",
+        numbers,
+        profile.name,
+        plan.cells.len(),
+        plan.runs.len(),
+        plan.skipped.len()
+    );
+    for t in &tables {
+        println!("  table {}: {}", t.table, report::describe(&profile, t, &profile.data(t.dataset).note));
+    }
+    println!("{:<64} {:>7} {:>10}  teacher", "run", "epochs", "images");
+    for run in plan.ordered() {
+        let c = &run.config;
+        let n = if c.data.train_subset > 0 { c.data.train_subset.to_string() } else { "all".into() };
+        println!(
+            "{:<64} {:>7} {:>10}  {}",
+            c.name.as_deref().unwrap_or(""),
+            c.epochs,
+            n,
+            run.teacher.as_deref().unwrap_or("-")
+        );
+    }
+    println!(
+        "estimated cost on {}: {:.3e} training images, about {:.1} hours \
+         (published forward MACs per network, ~3 passes per step, an assumed {} GFLOP/s)",
+        args.device,
+        images,
+        seconds / 3600.0,
+        assumed_gflops(&args.device)
+    );
+    if args.dry_run {
+        return Ok(());
+    }
+
+    let ordered = plan.ordered();
+    for (i, run) in ordered.iter().enumerate() {
+        let name = run.config.name.clone().unwrap_or_default();
+        let started = Instant::now();
+        println!("[{}/{}] {name}", i + 1, ordered.len());
+        let outcome = run_experiment(&run.config, &RunOptions { resume: true, ..Default::default() }, &mut tfkd_runner::Silent)
+            .with_context(|| format!("run {name}"))?;
+        if let Some(s) = outcome.summary {
+            println!("    best {:.2}% (epoch {}), last {:.2}%, {:.0}s", s.best.test_top1, s.best.epoch, s.last.test_top1, started.elapsed().as_secs_f64());
+        }
+    }
+    for table in &tables {
+        report::write(table, &plan, &profile, &runs_dir, &args.out)?;
+        println!("report: {}", args.out.join(format!("table-{}.md", table.table)).display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(tables: &str, profile: ProfileName, out: &std::path::Path, dry_run: bool) -> Args {
+        Args {
+            tables: vec![tables.into()],
+            profile,
+            device: "cpu".into(),
+            seeds: None,
+            data_dir: out.join("no-data-here"),
+            out: out.to_path_buf(),
+            dry_run,
+        }
+    }
+
+    #[test]
+    fn the_paper_profile_plans_every_table_and_shares_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = args("all", ProfileName::Paper, tmp.path(), true);
+        let tables: Vec<Table> = (1..=tables::TABLE_COUNT).map(|n| tables::load_table(n).unwrap()).collect();
+        let profile = Profile::new(a.profile, &a.data_dir);
+        let runs_dir = plan::runs_dir(&a.out, &profile);
+        let shared = Shared { profile: &profile, device: "cuda", runs_dir: &runs_dir, seeds: None };
+        let plan = Plan::build(&tables, &shared).unwrap();
+        // The CIFAR-100 ResNet18 baseline recipe (bs 128) appears as a baseline,
+        // a teacher and a De-KD source: one run per seed.
+        let r18: Vec<&String> = plan
+            .runs
+            .keys()
+            .filter(|k| k.starts_with("cifar100-resnet18-baseline-"))
+            .collect();
+        assert_eq!(r18.len(), 3, "{r18:?}");
+        let de_kd_source = plan.runs.values().find(|r| r.config.keep_epochs.contains(&1)).expect("De-KD keeps epoch 1");
+        assert_eq!(de_kd_source.config.strategy.method(), "baseline");
+        assert!(plan.runs.values().all(|r| r.config.epochs == 200 || r.config.epochs == 90));
+        // Every teacher is planned before its students.
+        let order: Vec<&str> = plan.ordered().iter().map(|r| r.config.name.as_deref().unwrap()).collect();
+        for run in plan.runs.values() {
+            if let Some(t) = &run.teacher {
+                let (ti, si) = (order.iter().position(|n| n == t).unwrap(), order.iter().position(|n| Some(*n) == run.config.name.as_deref()).unwrap());
+                assert!(ti < si, "{t} must run before {:?}", run.config.name);
+            }
+        }
+        run(&a).unwrap(); // the dry run prints and returns
+    }
+
+    #[test]
+    fn bad_table_arguments_are_named() {
+        assert!(parse_tables(&["12".into()]).unwrap_err().to_string().contains("table 12"));
+        assert!(parse_tables(&["five".into()]).unwrap_err().to_string().contains("five"));
+        assert_eq!(parse_tables(&["all".into()]).unwrap().len(), 11);
+    }
+
+    /// Every table end to end in the smoke profile: plan, train, report.
+    #[test]
+    fn every_table_runs_in_the_smoke_profile() {
+        let tmp = tempfile::tempdir().unwrap();
+        run(&args("all", ProfileName::Smoke, tmp.path(), false)).unwrap();
+        for n in 1..=tables::TABLE_COUNT {
+            let md = std::fs::read_to_string(tmp.path().join(format!("table-{n}.md"))).unwrap();
+            assert!(!md.contains("not run |"), "table {n} has cells without results:\n{md}");
+            let json: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(tmp.path().join(format!("table-{n}.json"))).unwrap()).unwrap();
+            for cell in json["cells"].as_array().unwrap() {
+                let best = cell["best"]["mean"].as_f64().unwrap();
+                assert!((0.0..=100.0).contains(&best), "table {n}: {cell}");
+            }
+        }
+        // Running again trains nothing and rewrites the same numbers.
+        let before = std::fs::read_to_string(tmp.path().join("table-5.json")).unwrap();
+        run(&args("5", ProfileName::Smoke, tmp.path(), false)).unwrap();
+        assert_eq!(before, std::fs::read_to_string(tmp.path().join("table-5.json")).unwrap());
+    }
+}

@@ -1,0 +1,186 @@
+//! Profiles: how far a table's recipe is scaled to fit a machine and a time.
+//!
+//! - `paper`: the table's own dataset and recipe (200 epochs etc.), full-size
+//!   networks. Meant for CUDA or Metal.
+//! - `quick`: 2 CPU cores, offline, about 15 minutes a table: the same
+//!   methods, teacher/student roles and schedule shape, on real data that is
+//!   at hand (`cifar10-mini` / `tiny-imagenet-10` from the data folder when
+//!   present, else the digits shipped in `fixtures/`), with narrower networks
+//!   and fewer epochs. The report states every scaling.
+//! - `smoke`: seconds a run, for CI: the plumbing of every cell, not a result.
+
+use crate::project_root;
+use crate::tables::{Dataset, Recipe};
+use std::path::{Path, PathBuf};
+use tfkd_runner::data::DatasetKind;
+
+/// The three profiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileName {
+    /// Seconds per run (CI).
+    Smoke,
+    /// Minutes per table on 2 CPU cores.
+    Quick,
+    /// The paper's recipe.
+    Paper,
+}
+
+/// A resolved profile.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Profile {
+    /// Which one.
+    pub name: ProfileName,
+    /// Epochs (None: the table's recipe).
+    pub epochs: Option<usize>,
+    /// Divisor of every channel count.
+    pub width_divisor: usize,
+    /// First N training images (0: all).
+    pub train_subset: usize,
+    /// First N test images (0: all).
+    pub test_subset: usize,
+    /// Batch size (None: the cell's).
+    pub batch_size: Option<usize>,
+    /// The folder holding the datasets.
+    pub data_dir: PathBuf,
+}
+
+/// Where a table's dataset comes from under a profile.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DataChoice {
+    /// The dataset the runs use.
+    pub kind: DatasetKind,
+    /// Its folder.
+    pub root: PathBuf,
+    /// What the report says about the substitution, if any.
+    pub note: Option<String>,
+}
+
+impl Profile {
+    /// The profile with its data folder.
+    pub fn new(name: ProfileName, data_dir: &Path) -> Self {
+        let data_dir = data_dir.to_path_buf();
+        match name {
+            ProfileName::Paper => Profile {
+                name,
+                epochs: None,
+                width_divisor: 1,
+                train_subset: 0,
+                test_subset: 0,
+                batch_size: None,
+                data_dir,
+            },
+            ProfileName::Quick => Profile {
+                name,
+                epochs: Some(6),
+                width_divisor: 8,
+                train_subset: 1000,
+                test_subset: 1000,
+                batch_size: Some(50),
+                data_dir,
+            },
+            ProfileName::Smoke => Profile {
+                name,
+                epochs: Some(1),
+                width_divisor: 16,
+                train_subset: 32,
+                test_subset: 32,
+                batch_size: Some(16),
+                data_dir,
+            },
+        }
+    }
+
+    /// The data a table on `dataset` uses.
+    pub fn data(&self, dataset: Dataset) -> DataChoice {
+        let digits = || DataChoice {
+            kind: DatasetKind::Digits,
+            root: project_root().join("fixtures/digits"),
+            note: Some(format!(
+                "{} replaced by scikit-learn's handwritten digits (10 classes, 8×8 upsampled to 32×32), shipped in fixtures/",
+                dataset.name()
+            )),
+        };
+        match (self.name, dataset) {
+            (ProfileName::Paper, Dataset::Cifar10) => self.paper_data(DatasetKind::Cifar10, "cifar-10-batches-bin"),
+            (ProfileName::Paper, Dataset::Cifar100) => self.paper_data(DatasetKind::Cifar100, "cifar-100-binary"),
+            (ProfileName::Paper, Dataset::TinyImagenet) => self.paper_data(DatasetKind::TinyImagenet, "tiny-imagenet-200"),
+            (ProfileName::Paper, Dataset::Imagenet) => self.paper_data(DatasetKind::Imagenet, "imagenet"),
+            (ProfileName::Smoke, _) => digits(),
+            (ProfileName::Quick, Dataset::Cifar10 | Dataset::Cifar100) => {
+                let root = self.data_dir.join("cifar10-mini");
+                if root.join("train.bin").is_file() {
+                    DataChoice {
+                        kind: DatasetKind::Cifar10Mini,
+                        root,
+                        note: Some(match dataset {
+                            Dataset::Cifar10 => "CIFAR-10 replaced by its cifar10-mini subset (real images)".into(),
+                            _ => "CIFAR-100 replaced by cifar10-mini (real CIFAR-10 images: 10 classes, not 100)".into(),
+                        }),
+                    }
+                } else {
+                    digits()
+                }
+            }
+            (ProfileName::Quick, Dataset::TinyImagenet | Dataset::Imagenet) => {
+                let root = self.data_dir.join("tiny-imagenet-10");
+                if root.join("train.bin").is_file() {
+                    DataChoice {
+                        kind: DatasetKind::TinyImagenet10,
+                        root,
+                        note: Some(format!("{} replaced by tiny-imagenet-10 (10 real Tiny-ImageNet classes, 64×64)", dataset.name())),
+                    }
+                } else {
+                    digits()
+                }
+            }
+        }
+    }
+
+    fn paper_data(&self, kind: DatasetKind, folder: &str) -> DataChoice {
+        DataChoice { kind, root: self.data_dir.join(folder), note: None }
+    }
+
+    /// Epochs of a run under this profile.
+    pub fn epochs_for(&self, recipe: &Recipe) -> usize {
+        self.epochs.unwrap_or(recipe.epochs as usize)
+    }
+
+    /// An epoch of the paper's recipe mapped to this profile's length (at least 1).
+    pub fn scale_epoch(&self, recipe: &Recipe, epoch: u32) -> usize {
+        let epochs = self.epochs_for(recipe);
+        if epochs == recipe.epochs as usize {
+            return epoch as usize;
+        }
+        ((epoch as f64 * epochs as f64 / recipe.epochs as f64).round() as usize).clamp(1, epochs)
+    }
+
+    /// A network name valid for this profile's input size: the ImageNet
+    /// networks become their CIFAR/Tiny counterparts when the data is small.
+    pub fn model(&self, model: &str, kind: DatasetKind) -> String {
+        if kind == DatasetKind::Imagenet {
+            return model.to_string();
+        }
+        match model {
+            "resnet18_imagenet" => "resnet18",
+            "resnet50_imagenet" => "resnet50",
+            "densenet121_imagenet" => "densenet121",
+            "resnext101_32x8d_imagenet" => "resnext29",
+            other => other,
+        }
+        .to_string()
+    }
+
+    /// Default number of seeds: 3 where the paper reports mean ± std over 3
+    /// runs (CIFAR), 1 where it prints single numbers; quick 2, smoke 1.
+    pub fn default_seeds(&self, dataset: Dataset) -> usize {
+        match self.name {
+            ProfileName::Smoke => 1,
+            ProfileName::Quick => 2,
+            ProfileName::Paper => match dataset {
+                Dataset::Cifar10 | Dataset::Cifar100 => 3,
+                _ => 1,
+            },
+        }
+    }
+}
