@@ -194,6 +194,21 @@ impl ExperimentConfig {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# unserialisable config: {e}"))
     }
 
+    /// The config without the fields that do not change a run's numbers:
+    /// name, output folder, kept epochs, device and loader threads. Two runs
+    /// with equal identities train the same network on the same batches.
+    pub fn identity(&self) -> ExperimentConfig {
+        let mut c = ExperimentConfig {
+            name: None,
+            out_dir: PathBuf::new(),
+            keep_epochs: Vec::new(),
+            device: String::new(),
+            ..self.clone()
+        };
+        c.data.threads = 0;
+        c
+    }
+
     /// The run name, explicit or derived.
     pub fn run_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {

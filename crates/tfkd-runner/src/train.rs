@@ -155,8 +155,8 @@ fn read_summary(dir: &Path) -> Result<Option<Summary>> {
         .map_err(|e| RunError::Checkpoint { path, reason: format!("unreadable summary: {e}") })
 }
 
-/// The config a run directory was started with must match, apart from
-/// `keep_epochs` (which only adds files).
+/// The config a run directory was started with must match, apart from what
+/// does not change the numbers ([`ExperimentConfig::identity`]).
 fn check_stored_config(dir: &Path, config: &ExperimentConfig) -> Result<()> {
     let path = dir.join(CONFIG);
     if !path.is_file() {
@@ -165,9 +165,8 @@ fn check_stored_config(dir: &Path, config: &ExperimentConfig) -> Result<()> {
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
     let stored: ExperimentConfig = toml::from_str(&text)
         .map_err(|e| RunError::ConfigFile { path: path.clone(), reason: e.to_string() })?;
-    let normalise = |c: &ExperimentConfig| ExperimentConfig { keep_epochs: Vec::new(), ..c.clone() };
-    if normalise(&stored) != normalise(config) {
-        let (a, b) = (normalise(&stored).to_toml(), normalise(config).to_toml());
+    if stored.identity() != config.identity() {
+        let (a, b) = (stored.identity().to_toml(), config.identity().to_toml());
         let detail = a
             .lines()
             .zip(b.lines())

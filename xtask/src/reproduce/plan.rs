@@ -224,10 +224,7 @@ impl Plan {
 
     /// Names the run by its content and records it once.
     pub fn insert(&mut self, mut config: ExperimentConfig, teacher: Option<String>) -> String {
-        config.name = None;
-        // The identity leaves out what only adds files or says where they go.
-        let identity =
-            ExperimentConfig { keep_epochs: Vec::new(), out_dir: PathBuf::new(), ..config.clone() }.to_toml();
+        let identity = config.identity().to_toml();
         let name = format!(
             "{}-{}-{}-{}-s{}",
             config.data.dataset.name(),
