@@ -23,9 +23,17 @@ Usage:
     python scripts/bench_losses_torch.py                      # PyTorch table
     python scripts/bench_losses_torch.py --criterion TARGET   # + tfkd and ratios
     python scripts/bench_losses_torch.py --criterion TARGET --markdown
+    python scripts/bench_losses_torch.py --runs 3 --criterion RUN1 RUN2 RUN3
 
 TARGET is cargo's target directory after `cargo bench -p tfkd-benches`
 (criterion writes TARGET/criterion/<loss>_<mode>/<path>/<N>x<K>/new/).
+
+On a machine shared with other jobs, a burst of load inflates whole runs (and
+PyTorch's two OpenMP threads stall at their barriers). `--runs R` repeats the
+PyTorch sweep R times, and several criterion directories (copies of
+TARGET/criterion from repeated `cargo bench` runs, each given as the directory
+holding `criterion/`) may be given: each cell then reports the lowest of the
+per-run medians.
 """
 
 import argparse
@@ -96,17 +104,17 @@ def time_one(fn, min_reps, min_seconds):
     return statistics.median(samples), min(samples), len(samples)
 
 
-def bench_torch(min_reps, min_seconds):
+def bench_torch(min_reps, min_seconds, losses=LOSSES, shapes=SHAPES, modes=MODES):
     """{(loss, mode, n, k): median ms}."""
     results = {}
     gen = torch.Generator().manual_seed(2020)
-    for n, k in SHAPES:
+    for n, k in shapes:
         student = (torch.randn(n, k, generator=gen) * 2.0).requires_grad_(True)
         teacher = torch.randn(n, k, generator=gen) * 4.0
         labels = torch.randint(0, k, (n,), generator=gen)
-        for name in LOSSES:
+        for name in losses:
             loss = make_loss(name)
-            for mode in MODES:
+            for mode in modes:
                 if mode == "fwd":
                     def call():
                         return loss(student, teacher, labels)
@@ -124,8 +132,17 @@ def bench_torch(min_reps, min_seconds):
     return results
 
 
-def read_criterion(target):
-    """{(loss, mode, path, n, k): median ms} from criterion's estimates."""
+def read_criterion(targets):
+    """{(loss, mode, path, n, k): median ms} from criterion's estimates (the
+    lowest over the given target directories)."""
+    results = {}
+    for target in targets:
+        for key, ms in read_criterion_one(target).items():
+            results[key] = min(ms, results.get(key, ms))
+    return results
+
+
+def read_criterion_one(target):
     results = {}
     root = os.path.join(target, "criterion")
     for loss in LOSSES:
@@ -175,16 +192,27 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--min-reps", type=int, default=200, help="minimum repetitions per case")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="minimum seconds per case")
-    parser.add_argument("--criterion", metavar="TARGET", help="cargo target dir holding criterion/ results")
+    parser.add_argument("--criterion", metavar="TARGET", nargs="+", help="cargo target dir(s) holding criterion/ results")
+    parser.add_argument("--runs", type=int, default=1, help="PyTorch sweeps; each cell reports the lowest median")
     parser.add_argument("--markdown", action="store_true", help="print markdown tables")
+    parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated subset of " + ",".join(LOSSES))
+    parser.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES), help="comma-separated NxK subset")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of fwd,fwd_bwd")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU", flush=True)
-    torch_ms = bench_torch(args.min_reps, args.min_seconds)
+    torch_ms = {}
+    for run in range(args.runs):
+        print(f"run {run + 1} of {args.runs}", flush=True)
+        losses = [x for x in args.losses.split(",") if x]
+        shapes = [tuple(int(v) for v in x.split("x")) for x in args.shapes.split(",") if x]
+        modes = [x for x in args.modes.split(",") if x]
+        for key, ms in bench_torch(args.min_reps, args.min_seconds, losses, shapes, modes).items():
+            torch_ms[key] = min(ms, torch_ms.get(key, ms))
     tfkd_ms = read_criterion(args.criterion) if args.criterion else {}
     if args.criterion and not tfkd_ms:
-        print(f"no criterion results under {args.criterion}/criterion (run `cargo bench -p tfkd-benches` first)")
+        print(f"no criterion results under {args.criterion} (run `cargo bench -p tfkd-benches` first)")
     print_tables(torch_ms, tfkd_ms, args.markdown)
 
 

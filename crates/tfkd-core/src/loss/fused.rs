@@ -332,9 +332,9 @@ impl<'a, E: Elem> RowKernel<'a, E> {
         }
     }
 
-    #[inline(always)]
     /// One row: returns the unweighted `[Hₙ, Sₙ]`; with `grad`, writes
     /// `coef[0]·∂Hₙ/∂z + coef[1]·∂Sₙ/∂z` into it.
+    #[inline(always)]
     fn row(&mut self, z: &[E], teacher: Option<&[E]>, y: usize, mut grad: Option<(&mut [E], [f64; 2])>) -> [f64; 2] {
         let k = z.len() as f64;
         let m = row_max(z);
