@@ -7,6 +7,10 @@
 //! trained first when missing (Tf-KD_self's stage one, De-KD's early epochs).
 #![deny(missing_docs)]
 
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod checkpoint;
 pub mod config;
 pub mod data;
