@@ -251,6 +251,8 @@ pub(crate) fn check_labels_host(labels: &Tensor, n: usize, k: usize) -> Result<V
 
 /// Whether every element of `t` is finite (`x − x` is NaN exactly for NaN and ±∞).
 pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
+    // Deliberately `t − t`: zero for finite values, NaN for NaN and ±∞.
+    #[allow(clippy::eq_op)]
     let probe = (t - t)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     Ok(probe.is_finite())
 }
