@@ -7,7 +7,7 @@
 //! inconsistency of the paper (paper.md §1.6) exactly.
 
 // The `reproduce-table` task that consumes these types is not wired yet.
-#![allow(dead_code)]
+
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
@@ -68,15 +68,6 @@ impl Dataset {
         }
     }
 
-    /// Number of classes K.
-    pub fn num_classes(self) -> usize {
-        match self {
-            Dataset::Cifar10 => 10,
-            Dataset::Cifar100 => 100,
-            Dataset::TinyImagenet => 200,
-            Dataset::Imagenet => 1000,
-        }
-    }
 }
 
 /// Where paper.md found a number: the paper text and the repo's table image
@@ -121,6 +112,7 @@ pub enum Method {
 
 impl Method {
     /// Every method, in schema order.
+    #[cfg(test)]
     pub const ALL: [Method; 7] = [
         Method::Baseline,
         Method::Lsr,
@@ -174,7 +166,7 @@ pub struct Recipe {
 }
 
 /// One printed number of a table (or one printed gain, for the gain-only
-/// "Normal KD [T]" columns of Tables 5 and 6), with how to reproduce it.
+/// "Normal KD \[T\]" columns of Tables 5 and 6), with how to reproduce it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cell {
@@ -237,10 +229,6 @@ fn default_runnable() -> bool {
 }
 
 impl Cell {
-    /// The learning rate actually used: `lr · batch_size / lr_reference_batch`.
-    pub fn effective_lr(&self) -> f64 {
-        self.lr * f64::from(self.batch_size) / f64::from(self.lr_reference_batch)
-    }
 
     /// Every model the cell needs (student, then teacher).
     pub fn models(&self) -> impl Iterator<Item = &str> {
@@ -276,6 +264,7 @@ pub struct Table {
 
 impl Table {
     /// Row labels in order of first appearance.
+    #[cfg(test)]
     pub fn rows(&self) -> Vec<&str> {
         let mut seen = HashSet::new();
         self.cells
@@ -297,10 +286,6 @@ impl Table {
         cell.dataset.unwrap_or(self.dataset)
     }
 
-    /// The source of a cell (its own, else the table's).
-    pub fn source_of(&self, cell: &Cell) -> Source {
-        cell.source.unwrap_or(self.source)
-    }
 
     /// The fully-trained baseline a cell's printed gain is measured against:
     /// the baseline of the same row, model and dataset.

@@ -119,7 +119,11 @@ fn estimate(plan: &Plan, profile: &Profile, tables: &[Table], device: &str) -> (
 /// Runs the command.
 pub fn run(args: &Args) -> Result<()> {
     let numbers = parse_tables(&args.tables)?;
-    let tables: Vec<Table> = numbers.iter().map(|&n| tables::load_table(n)).collect::<Result<_>>()?;
+    let tables: Vec<Table> = if numbers.len() == tables::TABLE_COUNT as usize {
+        tables::load_all()?
+    } else {
+        numbers.iter().map(|&n| tables::load_table(n)).collect::<Result<_>>()?
+    };
     let profile = Profile::new(args.profile, &args.data_dir);
     let runs_dir = plan::runs_dir(&args.out, &profile);
     let shared = Shared { profile: &profile, device: &args.device, runs_dir: &runs_dir, seeds: args.seeds };
