@@ -32,6 +32,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod conv;
 pub mod error;
 pub mod init;
 pub mod loss;

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, Linear, VarBuilder};
+use candle_nn::{BatchNorm, BatchNormConfig, Init, Linear, VarBuilder};
 
 /// How a weight tensor is initialised when it is created (ignored when loaded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,14 +113,35 @@ pub(crate) fn conv2d(vb: VarBuilder, s: ConvSpec, w: WInit, b: BInit) -> Result<
         weight_hint(w, fan_in, fan_out),
     )?;
     let bias = bias(&vb, s.cout, b, fan_in)?;
-    let cfg = Conv2dConfig {
+    Ok(Conv2d {
+        weight,
+        bias,
         padding: s.pad,
         stride: s.stride,
-        dilation: 1,
         groups: s.groups,
-        cudnn_fwd_algo: None,
-    };
-    Ok(Conv2d::new(weight, bias, cfg))
+    })
+}
+
+/// `nn.Conv2d` (dilation 1) on [`tfkd_core::conv::conv2d`]: candle's forward
+/// with a backward pass made of forward convolutions and one matmul, much
+/// faster on the CPU than candle's transposed-convolution loops.
+#[derive(Debug, Clone)]
+pub(crate) struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    padding: usize,
+    stride: usize,
+    groups: usize,
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let y = tfkd_core::conv::conv2d(xs, &self.weight, self.padding, self.stride, self.groups)?;
+        match &self.bias {
+            None => Ok(y),
+            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+        }
+    }
 }
 
 /// `nn.Linear`: `weight` `[out, in]`, `bias` `[out]`.

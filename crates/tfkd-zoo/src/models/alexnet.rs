@@ -10,9 +10,9 @@
 //! zoo uses at every size (the flatten fails at 64×64).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{conv2d, linear, BInit, ConvSpec, WInit};
+use crate::layers::{conv2d, linear, BInit, Conv2d, ConvSpec, WInit};
 use crate::ops::{global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;

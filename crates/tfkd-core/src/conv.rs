@@ -1,0 +1,360 @@
+//! A 2-D convolution with the same forward as `Tensor::conv2d` and a fast
+//! backward pass on the CPU.
+//!
+//! candle's autograd computes the input gradient of `conv2d` with its direct
+//! `conv_transpose2d` loops, which dominate a CNN training step on the CPU.
+//! [`conv2d`] wraps candle's own (im2col + gemm) forward in a
+//! [`CustomOp2`] whose backward expresses both gradients as forward
+//! convolutions / matrix products, so they also run on the fast paths.
+
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp2, Device, Layout, MetalStorage, Result, Shape, Storage,
+    Tensor,
+};
+
+/// 2-D convolution (NCHW, dilation 1), numerically the same as
+/// `x.conv2d(w, padding, stride, 1, groups)`, with a fast backward pass.
+///
+/// With `x: (N, C_in, H, W)`, `w: (C_out, C_in / groups, k_h, k_w)` and
+/// `H_o = ⌊(H + 2p − k_h) / s⌋ + 1` (same for `W_o`):
+///
+/// `y[n, o, i, j] = Σ_{c, a, b} w[o, c, a, b] · x̃[n, c, s·i + a, s·j + b]`
+///
+/// where `x̃` is `x` zero-padded by `p` on every side. The gradients, for an
+/// upstream gradient `g = ∂L/∂y`, are
+///
+/// * `∂L/∂x = conv(pad(dilate_s(g)), flip(w)ᵀ)` with stride 1: `g` with
+///   `s − 1` zeros between rows and columns, padded by `k − 1 − p` on each
+///   side (cropped when negative) plus `(H + 2p − k) mod s` at the
+///   bottom/right, convolved with the kernel flipped in both spatial dims and
+///   transposed to `(C_in, C_out, k_h, k_w)`. For `s > 1` the zeros are never
+///   materialised: the padded input splits into `s²` phases
+///   `x̃[s·m + r_y, s·m' + r_x]`, phase `r` only meets the kernel taps
+///   `w[r + s·t]`, so each phase is a stride-1 "full" convolution of `g` with
+///   that flipped sub-kernel, `∂x̃[s·m + r] = Σ_t g[m − t] · w[r + s·t]`;
+///   the phases are interleaved and the padding cropped;
+/// * `∂L/∂w[o, c, a, b] = Σ_{n, i, j} g[n, o, i, j] · x̃[n, c, s·i + a, s·j + b]`,
+///   computed as one matrix product of `g` reshaped to `(C_out, N·H_o·W_o)`
+///   with the im2col matrix of `x̃`, `(N·H_o·W_o, C_in·k_h·k_w)`.
+///
+/// The stride-1 convolutions of `∂L/∂x` are also run as im2col + one matrix
+/// product (faster than candle's tiled forward for these shapes).
+///
+/// On the CPU (groups = 1, per group otherwise) the fast backward is used;
+/// depthwise convolutions (one input channel per group) and other devices
+/// use plain `Tensor::conv2d`, as do calls where neither operand tracks
+/// gradients. Shape mismatches are reported as candle errors naming the dims.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+    stride: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let (_, c_in, h, wd) = x.dims4()?;
+    let (c_out, c_in_k, k_h, k_w) = w.dims4()?;
+    if groups == 0 || c_in != c_in_k * groups || c_out % groups != 0 {
+        candle_core::bail!(
+            "conv2d: input channels {c_in}, kernel ({c_out}, {c_in_k}, {k_h}, {k_w}), groups {groups} do not match"
+        )
+    }
+    if stride == 0 || h + 2 * padding < k_h || wd + 2 * padding < k_w {
+        candle_core::bail!(
+            "conv2d: input {h}x{wd} with padding {padding} is smaller than kernel {k_h}x{k_w} (stride {stride})"
+        )
+    }
+    // Depthwise (one input channel per group): the per-group custom ops cost
+    // more in overhead than candle's own backward, which is kept there.
+    if !matches!(x.device(), Device::Cpu) || (groups > 1 && c_in_k == 1) {
+        return x.conv2d(w, padding, stride, 1, groups);
+    }
+    if groups == 1 {
+        return conv2d_single(x, w, padding, stride);
+    }
+    let xs = x.chunk(groups, 1)?;
+    let ws = w.chunk(groups, 0)?;
+    let ys = xs
+        .iter()
+        .zip(&ws)
+        .map(|(x, w)| conv2d_single(x, w, padding, stride))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&ys, 1)
+}
+
+/// One group: candle's forward (computed outside the graph) wrapped in the op.
+fn conv2d_single(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    let y = x.detach().conv2d(&w.detach(), padding, stride, 1, 1)?;
+    if !x.track_op() && !w.track_op() {
+        // Nothing to differentiate (inference): no op, no output copy.
+        return Ok(y);
+    }
+    let y = fresh_contiguous(y)?;
+    let op = FastConv2d {
+        padding,
+        stride,
+        y: Mutex::new(Some(y)),
+    };
+    x.apply_op2(w, op)
+}
+
+/// A contiguous tensor whose storage holds exactly its elements from offset 0.
+fn fresh_contiguous(y: Tensor) -> Result<Tensor> {
+    let ok = {
+        let (s, l) = y.storage_and_layout();
+        let len = match &*s {
+            Storage::Cpu(c) => Some(cpu_len(c)),
+            _ => None,
+        };
+        l.is_contiguous()
+            && l.start_offset() == 0
+            && len.map_or(true, |n| n == l.shape().elem_count())
+    };
+    if ok {
+        Ok(y)
+    } else {
+        // A unary op always writes a fresh, exactly sized, contiguous buffer.
+        y.affine(1.0, 0.0)
+    }
+}
+
+fn cpu_len(c: &CpuStorage) -> usize {
+    match c {
+        CpuStorage::U8(v) => v.len(),
+        CpuStorage::U32(v) => v.len(),
+        CpuStorage::I64(v) => v.len(),
+        CpuStorage::BF16(v) => v.len(),
+        CpuStorage::F16(v) => v.len(),
+        CpuStorage::F32(v) => v.len(),
+        CpuStorage::F64(v) => v.len(),
+        _ => usize::MAX,
+    }
+}
+
+/// The custom op: the forward result is precomputed by candle's fast
+/// `conv2d` and handed out by the `*_fwd` methods; `bwd` is the point.
+struct FastConv2d {
+    padding: usize,
+    stride: usize,
+    /// Taken by the forward, so the graph does not keep a second copy.
+    y: Mutex<Option<Tensor>>,
+}
+
+impl FastConv2d {
+    fn out(&self) -> Result<(Storage, Shape)> {
+        let y = match self.y.lock() {
+            Ok(mut g) => g.take(),
+            Err(_) => None,
+        };
+        let Some(y) = y else {
+            candle_core::bail!("tfkd-fast-conv2d: forward already run")
+        };
+        let (s, l) = y.storage_and_layout();
+        let s = match &*s {
+            Storage::Cpu(c) => Storage::Cpu(c.try_clone(l)?),
+            Storage::Cuda(c) => Storage::Cuda(c.try_clone(l)?),
+            Storage::Metal(c) => Storage::Metal(c.try_clone(l)?),
+        };
+        Ok((s, y.shape().clone()))
+    }
+}
+
+impl CustomOp2 for FastConv2d {
+    fn name(&self) -> &'static str {
+        "tfkd-fast-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        match self.out()? {
+            (Storage::Cpu(c), s) => Ok((c, s)),
+            _ => candle_core::bail!("tfkd-fast-conv2d: device mismatch"),
+        }
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        match self.out()? {
+            (Storage::Cuda(c), s) => Ok((c, s)),
+            _ => candle_core::bail!("tfkd-fast-conv2d: device mismatch"),
+        }
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        match self.out()? {
+            (Storage::Metal(c), s) => Ok((c, s)),
+            _ => candle_core::bail!("tfkd-fast-conv2d: device mismatch"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gx = input_grad(x, w, grad, self.padding, self.stride)?;
+        let gw = weight_grad(x, w, grad, self.padding, self.stride)?;
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+/// Pads (positive) or crops (negative) `t` along `dim` by `lo`/`hi`.
+fn pad_or_crop(t: Tensor, dim: usize, lo: isize, hi: isize) -> Result<Tensor> {
+    let mut t = t;
+    if lo < 0 || hi < 0 {
+        let len = t.dim(dim)? as isize;
+        let start = (-lo).max(0);
+        let end = len - (-hi).max(0);
+        if end <= start {
+            candle_core::bail!("tfkd-fast-conv2d: cropping {lo}/{hi} from a dim of size {len}")
+        }
+        t = t.narrow(dim, start as usize, (end - start) as usize)?;
+    }
+    if lo > 0 || hi > 0 {
+        t = t.pad_with_zeros(dim, lo.max(0) as usize, hi.max(0) as usize)?;
+    }
+    Ok(t)
+}
+
+/// `∂L/∂x`. Stride 1: a forward convolution of the padded gradient with the
+/// flipped, transposed kernel. Stride `s > 1`: the same on the dilated
+/// gradient, computed without the inserted zeros by splitting the padded
+/// input into its `s × s` phases `x̃[s·m + r]`; phase `r` only sees kernel
+/// taps `w[r + s·t]`, so it is a stride-1 "full" convolution of `g` with that
+/// flipped sub-kernel, and the phases are interleaved back.
+fn input_grad(x: &Tensor, w: &Tensor, g: &Tensor, p: usize, s: usize) -> Result<Tensor> {
+    let (n, c_in, h, wd) = x.dims4()?;
+    let (_, _, k_h, k_w) = w.dims4()?;
+    let (_, _, h_o, w_o) = g.dims4()?;
+    let wt = w.transpose(0, 1)?.contiguous()?;
+    if s == 1 {
+        let lo_h = k_h as isize - 1 - p as isize;
+        let lo_w = k_w as isize - 1 - p as isize;
+        let base = lo_h.min(lo_w).max(0);
+        let g = pad_or_crop(g.clone(), 2, lo_h - base, lo_h - base)?;
+        let g = pad_or_crop(g, 3, lo_w - base, lo_w - base)?;
+        let wf = wt.flip(&[2, 3])?.contiguous()?;
+        return conv_s1(&g, &wf, base as usize);
+    }
+    let (m_h, m_w) = ((h + 2 * p).div_ceil(s), (wd + 2 * p).div_ceil(s));
+    // Taps of phase r along a kernel dim of size k, last first (flipped).
+    let taps = |k: usize, r: usize| -> Vec<u32> {
+        let t = if r < k { (k - r).div_ceil(s) } else { 0 };
+        (0..t).rev().map(|i| (r + s * i) as u32).collect()
+    };
+    let dev = g.device();
+    let g = g.contiguous()?;
+    let mut rows = Vec::with_capacity(s);
+    for r_y in 0..s {
+        let mut phases = Vec::with_capacity(s);
+        for r_x in 0..s {
+            let (ty, tx) = (taps(k_h, r_y), taps(k_w, r_x));
+            let ph = if ty.is_empty() || tx.is_empty() {
+                Tensor::zeros((n, c_in, m_h, m_w), g.dtype(), dev)?
+            } else {
+                let (t_y, t_x) = (ty.len(), tx.len());
+                let sub = wt
+                    .index_select(&Tensor::new(ty, dev)?, 2)?
+                    .index_select(&Tensor::new(tx, dev)?, 3)?
+                    .contiguous()?;
+                let base = t_y.min(t_x) - 1;
+                let gp = pad_or_crop(
+                    g.clone(),
+                    2,
+                    (t_y - 1 - base) as isize,
+                    (t_y - 1 - base) as isize,
+                )?;
+                let gp = pad_or_crop(gp, 3, (t_x - 1 - base) as isize, (t_x - 1 - base) as isize)?;
+                let ph = conv_s1(&gp, &sub, base)?;
+                // Phase outputs cover m < h_o + t − 1; fit them to m_h × m_w.
+                let fit = |t: Tensor, dim: usize, have: usize, want: usize| -> Result<Tensor> {
+                    if have >= want {
+                        t.narrow(dim, 0, want)
+                    } else {
+                        t.pad_with_zeros(dim, 0, want - have)
+                    }
+                };
+                let ph = fit(ph, 2, h_o + t_y - 1, m_h)?;
+                fit(ph, 3, w_o + t_x - 1, m_w)?
+            };
+            phases.push(ph);
+        }
+        rows.push(Tensor::stack(&phases, 4)?); // (n, c_in, m_h, m_w, s)
+    }
+    let dxp = Tensor::stack(&rows, 3)?.reshape((n, c_in, m_h * s, m_w * s))?;
+    dxp.narrow(2, p, h)?.narrow(3, p, wd)
+}
+
+/// A stride-1 convolution as explicit im2col (an unfold view made
+/// contiguous) and one matrix product; on the CPU this beats candle's tiled
+/// forward for the shapes of the input gradient.
+fn conv_s1(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (o, _, k_h, k_w) = w.dims4()?;
+    if k_h * k_w == 1 && p == 0 {
+        return x.contiguous()?.conv2d(w, 0, 1, 1, 1);
+    }
+    let xp = if p > 0 {
+        x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?
+    } else {
+        x.clone()
+    };
+    let (h_o, w_o) = (h + 2 * p + 1 - k_h, wd + 2 * p + 1 - k_w);
+    let cols = xp
+        .unfold(2, k_h, 1)?
+        .unfold(3, k_w, 1)?
+        .permute((0, 2, 3, 1, 4, 5))?
+        .contiguous()?
+        .reshape((n * h_o * w_o, c * k_h * k_w))?;
+    let wm = w.reshape((o, c * k_h * k_w))?;
+    cols.matmul(&wm.t()?)?
+        .reshape((n, h_o, w_o, o))?
+        .permute((0, 3, 1, 2))?
+        .contiguous()
+}
+
+/// `∂L/∂w`: one matrix product of the gradient with the im2col of the input.
+fn weight_grad(x: &Tensor, w: &Tensor, g: &Tensor, p: usize, s: usize) -> Result<Tensor> {
+    let (n, c_in, _, _) = x.dims4()?;
+    let (c_out, _, k_h, k_w) = w.dims4()?;
+    let (_, _, h_o, w_o) = g.dims4()?;
+    let xp = if p > 0 {
+        x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?
+    } else {
+        x.clone()
+    };
+    // (N, C, H_o, W_o, k_h, k_w) view, then (N·H_o·W_o, C·k_h·k_w).
+    let cols = xp
+        .unfold(2, k_h, s)?
+        .narrow(2, 0, h_o)?
+        .unfold(3, k_w, s)?
+        .narrow(3, 0, w_o)?
+        .permute((0, 2, 3, 1, 4, 5))?
+        .contiguous()?
+        .reshape((n * h_o * w_o, c_in * k_h * k_w))?;
+    let g2 = g
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((c_out, n * h_o * w_o))?;
+    g2.matmul(&cols)?.reshape((c_out, c_in, k_h, k_w))
+}

@@ -1,0 +1,169 @@
+//! `tfkd_core::conv::conv2d` against `Tensor::conv2d` + candle's autograd:
+//! forward values and the gradients for the input and the kernel, on the
+//! shapes the zoo uses (strided, 1×1 with padding, grouped, depthwise, …).
+//!
+//! Non-square cases keep `(H + 2p − k) mod s` equal for both spatial dims:
+//! candle 0.11.1's own conv2d backward derives the output padding from the
+//! height only and fails otherwise.
+
+use candle_core::{DType, Device, Tensor, Var};
+use tfkd_core::conv::conv2d;
+use tfkd_core::rng::SeededRng;
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    name: &'static str,
+    n: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+}
+
+#[rustfmt::skip]
+const CASES: &[Case] = &[
+    Case { name: "3x3 s1 p1", n: 2, c_in: 3, h: 8, w: 8, c_out: 5, k: 3, stride: 1, pad: 1, groups: 1 },
+    Case { name: "3x3 s2 p1 odd", n: 3, c_in: 4, h: 9, w: 9, c_out: 6, k: 3, stride: 2, pad: 1, groups: 1 },
+    Case { name: "3x3 s2 p1 even", n: 2, c_in: 4, h: 8, w: 10, c_out: 6, k: 3, stride: 2, pad: 1, groups: 1 },
+    Case { name: "1x1 s1 p0", n: 2, c_in: 8, h: 6, w: 6, c_out: 4, k: 1, stride: 1, pad: 0, groups: 1 },
+    Case { name: "1x1 s2 p0", n: 2, c_in: 8, h: 8, w: 10, c_out: 16, k: 1, stride: 2, pad: 0, groups: 1 },
+    Case { name: "1x1 s1 p1 (MobileNetV2)", n: 2, c_in: 5, h: 6, w: 6, c_out: 7, k: 1, stride: 1, pad: 1, groups: 1 },
+    Case { name: "5x5 s2 p2 non-square", n: 2, c_in: 3, h: 11, w: 9, c_out: 4, k: 5, stride: 2, pad: 2, groups: 1 },
+    Case { name: "7x7 s2 p3", n: 2, c_in: 3, h: 16, w: 16, c_out: 8, k: 7, stride: 2, pad: 3, groups: 1 },
+    Case { name: "3x3 s3 p0", n: 2, c_in: 3, h: 10, w: 13, c_out: 4, k: 3, stride: 3, pad: 0, groups: 1 },
+    Case { name: "groups 2", n: 2, c_in: 6, h: 7, w: 7, c_out: 8, k: 3, stride: 1, pad: 1, groups: 2 },
+    Case { name: "groups 4 s2", n: 2, c_in: 8, h: 8, w: 8, c_out: 12, k: 3, stride: 2, pad: 1, groups: 4 },
+    Case { name: "depthwise s2", n: 2, c_in: 6, h: 9, w: 9, c_out: 6, k: 3, stride: 2, pad: 1, groups: 6 },
+    Case { name: "batch 5", n: 5, c_in: 4, h: 6, w: 6, c_out: 3, k: 3, stride: 1, pad: 1, groups: 1 },
+    Case { name: "C == H == W", n: 2, c_in: 8, h: 8, w: 8, c_out: 8, k: 3, stride: 1, pad: 1, groups: 1 },
+];
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    max_abs(&(a - b).unwrap()) / max_abs(b).max(1e-12)
+}
+
+#[test]
+fn fast_conv2d_matches_candle() {
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(7);
+    for c in CASES {
+        let x0 = rng
+            .uniform_tensor((c.n, c.c_in, c.h, c.w), -1.0, 1.0, DType::F32, &dev)
+            .unwrap();
+        let w0 = rng
+            .uniform_tensor(
+                (c.c_out, c.c_in / c.groups, c.k, c.k),
+                -0.5,
+                0.5,
+                DType::F32,
+                &dev,
+            )
+            .unwrap();
+        let x = Var::from_tensor(&x0).unwrap();
+        let w = Var::from_tensor(&w0).unwrap();
+        let y_ref = x.conv2d(&w, c.pad, c.stride, 1, c.groups).unwrap();
+        let y = conv2d(&x, &w, c.pad, c.stride, c.groups).unwrap();
+        assert_eq!(y.dims(), y_ref.dims(), "{}: output shape", c.name);
+        let e = rel_err(&y, &y_ref);
+        assert!(e < 1e-5, "{}: forward rel err {e}", c.name);
+        // A non-uniform upstream gradient: L = Σ y ⊙ r.
+        let r = rng
+            .uniform_tensor(y.dims(), -1.0, 1.0, DType::F32, &dev)
+            .unwrap();
+        let g_ref = (&y_ref * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (what, v) in [("x", &x), ("w", &w)] {
+            let a = g
+                .get(v)
+                .unwrap_or_else(|| panic!("{}: no gradient for {what}", c.name));
+            let b = g_ref.get(v).unwrap();
+            let e = rel_err(a, b);
+            assert!(e < 1e-5, "{}: d{what} rel err {e}", c.name);
+        }
+    }
+}
+
+#[test]
+fn fast_conv2d_reports_bad_shapes() {
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((1, 4, 5, 5), DType::F32, &dev).unwrap();
+    let w = Tensor::zeros((3, 3, 3, 3), DType::F32, &dev).unwrap();
+    let e = conv2d(&x, &w, 1, 1, 1).unwrap_err().to_string();
+    assert!(e.contains('4') && e.contains('3'), "{e}");
+    let w = Tensor::zeros((3, 4, 7, 7), DType::F32, &dev).unwrap();
+    assert!(conv2d(&x, &w, 0, 1, 1).is_err());
+    assert!(conv2d(&x, &w, 1, 0, 1).is_err());
+    let w = Tensor::zeros((3, 2, 3, 3), DType::F32, &dev).unwrap();
+    assert!(
+        conv2d(&x, &w, 1, 1, 2).is_err(),
+        "3 output channels in 2 groups"
+    );
+}
+
+/// Different output paddings along H and W (which candle's own backward
+/// cannot do): the last input column of a 9×10 input with stride 2, padding
+/// 0 is never read, so everything must match candle on the 9×9 crop and that
+/// column's input gradient must be zero.
+#[test]
+fn fast_conv2d_mixed_output_padding() {
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(11);
+    for k in [1usize, 3] {
+        let x0 = rng
+            .uniform_tensor((2, 3, 9, 10), -1.0, 1.0, DType::F32, &dev)
+            .unwrap();
+        let w0 = rng
+            .uniform_tensor((4, 3, k, k), -0.5, 0.5, DType::F32, &dev)
+            .unwrap();
+        let (x, w) = (
+            Var::from_tensor(&x0).unwrap(),
+            Var::from_tensor(&w0).unwrap(),
+        );
+        let x9 = Var::from_tensor(&x0.narrow(3, 0, 9).unwrap().contiguous().unwrap()).unwrap();
+        let w9 = Var::from_tensor(&w0).unwrap();
+        let y = conv2d(&x, &w, 0, 2, 1).unwrap();
+        let y_ref = x9.conv2d(&w9, 0, 2, 1, 1).unwrap();
+        assert!(rel_err(&y, &y_ref) < 1e-5, "k{k}: forward");
+        let r = rng
+            .uniform_tensor(y.dims(), -1.0, 1.0, DType::F32, &dev)
+            .unwrap();
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (&y_ref * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let dx = g.get(&x).unwrap();
+        let e = rel_err(&dx.narrow(3, 0, 9).unwrap(), g_ref.get(&x9).unwrap());
+        assert!(e < 1e-5, "k{k}: dx rel err {e}");
+        assert_eq!(
+            max_abs(&dx.narrow(3, 9, 1).unwrap()),
+            0.0,
+            "k{k}: unread column"
+        );
+        let e = rel_err(g.get(&w).unwrap(), g_ref.get(&w9).unwrap());
+        assert!(e < 1e-5, "k{k}: dw rel err {e}");
+    }
+}
