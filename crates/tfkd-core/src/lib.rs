@@ -32,6 +32,10 @@
 //! ```
 #![deny(missing_docs)]
 
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod conv;
 pub mod error;
 pub mod init;
