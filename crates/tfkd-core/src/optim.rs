@@ -98,8 +98,12 @@ impl Sgd {
         let SgdConfig { lr, momentum, dampening, weight_decay, nesterov } = self.config;
         for ((_, var), buffer) in self.params.iter().zip(self.buffers.iter_mut()) {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
-            let p = var.as_tensor();
-            let mut d = if weight_decay != 0.0 { (grad + (p * weight_decay)?)? } else { grad.clone() };
+            // Detached: candle's gradients can carry the op history of the
+            // step that made them, and the momentum buffer lives across
+            // steps; without this every buffer would keep every past graph.
+            let grad = grad.detach();
+            let p = var.as_tensor().detach();
+            let mut d = if weight_decay != 0.0 { (&grad + (&p * weight_decay)?)? } else { grad };
             if momentum != 0.0 {
                 let b = match buffer.take() {
                     None => d.copy()?,
@@ -108,7 +112,7 @@ impl Sgd {
                 d = if nesterov { (d + (&b * momentum)?)? } else { b.clone() };
                 *buffer = Some(b);
             }
-            var.set(&(p - (d * lr)?)?)?;
+            var.set(&(&p - (d * lr)?)?)?;
         }
         Ok(())
     }

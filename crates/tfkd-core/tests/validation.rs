@@ -82,3 +82,21 @@ fn non_finite_inputs_are_named_and_extreme_logits_stay_finite() {
         Err(Error::NonFinite { what: "teacher logits" })
     ));
 }
+
+/// The momentum buffers outlive a step; they must not hold the step's graph
+/// (candle's gradients can carry op history), or memory grows every step.
+#[test]
+fn sgd_state_holds_no_graph() {
+    use candle_core::Var;
+    let dev = Device::Cpu;
+    let w = Var::new(&[[0.5f32, -1.0], [2.0, 0.25]], &dev).unwrap();
+    let x = Tensor::new(&[[1.0f32, 2.0], [3.0, -1.0]], &dev).unwrap();
+    let mut sgd = Sgd::new(vec![("w".into(), w.clone())], SgdConfig::default()).unwrap();
+    for _ in 0..3 {
+        let loss = x.matmul(&w.as_tensor().sqr().unwrap()).unwrap().exp().unwrap().sum_all().unwrap();
+        sgd.backward_step(&loss).unwrap();
+    }
+    let state = sgd.state();
+    assert_eq!(state.len(), 1);
+    assert!(state.iter().all(|(_, t)| !t.track_op()), "a momentum buffer keeps op history");
+}
