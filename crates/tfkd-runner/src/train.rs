@@ -144,7 +144,8 @@ fn dropout_seed(seed: u64, epoch: usize) -> u64 {
     SeededRng::derive(seed, &[epoch as u64, 0xD20F]).next_u64()
 }
 
-fn read_summary(dir: &Path) -> Result<Option<Summary>> {
+/// The summary of the run in `dir`; `None` while the run is not finished.
+pub fn read_summary(dir: &Path) -> Result<Option<Summary>> {
     let path = dir.join(SUMMARY);
     if !path.is_file() {
         return Ok(None);
@@ -396,6 +397,25 @@ fn restore(path: &Path, varmap: &SeededVarMap, sgd: &mut Sgd, device: &Device) -
     }
     sgd.load_state(loaded.optim).map_err(|e| bad(e.to_string()))?;
     Ok(meta)
+}
+
+/// The per-epoch records of the run in `dir` (`metrics.jsonl`; empty before
+/// the first epoch ends).
+pub fn read_metrics(dir: &Path) -> Result<Vec<EpochRecord>> {
+    let path = dir.join(METRICS);
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| RunError::Checkpoint {
+                path: path.clone(),
+                reason: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
 }
 
 fn write_metrics(dir: &Path, history: &[EpochRecord]) -> Result<()> {

@@ -62,14 +62,14 @@ pub struct CellResult {
     pub runs: Vec<String>,
 }
 
+/// A finished run's summary; an unfinished or unreadable run counts as not run.
 fn read_summary(dir: &Path) -> Option<Summary> {
-    serde_json::from_str(&std::fs::read_to_string(dir.join(tfkd_runner::train::SUMMARY)).ok()?).ok()
+    tfkd_runner::train::read_summary(dir).ok().flatten()
 }
 
+/// A run's per-epoch records; none when it has not started or is unreadable.
 fn read_history(dir: &Path) -> Vec<EpochRecord> {
-    std::fs::read_to_string(dir.join(tfkd_runner::train::METRICS))
-        .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
-        .unwrap_or_default()
+    tfkd_runner::train::read_metrics(dir).unwrap_or_default()
 }
 
 fn measure(cell: &PlannedCell, runs_dir: &Path) -> (Option<Stat>, Option<Stat>) {
