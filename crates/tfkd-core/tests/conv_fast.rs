@@ -10,19 +10,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use tfkd_core::conv::conv2d;
 use tfkd_core::rng::SeededRng;
 
-#[derive(Clone, Copy, Debug)]
-struct Case {
-    name: &'static str,
-    n: usize,
-    c_in: usize,
-    h: usize,
-    w: usize,
-    c_out: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    groups: usize,
-}
+mod common;
+use common::Case;
 
 #[rustfmt::skip]
 const CASES: &[Case] = &[

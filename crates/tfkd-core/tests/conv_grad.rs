@@ -10,19 +10,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 use tfkd_core::rng::SeededRng;
 
-#[derive(Clone, Copy, Debug)]
-struct Case {
-    name: &'static str,
-    n: usize,
-    c_in: usize,
-    h: usize,
-    w: usize,
-    c_out: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    groups: usize,
-}
+mod common;
+use common::Case;
 
 const CASES: &[Case] = &[
     Case { name: "3x3 s1", n: 4, c_in: 3, h: 8, w: 8, c_out: 5, k: 3, stride: 1, pad: 1, groups: 1 },
@@ -47,7 +36,7 @@ fn reference(c: &Case, x: &[f64], wt: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) 
     let mut dw = vec![0.0; wt.len()];
     let mut dx = vec![0.0; x.len()];
     // Visits every (output, weight tap, input) triple once.
-    let mut taps = |f: &mut dyn FnMut(usize, usize, usize, usize)| {
+    let taps = |f: &mut dyn FnMut(usize, usize, usize, usize)| {
         for n in 0..c.n {
             for o in 0..c.c_out {
                 let g = o / cog;
