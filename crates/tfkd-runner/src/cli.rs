@@ -72,6 +72,36 @@ pub enum Command {
         #[arg(long, default_value = "data")]
         root: PathBuf,
     },
+    /// Time whole training steps (forward, cross-entropy, backward, SGD) on random data.
+    BenchStep {
+        /// Registry names, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "cnn,resnet18,mobilenet_v2,shufflenet_v2")]
+        models: Vec<String>,
+        /// Images per step.
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Number of classes.
+        #[arg(long, default_value_t = 100)]
+        classes: usize,
+        /// Input side (32, 64 or 224).
+        #[arg(long, default_value_t = 32)]
+        side: usize,
+        /// Divide every model's channel widths by this.
+        #[arg(long, default_value_t = 1)]
+        width_divisor: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Timed steps (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// `cpu`, `cuda`, `cuda:N` or `metal`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Append one JSON line per model to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 /// Logs to stderr; `-v` raises the level, `RUST_LOG` overrides.

@@ -1,5 +1,6 @@
 //! One function per subcommand.
 
+mod bench_step;
 mod download;
 mod eval;
 mod list_models;
@@ -16,6 +17,19 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Eval { config, checkpoint } => eval::run(&config, checkpoint),
         Command::ListModels { classes } => list_models::run(classes),
         Command::Download { dataset, root } => download::run(&dataset, &root),
+        Command::BenchStep { models, batch, classes, side, width_divisor, warmup, steps, device, json } => {
+            bench_step::run(&bench_step::BenchStepArgs {
+                models: &models,
+                batch,
+                classes,
+                side,
+                width_divisor,
+                warmup,
+                steps,
+                device: &device,
+                json: json.as_deref(),
+            })
+        }
     }
 }
 

@@ -1,0 +1,152 @@
+//! `tfkd bench-step`: times whole training steps (forward, cross-entropy,
+//! backward, SGD with momentum and weight decay, and reading the loss back to
+//! the host, as `tfkd train` does every step) on random data, per model.
+//!
+//! `scripts/bench_steps_torch.py` times the same step in PyTorch on the same
+//! architectures; `cargo xtask bench` runs both and prints the ratio table.
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+use std::time::Instant;
+use tfkd_core::init::SeededVarMap;
+use tfkd_core::loss::cross_entropy;
+use tfkd_core::optim::{Sgd, SgdConfig};
+use tfkd_core::rng::SeededRng;
+use tfkd_zoo::{InputSize, ModelOptions};
+
+/// What to time.
+pub struct BenchStepArgs<'a> {
+    /// Registry names.
+    pub models: &'a [String],
+    /// Images per step.
+    pub batch: usize,
+    /// Number of classes.
+    pub classes: usize,
+    /// Input side: 32, 64 or 224.
+    pub side: usize,
+    /// Channel divisor for every model.
+    pub width_divisor: usize,
+    /// Untimed steps first.
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// `cpu`, `cuda[:N]`, `metal`.
+    pub device: &'a str,
+    /// Where to append one JSON line per model.
+    pub json: Option<&'a Path>,
+}
+
+/// One model's result.
+#[derive(Debug, serde::Serialize)]
+struct StepTiming {
+    framework: &'static str,
+    model: String,
+    device: String,
+    batch: usize,
+    classes: usize,
+    side: usize,
+    width_divisor: usize,
+    threads: usize,
+    median_s: f64,
+    min_s: f64,
+    images_per_s: f64,
+    /// The process's peak resident memory so far (Linux `VmHWM`), CPU only.
+    peak_rss_mb: Option<f64>,
+}
+
+pub fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
+    if args.steps == 0 || args.batch == 0 {
+        bail!("--steps and --batch must be positive");
+    }
+    let input = InputSize::from_side(args.side)
+        .with_context(|| format!("--side {} is not one of 32, 64, 224", args.side))?;
+    let device = tfkd_runner::device::open_device(args.device)?;
+    println!(
+        "{:<16} {:>6} {:>12} {:>12} {:>10} {:>10}",
+        "model", "batch", "median s", "min s", "img/s", "peak MB"
+    );
+    for name in args.models {
+        let timing = time_model(name, input, &device, args)?;
+        println!(
+            "{:<16} {:>6} {:>12.4} {:>12.4} {:>10.1} {:>10}",
+            timing.model,
+            timing.batch,
+            timing.median_s,
+            timing.min_s,
+            timing.images_per_s,
+            timing.peak_rss_mb.map_or("-".into(), |m| format!("{m:.0}"))
+        );
+        if let Some(path) = args.json {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            writeln!(file, "{}", serde_json::to_string(&timing)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn time_model(name: &str, input: InputSize, device: &Device, args: &BenchStepArgs) -> anyhow::Result<StepTiming> {
+    let options = ModelOptions::new(args.classes, input).with_width_divisor(args.width_divisor);
+    let varmap = SeededVarMap::new(0);
+    let model = tfkd_zoo::build_with(name, &options, varmap.var_builder(DType::F32, device))?;
+    let params = varmap.named_vars().into_iter().filter(|(n, _)| !tfkd_zoo::registry::is_buffer(n)).collect();
+    let mut sgd = Sgd::new(params, SgdConfig { lr: 0.01, ..SgdConfig::default() })?;
+
+    let mut rng = SeededRng::new(1);
+    let side = input.side();
+    let pixels: Vec<f32> = (0..args.batch * 3 * side * side).map(|_| rng.normal(0.0, 1.0) as f32).collect();
+    let images = Tensor::from_vec(pixels, (args.batch, 3, side, side), device)?;
+    let labels: Vec<u32> = (0..args.batch).map(|_| rng.below(args.classes) as u32).collect();
+    let labels = Tensor::from_vec(labels, args.batch, device)?;
+
+    let mut step = || -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let logits = model.forward_t(&images, true)?;
+        let loss = cross_entropy(&logits, &labels)?;
+        sgd.backward_step(&loss)?;
+        let loss = loss.to_scalar::<f32>()?;
+        device.synchronize()?;
+        if !loss.is_finite() {
+            bail!("{name}: the loss became {loss}");
+        }
+        Ok(started.elapsed().as_secs_f64())
+    };
+    for _ in 0..args.warmup {
+        step()?;
+    }
+    let mut times = (0..args.steps).map(|_| step()).collect::<anyhow::Result<Vec<f64>>>()?;
+    times.sort_by(f64::total_cmp);
+    let median_s = if times.len() % 2 == 1 {
+        times[times.len() / 2]
+    } else {
+        0.5 * (times[times.len() / 2 - 1] + times[times.len() / 2])
+    };
+    Ok(StepTiming {
+        framework: "tfkd",
+        model: name.to_string(),
+        device: args.device.to_string(),
+        batch: args.batch,
+        classes: args.classes,
+        side,
+        width_divisor: args.width_divisor,
+        threads: candle_core::utils::get_num_threads(),
+        median_s,
+        min_s: times[0],
+        images_per_s: args.batch as f64 / median_s,
+        peak_rss_mb: if device.is_cpu() { peak_rss_mb() } else { None },
+    })
+}
+
+/// Linux's high-water mark of resident memory, in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Times a whole PyTorch training step on the zoo's architectures and compares
+it with `tfkd bench-step`.
+
+The step is the one `tfkd bench-step` times: forward in training mode,
+F.cross_entropy, backward, torch.optim.SGD (momentum 0.9, weight decay 5e-4),
+and `loss.item()` (which waits for the device), on random N(0, 1) images.
+The architectures are the PyTorch references of `scripts/gen_zoo_fixtures.py`
+(the original repository's model code), so both sides train the same network.
+
+Usage:
+    python scripts/bench_steps_torch.py [--models cnn,resnet18] [--batch 128]
+        [--device cpu|cuda] [--threads 2] [--steps 5] [--warmup 2]
+        [--json torch.jsonl] [--compare tfkd.jsonl] [--markdown]
+
+`--compare FILE` reads the JSON lines written by `tfkd bench-step --json FILE`
+and prints the ratio table (tfkd's images/s over PyTorch's: above 1 means tfkd
+is faster). On CPU the peak memory is the process's maximum resident set
+(`ru_maxrss`, run one model per process for a clean figure); on CUDA it is
+`torch.cuda.max_memory_allocated`.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gen_zoo_fixtures import FULL  # noqa: E402
+
+
+def time_model(name, args, device):
+    torch.manual_seed(0)
+    model = FULL[name](args.classes, args.side).to(device)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    images = torch.randn(args.batch, 3, args.side, args.side, device=device)
+    labels = torch.randint(0, args.classes, (args.batch,), device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        opt.step()
+        value = loss.item()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        assert value == value, "%s: NaN loss" % name
+        return time.perf_counter() - start
+
+    for _ in range(args.warmup):
+        step()
+    times = sorted(step() for _ in range(args.steps))
+    median = statistics.median(times)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "framework": "torch",
+        "model": name,
+        "device": args.device,
+        "batch": args.batch,
+        "classes": args.classes,
+        "side": args.side,
+        "threads": torch.get_num_threads(),
+        "median_s": median,
+        "min_s": times[0],
+        "images_per_s": args.batch / median,
+        "peak_mb": peak,
+        "torch": torch.__version__,
+    }
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def compare(torch_rows, tfkd_rows, markdown):
+    key = lambda r: (r["model"], r["batch"], r["device"].split(":")[0])
+    ours = {key(r): r for r in tfkd_rows}
+    head = ["model", "batch", "device", "PyTorch img/s", "tfkd img/s", "tfkd / PyTorch", "PyTorch peak MB", "tfkd peak MB"]
+    rows = []
+    for r in torch_rows:
+        t = ours.get(key(r))
+        if t is None:
+            continue
+        tp = t.get("peak_rss_mb") or t.get("peak_mb")
+        rows.append([r["model"], str(r["batch"]), r["device"], "%.1f" % r["images_per_s"], "%.1f" % t["images_per_s"],
+                     "%.2f" % (t["images_per_s"] / r["images_per_s"]), "%.0f" % r["peak_mb"],
+                     "-" if tp is None else "%.0f" % tp])
+    if markdown:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+    else:
+        print(("{:<14}" + "{:>16}" * (len(head) - 1)).format(*head))
+        for row in rows:
+            print(("{:<14}" + "{:>16}" * (len(head) - 1)).format(*row))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="cnn,resnet18,mobilenet_v2,shufflenet_v2")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--side", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--json", help="append one JSON line per model")
+    p.add_argument("--compare", help="tfkd bench-step JSON lines to compare with")
+    p.add_argument("--torch-json", help="compare this file of earlier PyTorch results instead of timing")
+    p.add_argument("--markdown", action="store_true")
+    args = p.parse_args()
+    if args.torch_json:
+        compare(load(args.torch_json), load(args.compare), args.markdown)
+        return
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    rows = []
+    for name in args.models.split(","):
+        if name not in FULL:
+            sys.exit("unknown model %r; one of %s" % (name, ", ".join(FULL)))
+        row = time_model(name, args, device)
+        rows.append(row)
+        print("%-16s batch %4d  %.4f s/step  %8.1f img/s  peak %.0f MB" % (name, args.batch, row["median_s"], row["images_per_s"], row["peak_mb"]), flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    if args.compare:
+        compare(rows, load(args.compare), args.markdown)
+
+
+if __name__ == "__main__":
+    main()
