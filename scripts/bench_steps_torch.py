@@ -88,7 +88,8 @@ def load(path):
 
 def compare(torch_rows, tfkd_rows, markdown):
     key = lambda r: (r["model"], r["batch"], r["device"].split(":")[0])
-    ours = {key(r): r for r in tfkd_rows}
+    # PyTorch builds the full-width networks only.
+    ours = {key(r): r for r in tfkd_rows if r.get("width_divisor", 1) == 1}
     head = ["model", "batch", "device", "PyTorch img/s", "tfkd img/s", "tfkd / PyTorch", "PyTorch peak MB", "tfkd peak MB"]
     rows = []
     for r in torch_rows:
