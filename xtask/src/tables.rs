@@ -1,21 +1,110 @@
 //! The paper's 11 tables as data: `fixtures/tables/table-<n>.toml`, one file
 //! per table, every printed number one [`Cell`], with the training recipe and
-//! hyper-parameters that reproduce it (see `fixtures/tables/README.md`).
+//! hyper-parameters that reproduce it (see `fixtures/tables/README.md`); and
+//! the project's own tables beyond the paper ([`EXTRA_TABLES`], e.g.
+//! `fixtures/tables/ablation.toml`), whose cells have no printed number.
 //!
-//! [`load_table`] and [`load_all`] parse and validate the files; the tests
-//! below check them against the printed arithmetic, listing every known
+//! A cell may override fields of the run's strategy config that the cell
+//! schema has no field for (`strategy = { form = "paper_eq9", reduction =
+//! "batch_mean" }`); [`Cell::strategy_config`] applies them, and validation
+//! rejects a field the method does not have, naming the file and the field.
+//!
+//! [`load`] parses and validates a file ([`TableId::all`] lists them); the
+//! tests below check them against the printed arithmetic, listing every known
 //! inconsistency of the paper (paper.md §1.6) exactly.
-
-// The `reproduce-table` task that consumes these types is not wired yet.
-
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
 use std::collections::HashSet;
+use std::fmt;
 use std::path::PathBuf;
+use tfkd_core::loss::{KlReduction, SmoothingForm};
+use tfkd_distill::{RegForm, StrategyConfig, TeacherSource, TeacherSpec};
 
 /// Number of tables in the paper's main text.
 pub const TABLE_COUNT: u32 = 11;
+
+/// The project's tables beyond the paper: `fixtures/tables/<name>.toml`, run
+/// as `cargo xtask reproduce-table <name>` and included in `all`.
+pub const EXTRA_TABLES: &[&str] = &["ablation"];
+
+/// Which table: one of the paper's (a number) or one of [`EXTRA_TABLES`] (a name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum TableId {
+    /// Table N of the paper, 1 to [`TABLE_COUNT`].
+    Paper(u32),
+    /// A table of this project, with no printed numbers.
+    Extra(String),
+}
+
+impl TableId {
+    /// Every table: the paper's 1 to 11, then the extra ones.
+    pub fn all() -> Vec<TableId> {
+        (1..=TABLE_COUNT)
+            .map(TableId::Paper)
+            .chain(EXTRA_TABLES.iter().map(|n| TableId::Extra(n.to_string())))
+            .collect()
+    }
+
+    /// The table a command-line word names: `1`..`11` or an extra table's name.
+    pub fn parse(word: &str) -> Result<TableId> {
+        if EXTRA_TABLES.contains(&word) {
+            return Ok(TableId::Extra(word.to_string()));
+        }
+        let n: u32 = word.parse().with_context(|| {
+            format!("table {word:?} is not a number (1-{TABLE_COUNT}), one of {EXTRA_TABLES:?} or `all`")
+        })?;
+        ensure!(
+            (1..=TABLE_COUNT).contains(&n),
+            "table {n} does not exist: the paper has tables 1 to {TABLE_COUNT}"
+        );
+        Ok(TableId::Paper(n))
+    }
+
+    /// The table number, for the paper's tables.
+    #[cfg(test)]
+    pub fn number(&self) -> Option<u32> {
+        match self {
+            TableId::Paper(n) => Some(*n),
+            TableId::Extra(_) => None,
+        }
+    }
+
+    /// Whether the paper prints this table.
+    pub fn is_paper(&self) -> bool {
+        matches!(self, TableId::Paper(_))
+    }
+
+    /// File stem of the table's data and of its report: `table-9`, `ablation`.
+    pub fn stem(&self) -> String {
+        match self {
+            TableId::Paper(n) => format!("table-{n}"),
+            TableId::Extra(name) => name.clone(),
+        }
+    }
+
+    /// Heading: `Table 9`, `Ablation`.
+    pub fn heading(&self) -> String {
+        match self {
+            TableId::Paper(n) => format!("Table {n}"),
+            TableId::Extra(name) => {
+                let mut c = name.chars();
+                c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+            }
+        }
+    }
+}
+
+/// As written on the command line: `9`, `ablation`.
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TableId::Paper(n) => write!(f, "{n}"),
+            TableId::Extra(name) => f.write_str(name),
+        }
+    }
+}
 
 /// Model names of the tfkd-zoo registry (`crates/tfkd-zoo/src/registry.rs`,
 /// `MODELS`), copied here because xtask does not depend on the zoo.
@@ -145,6 +234,17 @@ impl Method {
     pub fn has_kl_term(self) -> bool {
         !matches!(self, Method::Baseline | Method::Lsr)
     }
+
+    /// The strategy fields a cell of this method may set under `strategy`:
+    /// those of the runner's `StrategyConfig` that no cell field carries.
+    pub fn override_fields(self) -> &'static [&'static str] {
+        match self {
+            Method::Baseline => &[],
+            Method::Lsr => &["form"],
+            Method::Kd | Method::ReKd | Method::DeKd | Method::TfKdSelf => &["reduction"],
+            Method::TfKdReg => &["form", "temperature_squared", "reduction"],
+        }
+    }
 }
 
 /// The training recipe shared by every cell of a table.
@@ -213,6 +313,10 @@ pub struct Cell {
     pub lr_reference_batch: u32,
     /// The official config directory (under the official repo) when one shipped.
     pub official_config: Option<String>,
+    /// Fields of the run's `[strategy]` that the cell schema has no field for,
+    /// as the runner's config spells them (see [`Method::override_fields`]):
+    /// e.g. `{ form = "paper_eq9", temperature_squared = true, reduction = "batch_mean" }`.
+    pub strategy: Option<toml::Table>,
     /// False only when our zoo lacks a model the cell needs (the note says which).
     #[serde(default = "default_runnable")]
     pub runnable: bool,
@@ -229,27 +333,94 @@ fn default_runnable() -> bool {
 }
 
 impl Cell {
-
     /// Every model the cell needs (student, then teacher).
     pub fn models(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.student.as_str()).chain(self.teacher.as_deref())
     }
+
+    /// The run's strategy config: the method with the cell's hyper-parameters
+    /// (the official code's arithmetic: elementwise-mean KL, Tf-KD_reg as
+    /// coded, ε/(K−1) LSR), then the cell's `strategy` overrides, validated
+    /// by building the strategy. `teacher` is the teacher of KD, Re-KD and
+    /// De-KD; Tf-KD_self takes its `source`; the other methods ignore it.
+    pub fn strategy_config(&self, teacher: TeacherSpec) -> Result<StrategyConfig> {
+        let f = |v: Option<f64>, what: &str| v.with_context(|| format!("field `{what}` is missing"));
+        let reduction = KlReduction::ElementwiseMean;
+        let base = match self.method {
+            Method::Baseline => StrategyConfig::Baseline {},
+            Method::Lsr => StrategyConfig::Lsr { epsilon: f(self.epsilon, "epsilon")?, form: SmoothingForm::Official },
+            Method::Kd | Method::ReKd | Method::DeKd => {
+                let (alpha, temperature) = (f(self.alpha, "alpha")?, f(self.temperature, "temperature")?);
+                match self.method {
+                    Method::Kd => StrategyConfig::Kd { alpha, temperature, teacher, reduction },
+                    Method::ReKd => StrategyConfig::ReKd { alpha, temperature, teacher, reduction },
+                    _ => StrategyConfig::DeKd { alpha, temperature, teacher, reduction },
+                }
+            }
+            Method::TfKdSelf => StrategyConfig::TfKdSelf {
+                alpha: f(self.alpha, "alpha")?,
+                temperature: f(self.temperature, "temperature")?,
+                multiplier: f(self.multiplier, "multiplier")?,
+                reduction,
+                source: teacher.source,
+            },
+            Method::TfKdReg => StrategyConfig::TfKdReg {
+                alpha: f(self.alpha, "alpha")?,
+                temperature: f(self.temperature, "temperature")?,
+                multiplier: f(self.multiplier, "multiplier")?,
+                correct_prob: f(self.correct_prob, "correct_prob")?,
+                form: RegForm::AsCoded,
+                temperature_squared: false,
+                reduction,
+            },
+        };
+        let Some(overrides) = &self.strategy else {
+            base.build().with_context(|| format!("the {} hyper-parameters are invalid", self.method.name()))?;
+            return Ok(base);
+        };
+        let allowed = self.method.override_fields();
+        for key in overrides.keys() {
+            ensure!(
+                allowed.contains(&key.as_str()),
+                "`strategy.{key}` is not a field a {} cell may override (allowed: {allowed:?}; \
+                 the hyper-parameters with a cell field are set there)",
+                self.method.name()
+            );
+        }
+        let toml::Value::Table(mut merged) =
+            toml::Value::try_from(&base).context("the strategy config does not serialise")?
+        else {
+            bail!("the strategy config does not serialise to a table");
+        };
+        merged.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let shown = toml::Value::Table(overrides.clone());
+        let config: StrategyConfig = toml::Value::Table(merged)
+            .try_into()
+            .with_context(|| format!("`strategy` = {shown} does not fit method {}", self.method.name()))?;
+        config
+            .build()
+            .with_context(|| format!("`strategy` = {shown} gives an invalid {} loss", self.method.name()))?;
+        Ok(config)
+    }
 }
 
-/// One table of the paper.
+/// One table of the paper, or of this project ([`EXTRA_TABLES`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Table {
-    /// Table number in the paper, 1 to 11.
-    pub table: u32,
+    /// Table number in the paper, 1 to 11, or an extra table's name.
+    pub table: TableId,
     /// Short title.
     pub title: String,
-    /// The caption, exactly as printed.
+    /// The caption, exactly as printed (an extra table: its question).
     pub caption: String,
+    /// Extra tables only: what each column is and why the question matters,
+    /// printed at the head of the report.
+    pub about: Option<String>,
     /// Dataset of every cell without its own `dataset`.
     pub dataset: Dataset,
-    /// Source of every cell without its own `source`.
-    pub source: Source,
+    /// Source of every cell without its own `source` (the paper's tables only).
+    pub source: Option<Source>,
     /// How to print it.
     pub layout: Layout,
     /// Column labels as printed, in order (the row-label column excluded).
@@ -301,11 +472,24 @@ impl Table {
 
     /// Checks the cross-field rules of the schema; errors name the file and field.
     pub fn validate(&self, file: &str) -> Result<()> {
-        ensure!(
-            (1..=TABLE_COUNT).contains(&self.table),
-            "{file}: `table` = {} is not 1..={TABLE_COUNT}",
-            self.table
-        );
+        match &self.table {
+            TableId::Paper(n) => {
+                ensure!((1..=TABLE_COUNT).contains(n), "{file}: `table` = {n} is not 1..={TABLE_COUNT}");
+                ensure!(self.source.is_some(), "{file}: `source` is missing");
+                ensure!(self.about.is_none(), "{file}: `about` is for extra tables; a paper table has its caption");
+            }
+            TableId::Extra(name) => {
+                ensure!(
+                    EXTRA_TABLES.contains(&name.as_str()),
+                    "{file}: `table` = {name:?} is neither 1..={TABLE_COUNT} nor one of {EXTRA_TABLES:?}"
+                );
+                ensure!(self.source.is_none(), "{file}: `source` is for the paper's tables (this one is not printed)");
+                ensure!(
+                    self.about.as_deref().is_some_and(|a| !a.trim().is_empty()),
+                    "{file}: `about` is missing (an extra table says what its columns are and why)"
+                );
+            }
+        }
         ensure!(!self.columns.is_empty(), "{file}: `columns` is empty");
         let mut cols = HashSet::new();
         for c in &self.columns {
@@ -352,10 +536,21 @@ impl Table {
             c.column,
             self.columns
         );
-        ensure!(
-            c.paper.is_some() || c.paper_gain.is_some(),
-            "neither `paper` nor `paper_gain` is set"
-        );
+        if self.table.is_paper() {
+            ensure!(
+                c.paper.is_some() || c.paper_gain.is_some(),
+                "neither `paper` nor `paper_gain` is set"
+            );
+        } else {
+            for (field, set) in [
+                ("paper", c.paper.is_some()),
+                ("paper_std", c.paper_std.is_some()),
+                ("paper_gain", c.paper_gain.is_some()),
+                ("source", c.source.is_some()),
+            ] {
+                ensure!(!set, "`{field}` is set, but the paper does not print this table");
+            }
+        }
         ensure!(
             c.paper_std.is_none() || c.paper.is_some(),
             "`paper_std` without `paper`"
@@ -411,6 +606,15 @@ impl Table {
                 );
             }
         }
+        // The overrides: known fields of this method with valid values.
+        let teacher = TeacherSpec {
+            model: c.teacher.clone(),
+            source: match c.teacher_epoch {
+                Some(e) => TeacherSource::BaselineEpoch(e as usize),
+                None => TeacherSource::Baseline,
+            },
+        };
+        c.strategy_config(teacher)?;
         if !c.runnable {
             ensure!(
                 c.models().any(|m| !MODEL_NAMES.contains(&m)),
@@ -426,11 +630,17 @@ impl Table {
 }
 
 /// Path of `fixtures/tables/table-<n>.toml`.
+#[cfg(test)]
 pub fn table_path(n: u32) -> PathBuf {
+    path_of(&TableId::Paper(n))
+}
+
+/// Path of a table's file: `fixtures/tables/table-<n>.toml` or `<name>.toml`.
+pub fn path_of(id: &TableId) -> PathBuf {
     crate::project_root()
         .join("fixtures")
         .join("tables")
-        .join(format!("table-{n}.toml"))
+        .join(format!("{}.toml", id.stem()))
 }
 
 /// Parses and validates one table file's text; `file` names it in errors.
@@ -442,21 +652,24 @@ pub fn parse_table(text: &str, file: &str) -> Result<Table> {
 }
 
 /// Loads and validates `fixtures/tables/table-<n>.toml`.
+#[cfg(test)]
 pub fn load_table(n: u32) -> Result<Table> {
-    let file = format!("fixtures/tables/table-{n}.toml");
-    let text =
-        std::fs::read_to_string(table_path(n)).with_context(|| format!("cannot read {file}"))?;
+    load(&TableId::Paper(n))
+}
+
+/// Loads and validates the file of table `id`.
+pub fn load(id: &TableId) -> Result<Table> {
+    let file = format!("fixtures/tables/{}.toml", id.stem());
+    let text = std::fs::read_to_string(path_of(id)).with_context(|| format!("cannot read {file}"))?;
     let table = parse_table(&text, &file)?;
-    if table.table != n {
-        bail!(
-            "{file}: `table` = {} but the file is table {n}",
-            table.table
-        );
+    if &table.table != id {
+        bail!("{file}: `table` = {} but the file is table {id}", table.table);
     }
     Ok(table)
 }
 
-/// Loads every table, 1 to 11.
+/// Loads the paper's tables, 1 to 11.
+#[cfg(test)]
 pub fn load_all() -> Result<Vec<Table>> {
     (1..=TABLE_COUNT).map(load_table).collect()
 }
@@ -501,12 +714,17 @@ mod tests {
         load_all().unwrap()
     }
 
+    /// A paper table's number.
+    fn n(t: &Table) -> u32 {
+        t.table.number().expect("a paper table")
+    }
+
     #[test]
     fn all_tables_parse_and_validate() {
         let tables = all();
         assert_eq!(tables.len(), 11);
         for (i, t) in tables.iter().enumerate() {
-            assert_eq!(t.table as usize, i + 1);
+            assert_eq!(n(t) as usize, i + 1);
             assert!(!t.caption.is_empty() && !t.title.is_empty());
         }
     }
@@ -516,7 +734,7 @@ mod tests {
         for t in all() {
             assert_eq!(
                 t.cells.len(),
-                CELL_COUNTS[t.table as usize - 1],
+                CELL_COUNTS[n(&t) as usize - 1],
                 "table {}",
                 t.table
             );
@@ -581,7 +799,7 @@ mod tests {
                     }
                 }
                 if !c.runnable {
-                    not_runnable.push((t.table, c.row.clone(), c.column.clone()));
+                    not_runnable.push((n(&t), c.row.clone(), c.column.clone()));
                 }
             }
         }
@@ -641,7 +859,7 @@ mod tests {
                 let computed = paper - base.paper.expect("baselines print a number");
                 checked += 1;
                 if (computed - gain).abs() > 0.01 + 1e-9 {
-                    mismatches.insert((t.table, c.row.clone(), c.column.clone()));
+                    mismatches.insert((n(&t), c.row.clone(), c.column.clone()));
                 }
             }
         }
@@ -657,7 +875,8 @@ mod tests {
     #[test]
     fn experiments_printed_twice_agree_except_the_known_ones() {
         type Key = (String, String, String, String, Option<u32>, Option<u32>);
-        let mut groups: BTreeMap<Key, Vec<(u32, Option<f64>, Option<f64>)>> = BTreeMap::new();
+        type Printed = Vec<(u32, Option<f64>, Option<f64>)>;
+        let mut groups: BTreeMap<Key, Printed> = BTreeMap::new();
         for t in all() {
             for c in &t.cells {
                 let key = (
@@ -671,7 +890,7 @@ mod tests {
                 groups
                     .entry(key)
                     .or_default()
-                    .push((t.table, c.paper, c.paper_gain));
+                    .push((n(&t), c.paper, c.paper_gain));
             }
         }
         let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -788,7 +1007,7 @@ mod tests {
         for t in all() {
             for c in &t.cells {
                 if t.dataset_of(c) == Dataset::Cifar100 && c.official_config.is_none() {
-                    missing.insert((t.table, c.row.clone(), c.column.clone()));
+                    missing.insert((n(&t), c.row.clone(), c.column.clone()));
                 }
             }
         }
@@ -833,5 +1052,120 @@ mod tests {
             err.contains("table-1.toml") && err.contains("bogus"),
             "{err}"
         );
+    }
+    fn ablation_text() -> String {
+        std::fs::read_to_string(path_of(&TableId::Extra("ablation".into()))).unwrap()
+    }
+
+    #[test]
+    fn every_extra_table_loads_and_prints_no_paper_number() {
+        assert_eq!(TableId::all().len(), TABLE_COUNT as usize + EXTRA_TABLES.len());
+        for name in EXTRA_TABLES {
+            let id = TableId::parse(name).unwrap();
+            let t = load(&id).unwrap();
+            assert_eq!(t.table, id);
+            assert!(t.about.as_deref().is_some_and(|a| a.len() > 200), "{name}: `about` is the report's header");
+            assert!(t.source.is_none());
+            for c in &t.cells {
+                assert!(c.paper.is_none() && c.paper_std.is_none() && c.paper_gain.is_none());
+                // Every cell has a baseline to measure its gain against.
+                assert!(t.baseline_of(c).is_some(), "{name}: {:?} has no baseline", c.column);
+            }
+        }
+    }
+
+    #[test]
+    fn the_ablation_uses_table_9s_resnet18_recipe_and_separates_each_variant() {
+        let ab = load(&TableId::Extra("ablation".into())).unwrap();
+        let t9 = load_table(9).unwrap();
+        assert_eq!(ab.recipe, t9.recipe);
+        assert_eq!(ab.dataset, t9.dataset);
+        let reg9 = t9.cell("ResNet18", "Tf-KD_reg").unwrap();
+        let spec = TeacherSpec { model: None, source: TeacherSource::Baseline };
+        let mut strategies = Vec::new();
+        for c in &ab.cells {
+            assert_eq!((c.student.as_str(), c.batch_size, c.lr), ("resnet18", 128, 0.1));
+            if c.method == Method::TfKdReg {
+                // The official base_resnet18 values (paper.md §3.3); only the multiplier may be rescaled.
+                assert_eq!((c.alpha, c.temperature, c.correct_prob), (reg9.alpha, reg9.temperature, reg9.correct_prob));
+            }
+            let s = c.strategy_config(spec.clone()).unwrap();
+            assert!(!strategies.contains(&s), "{:?} repeats another column", c.column);
+            strategies.push(s);
+        }
+        let reg = |column: &str| ab.cell("ResNet18", column).unwrap().strategy_config(spec.clone()).unwrap();
+        assert_eq!(reg("Tf-KD_reg as coded (mean)"), reg9.strategy_config(spec.clone()).unwrap());
+        let StrategyConfig::TfKdReg { form, temperature_squared, reduction, multiplier, .. } = reg("Tf-KD_reg Eq. 9 + T²") else {
+            panic!("not tf-kd-reg")
+        };
+        assert_eq!((form, temperature_squared, reduction, multiplier), (RegForm::PaperEq9, true, KlReduction::BatchMean, 1.0));
+        let StrategyConfig::TfKdReg { form, reduction, multiplier, .. } = reg("Tf-KD_reg as coded, batchmean") else {
+            panic!("not tf-kd-reg")
+        };
+        assert_eq!((form, reduction, multiplier), (RegForm::AsCoded, KlReduction::BatchMean, 100.0));
+    }
+
+    #[test]
+    fn an_unknown_override_field_is_rejected_naming_the_file_and_the_field() {
+        let text = ablation_text();
+        let bad = text.replacen(
+            "strategy = { reduction = \"batch_mean\" }",
+            "strategy = { reduction = \"batch_mean\", bogus_field = 1 }",
+            1,
+        );
+        assert_ne!(bad, text);
+        let err = format!("{:#}", parse_table(&bad, "fixtures/tables/ablation.toml").unwrap_err());
+        assert!(
+            err.contains("fixtures/tables/ablation.toml") && err.contains("`strategy.bogus_field`") && err.contains("cells[3]"),
+            "{err}"
+        );
+        // A field of the runner's config that has a cell field is set there, not overridden.
+        let bad = text.replacen("strategy = { reduction = \"batch_mean\" }", "strategy = { alpha = 0.5 }", 1);
+        let err = format!("{:#}", parse_table(&bad, "ablation.toml").unwrap_err());
+        assert!(err.contains("ablation.toml") && err.contains("`strategy.alpha`"), "{err}");
+        // A field the method does not have.
+        let bad = text.replacen("epsilon = 0.1\n", "epsilon = 0.1\nstrategy = { reduction = \"batch_mean\" }\n", 1);
+        let err = format!("{:#}", parse_table(&bad, "ablation.toml").unwrap_err());
+        assert!(err.contains("ablation.toml") && err.contains("`strategy.reduction`") && err.contains("lsr"), "{err}");
+        // A bad value names the field and the value.
+        let bad = text.replacen("form = \"paper_eq9\"", "form = \"eq9\"", 1);
+        let err = format!("{:#}", parse_table(&bad, "ablation.toml").unwrap_err());
+        assert!(err.contains("ablation.toml") && err.contains("eq9") && err.contains("form"), "{err}");
+        // A combination the loss rejects (T² only exists for Eq. 9).
+        let bad = text.replacen(
+            "strategy = { reduction = \"batch_mean\" }",
+            "strategy = { temperature_squared = true }",
+            1,
+        );
+        let err = format!("{:#}", parse_table(&bad, "ablation.toml").unwrap_err());
+        assert!(err.contains("ablation.toml") && err.contains("temperature_squared"), "{err}");
+    }
+
+    #[test]
+    fn printed_numbers_belong_to_the_papers_tables_only() {
+        let text = ablation_text();
+        let bad = text.replacen("epsilon = 0.1\n", "epsilon = 0.1\npaper = 77.26\n", 1);
+        let err = format!("{:#}", parse_table(&bad, "ablation.toml").unwrap_err());
+        assert!(err.contains("ablation.toml") && err.contains("`paper`"), "{err}");
+        let bad = text.replacen("table = \"ablation\"", "table = \"nope\"", 1);
+        let err = format!("{:#}", parse_table(&bad, "ablation.toml").unwrap_err());
+        assert!(err.contains("\"nope\""), "{err}");
+        let bad = text.replacen("layout = \"rows\"", "layout = \"rows\"\nsource = \"T\"", 1);
+        assert!(format!("{:#}", parse_table(&bad, "ablation.toml").unwrap_err()).contains("`source`"));
+        let start = text.find("about = \"\"\"").unwrap();
+        let end = start + 11 + text[start + 11..].find("\"\"\"").unwrap() + 3;
+        let no_about = format!("{}{}", &text[..start], &text[end..]);
+        let err = format!("{:#}", parse_table(&no_about, "ablation.toml").unwrap_err());
+        assert!(err.contains("ablation.toml") && err.contains("`about`"), "{err}");
+    }
+
+    #[test]
+    fn table_ids_parse_from_the_command_line() {
+        assert_eq!(TableId::parse("9").unwrap(), TableId::Paper(9));
+        assert_eq!(TableId::parse("ablation").unwrap().stem(), "ablation");
+        assert_eq!(TableId::Paper(9).stem(), "table-9");
+        assert_eq!(TableId::Extra("ablation".into()).heading(), "Ablation");
+        assert!(TableId::parse("12").unwrap_err().to_string().contains("table 12"));
+        assert!(TableId::parse("abl").unwrap_err().to_string().contains("abl"));
     }
 }

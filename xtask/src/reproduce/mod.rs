@@ -1,23 +1,27 @@
-//! `cargo xtask reproduce-table <N|all>`: plan, run and report the paper's
-//! tables. Runs are deduplicated across tables, finished runs are skipped and
-//! interrupted ones resumed, so the command can simply be run again.
+//! `cargo xtask reproduce-table <N|ablation|all>`: plan, run and report the
+//! paper's tables and the project's own (the Tf-KD_reg ablation). Runs are
+//! deduplicated across tables, finished runs are skipped and interrupted ones
+//! resumed, so the command can simply be run again.
 
 pub mod plan;
 pub mod profile;
 pub mod report;
 
-use crate::tables::{self, Table};
-use anyhow::{bail, Context, Result};
+use crate::tables::{self, Table, TableId};
+use anyhow::{Context, Result};
 use plan::{Plan, Shared};
 use profile::{Profile, ProfileName};
 use std::path::PathBuf;
 use std::time::Instant;
+use tfkd_core::loss::{KlReduction, SmoothingForm};
+use tfkd_distill::{RegForm, StrategyConfig};
 use tfkd_runner::{run_experiment, RunOptions};
 
 /// The command's arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A table number (1-11), several, or `all`.
+    /// A table number (1-11), `ablation` (Tf-KD_reg as coded vs Eq. 9 vs
+    /// LSR, `mean` vs `batchmean`), several, or `all` (every one of them).
     #[arg(required = true)]
     pub tables: Vec<String>,
     /// How far to scale the recipe: smoke (seconds), quick (2 CPU cores,
@@ -43,19 +47,18 @@ pub struct Args {
     pub dry_run: bool,
 }
 
-fn parse_tables(args: &[String]) -> Result<Vec<u32>> {
+fn parse_tables(args: &[String]) -> Result<Vec<TableId>> {
     if args.iter().any(|a| a == "all") {
-        return Ok((1..=tables::TABLE_COUNT).collect());
+        return Ok(TableId::all());
     }
-    args.iter()
-        .map(|a| {
-            let n: u32 = a.parse().with_context(|| format!("table {a:?} is not a number or `all`"))?;
-            if !(1..=tables::TABLE_COUNT).contains(&n) {
-                bail!("table {n} does not exist: the paper has tables 1 to {}", tables::TABLE_COUNT);
-            }
-            Ok(n)
-        })
-        .collect()
+    let mut ids = Vec::new();
+    for a in args {
+        let id = TableId::parse(a)?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
 }
 
 /// Forward multiply-accumulates of one 32×32 image (224×224 for the
@@ -116,14 +119,46 @@ fn estimate(plan: &Plan, profile: &Profile, tables: &[Table], device: &str) -> (
     (images, total_flop / (assumed_gflops(device) * 1e9))
 }
 
+/// A strategy's hyper-parameters in one short line (teachers are in the
+/// `teacher` column).
+fn strategy_summary(s: &StrategyConfig) -> String {
+    let red = |r: &KlReduction| match r {
+        KlReduction::ElementwiseMean => "mean",
+        KlReduction::BatchMean => "batchmean",
+        KlReduction::Sum => "sum",
+    };
+    match s {
+        StrategyConfig::Baseline {} => "baseline".into(),
+        StrategyConfig::Lsr { epsilon, form } => {
+            let form = match form {
+                SmoothingForm::Official => "official",
+                SmoothingForm::Uniform => "uniform",
+            };
+            format!("lsr ε={epsilon} {form}")
+        }
+        StrategyConfig::Kd { alpha, temperature, reduction, .. }
+        | StrategyConfig::ReKd { alpha, temperature, reduction, .. }
+        | StrategyConfig::DeKd { alpha, temperature, reduction, .. } => {
+            format!("{} α={alpha} T={temperature} {}", s.method(), red(reduction))
+        }
+        StrategyConfig::TfKdSelf { alpha, temperature, multiplier, reduction, .. } => {
+            format!("tf-kd-self α={alpha} T={temperature} m={multiplier} {}", red(reduction))
+        }
+        StrategyConfig::TfKdReg { alpha, temperature, multiplier, correct_prob, form, temperature_squared, reduction } => {
+            let form = match (form, temperature_squared) {
+                (RegForm::AsCoded, _) => "as_coded",
+                (RegForm::PaperEq9, false) => "eq9",
+                (RegForm::PaperEq9, true) => "eq9+T²",
+            };
+            format!("tf-kd-reg α={alpha} T={temperature} m={multiplier} a={correct_prob} {form} {}", red(reduction))
+        }
+    }
+}
+
 /// Runs the command.
 pub fn run(args: &Args) -> Result<()> {
     let numbers = parse_tables(&args.tables)?;
-    let tables: Vec<Table> = if numbers.len() == tables::TABLE_COUNT as usize {
-        tables::load_all()?
-    } else {
-        numbers.iter().map(|&n| tables::load_table(n)).collect::<Result<_>>()?
-    };
+    let tables: Vec<Table> = numbers.iter().map(tables::load).collect::<Result<_>>()?;
     let profile = Profile::new(args.profile, &args.data_dir);
     let runs_dir = plan::runs_dir(&args.out, &profile);
     let shared = Shared { profile: &profile, device: &args.device, runs_dir: &runs_dir, seeds: args.seeds };
@@ -131,27 +166,32 @@ pub fn run(args: &Args) -> Result<()> {
 
     let (images, seconds) = estimate(&plan, &profile, &tables, &args.device);
     println!(
-        "plan: tables {:?}, profile {:?}, {} cells -> {} distinct runs ({} skipped cells)",
-        numbers,
+        "plan: tables [{}], profile {:?}, {} cells -> {} distinct runs ({} skipped cells)",
+        numbers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         profile.name,
         plan.cells.len(),
         plan.runs.len(),
         plan.skipped.len()
     );
     for t in &tables {
-        println!("  table {}: {}", t.table, report::describe(&profile, t, &profile.data(t.dataset).note));
+        println!("  {}: {}", t.table.heading().to_lowercase(), report::describe(&profile, t, &profile.data(t.dataset).note));
     }
-    println!("{:<64} {:>7} {:>10}  teacher", "run", "epochs", "images");
+    println!("{:<64} {:>7} {:>10}  {:<56} teacher", "run", "epochs", "images", "strategy");
     for run in plan.ordered() {
         let c = &run.config;
         let n = if c.data.train_subset > 0 { c.data.train_subset.to_string() } else { "all".into() };
         println!(
-            "{:<64} {:>7} {:>10}  {}",
+            "{:<64} {:>7} {:>10}  {:<56} {}",
             c.name.as_deref().unwrap_or(""),
             c.epochs,
             n,
+            strategy_summary(&c.strategy),
             run.teacher.as_deref().unwrap_or("-")
         );
+    }
+    println!("cells (table | row | column -> runs, one per seed):");
+    for cell in &plan.cells {
+        println!("  {} | {} | {} -> {}", cell.table, cell.row, cell.column, cell.runs.join(", "));
     }
     println!(
         "estimated cost on {}: {:.3e} training images, about {:.1} hours \
@@ -178,7 +218,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     for table in &tables {
         report::write(table, &plan, &profile, &runs_dir, &args.out)?;
-        println!("report: {}", args.out.join(format!("table-{}.md", table.table)).display());
+        println!("report: {}", args.out.join(format!("{}.md", table.table.stem())).display());
     }
     Ok(())
 }
@@ -203,13 +243,14 @@ mod tests {
     fn the_paper_profile_plans_every_table_and_shares_runs() {
         let tmp = tempfile::tempdir().unwrap();
         let a = args("all", ProfileName::Paper, tmp.path(), true);
-        let tables: Vec<Table> = (1..=tables::TABLE_COUNT).map(|n| tables::load_table(n).unwrap()).collect();
+        let tables: Vec<Table> = TableId::all().iter().map(|id| tables::load(id).unwrap()).collect();
         let profile = Profile::new(a.profile, &a.data_dir);
         let runs_dir = plan::runs_dir(&a.out, &profile);
         let shared = Shared { profile: &profile, device: "cuda", runs_dir: &runs_dir, seeds: None };
         let plan = Plan::build(&tables, &shared).unwrap();
-        // The CIFAR-100 ResNet18 baseline recipe (bs 128) appears as a baseline,
-        // a teacher and a De-KD source: one run per seed.
+        // The CIFAR-100 ResNet18 baseline recipe (bs 128) appears as a baseline
+        // (Tables 9 and the ablation among others), a teacher and a De-KD
+        // source: one run per seed.
         let r18: Vec<&String> = plan
             .runs
             .keys()
@@ -234,7 +275,21 @@ mod tests {
     fn bad_table_arguments_are_named() {
         assert!(parse_tables(&["12".into()]).unwrap_err().to_string().contains("table 12"));
         assert!(parse_tables(&["five".into()]).unwrap_err().to_string().contains("five"));
-        assert_eq!(parse_tables(&["all".into()]).unwrap().len(), 11);
+        let all = parse_tables(&["all".into()]).unwrap();
+        assert_eq!(all.len(), 12);
+        assert!(all.contains(&TableId::Extra("ablation".into())));
+        assert_eq!(
+            parse_tables(&["9".into(), "ablation".into(), "9".into()]).unwrap(),
+            [TableId::Paper(9), TableId::Extra("ablation".into())]
+        );
+    }
+
+    #[test]
+    fn the_ablation_dry_run_plans_every_variant() {
+        let tmp = tempfile::tempdir().unwrap();
+        run(&args("ablation", ProfileName::Quick, tmp.path(), true)).unwrap();
+        // A dry run writes nothing.
+        assert!(!tmp.path().join("ablation.md").exists());
     }
 
     /// Every table end to end in the smoke profile: plan, train, report.
@@ -242,15 +297,31 @@ mod tests {
     fn every_table_runs_in_the_smoke_profile() {
         let tmp = tempfile::tempdir().unwrap();
         run(&args("all", ProfileName::Smoke, tmp.path(), false)).unwrap();
-        for n in 1..=tables::TABLE_COUNT {
-            let md = std::fs::read_to_string(tmp.path().join(format!("table-{n}.md"))).unwrap();
-            assert!(!md.contains("not run |"), "table {n} has cells without results:\n{md}");
+        for id in TableId::all() {
+            let n = id.stem();
+            let md = std::fs::read_to_string(tmp.path().join(format!("{n}.md"))).unwrap();
+            assert!(!md.contains("not run |"), "{n} has cells without results:\n{md}");
             let json: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(tmp.path().join(format!("table-{n}.json"))).unwrap()).unwrap();
+                serde_json::from_str(&std::fs::read_to_string(tmp.path().join(format!("{n}.json"))).unwrap()).unwrap();
             for cell in json["cells"].as_array().unwrap() {
                 let best = cell["best"]["mean"].as_f64().unwrap();
-                assert!((0.0..=100.0).contains(&best), "table {n}: {cell}");
+                assert!((0.0..=100.0).contains(&best), "{n}: {cell}");
+                if !id.is_paper() {
+                    assert!(cell["paper"].is_null(), "{n}: {cell}");
+                    if cell["method"] != "baseline" {
+                        assert!(cell["gain"].as_f64().is_some(), "{n}: every cell has a gain over the baseline: {cell}");
+                    }
+                }
             }
+        }
+        // The ablation's report: its header, no paper column, every variant.
+        let ablation = tables::load(&TableId::Extra("ablation".into())).unwrap();
+        let md = std::fs::read_to_string(tmp.path().join("ablation.md")).unwrap();
+        assert!(md.starts_with("# Ablation: "), "{md}");
+        assert!(md.contains(ablation.about.as_deref().unwrap().trim()));
+        assert!(md.contains("| row | column | ours (best) | ours (last) | our gain |") && !md.contains("| paper |"), "{md}");
+        for column in &ablation.columns {
+            assert!(md.contains(&format!("| ResNet18 | {column} | ")), "{column} missing:\n{md}");
         }
         // Running again trains nothing and rewrites the same numbers.
         let before = std::fs::read_to_string(tmp.path().join("table-5.json")).unwrap();

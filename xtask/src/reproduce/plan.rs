@@ -6,15 +6,19 @@
 //! (the CIFAR-100 ResNet18 baseline is a baseline, a teacher and a De-KD source
 //! in five tables) is one run. Teachers are baseline runs of the teacher
 //! network, planned explicitly and trained before the runs that read them.
+//!
+//! A cell's `strategy` overrides (Tf-KD_reg's `form`, a KL `reduction`, ...)
+//! are part of its strategy config, hence of the digest: two cells that differ
+//! only there are two runs, and a cell of the ablation that equals a cell of
+//! the paper's tables is the same run.
 
 use super::profile::{DataChoice, Profile};
-use crate::tables::{Cell, Method, Table};
+use crate::tables::{Cell, Method, Table, TableId};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tfkd_core::loss::{KlReduction, SmoothingForm};
 use tfkd_core::schedule::Decay;
-use tfkd_distill::{RegForm, StrategyConfig, TeacherSource, TeacherSpec};
+use tfkd_distill::{StrategyConfig, TeacherSource, TeacherSpec};
 use tfkd_runner::config::{DataConfig, ModelConfig, OptimConfig, ScheduleConfig};
 use tfkd_runner::ExperimentConfig;
 
@@ -30,8 +34,8 @@ pub enum Measure {
 /// One cell of one table, with the runs (one per seed) that measure it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PlannedCell {
-    /// Table number.
-    pub table: u32,
+    /// The table.
+    pub table: TableId,
     /// Row label.
     pub row: String,
     /// Column label.
@@ -59,7 +63,7 @@ pub struct Plan {
     /// Cells of every requested table, in table order.
     pub cells: Vec<PlannedCell>,
     /// Cells that cannot run, with the reason.
-    pub skipped: Vec<(u32, String, String, String)>,
+    pub skipped: Vec<(TableId, String, String, String)>,
 }
 
 /// FNV-1a over the config text: a digest that is stable across Rust versions.
@@ -92,7 +96,7 @@ impl Plan {
             for cell in &table.cells {
                 if !cell.runnable {
                     plan.skipped.push((
-                        table.table,
+                        table.table.clone(),
                         cell.row.clone(),
                         cell.column.clone(),
                         cell.note.clone().unwrap_or_else(|| "not runnable".into()),
@@ -117,7 +121,7 @@ impl Plan {
                     runs.push(name);
                 }
                 plan.cells.push(PlannedCell {
-                    table: table.table,
+                    table: table.table.clone(),
                     row: cell.row.clone(),
                     column: cell.column.clone(),
                     runs,
@@ -160,7 +164,6 @@ impl Plan {
 
     /// Plans one cell's run (and its teacher's); returns the run name.
     fn plan_cell(&mut self, table: &Table, cell: &Cell, data: &DataChoice, seed: u64, shared: &Shared) -> Result<String> {
-        let f = |v: Option<f64>, what: &str| v.with_context(|| format!("field `{what}` is missing"));
         let teacher_model = match cell.method {
             Method::TfKdSelf => Some(cell.student.clone()),
             Method::Kd | Method::ReKd | Method::DeKd => Some(cell.teacher.clone().context("field `teacher` is missing")?),
@@ -184,40 +187,15 @@ impl Plan {
                 (Some(run), Some(source))
             }
         };
-        let teacher = |source: TeacherSource| TeacherSpec {
-            model: teacher_model.as_ref().map(|m| shared.profile.model(m, data.kind)),
-            source,
+        if cell.method == Method::Baseline {
+            // Any overrides were rejected by validation: a baseline has none.
+            return self.plan_baseline(table, &cell.student, cell, data, seed, shared);
+        }
+        let teacher = TeacherSpec {
+            model: teacher_model.as_ref().filter(|_| cell.method.has_teacher()).map(|m| shared.profile.model(m, data.kind)),
+            source: teacher_source.unwrap_or_default(),
         };
-        let strategy = match cell.method {
-            Method::Baseline => return self.plan_baseline(table, &cell.student, cell, data, seed, shared),
-            Method::Lsr => StrategyConfig::Lsr { epsilon: cell.epsilon.unwrap_or(0.1), form: SmoothingForm::Official },
-            Method::Kd | Method::ReKd | Method::DeKd => {
-                let (alpha, temperature) = (f(cell.alpha, "alpha")?, f(cell.temperature, "temperature")?);
-                let teacher = teacher(teacher_source.clone().context("teacher")?);
-                let reduction = KlReduction::ElementwiseMean;
-                match cell.method {
-                    Method::Kd => StrategyConfig::Kd { alpha, temperature, teacher, reduction },
-                    Method::ReKd => StrategyConfig::ReKd { alpha, temperature, teacher, reduction },
-                    _ => StrategyConfig::DeKd { alpha, temperature, teacher, reduction },
-                }
-            }
-            Method::TfKdSelf => StrategyConfig::TfKdSelf {
-                alpha: f(cell.alpha, "alpha")?,
-                temperature: f(cell.temperature, "temperature")?,
-                multiplier: cell.multiplier.unwrap_or(1.0),
-                reduction: KlReduction::ElementwiseMean,
-                source: teacher_source.clone().context("teacher")?,
-            },
-            Method::TfKdReg => StrategyConfig::TfKdReg {
-                alpha: f(cell.alpha, "alpha")?,
-                temperature: f(cell.temperature, "temperature")?,
-                multiplier: cell.multiplier.unwrap_or(1.0),
-                correct_prob: cell.correct_prob.unwrap_or(0.99),
-                form: RegForm::AsCoded,
-                temperature_squared: false,
-                reduction: KlReduction::ElementwiseMean,
-            },
-        };
+        let strategy = cell.strategy_config(teacher)?;
         let config = experiment(table, cell, &cell.student, strategy, data, seed, shared)?;
         Ok(self.insert(config, teacher_run))
     }
@@ -295,4 +273,89 @@ pub fn experiment(
 /// Where the runs of a reproduction live.
 pub fn runs_dir(out: &Path, profile: &Profile) -> PathBuf {
     out.join("runs").join(format!("{:?}", profile.name).to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reproduce::profile::ProfileName;
+    use crate::tables::{load, load_table};
+    use tfkd_core::loss::KlReduction;
+
+    fn ablation() -> Table {
+        load(&TableId::Extra("ablation".into())).unwrap()
+    }
+
+    fn plan(tables: &[Table], profile: ProfileName) -> Plan {
+        let profile = Profile::new(profile, Path::new("data"));
+        let runs_dir = PathBuf::from("runs");
+        Plan::build(tables, &Shared { profile: &profile, device: "cpu", runs_dir: &runs_dir, seeds: None }).unwrap()
+    }
+
+    fn runs_of<'p>(plan: &'p Plan, table: &TableId, row: &str, column: &str) -> &'p [String] {
+        let cell = plan.cells.iter().find(|c| &c.table == table && c.row == row && c.column == column);
+        &cell.unwrap_or_else(|| panic!("no cell {table} {row:?} {column:?}")).runs
+    }
+
+    #[test]
+    fn cells_that_differ_only_in_reduction_are_two_runs() {
+        let mut table = ablation();
+        let coded = table.cell("ResNet18", "Tf-KD_reg as coded (mean)").unwrap().clone();
+        let mut batch = coded.clone();
+        batch.column = "batch".into();
+        batch.strategy = Some(toml::toml! { reduction = "batch_mean" });
+        // Saying the default out loud changes nothing: the same run.
+        let mut explicit = coded.clone();
+        explicit.column = "explicit".into();
+        explicit.strategy = Some(toml::toml! { reduction = "elementwise_mean" });
+        table.columns.extend(["batch".to_string(), "explicit".to_string()]);
+        table.cells = vec![coded, batch, explicit];
+        table.validate("test").unwrap();
+        for profile in [ProfileName::Paper, ProfileName::Quick, ProfileName::Smoke] {
+            let p = plan(std::slice::from_ref(&table), profile);
+            let id = &table.table;
+            let (coded, batch, explicit) = (
+                runs_of(&p, id, "ResNet18", "Tf-KD_reg as coded (mean)"),
+                runs_of(&p, id, "ResNet18", "batch"),
+                runs_of(&p, id, "ResNet18", "explicit"),
+            );
+            assert_eq!(coded, explicit, "{profile:?}");
+            assert_eq!(coded.len(), batch.len());
+            for (a, b) in coded.iter().zip(batch) {
+                assert_ne!(a, b, "{profile:?}: reduction must be part of the run name");
+            }
+            assert_eq!(p.runs.len(), 2 * coded.len());
+            let reductions: Vec<KlReduction> = [&coded[0], &batch[0]]
+                .iter()
+                .map(|r| match p.runs[*r].config.strategy {
+                    StrategyConfig::TfKdReg { reduction, .. } => reduction,
+                    ref s => panic!("{s:?}"),
+                })
+                .collect();
+            assert_eq!(reductions, [KlReduction::ElementwiseMean, KlReduction::BatchMean]);
+        }
+    }
+
+    #[test]
+    fn the_ablations_official_cells_are_table_9s_runs_and_its_variants_are_new() {
+        let (ab, t9) = (ablation(), load_table(9).unwrap());
+        for profile in [ProfileName::Paper, ProfileName::Quick] {
+            let both = plan(&[t9.clone(), ab.clone()], profile);
+            let alone = plan(std::slice::from_ref(&ab), profile);
+            let (a, n9) = (&ab.table, &t9.table);
+            for (ours, theirs) in [("Baseline", "Baseline"), ("LSR", "+ LSR"), ("Tf-KD_reg as coded (mean)", "Tf-KD_reg")] {
+                let runs = runs_of(&both, a, "ResNet18", ours);
+                assert_eq!(runs, runs_of(&both, n9, "ResNet18", theirs), "{profile:?}: {ours}");
+                // The names do not depend on which tables are planned together.
+                assert_eq!(runs, runs_of(&alone, a, "ResNet18", ours));
+            }
+            let mut names: Vec<&String> = ab.columns.iter().flat_map(|c| runs_of(&alone, a, "ResNet18", c)).collect();
+            let seeds = runs_of(&alone, a, "ResNet18", "Baseline").len();
+            assert_eq!(seeds, if profile == ProfileName::Paper { 3 } else { 2 });
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), ab.columns.len() * seeds, "{profile:?}: every column is its own run");
+            assert_eq!(alone.runs.len(), names.len());
+        }
+    }
 }

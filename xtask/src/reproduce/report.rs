@@ -1,6 +1,8 @@
 //! The report of a reproduced table: `table-N.md` (paper and ours side by
 //! side), `table-N.json` (every number), and an SVG of test accuracy against
-//! epoch for every run, linked from the markdown.
+//! epoch for every run, linked from the markdown. A table the paper does not
+//! print (`ablation.md`/`.json`) opens with its `about` text and shows only
+//! ours and our gain over its baseline cell.
 
 use super::plan::{Measure, Plan, PlannedCell};
 use super::profile::Profile;
@@ -122,11 +124,12 @@ fn svg(title: &str, history: &[EpochRecord]) -> String {
     s
 }
 
-/// Writes `table-N.md`, `table-N.json` and the run plots under `out`.
+/// Writes `table-N.md` (or `<name>.md`), its `.json` and the run plots under `out`.
 pub fn write(table: &Table, plan: &Plan, profile: &Profile, runs_dir: &Path, out: &Path) -> Result<Vec<CellResult>> {
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
     let cells: Vec<&PlannedCell> = plan.cells.iter().filter(|c| c.table == table.table).collect();
+    let printed = table.table.is_paper();
     let mut results = Vec::new();
     for pc in &cells {
         let cell = table.cell(&pc.row, &pc.column).context("planned cell not in table")?;
@@ -162,37 +165,48 @@ pub fn write(table: &Table, plan: &Plan, profile: &Profile, runs_dir: &Path, out
     }
 
     let mut md = String::new();
-    let _ = writeln!(md, "# Table {}: {}\n\n> {}\n", table.table, table.title, table.caption);
+    let _ = writeln!(md, "# {}: {}\n\n> {}\n", table.table.heading(), table.title, table.caption);
+    if let Some(about) = &table.about {
+        let _ = writeln!(md, "{}\n", about.trim());
+    }
     let data = profile.data(table.dataset);
     let _ = writeln!(md, "Profile `{:?}`: {}.\n", profile.name, describe(profile, table, &data.note));
-    let _ = writeln!(md, "| row | column | paper | ours (best) | ours (last) | ours − paper | paper gain | our gain | same sign |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    if printed {
+        let _ = writeln!(md, "| row | column | paper | ours (best) | ours (last) | ours − paper | paper gain | our gain | same sign |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    } else {
+        let _ = writeln!(md, "| row | column | ours (best) | ours (last) | our gain |");
+        let _ = writeln!(md, "|---|---|---|---|---|");
+    }
     for r in &results {
+        let show = |s: Option<Stat>| s.map(|s| s.show()).unwrap_or_else(|| "not run".into());
+        let og = r.gain.map(|g| format!("{g:+.2}")).unwrap_or_else(|| "—".into());
+        let links: Vec<String> = r.runs.iter().map(|run| format!("[{}](plots/{run}.svg)", short(run))).collect();
+        let ours = format!("{} {}", show(r.best), links.join(" "));
+        if !printed {
+            let _ = writeln!(md, "| {} | {} | {ours} | {} | {og} |", r.row, r.column, show(r.last));
+            continue;
+        }
         let paper = match (r.paper, r.paper_std) {
             (Some(p), Some(s)) => format!("{p:.2}±{s:.2}"),
             (Some(p), None) => format!("{p:.2}"),
             _ => "—".into(),
         };
-        let show = |s: Option<Stat>| s.map(|s| s.show()).unwrap_or_else(|| "not run".into());
         let diff = match (r.best, r.paper) {
             (Some(b), Some(p)) => format!("{:+.2}", b.mean - p),
             _ => "—".into(),
         };
         let pg = r.paper_gain.map(|g| format!("{g:+.2}")).unwrap_or_else(|| "—".into());
-        let og = r.gain.map(|g| format!("{g:+.2}")).unwrap_or_else(|| "—".into());
         let sign = match (r.paper_gain, r.gain) {
             (Some(p), Some(o)) if (p > 0.0) == (o > 0.0) => "yes",
             (Some(_), Some(_)) => "**no**",
             _ => "",
         };
-        let links: Vec<String> = r.runs.iter().map(|run| format!("[{}](plots/{run}.svg)", short(run))).collect();
         let _ = writeln!(
             md,
-            "| {} | {} | {paper} | {} {} | {} | {diff} | {pg} | {og} | {sign} |",
+            "| {} | {} | {paper} | {ours} | {} | {diff} | {pg} | {og} | {sign} |",
             r.row,
             r.column,
-            show(r.best),
-            links.join(" "),
             show(r.last)
         );
     }
@@ -210,8 +224,12 @@ pub fn write(table: &Table, plan: &Plan, profile: &Profile, runs_dir: &Path, out
     let _ = writeln!(
         md,
         "\n\"Best\" is the highest test top-1 over epochs (the official code's `best.pth.tar`), \"last\" the final epoch; \
-         mean ± sample std over seeds. \"Our gain\" is over our own baseline of the same row, so that the paper's \
-         qualitative claim (the sign of the gain) can be checked at any scale."
+         mean ± sample std over seeds. \"Our gain\" is over our own baseline of the same row, {}",
+        if printed {
+            "so that the paper's qualitative claim (the sign of the gain) can be checked at any scale."
+        } else {
+            "trained with the same recipe and seeds; the paper prints no number for this table."
+        }
     );
     for run in plan.cells.iter().filter(|c| c.table == table.table).flat_map(|c| &c.runs) {
         let history = read_history(&runs_dir.join(run));
@@ -219,9 +237,10 @@ pub fn write(table: &Table, plan: &Plan, profile: &Profile, runs_dir: &Path, out
             std::fs::write(plots.join(format!("{run}.svg")), svg(run, &history))?;
         }
     }
-    std::fs::write(out.join(format!("table-{}.md", table.table)), md)?;
+    let stem = table.table.stem();
+    std::fs::write(out.join(format!("{stem}.md")), md)?;
     let json = serde_json::json!({ "table": table.table, "title": table.title, "profile": profile, "data": data, "cells": results });
-    std::fs::write(out.join(format!("table-{}.json", table.table)), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(out.join(format!("{stem}.json")), serde_json::to_string_pretty(&json)?)?;
     Ok(results)
 }
 
