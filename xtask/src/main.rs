@@ -2,7 +2,8 @@
 //!
 //! - `fixtures`: regenerate the PyTorch golden fixtures under `fixtures/`.
 //! - `bench`: run the criterion benchmarks and print the PyTorch comparison.
-//! - `reproduce-table <N|all>`: re-run tables of the paper, report side by side.
+//! - `reproduce-table <N|ablation|all>`: re-run tables of the paper (and the
+//!   project's Tf-KD_reg ablation), report side by side.
 //!
 //! Tidiness checks (`//!` headers, no machine paths in the repository) run as
 //! ordinary tests of this crate (`tidy.rs`), so `cargo test` enforces them.
