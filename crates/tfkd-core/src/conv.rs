@@ -6,8 +6,14 @@
 //! [`conv2d`] wraps candle's own (im2col + gemm) forward in a
 //! [`CustomOp2`] whose backward expresses both gradients as forward
 //! convolutions / matrix products, so they also run on the fast paths.
+//! Depthwise convolutions (one input channel per group), which candle runs
+//! as one tiny convolution per channel, have their own CPU kernels
+//! ([`depthwise_conv2d`], `conv/depthwise.rs`).
 
 use std::sync::Mutex;
+
+mod depthwise;
+pub use depthwise::depthwise_conv2d;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -44,9 +50,12 @@ use candle_core::{
 /// product (faster than candle's tiled forward for these shapes).
 ///
 /// On the CPU (groups = 1, per group otherwise) the fast backward is used;
-/// depthwise convolutions (one input channel per group) and other devices
-/// use plain `Tensor::conv2d`, as do calls where neither operand tracks
-/// gradients. Shape mismatches are reported as candle errors naming the dims.
+/// depthwise convolutions (one input channel per group) go to
+/// [`depthwise_conv2d`] (its own forward and backward kernels on the CPU);
+/// other devices use plain `Tensor::conv2d`, as do calls where neither
+/// operand tracks gradients. Only the gradients of operands that track them
+/// are computed. Shape mismatches are reported as candle errors naming the
+/// dims.
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -66,9 +75,10 @@ pub fn conv2d(
             "conv2d: input {h}x{wd} with padding {padding} is smaller than kernel {k_h}x{k_w} (stride {stride})"
         )
     }
-    // Depthwise (one input channel per group): the per-group custom ops cost
-    // more in overhead than candle's own backward, which is kept there.
-    if !matches!(x.device(), Device::Cpu) || (groups > 1 && c_in_k == 1) {
+    if groups > 1 && c_in_k == 1 {
+        return depthwise_conv2d(x, w, padding, stride);
+    }
+    if !matches!(x.device(), Device::Cpu) {
         return x.conv2d(w, padding, stride, 1, groups);
     }
     if groups == 1 {
@@ -212,9 +222,18 @@ impl CustomOp2 for FastConv2d {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let gx = input_grad(x, w, grad, self.padding, self.stride)?;
-        let gw = weight_grad(x, w, grad, self.padding, self.stride)?;
-        Ok((Some(gx), Some(gw)))
+        // The network's input (images) needs no gradient.
+        let gx = if x.track_op() {
+            Some(input_grad(x, w, grad, self.padding, self.stride)?)
+        } else {
+            None
+        };
+        let gw = if w.track_op() {
+            Some(weight_grad(x, w, grad, self.padding, self.stride)?)
+        } else {
+            None
+        };
+        Ok((gx, gw))
     }
 }
 

@@ -37,6 +37,7 @@
 pub struct ReadmeDoctests;
 
 pub mod conv;
+mod cpu;
 pub mod error;
 pub mod init;
 pub mod loss;

@@ -1,0 +1,83 @@
+//! Times the CPU custom ops of tfkd-core against candle's composed versions,
+//! forward + backward (`L = Σ y ⊙ r`), and prints a table (median of a few
+//! runs, milliseconds).
+//!
+//! ```sh
+//! cargo run --release -p tfkd-core --example op_time            # all
+//! cargo run --release -p tfkd-core --example op_time -- depthwise
+//! ```
+//!
+//! The optional argument filters the rows by name; `--no-candle` (after it)
+//! times tfkd's ops only (for profiling). candle's composed depthwise
+//! convolution is slow (seconds): it runs once per shape.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use tfkd_core::conv::{conv2d, depthwise_conv2d};
+use tfkd_core::rng::SeededRng;
+
+/// Median milliseconds of `runs` calls of `f` (after one warm-up call).
+fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut ms = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        f()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[ms.len() / 2])
+}
+
+/// Forward + backward of `conv(x, k)` with an upstream gradient `r`.
+fn fwd_bwd(conv: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>, x: &Var, k: &Var, r: &Tensor) -> Result<()> {
+    let y = conv(x, k)?;
+    let g = (&y * r)?.sum_all()?.backward()?;
+    assert!(g.get(x).is_some() && g.get(k).is_some());
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let filter = std::env::args().nth(1).unwrap_or_default();
+    let no_candle = std::env::args().any(|a| a == "--no-candle");
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(0);
+    println!("threads {}", candle_core::utils::get_num_threads());
+    println!(
+        "{:<44} {:>12} {:>12} {:>8} {:>12}",
+        "op (f32, forward + backward)", "candle ms", "tfkd ms", "ratio", "tfkd fwd ms"
+    );
+    // (name, n, c_in, c_out, side, k, stride, pad, groups)
+    #[rustfmt::skip]
+    let convs: &[(&str, usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+        ("depthwise 3x3 s1 64x384x16x16", 64, 384, 384, 16, 3, 1, 1, 384),
+        ("depthwise 3x3 s1 32x192x16x16 (MobileNetV2)", 32, 192, 192, 16, 3, 1, 1, 192),
+        ("depthwise 3x3 s2 32x144x32x32 (MobileNetV2)", 32, 144, 144, 32, 3, 2, 1, 144),
+        ("depthwise 3x3 s1 32x116x8x8 (ShuffleNetV2)", 32, 116, 116, 8, 3, 1, 1, 116),
+        ("depthwise 5x5 s2 32x64x16x16", 32, 64, 64, 16, 5, 2, 2, 64),
+    ];
+    for &(name, n, c_in, c_out, side, k, s, p, groups) in convs {
+        if !name.contains(&filter) {
+            continue;
+        }
+        let x = Var::from_tensor(&rng.uniform_tensor((n, c_in, side, side), -1.0, 1.0, DType::F32, &dev)?)?;
+        let w = Var::from_tensor(&rng.uniform_tensor((c_out, c_in / groups, k, k), -0.5, 0.5, DType::F32, &dev)?)?;
+        let out = (side + 2 * p - k) / s + 1;
+        let r = rng.uniform_tensor((n, c_out, out, out), -1.0, 1.0, DType::F32, &dev)?;
+        let candle = |x: &Tensor, w: &Tensor| x.conv2d(w, p, s, 1, groups);
+        let ours = |x: &Tensor, w: &Tensor| {
+            if groups == c_in && c_in == c_out {
+                depthwise_conv2d(x, w, p, s)
+            } else {
+                conv2d(x, w, p, s, groups)
+            }
+        };
+        let t_candle = if no_candle { f64::NAN } else { time(1, || fwd_bwd(&candle, &x, &w, &r))? };
+        let t_ours = time(if no_candle { 20 } else { 5 }, || fwd_bwd(&ours, &x, &w, &r))?;
+        let (xd, wd) = (x.as_detached_tensor(), w.as_detached_tensor());
+        let t_fwd = time(if no_candle { 20 } else { 5 }, || ours(&xd, &wd).map(drop))?;
+        println!("{name:<44} {t_candle:>12.2} {t_ours:>12.2} {:>7.1}x {t_fwd:>12.2}", t_candle / t_ours);
+    }
+    Ok(())
+}
