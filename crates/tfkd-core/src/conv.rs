@@ -10,14 +10,16 @@
 //! as one tiny convolution per channel, have their own CPU kernels
 //! ([`depthwise_conv2d`], `conv/depthwise.rs`).
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 mod depthwise;
+mod windows;
 pub use depthwise::depthwise_conv2d;
+pub use windows::{depthwise_conv2d_taps, pad_hw, window_out_size, window_taps};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp2, Device, Layout, MetalStorage, Result, Shape, Storage,
+    CpuStorage, CudaStorage, CustomOp2, Layout, MetalStorage, Result, Shape, Storage,
     Tensor,
 };
 
@@ -49,11 +51,13 @@ use candle_core::{
 /// The stride-1 convolutions of `∂L/∂x` are also run as im2col + one matrix
 /// product (faster than candle's tiled forward for these shapes).
 ///
-/// On the CPU (groups = 1, per group otherwise) the fast backward is used;
-/// depthwise convolutions (one input channel per group) go to
-/// [`depthwise_conv2d`] (its own forward and backward kernels on the CPU);
-/// other devices use plain `Tensor::conv2d`, as do calls where neither
-/// operand tracks gradients. Only the gradients of operands that track them
+/// On every device the fast backward is used (groups = 1, per group
+/// otherwise: it is made of tensor ops, so on CUDA it runs as im2col copies
+/// and cuBLAS products instead of candle's direct `conv_transpose2d`
+/// kernel); depthwise convolutions (one input channel per group) go to
+/// [`depthwise_conv2d`] (its own kernels on the CPU, [`depthwise_conv2d_taps`]
+/// elsewhere). Calls where neither operand tracks gradients use plain
+/// `Tensor::conv2d`, and so does everything under `TFKD_CONV=candle`. Only the gradients of operands that track them
 /// are computed. Shape mismatches are reported as candle errors naming the
 /// dims.
 pub fn conv2d(
@@ -75,11 +79,11 @@ pub fn conv2d(
             "conv2d: input {h}x{wd} with padding {padding} is smaller than kernel {k_h}x{k_w} (stride {stride})"
         )
     }
+    if candle_only() {
+        return x.conv2d(w, padding, stride, 1, groups);
+    }
     if groups > 1 && c_in_k == 1 {
         return depthwise_conv2d(x, w, padding, stride);
-    }
-    if !matches!(x.device(), Device::Cpu) {
-        return x.conv2d(w, padding, stride, 1, groups);
     }
     if groups == 1 {
         return conv2d_single(x, w, padding, stride);
@@ -92,6 +96,14 @@ pub fn conv2d(
         .map(|(x, w)| conv2d_single(x, w, padding, stride))
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&ys, 1)
+}
+
+/// `TFKD_CONV=candle` in the environment makes [`conv2d`] call candle's own
+/// `Tensor::conv2d` (and its autograd) everywhere: the baseline of the
+/// benchmarks, and an escape hatch should the fast paths misbehave on a device.
+fn candle_only() -> bool {
+    static CANDLE_ONLY: OnceLock<bool> = OnceLock::new();
+    *CANDLE_ONLY.get_or_init(|| std::env::var("TFKD_CONV").is_ok_and(|v| v == "candle"))
 }
 
 /// One group: candle's forward (computed outside the graph) wrapped in the op.

@@ -3,10 +3,10 @@
 //! candle's composed `Tensor::conv2d` + autograd: forward values, input and
 //! kernel gradients, on random shapes (batch 1, odd sizes, strides 1–3,
 //! padding 0–2, kernels 1/3/5 and non-square, channel multipliers 1 and 2),
-//! in f32 and f64.
+//! in f32 and f64; and the composed `depthwise_conv2d_taps` used off the CPU.
 
 use candle_core::{DType, Device, Tensor, Var};
-use tfkd_core::conv::{conv2d, depthwise_conv2d};
+use tfkd_core::conv::{conv2d, depthwise_conv2d, depthwise_conv2d_taps};
 use tfkd_core::rng::SeededRng;
 
 /// A depthwise problem: `x: (n, c, h, w)`, `w: (c·m, 1, kh, kw)`.
@@ -146,6 +146,27 @@ fn depthwise_matches_direct_reference_on_random_shapes() {
             }
         }
     }
+}
+
+/// The composed form used off the CPU (`depthwise_conv2d_taps`, built from
+/// `window_taps`): same reference, channel multiplier 1, candle's autograd.
+#[test]
+fn depthwise_taps_match_direct_reference_on_random_shapes() {
+    let mut rng = SeededRng::new(4);
+    let mut compared = 0;
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+        for d in random_cases(120, 23).into_iter().filter(|d| d.m == 1) {
+            let inp = inputs(&d, &mut rng, dtype);
+            let want = reference(&d, &to_f64(&inp.x), &to_f64(&inp.k), &to_f64(&inp.r));
+            let got = run(|x, k| depthwise_conv2d_taps(x, k, d.p, d.s).unwrap(), &inp);
+            for (what, a, b) in [("y", &got[0], &want.0), ("dx", &got[1], &want.1), ("dw", &got[2], &want.2)] {
+                let e = rel_err(a, b);
+                assert!(e < tol, "{dtype:?} {d:?}: {what} relative error {e:e}");
+            }
+            compared += 1;
+        }
+    }
+    assert!(compared > 120, "only {compared} cases compared");
 }
 
 #[test]

@@ -6,8 +6,8 @@
 //! a unique maximum by 1/k². The zoo therefore never uses it.
 //! [`max_pool2d`] covers every kernel / stride / padding combination by composing
 //! ops candle can differentiate: the input is padded with `-inf`, and the
-//! maximum is taken over the `k × k` shifted, strided views with
-//! [`Tensor::maximum`]. It therefore runs on every candle device.
+//! maximum is taken over the `k × k` shifted, strided views
+//! (`tfkd_core::conv::window_taps`) with [`Tensor::maximum`]. It therefore runs on every candle device.
 //!
 //! Gradient note: where several window elements tie for the maximum, candle's
 //! `maximum` backward splits the gradient between them, whereas PyTorch sends
@@ -16,54 +16,7 @@
 //! weight gradients of the zoo's networks agree with PyTorch.
 
 use candle_core::{Result, Tensor, D};
-
-/// Pads the last two dimensions with `value` (`top`, `bottom`, `left`, `right`).
-fn pad_hw(
-    xs: &Tensor,
-    top: usize,
-    bottom: usize,
-    left: usize,
-    right: usize,
-    value: f64,
-) -> Result<Tensor> {
-    let (n, c, h, w) = xs.dims4()?;
-    let mut xs = xs.clone();
-    if left + right > 0 {
-        let mut parts = Vec::with_capacity(3);
-        if left > 0 {
-            parts.push(Tensor::full(value, (n, c, h, left), xs.device())?.to_dtype(xs.dtype())?);
-        }
-        parts.push(xs.clone());
-        if right > 0 {
-            parts.push(Tensor::full(value, (n, c, h, right), xs.device())?.to_dtype(xs.dtype())?);
-        }
-        xs = Tensor::cat(&parts, 3)?;
-    }
-    let w2 = w + left + right;
-    if top + bottom > 0 {
-        let mut parts = Vec::with_capacity(3);
-        if top > 0 {
-            parts.push(Tensor::full(value, (n, c, top, w2), xs.device())?.to_dtype(xs.dtype())?);
-        }
-        parts.push(xs.clone());
-        if bottom > 0 {
-            parts.push(Tensor::full(value, (n, c, bottom, w2), xs.device())?.to_dtype(xs.dtype())?);
-        }
-        xs = Tensor::cat(&parts, 2)?;
-    }
-    Ok(xs)
-}
-
-/// Output side of a pooling window, PyTorch's floor mode.
-fn out_size(size: usize, kernel: usize, stride: usize, padding: usize) -> Result<usize> {
-    if size + 2 * padding < kernel {
-        candle_core::bail!(
-            "pooling kernel {kernel} larger than padded input side {}",
-            size + 2 * padding
-        )
-    }
-    Ok((size + 2 * padding - kernel) / stride + 1)
-}
+use tfkd_core::conv::window_taps;
 
 /// 2-D max-pooling with any kernel, stride and padding, like
 /// `torch.nn.MaxPool2d(kernel, stride, padding)` (floor mode, dilation 1).
@@ -83,46 +36,10 @@ pub fn max_pool2d(xs: &Tensor, kernel: usize, stride: usize, padding: usize) -> 
     // backward (candle-core 0.11.1, `backprop.rs`, `Op::MaxPool2D`) scales the
     // gradient of the maximum by count/k² instead of 1/count, i.e. 1/k² for a
     // unique maximum (found by `tests/parity.rs::cnn`).
-    let (_, _, h, w) = xs.dims4()?;
-    let ho = out_size(h, kernel, stride, padding)?;
-    let wo = out_size(w, kernel, stride, padding)?;
-    // Pad so that every shifted view `offset + stride * i` (i < out) can be taken
-    // by a reshape to `[out, stride]` and a narrow of the second axis.
-    let need_h = kernel - 1 + stride * ho;
-    let need_w = kernel - 1 + stride * wo;
-    let bottom = need_h.saturating_sub(h + padding);
-    let right = need_w.saturating_sub(w + padding);
-    let xs = pad_hw(xs, padding, bottom, padding, right, f64::NEG_INFINITY)?;
-    let (n, c, _, _) = xs.dims4()?;
-    let mut acc: Option<Tensor> = None;
-    for di in 0..kernel {
-        let rows = xs.narrow(2, di, stride * ho)?;
-        let rows = if stride == 1 {
-            rows
-        } else {
-            rows.reshape((n, c, ho, stride, xs.dim(3)?))?
-                .narrow(3, 0, 1)?
-                .squeeze(3)?
-        };
-        for dj in 0..kernel {
-            let view = rows.narrow(3, dj, stride * wo)?;
-            let view = if stride == 1 {
-                view
-            } else {
-                view.reshape((n, c, ho, wo, stride))?
-                    .narrow(4, 0, 1)?
-                    .squeeze(4)?
-            };
-            acc = Some(match acc {
-                None => view,
-                Some(a) => a.maximum(&view)?,
-            });
-        }
-    }
-    match acc {
-        Some(a) => Ok(a),
-        None => candle_core::bail!("max_pool2d kernel must be positive"),
-    }
+    let taps = window_taps(xs, (kernel, kernel), stride, padding, f64::NEG_INFINITY)?;
+    let mut taps = taps.into_iter();
+    let first = taps.next().ok_or_else(|| candle_core::Error::Msg("max_pool2d kernel must be positive".into()))?;
+    taps.try_fold(first, |acc, tap| acc.maximum(&tap))
 }
 
 /// 2-D average pooling with kernel = stride (`torch.nn.AvgPool2d(k)`), differentiable.

@@ -55,7 +55,12 @@ pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -
         && supported(x.dtype())
         && x.dtype() == w.dtype();
     if !fast {
-        return x.conv2d(w, padding, stride, 1, c);
+        // Off the CPU: a few kernels per tap instead of one convolution per channel.
+        return if c_out == c {
+            super::depthwise_conv2d_taps(x, w, padding, stride)
+        } else {
+            x.conv2d(w, padding, stride, 1, c)
+        };
     }
     let x = x.contiguous()?;
     let w = w.contiguous()?;
