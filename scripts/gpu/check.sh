@@ -10,7 +10,10 @@
 #   run-cuda.sh   the launcher that puts the CUDA libraries on the path
 #   data/cifar10-mini   the 5k/2k CIFAR-10 subset (CIFAR binary format)
 # then, on the GPU machine, from the repository root: `bash scripts/gpu/check.sh`.
-# MODELS, CONFIGS and TRAIN_LIMIT (seconds per training run) override the defaults.
+# MODELS, CONFIGS, TRAIN_LIMIT (seconds per training run) and TRAIN_ARGS (extra
+# `tfkd train` arguments, e.g. `--set epochs=3`) override the defaults;
+# CANDLE_CONV_MODELS also times those models under TFKD_CONV=candle (candle's
+# own convolutions: the before/after of tfkd's conv paths in the same session).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 cd "${GPU_DIR:-.gpu}"
@@ -30,10 +33,13 @@ for m in $models; do
   (cd "$here/../.." && timeout 100 python3 scripts/bench_steps_torch.py --models $m --device cuda --batch 128 --warmup 3 --steps 10 --json $OUT/torch-cuda.jsonl) 2>&1 | tail -3
   kill $s; echo "$m torch nvidia-smi peak MB $(sort -n mem-torch-$m.txt | tail -1)" | tee -a $OUT/mem.txt
 done
+for m in ${CANDLE_CONV_MODELS:-}; do
+  TFKD_CONV=candle timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --warmup 3 --steps 10 --json $OUT/tfkd-cuda-candle-conv.jsonl 2>&1 | tail -2
+done
 (cd "$here/../.." && python3 scripts/bench_steps_torch.py --torch-json $OUT/torch-cuda.jsonl --compare $OUT/tfkd-cuda.jsonl --markdown) | tee $OUT/ratio.md
 for c in ${CONFIGS:-base reg lsr}; do
   echo "== train $c"; date
-  timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-$c.toml 2>&1 | tail -5
+  timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-$c.toml ${TRAIN_ARGS:-} 2>&1 | tail -5
 done
 for d in runs/*/; do sed "s|^|$(basename $d) |" $d/metrics.jsonl; done > $OUT/train-metrics.txt 2>/dev/null
 date
