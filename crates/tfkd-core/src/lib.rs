@@ -11,7 +11,10 @@
 //! * [`schedule`]: the official warm-up + multi-step schedule, cosine;
 //! * [`rng`] and [`init`]: seeded, serialisable randomness and PyTorch's
 //!   default initialisers (candle's CPU RNG cannot be seeded);
-//! * [`metrics`]: top-1 / top-5 accuracy.
+//! * [`metrics`]: top-1 / top-5 accuracy;
+//! * [`conv`] and [`norm`]: convolutions (dense, grouped, depthwise) and
+//!   training-mode BatchNorm with fused CPU kernels and analytic backward
+//!   passes (candle's composed versions dominate a CNN step on the CPU).
 //!
 //! ```
 //! use tfkd_core::candle_core::{Device, Tensor, Var};
@@ -42,6 +45,7 @@ pub mod error;
 pub mod init;
 pub mod loss;
 pub mod metrics;
+pub mod norm;
 pub mod optim;
 pub mod rng;
 pub mod schedule;

@@ -8,7 +8,10 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Init, Linear, VarBuilder};
+use candle_nn::{Init, Linear, VarBuilder};
+
+/// `nn.BatchNorm2d` with the fused CPU training pass of `tfkd_core::norm`.
+pub(crate) use tfkd_core::norm::BatchNorm;
 
 /// How a weight tensor is initialised when it is created (ignored when loaded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,18 +162,11 @@ pub(crate) fn linear(
 
 /// `nn.BatchNorm2d(c, eps)` / `nn.BatchNorm1d`: `weight`, `bias`, `running_mean`,
 /// `running_var`, momentum 0.1. Train mode normalises with batch statistics and
-/// updates the running statistics (unbiased variance, as PyTorch).
+/// updates the running statistics (unbiased variance, as PyTorch); on the CPU
+/// it is one fused op with an analytic backward (`tfkd_core::norm`), and
+/// evaluation is candle-nn's `BatchNorm`.
 pub(crate) fn bn(vb: VarBuilder, c: usize, eps: f64) -> Result<BatchNorm> {
-    candle_nn::batch_norm(
-        c,
-        BatchNormConfig {
-            eps,
-            remove_mean: true,
-            affine: true,
-            momentum: 0.1,
-        },
-        vb,
-    )
+    BatchNorm::new(c, eps, 0.1, vb)
 }
 
 /// `nn.BatchNorm2d(c)` with PyTorch's default eps 1e-5.

@@ -10,9 +10,9 @@
 //! pool branch is max-pool 3 stride 1 padding 1 → conv1×1. Every conv has a bias.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{bn, bn2d, conv2d, linear, BInit, Conv2d, ConvSpec, Dropout, MaskRng, WInit};
+use crate::layers::{bn, bn2d, conv2d, linear, BInit, BatchNorm, Conv2d, ConvSpec, Dropout, MaskRng, WInit};
 use crate::ops::{global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;

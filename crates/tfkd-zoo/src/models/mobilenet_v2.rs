@@ -11,9 +11,9 @@
 //! (`stageN.I.residual.*`).
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::layers::{bn2d, conv2d, conv_bn, BInit, Conv2d, ConvSpec, WInit};
+use crate::layers::{bn2d, conv2d, conv_bn, BInit, BatchNorm, Conv2d, ConvSpec, WInit};
 use crate::ops::{global_avg_pool, relu6};
 
 use super::div_ceil_multiple;

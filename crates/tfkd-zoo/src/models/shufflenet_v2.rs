@@ -9,9 +9,9 @@
 //! BN → ReLU → global average pool → Linear.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, Conv2d, ConvSpec, WInit};
+use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, BatchNorm, Conv2d, ConvSpec, WInit};
 use crate::ops::{channel_shuffle, global_avg_pool};
 
 use super::div_ceil_multiple;

@@ -12,9 +12,9 @@
 //! kaiming_normal(fan_in), BN 1/0, classifier bias 0.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{bn2d, conv2d, linear, BInit, Conv2d, ConvSpec, WInit};
+use crate::layers::{bn2d, conv2d, linear, BInit, BatchNorm, Conv2d, ConvSpec, WInit};
 use crate::ops::{avg_pool2d, global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;

@@ -15,9 +15,9 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Init, Linear, VarBuilder};
+use candle_nn::{Init, Linear, VarBuilder};
 
-use crate::layers::{bn2d, conv2d, BInit, Conv2d, ConvSpec, Dropout, MaskRng, WInit};
+use crate::layers::{bn2d, conv2d, BInit, BatchNorm, Conv2d, ConvSpec, Dropout, MaskRng, WInit};
 use crate::ops::{adaptive_avg_pool2d, max_pool2d};
 
 use super::div_ceil_multiple;

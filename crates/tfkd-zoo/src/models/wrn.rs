@@ -14,9 +14,9 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{bn2d, conv2d, linear, BInit, Conv2d, ConvSpec, Dropout, MaskRng, WInit};
+use crate::layers::{bn2d, conv2d, linear, BInit, BatchNorm, Conv2d, ConvSpec, Dropout, MaskRng, WInit};
 use crate::ops::global_avg_pool;
 
 use super::div_ceil_multiple;

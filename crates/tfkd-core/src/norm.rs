@@ -1,0 +1,495 @@
+//! Batch normalisation with a fused training pass on the CPU.
+//!
+//! candle-nn 0.11.1's `BatchNorm::forward_train` is a graph of about a dozen
+//! ops (transpose, copy, two means, broadcast subtract / divide / multiply /
+//! add, transpose back), each a pass over the activations, and as many more
+//! in the backward pass, where candle also adds every node's gradient into a
+//! fresh zero tensor. [`batch_norm_train`] is one custom op: per channel `c`
+//! over the `M = N·H·W` values (any trailing dims),
+//!
+//! ```text
+//! μ = (1/M) Σ x,   σ² = (1/M) Σ (x − μ)²   (biased, one pass of shifted sums)
+//! y = (x − μ) · γ/√(σ² + ε) + β
+//! ```
+//!
+//! and its backward gives, with `x̂ = (x − μ)/√(σ² + ε)` and the upstream
+//! gradient `g`,
+//!
+//! ```text
+//! ∂L/∂β = Σ g,   ∂L/∂γ = Σ g·x̂,
+//! ∂L/∂x = γ/√(σ² + ε) · (g − (1/M) Σ g − x̂ · (1/M) Σ g·x̂)
+//! ```
+//!
+//! The statistics are accumulated per channel in f64 (in eight lanes, shifted
+//! by the channel's first value so that `Σ(x − K)² − (Σ(x − K))²/M` does not
+//! cancel), the element-wise passes run in the element type; channels (for
+//! the sums) and (sample, channel) planes (for the element-wise passes) are
+//! split over rayon's pool, each result computed by one thread in a fixed
+//! order. [`BatchNorm`] is `nn.BatchNorm2d` on top of it: its evaluation pass
+//! and its running-statistics update are candle-nn's, unchanged.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, ModuleT, Result, Shape, Storage, Tensor, Var};
+use candle_nn::{BatchNormConfig, VarBuilder};
+
+use crate::cpu::{avx2_dispatch, for_each_chunk, slice, supported, Float};
+
+/// The result of a training-mode batch normalisation.
+#[derive(Debug, Clone)]
+pub struct BatchNormOutput {
+    /// The normalised, scaled and shifted input (same shape as the input).
+    pub y: Tensor,
+    /// The batch mean per channel, `(C,)`, detached, in the input's dtype.
+    pub mean: Tensor,
+    /// The biased batch variance per channel (divided by `M`), `(C,)`,
+    /// detached, in the input's dtype.
+    pub var: Tensor,
+}
+
+/// Training-mode batch normalisation of `x: (N, C, …)` over every dim but
+/// dim 1, with the affine `weight` (γ) and `bias` (β), both `(C,)`: returns
+/// `y = (x − μ)·γ/√(σ² + ε) + β` and the batch statistics (μ and the biased
+/// σ²), which the caller uses to update running statistics.
+///
+/// On the CPU with f32/f64 operands this is one custom op with an analytic
+/// backward (module docs); elsewhere the same arithmetic as candle-nn's
+/// `BatchNorm::forward_train` (composed ops, candle's autograd).
+pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<BatchNormOutput> {
+    let dims = x.dims();
+    if dims.len() < 2 {
+        candle_core::bail!("batch_norm_train: the input must have at least two dims, got {:?}", x.shape())
+    }
+    let c = dims[1];
+    if weight.dims() != [c] || bias.dims() != [c] {
+        candle_core::bail!(
+            "batch_norm_train: input {:?} has {c} channels, weight {:?} and bias {:?} must be ({c},)",
+            x.shape(),
+            weight.shape(),
+            bias.shape()
+        )
+    }
+    if !(eps >= 0.0) {
+        candle_core::bail!("batch_norm_train: eps {eps} must be non-negative")
+    }
+    let fast = matches!(x.device(), Device::Cpu)
+        && supported(x.dtype())
+        && weight.dtype() == x.dtype()
+        && bias.dtype() == x.dtype();
+    if !fast {
+        return composed(x, weight, bias, eps);
+    }
+    let x = x.contiguous()?;
+    let weight = weight.contiguous()?;
+    let bias = bias.contiguous()?;
+    let stats = Arc::new(Mutex::new(None));
+    let op = FusedBatchNorm {
+        eps,
+        stats: stats.clone(),
+    };
+    let y = x.apply_op3(&weight, &bias, op)?;
+    let Some(st) = stats.lock().map_err(|_| poisoned())?.clone() else {
+        candle_core::bail!("tfkd-batch-norm: the forward pass left no statistics")
+    };
+    let to_tensor = |v: &[f64]| Tensor::new(v, x.device())?.to_dtype(x.dtype());
+    Ok(BatchNormOutput {
+        y,
+        mean: to_tensor(&st.mean)?,
+        var: to_tensor(&st.var)?,
+    })
+}
+
+/// candle-nn's `forward_train` arithmetic, returning the statistics too.
+fn composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<BatchNormOutput> {
+    let x_dtype = x.dtype();
+    let internal = match x_dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    };
+    let xt = x.to_dtype(internal)?.transpose(0, 1)?;
+    let dims_t = xt.dims().to_vec();
+    let xt = xt.flatten_from(1)?.contiguous()?;
+    let mean = xt.mean_keepdim(1)?;
+    let xc = xt.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(1)?;
+    let y = xc
+        .broadcast_div(&(&var + eps)?.sqrt()?)?
+        .to_dtype(x_dtype)?
+        .broadcast_mul(&weight.reshape(((), 1))?)?
+        .broadcast_add(&bias.reshape(((), 1))?)?
+        .reshape(dims_t)?
+        .transpose(0, 1)?;
+    Ok(BatchNormOutput {
+        y,
+        mean: mean.flatten_all()?.detach(),
+        var: var.flatten_all()?.detach(),
+    })
+}
+
+fn poisoned() -> candle_core::Error {
+    candle_core::Error::Msg("tfkd-batch-norm: statistics lock poisoned".into())
+}
+
+/// Per-channel batch statistics, kept by the op for its backward pass.
+#[derive(Debug, Clone)]
+struct Stats {
+    mean: Vec<f64>,
+    /// Biased variance.
+    var: Vec<f64>,
+    /// `1/√(σ² + ε)`.
+    inv_std: Vec<f64>,
+}
+
+/// `(N, C, S)`: samples, channels, values per (sample, channel).
+fn ncs(shape: &Shape) -> Result<(usize, usize, usize)> {
+    let dims = shape.dims();
+    if dims.len() < 2 {
+        candle_core::bail!("tfkd-batch-norm: the input must have at least two dims, got {shape:?}")
+    }
+    Ok((dims[0], dims[1], dims[2..].iter().product()))
+}
+
+/// Adds `(v − k)` and `(v − k)²` of every value of `xs` into eight f64 lanes.
+#[inline(always)]
+fn shifted_sums_impl<E: Float>(xs: &[E], k: f64, l1: &mut [f64; 8], l2: &mut [f64; 8]) {
+    let mut chunks = xs.chunks_exact(8);
+    for ch in &mut chunks {
+        for l in 0..8 {
+            let d = ch[l].to_f64() - k;
+            l1[l] += d;
+            l2[l] += d * d;
+        }
+    }
+    for (l, v) in chunks.remainder().iter().enumerate() {
+        let d = v.to_f64() - k;
+        l1[l] += d;
+        l2[l] += d * d;
+    }
+}
+
+/// Adds `g` and `g·(x − μ)` over `gs`, `xs` into eight f64 lanes.
+#[inline(always)]
+fn grad_sums_impl<E: Float>(gs: &[E], xs: &[E], mean: f64, l1: &mut [f64; 8], l2: &mut [f64; 8]) {
+    let mut gc = gs.chunks_exact(8);
+    let mut xc = xs.chunks_exact(8);
+    for (g, x) in (&mut gc).zip(&mut xc) {
+        for l in 0..8 {
+            let gv = g[l].to_f64();
+            l1[l] += gv;
+            l2[l] += gv * (x[l].to_f64() - mean);
+        }
+    }
+    for (l, (g, x)) in gc.remainder().iter().zip(xc.remainder()).enumerate() {
+        let gv = g.to_f64();
+        l1[l] += gv;
+        l2[l] += gv * (x.to_f64() - mean);
+    }
+}
+
+/// `y = (x − μ)·a + β` over one plane.
+#[inline(always)]
+fn normalise_impl<E: Float>(xs: &[E], mean: E, a: E, beta: E, ys: &mut [E]) {
+    for (y, &x) in ys.iter_mut().zip(xs) {
+        *y = (x - mean) * a + beta;
+    }
+}
+
+/// `dx = g·A + (x − μ)·B + C` over one plane.
+#[inline(always)]
+fn input_grad_impl<E: Float>(gs: &[E], xs: &[E], mean: E, coef: [E; 3], dx: &mut [E]) {
+    let [a, b, c] = coef;
+    for ((d, &g), &x) in dx.iter_mut().zip(gs).zip(xs) {
+        *d = g * a + (x - mean) * b + c;
+    }
+}
+
+avx2_dispatch!(shifted_sums, shifted_sums_avx2, shifted_sums_impl, (xs: &[E], k: f64, l1: &mut [f64; 8], l2: &mut [f64; 8]));
+avx2_dispatch!(grad_sums, grad_sums_avx2, grad_sums_impl, (gs: &[E], xs: &[E], mean: f64, l1: &mut [f64; 8], l2: &mut [f64; 8]));
+avx2_dispatch!(normalise, normalise_avx2, normalise_impl, (xs: &[E], mean: E, a: E, beta: E, ys: &mut [E]));
+avx2_dispatch!(input_grad, input_grad_avx2, input_grad_impl, (gs: &[E], xs: &[E], mean: E, coef: [E; 3], dx: &mut [E]));
+
+fn lane_total(l: &[f64; 8]) -> f64 {
+    l.iter().sum()
+}
+
+/// Batch statistics of every channel.
+fn statistics<E: Float>(x: &[E], (n, c, s): (usize, usize, usize), eps: f64) -> Stats {
+    let mut mv = vec![(0.0f64, 0.0f64); c];
+    for_each_chunk(&mut mv, 1, n * s, |_: &mut (), ci, out| {
+        let k = if s > 0 && n > 0 { x[ci * s].to_f64() } else { 0.0 };
+        let (mut l1, mut l2) = ([0.0; 8], [0.0; 8]);
+        for ni in 0..n {
+            shifted_sums(&x[(ni * c + ci) * s..][..s], k, &mut l1, &mut l2);
+        }
+        let m = (n * s) as f64;
+        let d = lane_total(&l1) / m;
+        out[0] = (k + d, (lane_total(&l2) / m - d * d).max(0.0));
+    });
+    let mean: Vec<f64> = mv.iter().map(|p| p.0).collect();
+    let var: Vec<f64> = mv.iter().map(|p| p.1).collect();
+    let inv_std = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    Stats { mean, var, inv_std }
+}
+
+fn forward<E: Float>(x: &[E], gamma: &[E], beta: &[E], dims: (usize, usize, usize), eps: f64) -> (Vec<E>, Stats) {
+    let (_, c, s) = dims;
+    let st = statistics(x, dims, eps);
+    let per_channel: Vec<(E, E, E)> = (0..c)
+        .map(|ci| {
+            let a = gamma[ci].to_f64() * st.inv_std[ci];
+            (E::from_f64(st.mean[ci]), E::from_f64(a), beta[ci])
+        })
+        .collect();
+    let mut y = vec![E::from_f64(0.0); x.len()];
+    for_each_chunk(&mut y, s, s, |_: &mut (), idx, ys| {
+        let (mean, a, b) = per_channel[idx % c];
+        normalise(&x[idx * s..][..s], mean, a, b, ys);
+    });
+    (y, st)
+}
+
+/// `(∂L/∂x if wanted, ∂L/∂γ, ∂L/∂β)`.
+fn backward<E: Float>(
+    x: &[E],
+    gamma: &[E],
+    g: &[E],
+    (n, c, s): (usize, usize, usize),
+    st: &Stats,
+    want_dx: bool,
+) -> (Option<Vec<E>>, Vec<E>, Vec<E>) {
+    let mut sums = vec![(0.0f64, 0.0f64); c];
+    for_each_chunk(&mut sums, 1, n * s, |_: &mut (), ci, out| {
+        let (mut l1, mut l2) = ([0.0; 8], [0.0; 8]);
+        for ni in 0..n {
+            let at = (ni * c + ci) * s;
+            grad_sums(&g[at..][..s], &x[at..][..s], st.mean[ci], &mut l1, &mut l2);
+        }
+        out[0] = (lane_total(&l1), lane_total(&l2));
+    });
+    let dgamma = (0..c).map(|ci| E::from_f64(sums[ci].1 * st.inv_std[ci])).collect();
+    let dbeta = sums.iter().map(|p| E::from_f64(p.0)).collect();
+    let dx = want_dx.then(|| {
+        let m = (n * s) as f64;
+        let coef: Vec<(E, [E; 3])> = (0..c)
+            .map(|ci| {
+                let (sg, sgx) = sums[ci];
+                let gi = gamma[ci].to_f64() * st.inv_std[ci];
+                let a = gi;
+                let b = -gi * st.inv_std[ci] * st.inv_std[ci] * sgx / m;
+                let cc = -gi * sg / m;
+                (E::from_f64(st.mean[ci]), [E::from_f64(a), E::from_f64(b), E::from_f64(cc)])
+            })
+            .collect();
+        let mut dx = vec![E::from_f64(0.0); x.len()];
+        for_each_chunk(&mut dx, s, s, |_: &mut (), idx, out| {
+            let (mean, k) = coef[idx % c];
+            input_grad(&g[idx * s..][..s], &x[idx * s..][..s], mean, k, out);
+        });
+        dx
+    });
+    (dx, dgamma, dbeta)
+}
+
+/// The fused training op: `(x, γ, β) → y`; the statistics of the forward
+/// pass are shared with the caller and kept for the backward pass.
+struct FusedBatchNorm {
+    eps: f64,
+    stats: Arc<Mutex<Option<Stats>>>,
+}
+
+impl CustomOp3 for FusedBatchNorm {
+    fn name(&self) -> &'static str {
+        "tfkd-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = ncs(xl.shape())?;
+        fn run<E: Float>(
+            op: &FusedBatchNorm,
+            dims: (usize, usize, usize),
+            (xs, xl): (&CpuStorage, &Layout),
+            (ws, wl): (&CpuStorage, &Layout),
+            (bs, bl): (&CpuStorage, &Layout),
+        ) -> Result<CpuStorage> {
+            let (x, w, b) = (slice::<E>(xs, xl, "the input")?, slice::<E>(ws, wl, "the weight")?, slice::<E>(bs, bl, "the bias")?);
+            if w.len() != dims.1 || b.len() != dims.1 {
+                candle_core::bail!("tfkd-batch-norm: {} channels, weight {} and bias {}", dims.1, w.len(), b.len())
+            }
+            let (y, st) = forward(x, w, b, dims, op.eps);
+            *op.stats.lock().map_err(|_| poisoned())? = Some(st);
+            Ok(E::to_cpu_storage_owned(y))
+        }
+        let args = ((xs, xl), (ws, wl), (bs, bl));
+        let out = match xs.dtype() {
+            DType::F32 => run::<f32>(self, dims, args.0, args.1, args.2)?,
+            DType::F64 => run::<f64>(self, dims, args.0, args.1, args.2)?,
+            other => candle_core::bail!("tfkd-batch-norm: unsupported dtype {other:?}"),
+        };
+        Ok((out, xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(st) = self.stats.lock().map_err(|_| poisoned())?.clone() else {
+            candle_core::bail!("tfkd-batch-norm: backward before forward")
+        };
+        let grad = grad.contiguous()?;
+        let dims = ncs(x.shape())?;
+        let want_dx = x.track_op();
+        let (dx, dgamma, dbeta) = {
+            let (xg, xl) = x.storage_and_layout();
+            let (wg, wl) = gamma.storage_and_layout();
+            let (gg, gl) = grad.storage_and_layout();
+            let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs)) = (&*xg, &*wg, &*gg) else {
+                candle_core::bail!("tfkd-batch-norm: the backward pass runs on the CPU only")
+            };
+            fn run<E: Float>(
+                (xs, xl): (&CpuStorage, &Layout),
+                (ws, wl): (&CpuStorage, &Layout),
+                (gs, gl): (&CpuStorage, &Layout),
+                dims: (usize, usize, usize),
+                st: &Stats,
+                want_dx: bool,
+            ) -> Result<(Option<CpuStorage>, CpuStorage, CpuStorage)> {
+                let (x, w, g) = (slice::<E>(xs, xl, "the input")?, slice::<E>(ws, wl, "the weight")?, slice::<E>(gs, gl, "the gradient")?);
+                let (dx, dw, db) = backward(x, w, g, dims, st, want_dx);
+                Ok((dx.map(E::to_cpu_storage_owned), E::to_cpu_storage_owned(dw), E::to_cpu_storage_owned(db)))
+            }
+            let args = ((xs, xl), (ws, wl), (gs, gl));
+            match xs.dtype() {
+                DType::F32 => run::<f32>(args.0, args.1, args.2, dims, &st, want_dx)?,
+                DType::F64 => run::<f64>(args.0, args.1, args.2, dims, &st, want_dx)?,
+                other => candle_core::bail!("tfkd-batch-norm: unsupported dtype {other:?}"),
+            }
+        };
+        let dev = x.device();
+        let tensor = |s: CpuStorage, shape: Shape| -> Result<Tensor> {
+            match s {
+                CpuStorage::F32(v) => Tensor::from_vec(v, shape, dev),
+                CpuStorage::F64(v) => Tensor::from_vec(v, shape, dev),
+                _ => candle_core::bail!("tfkd-batch-norm: unexpected gradient dtype"),
+            }
+        };
+        let c = dims.1;
+        let dx = dx.map(|s| tensor(s, x.shape().clone())).transpose()?;
+        let dgamma = if gamma.track_op() { Some(tensor(dgamma, Shape::from(c))?) } else { None };
+        let dbeta = if beta.track_op() { Some(tensor(dbeta, Shape::from(c))?) } else { None };
+        Ok((dx, dgamma, dbeta))
+    }
+}
+
+/// `nn.BatchNorm2d(c, eps, momentum)` (also `BatchNorm1d`: any input
+/// `(N, C, …)`): parameters `weight`, `bias`, buffers `running_mean`,
+/// `running_var`, created through `vb` exactly as `candle_nn::batch_norm`
+/// creates them (it is built by it).
+///
+/// Training mode normalises with [`batch_norm_train`] (the fused op on the
+/// CPU) and updates the running statistics with candle-nn's arithmetic:
+/// `r_μ ← (1 − m)·r_μ + m·μ`, `r_σ² ← (1 − m)·r_σ² + m·M/(M − 1)·σ²` (the
+/// unbiased variance, as PyTorch). Evaluation mode, and training on other
+/// devices and dtypes, are candle-nn's `BatchNorm` unchanged.
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    inner: candle_nn::BatchNorm,
+    running_mean: Var,
+    running_var: Var,
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl BatchNorm {
+    /// A BatchNorm over `num_features` channels with PyTorch's semantics
+    /// (affine, mean removed, running statistics updated with `momentum`).
+    pub fn new(num_features: usize, eps: f64, momentum: f64, vb: VarBuilder) -> Result<Self> {
+        let inner = candle_nn::batch_norm(
+            num_features,
+            BatchNormConfig {
+                eps,
+                remove_mean: true,
+                affine: true,
+                momentum,
+            },
+            vb,
+        )?;
+        let Some((weight, bias)) = inner.weight_and_bias().map(|(w, b)| (w.clone(), b.clone())) else {
+            candle_core::bail!("BatchNorm: candle-nn built no affine parameters")
+        };
+        // The running statistics are `Var`s of `inner` (candle-nn makes them
+        // so); these handles share their storage.
+        let running_mean = Var::from_tensor(inner.running_mean())?;
+        let running_var = Var::from_tensor(inner.running_var())?;
+        Ok(Self {
+            inner,
+            running_mean,
+            running_var,
+            weight,
+            bias,
+        })
+    }
+
+    /// The candle-nn module that runs evaluation (and non-CPU training).
+    pub fn inner(&self) -> &candle_nn::BatchNorm {
+        &self.inner
+    }
+
+    /// `running_mean`, `(C,)`.
+    pub fn running_mean(&self) -> &Tensor {
+        self.running_mean.as_tensor()
+    }
+
+    /// `running_var`, `(C,)`.
+    pub fn running_var(&self) -> &Tensor {
+        self.running_var.as_tensor()
+    }
+
+    /// γ and β.
+    pub fn weight_and_bias(&self) -> (&Tensor, &Tensor) {
+        (&self.weight, &self.bias)
+    }
+
+    fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        let c = self.running_mean.as_tensor().dim(0)?;
+        let fused = matches!(x.device(), Device::Cpu)
+            && supported(x.dtype())
+            && x.dtype() == self.weight.dtype()
+            && x.rank() >= 2
+            && x.dim(1)? == c;
+        if !fused {
+            return self.inner.forward_t(x, true);
+        }
+        let out = batch_norm_train(x, &self.weight, &self.bias, self.inner.eps())?;
+        // candle-nn's update, operation for operation.
+        let momentum = self.inner.momentum();
+        let m = (x.elem_count() / c) as f64;
+        let mean = ((self.running_mean.as_tensor() * (1.0 - momentum))? + (&out.mean * momentum)?)?;
+        self.running_mean.set(&mean)?;
+        let var = ((self.running_var.as_tensor() * (1.0 - momentum))? + (&out.var * (momentum * m / (m - 1.0)))?)?;
+        self.running_var.set(&var)?;
+        Ok(out.y)
+    }
+}
+
+impl ModuleT for BatchNorm {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            self.forward_train(x)
+        } else {
+            self.inner.forward_t(x, false)
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! `tfkd_core::norm` against candle-nn's composed `BatchNorm`: the fused
+//! training op's output, batch statistics and gradients (input, γ, β) on
+//! random shapes (batch 1, odd sizes, rank 2 to 5), in f32 and f64; the
+//! `BatchNorm` module's running statistics and evaluation output after
+//! several training steps.
+
+use candle_core::{DType, Device, ModuleT, Tensor, Var};
+use candle_nn::{BatchNormConfig, VarBuilder, VarMap};
+use tfkd_core::norm::{batch_norm_train, BatchNorm};
+use tfkd_core::rng::SeededRng;
+
+fn to_f64(t: &Tensor) -> Vec<f64> {
+    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+}
+
+fn rel_err(ours: &[f64], reference: &[f64]) -> f64 {
+    assert_eq!(ours.len(), reference.len());
+    let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
+    ours.iter().zip(reference).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale
+}
+
+/// Random shapes `(N, C, …)` with `N·(spatial) ≥ 2`.
+fn random_shapes(count: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = SeededRng::new(seed);
+    let mut shapes = Vec::new();
+    while shapes.len() < count {
+        let rank = 2 + rng.below(4);
+        let mut dims = vec![1 + rng.below(5), 1 + rng.below(9)];
+        for _ in 2..rank {
+            dims.push(1 + rng.below(11));
+        }
+        let m: usize = dims[0] * dims[2..].iter().product::<usize>();
+        if m >= 2 {
+            shapes.push(dims);
+        }
+    }
+    shapes
+}
+
+/// `[y, ∂x, ∂γ, ∂β, μ, σ²]` for `L = Σ y ⊙ r`.
+fn ours(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, eps: f64) -> [Vec<f64>; 6] {
+    let (xv, wv, bv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap(), Var::from_tensor(b).unwrap());
+    let out = batch_norm_train(&xv, &wv, &bv, eps).unwrap();
+    let g = (&out.y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    [
+        to_f64(&out.y),
+        to_f64(g.get(&xv).unwrap()),
+        to_f64(g.get(&wv).unwrap()),
+        to_f64(g.get(&bv).unwrap()),
+        to_f64(&out.mean),
+        to_f64(&out.var),
+    ]
+}
+
+/// The same through candle-nn's `BatchNorm::forward_train`; the batch
+/// statistics are recovered from the running statistics (momentum 1).
+fn candle(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, eps: f64) -> [Vec<f64>; 6] {
+    let c = w.dim(0).unwrap();
+    let (xv, wv, bv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap(), Var::from_tensor(b).unwrap());
+    let zeros = Tensor::zeros(c, x.dtype(), x.device()).unwrap();
+    let bn = candle_nn::BatchNorm::new_with_momentum(c, zeros.clone(), zeros, wv.as_tensor().clone(), bv.as_tensor().clone(), eps, 1.0)
+        .unwrap();
+    let y = bn.forward_t(&xv, true).unwrap();
+    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let m = (x.elem_count() / c) as f64;
+    let var: Vec<f64> = to_f64(bn.running_var()).iter().map(|v| v * (m - 1.0) / m).collect();
+    [
+        to_f64(&y),
+        to_f64(g.get(&xv).unwrap()),
+        to_f64(g.get(&wv).unwrap()),
+        to_f64(g.get(&bv).unwrap()),
+        to_f64(bn.running_mean()),
+        var,
+    ]
+}
+
+const NAMES: [&str; 6] = ["y", "dx", "dgamma", "dbeta", "mean", "var"];
+
+#[test]
+fn fused_batch_norm_matches_candle_on_random_shapes() {
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(21);
+    for (dtype, tol) in [(DType::F32, 1e-4), (DType::F64, 1e-10)] {
+        for dims in random_shapes(80, 4) {
+            let c = dims[1];
+            // Channels with different offsets and scales.
+            let x = rng.normal_tensor(dims.as_slice(), 0.0, 1.0, dtype, &dev).unwrap();
+            let shift = rng.uniform_tensor(c, -3.0, 3.0, dtype, &dev).unwrap();
+            let mut bshape = vec![1; dims.len()];
+            bshape[1] = c;
+            let x = x.broadcast_add(&shift.reshape(bshape.as_slice()).unwrap()).unwrap();
+            let w = rng.uniform_tensor(c, 0.5, 1.5, dtype, &dev).unwrap();
+            let b = rng.uniform_tensor(c, -0.5, 0.5, dtype, &dev).unwrap();
+            let r = rng.uniform_tensor(dims.as_slice(), -1.0, 1.0, dtype, &dev).unwrap();
+            let eps = [1e-5, 1e-3, 0.1][rng.below(3)];
+            let got = ours(&x, &w, &b, &r, eps);
+            let want = candle(&x, &w, &b, &r, eps);
+            // ∂x = γ/√(σ² + ε)·(g − mean g − x̂·mean(g·x̂)) cancels to ~0 when
+            // M is tiny (M = 2: exactly, but for ε): its errors are measured
+            // against the size of the cancelling terms, γ/√(σ² + ε)·|g|.
+            let term = want[5]
+                .iter()
+                .zip(to_f64(&w))
+                .fold(0.0f64, |m, (v, g)| m.max(g.abs() / (v + eps).sqrt()))
+                * to_f64(&r).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            for (i, name) in NAMES.iter().enumerate() {
+                let e = if *name == "dx" {
+                    let abs = got[1].iter().zip(&want[1]).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+                    abs / term.max(want[1].iter().fold(0.0f64, |m, v| m.max(v.abs())))
+                } else {
+                    rel_err(&got[i], &want[i])
+                };
+                assert!(e < tol, "{dtype:?} {dims:?} eps {eps}: {name} relative error {e:e}");
+            }
+        }
+    }
+}
+
+/// A large common offset (mean 1000, std 1): the shifted sums keep the
+/// variance exact where Σx² − (Σx)²/M would lose it in f32.
+#[test]
+fn fused_batch_norm_large_offset() {
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(22);
+    let x = (rng.normal_tensor((4, 3, 7, 5), 0.0, 1.0, DType::F32, &dev).unwrap() + 1000.0).unwrap();
+    let w = Tensor::ones(3, DType::F32, &dev).unwrap();
+    let b = Tensor::zeros(3, DType::F32, &dev).unwrap();
+    let out = batch_norm_train(&x, &w, &b, 1e-5).unwrap();
+    let x64 = x.to_dtype(DType::F64).unwrap();
+    let want = batch_norm_train(&x64, &w.to_dtype(DType::F64).unwrap(), &b.to_dtype(DType::F64).unwrap(), 1e-5).unwrap();
+    assert!(rel_err(&to_f64(&out.var), &to_f64(&want.var)) < 1e-5);
+    // y loses what x itself lost when it was rounded to f32 near 1000.
+    assert!(rel_err(&to_f64(&out.y), &to_f64(&want.y)) < 1e-4);
+}
+
+#[test]
+fn fused_batch_norm_gradients_only_where_tracked() {
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(23);
+    let x = rng.normal_tensor((2, 3, 4, 4), 0.0, 1.0, DType::F32, &dev).unwrap();
+    let w = Var::from_tensor(&Tensor::ones(3, DType::F32, &dev).unwrap()).unwrap();
+    let b = Tensor::zeros(3, DType::F32, &dev).unwrap();
+    let out = batch_norm_train(&x, &w, &b, 1e-5).unwrap();
+    let g = out.y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&x).is_none() && g.get(&b).is_none());
+    assert!(g.get(&w).is_some());
+}
+
+/// Results do not depend on the number of threads.
+#[test]
+fn fused_batch_norm_is_thread_count_independent() {
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(24);
+    let x = rng.normal_tensor((16, 24, 16, 16), 0.0, 1.0, DType::F32, &dev).unwrap();
+    let w = rng.uniform_tensor(24, 0.5, 1.5, DType::F32, &dev).unwrap();
+    let b = rng.uniform_tensor(24, -0.5, 0.5, DType::F32, &dev).unwrap();
+    let r = rng.uniform_tensor((16, 24, 16, 16), -1.0, 1.0, DType::F32, &dev).unwrap();
+    let pool = |t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+    let one = pool(1).install(|| ours(&x, &w, &b, &r, 1e-5));
+    let four = pool(4).install(|| ours(&x, &w, &b, &r, 1e-5));
+    assert_eq!(one, four);
+}
+
+#[test]
+fn fused_batch_norm_reports_bad_shapes() {
+    let dev = Device::Cpu;
+    let x = Tensor::zeros((2, 3, 4), DType::F32, &dev).unwrap();
+    let w = Tensor::ones(4, DType::F32, &dev).unwrap();
+    let b = Tensor::zeros(3, DType::F32, &dev).unwrap();
+    let e = batch_norm_train(&x, &w, &b, 1e-5).unwrap_err().to_string();
+    assert!(e.contains("3 channels"), "{e}");
+    let x1 = Tensor::zeros(3, DType::F32, &dev).unwrap();
+    assert!(batch_norm_train(&x1, &b, &b, 1e-5).is_err());
+    assert!(batch_norm_train(&x, &b, &b, -1.0).is_err());
+}
+
+/// The module against `candle_nn::batch_norm` built the same way: after three
+/// training steps the running statistics agree, and so do evaluation outputs
+/// and the parameters' gradients.
+#[test]
+fn batch_norm_module_matches_candle_nn() {
+    let dev = Device::Cpu;
+    let (c, eps, momentum) = (6, 1e-5, 0.1);
+    let vm_ours = VarMap::new();
+    let vm_ref = VarMap::new();
+    let ours = BatchNorm::new(c, eps, momentum, VarBuilder::from_varmap(&vm_ours, DType::F32, &dev)).unwrap();
+    let cfg = BatchNormConfig {
+        eps,
+        remove_mean: true,
+        affine: true,
+        momentum,
+    };
+    let reference = candle_nn::batch_norm(c, cfg, VarBuilder::from_varmap(&vm_ref, DType::F32, &dev)).unwrap();
+    let mut names: Vec<String> = vm_ours.data().lock().unwrap().keys().cloned().collect();
+    names.sort();
+    assert_eq!(names, ["bias", "running_mean", "running_var", "weight"]);
+    let mut rng = SeededRng::new(25);
+    // Same non-trivial γ and β in both.
+    for name in ["weight", "bias"] {
+        let v = rng.uniform_tensor(c, 0.5, 1.5, DType::F32, &dev).unwrap();
+        vm_ours.data().lock().unwrap()[name].set(&v).unwrap();
+        vm_ref.data().lock().unwrap()[name].set(&v).unwrap();
+    }
+    for step in 0..3 {
+        let x = (rng.normal_tensor((3, c, 5, 7), 0.0, 2.0, DType::F32, &dev).unwrap() + step as f64).unwrap();
+        let r = rng.uniform_tensor((3, c, 5, 7), -1.0, 1.0, DType::F32, &dev).unwrap();
+        let y_ours = ours.forward_t(&x, true).unwrap();
+        let y_ref = reference.forward_t(&x, true).unwrap();
+        assert!(rel_err(&to_f64(&y_ours), &to_f64(&y_ref)) < 1e-5, "step {step}: y");
+        let g_ours = (&y_ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (&y_ref * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for name in ["weight", "bias"] {
+            let a = g_ours.get(vm_ours.data().lock().unwrap()[name].as_tensor()).unwrap().clone();
+            let b = g_ref.get(vm_ref.data().lock().unwrap()[name].as_tensor()).unwrap().clone();
+            assert!(rel_err(&to_f64(&a), &to_f64(&b)) < 1e-4, "step {step}: d{name}");
+        }
+    }
+    for name in ["running_mean", "running_var"] {
+        let a = to_f64(vm_ours.data().lock().unwrap()[name].as_tensor());
+        let b = to_f64(vm_ref.data().lock().unwrap()[name].as_tensor());
+        assert!(rel_err(&a, &b) < 1e-6, "{name}: {a:?} vs {b:?}");
+    }
+    assert_eq!(to_f64(ours.running_mean()), to_f64(vm_ours.data().lock().unwrap()["running_mean"].as_tensor()));
+    let x = rng.normal_tensor((2, c, 3, 3), 0.0, 1.0, DType::F32, &dev).unwrap();
+    let a = to_f64(&ours.forward_t(&x, false).unwrap());
+    let b = to_f64(&reference.forward_t(&x, false).unwrap());
+    assert!(rel_err(&a, &b) < 1e-6);
+}
+
+/// Over loaded tensors (no `VarMap`), the running statistics are the
+/// module's own copies, updated in training mode only.
+#[test]
+fn batch_norm_module_over_loaded_tensors() {
+    let dev = Device::Cpu;
+    let c = 3;
+    let mut tensors = std::collections::HashMap::new();
+    tensors.insert("running_mean".to_string(), Tensor::zeros(c, DType::F32, &dev).unwrap());
+    tensors.insert("running_var".to_string(), Tensor::ones(c, DType::F32, &dev).unwrap());
+    tensors.insert("weight".to_string(), Tensor::ones(c, DType::F32, &dev).unwrap());
+    tensors.insert("bias".to_string(), Tensor::zeros(c, DType::F32, &dev).unwrap());
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+    let bn = BatchNorm::new(c, 1e-5, 0.1, vb).unwrap();
+    let x = (Tensor::ones((2, c, 2, 2), DType::F32, &dev).unwrap() * 5.0).unwrap();
+    bn.forward_t(&x, false).unwrap();
+    assert_eq!(to_f64(bn.running_mean()), vec![0.0; c]);
+    bn.forward_t(&x, true).unwrap();
+    let rm = to_f64(bn.running_mean());
+    assert!(rm.iter().all(|v| (v - 0.5).abs() < 1e-6), "{rm:?}");
+    let rv = to_f64(bn.running_var());
+    assert!(rv.iter().all(|v| (v - 0.9).abs() < 1e-6), "{rv:?}");
+}
