@@ -56,6 +56,10 @@ fn main() -> anyhow::Result<()> {
         ("depthwise 3x3 s2 32x144x32x32 (MobileNetV2)", 32, 144, 144, 32, 3, 2, 1, 144),
         ("depthwise 3x3 s1 32x116x8x8 (ShuffleNetV2)", 32, 116, 116, 8, 3, 1, 1, 116),
         ("depthwise 5x5 s2 32x64x16x16", 32, 64, 64, 16, 5, 2, 2, 64),
+        ("grouped 8 3x3 s1 8x256x16x16 (ResNeXt29/4)", 8, 256, 256, 16, 3, 1, 1, 8),
+        ("grouped 8 3x3 s2 8x512x16x16 (ResNeXt29/2)", 8, 512, 512, 16, 3, 2, 1, 8),
+        ("grouped 32 3x3 s1 8x256x8x8 (ResNeXt50)", 8, 256, 256, 8, 3, 1, 1, 32),
+        ("grouped 2 3x3 s1 32x64x16x16", 32, 64, 64, 16, 3, 1, 1, 2),
     ];
     for &(name, n, c_in, c_out, side, k, s, p, groups) in convs {
         if !name.contains(&filter) {

@@ -12,7 +12,9 @@
 
 use std::sync::{Mutex, OnceLock};
 
+mod bias;
 mod depthwise;
+pub use bias::add_channel_bias;
 mod windows;
 pub use depthwise::depthwise_conv2d;
 pub use windows::{depthwise_conv2d_taps, pad_hw, window_out_size, window_taps};

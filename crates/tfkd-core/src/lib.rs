@@ -14,7 +14,8 @@
 //! * [`metrics`]: top-1 / top-5 accuracy;
 //! * [`conv`] and [`norm`]: convolutions (dense, grouped, depthwise) and
 //!   training-mode BatchNorm with fused CPU kernels and analytic backward
-//!   passes (candle's composed versions dominate a CNN step on the CPU).
+//!   passes (candle's composed versions dominate a CNN step on the CPU);
+//! * [`activation`]: ReLU6 as one op with PyTorch's gradient.
 //!
 //! ```
 //! use tfkd_core::candle_core::{Device, Tensor, Var};
@@ -39,6 +40,7 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod activation;
 pub mod conv;
 mod cpu;
 pub mod error;

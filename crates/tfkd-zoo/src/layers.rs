@@ -142,7 +142,7 @@ impl Module for Conv2d {
         let y = tfkd_core::conv::conv2d(xs, &self.weight, self.padding, self.stride, self.groups)?;
         match &self.bias {
             None => Ok(y),
-            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+            Some(b) => tfkd_core::conv::add_channel_bias(&y, b),
         }
     }
 }

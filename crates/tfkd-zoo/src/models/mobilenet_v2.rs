@@ -14,7 +14,8 @@ use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::layers::{bn2d, conv2d, conv_bn, BInit, BatchNorm, Conv2d, ConvSpec, WInit};
-use crate::ops::{global_avg_pool, relu6};
+use crate::ops::global_avg_pool;
+use tfkd_core::activation::relu6;
 
 use super::div_ceil_multiple;
 

@@ -1,0 +1,59 @@
+//! `tfkd_core::activation::relu6` against candle's composed
+//! `x.relu()?.minimum(6.0)`: values and gradients on random odd-sized
+//! inputs in f32 and f64 (away from the kinks), and PyTorch's gradient at
+//! exactly 0 and 6 (zero, where candle's composition gives 1 and ½).
+
+use candle_core::{DType, Device, Tensor, Var};
+use tfkd_core::activation::relu6;
+use tfkd_core::rng::SeededRng;
+
+fn to_f64(t: &Tensor) -> Vec<f64> {
+    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn relu6_matches_composed_candle() {
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(31);
+    for dtype in [DType::F32, DType::F64] {
+        // Small (one thread) and large (several chunks on rayon's pool), odd sizes.
+        for shape in [vec![1, 1, 1, 1], vec![3, 5, 7, 9], vec![2, 7], vec![33, 17, 13, 11]] {
+            let x = Var::from_tensor(&rng.uniform_tensor(shape.as_slice(), -3.0, 9.0, dtype, &dev).unwrap()).unwrap();
+            let r = rng.uniform_tensor(shape.as_slice(), -1.0, 1.0, dtype, &dev).unwrap();
+            let y = relu6(&x).unwrap();
+            let y_ref = x.relu().unwrap().minimum(6f64).unwrap();
+            assert_eq!(to_f64(&y), to_f64(&y_ref), "{dtype:?} {shape:?}: forward");
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = (&y_ref * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            assert_eq!(
+                to_f64(g.get(&x).unwrap()),
+                to_f64(g_ref.get(&x).unwrap()),
+                "{dtype:?} {shape:?}: gradient"
+            );
+        }
+    }
+}
+
+#[test]
+fn relu6_gradient_at_the_kinks_is_pytorchs() {
+    let dev = Device::Cpu;
+    let x = Var::new(&[-1.0f32, 0.0, 0.5, 6.0, 7.0, f32::NAN], &dev).unwrap();
+    let y = relu6(&x).unwrap();
+    let v: Vec<f32> = y.to_vec1().unwrap();
+    assert_eq!(&v[..5], &[0.0, 0.0, 0.5, 6.0, 6.0]);
+    assert!(v[5].is_nan(), "NaN propagates");
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let d: Vec<f32> = g.get(&x).unwrap().to_vec1().unwrap();
+    assert_eq!(d, vec![0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+}
+
+/// Non-contiguous input.
+#[test]
+fn relu6_on_a_view() {
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(32);
+    let x = rng.uniform_tensor((4, 6), -3.0, 9.0, DType::F32, &dev).unwrap();
+    let v = x.t().unwrap();
+    let y = relu6(&v).unwrap();
+    assert_eq!(to_f64(&y), to_f64(&v.relu().unwrap().minimum(6f64).unwrap()));
+}
