@@ -3,19 +3,18 @@
 //! deduplicated across tables, finished runs are skipped and interrupted ones
 //! resumed, so the command can simply be run again.
 
+mod execute;
 pub mod plan;
 pub mod profile;
 pub mod report;
 
 use crate::tables::{self, Table, TableId};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use plan::{Plan, Shared};
 use profile::{Profile, ProfileName};
 use std::path::PathBuf;
-use std::time::Instant;
 use tfkd_core::loss::{KlReduction, SmoothingForm};
 use tfkd_distill::{RegForm, StrategyConfig};
-use tfkd_runner::{run_experiment, RunOptions};
 
 /// The command's arguments.
 #[derive(Debug, clap::Args)]
@@ -45,6 +44,11 @@ pub struct Args {
     /// Print the plan and its estimated cost, run nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Runs trained at once (default: one per core for `smoke` and `quick`
+    /// on the CPU, each on one thread; else 1, on every thread). The results
+    /// do not depend on it.
+    #[arg(long)]
+    pub jobs: Option<usize>,
 }
 
 fn parse_tables(args: &[String]) -> Result<Vec<TableId>> {
@@ -205,17 +209,11 @@ pub fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
 
-    let ordered = plan.ordered();
-    for (i, run) in ordered.iter().enumerate() {
-        let name = run.config.name.clone().unwrap_or_default();
-        let started = Instant::now();
-        println!("[{}/{}] {name}", i + 1, ordered.len());
-        let outcome = run_experiment(&run.config, &RunOptions { resume: true, ..Default::default() }, &mut tfkd_runner::Silent)
-            .with_context(|| format!("run {name}"))?;
-        if let Some(s) = outcome.summary {
-            println!("    best {:.2}% (epoch {}), last {:.2}%, {:.0}s", s.best.test_top1, s.best.epoch, s.last.test_top1, started.elapsed().as_secs_f64());
-        }
-    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let scaled = matches!(profile.name, ProfileName::Smoke | ProfileName::Quick) && args.device == "cpu";
+    let jobs = args.jobs.unwrap_or(if scaled { cores } else { 1 }).max(1);
+    let threads = (jobs > 1).then(|| (cores / jobs).max(1));
+    execute::execute(&plan, jobs, threads)?;
     for table in &tables {
         report::write(table, &plan, &profile, &runs_dir, &args.out)?;
         println!("report: {}", args.out.join(format!("{}.md", table.table.stem())).display());
@@ -236,6 +234,7 @@ mod tests {
             data_dir: out.join("no-data-here"),
             out: out.to_path_buf(),
             dry_run,
+            jobs: None,
         }
     }
 
