@@ -87,6 +87,11 @@ pub struct DataConfig {
     /// Use only the first N test samples (0: all).
     #[serde(default)]
     pub test_subset: usize,
+    /// Images per evaluation batch (0: the training batch size). Evaluation
+    /// treats every image on its own, so this trades memory for speed and
+    /// is not part of a run's identity.
+    #[serde(default)]
+    pub eval_batch_size: usize,
     /// Loader worker threads.
     #[serde(default = "two")]
     pub threads: usize,
@@ -206,6 +211,7 @@ impl ExperimentConfig {
             ..self.clone()
         };
         c.data.threads = 0;
+        c.data.eval_batch_size = 0;
         c
     }
 

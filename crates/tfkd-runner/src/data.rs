@@ -157,6 +157,7 @@ pub fn build_loaders(config: &DataConfig, batch_size: usize, seed: u64, device: 
         LoaderConfig::train(batch_size, seed).with_threads(config.threads),
         device.clone(),
     )?;
-    let test_loader = Loader::new(test, test_pipe, LoaderConfig::eval(batch_size).with_threads(config.threads), device.clone())?;
+    let test_loader = Loader::new(test, test_pipe, LoaderConfig::eval(if config.eval_batch_size > 0 { config.eval_batch_size } else { batch_size })
+            .with_threads(config.threads), device.clone())?;
     Ok(Loaders { train: train_loader, test: test_loader, num_classes })
 }

@@ -3,6 +3,7 @@
 //! deduplicated across tables, finished runs are skipped and interrupted ones
 //! resumed, so the command can simply be run again.
 
+mod estimate;
 mod execute;
 pub mod plan;
 pub mod profile;
@@ -65,64 +66,6 @@ fn parse_tables(args: &[String]) -> Result<Vec<TableId>> {
     Ok(ids)
 }
 
-/// Forward multiply-accumulates of one 32×32 image (224×224 for the
-/// ImageNet networks), in millions: published figures for these networks,
-/// used only for the dry-run estimate.
-fn forward_mmacs(model: &str) -> f64 {
-    match model {
-        "cnn" => 11.0,
-        "resnet18" => 556.0,
-        "resnet34" => 1160.0,
-        "resnet50" => 1300.0,
-        "resnet101" => 2520.0,
-        "resnet152" => 3740.0,
-        "mobilenet_v2" => 100.0,
-        "shufflenet_v2" => 45.0,
-        "densenet121" => 900.0,
-        "googlenet" => 1530.0,
-        "resnext29" => 5400.0,
-        "resnet18_imagenet" => 1820.0,
-        "resnet50_imagenet" => 4100.0,
-        "densenet121_imagenet" => 2870.0,
-        "resnext101_32x8d_imagenet" => 16500.0,
-        _ => 1000.0,
-    }
-}
-
-/// Assumed sustained training throughput in GFLOP/s: a rough, stated guess.
-fn assumed_gflops(device: &str) -> f64 {
-    if device.starts_with("cuda") { 20_000.0 } else if device == "metal" { 5_000.0 } else { 8.0 }
-}
-
-fn estimate(plan: &Plan, profile: &Profile, tables: &[Table], device: &str) -> (f64, f64) {
-    let mut total_flop = 0.0;
-    let mut images = 0.0;
-    for run in plan.runs.values() {
-        let c = &run.config;
-        let dataset = tables.iter().find_map(|t| {
-            t.cells.iter().find(|cell| profile.model(&cell.student, c.data.dataset) == c.model.name).map(|_| t.dataset)
-        });
-        let full = match c.data.dataset {
-            tfkd_runner::data::DatasetKind::Cifar10 | tfkd_runner::data::DatasetKind::Cifar100 => 50_000.0,
-            tfkd_runner::data::DatasetKind::TinyImagenet => 100_000.0,
-            tfkd_runner::data::DatasetKind::Imagenet => 1_281_167.0,
-            tfkd_runner::data::DatasetKind::Cifar10Mini => 5_000.0,
-            tfkd_runner::data::DatasetKind::TinyImagenet10 => 5_000.0,
-            tfkd_runner::data::DatasetKind::Digits => 1_347.0,
-        };
-        let _ = dataset;
-        let n = if c.data.train_subset > 0 { (c.data.train_subset as f64).min(full) } else { full };
-        let side = c.data.dataset.input_size().side() as f64;
-        let scale = if c.model.name.ends_with("_imagenet") { 1.0 } else { (side / 32.0).powi(2) };
-        let macs = forward_mmacs(&c.model.name) * 1e6 * scale / (c.model.width_divisor as f64).powi(2);
-        // Training ≈ 3 forward passes (forward + backward), ×2 FLOP per MAC; a teacher adds ~1.
-        let per_image = 2.0 * macs * if run.teacher.is_some() { 4.0 } else { 3.0 };
-        total_flop += per_image * n * c.epochs as f64;
-        images += n * c.epochs as f64;
-    }
-    (images, total_flop / (assumed_gflops(device) * 1e9))
-}
-
 /// A strategy's hyper-parameters in one short line (teachers are in the
 /// `teacher` column).
 fn strategy_summary(s: &StrategyConfig) -> String {
@@ -168,7 +111,10 @@ pub fn run(args: &Args) -> Result<()> {
     let shared = Shared { profile: &profile, device: &args.device, runs_dir: &runs_dir, seeds: args.seeds };
     let plan = Plan::build(&tables, &shared)?;
 
-    let (images, seconds) = estimate(&plan, &profile, &tables, &args.device);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let scaled = matches!(profile.name, ProfileName::Smoke | ProfileName::Quick) && args.device == "cpu";
+    let jobs = args.jobs.unwrap_or(if scaled { cores } else { 1 }).max(1);
+    let cost = estimate::estimate(&plan, &args.device, jobs);
     println!(
         "plan: tables [{}], profile {:?}, {} cells -> {} distinct runs ({} skipped cells)",
         numbers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
@@ -197,22 +143,30 @@ pub fn run(args: &Args) -> Result<()> {
     for cell in &plan.cells {
         println!("  {} | {} | {} -> {}", cell.table, cell.row, cell.column, cell.runs.join(", "));
     }
+    let time = if cost.seconds < 3600.0 {
+        format!("{:.0} minutes", (cost.seconds / 60.0).ceil())
+    } else {
+        format!("{:.1} hours", cost.seconds / 3600.0)
+    };
     println!(
-        "estimated cost on {}: {:.3e} training images, about {:.1} hours \
-         (published forward MACs per network, ~3 passes per step, an assumed {} GFLOP/s)",
-        args.device,
-        images,
-        seconds / 3600.0,
-        assumed_gflops(&args.device)
+        "estimated cost on {}: {:.3e} training images, about {time} ({})",
+        args.device, cost.train_images, cost.basis
     );
     if args.dry_run {
         return Ok(());
     }
 
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let scaled = matches!(profile.name, ProfileName::Smoke | ProfileName::Quick) && args.device == "cpu";
-    let jobs = args.jobs.unwrap_or(if scaled { cores } else { 1 }).max(1);
     let threads = (jobs > 1).then(|| (cores / jobs).max(1));
+    if let Some(t) = threads {
+        // candle's elementwise thread pool is global and serves one caller at
+        // a time (a lock around each call): concurrent runs would queue on
+        // it. Sized to the runs' share of the cores, it runs every call
+        // inline on the caller's thread (one thread per run) instead.
+        // Read once, at candle's first parallel op, which has not run yet.
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            std::env::set_var("CANDLE_NUM_THREADS", t.to_string());
+        }
+    }
     execute::execute(&plan, jobs, threads)?;
     for table in &tables {
         report::write(table, &plan, &profile, &runs_dir, &args.out)?;

@@ -218,8 +218,12 @@ impl Plan {
 
     /// Runs in execution order: every teacher before its students.
     pub fn ordered(&self) -> Vec<&PlannedRun> {
+        let teachers: std::collections::BTreeSet<&str> =
+            self.runs.values().filter_map(|r| r.teacher.as_deref()).collect();
         let mut runs: Vec<&PlannedRun> = self.runs.values().collect();
-        runs.sort_by_key(|r| r.teacher.is_some());
+        // Teachers of other runs first (their students wait for them), then
+        // the other runs without a teacher, then the students.
+        runs.sort_by_key(|r| (r.teacher.is_some(), !teachers.contains(r.config.name.as_deref().unwrap_or(""))));
         runs
     }
 }
@@ -252,6 +256,7 @@ pub fn experiment(
             augmentation: true,
             train_subset: profile.train_subset,
             test_subset: profile.test_subset,
+            eval_batch_size: profile.eval_batch_size,
             threads: 2,
         },
         optim: OptimConfig {
