@@ -9,7 +9,8 @@
 //!   (no backward pass, batches of 256), and `jobs` runs share the cores.
 //! - **FLOP** (full-width networks, any device): published forward
 //!   multiply-accumulates per image, ~3 passes per training step (4 with a
-//!   teacher), and an assumed sustained throughput per device kind.
+//!   teacher), and a sustained throughput per device kind (measured for
+//!   CUDA, guessed otherwise).
 
 use super::plan::Plan;
 use tfkd_runner::data::DatasetKind;
@@ -47,12 +48,15 @@ fn forward_mmacs(model: &str) -> f64 {
     }
 }
 
-/// Assumed sustained training throughput in GFLOP/s: a rough, stated guess.
+/// Sustained training throughput in GFLOP/s. CUDA: tfkd's own, measured
+/// (ResNet18-CIFAR at batch 128 on an H200, 2026-11-27: 1,570 img/s × 3.3
+/// GFLOP per image; PyTorch reached 8× that, docs/PERFORMANCE.md); Metal
+/// and CPU: rough guesses.
 fn assumed_gflops(device: &str) -> f64 {
     if device.starts_with("cuda") {
-        20_000.0
-    } else if device == "metal" {
         5_000.0
+    } else if device == "metal" {
+        2_000.0
     } else {
         8.0
     }
@@ -127,7 +131,7 @@ pub fn estimate(plan: &Plan, device: &str, jobs: usize) -> Estimate {
             train_images,
             seconds: flop / (assumed_gflops(device) * 1e9),
             basis: format!(
-                "published forward MACs per network, ~3 passes per step, an assumed {} GFLOP/s",
+                "published forward MACs per network, ~3 passes per step, {} GFLOP/s sustained",
                 assumed_gflops(device)
             ),
         },
