@@ -90,13 +90,16 @@ pub struct DataConfig {
     /// Images per evaluation batch (0: the training batch size). Evaluation
     /// treats every image on its own, so this trades memory for speed and
     /// is not part of a run's identity.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub eval_batch_size: usize,
     /// Loader worker threads.
     #[serde(default = "two")]
     pub threads: usize,
 }
 
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
 fn yes() -> bool {
     true
 }
