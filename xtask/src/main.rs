@@ -48,7 +48,10 @@ fn main() -> anyhow::Result<()> {
     match Flags::parse().task {
         Task::Fixtures { python, only } => fixtures::run(&python, &only),
         Task::Bench { python } => bench(&python),
-        Task::ReproduceTable(args) => reproduce::run(&args),
+        Task::ReproduceTable(args) => {
+            reproduce::pin_candle_threads(&args);
+            reproduce::run(&args)
+        }
     }
 }
 

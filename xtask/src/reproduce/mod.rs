@@ -102,6 +102,32 @@ fn strategy_summary(s: &StrategyConfig) -> String {
     }
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs at once: `--jobs`, else one per core for the scaled profiles on the
+/// CPU (each on one thread), else 1.
+fn jobs(args: &Args) -> usize {
+    let scaled = matches!(args.profile, ProfileName::Smoke | ProfileName::Quick) && args.device == "cpu";
+    args.jobs.unwrap_or(if scaled { cores() } else { 1 }).max(1)
+}
+
+/// Sizes candle's elementwise thread pool for `run(args)`; call it first
+/// thing in `main`, while the process has one thread.
+///
+/// That pool is global and serves one caller at a time (a lock around each
+/// call), so concurrent runs would queue on it. Sized to each run's share of
+/// the cores (1 on a 2-core machine), every call runs inline on its caller's
+/// thread instead. candle reads `CANDLE_NUM_THREADS` once, at its first
+/// parallel op; a value the user set is kept.
+pub fn pin_candle_threads(args: &Args) {
+    let jobs = jobs(args);
+    if jobs > 1 && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", (cores() / jobs).max(1).to_string());
+    }
+}
+
 /// Runs the command.
 pub fn run(args: &Args) -> Result<()> {
     let numbers = parse_tables(&args.tables)?;
@@ -111,9 +137,7 @@ pub fn run(args: &Args) -> Result<()> {
     let shared = Shared { profile: &profile, device: &args.device, runs_dir: &runs_dir, seeds: args.seeds };
     let plan = Plan::build(&tables, &shared)?;
 
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let scaled = matches!(profile.name, ProfileName::Smoke | ProfileName::Quick) && args.device == "cpu";
-    let jobs = args.jobs.unwrap_or(if scaled { cores } else { 1 }).max(1);
+    let (cores, jobs) = (cores(), jobs(args));
     let cost = estimate::estimate(&plan, &args.device, jobs);
     println!(
         "plan: tables [{}], profile {:?}, {} cells -> {} distinct runs ({} skipped cells)",
@@ -157,16 +181,6 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     let threads = (jobs > 1).then(|| (cores / jobs).max(1));
-    if let Some(t) = threads {
-        // candle's elementwise thread pool is global and serves one caller at
-        // a time (a lock around each call): concurrent runs would queue on
-        // it. Sized to the runs' share of the cores, it runs every call
-        // inline on the caller's thread (one thread per run) instead.
-        // Read once, at candle's first parallel op, which has not run yet.
-        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-            std::env::set_var("CANDLE_NUM_THREADS", t.to_string());
-        }
-    }
     execute::execute(&plan, jobs, threads)?;
     for table in &tables {
         report::write(table, &plan, &profile, &runs_dir, &args.out)?;
@@ -246,6 +260,26 @@ mod tests {
     }
 
     /// Every table end to end in the smoke profile: plan, train, report.
+    /// Several runs at once give the numbers of one at a time (Table 8's
+    /// students wait for their teachers).
+    #[test]
+    fn jobs_change_the_time_not_the_numbers() {
+        let report = |jobs| {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut a = args("8", ProfileName::Smoke, tmp.path(), false);
+            a.jobs = Some(jobs);
+            run(&a).unwrap();
+            let mut json: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(tmp.path().join("table-8.json")).unwrap()).unwrap();
+            // Students' run names digest their teacher's checkpoint path.
+            for cell in json["cells"].as_array_mut().unwrap() {
+                cell.as_object_mut().unwrap().remove("runs");
+            }
+            json["cells"].clone()
+        };
+        assert_eq!(report(1), report(3));
+    }
+
     #[test]
     fn every_table_runs_in_the_smoke_profile() {
         let tmp = tempfile::tempdir().unwrap();
