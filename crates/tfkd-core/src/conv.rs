@@ -3,9 +3,10 @@
 //!
 //! candle's autograd computes the input gradient of `conv2d` with its direct
 //! `conv_transpose2d` loops, which dominate a CNN training step on the CPU.
-//! [`conv2d`] wraps candle's own (im2col + gemm) forward in a
-//! [`CustomOp2`] whose backward expresses both gradients as forward
-//! convolutions / matrix products, so they also run on the fast paths.
+//! [`conv2d`] wraps a forward convolution (on the CPU im2col + one matrix
+//! product, `conv/im2col.rs`; elsewhere candle's own) in a [`CustomOp2`]
+//! whose backward expresses both gradients as forward convolutions / matrix
+//! products, so they also run on the fast paths.
 //! Depthwise convolutions (one input channel per group), which candle runs
 //! as one tiny convolution per channel, have their own CPU kernels
 //! ([`depthwise_conv2d`], `conv/depthwise.rs`).
@@ -14,7 +15,9 @@ use std::sync::{Mutex, OnceLock};
 
 mod bias;
 mod depthwise;
+mod im2col;
 pub use bias::add_channel_bias;
+use im2col::im2col_rows;
 mod windows;
 pub use depthwise::depthwise_conv2d;
 pub use windows::{depthwise_conv2d_taps, pad_hw, window_out_size, window_taps};
@@ -25,8 +28,9 @@ use candle_core::{
     Tensor,
 };
 
-/// 2-D convolution (NCHW, dilation 1), numerically the same as
-/// `x.conv2d(w, padding, stride, 1, groups)`, with a fast backward pass.
+/// 2-D convolution (NCHW, dilation 1), the same as
+/// `x.conv2d(w, padding, stride, 1, groups)` up to the order of the sums,
+/// with a fast backward pass.
 ///
 /// With `x: (N, C_in, H, W)`, `w: (C_out, C_in / groups, k_h, k_w)` and
 /// `H_o = ⌊(H + 2p − k_h) / s⌋ + 1` (same for `W_o`):
@@ -108,9 +112,15 @@ fn candle_only() -> bool {
     *CANDLE_ONLY.get_or_init(|| std::env::var("TFKD_CONV").is_ok_and(|v| v == "candle"))
 }
 
-/// One group: candle's forward (computed outside the graph) wrapped in the op.
+/// One group: the forward (computed outside the graph) wrapped in the op.
 fn conv2d_single(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
-    let y = x.detach().conv2d(&w.detach(), padding, stride, 1, 1)?;
+    // On the CPU, im2col + one product beats candle's tiled forward
+    // (1.2–3× on the zoo's shapes: `examples/op_time.rs`).
+    let y = if matches!(x.device(), candle_core::Device::Cpu) && crate::cpu::supported(x.dtype()) {
+        conv_gemm(&x.detach(), &w.detach(), padding, stride)?
+    } else {
+        x.detach().conv2d(&w.detach(), padding, stride, 1, 1)?
+    };
     if !x.track_op() && !w.track_op() {
         // Nothing to differentiate (inference): no op, no output copy.
         return Ok(y);
@@ -157,8 +167,9 @@ fn cpu_len(c: &CpuStorage) -> usize {
     }
 }
 
-/// The custom op: the forward result is precomputed by candle's fast
-/// `conv2d` and handed out by the `*_fwd` methods; `bwd` is the point.
+/// The custom op: the forward result is precomputed (im2col + gemm on the
+/// CPU, candle's `conv2d` elsewhere) and handed out by the `*_fwd` methods;
+/// `bwd` is the point.
 struct FastConv2d {
     padding: usize,
     stride: usize,
@@ -338,31 +349,37 @@ fn input_grad(x: &Tensor, w: &Tensor, g: &Tensor, p: usize, s: usize) -> Result<
     dxp.narrow(2, p, h)?.narrow(3, p, wd)
 }
 
-/// A stride-1 convolution as explicit im2col (an unfold view made
-/// contiguous) and one matrix product; on the CPU this beats candle's tiled
-/// forward for the shapes of the input gradient.
+/// A stride-1 convolution as explicit im2col (`conv/im2col.rs`: a direct
+/// kernel on the CPU, an unfold view made contiguous elsewhere) and one
+/// matrix product; on the CPU this beats candle's tiled forward for the
+/// shapes of the input gradient.
 fn conv_s1(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
     let (n, c, h, wd) = x.dims4()?;
     let (o, _, k_h, k_w) = w.dims4()?;
     if k_h * k_w == 1 && p == 0 {
         return x.contiguous()?.conv2d(w, 0, 1, 1, 1);
     }
-    let xp = if p > 0 {
-        x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?
-    } else {
-        x.clone()
-    };
     let (h_o, w_o) = (h + 2 * p + 1 - k_h, wd + 2 * p + 1 - k_w);
-    let cols = xp
-        .unfold(2, k_h, 1)?
-        .unfold(3, k_w, 1)?
-        .permute((0, 2, 3, 1, 4, 5))?
-        .contiguous()?
-        .reshape((n * h_o * w_o, c * k_h * k_w))?;
+    let cols = im2col_rows(x, k_h, k_w, 1, p, h_o, w_o)?;
     let wm = w.reshape((o, c * k_h * k_w))?;
     cols.matmul(&wm.t()?)?
         .reshape((n, h_o, w_o, o))?
         .permute((0, 3, 1, 2))?
+        .contiguous()
+}
+
+/// A convolution (one group) as im2col and one matrix product:
+/// `y[n, o] = W (O × C·k_h·k_w) · cols_n`, then `(O, N, H_o, W_o)` is permuted
+/// to NCHW.
+fn conv_gemm(x: &Tensor, w: &Tensor, p: usize, s: usize) -> Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (o, _, k_h, k_w) = w.dims4()?;
+    let (h_o, w_o) = ((h + 2 * p - k_h) / s + 1, (wd + 2 * p - k_w) / s + 1);
+    let cols = im2col_rows(x, k_h, k_w, s, p, h_o, w_o)?;
+    let wm = w.reshape((o, c * k_h * k_w))?;
+    wm.matmul(&cols.t()?)?
+        .reshape((o, n, h_o, w_o))?
+        .transpose(0, 1)?
         .contiguous()
 }
 
@@ -371,20 +388,8 @@ fn weight_grad(x: &Tensor, w: &Tensor, g: &Tensor, p: usize, s: usize) -> Result
     let (n, c_in, _, _) = x.dims4()?;
     let (c_out, _, k_h, k_w) = w.dims4()?;
     let (_, _, h_o, w_o) = g.dims4()?;
-    let xp = if p > 0 {
-        x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?
-    } else {
-        x.clone()
-    };
-    // (N, C, H_o, W_o, k_h, k_w) view, then (N·H_o·W_o, C·k_h·k_w).
-    let cols = xp
-        .unfold(2, k_h, s)?
-        .narrow(2, 0, h_o)?
-        .unfold(3, k_w, s)?
-        .narrow(3, 0, w_o)?
-        .permute((0, 2, 3, 1, 4, 5))?
-        .contiguous()?
-        .reshape((n * h_o * w_o, c_in * k_h * k_w))?;
+    // (N·H_o·W_o, C·k_h·k_w).
+    let cols = im2col_rows(x, k_h, k_w, s, p, h_o, w_o)?;
     let g2 = g
         .transpose(0, 1)?
         .contiguous()?

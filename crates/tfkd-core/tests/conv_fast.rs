@@ -156,3 +156,31 @@ fn fast_conv2d_mixed_output_padding() {
         assert!(e < 1e-5, "k{k}: dw rel err {e}");
     }
 }
+
+/// Padding larger than the kernel (whole im2col rows and columns of zeros)
+/// and strides up to 3, against candle on the explicitly padded input.
+#[test]
+fn fast_conv2d_wide_padding() {
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(13);
+    for (k, s, p, h, w) in [(1usize, 1usize, 3usize, 2usize, 3usize), (1, 2, 4, 3, 3), (3, 3, 4, 4, 4), (1, 3, 2, 1, 4), (3, 1, 3, 2, 2)] {
+        let x0 = rng.uniform_tensor((2, 3, h, w), -1.0, 1.0, DType::F32, &dev).unwrap();
+        let w0 = rng.uniform_tensor((4, 3, k, k), -0.5, 0.5, DType::F32, &dev).unwrap();
+        let (x, wv) = (Var::from_tensor(&x0).unwrap(), Var::from_tensor(&w0).unwrap());
+        let y = conv2d(&x, &wv, p, s, 1).unwrap();
+        let r = rng.uniform_tensor(y.dims(), -1.0, 1.0, DType::F32, &dev).unwrap();
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        // Reference: the same convolution on the explicitly padded input
+        // (padding 0), whose input gradient is cropped back.
+        let xp = Var::from_tensor(&x0.pad_with_zeros(2, p, p).unwrap().pad_with_zeros(3, p, p).unwrap()).unwrap();
+        let wr = Var::from_tensor(&w0).unwrap();
+        let y_ref = xp.conv2d(&wr, 0, s, 1, 1).unwrap();
+        assert!(rel_err(&y, &y_ref) < 1e-5, "k{k} s{s} p{p}: forward");
+        let g_ref = (&y_ref * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let dx_ref = g_ref.get(&xp).unwrap().narrow(2, p, h).unwrap().narrow(3, p, w).unwrap();
+        let e = rel_err(g.get(&x).unwrap(), &dx_ref);
+        assert!(e < 1e-5 || max_abs(&dx_ref) == 0.0 && max_abs(g.get(&x).unwrap()) == 0.0, "k{k} s{s} p{p}: dx rel err {e}");
+        let e = rel_err(g.get(&wv).unwrap(), g_ref.get(&wr).unwrap());
+        assert!(e < 1e-5, "k{k} s{s} p{p}: dw rel err {e}");
+    }
+}
