@@ -77,6 +77,9 @@ fn measured_seconds_per_image(model: &str, divisor: usize) -> Option<f64> {
         ("googlenet", 16) => 1.02,
         ("densenet121", 16) => 0.441,
         ("resnext29", 16) => 1.81,
+        ("resnext29", 32) => 0.968,
+        ("googlenet", 32) => 0.647,
+        ("densenet121", 32) => 0.258,
         _ => return None,
     };
     Some(per_step / 32.0)

@@ -249,7 +249,10 @@ pub fn experiment(
         epochs,
         out_dir: shared.runs_dir.to_path_buf(),
         keep_epochs: Vec::new(),
-        model: ModelConfig { name: profile.model(model, data.kind), width_divisor: profile.width_divisor },
+        model: {
+            let name = profile.model(model, data.kind);
+            ModelConfig { width_divisor: profile.width_divisor_for(&name), name }
+        },
         data: DataConfig {
             dataset: data.kind,
             root: data.root.clone(),

@@ -34,6 +34,8 @@ pub struct Profile {
     pub epochs: Option<usize>,
     /// Divisor of every channel count.
     pub width_divisor: usize,
+    /// Networks with their own divisor, and why.
+    pub width_exceptions: Vec<WidthException>,
     /// First N training images (0: all).
     pub train_subset: usize,
     /// First N test images (0: all).
@@ -45,6 +47,17 @@ pub struct Profile {
     pub eval_batch_size: usize,
     /// The folder holding the datasets.
     pub data_dir: PathBuf,
+}
+
+/// A network narrowed by another divisor than the profile's.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WidthException {
+    /// The registry name.
+    pub model: &'static str,
+    /// Its divisor.
+    pub width_divisor: usize,
+    /// Why, for the report.
+    pub why: &'static str,
 }
 
 /// Where a table's dataset comes from under a profile.
@@ -67,6 +80,7 @@ impl Profile {
                 name,
                 epochs: None,
                 width_divisor: 1,
+                width_exceptions: Vec::new(),
                 train_subset: 0,
                 test_subset: 0,
                 batch_size: None,
@@ -79,6 +93,18 @@ impl Profile {
                 // shape (warm-up, then ×0.2 at epochs 3, 6 and 8).
                 epochs: Some(10),
                 width_divisor: 16,
+                width_exceptions: vec![
+                    WidthException {
+                        model: "mobilenet_v2",
+                        width_divisor: 8,
+                        why: "at ÷16 its narrowest layers have one channel and it does not learn",
+                    },
+                    WidthException {
+                        model: "resnext29",
+                        width_divisor: 32,
+                        why: "at ÷16 a run costs as much as ten of the others",
+                    },
+                ],
                 train_subset: 256,
                 test_subset: 450,
                 batch_size: Some(32),
@@ -91,6 +117,7 @@ impl Profile {
                 name,
                 epochs: Some(1),
                 width_divisor: 16,
+                width_exceptions: Vec::new(),
                 train_subset: 32,
                 test_subset: 32,
                 batch_size: Some(16),
@@ -98,6 +125,11 @@ impl Profile {
                 data_dir,
             },
         }
+    }
+
+    /// The channel divisor of `model` (a registry name) under this profile.
+    pub fn width_divisor_for(&self, model: &str) -> usize {
+        self.width_exceptions.iter().find(|e| e.model == model).map_or(self.width_divisor, |e| e.width_divisor)
     }
 
     /// The data a table on `dataset` uses.

@@ -258,7 +258,23 @@ pub fn describe(profile: &Profile, table: &Table, data_note: &Option<String>) ->
         parts.push(format!("{e} epochs instead of {} (milestones scaled in proportion)", table.recipe.epochs));
     }
     if profile.width_divisor > 1 {
-        parts.push(format!("every network's channel counts divided by {} (same depth and structure)", profile.width_divisor));
+        let kind = profile.data(table.dataset).kind;
+        let in_table = |m: &str| {
+            table.cells.iter().any(|c| {
+                profile.model(&c.student, kind) == m || c.teacher.as_deref().is_some_and(|t| profile.model(t, kind) == m)
+            })
+        };
+        let exceptions: Vec<String> = profile
+            .width_exceptions
+            .iter()
+            .filter(|e| in_table(e.model))
+            .map(|e| format!("{} ÷{} ({})", e.model, e.width_divisor, e.why))
+            .collect();
+        let except = if exceptions.is_empty() { String::new() } else { format!(", except {}", exceptions.join(" and ")) };
+        parts.push(format!(
+            "every network's channel counts divided by {} (same depth and structure){except}",
+            profile.width_divisor
+        ));
     }
     if profile.train_subset > 0 {
         parts.push(format!("at most {} training and {} test images", profile.train_subset, profile.test_subset));
