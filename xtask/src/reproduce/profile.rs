@@ -99,11 +99,6 @@ impl Profile {
                         width_divisor: 4,
                         why: "at ÷16 its narrowest layers have one channel and it stays at chance, at ÷8 it barely learns (16 % in 10 epochs)",
                     },
-                    WidthException {
-                        model: "resnext29",
-                        width_divisor: 32,
-                        why: "at ÷16 a run costs as much as ten of the others",
-                    },
                 ],
                 train_subset: 256,
                 test_subset: 450,
