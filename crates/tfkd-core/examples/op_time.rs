@@ -7,13 +7,15 @@
 //! cargo run --release -p tfkd-core --example op_time -- depthwise
 //! ```
 //!
-//! The optional argument filters the rows by name; `--no-candle` (after it)
+//! Rows: depthwise, dense and grouped convolutions (candle: `Tensor::conv2d`),
+//! training-mode BatchNorm (candle: `candle_nn::BatchNorm`). The optional
+//! argument filters the rows by name; `--no-candle` (after it)
 //! times tfkd's ops only (for profiling). candle's composed depthwise
 //! convolution is slow (seconds): it runs once per shape.
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, ModuleT, Result, Tensor, Var};
 use tfkd_core::conv::{conv2d, depthwise_conv2d};
 use tfkd_core::rng::SeededRng;
 
@@ -85,6 +87,32 @@ fn main() -> anyhow::Result<()> {
         let t_ours = time(if no_candle { 20 } else { 5 }, || fwd_bwd(&ours, &x, &w, &r))?;
         let (xd, wd) = (x.as_detached_tensor(), w.as_detached_tensor());
         let t_fwd = time(if no_candle { 20 } else { 5 }, || ours(&xd, &wd).map(drop))?;
+        println!("{name:<44} {t_candle:>12.2} {t_ours:>12.2} {:>7.1}x {t_fwd:>12.2}", t_candle / t_ours);
+    }
+    // (name, n, c, side)
+    let norms: &[(&str, usize, usize, usize)] = &[
+        ("batch norm train 32x96x32x32 (MobileNetV2)", 32, 96, 32),
+        ("batch norm train 32x64x32x32 (ResNet18)", 32, 64, 32),
+        ("batch norm train 32x512x4x4 (ResNet18)", 32, 512, 4),
+    ];
+    for &(name, n, c, side) in norms {
+        if !name.contains(&filter) {
+            continue;
+        }
+        let x = Var::from_tensor(&rng.normal_tensor((n, c, side, side), 0.5, 2.0, DType::F32, &dev)?)?;
+        let r = rng.uniform_tensor((n, c, side, side), -1.0, 1.0, DType::F32, &dev)?;
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let ours = tfkd_core::norm::BatchNorm::new(c, 1e-5, 0.1, vb.pp("ours"))?;
+        let cfg = candle_nn::BatchNormConfig { eps: 1e-5, remove_mean: true, affine: true, momentum: 0.1 };
+        let theirs = candle_nn::batch_norm(c, cfg, vb.pp("candle"))?;
+        let run = |bn: &dyn ModuleT| -> Result<()> {
+            let y = bn.forward_t(&x, true)?;
+            (&y * &r)?.sum_all()?.backward().map(drop)
+        };
+        let t_candle = if no_candle { f64::NAN } else { time(5, || run(&theirs))? };
+        let t_ours = time(if no_candle { 20 } else { 5 }, || run(&ours))?;
+        let t_fwd = time(5, || ours.forward_t(&x.as_detached_tensor(), true).map(drop))?;
         println!("{name:<44} {t_candle:>12.2} {t_ours:>12.2} {:>7.1}x {t_fwd:>12.2}", t_candle / t_ours);
     }
     Ok(())
