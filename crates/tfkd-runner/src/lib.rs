@@ -11,6 +11,7 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
