@@ -613,6 +613,7 @@ impl Table {
                 Some(e) => TeacherSource::BaselineEpoch(e as usize),
                 None => TeacherSource::Baseline,
             },
+            width_divisor: None,
         };
         c.strategy_config(teacher)?;
         if !c.runnable {
@@ -1081,7 +1082,7 @@ mod tests {
         assert_eq!(ab.recipe, t9.recipe);
         assert_eq!(ab.dataset, t9.dataset);
         let reg9 = t9.cell("ResNet18", "Tf-KD_reg").unwrap();
-        let spec = TeacherSpec { model: None, source: TeacherSource::Baseline };
+        let spec = TeacherSpec { model: None, source: TeacherSource::Baseline, width_divisor: None };
         let mut strategies = Vec::new();
         for c in &ab.cells {
             assert_eq!((c.student.as_str(), c.batch_size, c.lr), ("resnet18", 128, 0.1));

@@ -15,6 +15,10 @@ pub struct TeacherSpec {
     /// Where its weights come from.
     #[serde(default)]
     pub source: TeacherSource,
+    /// The teacher's channel divisor (`model.width_divisor`); `None` means
+    /// the student's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width_divisor: Option<usize>,
 }
 
 /// Where a teacher's weights come from.
@@ -192,7 +196,7 @@ impl StrategyConfig {
                 kd(alpha, temperature, 1.0, reduction, teacher)
             }
             Self::TfKdSelf { alpha, temperature, multiplier, reduction, source } => {
-                kd(alpha, temperature, multiplier, reduction, TeacherSpec { model: None, source })
+                kd(alpha, temperature, multiplier, reduction, TeacherSpec { model: None, source, width_divisor: None })
             }
             Self::TfKdReg { alpha, temperature, multiplier, correct_prob, form, temperature_squared, reduction } => {
                 let form = match form {

@@ -11,11 +11,18 @@ use tfkd_zoo::{Model, ModelOptions};
 
 /// The config of the baseline run that `teacher_model` comes from: the
 /// student's recipe (data, optimizer, schedule, epochs, seed) with plain
-/// cross-entropy. `keep_epoch` asks it to keep that epoch's checkpoint.
-pub fn baseline_config(student: &ExperimentConfig, teacher_model: &str, keep_epoch: Option<usize>) -> ExperimentConfig {
+/// cross-entropy, at `width_divisor` (the student's when `None`).
+/// `keep_epoch` asks it to keep that epoch's checkpoint.
+pub fn baseline_config(
+    student: &ExperimentConfig,
+    teacher_model: &str,
+    width_divisor: Option<usize>,
+    keep_epoch: Option<usize>,
+) -> ExperimentConfig {
     let mut c = student.clone();
     c.name = None;
     c.model.name = teacher_model.to_string();
+    c.model.width_divisor = width_divisor.unwrap_or(student.model.width_divisor);
     c.strategy = StrategyConfig::Baseline {};
     c.keep_epochs = keep_epoch.into_iter().collect();
     c
@@ -34,7 +41,7 @@ pub fn teacher_checkpoint(
         TeacherSource::Baseline => (None, crate::train::BEST.to_string()),
         TeacherSource::BaselineEpoch(e) => (Some(*e), crate::train::epoch_file(*e)),
     };
-    let config = baseline_config(student, model, keep);
+    let config = baseline_config(student, model, spec.width_divisor, keep);
     let path = config.run_dir().join(&file);
     if !path.is_file() {
         if config.run_dir().join(crate::train::SUMMARY).is_file() {

@@ -211,7 +211,11 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         Some(spec) => {
             let path = teacher_checkpoint(config, spec, options, reporter)?;
             let name = spec.model.clone().unwrap_or_else(|| config.model.name.clone());
-            Some(load_teacher(&name, &model_opts(0), &path, &device)?)
+            let opts = ModelOptions {
+                width_divisor: spec.width_divisor.unwrap_or(config.model.width_divisor),
+                ..model_opts(0)
+            };
+            Some(load_teacher(&name, &opts, &path, &device)?)
         }
     };
     let teacher_top1 = match &teacher {

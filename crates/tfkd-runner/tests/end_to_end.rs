@@ -172,3 +172,21 @@ fn divergence_stops_with_a_clear_message() {
     assert!(err.contains("diverged at epoch 1"), "{err}");
     assert!(err.contains("NaN or infinite"), "{err}");
 }
+
+/// A teacher narrowed differently from its student (the quick profile's
+/// per-network widths): its baseline trains at its own width and loads.
+#[test]
+fn a_teacher_keeps_its_own_width() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kd = config(
+        tmp.path(),
+        "method = \"kd\"\nalpha = 0.9\ntemperature = 4.0\nteacher = { model = \"cnn\", width_divisor = 2 }",
+        2,
+    );
+    let summary = train(&kd);
+    let teacher_config = std::fs::read_to_string(tmp.path().join("digits-cnn-baseline-s3/config.toml")).unwrap();
+    assert!(teacher_config.contains("width_divisor = 2"), "{teacher_config}");
+    assert!(summary.teacher_top1.unwrap() > 40.0, "{summary:?}");
+    let student_config = std::fs::read_to_string(tmp.path().join("digits-cnn-kd-s3/config.toml")).unwrap();
+    assert!(student_config.contains("width_divisor = 4"), "{student_config}");
+}

@@ -191,10 +191,16 @@ impl Plan {
             // Any overrides were rejected by validation: a baseline has none.
             return self.plan_baseline(table, &cell.student, cell, data, seed, shared);
         }
-        let teacher = TeacherSpec {
-            model: teacher_model.as_ref().filter(|_| cell.method.has_teacher()).map(|m| shared.profile.model(m, data.kind)),
-            source: teacher_source.unwrap_or_default(),
-        };
+        let teacher_name =
+            teacher_model.as_ref().filter(|_| cell.method.has_teacher()).map(|m| shared.profile.model(m, data.kind));
+        // The teacher keeps its own width when the profile narrows it
+        // differently from the student.
+        let student_divisor = shared.profile.width_divisor_for(&shared.profile.model(&cell.student, data.kind));
+        let width_divisor = teacher_name
+            .as_deref()
+            .map(|t| shared.profile.width_divisor_for(t))
+            .filter(|&d| d != student_divisor);
+        let teacher = TeacherSpec { model: teacher_name, source: teacher_source.unwrap_or_default(), width_divisor };
         let strategy = cell.strategy_config(teacher)?;
         let config = experiment(table, cell, &cell.student, strategy, data, seed, shared)?;
         Ok(self.insert(config, teacher_run))
