@@ -95,6 +95,15 @@ fn dataset_size(kind: DatasetKind) -> f64 {
     }
 }
 
+/// A run's training cost in arbitrary units, for scheduling the longest runs
+/// first: measured seconds per image where known, else forward MACs.
+pub fn relative_cost(config: &tfkd_runner::ExperimentConfig) -> f64 {
+    let per_image = measured_seconds_per_image(&config.model.name, config.model.width_divisor).unwrap_or_else(|| {
+        forward_mmacs(&config.model.name) * 1e-5 / (config.model.width_divisor as f64).powi(2)
+    });
+    per_image * config.epochs as f64
+}
+
 /// The cost of training every run of `plan` on `device`, `jobs` at a time.
 pub fn estimate(plan: &Plan, device: &str, jobs: usize) -> Estimate {
     let mut train_images = 0.0;

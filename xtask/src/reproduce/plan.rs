@@ -228,8 +228,14 @@ impl Plan {
             self.runs.values().filter_map(|r| r.teacher.as_deref()).collect();
         let mut runs: Vec<&PlannedRun> = self.runs.values().collect();
         // Teachers of other runs first (their students wait for them), then
-        // the other runs without a teacher, then the students.
-        runs.sort_by_key(|r| (r.teacher.is_some(), !teachers.contains(r.config.name.as_deref().unwrap_or(""))));
+        // the other runs without a teacher, then the students; the longest
+        // first within each group, so that runs side by side end together.
+        let group = |r: &PlannedRun| (r.teacher.is_some(), !teachers.contains(r.config.name.as_deref().unwrap_or("")));
+        runs.sort_by(|a, b| {
+            group(a).cmp(&group(b)).then(
+                super::estimate::relative_cost(&b.config).total_cmp(&super::estimate::relative_cost(&a.config)),
+            )
+        });
         runs
     }
 }
