@@ -3,13 +3,12 @@
 //! inputs in f32 and f64 (away from the kinks), and PyTorch's gradient at
 //! exactly 0 and 6 (zero, where candle's composition gives 1 and ½).
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Var};
 use tfkd_core::activation::relu6;
 use tfkd_core::rng::SeededRng;
 
-fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
-}
+mod common;
+use common::to_f64;
 
 #[test]
 fn relu6_matches_composed_candle() {

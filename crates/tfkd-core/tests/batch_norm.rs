@@ -9,15 +9,8 @@ use candle_nn::{BatchNormConfig, VarBuilder, VarMap};
 use tfkd_core::norm::{batch_norm_train, BatchNorm};
 use tfkd_core::rng::SeededRng;
 
-fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
-}
-
-fn rel_err(ours: &[f64], reference: &[f64]) -> f64 {
-    assert_eq!(ours.len(), reference.len());
-    let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
-    ours.iter().zip(reference).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale
-}
+mod common;
+use common::{rel_err, to_f64};
 
 /// Random shapes `(N, C, …)` with `N·(spatial) ≥ 2`.
 fn random_shapes(count: usize, seed: u64) -> Vec<Vec<usize>> {

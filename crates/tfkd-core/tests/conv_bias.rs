@@ -6,15 +6,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use tfkd_core::conv::add_channel_bias;
 use tfkd_core::rng::SeededRng;
 
-fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
-}
-
-fn rel_err(ours: &[f64], reference: &[f64]) -> f64 {
-    assert_eq!(ours.len(), reference.len());
-    let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
-    ours.iter().zip(reference).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale
-}
+mod common;
+use common::{rel_err, to_f64};
 
 #[test]
 fn channel_bias_matches_broadcast_add() {

@@ -9,6 +9,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use tfkd_core::conv::{conv2d, depthwise_conv2d, depthwise_conv2d_taps};
 use tfkd_core::rng::SeededRng;
 
+mod common;
+use common::{rel_err, to_f64};
+
 /// A depthwise problem: `x: (n, c, h, w)`, `w: (c·m, 1, kh, kw)`.
 #[derive(Clone, Copy, Debug)]
 struct Dw {
@@ -95,16 +98,6 @@ fn reference(d: &Dw, x: &[f64], k: &[f64], r: &[f64]) -> (Vec<f64>, Vec<f64>, Ve
         }
     }
     (y, dx, dw)
-}
-
-fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
-}
-
-fn rel_err(ours: &[f64], reference: &[f64]) -> f64 {
-    assert_eq!(ours.len(), reference.len());
-    let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
-    ours.iter().zip(reference).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale
 }
 
 struct Inputs {

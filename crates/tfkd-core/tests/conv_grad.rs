@@ -7,11 +7,11 @@
 //! quantities (forward, weight and input gradients) are also checked against a
 //! direct float64 convolution written out below.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Var};
 use tfkd_core::rng::SeededRng;
 
 mod common;
-use common::Case;
+use common::{rel_err, to_f64, Case};
 
 const CASES: &[Case] = &[
     Case { name: "3x3 s1", n: 4, c_in: 3, h: 8, w: 8, c_out: 5, k: 3, stride: 1, pad: 1, groups: 1 },
@@ -66,15 +66,6 @@ fn reference(c: &Case, x: &[f64], wt: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) 
     (y, dw, dx)
 }
 
-fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
-}
-
-fn max_rel_err(ours: &[f64], reference: &[f64]) -> f64 {
-    let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
-    ours.iter().zip(reference).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale
-}
-
 #[test]
 fn conv2d_forward_and_gradients_are_right_for_batches() -> candle_core::Result<()> {
     let dev = Device::Cpu;
@@ -100,10 +91,10 @@ fn conv2d_forward_and_gradients_are_right_for_batches() -> candle_core::Result<(
         }
         let (ry, rdw, rdx) = reference(c, &to_f64(&x), &to_f64(w.as_tensor()));
         for (what, err) in [
-            ("forward", max_rel_err(&to_f64(&y), &ry)),
-            ("weight gradient vs direct", max_rel_err(&batched_dw, &rdw)),
-            ("weight gradient vs sum of per-sample", max_rel_err(&batched_dw, &summed_dw)),
-            ("input gradient", max_rel_err(&batched_dx, &rdx)),
+            ("forward", rel_err(&to_f64(&y), &ry)),
+            ("weight gradient vs direct", rel_err(&batched_dw, &rdw)),
+            ("weight gradient vs sum of per-sample", rel_err(&batched_dw, &summed_dw)),
+            ("input gradient", rel_err(&batched_dx, &rdx)),
         ] {
             if !(err < 1e-5) {
                 failures.push(format!("{} {what}: relative error {err:e}", c.name));
