@@ -20,7 +20,7 @@ pub use bias::add_channel_bias;
 use im2col::im2col_rows;
 mod windows;
 pub use depthwise::depthwise_conv2d;
-pub use windows::{depthwise_conv2d_taps, pad_hw, window_out_size, window_taps};
+pub use windows::{depthwise_conv2d_taps, window_taps};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{

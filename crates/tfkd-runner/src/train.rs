@@ -13,7 +13,7 @@ use crate::data::build_loaders;
 use crate::device::open_device;
 use crate::error::{io_err, Result, RunError};
 use crate::teacher::{load_teacher, teacher_checkpoint};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tfkd_core::init::SeededVarMap;
@@ -230,9 +230,7 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
     // Create the student's variables (and drop this first view of them).
     let varmap = SeededVarMap::new(config.seed);
     tfkd_zoo::build_with(&config.model.name, &model_opts(0), varmap.var_builder(DType::F32, &device))?;
-    let params: Vec<(String, Var)> =
-        varmap.named_vars().into_iter().filter(|(name, _)| !tfkd_zoo::registry::is_buffer(name)).collect();
-    let mut sgd = Sgd::new(params, config.optim.sgd())?;
+    let mut sgd = Sgd::new(tfkd_zoo::trainable_vars(&varmap), config.optim.sgd())?;
     let mut meta = CheckpointMeta { model: config.model.name.clone(), ..Default::default() };
     if resuming {
         meta = restore(&last_path, &varmap, &mut sgd, &device)?;

@@ -42,7 +42,7 @@ pub use error::{MisShaped, Result, ZooError};
 pub use layers::{Dropout, MaskRng};
 pub use registry::{
     build, build_with, entry, is_buffer, list, models_markdown, param_count, param_count_with,
-    param_shapes, record_shapes, width_markdown, InputSize, ModelEntry, ModelOptions,
+    param_shapes, record_shapes, trainable_vars, width_markdown, InputSize, ModelEntry, ModelOptions,
     DEFAULT_DROPOUT_SEED,
 };
 

@@ -356,6 +356,12 @@ pub fn is_buffer(name: &str) -> bool {
         || name.ends_with("num_batches_tracked")
 }
 
+/// The learnable variables of a model built over `varmap` (its BatchNorm
+/// running statistics left out), sorted by name: what an optimizer updates.
+pub fn trainable_vars(varmap: &tfkd_core::init::SeededVarMap) -> Vec<(String, candle_core::Var)> {
+    varmap.named_vars().into_iter().filter(|(name, _)| !is_buffer(name)).collect()
+}
+
 /// Number of learnable parameters of model `name` (BatchNorm running
 /// statistics excluded, as `sum(p.numel() for p in model.parameters())`).
 pub fn param_count(name: &str, num_classes: usize, input: InputSize) -> Result<u64> {

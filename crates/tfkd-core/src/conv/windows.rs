@@ -17,7 +17,7 @@
 use candle_core::{Result, Tensor};
 
 /// Pads the last two dimensions of `xs: (N, C, H, W)` with `value`.
-pub fn pad_hw(xs: &Tensor, top: usize, bottom: usize, left: usize, right: usize, value: f64) -> Result<Tensor> {
+fn pad_hw(xs: &Tensor, top: usize, bottom: usize, left: usize, right: usize, value: f64) -> Result<Tensor> {
     let (n, c, h, w) = xs.dims4()?;
     let fill = |shape: (usize, usize, usize, usize)| Tensor::full(value, shape, xs.device())?.to_dtype(xs.dtype());
     let mut xs = xs.clone();
@@ -48,7 +48,7 @@ pub fn pad_hw(xs: &Tensor, top: usize, bottom: usize, left: usize, right: usize,
 }
 
 /// The output side of a window, PyTorch's floor mode: `⌊(size + 2p − k)/s⌋ + 1`.
-pub fn window_out_size(size: usize, kernel: usize, stride: usize, padding: usize) -> Result<usize> {
+fn window_out_size(size: usize, kernel: usize, stride: usize, padding: usize) -> Result<usize> {
     if kernel == 0 || stride == 0 {
         candle_core::bail!("window kernel {kernel} and stride {stride} must be positive")
     }

@@ -95,8 +95,7 @@ fn time_model(name: &str, input: InputSize, device: &Device, args: &BenchStepArg
     let options = ModelOptions::new(args.classes, input).with_width_divisor(args.width_divisor);
     let varmap = SeededVarMap::new(0);
     let model = tfkd_zoo::build_with(name, &options, varmap.var_builder(DType::F32, device))?;
-    let params = varmap.named_vars().into_iter().filter(|(n, _)| !tfkd_zoo::registry::is_buffer(n)).collect();
-    let mut sgd = Sgd::new(params, SgdConfig { lr: 0.01, ..SgdConfig::default() })?;
+    let mut sgd = Sgd::new(tfkd_zoo::trainable_vars(&varmap), SgdConfig { lr: 0.01, ..SgdConfig::default() })?;
 
     let mut rng = SeededRng::new(1);
     let side = input.side();
