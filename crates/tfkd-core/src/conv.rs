@@ -57,8 +57,9 @@ use candle_core::{
 /// The stride-1 convolutions of `∂L/∂x` are also run as im2col + one matrix
 /// product (faster than candle's tiled forward for these shapes).
 ///
-/// On every device the fast backward is used (groups = 1, per group
-/// otherwise: it is made of tensor ops, so on CUDA it runs as im2col copies
+/// Grouped convolutions are one op whose matrix products are batched over
+/// the groups. On every device the fast backward is used (it is made of
+/// tensor ops, so on CUDA it runs as im2col copies
 /// and cuBLAS products instead of candle's direct `conv_transpose2d`
 /// kernel); depthwise convolutions (one input channel per group) go to
 /// [`depthwise_conv2d`] (its own kernels on the CPU, [`depthwise_conv2d_taps`]
@@ -91,17 +92,7 @@ pub fn conv2d(
     if groups > 1 && c_in_k == 1 {
         return depthwise_conv2d(x, w, padding, stride);
     }
-    if groups == 1 {
-        return conv2d_single(x, w, padding, stride);
-    }
-    let xs = x.chunk(groups, 1)?;
-    let ws = w.chunk(groups, 0)?;
-    let ys = xs
-        .iter()
-        .zip(&ws)
-        .map(|(x, w)| conv2d_single(x, w, padding, stride))
-        .collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&ys, 1)
+    conv2d_grouped(x, w, padding, stride, groups)
 }
 
 /// `TFKD_CONV=candle` in the environment makes [`conv2d`] call candle's own
@@ -112,14 +103,18 @@ fn candle_only() -> bool {
     *CANDLE_ONLY.get_or_init(|| std::env::var("TFKD_CONV").is_ok_and(|v| v == "candle"))
 }
 
-/// One group: the forward (computed outside the graph) wrapped in the op.
-fn conv2d_single(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+/// The forward (computed outside the graph) wrapped in the op. All groups go
+/// through one op: as one op per group (`chunk`, convolve, `cat`), the
+/// backward of `chunk` zero-pads each group's input gradient to the full
+/// input and adds the pieces, which made memset, memcpy and additions half
+/// of a narrowed ResNeXt29 step.
+fn conv2d_grouped(x: &Tensor, w: &Tensor, padding: usize, stride: usize, groups: usize) -> Result<Tensor> {
     // On the CPU, im2col + one product beats candle's tiled forward
     // (1.2–3× on the zoo's shapes: `examples/op_time.rs`).
     let y = if matches!(x.device(), candle_core::Device::Cpu) && crate::cpu::supported(x.dtype()) {
-        conv_gemm(&x.detach(), &w.detach(), padding, stride)?
+        conv_gemm(&x.detach(), &w.detach(), padding, stride, groups)?
     } else {
-        x.detach().conv2d(&w.detach(), padding, stride, 1, 1)?
+        x.detach().conv2d(&w.detach(), padding, stride, 1, groups)?
     };
     if !x.track_op() && !w.track_op() {
         // Nothing to differentiate (inference): no op, no output copy.
@@ -129,6 +124,7 @@ fn conv2d_single(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Resul
     let op = FastConv2d {
         padding,
         stride,
+        groups,
         y: Mutex::new(Some(y)),
     };
     x.apply_op2(w, op)
@@ -173,6 +169,7 @@ fn cpu_len(c: &CpuStorage) -> usize {
 struct FastConv2d {
     padding: usize,
     stride: usize,
+    groups: usize,
     /// Taken by the forward, so the graph does not keep a second copy.
     y: Mutex<Option<Tensor>>,
 }
@@ -249,12 +246,12 @@ impl CustomOp2 for FastConv2d {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // The network's input (images) needs no gradient.
         let gx = if x.track_op() {
-            Some(input_grad(x, w, grad, self.padding, self.stride)?)
+            Some(input_grad(x, w, grad, self.padding, self.stride, self.groups)?)
         } else {
             None
         };
         let gw = if w.track_op() {
-            Some(weight_grad(x, w, grad, self.padding, self.stride)?)
+            Some(weight_grad(x, w, grad, self.padding, self.stride, self.groups)?)
         } else {
             None
         };
@@ -285,12 +282,18 @@ fn pad_or_crop(t: Tensor, dim: usize, lo: isize, hi: isize) -> Result<Tensor> {
 /// gradient, computed without the inserted zeros by splitting the padded
 /// input into its `s × s` phases `x̃[s·m + r]`; phase `r` only sees kernel
 /// taps `w[r + s·t]`, so it is a stride-1 "full" convolution of `g` with that
-/// flipped sub-kernel, and the phases are interleaved back.
-fn input_grad(x: &Tensor, w: &Tensor, g: &Tensor, p: usize, s: usize) -> Result<Tensor> {
+/// flipped sub-kernel, and the phases are interleaved back. With groups,
+/// each group's kernel is transposed in place, `(G·C_in/G, C_out/G, k, k)`,
+/// and every convolution is grouped the same way.
+fn input_grad(x: &Tensor, w: &Tensor, g: &Tensor, p: usize, s: usize, groups: usize) -> Result<Tensor> {
     let (n, c_in, h, wd) = x.dims4()?;
-    let (_, _, k_h, k_w) = w.dims4()?;
+    let (c_out, c_in_g, k_h, k_w) = w.dims4()?;
     let (_, _, h_o, w_o) = g.dims4()?;
-    let wt = w.transpose(0, 1)?.contiguous()?;
+    let wt = w
+        .reshape((groups, c_out / groups, c_in_g, k_h, k_w))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((c_in, c_out / groups, k_h, k_w))?;
     if s == 1 {
         let lo_h = k_h as isize - 1 - p as isize;
         let lo_w = k_w as isize - 1 - p as isize;
@@ -298,7 +301,7 @@ fn input_grad(x: &Tensor, w: &Tensor, g: &Tensor, p: usize, s: usize) -> Result<
         let g = pad_or_crop(g.clone(), 2, lo_h - base, lo_h - base)?;
         let g = pad_or_crop(g, 3, lo_w - base, lo_w - base)?;
         let wf = wt.flip(&[2, 3])?.contiguous()?;
-        return conv_s1(&g, &wf, base as usize);
+        return conv_s1(&g, &wf, base as usize, groups);
     }
     let (m_h, m_w) = ((h + 2 * p).div_ceil(s), (wd + 2 * p).div_ceil(s));
     // Taps of phase r along a kernel dim of size k, last first (flipped).
@@ -329,7 +332,7 @@ fn input_grad(x: &Tensor, w: &Tensor, g: &Tensor, p: usize, s: usize) -> Result<
                     (t_y - 1 - base) as isize,
                 )?;
                 let gp = pad_or_crop(gp, 3, (t_x - 1 - base) as isize, (t_x - 1 - base) as isize)?;
-                let ph = conv_s1(&gp, &sub, base)?;
+                let ph = conv_s1(&gp, &sub, base, groups)?;
                 // Phase outputs cover m < h_o + t − 1; fit them to m_h × m_w.
                 let fit = |t: Tensor, dim: usize, have: usize, want: usize| -> Result<Tensor> {
                     if have >= want {
@@ -352,8 +355,11 @@ fn input_grad(x: &Tensor, w: &Tensor, g: &Tensor, p: usize, s: usize) -> Result<
 /// A stride-1 convolution as explicit im2col (`conv/im2col.rs`: a direct
 /// kernel on the CPU, an unfold view made contiguous elsewhere) and one
 /// matrix product; on the CPU this beats candle's tiled forward for the
-/// shapes of the input gradient.
-fn conv_s1(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
+/// shapes of the input gradient. Grouped: [`conv_gemm`].
+fn conv_s1(x: &Tensor, w: &Tensor, p: usize, groups: usize) -> Result<Tensor> {
+    if groups > 1 {
+        return conv_gemm(x, w, p, 1, groups);
+    }
     let (n, c, h, wd) = x.dims4()?;
     let (o, _, k_h, k_w) = w.dims4()?;
     if k_h * k_w == 1 && p == 0 {
@@ -368,31 +374,47 @@ fn conv_s1(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
         .contiguous()
 }
 
-/// A convolution (one group) as im2col and one matrix product:
-/// `y[n, o] = W (O × C·k_h·k_w) · cols_n`, then `(O, N, H_o, W_o)` is permuted
-/// to NCHW.
-fn conv_gemm(x: &Tensor, w: &Tensor, p: usize, s: usize) -> Result<Tensor> {
-    let (n, c, h, wd) = x.dims4()?;
-    let (o, _, k_h, k_w) = w.dims4()?;
-    let (h_o, w_o) = ((h + 2 * p - k_h) / s + 1, (wd + 2 * p - k_w) / s + 1);
-    let cols = im2col_rows(x, k_h, k_w, s, p, h_o, w_o)?;
-    let wm = w.reshape((o, c * k_h * k_w))?;
-    wm.matmul(&cols.t()?)?
-        .reshape((o, n, h_o, w_o))?
-        .transpose(0, 1)?
-        .contiguous()
+/// The im2col matrix of `x` split by group: `(G, C/G·k_h·k_w, N·H_o·W_o)`.
+/// On the CPU the transposed im2col is already contiguous in this order, so
+/// this is a view.
+fn group_cols(x: &Tensor, k_h: usize, k_w: usize, s: usize, p: usize, h_o: usize, w_o: usize, groups: usize) -> Result<Tensor> {
+    let (n, c, _, _) = x.dims4()?;
+    im2col_rows(x, k_h, k_w, s, p, h_o, w_o)?
+        .t()?
+        .reshape((groups, c / groups * k_h * k_w, n * h_o * w_o))
 }
 
-/// `∂L/∂w`: one matrix product of the gradient with the im2col of the input.
-fn weight_grad(x: &Tensor, w: &Tensor, g: &Tensor, p: usize, s: usize) -> Result<Tensor> {
-    let (n, c_in, _, _) = x.dims4()?;
-    let (c_out, _, k_h, k_w) = w.dims4()?;
+/// A convolution as im2col and one matrix product per group, batched over
+/// the groups: `y[n, g·O/G + o] = W_g (O/G × C/G·k_h·k_w) · cols_{g, n}`,
+/// then `(O, N, H_o, W_o)` is permuted to NCHW.
+fn conv_gemm(x: &Tensor, w: &Tensor, p: usize, s: usize, groups: usize) -> Result<Tensor> {
+    let (n, _, h, wd) = x.dims4()?;
+    let (o, c_g, k_h, k_w) = w.dims4()?;
+    let (h_o, w_o) = ((h + 2 * p - k_h) / s + 1, (wd + 2 * p - k_w) / s + 1);
+    let y = if groups == 1 {
+        let cols = im2col_rows(x, k_h, k_w, s, p, h_o, w_o)?;
+        w.reshape((o, c_g * k_h * k_w))?.matmul(&cols.t()?)?
+    } else {
+        let cols = group_cols(x, k_h, k_w, s, p, h_o, w_o, groups)?;
+        w.reshape((groups, o / groups, c_g * k_h * k_w))?.matmul(&cols)?
+    };
+    y.reshape((o, n, h_o, w_o))?.transpose(0, 1)?.contiguous()
+}
+
+/// `∂L/∂w`: one matrix product (per group, batched) of the gradient with the
+/// im2col of the input.
+fn weight_grad(x: &Tensor, w: &Tensor, g: &Tensor, p: usize, s: usize, groups: usize) -> Result<Tensor> {
+    let (n, _, _, _) = x.dims4()?;
+    let (c_out, c_g, k_h, k_w) = w.dims4()?;
     let (_, _, h_o, w_o) = g.dims4()?;
-    // (N·H_o·W_o, C·k_h·k_w).
-    let cols = im2col_rows(x, k_h, k_w, s, p, h_o, w_o)?;
-    let g2 = g
-        .transpose(0, 1)?
-        .contiguous()?
-        .reshape((c_out, n * h_o * w_o))?;
-    g2.matmul(&cols)?.reshape((c_out, c_in, k_h, k_w))
+    let g2 = g.transpose(0, 1)?.contiguous()?;
+    if groups == 1 {
+        // (N·H_o·W_o, C·k_h·k_w).
+        let cols = im2col_rows(x, k_h, k_w, s, p, h_o, w_o)?;
+        return g2.reshape((c_out, n * h_o * w_o))?.matmul(&cols)?.reshape((c_out, c_g, k_h, k_w));
+    }
+    let cols = group_cols(x, k_h, k_w, s, p, h_o, w_o, groups)?;
+    g2.reshape((groups, c_out / groups, n * h_o * w_o))?
+        .matmul(&cols.transpose(1, 2)?)?
+        .reshape((c_out, c_g, k_h, k_w))
 }
