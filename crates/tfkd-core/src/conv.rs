@@ -3,10 +3,15 @@
 //!
 //! candle's autograd computes the input gradient of `conv2d` with its direct
 //! `conv_transpose2d` loops, which dominate a CNN training step on the CPU.
-//! [`conv2d`] wraps a forward convolution (on the CPU im2col + one matrix
-//! product, `conv/im2col.rs`; elsewhere candle's own) in a [`CustomOp2`]
-//! whose backward expresses both gradients as forward convolutions / matrix
-//! products, so they also run on the fast paths.
+//! [`conv2d`] wraps a forward convolution in a [`CustomOp2`] whose backward
+//! computes both gradients with matrix products instead. On the CPU (f32,
+//! f64) all three passes run one image at a time (`conv/gemm_cpu.rs`): the
+//! image's im2col matrix in a per-thread buffer and one product per group
+//! written straight into the NCHW result, the input gradient as a product
+//! and a col2im scatter-add, the weight gradient as per-thread partial
+//! products; no buffer grows with the batch. Elsewhere the forward is
+//! candle's own and the backward is made of tensor ops (im2col views,
+//! `conv/im2col.rs`, and batched matmuls), which on CUDA run as cuBLAS work.
 //! Depthwise convolutions (one input channel per group), which candle runs
 //! as one tiny convolution per channel, have their own CPU kernels
 //! ([`depthwise_conv2d`], `conv/depthwise.rs`).
@@ -15,6 +20,7 @@ use std::sync::{Mutex, OnceLock};
 
 mod bias;
 mod depthwise;
+mod gemm_cpu;
 mod im2col;
 pub use bias::add_channel_bias;
 use im2col::im2col_rows;
@@ -57,11 +63,15 @@ use candle_core::{
 /// The stride-1 convolutions of `∂L/∂x` are also run as im2col + one matrix
 /// product (faster than candle's tiled forward for these shapes).
 ///
-/// Grouped convolutions are one op whose matrix products are batched over
-/// the groups. On every device the fast backward is used (it is made of
-/// tensor ops, so on CUDA it runs as im2col copies
-/// and cuBLAS products instead of candle's direct `conv_transpose2d`
-/// kernel); depthwise convolutions (one input channel per group) go to
+/// That is the path of CUDA, Metal and the other dtypes: tensor ops, so on
+/// CUDA im2col copies and cuBLAS products instead of candle's direct
+/// `conv_transpose2d` kernel. On the CPU with f32/f64 operands the forward
+/// and both gradients are computed per image instead (`conv/gemm_cpu.rs`):
+/// `∂L/∂x` as `w_gᵀ · g[n, g-block]` scattered back by col2im (any stride,
+/// no flip, no phases), `∂L/∂w` as `Σ_n g[n, g-block] · cols_{n,g}ᵀ` with
+/// `cols_{n,g}` image `n`'s im2col matrix.
+///
+/// Grouped convolutions are one op (per pass) over all groups; depthwise convolutions (one input channel per group) go to
 /// [`depthwise_conv2d`] (its own kernels on the CPU, [`depthwise_conv2d_taps`]
 /// elsewhere). Calls where neither operand tracks gradients use plain
 /// `Tensor::conv2d`, and so does everything under `TFKD_CONV=candle`. Only the gradients of operands that track them
@@ -109,10 +119,10 @@ fn candle_only() -> bool {
 /// input and adds the pieces, which made memset, memcpy and additions half
 /// of a narrowed ResNeXt29 step.
 fn conv2d_grouped(x: &Tensor, w: &Tensor, padding: usize, stride: usize, groups: usize) -> Result<Tensor> {
-    // On the CPU, im2col + one product beats candle's tiled forward
-    // (1.2–3× on the zoo's shapes: `examples/op_time.rs`).
-    let y = if matches!(x.device(), candle_core::Device::Cpu) && crate::cpu::supported(x.dtype()) {
-        conv_gemm(&x.detach(), &w.detach(), padding, stride, groups)?
+    // On the CPU, per-image im2col + products beat candle's tiled forward
+    // (`examples/op_time.rs`).
+    let y = if cpu_fast(x, w) {
+        gemm_cpu::forward_op(&x.detach(), &w.detach(), padding, stride, groups)?
     } else {
         x.detach().conv2d(&w.detach(), padding, stride, 1, groups)?
     };
@@ -128,6 +138,12 @@ fn conv2d_grouped(x: &Tensor, w: &Tensor, padding: usize, stride: usize, groups:
         y: Mutex::new(Some(y)),
     };
     x.apply_op2(w, op)
+}
+
+/// True where the CPU engine (`conv/gemm_cpu.rs`) runs: CPU operands of one
+/// supported dtype.
+fn cpu_fast(x: &Tensor, w: &Tensor) -> bool {
+    matches!(x.device(), candle_core::Device::Cpu) && crate::cpu::supported(x.dtype()) && w.dtype() == x.dtype()
 }
 
 /// A contiguous tensor whose storage holds exactly its elements from offset 0.
@@ -163,8 +179,8 @@ fn cpu_len(c: &CpuStorage) -> usize {
     }
 }
 
-/// The custom op: the forward result is precomputed (im2col + gemm on the
-/// CPU, candle's `conv2d` elsewhere) and handed out by the `*_fwd` methods;
+/// The custom op: the forward result is precomputed (`conv/gemm_cpu.rs` on
+/// the CPU, candle's `conv2d` elsewhere) and handed out by the `*_fwd` methods;
 /// `bwd` is the point.
 struct FastConv2d {
     padding: usize,
@@ -244,6 +260,18 @@ impl CustomOp2 for FastConv2d {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (p, s, groups) = (self.padding, self.stride, self.groups);
+        if cpu_fast(x, w) {
+            let gx = match x.track_op() {
+                true => Some(gemm_cpu::input_grad_op(x, w, grad, p, s, groups)?),
+                false => None,
+            };
+            let gw = match w.track_op() {
+                true => Some(gemm_cpu::weight_grad_op(x, w, grad, p, s, groups)?),
+                false => None,
+            };
+            return Ok((gx, gw));
+        }
         // The network's input (images) needs no gradient.
         let gx = if x.track_op() {
             Some(input_grad(x, w, grad, self.padding, self.stride, self.groups)?)
@@ -352,10 +380,8 @@ fn input_grad(x: &Tensor, w: &Tensor, g: &Tensor, p: usize, s: usize, groups: us
     dxp.narrow(2, p, h)?.narrow(3, p, wd)
 }
 
-/// A stride-1 convolution as explicit im2col (`conv/im2col.rs`: a direct
-/// kernel on the CPU, an unfold view made contiguous elsewhere) and one
-/// matrix product; on the CPU this beats candle's tiled forward for the
-/// shapes of the input gradient. Grouped: [`conv_gemm`].
+/// A stride-1 convolution as explicit im2col (`conv/im2col.rs`: an unfold
+/// view made contiguous) and one matrix product. Grouped: [`conv_gemm`].
 fn conv_s1(x: &Tensor, w: &Tensor, p: usize, groups: usize) -> Result<Tensor> {
     if groups > 1 {
         return conv_gemm(x, w, p, 1, groups);
@@ -375,8 +401,6 @@ fn conv_s1(x: &Tensor, w: &Tensor, p: usize, groups: usize) -> Result<Tensor> {
 }
 
 /// The im2col matrix of `x` split by group: `(G, C/G·k_h·k_w, N·H_o·W_o)`.
-/// On the CPU the transposed im2col is already contiguous in this order, so
-/// this is a view.
 fn group_cols(x: &Tensor, k_h: usize, k_w: usize, s: usize, p: usize, h_o: usize, w_o: usize, groups: usize) -> Result<Tensor> {
     let (n, c, _, _) = x.dims4()?;
     im2col_rows(x, k_h, k_w, s, p, h_o, w_o)?

@@ -32,38 +32,89 @@ const CASES: &[Case] = &[
     Case { name: "depthwise s2", n: 2, c_in: 6, h: 9, w: 9, c_out: 6, k: 3, stride: 2, pad: 1, groups: 6 },
     Case { name: "batch 5", n: 5, c_in: 4, h: 6, w: 6, c_out: 3, k: 3, stride: 1, pad: 1, groups: 1 },
     Case { name: "C == H == W", n: 2, c_in: 8, h: 8, w: 8, c_out: 8, k: 3, stride: 1, pad: 1, groups: 1 },
+    // Enough work per image to run in parallel: fewer images than threads
+    // (products split over the pool), more images than threads (a job each).
+    Case { name: "batch 1", n: 1, c_in: 16, h: 16, w: 16, c_out: 16, k: 3, stride: 1, pad: 1, groups: 1 },
+    Case { name: "batch 1 s2 groups 2", n: 1, c_in: 16, h: 15, w: 15, c_out: 32, k: 3, stride: 2, pad: 1, groups: 2 },
+    Case { name: "batch 7", n: 7, c_in: 12, h: 12, w: 10, c_out: 10, k: 3, stride: 1, pad: 1, groups: 1 },
+    Case { name: "batch 7 s2 groups 4", n: 7, c_in: 16, h: 13, w: 13, c_out: 16, k: 3, stride: 2, pad: 1, groups: 4 },
+    Case { name: "batch 7 1x1", n: 7, c_in: 64, h: 8, w: 8, c_out: 32, k: 1, stride: 1, pad: 0, groups: 1 },
+    Case { name: "batch 7 groups 4 1x1", n: 7, c_in: 32, h: 9, w: 9, c_out: 16, k: 1, stride: 1, pad: 0, groups: 4 },
+    Case { name: "batch 7 7x7 s2 p3", n: 7, c_in: 3, h: 20, w: 20, c_out: 16, k: 7, stride: 2, pad: 3, groups: 1 },
 ];
 
-fn max_abs(t: &Tensor) -> f32 {
+fn max_abs(t: &Tensor) -> f64 {
     t.abs()
         .unwrap()
         .flatten_all()
         .unwrap()
         .max(0)
         .unwrap()
-        .to_scalar::<f32>()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
         .unwrap()
 }
 
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
     max_abs(&(a - b).unwrap()) / max_abs(b).max(1e-12)
 }
 
 #[test]
 fn fast_conv2d_matches_candle() {
+    matches_candle(DType::F32, 1e-5);
+}
+
+/// The f64 kernels, to f64 precision.
+#[test]
+fn fast_conv2d_matches_candle_f64() {
+    matches_candle(DType::F64, 1e-12);
+}
+
+/// The tensor-op path of CUDA and Metal, which the CPU takes for the
+/// dtypes without CPU kernels: f16 here, against candle's f32 convolution
+/// of the same (f16-rounded) values, at f16 precision.
+#[test]
+fn tensor_op_path_matches_candle() {
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(5);
+    for c in CASES.iter().filter(|c| c.groups == 1 || c.c_in != c.groups) {
+        let x0 = rng.uniform_tensor((c.n, c.c_in, c.h, c.w), -1.0, 1.0, DType::F32, &dev).unwrap();
+        let w0 = rng.uniform_tensor((c.c_out, c.c_in / c.groups, c.k, c.k), -0.5, 0.5, DType::F32, &dev).unwrap();
+        let (x0, w0) = (x0.to_dtype(DType::F16).unwrap(), w0.to_dtype(DType::F16).unwrap());
+        let (x, w) = (Var::from_tensor(&x0).unwrap(), Var::from_tensor(&w0).unwrap());
+        let x32 = Var::from_tensor(&x0.to_dtype(DType::F32).unwrap()).unwrap();
+        let w32 = Var::from_tensor(&w0.to_dtype(DType::F32).unwrap()).unwrap();
+        let y = conv2d(&x, &w, c.pad, c.stride, c.groups).unwrap();
+        let y_ref = x32.conv2d(&w32, c.pad, c.stride, 1, c.groups).unwrap();
+        let e = rel_err(&y.to_dtype(DType::F32).unwrap(), &y_ref);
+        assert!(e < 1e-2, "{} f16: forward rel err {e}", c.name);
+        let r = rng.uniform_tensor(y.dims(), -1.0, 1.0, DType::F32, &dev).unwrap();
+        let g = (&y * &r.to_dtype(DType::F16).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        let r = r.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
+        let g_ref = (&y_ref * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (what, v, v32) in [("x", &x, &x32), ("w", &w, &w32)] {
+            let a = g.get(v).unwrap().to_dtype(DType::F32).unwrap();
+            let e = rel_err(&a, g_ref.get(v32).unwrap());
+            assert!(e < 1e-2, "{} f16: d{what} rel err {e}", c.name);
+        }
+    }
+}
+
+fn matches_candle(dtype: DType, tol: f64) {
     let dev = Device::Cpu;
     let mut rng = SeededRng::new(7);
     for c in CASES {
         let x0 = rng
-            .uniform_tensor((c.n, c.c_in, c.h, c.w), -1.0, 1.0, DType::F32, &dev)
+            .uniform_tensor((c.n, c.c_in, c.h, c.w), -1.0, 1.0, dtype, &dev)
             .unwrap();
         let w0 = rng
             .uniform_tensor(
                 (c.c_out, c.c_in / c.groups, c.k, c.k),
                 -0.5,
                 0.5,
-                DType::F32,
+                dtype,
                 &dev,
             )
             .unwrap();
@@ -73,10 +124,10 @@ fn fast_conv2d_matches_candle() {
         let y = conv2d(&x, &w, c.pad, c.stride, c.groups).unwrap();
         assert_eq!(y.dims(), y_ref.dims(), "{}: output shape", c.name);
         let e = rel_err(&y, &y_ref);
-        assert!(e < 1e-5, "{}: forward rel err {e}", c.name);
+        assert!(e < tol, "{} {dtype:?}: forward rel err {e}", c.name);
         // A non-uniform upstream gradient: L = Σ y ⊙ r.
         let r = rng
-            .uniform_tensor(y.dims(), -1.0, 1.0, DType::F32, &dev)
+            .uniform_tensor(y.dims(), -1.0, 1.0, dtype, &dev)
             .unwrap();
         let g_ref = (&y_ref * &r)
             .unwrap()
@@ -91,7 +142,7 @@ fn fast_conv2d_matches_candle() {
                 .unwrap_or_else(|| panic!("{}: no gradient for {what}", c.name));
             let b = g_ref.get(v).unwrap();
             let e = rel_err(a, b);
-            assert!(e < 1e-5, "{}: d{what} rel err {e}", c.name);
+            assert!(e < tol, "{} {dtype:?}: d{what} rel err {e}", c.name);
         }
     }
 }
