@@ -253,7 +253,7 @@ pub fn experiment(
     let profile = shared.profile;
     let recipe = &table.recipe;
     let epochs = profile.epochs_for(recipe);
-    let milestones: Vec<usize> = recipe.milestones.iter().map(|&m| profile.scale_epoch(recipe, m)).collect();
+    let milestones = profile.milestones_for(recipe);
     Ok(ExperimentConfig {
         name: None,
         seed,
@@ -268,7 +268,7 @@ pub fn experiment(
         data: DataConfig {
             dataset: data.kind,
             root: data.root.clone(),
-            augmentation: true,
+            augmentation: profile.augmentation,
             train_subset: profile.train_subset,
             test_subset: profile.test_subset,
             eval_batch_size: profile.eval_batch_size,
@@ -276,7 +276,7 @@ pub fn experiment(
         },
         optim: OptimConfig {
             batch_size: profile.batch_size.unwrap_or(cell.batch_size as usize),
-            lr: cell.lr,
+            lr: cell.lr * profile.lr_factor,
             lr_reference_batch: cell.lr_reference_batch as usize,
             momentum: recipe.momentum,
             weight_decay: recipe.weight_decay,

@@ -255,7 +255,11 @@ pub fn describe(profile: &Profile, table: &Table, data_note: &Option<String>) ->
         parts.push(n.clone());
     }
     if let Some(e) = profile.epochs {
-        parts.push(format!("{e} epochs instead of {} (milestones scaled in proportion)", table.recipe.epochs));
+        let milestones = if profile.single_decay { "" } else { " (milestones scaled in proportion)" };
+        parts.push(format!("{e} epochs instead of {}{milestones}", table.recipe.epochs));
+    }
+    if let Some(note) = profile.recipe_note {
+        parts.push(note.to_string());
     }
     if profile.width_divisor > 1 {
         let kind = profile.data(table.dataset).kind;
