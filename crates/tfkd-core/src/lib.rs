@@ -15,7 +15,9 @@
 //! * [`conv`] and [`norm`]: convolutions (dense, grouped, depthwise) and
 //!   training-mode BatchNorm with fused CPU kernels and analytic backward
 //!   passes (candle's composed versions dominate a CNN step on the CPU);
-//! * [`activation`]: ReLU6 as one op with PyTorch's gradient.
+//! * [`activation`]: ReLU6 as one op with PyTorch's gradient;
+//! * [`pool`]: max pooling with any kernel, stride and padding, with a
+//!   backward pass (candle has none for most of them).
 //!
 //! ```
 //! use tfkd_core::candle_core::{Device, Tensor, Var};
@@ -49,6 +51,7 @@ pub mod loss;
 pub mod metrics;
 pub mod norm;
 pub mod optim;
+pub mod pool;
 pub mod rng;
 pub mod schedule;
 

@@ -1,46 +1,13 @@
 //! Differentiable, device-generic pooling and shuffling ops that candle lacks.
 //!
-//! candle's own `max_pool2d_with_stride` has a backward pass only when the
-//! kernel equals the stride and there is no padding (candle#1593, #1851), and
-//! in candle-core 0.11.1 that backward is wrong: it multiplies the gradient of
-//! a unique maximum by 1/k². The zoo therefore never uses it.
-//! [`max_pool2d`] covers every kernel / stride / padding combination by composing
-//! ops candle can differentiate: the input is padded with `-inf`, and the
-//! maximum is taken over the `k × k` shifted, strided views
-//! (`tfkd_core::conv::window_taps`) with [`Tensor::maximum`]. It therefore runs on every candle device.
-//!
-//! Gradient note: where several window elements tie for the maximum, candle's
-//! `maximum` backward splits the gradient between them, whereas PyTorch sends
-//! it all to the first one. Ties between distinct inputs only occur on exact
-//! equal values (for example ReLU zeros, whose own gradient is zero), so the
-//! weight gradients of the zoo's networks agree with PyTorch.
+//! [`max_pool2d`] is `tfkd_core::pool::max_pool2d`: candle's own
+//! `max_pool2d_with_stride` has a backward pass only when the kernel equals
+//! the stride and there is no padding, and in candle-core 0.11.1 that
+//! backward is wrong (it multiplies the gradient of a unique maximum by
+//! 1/k²; found by `tests/parity.rs::cnn`), so the zoo never uses it.
 
 use candle_core::{Result, Tensor, D};
-use tfkd_core::conv::window_taps;
-
-/// 2-D max-pooling with any kernel, stride and padding, like
-/// `torch.nn.MaxPool2d(kernel, stride, padding)` (floor mode, dilation 1).
-///
-/// Differentiable on every device. Padding is `-inf`, as in PyTorch.
-///
-/// # Shapes
-/// `xs`: `[N, C, H, W]` → `[N, C, (H + 2p − k)/s + 1, (W + 2p − k)/s + 1]`
-pub fn max_pool2d(xs: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
-    if kernel == 0 || stride == 0 {
-        candle_core::bail!("max_pool2d kernel {kernel} and stride {stride} must be positive")
-    }
-    if padding * 2 > kernel {
-        candle_core::bail!("max_pool2d padding {padding} must be at most half the kernel {kernel}")
-    }
-    // candle's own `max_pool2d` is not used even when kernel == stride: its
-    // backward (candle-core 0.11.1, `backprop.rs`, `Op::MaxPool2D`) scales the
-    // gradient of the maximum by count/k² instead of 1/count, i.e. 1/k² for a
-    // unique maximum (found by `tests/parity.rs::cnn`).
-    let taps = window_taps(xs, (kernel, kernel), stride, padding, f64::NEG_INFINITY)?;
-    let mut taps = taps.into_iter();
-    let first = taps.next().ok_or_else(|| candle_core::Error::Msg("max_pool2d kernel must be positive".into()))?;
-    taps.try_fold(first, |acc, tap| acc.maximum(&tap))
-}
+pub use tfkd_core::pool::max_pool2d;
 
 /// 2-D average pooling with kernel = stride (`torch.nn.AvgPool2d(k)`), differentiable.
 ///

@@ -1,0 +1,170 @@
+//! 2-D max pooling with any kernel, stride and padding, differentiable on
+//! every device, as one op each way on the CPU.
+//!
+//! candle's own `max_pool2d_with_stride` has a backward pass only when the
+//! kernel equals the stride and there is no padding (candle#1593, #1851), and
+//! in candle-core 0.11.1 that backward scales the gradient of a unique
+//! maximum by 1/k². [`max_pool2d`] never uses it:
+//!
+//! * on the CPU (f32, f64) the forward takes each window's maximum and the
+//!   backward sends each output's gradient to the input its window's maximum
+//!   came from (found again by the same scan), as PyTorch does, ties going
+//!   to the first maximum in row-major order;
+//! * elsewhere it is composed from ops candle can differentiate: the input
+//!   padded with `-inf`, the `k × k` shifted, strided views
+//!   ([`crate::conv::window_taps`]) and [`Tensor::maximum`]. Where several
+//!   window elements tie, candle's `maximum` splits the gradient between
+//!   them; ties between distinct inputs only occur on exactly equal values
+//!   (for example ReLU zeros, whose own gradient is zero).
+//!
+//! As a composition on the CPU, the eight `maximum`s of a 3×3 window and
+//! their backward (comparisons, masks, products) were about a tenth of a
+//! narrowed GoogLeNet training step.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+
+use crate::conv::window_taps;
+use crate::cpu::{for_each_chunk, slice, supported, Float};
+
+/// 2-D max pooling, like `torch.nn.MaxPool2d(kernel, stride, padding)`
+/// (floor mode, dilation 1, padding never chosen).
+///
+/// `y[n, c, i, j] = max_{a, b < k} x̃[n, c, s·i + a, s·j + b]`, where `x̃` is
+/// `x` padded with `-inf` by `p` on every side; `∂L/∂x` receives each
+/// `∂L/∂y[n, c, i, j]` at the position of that window's first maximum (NaN
+/// counts as the maximum, as in PyTorch).
+///
+/// # Shapes
+/// `x`: `[N, C, H, W]` → `[N, C, (H + 2p − k)/s + 1, (W + 2p − k)/s + 1]`
+///
+/// # Errors
+/// A zero kernel or stride, padding above half the kernel (PyTorch's rule),
+/// or an input smaller than the kernel.
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    if kernel == 0 || stride == 0 {
+        candle_core::bail!("max_pool2d kernel {kernel} and stride {stride} must be positive")
+    }
+    if padding * 2 > kernel {
+        candle_core::bail!("max_pool2d padding {padding} must be at most half the kernel {kernel}")
+    }
+    let (_, _, h, w) = x.dims4()?;
+    if h + 2 * padding < kernel || w + 2 * padding < kernel {
+        candle_core::bail!("max_pool2d: input {h}x{w} with padding {padding} is smaller than kernel {kernel}")
+    }
+    if !matches!(x.device(), Device::Cpu) || !supported(x.dtype()) {
+        let taps = window_taps(x, (kernel, kernel), stride, padding, f64::NEG_INFINITY)?;
+        let mut taps = taps.into_iter();
+        let first = taps.next().ok_or_else(|| candle_core::Error::Msg("max_pool2d kernel must be positive".into()))?;
+        return taps.try_fold(first, |acc, tap| acc.maximum(&tap));
+    }
+    x.contiguous()?.apply_op1(MaxPool { k: kernel, s: stride, p: padding })
+}
+
+/// The window geometry; the CPU op of the forward.
+#[derive(Clone, Copy)]
+struct MaxPool {
+    k: usize,
+    s: usize,
+    p: usize,
+}
+
+impl MaxPool {
+    fn out_size(&self, side: usize) -> usize {
+        (side + 2 * self.p - self.k) / self.s + 1
+    }
+
+    /// The index in `plane` (`h × w`, row-major) of the first maximum of
+    /// output `(i, j)`'s window. Every window holds at least one input, as
+    /// `p ≤ k / 2`.
+    #[inline]
+    fn argmax<E: Float>(&self, plane: &[E], (h, w): (usize, usize), i: usize, j: usize) -> usize {
+        let (k, s, p) = (self.k, self.s, self.p);
+        let (r0, c0) = ((s * i) as isize - p as isize, (s * j) as isize - p as isize);
+        let (r_lo, r_hi) = (r0.max(0) as usize, ((r0 + k as isize).min(h as isize)) as usize);
+        let (c_lo, c_hi) = (c0.max(0) as usize, ((c0 + k as isize).min(w as isize)) as usize);
+        let mut best = r_lo * w + c_lo;
+        let mut max = plane[best];
+        for r in r_lo..r_hi {
+            for (c, &v) in plane[r * w + c_lo..r * w + c_hi].iter().enumerate() {
+                // `v != v`: NaN wins, as in PyTorch.
+                #[allow(clippy::eq_op)]
+                if v > max || v != v {
+                    max = v;
+                    best = r * w + c_lo + c;
+                }
+            }
+        }
+        best
+    }
+
+    fn forward<E: Float>(&self, x: &[E], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<E> {
+        let (h_o, w_o) = (self.out_size(h), self.out_size(w));
+        let mut y = vec![E::from_f64(0.0); n * c * h_o * w_o];
+        for_each_chunk(&mut y, h_o * w_o, h_o * w_o * self.k * self.k, |_: &mut (), plane, ys| {
+            let xs = &x[plane * h * w..][..h * w];
+            for (o, y) in ys.iter_mut().enumerate() {
+                *y = xs[self.argmax(xs, (h, w), o / w_o, o % w_o)];
+            }
+        });
+        y
+    }
+
+    fn backward<E: Float>(&self, g: &[E], x: &[E], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<E> {
+        let (h_o, w_o) = (self.out_size(h), self.out_size(w));
+        let mut dx = vec![E::from_f64(0.0); n * c * h * w];
+        for_each_chunk(&mut dx, h * w, h_o * w_o * self.k * self.k, |_: &mut (), plane, ds| {
+            let xs = &x[plane * h * w..][..h * w];
+            let gs = &g[plane * h_o * w_o..][..h_o * w_o];
+            for (o, &gv) in gs.iter().enumerate() {
+                ds[self.argmax(xs, (h, w), o / w_o, o % w_o)] += gv;
+            }
+        });
+        dx
+    }
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "tfkd-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = l.shape().dims4()?;
+        let (n, c, h, w) = dims;
+        let out = match s.dtype() {
+            DType::F32 => CpuStorage::F32(self.forward(slice::<f32>(s, l, "the input")?, dims)),
+            DType::F64 => CpuStorage::F64(self.forward(slice::<f64>(s, l, "the input")?, dims)),
+            other => candle_core::bail!("tfkd-max-pool2d: unsupported dtype {other:?}"),
+        };
+        Ok((out, Shape::from((n, c, self.out_size(h), self.out_size(w)))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(x, &MaxPoolGrad(*self))?))
+    }
+}
+
+/// `(∂L/∂y, x) → ∂L/∂x`.
+struct MaxPoolGrad(MaxPool);
+
+impl CustomOp2 for MaxPoolGrad {
+    fn name(&self) -> &'static str {
+        "tfkd-max-pool2d-grad"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = xl.shape().dims4()?;
+        let (n, c, h, w) = dims;
+        let want = (n, c, self.0.out_size(h), self.0.out_size(w));
+        if gl.shape().dims4()? != want {
+            candle_core::bail!("tfkd-max-pool2d: gradient {:?} for an output {want:?}", gl.shape())
+        }
+        let out = match gs.dtype() {
+            DType::F32 => CpuStorage::F32(self.0.backward(slice::<f32>(gs, gl, "the gradient")?, slice::<f32>(xs, xl, "the input")?, dims)),
+            DType::F64 => CpuStorage::F64(self.0.backward(slice::<f64>(gs, gl, "the gradient")?, slice::<f64>(xs, xl, "the input")?, dims)),
+            other => candle_core::bail!("tfkd-max-pool2d: unsupported dtype {other:?}"),
+        };
+        Ok((out, xl.shape().clone()))
+    }
+}
