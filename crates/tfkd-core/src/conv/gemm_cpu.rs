@@ -16,8 +16,8 @@
 //!   the padding being dropped. Any stride and padding, no flipped kernel;
 //! * weight gradient: `∂W_g = Σ_n g[n, g-block] (O_g × H_o·W_o) · cols_{n,g}ᵀ`.
 //!
-//! `cols` lives in a per-job scratch buffer of one image's size (every
-//! element written, the padding as explicit zeros); for a 1×1, stride-1,
+//! `cols` lives in a per-thread scratch buffer of one image's size, kept
+//! between ops (every element written, the padding as explicit zeros); for a 1×1, stride-1,
 //! unpadded convolution the image itself is `cols` and no copy is made. The
 //! products are the `gemm` crate's (candle's own CPU matmul): single-threaded
 //! inside a rayon job per image when there are at least as many images as
@@ -27,6 +27,7 @@
 //! gradient, and adds the partials in block order, so its result depends on
 //! the number of threads but not on the scheduling.
 
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use candle_core::backend::BackendStorage;
@@ -258,19 +259,47 @@ unsafe fn matmul<E: Float>(
 fn per_image<T, E, F>(g: &Geom, out: &mut [T], chunk: usize, f: F)
 where
     T: Send,
-    E: Float,
+    E: Elem,
     F: Fn(&mut Vec<E>, usize, &mut [T], Parallelism) + Sync + Send,
 {
     let threads = rayon::current_num_threads();
     if g.n >= threads || g.n.saturating_mul(g.work()) < 2 * PARALLEL_GRAIN {
-        for_each_chunk(out, chunk, g.work(), |cols: &mut Vec<E>, i, o| f(cols, i, o, Parallelism::None));
+        for_each_chunk(out, chunk, g.work(), |_: &mut (), i, o| E::with_scratch(|cols| f(cols, i, o, Parallelism::None)));
     } else {
-        let mut cols = Vec::new();
-        for (i, o) in out.chunks_mut(chunk).enumerate() {
-            f(&mut cols, i, o, Parallelism::Rayon(threads));
-        }
+        E::with_scratch(|cols| {
+            for (i, o) in out.chunks_mut(chunk).enumerate() {
+                f(cols, i, o, Parallelism::Rayon(threads));
+            }
+        })
     }
 }
+
+/// The element types of the engine: [`Float`] with a per-thread scratch
+/// buffer for `cols`.
+trait Elem: Float {
+    /// Runs `f` on this thread's scratch buffer (kept between calls and
+    /// ops, so it is allocated and zero-filled once per thread and size, not
+    /// per job), or on a fresh one should it be in use already.
+    fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R;
+}
+
+macro_rules! elem {
+    ($t:ty, $key:ident) => {
+        thread_local! {
+            static $key: RefCell<Vec<$t>> = const { RefCell::new(Vec::new()) };
+        }
+        impl Elem for $t {
+            fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R {
+                $key.with(|buf| match buf.try_borrow_mut() {
+                    Ok(mut buf) => f(&mut buf),
+                    Err(_) => f(&mut Vec::new()),
+                })
+            }
+        }
+    };
+}
+elem!(f32, SCRATCH_F32);
+elem!(f64, SCRATCH_F64);
 
 /// `buf` resized to `len` (zero-filled only where it grows).
 fn scratch<E: Float>(buf: &mut Vec<E>, len: usize) -> &mut [E] {
@@ -293,7 +322,7 @@ fn filled<E: Float>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<E>])) -> Vec
 
 /// The forward pass: `y (N, O, H_o, W_o)` from `x (N, C, H, W)` and
 /// `w (O, C/G, k_h, k_w)`, both contiguous.
-fn forward<E: Float>(g: &Geom, x: &[E], w: &[E]) -> Vec<E> {
+fn forward<E: Elem>(g: &Geom, x: &[E], w: &[E]) -> Vec<E> {
     let (cg, og, kdim, hw, hwo) = (g.cg(), g.og(), g.kdim(), g.hw(), g.hwo());
     let chunk = g.o * hwo;
     filled(g.n * chunk, |y| {
@@ -330,7 +359,7 @@ fn forward<E: Float>(g: &Geom, x: &[E], w: &[E]) -> Vec<E> {
 /// `∂L/∂x (N, C, H, W)` from the upstream gradient `gr (N, O, H_o, W_o)`
 /// and `w`: per image and group `dcols = W_gᵀ · gr[n, g-block]`, then
 /// col2im (for a pointwise convolution `dcols` is the gradient itself).
-fn input_grad<E: Float>(g: &Geom, gr: &[E], w: &[E]) -> Vec<E> {
+fn input_grad<E: Elem>(g: &Geom, gr: &[E], w: &[E]) -> Vec<E> {
     let (cg, og, kdim, hw, hwo) = (g.cg(), g.og(), g.kdim(), g.hw(), g.hwo());
     let chunk = g.c * hw;
     filled(g.n * chunk, |dx| {
@@ -365,7 +394,7 @@ fn input_grad<E: Float>(g: &Geom, gr: &[E], w: &[E]) -> Vec<E> {
 /// `∂W_g = Σ_n gr[n, g-block] · cols_{n,g}ᵀ`, the batch split into fixed
 /// blocks of consecutive images (one per thread), each summed in image
 /// order into its own partial, the partials added in block order.
-fn weight_grad<E: Float>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
+fn weight_grad<E: Elem>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
     let (cg, og, kdim, hw, hwo) = (g.cg(), g.og(), g.kdim(), g.hw(), g.hwo());
     let len = g.o * kdim;
     let threads = rayon::current_num_threads();
@@ -375,8 +404,7 @@ fn weight_grad<E: Float>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
         true => (1, Parallelism::Rayon(threads)),
         false => (1, Parallelism::None),
     };
-    let block = |b: usize, dw: &mut [E]| {
-        let mut cols = Vec::new();
+    let block = |b: usize, dw: &mut [E]| E::with_scratch(|cols| {
         let (lo, hi) = (b * g.n / blocks, (b + 1) * g.n / blocks);
         for ni in lo..hi {
             for gi in 0..g.groups {
@@ -385,7 +413,7 @@ fn weight_grad<E: Float>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
                 let rhs: &[E] = if g.pointwise() {
                     x_g
                 } else {
-                    let cols = scratch(&mut cols, kdim * hwo);
+                    let cols = scratch(cols, kdim * hwo);
                     im2col(g, x_g, cols);
                     cols
                 };
@@ -405,7 +433,7 @@ fn weight_grad<E: Float>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
                 }
             }
         }
-    };
+    });
     let mut parts = vec![E::zero(); blocks * len];
     if blocks == 1 {
         block(0, &mut parts);
@@ -440,7 +468,7 @@ struct ConvGemm {
 }
 
 impl ConvGemm {
-    fn run<E: Float>(&self, a: &[E], b: &[E]) -> Vec<E> {
+    fn run<E: Elem>(&self, a: &[E], b: &[E]) -> Vec<E> {
         match self.pass {
             Pass::Forward => forward(&self.g, a, b),
             Pass::InputGrad => input_grad(&self.g, a, b),
