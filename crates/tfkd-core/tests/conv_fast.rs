@@ -238,3 +238,29 @@ fn fast_conv2d_wide_padding() {
         assert!(e < 1e-5, "k{k} s{s} p{p}: dw rel err {e}");
     }
 }
+
+/// For a given number of threads the CPU engine's results do not depend on
+/// the scheduling: the weight gradient's per-thread partials cover fixed
+/// blocks of images and are added in a fixed order.
+#[test]
+fn fast_conv2d_is_deterministic() {
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(17);
+    let x0 = rng.uniform_tensor((7, 16, 12, 12), -1.0, 1.0, DType::F32, &dev).unwrap();
+    let w0 = rng.uniform_tensor((16, 8, 3, 3), -0.5, 0.5, DType::F32, &dev).unwrap();
+    let r = rng.uniform_tensor((7, 16, 6, 6), -1.0, 1.0, DType::F32, &dev).unwrap();
+    let run = || {
+        let (x, w) = (Var::from_tensor(&x0).unwrap(), Var::from_tensor(&w0).unwrap());
+        let y = conv2d(&x, &w, 1, 2, 2).unwrap();
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        [y, g.get(&x).unwrap().clone(), g.get(&w).unwrap().clone()]
+            .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+    };
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let first = pool.install(run);
+        for _ in 0..3 {
+            assert_eq!(pool.install(run), first, "{threads} threads");
+        }
+    }
+}
