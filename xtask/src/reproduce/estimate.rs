@@ -4,9 +4,10 @@
 //!
 //! - **measured** (narrowed networks on the CPU, as in `quick`): seconds per
 //!   training image of each network at the width it is trained at, measured
-//!   with `tfkd bench-step` on the 2-core development machine (batch 32, one
-//!   thread per run, 2026-11-27); an evaluation image costs about a tenth
-//!   (no backward pass, batches of 256), and `jobs` runs share the cores.
+//!   from whole quick reproductions on the 2-core development machine (batch
+//!   32, two runs sharing the cores); an evaluation image is counted as a
+//!   tenth of a training image (no backward pass, batches of 256), and
+//!   `jobs` runs at a time divide the total.
 //! - **FLOP** (full-width networks, any device): published forward
 //!   multiply-accumulates per image, ~3 passes per training step (4 with a
 //!   teacher), and a sustained throughput per device kind (measured for
@@ -62,24 +63,25 @@ fn assumed_gflops(device: &str) -> f64 {
     }
 }
 
-/// Measured seconds per training image (32×32, batch 32, one thread) of a
-/// network narrowed by `divisor`, where it was measured.
+/// Measured seconds per training image (32×32, batch 32) of a network
+/// narrowed by `divisor`, where it was measured: whole quick reproductions
+/// on the 2-core development machine, two runs sharing the cores
+/// (2026-11-28, after the per-image conv engine: a run's seconds divided by
+/// its training images plus a tenth of its test images; Tables 5 and 9 took
+/// 9 min 4 s and 6 min 51 s). The ÷16 MobileNetV2 and ShuffleNetV2 and the
+/// CNN rows are older one-thread `tfkd bench-step` figures (smoke uses them).
 fn measured_seconds_per_image(model: &str, divisor: usize) -> Option<f64> {
     let per_step = match (model, divisor) {
         ("cnn", 16) => 0.0144,
-        ("resnet18", 16) => 0.189,
-        ("resnet50", 16) => 0.313,
+        ("resnet18", 16) => 0.072,
+        ("resnet50", 16) => 0.256,
         ("mobilenet_v2", 16) => 0.071,
-        ("mobilenet_v2", 8) => 0.196,
-        ("mobilenet_v2", 4) => 0.412,
+        ("mobilenet_v2", 8) => 0.16,
         ("shufflenet_v2", 16) => 0.063,
-        ("shufflenet_v2", 8) => 0.112,
-        ("googlenet", 16) => 1.02,
-        ("densenet121", 16) => 0.441,
-        ("resnext29", 16) => 1.81,
-        ("resnext29", 32) => 0.968,
-        ("googlenet", 32) => 0.647,
-        ("densenet121", 32) => 0.258,
+        ("shufflenet_v2", 8) => 0.085,
+        ("googlenet", 16) => 0.51,
+        ("densenet121", 16) => 0.35,
+        ("resnext29", 16) => 0.85,
         _ => return None,
     };
     Some(per_step / 32.0)

@@ -167,7 +167,9 @@ pub fn run(args: &Args) -> Result<()> {
     for cell in &plan.cells {
         println!("  {} | {} | {} -> {}", cell.table, cell.row, cell.column, cell.runs.join(", "));
     }
-    let time = if cost.seconds < 3600.0 {
+    let time = if cost.seconds <= 60.0 {
+        "1 minute".to_string()
+    } else if cost.seconds < 3600.0 {
         format!("{:.0} minutes", (cost.seconds / 60.0).ceil())
     } else {
         format!("{:.1} hours", cost.seconds / 3600.0)

@@ -286,6 +286,9 @@ pub fn describe(profile: &Profile, table: &Table, data_note: &Option<String>) ->
     if let Some(b) = profile.batch_size {
         parts.push(format!("batch size {b} (learning rate scaled by batch/128 as the official code does)"));
     }
+    if let Some(caveat) = profile.caveat {
+        parts.push(format!("caveat: {caveat}"));
+    }
     if parts.is_empty() {
         "the paper's recipe, unscaled".into()
     } else {
