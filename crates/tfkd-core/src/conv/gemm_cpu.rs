@@ -22,10 +22,10 @@
 //! products are the `gemm` crate's (candle's own CPU matmul): single-threaded
 //! inside a rayon job per image when there are at least as many images as
 //! threads, else split over the pool, image after image. The weight gradient
-//! splits the batch into one fixed block of consecutive images per thread,
+//! splits the batch into at most four fixed blocks of consecutive images,
 //! accumulates each block's products in image order into its own partial
-//! gradient, and adds the partials in block order, so its result depends on
-//! the number of threads but not on the scheduling.
+//! gradient, and adds the partials in block order, so its result depends
+//! neither on the scheduling nor on the number of threads.
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -390,20 +390,23 @@ fn input_grad<E: Elem>(g: &Geom, gr: &[E], w: &[E]) -> Vec<E> {
     })
 }
 
+/// Partial sums of the weight gradient: a fixed number (not one per thread),
+/// so that its result does not depend on the thread count either.
+const WEIGHT_GRAD_BLOCKS: usize = 4;
+
 /// `∂L/∂w (O, C/G, k_h, k_w)` from `x` and the upstream gradient `gr`:
-/// `∂W_g = Σ_n gr[n, g-block] · cols_{n,g}ᵀ`, the batch split into fixed
-/// blocks of consecutive images (one per thread), each summed in image
-/// order into its own partial, the partials added in block order.
+/// `∂W_g = Σ_n gr[n, g-block] · cols_{n,g}ᵀ`, the batch split into
+/// `min(N, 4)` fixed blocks of consecutive images, each summed in image
+/// order into its own partial (the blocks in parallel), the partials added
+/// in block order. A single image's products are split over the pool
+/// instead (`gemm` splits the output, not the sums).
 fn weight_grad<E: Elem>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
     let (cg, og, kdim, hw, hwo) = (g.cg(), g.og(), g.kdim(), g.hw(), g.hwo());
     let len = g.o * kdim;
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && g.n.saturating_mul(g.work()) >= 2 * PARALLEL_GRAIN;
-    let (blocks, par) = match parallel {
-        true if g.n >= threads => (threads, Parallelism::None),
-        true => (1, Parallelism::Rayon(threads)),
-        false => (1, Parallelism::None),
-    };
+    let blocks = g.n.clamp(1, WEIGHT_GRAD_BLOCKS);
+    let par = if parallel && blocks == 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     let block = |b: usize, dw: &mut [E]| E::with_scratch(|cols| {
         let (lo, hi) = (b * g.n / blocks, (b + 1) * g.n / blocks);
         for ni in lo..hi {
@@ -439,7 +442,11 @@ fn weight_grad<E: Elem>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
         block(0, &mut parts);
         return parts;
     }
-    parts.par_chunks_mut(len).enumerate().for_each(|(b, dw)| block(b, dw));
+    if parallel {
+        parts.par_chunks_mut(len).enumerate().for_each(|(b, dw)| block(b, dw));
+    } else {
+        parts.chunks_mut(len).enumerate().for_each(|(b, dw)| block(b, dw));
+    }
     let (dw, rest) = parts.split_at_mut(len);
     for part in rest.chunks_exact(len) {
         for (d, v) in dw.iter_mut().zip(part) {
