@@ -41,7 +41,7 @@ pub enum RunError {
         /// 0-based iteration within the epoch.
         iteration: usize,
         /// The loss error.
-        source: tfkd_core::Error,
+        source: Box<tfkd_core::Error>,
         /// The last good checkpoint (may not exist when the first epoch diverged).
         checkpoint: PathBuf,
     },
@@ -63,17 +63,35 @@ pub enum RunError {
     },
     /// From tfkd-core (losses, optimizer).
     #[error(transparent)]
-    Core(#[from] tfkd_core::Error),
+    Core(Box<tfkd_core::Error>),
     /// From tfkd-zoo (models, weights).
     #[error(transparent)]
-    Zoo(#[from] tfkd_zoo::ZooError),
+    Zoo(Box<tfkd_zoo::ZooError>),
     /// From tfkd-data (datasets, loader).
     #[error(transparent)]
-    Data(#[from] tfkd_data::DataError),
+    Data(Box<tfkd_data::DataError>),
     /// From candle.
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(Box<candle_core::Error>),
 }
+
+// The wrapped library errors are boxed so that `Result<T, RunError>` stays
+// small on the happy path (clippy's `result_large_err`); `?` converts them.
+macro_rules! boxed_from {
+    ($($variant:ident($error:ty)),* $(,)?) => {$(
+        impl From<$error> for RunError {
+            fn from(e: $error) -> Self {
+                RunError::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+boxed_from!(
+    Core(tfkd_core::Error),
+    Zoo(tfkd_zoo::ZooError),
+    Data(tfkd_data::DataError),
+    Candle(candle_core::Error),
+);
 
 /// `Result` with [`RunError`].
 pub type Result<T> = std::result::Result<T, RunError>;

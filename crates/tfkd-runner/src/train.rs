@@ -327,7 +327,7 @@ impl EpochStep<'_> {
                 e @ tfkd_core::Error::NonFinite { .. } => RunError::Diverged {
                     epoch: epoch + 1,
                     iteration,
-                    source: e,
+                    source: Box::new(e),
                     checkpoint: dir.join(LAST),
                 },
                 e => e.into(),

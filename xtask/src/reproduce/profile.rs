@@ -205,9 +205,9 @@ impl Profile {
     /// recipe's, scaled to its length ([`Profile::scale_epoch`]), only the
     /// last one under `single_decay`.
     pub fn milestones_for(&self, recipe: &Recipe) -> Vec<usize> {
-        let all = recipe.milestones.iter().map(|&m| self.scale_epoch(recipe, m));
+        let mut all = recipe.milestones.iter().map(|&m| self.scale_epoch(recipe, m));
         if self.single_decay {
-            all.last().into_iter().collect()
+            all.next_back().into_iter().collect()
         } else {
             all.collect()
         }
