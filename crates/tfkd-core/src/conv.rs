@@ -401,7 +401,7 @@ fn conv_s1(x: &Tensor, w: &Tensor, p: usize, groups: usize) -> Result<Tensor> {
 }
 
 /// The im2col matrix of `x` split by group: `(G, C/G·k_h·k_w, N·H_o·W_o)`.
-fn group_cols(x: &Tensor, k_h: usize, k_w: usize, s: usize, p: usize, h_o: usize, w_o: usize, groups: usize) -> Result<Tensor> {
+fn group_cols(x: &Tensor, (k_h, k_w): (usize, usize), s: usize, p: usize, (h_o, w_o): (usize, usize), groups: usize) -> Result<Tensor> {
     let (n, c, _, _) = x.dims4()?;
     im2col_rows(x, k_h, k_w, s, p, h_o, w_o)?
         .t()?
@@ -419,7 +419,7 @@ fn conv_gemm(x: &Tensor, w: &Tensor, p: usize, s: usize, groups: usize) -> Resul
         let cols = im2col_rows(x, k_h, k_w, s, p, h_o, w_o)?;
         w.reshape((o, c_g * k_h * k_w))?.matmul(&cols.t()?)?
     } else {
-        let cols = group_cols(x, k_h, k_w, s, p, h_o, w_o, groups)?;
+        let cols = group_cols(x, (k_h, k_w), s, p, (h_o, w_o), groups)?;
         w.reshape((groups, o / groups, c_g * k_h * k_w))?.matmul(&cols)?
     };
     y.reshape((o, n, h_o, w_o))?.transpose(0, 1)?.contiguous()
@@ -437,7 +437,7 @@ fn weight_grad(x: &Tensor, w: &Tensor, g: &Tensor, p: usize, s: usize, groups: u
         let cols = im2col_rows(x, k_h, k_w, s, p, h_o, w_o)?;
         return g2.reshape((c_out, n * h_o * w_o))?.matmul(&cols)?.reshape((c_out, c_g, k_h, k_w));
     }
-    let cols = group_cols(x, k_h, k_w, s, p, h_o, w_o, groups)?;
+    let cols = group_cols(x, (k_h, k_w), s, p, (h_o, w_o), groups)?;
     g2.reshape((groups, c_out / groups, n * h_o * w_o))?
         .matmul(&cols.transpose(1, 2)?)?
         .reshape((c_out, c_g, k_h, k_w))

@@ -309,6 +309,20 @@ fn scratch<E: Float>(buf: &mut Vec<E>, len: usize) -> &mut [E] {
     &mut buf[..len]
 }
 
+/// `cols_{n,g}` of image `ni`'s group `gi`, `(C_g·k_h·k_w, H_o·W_o)`
+/// row-major: the group's channels themselves for a pointwise convolution,
+/// else its im2col written into `buf`.
+fn image_cols<'a, E: Float>(g: &Geom, x: &'a [E], ni: usize, gi: usize, buf: &'a mut Vec<E>) -> &'a [E] {
+    let (cg, hw) = (g.cg(), g.hw());
+    let x_g = &x[(ni * g.c + gi * cg) * hw..][..cg * hw];
+    if g.pointwise() {
+        return x_g;
+    }
+    let cols = scratch(buf, g.kdim() * g.hwo());
+    im2col(g, x_g, cols);
+    cols
+}
+
 /// Takes `v`'s spare capacity as `len` elements, hands them to `fill`,
 /// which must write every one, and returns the vector of them.
 fn filled<E: Float>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<E>])) -> Vec<E> {
@@ -323,19 +337,12 @@ fn filled<E: Float>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<E>])) -> Vec
 /// The forward pass: `y (N, O, H_o, W_o)` from `x (N, C, H, W)` and
 /// `w (O, C/G, k_h, k_w)`, both contiguous.
 fn forward<E: Elem>(g: &Geom, x: &[E], w: &[E]) -> Vec<E> {
-    let (cg, og, kdim, hw, hwo) = (g.cg(), g.og(), g.kdim(), g.hw(), g.hwo());
+    let (og, kdim, hwo) = (g.og(), g.kdim(), g.hwo());
     let chunk = g.o * hwo;
     filled(g.n * chunk, |y| {
         per_image(g, y, chunk, |cols: &mut Vec<E>, ni, y_n, par| {
             for gi in 0..g.groups {
-                let x_g = &x[(ni * g.c + gi * cg) * hw..][..cg * hw];
-                let rhs: &[E] = if g.pointwise() {
-                    x_g
-                } else {
-                    let cols = scratch(cols, kdim * hwo);
-                    im2col(g, x_g, cols);
-                    cols
-                };
+                let rhs = image_cols(g, x, ni, gi, cols);
                 let dst = &mut y_n[gi * og * hwo..][..og * hwo];
                 // SAFETY: `dst` is `O_g × H_o·W_o` row-major, each element
                 // written (no `acc`).
@@ -401,7 +408,7 @@ const WEIGHT_GRAD_BLOCKS: usize = 4;
 /// in block order. A single image's products are split over the pool
 /// instead (`gemm` splits the output, not the sums).
 fn weight_grad<E: Elem>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
-    let (cg, og, kdim, hw, hwo) = (g.cg(), g.og(), g.kdim(), g.hw(), g.hwo());
+    let (og, kdim, hwo) = (g.og(), g.kdim(), g.hwo());
     let len = g.o * kdim;
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && g.n.saturating_mul(g.work()) >= 2 * PARALLEL_GRAIN;
@@ -411,15 +418,8 @@ fn weight_grad<E: Elem>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
         let (lo, hi) = (b * g.n / blocks, (b + 1) * g.n / blocks);
         for ni in lo..hi {
             for gi in 0..g.groups {
-                let x_g = &x[(ni * g.c + gi * cg) * hw..][..cg * hw];
-                // cols_{n,g}ᵀ: (H_o·W_o × C_g·k_h·k_w), column-major.
-                let rhs: &[E] = if g.pointwise() {
-                    x_g
-                } else {
-                    let cols = scratch(cols, kdim * hwo);
-                    im2col(g, x_g, cols);
-                    cols
-                };
+                // Read as cols_{n,g}ᵀ: (H_o·W_o × C_g·k_h·k_w), column-major.
+                let rhs = image_cols(g, x, ni, gi, cols);
                 let dst = &mut dw[gi * og * kdim..][..og * kdim];
                 // SAFETY: `dst` is an initialised `O_g × C_g·k_h·k_w` buffer.
                 unsafe {
