@@ -10,6 +10,7 @@
 use super::plan::{Plan, PlannedRun};
 use anyhow::{anyhow, Context, Result};
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 use tfkd_runner::{run_experiment, RunOptions};
@@ -42,6 +43,7 @@ impl<'a> Board<'a> {
 /// the global pool). After the first failure no run starts; its error is
 /// returned once the runs in flight have ended.
 pub fn execute(plan: &Plan, jobs: usize, threads: Option<usize>) -> Result<()> {
+    set_aside_runs_missing_kept_epochs(plan)?;
     let ordered = plan.ordered();
     let total = ordered.len();
     let board = Mutex::new(Board { pending: ordered, ..Default::default() });
@@ -122,6 +124,39 @@ pub fn execute(plan: &Plan, jobs: usize, threads: Option<usize>) -> Result<()> {
     if !board.pending.is_empty() {
         let names: Vec<_> = board.pending.iter().map(|r| r.config.name.clone().unwrap_or_default()).collect();
         return Err(anyhow!("runs whose teacher never finished: {}", names.join(", ")));
+    }
+    Ok(())
+}
+
+/// A run finished by an earlier reproduction that did not need its
+/// intermediate checkpoints (say Table 3's ResNet18 baseline) lacks the
+/// `epoch-<e>.safetensors` a De-KD cell of this plan loads. Such a run is
+/// moved aside to `<run>.before-keep-epoch-<e>` (nothing is deleted) and
+/// trained again with `keep_epochs`; runs are deterministic, so on the same
+/// machine it gets the same numbers.
+fn set_aside_runs_missing_kept_epochs(plan: &Plan) -> Result<()> {
+    for run in plan.runs.values() {
+        let dir = run.config.run_dir();
+        if !dir.join(tfkd_runner::train::SUMMARY).is_file() {
+            continue;
+        }
+        let Some(&missing) =
+            run.config.keep_epochs.iter().find(|&&e| !dir.join(tfkd_runner::train::epoch_file(e)).is_file())
+        else {
+            continue;
+        };
+        let base = format!("{}.before-keep-epoch-{missing}", dir.display());
+        let aside = (1..)
+            .map(|i| if i == 1 { PathBuf::from(&base) } else { PathBuf::from(format!("{base}-{i}")) })
+            .find(|p| !p.exists())
+            .expect("an unused name");
+        std::fs::rename(&dir, &aside)
+            .with_context(|| format!("cannot move {} aside to {}", dir.display(), aside.display()))?;
+        println!(
+            "{}: finished without the epoch-{missing} checkpoint a De-KD cell needs; training it again (the earlier run is kept at {})",
+            run.config.run_name(),
+            aside.display()
+        );
     }
     Ok(())
 }

@@ -282,6 +282,30 @@ mod tests {
         assert_eq!(report(1), report(3));
     }
 
+    /// Table 4's De-KD cells load their teacher's epoch-1 checkpoint, which a
+    /// baseline finished by an earlier table did not keep: it is trained
+    /// again, and the earlier run is kept aside.
+    #[test]
+    fn a_later_table_gets_the_checkpoints_an_earlier_one_did_not_keep() {
+        let tmp = tempfile::tempdir().unwrap();
+        run(&args("3", ProfileName::Smoke, tmp.path(), false)).unwrap();
+        run(&args("4", ProfileName::Smoke, tmp.path(), false)).unwrap();
+        let runs = tmp.path().join("runs/smoke");
+        let aside: Vec<_> = std::fs::read_dir(&runs)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|n| n.contains(".before-keep-epoch-1"))
+            .collect();
+        assert!(!aside.is_empty(), "no baseline was trained again");
+        for name in &aside {
+            let original = runs.join(name.split(".before-keep-epoch-").next().unwrap());
+            assert!(original.join("epoch-1.safetensors").is_file(), "{name}: retrained without epoch 1");
+            assert!(runs.join(name).join("summary.json").is_file(), "{name}: the earlier run was not kept");
+        }
+        let md = std::fs::read_to_string(tmp.path().join("table-4.md")).unwrap();
+        assert!(!md.contains("not run |"), "{md}");
+    }
+
     #[test]
     fn every_table_runs_in_the_smoke_profile() {
         let tmp = tempfile::tempdir().unwrap();
