@@ -1,10 +1,10 @@
-//! `tfkd_core::activation::relu6` against candle's composed
+//! `tfkd_core::activation::relu6` (and `relu`) against candle's composed
 //! `x.relu()?.minimum(6.0)`: values and gradients on random odd-sized
 //! inputs in f32 and f64 (away from the kinks), and PyTorch's gradient at
 //! exactly 0 and 6 (zero, where candle's composition gives 1 and ½).
 
-use candle_core::{DType, Device, Var};
-use tfkd_core::activation::relu6;
+use candle_core::{DType, Device, Tensor, Var};
+use tfkd_core::activation::{relu, relu6, ReluOp};
 use tfkd_core::rng::SeededRng;
 
 mod common;
@@ -55,4 +55,23 @@ fn relu6_on_a_view() {
     let v = x.t().unwrap();
     let y = relu6(&v).unwrap();
     assert_eq!(to_f64(&y), to_f64(&v.relu().unwrap().minimum(6f64).unwrap()));
+}
+
+#[test]
+fn relu_matches_candle_away_from_zero_and_pytorch_at_it() {
+    let dev = Device::Cpu;
+    // Random values (never exactly 0): values and gradients as candle's relu.
+    let x0 = Tensor::new(&[[-1.5f32, 0.25, 3.0], [2.0, -0.5, 7.5]], &dev).unwrap();
+    let (x, x_ref) = (Var::from_tensor(&x0).unwrap(), Var::from_tensor(&x0).unwrap());
+    let r = Tensor::new(&[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]], &dev).unwrap();
+    let y = x.relu_op().unwrap();
+    let y_ref = x_ref.relu().unwrap();
+    assert_eq!(to_f64(&y), to_f64(&y_ref));
+    let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g_ref = (&y_ref * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(to_f64(g.get(&x).unwrap()), to_f64(g_ref.get(&x_ref).unwrap()));
+    // At exactly 0 PyTorch's gradient is 0 (candle's passes it); at +∞ it passes.
+    let x = Var::new(&[0f64, f64::INFINITY, -0.0, 1.0], &dev).unwrap();
+    let g = relu(&x).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(to_f64(g.get(&x).unwrap()), vec![0.0, 1.0, 0.0, 1.0]);
 }

@@ -7,6 +7,7 @@
 //! 1/k²; found by `tests/parity.rs::cnn`), so the zoo never uses it.
 
 use candle_core::{Result, Tensor, D};
+pub use tfkd_core::activation::relu6;
 pub use tfkd_core::pool::max_pool2d;
 
 /// 2-D average pooling with kernel = stride (`torch.nn.AvgPool2d(k)`), differentiable.
@@ -90,9 +91,4 @@ pub fn channel_shuffle(xs: &Tensor, groups: usize) -> Result<Tensor> {
         .transpose(1, 2)?
         .contiguous()?
         .reshape((n, c, h, w))
-}
-
-/// ReLU6: `min(max(x, 0), 6)`.
-pub fn relu6(xs: &Tensor) -> Result<Tensor> {
-    xs.relu()?.minimum(6f64)
 }

@@ -16,6 +16,7 @@ use crate::layers::{conv2d, linear, BInit, Conv2d, ConvSpec, WInit};
 use crate::ops::{global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;
+use tfkd_core::activation::ReluOp;
 
 /// Configuration of the CIFAR AlexNet.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,7 +87,7 @@ impl crate::Model for AlexNet {
     fn forward_features(&self, xs: &Tensor, _train: bool) -> Result<Tensor> {
         let mut x = xs.clone();
         for (i, c) in self.convs.iter().enumerate() {
-            x = c.forward(&x)?.relu()?;
+            x = c.forward(&x)?.relu_op()?;
             if i < 2 || i == 4 {
                 x = max_pool2d(&x, 2, 2, 0)?;
             }

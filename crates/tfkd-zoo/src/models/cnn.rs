@@ -17,6 +17,7 @@ use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, BatchNorm, Conv2d, Con
 use crate::ops::max_pool2d;
 
 use super::div_ceil_multiple;
+use tfkd_core::activation::ReluOp;
 
 /// Configuration of the plain CNN.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,10 +111,10 @@ impl crate::Model for Cnn {
     fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = xs.clone();
         for (conv, bn) in &self.convs {
-            x = max_pool2d(&conv_bn(conv, bn, &x, train)?, 2, 2, 0)?.relu()?;
+            x = max_pool2d(&conv_bn(conv, bn, &x, train)?, 2, 2, 0)?.relu_op()?;
         }
         let x = x.flatten_from(1)?;
-        self.fcbn1.forward_t(&self.fc1.forward(&x)?, train)?.relu()
+        self.fcbn1.forward_t(&self.fc1.forward(&x)?, train)?.relu_op()
     }
 
     fn forward_head(&self, features: &Tensor, train: bool) -> Result<Tensor> {

@@ -17,6 +17,7 @@ use crate::layers::{bn2d, conv2d, linear, BInit, BatchNorm, Conv2d, ConvSpec, WI
 use crate::ops::{avg_pool2d, global_avg_pool};
 
 use super::div_ceil_multiple;
+use tfkd_core::activation::ReluOp;
 
 /// Configuration of the CIFAR DenseNet.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,9 +165,9 @@ impl crate::Model for DenseNet {
             match s {
                 Stage::Dense(layers) => {
                     for l in layers {
-                        let y = l.bn1.forward_t(&x, train)?.relu()?;
+                        let y = l.bn1.forward_t(&x, train)?.relu_op()?;
                         let y = l.conv1.forward(&y)?;
-                        let y = l.bn2.forward_t(&y, train)?.relu()?;
+                        let y = l.bn2.forward_t(&y, train)?.relu_op()?;
                         let y = l.conv2.forward(&y)?;
                         x = Tensor::cat(&[&x, &y], 1)?;
                     }
@@ -177,7 +178,7 @@ impl crate::Model for DenseNet {
                 }
             }
         }
-        global_avg_pool(&self.bn.forward_t(&x, train)?.relu()?)
+        global_avg_pool(&self.bn.forward_t(&x, train)?.relu_op()?)
     }
 
     fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {

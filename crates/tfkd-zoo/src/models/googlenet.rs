@@ -16,6 +16,7 @@ use crate::layers::{bn, bn2d, conv2d, linear, BInit, BatchNorm, Conv2d, ConvSpec
 use crate::ops::{global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;
+use tfkd_core::activation::ReluOp;
 
 /// Widths of one inception: `n1x1, n3x3_reduce, n3x3, n5x5_reduce, n5x5, pool_proj`.
 pub type InceptionWidths = [usize; 6];
@@ -88,7 +89,7 @@ fn cb(vb: &VarBuilder, i: usize, s: ConvSpec, eps: f64) -> Result<Cb> {
 }
 
 fn apply(c: &Cb, xs: &Tensor, train: bool) -> Result<Tensor> {
-    c.1.forward_t(&c.0.forward(xs)?, train)?.relu()
+    c.1.forward_t(&c.0.forward(xs)?, train)?.relu_op()
 }
 
 impl Inception {

@@ -16,6 +16,7 @@ use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, BatchNorm, Conv2d, Con
 use crate::ops::global_avg_pool;
 
 use super::div_ceil_multiple;
+use tfkd_core::activation::ReluOp;
 
 /// Configuration of a CIFAR ResNet.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,14 +139,14 @@ impl Block {
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
             out = conv_bn(conv, bn, &out, train)?;
             if i != last {
-                out = out.relu()?;
+                out = out.relu_op()?;
             }
         }
         let short = match &self.shortcut {
             Some((conv, bn)) => conv_bn(conv, bn, xs, train)?,
             None => xs.clone(),
         };
-        (out + short)?.relu()
+        (out + short)?.relu_op()
     }
 }
 
@@ -197,7 +198,7 @@ pub fn build(cfg: &ResNetConfig, num_classes: usize, vb: VarBuilder) -> Result<R
 
 impl crate::Model for ResNet {
     fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = conv_bn(&self.conv1, &self.bn1, xs, train)?.relu()?;
+        let mut x = conv_bn(&self.conv1, &self.bn1, xs, train)?.relu_op()?;
         for b in &self.layers {
             x = b.forward_t(&x, train)?;
         }

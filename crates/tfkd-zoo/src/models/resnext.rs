@@ -21,6 +21,7 @@ use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, BatchNorm, Conv2d, Con
 use crate::ops::global_avg_pool;
 
 use super::div_ceil_multiple;
+use tfkd_core::activation::ReluOp;
 
 /// Configuration of the CIFAR ResNeXt.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,14 +118,14 @@ impl Bottleneck {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let y = conv_bn(&self.reduce.0, &self.reduce.1, xs, train)?.relu()?;
-        let y = conv_bn(&self.conv.0, &self.conv.1, &y, train)?.relu()?;
+        let y = conv_bn(&self.reduce.0, &self.reduce.1, xs, train)?.relu_op()?;
+        let y = conv_bn(&self.conv.0, &self.conv.1, &y, train)?.relu_op()?;
         let y = conv_bn(&self.expand.0, &self.expand.1, &y, train)?;
         let r = match &self.shortcut {
             Some((c, b)) => conv_bn(c, b, xs, train)?,
             None => xs.clone(),
         };
-        (r + y)?.relu()
+        (r + y)?.relu_op()
     }
 }
 
@@ -196,7 +197,7 @@ impl crate::Model for ResNeXt {
             .stem
             .1
             .forward_t(&self.stem.0.forward(xs)?, train)?
-            .relu()?;
+            .relu_op()?;
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;
         }

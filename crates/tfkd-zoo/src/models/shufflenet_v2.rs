@@ -15,6 +15,7 @@ use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, BatchNorm, Conv2d, Con
 use crate::ops::{channel_shuffle, global_avg_pool};
 
 use super::div_ceil_multiple;
+use tfkd_core::activation::ReluOp;
 
 /// Configuration of ShuffleNetV2.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,7 +110,7 @@ impl Unit {
         let (short, res) = match &self.shortcut {
             Some(sc) => {
                 let s = conv_bn(&sc[0].0, &sc[0].1, xs, train)?;
-                let s = conv_bn(&sc[1].0, &sc[1].1, &s, train)?.relu()?;
+                let s = conv_bn(&sc[1].0, &sc[1].1, &s, train)?.relu_op()?;
                 (s, xs.clone())
             }
             None => {
@@ -118,9 +119,9 @@ impl Unit {
             }
         };
         let r = &self.residual;
-        let res = conv_bn(&r[0].0, &r[0].1, &res, train)?.relu()?;
+        let res = conv_bn(&r[0].0, &r[0].1, &res, train)?.relu_op()?;
         let res = conv_bn(&r[1].0, &r[1].1, &res, train)?;
-        let res = conv_bn(&r[2].0, &r[2].1, &res, train)?.relu()?;
+        let res = conv_bn(&r[2].0, &r[2].1, &res, train)?.relu_op()?;
         channel_shuffle(&Tensor::cat(&[short, res], 1)?, 2)
     }
 }
@@ -186,7 +187,7 @@ impl crate::Model for ShuffleNetV2 {
             .conv5
             .1
             .forward_t(&self.conv5.0.forward(&x)?, train)?
-            .relu()?;
+            .relu_op()?;
         global_avg_pool(&x)
     }
 

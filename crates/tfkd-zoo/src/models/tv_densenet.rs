@@ -18,6 +18,7 @@ use crate::layers::{bn2d, conv2d, linear, BInit, BatchNorm, Conv2d, ConvSpec, WI
 use crate::ops::{avg_pool2d, global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;
+use tfkd_core::activation::ReluOp;
 
 /// Configuration of a torchvision DenseNet.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,26 +142,26 @@ impl crate::Model for TvDenseNet {
         let x = self
             .norm0
             .forward_t(&self.conv0.forward(xs)?, train)?
-            .relu()?;
+            .relu_op()?;
         let mut x = max_pool2d(&x, 3, 2, 1)?;
         for s in &self.stages {
             match s {
                 Stage::Dense(layers) => {
                     for l in layers {
-                        let y = l.norm1.forward_t(&x, train)?.relu()?;
+                        let y = l.norm1.forward_t(&x, train)?.relu_op()?;
                         let y = l.conv1.forward(&y)?;
-                        let y = l.norm2.forward_t(&y, train)?.relu()?;
+                        let y = l.norm2.forward_t(&y, train)?.relu_op()?;
                         let y = l.conv2.forward(&y)?;
                         x = Tensor::cat(&[&x, &y], 1)?;
                     }
                 }
                 Stage::Transition(norm, conv) => {
-                    x = conv.forward(&norm.forward_t(&x, train)?.relu()?)?;
+                    x = conv.forward(&norm.forward_t(&x, train)?.relu_op()?)?;
                     x = avg_pool2d(&x, 2)?;
                 }
             }
         }
-        global_avg_pool(&self.norm5.forward_t(&x, train)?.relu()?)
+        global_avg_pool(&self.norm5.forward_t(&x, train)?.relu_op()?)
     }
 
     fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {

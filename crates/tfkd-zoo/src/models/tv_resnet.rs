@@ -18,6 +18,7 @@ use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, BatchNorm, Conv2d, Con
 use crate::ops::{global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;
+use tfkd_core::activation::ReluOp;
 
 /// Configuration of a torchvision ResNet / ResNeXt.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,14 +108,14 @@ impl Block {
         for (i, (c, b)) in self.convs.iter().enumerate() {
             out = conv_bn(c, b, &out, train)?;
             if i != last {
-                out = out.relu()?;
+                out = out.relu_op()?;
             }
         }
         let id = match &self.downsample {
             Some((c, b)) => conv_bn(c, b, xs, train)?,
             None => xs.clone(),
         };
-        (out + id)?.relu()
+        (out + id)?.relu_op()
     }
 }
 
@@ -201,7 +202,7 @@ impl crate::Model for TvResNet {
         let x = self
             .bn1
             .forward_t(&self.conv1.forward(xs)?, train)?
-            .relu()?;
+            .relu_op()?;
         let mut x = max_pool2d(&x, 3, 2, 1)?;
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;

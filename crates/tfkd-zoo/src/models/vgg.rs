@@ -21,6 +21,7 @@ use crate::layers::{bn2d, conv2d, BInit, BatchNorm, Conv2d, ConvSpec, Dropout, M
 use crate::ops::{adaptive_avg_pool2d, max_pool2d};
 
 use super::div_ceil_multiple;
+use tfkd_core::activation::ReluOp;
 
 /// One entry of a VGG configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +166,7 @@ impl crate::Model for Vgg {
         let mut x = xs.clone();
         for s in &self.stages {
             x = match s {
-                Stage::Conv(c, b) => b.forward_t(&c.forward(&x)?, train)?.relu()?,
+                Stage::Conv(c, b) => b.forward_t(&c.forward(&x)?, train)?.relu_op()?,
                 Stage::Pool => max_pool2d(&x, 2, 2, 0)?,
             };
         }
@@ -173,9 +174,9 @@ impl crate::Model for Vgg {
     }
 
     fn forward_head(&self, features: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.fcs[0].forward(features)?.relu()?;
+        let x = self.fcs[0].forward(features)?.relu_op()?;
         let x = self.dropouts[0].forward_t(&x, train)?;
-        let x = self.fcs[1].forward(&x)?.relu()?;
+        let x = self.fcs[1].forward(&x)?.relu_op()?;
         let x = self.dropouts[1].forward_t(&x, train)?;
         self.fcs[2].forward(&x)
     }

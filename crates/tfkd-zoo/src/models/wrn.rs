@@ -20,6 +20,7 @@ use crate::layers::{bn2d, conv2d, linear, BInit, BatchNorm, Conv2d, ConvSpec, Dr
 use crate::ops::global_avg_pool;
 
 use super::div_ceil_multiple;
+use tfkd_core::activation::ReluOp;
 
 /// Configuration of a Wide ResNet.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,9 +70,9 @@ struct Block {
 
 impl Block {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let act = self.bn1.forward_t(xs, train)?.relu()?;
+        let act = self.bn1.forward_t(xs, train)?.relu_op()?;
         let out = self.conv1.forward(&act)?;
-        let out = self.bn2.forward_t(&out, train)?.relu()?;
+        let out = self.bn2.forward_t(&out, train)?.relu_op()?;
         let out = self.dropout.forward_t(&out, train)?;
         let out = self.conv2.forward(&out)?;
         match &self.shortcut {
@@ -170,7 +171,7 @@ impl crate::Model for Wrn {
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;
         }
-        global_avg_pool(&self.bn1.forward_t(&x, train)?.relu()?)
+        global_avg_pool(&self.bn1.forward_t(&x, train)?.relu_op()?)
     }
 
     fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
