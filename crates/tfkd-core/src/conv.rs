@@ -261,27 +261,18 @@ impl CustomOp2 for FastConv2d {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (p, s, groups) = (self.padding, self.stride, self.groups);
-        if cpu_fast(x, w) {
-            let gx = match x.track_op() {
-                true => Some(gemm_cpu::input_grad_op(x, w, grad, p, s, groups)?),
-                false => None,
-            };
-            let gw = match w.track_op() {
-                true => Some(gemm_cpu::weight_grad_op(x, w, grad, p, s, groups)?),
-                false => None,
-            };
-            return Ok((gx, gw));
-        }
-        // The network's input (images) needs no gradient.
-        let gx = if x.track_op() {
-            Some(input_grad(x, w, grad, self.padding, self.stride, self.groups)?)
-        } else {
-            None
+        let cpu = cpu_fast(x, w);
+        // Only the operands that track gradients get one (the network's
+        // input, the images, does not).
+        let gx = match (x.track_op(), cpu) {
+            (false, _) => None,
+            (true, true) => Some(gemm_cpu::input_grad_op(x, w, grad, p, s, groups)?),
+            (true, false) => Some(input_grad(x, w, grad, p, s, groups)?),
         };
-        let gw = if w.track_op() {
-            Some(weight_grad(x, w, grad, self.padding, self.stride, self.groups)?)
-        } else {
-            None
+        let gw = match (w.track_op(), cpu) {
+            (false, _) => None,
+            (true, true) => Some(gemm_cpu::weight_grad_op(x, w, grad, p, s, groups)?),
+            (true, false) => Some(weight_grad(x, w, grad, p, s, groups)?),
         };
         Ok((gx, gw))
     }
@@ -381,17 +372,25 @@ fn input_grad(x: &Tensor, w: &Tensor, g: &Tensor, p: usize, s: usize, groups: us
 }
 
 /// A stride-1 convolution as explicit im2col (`conv/im2col.rs`: an unfold
-/// view made contiguous) and one matrix product. Grouped: [`conv_gemm`].
+/// view made contiguous) and one matrix product, batched over the groups
+/// when there are several: `y[n, g·O/G + o] = W_g (O/G × C/G·k_h·k_w) ·
+/// cols_{g, n}`, then `(O, N, H_o, W_o)` is permuted to NCHW.
 fn conv_s1(x: &Tensor, w: &Tensor, p: usize, groups: usize) -> Result<Tensor> {
-    if groups > 1 {
-        return conv_gemm(x, w, p, 1, groups);
-    }
     let (n, c, h, wd) = x.dims4()?;
-    let (o, _, k_h, k_w) = w.dims4()?;
+    let (o, c_g, k_h, k_w) = w.dims4()?;
+    let (h_o, w_o) = (h + 2 * p + 1 - k_h, wd + 2 * p + 1 - k_w);
+    if groups > 1 {
+        let cols = group_cols(x, (k_h, k_w), 1, p, (h_o, w_o), groups)?;
+        return w
+            .reshape((groups, o / groups, c_g * k_h * k_w))?
+            .matmul(&cols)?
+            .reshape((o, n, h_o, w_o))?
+            .transpose(0, 1)?
+            .contiguous();
+    }
     if k_h * k_w == 1 && p == 0 {
         return x.contiguous()?.conv2d(w, 0, 1, 1, 1);
     }
-    let (h_o, w_o) = (h + 2 * p + 1 - k_h, wd + 2 * p + 1 - k_w);
     let cols = im2col_rows(x, k_h, k_w, 1, p, h_o, w_o)?;
     let wm = w.reshape((o, c * k_h * k_w))?;
     cols.matmul(&wm.t()?)?
@@ -406,23 +405,6 @@ fn group_cols(x: &Tensor, (k_h, k_w): (usize, usize), s: usize, p: usize, (h_o, 
     im2col_rows(x, k_h, k_w, s, p, h_o, w_o)?
         .t()?
         .reshape((groups, c / groups * k_h * k_w, n * h_o * w_o))
-}
-
-/// A convolution as im2col and one matrix product per group, batched over
-/// the groups: `y[n, g·O/G + o] = W_g (O/G × C/G·k_h·k_w) · cols_{g, n}`,
-/// then `(O, N, H_o, W_o)` is permuted to NCHW.
-fn conv_gemm(x: &Tensor, w: &Tensor, p: usize, s: usize, groups: usize) -> Result<Tensor> {
-    let (n, _, h, wd) = x.dims4()?;
-    let (o, c_g, k_h, k_w) = w.dims4()?;
-    let (h_o, w_o) = ((h + 2 * p - k_h) / s + 1, (wd + 2 * p - k_w) / s + 1);
-    let y = if groups == 1 {
-        let cols = im2col_rows(x, k_h, k_w, s, p, h_o, w_o)?;
-        w.reshape((o, c_g * k_h * k_w))?.matmul(&cols.t()?)?
-    } else {
-        let cols = group_cols(x, (k_h, k_w), s, p, (h_o, w_o), groups)?;
-        w.reshape((groups, o / groups, c_g * k_h * k_w))?.matmul(&cols)?
-    };
-    y.reshape((o, n, h_o, w_o))?.transpose(0, 1)?.contiguous()
 }
 
 /// `∂L/∂w`: one matrix product (per group, batched) of the gradient with the
