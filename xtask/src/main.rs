@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         Task::Fixtures { python, only } => fixtures::run(&python, &only),
         Task::Bench { python } => bench(&python),
         Task::ReproduceTable(args) => {
-            tfkd_runner::alloc::tune_for_training();
+            tfkd_runner::tune_for_training();
             reproduce::pin_candle_threads(&args);
             reproduce::run(&args)
         }

@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use tfkd_runner::data::DatasetKind;
+use tfkd_runner::device::DeviceSpec;
 
 /// Teacher-free knowledge distillation on candle: train and evaluate the
 /// models and methods of "Revisiting Knowledge Distillation via Label
@@ -31,7 +33,7 @@ pub struct ConfigArgs {
     pub overrides: Vec<String>,
     /// `cpu`, `cuda`, `cuda:N` or `metal` (overrides the config's `device`).
     #[arg(long)]
-    pub device: Option<String>,
+    pub device: Option<DeviceSpec>,
 }
 
 /// The subcommands.
@@ -42,7 +44,9 @@ pub enum Command {
         /// The config.
         #[command(flatten)]
         config: ConfigArgs,
-        /// Continue a started run from its last checkpoint.
+        /// Continue a started run from its last checkpoint; a run with no
+        /// finished epoch is an error (the run name follows dataset, model,
+        /// method and seed unless `name` is set).
         #[arg(long)]
         resume: bool,
         /// Print the resolved config and exit.
@@ -66,8 +70,8 @@ pub enum Command {
     },
     /// Download and verify a dataset (cifar10, cifar100, tiny-imagenet).
     Download {
-        /// Which dataset.
-        dataset: String,
+        /// Which dataset: cifar10, cifar100 or tiny-imagenet.
+        dataset: DatasetKind,
         /// The folder to put it in.
         #[arg(long, default_value = "data")]
         root: PathBuf,
@@ -97,7 +101,7 @@ pub enum Command {
         steps: usize,
         /// `cpu`, `cuda`, `cuda:N` or `metal`.
         #[arg(long, default_value = "cpu")]
-        device: String,
+        device: DeviceSpec,
         /// Append one JSON line per model to this file.
         #[arg(long)]
         json: Option<PathBuf>,

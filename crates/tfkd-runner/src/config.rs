@@ -7,6 +7,8 @@ use tfkd_core::optim::SgdConfig;
 use tfkd_core::schedule::{scale_lr_by_batch, Decay, LrSchedule};
 use tfkd_distill::StrategyConfig;
 
+use crate::device::DeviceSpec;
+
 /// A whole experiment: what to train, on what, how, and where to write it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,8 +21,8 @@ pub struct ExperimentConfig {
     #[serde(default)]
     pub seed: u64,
     /// `cpu`, `cuda`, `cuda:N` or `metal`.
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceSpec,
     /// Number of training epochs.
     pub epochs: usize,
     /// Parent directory of run directories.
@@ -44,9 +46,6 @@ pub struct ExperimentConfig {
     pub strategy: StrategyConfig,
 }
 
-fn default_device() -> String {
-    "cpu".into()
-}
 fn default_out_dir() -> PathBuf {
     "runs".into()
 }
@@ -87,6 +86,12 @@ pub struct DataConfig {
     /// Use only the first N test samples (0: all).
     #[serde(default)]
     pub test_subset: usize,
+    /// Drop the last training batch of every epoch when it is smaller than
+    /// the batch size. The official code keeps it (`drop_last=False`, the
+    /// default); a last batch of one image cannot be trained with BatchNorm
+    /// ([`RunError::SingleImageBatch`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub drop_last: bool,
     /// Images per evaluation batch (0: the training batch size). Evaluation
     /// treats every image on its own, so this trades memory for speed and
     /// is not part of a run's identity.
@@ -97,6 +102,9 @@ pub struct DataConfig {
     pub threads: usize,
 }
 
+fn is_false(v: &bool) -> bool {
+    !*v
+}
 fn is_zero(v: &usize) -> bool {
     *v == 0
 }
@@ -128,7 +136,8 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { batch_size: 128, lr: 0.1, lr_reference_batch: 128, momentum: 0.9, weight_decay: 5e-4, nesterov: false }
+        use tfkd_core::recipe as r;
+        Self { batch_size: r::BATCH_SIZE, lr: r::LR, lr_reference_batch: r::LR_REFERENCE_BATCH, momentum: r::MOMENTUM, weight_decay: r::WEIGHT_DECAY, nesterov: false }
     }
 }
 
@@ -166,7 +175,7 @@ pub struct ScheduleConfig {
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self { warmup_epochs: 1, decay: Decay::MultiStep { milestones: vec![60, 120, 160], gamma: 0.2 } }
+        Self { warmup_epochs: tfkd_core::recipe::WARMUP_EPOCHS, decay: tfkd_core::recipe::decay() }
     }
 }
 
@@ -186,10 +195,12 @@ impl ExperimentConfig {
         config.data.root = base.join(&config.data.root);
         config.out_dir = base.join(&config.out_dir);
         config.validate()?;
+        config.check_files()?;
         Ok(config)
     }
 
-    /// Parses a config from TOML text (paths stay as written).
+    /// Parses a config from TOML text (paths stay as written) and validates
+    /// its schema ([`ExperimentConfig::validate`]; files are not probed).
     pub fn from_toml(text: &str) -> Result<Self> {
         let config: Self = toml::from_str(text)
             .map_err(|e| RunError::ConfigFile { path: "<text>".into(), reason: e.to_string() })?;
@@ -198,8 +209,14 @@ impl ExperimentConfig {
     }
 
     /// The config as TOML (what is written into the run directory).
+    pub fn try_to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| config_err("<config>", format!("cannot be written as TOML: {e}")))
+    }
+
+    /// The config as TOML, for display; a config that cannot be written
+    /// (none the schema accepts) shows the reason as a comment.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# unserialisable config: {e}"))
+        self.try_to_toml().unwrap_or_else(|e| format!("# {e}"))
     }
 
     /// The config without the fields that do not change a run's numbers:
@@ -210,7 +227,7 @@ impl ExperimentConfig {
             name: None,
             out_dir: PathBuf::new(),
             keep_epochs: Vec::new(),
-            device: String::new(),
+            device: DeviceSpec::Cpu,
             ..self.clone()
         };
         c.data.threads = 0;
@@ -240,8 +257,9 @@ impl ExperimentConfig {
         }
     }
 
-    /// Checks every field that can be checked without loading data or
-    /// weights, naming the first bad one.
+    /// Checks the schema: every field that can be checked without touching
+    /// the filesystem, naming the first bad one. [`ExperimentConfig::check_files`]
+    /// probes the files the config names.
     pub fn validate(&self) -> Result<()> {
         if self.epochs == 0 {
             return Err(config_err("epochs", "must be at least 1"));
@@ -259,17 +277,11 @@ impl ExperimentConfig {
         }
         self.optim.sgd().validate().map_err(|e| config_err("optim", e.to_string()))?;
         self.lr_schedule(1).validate().map_err(|e| config_err("schedule", e.to_string()))?;
-        crate::device::parse_device(&self.device)?;
         tfkd_zoo::entry(&self.model.name).map_err(|e| config_err("model.name", e.to_string()))?;
         let strategy = self.strategy.build().map_err(|e| config_err("strategy", e.to_string()))?;
         if let Some(teacher) = strategy.teacher() {
             if let Some(model) = &teacher.model {
                 tfkd_zoo::entry(model).map_err(|e| config_err("strategy.teacher.model", e.to_string()))?;
-            }
-            if let tfkd_distill::TeacherSource::Checkpoint(path) = &teacher.source {
-                if !path.is_file() {
-                    return Err(config_err("strategy.teacher.source.checkpoint", format!("{} is not a file", path.display())));
-                }
             }
             if let tfkd_distill::TeacherSource::BaselineEpoch(e) = teacher.source {
                 if e == 0 {
@@ -277,10 +289,26 @@ impl ExperimentConfig {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Checks that the files and folders the config names exist: the data
+    /// root and a teacher checkpoint.
+    pub fn check_files(&self) -> Result<()> {
+        let strategy = self.strategy.build().map_err(|e| config_err("strategy", e.to_string()))?;
+        if let Some(teacher) = strategy.teacher() {
+            if let tfkd_distill::TeacherSource::Checkpoint(path) = &teacher.source {
+                if !path.is_file() {
+                    let what = if path.is_dir() { "is a directory, not a checkpoint file" } else { "does not exist" };
+                    return Err(config_err("strategy.teacher.source.checkpoint", format!("{} {what}", path.display())));
+                }
+            }
+        }
         if !self.data.root.is_dir() {
+            let what = if self.data.root.exists() { "is not a directory" } else { "does not exist" };
             return Err(config_err(
                 "data.root",
-                format!("{} is not a directory{}", self.data.root.display(), self.data.dataset.download_hint()),
+                format!("{} {what}{}", self.data.root.display(), self.data.dataset.download_hint()),
             ));
         }
         Ok(())

@@ -32,6 +32,27 @@ pub enum DatasetKind {
 }
 
 impl DatasetKind {
+    /// Every dataset the runner knows.
+    pub const ALL: [DatasetKind; 7] = [
+        Self::Cifar10,
+        Self::Cifar100,
+        Self::TinyImagenet,
+        Self::Imagenet,
+        Self::Cifar10Mini,
+        Self::TinyImagenet10,
+        Self::Digits,
+    ];
+
+    /// Its official download, for the datasets that have one.
+    pub fn remote(self) -> Option<tfkd_data::download::Remote> {
+        match self {
+            Self::Cifar10 => Some(tfkd_data::download::Remote::cifar10()),
+            Self::Cifar100 => Some(tfkd_data::download::Remote::cifar100()),
+            Self::TinyImagenet => Some(tfkd_data::download::Remote::tiny_imagenet()),
+            Self::Imagenet | Self::Cifar10Mini | Self::TinyImagenet10 | Self::Digits => None,
+        }
+    }
+
     /// The config spelling.
     pub fn name(self) -> &'static str {
         match self {
@@ -65,6 +86,23 @@ impl DatasetKind {
                 "; this is one of the project's small shared datasets (the `shared/data` folder)"
             }
         }
+    }
+}
+
+impl std::fmt::Display for DatasetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for DatasetKind {
+    type Err = crate::RunError;
+    /// The config spelling (`cifar100`, `tiny-imagenet`, …).
+    fn from_str(text: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == text.trim()).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|k| k.name()).collect();
+            config_err("data.dataset", format!("{text:?} is not one of {}", names.join(", ")))
+        })
     }
 }
 
@@ -154,7 +192,7 @@ pub fn build_loaders(config: &DataConfig, batch_size: usize, seed: u64, device: 
     let train_loader = Loader::new(
         train,
         train_pipe,
-        LoaderConfig::train(batch_size, seed).with_threads(config.threads),
+        LoaderConfig::train(batch_size, seed).with_threads(config.threads).with_drop_last(config.drop_last),
         device.clone(),
     )?;
     let test_loader = Loader::new(test, test_pipe, LoaderConfig::eval(if config.eval_batch_size > 0 { config.eval_batch_size } else { batch_size })

@@ -34,16 +34,62 @@ pub enum RunError {
         detail: String,
     },
     /// The loss became NaN or infinite.
-    #[error("training diverged at epoch {epoch}, iteration {iteration}: {source}; the last good checkpoint is kept at {checkpoint}")]
+    #[error("training diverged at epoch {epoch}, iteration {iteration}: {cause}; {}", kept_checkpoint(*epochs_done, checkpoint))]
     Diverged {
         /// 1-based epoch.
         epoch: usize,
         /// 0-based iteration within the epoch.
         iteration: usize,
-        /// The loss error.
-        source: Box<tfkd_core::Error>,
-        /// The last good checkpoint (may not exist when the first epoch diverged).
+        /// The loss error (in the message, not chained as a source, so that
+        /// it is printed once).
+        cause: Box<tfkd_core::Error>,
+        /// Epochs finished before it (0: no checkpoint exists).
+        epochs_done: usize,
+        /// The run's resumable checkpoint, `last.safetensors`.
         checkpoint: PathBuf,
+    },
+    /// Another live process holds the run's lock.
+    #[error(
+        "run {run} is being trained by pid {pid} on host {host} (lock taken {}, {}); wait for it to end or stop it: \
+         a lock whose process has died is taken over automatically",
+        ago(*since), lock.display()
+    )]
+    Locked {
+        /// The run name.
+        run: String,
+        /// The holder's pid.
+        pid: u32,
+        /// The holder's host.
+        host: String,
+        /// When the lock was taken, seconds since the Unix epoch.
+        since: u64,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// `--resume` was asked for a run that has nothing to resume.
+    #[error("--resume: run {run} has no checkpoint to resume ({dir} holds no finished epoch){hint}")]
+    NothingToResume {
+        /// The run name.
+        run: String,
+        /// Its directory.
+        dir: PathBuf,
+        /// The started runs of the same output folder, as a hint.
+        hint: String,
+    },
+    /// The last training batch holds one image and the model has BatchNorm.
+    #[error(
+        "{what}: the training set has {images} images, so with optim.batch_size = {batch_size} the last batch of every \
+         epoch holds 1 image, and BatchNorm cannot compute a batch variance from one value per channel (PyTorch stops with \
+         \"Expected more than 1 value per channel when training\"); set `data.drop_last = true` (the official code keeps \
+         the last batch), or choose another optim.batch_size or data.train_subset"
+    )]
+    SingleImageBatch {
+        /// Which run (or teacher).
+        what: String,
+        /// Training images.
+        images: usize,
+        /// The batch size.
+        batch_size: usize,
     },
     /// A checkpoint could not be read, or does not fit the model.
     #[error("checkpoint {path}: {reason}")]
@@ -53,13 +99,16 @@ pub enum RunError {
         /// What is wrong.
         reason: String,
     },
-    /// A filesystem operation failed.
-    #[error("{path}: {source}")]
+    /// A filesystem operation failed. The OS error is part of the message
+    /// and not chained as a source, so that it is printed once.
+    #[error("{}", io_message(path, what, error))]
     Io {
         /// The file or directory.
         path: PathBuf,
+        /// What was being done (may be empty).
+        what: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// From tfkd-core (losses, optimizer).
     #[error(transparent)]
@@ -70,6 +119,9 @@ pub enum RunError {
     /// From tfkd-data (datasets, loader).
     #[error(transparent)]
     Data(Box<tfkd_data::DataError>),
+    /// From tfkd-distill (strategy configs).
+    #[error(transparent)]
+    Distill(Box<tfkd_distill::DistillError>),
     /// From candle.
     #[error(transparent)]
     Candle(Box<candle_core::Error>),
@@ -90,6 +142,7 @@ boxed_from!(
     Core(tfkd_core::Error),
     Zoo(tfkd_zoo::ZooError),
     Data(tfkd_data::DataError),
+    Distill(tfkd_distill::DistillError),
     Candle(candle_core::Error),
 );
 
@@ -102,5 +155,32 @@ pub(crate) fn config_err(field: impl Into<String>, reason: impl Into<String>) ->
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> RunError {
     let path = path.into();
-    move |source| RunError::Io { path, source }
+    move |error| RunError::Io { path, what: String::new(), error }
+}
+
+fn io_message(path: &std::path::Path, what: &str, error: &std::io::Error) -> String {
+    if what.is_empty() {
+        format!("{}: {error}", path.display())
+    } else {
+        format!("{}: {what}: {error}", path.display())
+    }
+}
+
+fn kept_checkpoint(epochs_done: usize, checkpoint: &std::path::Path) -> String {
+    if epochs_done == 0 {
+        "no epoch had finished, so there is no checkpoint; a run started again with a lower optim.lr starts afresh".into()
+    } else {
+        format!("the checkpoint of epoch {epochs_done}, the last good one, is kept at {}", checkpoint.display())
+    }
+}
+
+/// "N s/min/h ago" for a Unix time.
+fn ago(unix: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let s = now.saturating_sub(unix);
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        _ => format!("{} h ago", s / 3600),
+    }
 }

@@ -11,15 +11,17 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub mod alloc;
+mod alloc;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod run_dir;
 pub mod teacher;
 pub mod train;
 
+pub use alloc::tune_for_training;
 pub use config::ExperimentConfig;
 pub use error::{Result, RunError};
 pub use train::{run_experiment, EpochRecord, Reporter, RunOptions, RunOutcome, Silent, Summary};

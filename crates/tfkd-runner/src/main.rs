@@ -7,7 +7,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    tfkd_runner::alloc::tune_for_training();
+    tfkd_runner::tune_for_training();
     let cli = cli::Cli::parse();
     cli::init_logging(cli.verbose, cli.quiet);
     match commands::dispatch(cli.command) {

@@ -44,7 +44,7 @@ pub fn teacher_checkpoint(
     let config = baseline_config(student, model, spec.width_divisor, keep);
     let path = config.run_dir().join(&file);
     if !path.is_file() {
-        if config.run_dir().join(crate::train::SUMMARY).is_file() {
+        if crate::run_dir::is_finished(&config.run_dir()) {
             return Err(RunError::Checkpoint {
                 path,
                 reason: format!(
@@ -56,7 +56,7 @@ pub fn teacher_checkpoint(
             });
         }
         reporter.stage(&format!("training the teacher first: {} (stage one)", config.run_name()));
-        run_experiment(&config, &RunOptions { resume: true, ..*options }, reporter)?;
+        run_experiment(&config, &RunOptions { resume: true, require_started: false, ..*options }, reporter)?;
     }
     Ok(path)
 }

@@ -8,6 +8,7 @@
 //! would have used.
 
 use crate::checkpoint::{load_tensors, save_tensors, write_atomic, CheckpointMeta, OPTIM_PREFIX};
+use crate::run_dir::{move_aside, RunLock};
 use crate::config::ExperimentConfig;
 use crate::data::build_loaders;
 use crate::device::open_device;
@@ -25,21 +26,7 @@ use tfkd_data::Loader;
 use tfkd_distill::Strategy;
 use tfkd_zoo::{Model, ModelOptions};
 
-/// The resumable checkpoint of a run.
-pub const LAST: &str = "last.safetensors";
-/// The model with the best test top-1 so far.
-pub const BEST: &str = "best.safetensors";
-/// The run's final summary; its presence marks a finished run.
-pub const SUMMARY: &str = "summary.json";
-/// One JSON object per epoch.
-pub const METRICS: &str = "metrics.jsonl";
-/// The resolved config the run was started with.
-pub const CONFIG: &str = "config.toml";
-
-/// The file name of the checkpoint kept after `epoch` (1-based).
-pub fn epoch_file(epoch: usize) -> String {
-    format!("epoch-{epoch}.safetensors")
-}
+pub use crate::run_dir::{epoch_file, read_metrics, read_summary, BEST, CONFIG, LAST, METRICS, SUMMARY};
 
 /// What one epoch did.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -112,6 +99,11 @@ impl Reporter for Silent {}
 pub struct RunOptions {
     /// Continue a started run from its last checkpoint.
     pub resume: bool,
+    /// With `resume`: a run with nothing to resume is an error
+    /// ([`RunError::NothingToResume`]) instead of a fresh start. The CLI's
+    /// `--resume` sets it, so that `--resume --set seed=1` (a new run name)
+    /// does not silently start a new run.
+    pub require_started: bool,
     /// Stop after this many epochs of this invocation (to test resuming).
     pub stop_after: Option<usize>,
 }
@@ -144,62 +136,151 @@ fn dropout_seed(seed: u64, epoch: usize) -> u64 {
     SeededRng::derive(seed, &[epoch as u64, 0xD20F]).next_u64()
 }
 
-/// The summary of the run in `dir`; `None` while the run is not finished.
-pub fn read_summary(dir: &Path) -> Result<Option<Summary>> {
-    let path = dir.join(SUMMARY);
+/// The config a run directory was started with, when it has one.
+fn stored_config(dir: &Path) -> Result<Option<ExperimentConfig>> {
+    let path = dir.join(CONFIG);
     if !path.is_file() {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| RunError::Checkpoint { path, reason: format!("unreadable summary: {e}") })
+    toml::from_str(&text).map(Some).map_err(|e| RunError::ConfigFile { path: path.clone(), reason: e.to_string() })
 }
 
-/// The config a run directory was started with must match, apart from what
-/// does not change the numbers ([`ExperimentConfig::identity`]).
-fn check_stored_config(dir: &Path, config: &ExperimentConfig) -> Result<()> {
-    let path = dir.join(CONFIG);
-    if !path.is_file() {
-        return Ok(());
+/// The first field in which `stored` and `given` differ, apart from what does
+/// not change the numbers ([`ExperimentConfig::identity`]); `None` when equal.
+fn config_difference(stored: &ExperimentConfig, given: &ExperimentConfig) -> Option<String> {
+    if stored.identity() == given.identity() {
+        return None;
     }
-    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    let stored: ExperimentConfig = toml::from_str(&text)
-        .map_err(|e| RunError::ConfigFile { path: path.clone(), reason: e.to_string() })?;
-    if stored.identity() != config.identity() {
-        let (a, b) = (stored.identity().to_toml(), config.identity().to_toml());
-        let detail = a
-            .lines()
+    let (a, b) = (stored.identity().to_toml(), given.identity().to_toml());
+    Some(
+        a.lines()
             .zip(b.lines())
             .find(|(x, y)| x != y)
             .map(|(x, y)| format!("stored `{x}`, given `{y}`"))
-            .unwrap_or_else(|| "different fields".into());
-        return Err(RunError::ConfigChanged { dir: dir.to_path_buf(), detail });
-    }
-    Ok(())
+            .unwrap_or_else(|| "different fields".into()),
+    )
 }
 
-/// Runs (or resumes, or skips when finished) one experiment.
+/// The config a run directory was started with must match the given one.
+fn check_stored_config(dir: &Path, config: &ExperimentConfig) -> Result<()> {
+    match stored_config(dir)? {
+        Some(stored) => match config_difference(&stored, config) {
+            Some(detail) => Err(RunError::ConfigChanged { dir: dir.to_path_buf(), detail }),
+            None => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
+
+/// The started runs of `out_dir` (those with a resumable checkpoint), for
+/// the hint of [`RunError::NothingToResume`].
+fn started_runs_hint(out_dir: &Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(out_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join(LAST).is_file() && !e.path().join(SUMMARY).is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        "; without --resume it starts a new run".into()
+    } else {
+        let shown: Vec<_> = names.iter().take(8).map(String::as_str).collect();
+        format!(
+            "; the run name follows dataset, model, method and seed unless `name` is set, so a --set of those names another \
+             run. Unfinished runs in {}: {}{}",
+            out_dir.display(),
+            shown.join(", "),
+            if names.len() > shown.len() { ", …" } else { "" }
+        )
+    }
+}
+
+/// Where a run directory stands before training: finished, started (a
+/// finished epoch to continue from), or fresh.
+enum Start {
+    Finished(Summary),
+    Resume,
+    Fresh,
+}
+
+/// Decides how to start, under the run's lock: skips a finished run, refuses
+/// to overwrite a started one without `resume`, and moves aside a failed
+/// start (a directory without a finished epoch) made with another config.
+fn prepare_run_dir(config: &ExperimentConfig, options: &RunOptions, reporter: &mut dyn Reporter) -> Result<Start> {
+    let dir = config.run_dir();
+    match read_summary(&dir) {
+        Ok(Some(summary)) => {
+            check_stored_config(&dir, config)?;
+            return Ok(Start::Finished(summary));
+        }
+        Ok(None) => {}
+        Err(e) => reporter.stage(&format!("{e}; the run counts as unfinished and its summary is written again")),
+    }
+    if dir.join(LAST).is_file() {
+        if !options.resume {
+            return Err(RunError::RunExists(dir));
+        }
+        check_stored_config(&dir, config)?;
+        return Ok(Start::Resume);
+    }
+    if options.resume && options.require_started {
+        return Err(RunError::NothingToResume {
+            run: config.run_name(),
+            dir: dir.clone(),
+            hint: started_runs_hint(&config.out_dir),
+        });
+    }
+    if let Some(stored) = stored_config(&dir).unwrap_or(None) {
+        if let Some(detail) = config_difference(&stored, config) {
+            let aside = move_aside(&dir, "failed-start")?;
+            reporter.stage(&format!(
+                "{} holds a start that finished no epoch, with another config ({detail}); moved it aside to {} and starting afresh",
+                dir.display(),
+                aside.display()
+            ));
+        }
+    } else if dir.join(CONFIG).is_file() {
+        let aside = move_aside(&dir, "failed-start")?;
+        reporter.stage(&format!(
+            "{} holds an unreadable config.toml and no finished epoch; moved it aside to {} and starting afresh",
+            dir.display(),
+            aside.display()
+        ));
+    }
+    Ok(Start::Fresh)
+}
+
+/// Runs (or resumes, or skips when finished) one experiment, holding the
+/// run directory's lock ([`RunLock`]) while it writes.
 pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter: &mut dyn Reporter) -> Result<RunOutcome> {
     config.validate()?;
+    config.check_files()?;
     let dir = config.run_dir();
-    if let Some(summary) = read_summary(&dir)? {
+    if let Ok(Some(summary)) = read_summary(&dir) {
         check_stored_config(&dir, config)?;
         reporter.stage(&format!("{} is finished (best top-1 {:.2}%), skipping", summary.run, summary.best.test_top1));
         return Ok(RunOutcome { dir, summary: Some(summary) });
     }
+    let _lock = RunLock::acquire(&dir, &config.run_name(), &mut |m: &str| reporter.stage(m))?;
+    let resuming = match prepare_run_dir(config, options, reporter)? {
+        Start::Finished(summary) => {
+            reporter.stage(&format!("{} is finished (best top-1 {:.2}%), skipping", summary.run, summary.best.test_top1));
+            return Ok(RunOutcome { dir, summary: Some(summary) });
+        }
+        Start::Resume => true,
+        Start::Fresh => false,
+    };
     let last_path = dir.join(LAST);
-    let resuming = last_path.is_file();
-    if resuming && !options.resume {
-        return Err(RunError::RunExists(dir));
-    }
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    check_stored_config(&dir, config)?;
-    write_atomic(&dir.join(CONFIG), config.to_toml().as_bytes())?;
+    write_atomic(&dir.join(CONFIG), config.try_to_toml()?.as_bytes())?;
 
-    let device = open_device(&config.device)?;
+    let device = open_device(config.device)?;
     let strategy = config.strategy.build()?;
     let loaders = build_loaders(&config.data, config.optim.batch_size, config.seed, &device)?;
+
     let model_opts = |dropout_seed| ModelOptions {
         dropout_seed,
         ..ModelOptions::new(loaders.num_classes, config.data.dataset.input_size())
@@ -227,9 +308,11 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         None => None,
     };
 
-    // Create the student's variables (and drop this first view of them).
+    // Create the student's variables and the network over them (built once:
+    // training updates the variables in place).
     let varmap = SeededVarMap::new(config.seed);
-    tfkd_zoo::build_with(&config.model.name, &model_opts(0), varmap.var_builder(DType::F32, &device))?;
+    let model = tfkd_zoo::build_with(&config.model.name, &model_opts(0), varmap.var_builder(DType::F32, &device))?;
+    check_last_batch(config, &loaders.train, &varmap)?;
     let mut sgd = Sgd::new(tfkd_zoo::trainable_vars(&varmap), config.optim.sgd())?;
     let mut meta = CheckpointMeta { model: config.model.name.clone(), ..Default::default() };
     if resuming {
@@ -244,11 +327,8 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         if options.stop_after.is_some_and(|n| ran >= n) {
             return Ok(RunOutcome { dir, summary: None });
         }
-        let model = tfkd_zoo::build_with(
-            &config.model.name,
-            &model_opts(dropout_seed(config.seed, epoch)),
-            varmap.var_builder(DType::F32, &device),
-        )?;
+        // The dropout masks of an epoch are a function of (seed, epoch) only.
+        model.reseed_dropout(dropout_seed(config.seed, epoch));
         let step = EpochStep { loader: &loaders.train, strategy: strategy.as_ref(), teacher: teacher.as_deref() };
         let mut record = step.train(model.as_ref(), &mut sgd, &schedule, epoch, config.epochs, &dir, reporter)?;
         let started = Instant::now();
@@ -286,9 +366,21 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         last: meta.history.last().cloned().unwrap_or_default(),
         teacher_top1,
     };
-    let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    let json = serde_json::to_string_pretty(&summary)
+        .map_err(|e| RunError::Checkpoint { path: dir.join(SUMMARY), reason: format!("cannot encode the summary: {e}") })?;
     write_atomic(&dir.join(SUMMARY), json.as_bytes())?;
     Ok(RunOutcome { dir, summary: Some(summary) })
+}
+
+/// A last training batch of one image makes BatchNorm's batch variance
+/// degenerate: named error before training instead of a NaN later.
+fn check_last_batch(config: &ExperimentConfig, train: &Loader, varmap: &SeededVarMap) -> Result<()> {
+    let (images, batch_size) = (train.len(), config.optim.batch_size);
+    let has_batch_norm = || varmap.named_vars().iter().any(|(name, _)| name.ends_with("running_var"));
+    if !config.data.drop_last && images > 1 && images % batch_size == 1 && has_batch_norm() {
+        return Err(RunError::SingleImageBatch { what: config.run_name(), images, batch_size });
+    }
+    Ok(())
 }
 
 /// One epoch of training.
@@ -327,7 +419,8 @@ impl EpochStep<'_> {
                 e @ tfkd_core::Error::NonFinite { .. } => RunError::Diverged {
                     epoch: epoch + 1,
                     iteration,
-                    source: Box::new(e),
+                    cause: Box::new(e),
+                    epochs_done: epoch,
                     checkpoint: dir.join(LAST),
                 },
                 e => e.into(),
@@ -401,30 +494,14 @@ fn restore(path: &Path, varmap: &SeededVarMap, sgd: &mut Sgd, device: &Device) -
     Ok(meta)
 }
 
-/// The per-epoch records of the run in `dir` (`metrics.jsonl`; empty before
-/// the first epoch ends).
-pub fn read_metrics(dir: &Path) -> Result<Vec<EpochRecord>> {
-    let path = dir.join(METRICS);
-    if !path.is_file() {
-        return Ok(Vec::new());
-    }
-    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_str(line).map_err(|e| RunError::Checkpoint {
-                path: path.clone(),
-                reason: format!("line {}: {e}", i + 1),
-            })
-        })
-        .collect()
-}
-
 fn write_metrics(dir: &Path, history: &[EpochRecord]) -> Result<()> {
+    let path = dir.join(METRICS);
     let mut text = String::new();
     for r in history {
-        text.push_str(&serde_json::to_string(r).unwrap_or_default());
+        let line = serde_json::to_string(r)
+            .map_err(|e| RunError::Checkpoint { path: path.clone(), reason: format!("cannot encode epoch {}: {e}", r.epoch) })?;
+        text.push_str(&line);
         text.push('\n');
     }
-    write_atomic(&dir.join(METRICS), text.as_bytes())
+    write_atomic(&path, text.as_bytes())
 }

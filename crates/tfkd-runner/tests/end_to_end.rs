@@ -4,43 +4,13 @@
 //! checkpoint, and a run killed with SIGKILL resumes to the same weights and
 //! metrics as an uninterrupted one.
 
+mod common;
+
+use common::{config, metrics_without_timings, read_checkpoint};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tfkd_runner::{run_experiment, ExperimentConfig, RunOptions, Silent, Summary};
-
-fn digits() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/digits")
-}
-
-/// A small, fast recipe: a 4-channel 5-layer CNN on 512 training digits.
-fn config(out: &Path, strategy: &str, epochs: usize) -> ExperimentConfig {
-    let text = format!(
-        r#"
-        epochs = {epochs}
-        out_dir = "{out}"
-        seed = 3
-        [model]
-        name = "cnn"
-        width_divisor = 4
-        [data]
-        dataset = "digits"
-        root = "{root}"
-        train_subset = 512
-        [optim]
-        batch_size = 32
-        lr = 0.05
-        [schedule]
-        warmup_epochs = 1
-        decay = {{ kind = "constant" }}
-        [strategy]
-        {strategy}
-        "#,
-        out = out.display(),
-        root = digits().display(),
-    );
-    ExperimentConfig::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
-}
 
 fn train(config: &ExperimentConfig) -> Summary {
     let outcome = run_experiment(config, &RunOptions::default(), &mut Silent)
@@ -99,15 +69,6 @@ fn every_strategy_trains_and_beats_chance() {
     assert_eq!(again, results[0].1);
 }
 
-fn read_checkpoint(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<u8>)> =
-        st.tensors().into_iter().map(|(name, view)| (name, view.data().to_vec())).collect();
-    out.sort();
-    out
-}
-
 #[test]
 fn a_run_killed_mid_epoch_resumes_to_identical_results() {
     let tmp = tempfile::tempdir().unwrap();
@@ -149,18 +110,7 @@ fn a_run_killed_mid_epoch_resumes_to_identical_results() {
     let a = tmp.path().join("straight/digits-cnn-lsr-s3");
     let b = tmp.path().join("killed/digits-cnn-lsr-s3");
     assert_eq!(read_checkpoint(&a.join("last.safetensors")), read_checkpoint(&b.join("last.safetensors")));
-    let strip_time = |p: PathBuf| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object_mut().unwrap().retain(|k, _| k != "seconds" && k != "images_per_sec");
-                v
-            })
-            .collect()
-    };
-    assert_eq!(strip_time(a.join("metrics.jsonl")), strip_time(b.join("metrics.jsonl")));
+    assert_eq!(metrics_without_timings(&a.join("metrics.jsonl")), metrics_without_timings(&b.join("metrics.jsonl")));
 }
 
 #[test]

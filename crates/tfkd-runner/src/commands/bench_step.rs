@@ -5,6 +5,7 @@
 //! `scripts/bench_steps_torch.py` times the same step in PyTorch on the same
 //! architectures; `cargo xtask bench` runs both and prints the ratio table.
 
+use tfkd_runner::device::DeviceSpec;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
@@ -31,8 +32,8 @@ pub struct BenchStepArgs<'a> {
     pub warmup: usize,
     /// Timed steps.
     pub steps: usize,
-    /// `cpu`, `cuda[:N]`, `metal`.
-    pub device: &'a str,
+    /// The device.
+    pub device: DeviceSpec,
     /// Where to append one JSON line per model.
     pub json: Option<&'a Path>,
 }

@@ -9,8 +9,9 @@ use tfkd_zoo::ModelOptions;
 pub fn run(args: &ConfigArgs, checkpoint: Option<PathBuf>) -> anyhow::Result<()> {
     let config = super::load_config(args)?;
     let path = checkpoint.unwrap_or_else(|| config.run_dir().join(BEST));
+    anyhow::ensure!(!path.is_dir(), "--checkpoint {} is a directory; give a checkpoint file in it (e.g. best.safetensors)", path.display());
     anyhow::ensure!(path.is_file(), "checkpoint {} does not exist", path.display());
-    let device = open_device(&config.device)?;
+    let device = open_device(config.device)?;
     let loaders = build_loaders(&config.data, config.optim.batch_size, config.seed, &device)?;
     let opts = ModelOptions::new(loaders.num_classes, config.data.dataset.input_size())
         .with_width_divisor(config.model.width_divisor);

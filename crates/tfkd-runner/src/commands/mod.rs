@@ -16,7 +16,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Train { config, resume, show_config } => train::run(&config, resume, show_config),
         Command::Eval { config, checkpoint } => eval::run(&config, checkpoint),
         Command::ListModels { classes } => list_models::run(classes),
-        Command::Download { dataset, root } => download::run(&dataset, &root),
+        Command::Download { dataset, root } => download::run(dataset, &root),
         Command::BenchStep { models, batch, classes, side, width_divisor, warmup, steps, device, json } => {
             bench_step::run(&bench_step::BenchStepArgs {
                 models: &models,
@@ -26,18 +26,19 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
                 width_divisor,
                 warmup,
                 steps,
-                device: &device,
+                device,
                 json: json.as_deref(),
             })
         }
     }
 }
 
-/// Loads the config with the `--set` and `--device` overrides.
+/// Loads the config with the `--set` overrides, then sets `--device` on the
+/// typed config.
 fn load_config(args: &ConfigArgs) -> anyhow::Result<ExperimentConfig> {
-    let mut overrides = args.overrides.clone();
-    if let Some(device) = &args.device {
-        overrides.push(format!("device=\"{device}\""));
+    let mut config = ExperimentConfig::load(&args.config, &args.overrides)?;
+    if let Some(device) = args.device {
+        config.device = device;
     }
-    Ok(ExperimentConfig::load(&args.config, &overrides)?)
+    Ok(config)
 }

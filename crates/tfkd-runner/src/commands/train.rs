@@ -11,7 +11,7 @@ pub fn run(args: &ConfigArgs, resume: bool, show_config: bool) -> anyhow::Result
         return Ok(());
     }
     let mut bars = Bars::new();
-    let outcome = run_experiment(&config, &RunOptions { resume, ..Default::default() }, &mut bars)?;
+    let outcome = run_experiment(&config, &RunOptions { resume, require_started: resume, ..Default::default() }, &mut bars)?;
     if let Some(s) = outcome.summary {
         println!(
             "{}: best top-1 {:.2}% (epoch {}), last {:.2}%, top-5 {:.2}% -> {}",

@@ -1,0 +1,446 @@
+//! The run directory: its files, who may write them, and when a run counts
+//! as finished.
+//!
+//! `<out_dir>/<name>/` holds `config.toml` (the resolved config),
+//! `metrics.jsonl` (one line per epoch), `last.safetensors` (everything
+//! needed to resume), `best.safetensors`, kept `epoch-E.safetensors` and
+//! `summary.json`. Every file is written atomically (temporary file, fsync,
+//! rename: [`crate::checkpoint::write_atomic`]).
+//!
+//! # Invariants
+//!
+//! - **One writer.** A process writes into a run directory only while it holds
+//!   the run's lock, [`RunLock`]: the file `<out_dir>/<name>.lock` beside the
+//!   directory, created with `O_CREAT | O_EXCL` (atomic on local filesystems
+//!   and on NFSv3 and later; `flock` is not relied upon). It names the host,
+//!   the pid, the process's start time and the time the lock was taken, and
+//!   its holder touches it every [`HEARTBEAT`]. A lock is stale when its
+//!   process is gone (same host: the pid is not running, or runs another
+//!   process started at another time) or, from another host, when it was not
+//!   touched for [`STALE_AFTER`]; a stale lock is taken over with a message,
+//!   a live one refuses with the holder's pid and host. The lock sits beside
+//!   the directory so that it also covers creating the directory and moving
+//!   a failed start aside.
+//! - **Finished** means `summary.json` parses ([`read_summary`]). Its content
+//!   is derived from `last.safetensors` and the config, so an unreadable
+//!   summary makes the run unfinished, not lost: resuming writes it again.
+//! - **Resume** continues from the end of the last finished epoch, exactly:
+//!   weights, BatchNorm statistics, momentum and the per-epoch history come
+//!   from `last.safetensors`; batches and dropout masks of later epochs are
+//!   functions of (seed, epoch) only. A run resumed any number of times ends
+//!   with the same tensors and metrics (timings aside) as an uninterrupted
+//!   one.
+//! - A directory without `last.safetensors` holds no finished epoch and
+//!   nothing worth protecting: a start with another config moves it aside
+//!   ([`move_aside`]) and starts afresh. One with a finished epoch is only
+//!   ever continued with the config it was started with.
+
+use crate::error::{io_err, Result, RunError};
+use crate::train::{EpochRecord, Summary};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The resumable checkpoint of a run.
+pub const LAST: &str = "last.safetensors";
+/// The model with the best test top-1 so far.
+pub const BEST: &str = "best.safetensors";
+/// The run's final summary; when it parses, the run is finished.
+pub const SUMMARY: &str = "summary.json";
+/// One JSON object per epoch.
+pub const METRICS: &str = "metrics.jsonl";
+/// The resolved config the run was started with.
+pub const CONFIG: &str = "config.toml";
+
+/// How often the holder of a [`RunLock`] touches it.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+/// A lock of another host not touched for this long is stale.
+pub const STALE_AFTER: Duration = Duration::from_secs(300);
+
+/// The file name of the checkpoint kept after `epoch` (1-based).
+pub fn epoch_file(epoch: usize) -> String {
+    format!("epoch-{epoch}.safetensors")
+}
+
+/// The lock file of the run directory `dir`: `<dir>.lock`.
+pub fn lock_path(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".lock");
+    dir.with_file_name(name)
+}
+
+/// The summary of the run in `dir`; `None` while the run is not finished.
+/// An unreadable summary is an error here; [`run_experiment`] treats it as
+/// unfinished and writes it again.
+///
+/// [`run_experiment`]: crate::run_experiment
+pub fn read_summary(dir: &Path) -> Result<Option<Summary>> {
+    let path = dir.join(SUMMARY);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| RunError::Checkpoint { path, reason: format!("unreadable summary: {e}") })
+}
+
+/// Whether the run in `dir` is finished: its summary parses.
+pub fn is_finished(dir: &Path) -> bool {
+    matches!(read_summary(dir), Ok(Some(_)))
+}
+
+/// The per-epoch records of the run in `dir` (`metrics.jsonl`; empty before
+/// the first epoch ends).
+pub fn read_metrics(dir: &Path) -> Result<Vec<EpochRecord>> {
+    let path = dir.join(METRICS);
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| RunError::Checkpoint {
+                path: path.clone(),
+                reason: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
+}
+
+/// Moves the directory `dir` aside to the first unused `<dir>.<suffix>`,
+/// `<dir>.<suffix>-2`, …; nothing is deleted. Returns the new path.
+pub fn move_aside(dir: &Path, suffix: &str) -> Result<PathBuf> {
+    let base = format!("{}.{suffix}", dir.display());
+    let aside = (1..)
+        .map(|i| if i == 1 { PathBuf::from(&base) } else { PathBuf::from(format!("{base}-{i}")) })
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| PathBuf::from(base));
+    std::fs::rename(dir, &aside).map_err(|error| RunError::Io {
+        path: dir.to_path_buf(),
+        what: format!("cannot move it aside to {}", aside.display()),
+        error,
+    })?;
+    Ok(aside)
+}
+
+/// What a lock file holds.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LockInfo {
+    /// The host of the holder.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its process start time as the OS counts it (Linux: clock ticks since
+    /// boot, `/proc/<pid>/stat` field 22; 0 where unknown): tells a live
+    /// holder from a later process that reuses its pid.
+    pub process_start: u64,
+    /// When the lock was taken, seconds since the Unix epoch.
+    pub started_unix: u64,
+    /// A random token: the holder's proof that the file is still its own.
+    pub token: u64,
+}
+
+/// A held run lock; dropping it removes the lock file (when it is still this
+/// holder's) and stops the heartbeat.
+#[derive(Debug)]
+pub struct RunLock {
+    path: PathBuf,
+    token: u64,
+    stop: Arc<AtomicBool>,
+    heartbeat: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Why a lock file was judged stale.
+fn stale_reason(info: &LockInfo, modified: Option<SystemTime>) -> Option<String> {
+    if info.host == hostname() {
+        if !process_alive(info.pid) {
+            return Some(format!("pid {} is no longer running", info.pid));
+        }
+        let start = process_start_time(info.pid);
+        if info.process_start != 0 && start != 0 && start != info.process_start {
+            return Some(format!("pid {} now belongs to another process", info.pid));
+        }
+        return None;
+    }
+    let age = modified.and_then(|m| SystemTime::now().duration_since(m).ok())?;
+    (age > STALE_AFTER).then(|| format!("not touched for {} s (stale after {} s)", age.as_secs(), STALE_AFTER.as_secs()))
+}
+
+fn read_lock(path: &Path) -> Option<(LockInfo, Option<SystemTime>)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    serde_json::from_str(&text).ok().map(|info| (info, modified))
+}
+
+impl RunLock {
+    /// Takes the lock of the run directory `dir` (run `run` in messages).
+    /// A stale lock is taken over and `notice` is told why; a live one is a
+    /// [`RunError::Locked`].
+    pub fn acquire(dir: &Path, run: &str, notice: &mut dyn FnMut(&str)) -> Result<RunLock> {
+        let path = lock_path(dir);
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        let info = LockInfo {
+            host: hostname(),
+            pid: std::process::id(),
+            process_start: process_start_time(std::process::id()),
+            started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            token: random_token(),
+        };
+        let json = serde_json::to_string(&info).map_err(|e| RunError::Io {
+            path: path.clone(),
+            what: "cannot encode the lock".into(),
+            error: std::io::Error::other(e),
+        })?;
+        for _attempt in 0..3 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    f.write_all(json.as_bytes()).and_then(|_| f.sync_all()).map_err(io_err(&path))?;
+                    return Ok(RunLock::held(path, info.token));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+            let Some((holder, modified)) = read_lock(&path) else {
+                // Being written right now, or unreadable: a lock of unknown
+                // owner is stale only once it is old.
+                let age = std::fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| SystemTime::now().duration_since(m).ok());
+                if age.is_some_and(|a| a > STALE_AFTER) {
+                    take_over(&path, None)?;
+                    notice(&format!("{run}: took over the unreadable lock {} (older than {} s)", path.display(), STALE_AFTER.as_secs()));
+                    continue;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            };
+            match stale_reason(&holder, modified) {
+                Some(why) => {
+                    take_over(&path, Some(holder.token))?;
+                    notice(&format!(
+                        "{run}: took over the stale lock of pid {} on host {} ({why})",
+                        holder.pid, holder.host
+                    ));
+                }
+                None => {
+                    return Err(RunError::Locked {
+                        run: run.to_string(),
+                        pid: holder.pid,
+                        host: holder.host,
+                        since: holder.started_unix,
+                        lock: path,
+                    })
+                }
+            }
+        }
+        Err(RunError::Io {
+            path: path.clone(),
+            what: "another process keeps taking this lock over".into(),
+            error: std::io::Error::from(std::io::ErrorKind::WouldBlock),
+        })
+    }
+
+    fn held(path: PathBuf, token: u64) -> RunLock {
+        let stop = Arc::new(AtomicBool::new(false));
+        let heartbeat = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("tfkd-lock-heartbeat".into())
+                .spawn(move || {
+                    let mut last = std::time::Instant::now();
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::park_timeout(Duration::from_millis(500));
+                        if last.elapsed() >= HEARTBEAT {
+                            last = std::time::Instant::now();
+                            if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+                                let _ = f.set_modified(SystemTime::now());
+                            }
+                        }
+                    }
+                })
+                .ok()
+        };
+        RunLock { path, token, stop, heartbeat }
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.heartbeat.take() {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+        if read_lock(&self.path).is_some_and(|(info, _)| info.token == self.token) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Removes a stale lock without racing another taker: the file is renamed to
+/// a name of this process's own first, and if what was renamed is not the
+/// stale lock that was judged (another process took it over in between),
+/// it is put back.
+fn take_over(path: &Path, judged: Option<u64>) -> Result<()> {
+    let mine = path.with_extension(format!("lock.stale-{}-{:x}", std::process::id(), random_token()));
+    match std::fs::rename(path, &mine) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path)(e)),
+    }
+    let taken = read_lock(&mine).map(|(info, _)| info.token);
+    if judged.is_some() && taken != judged {
+        // A fresh lock of another process: put it back (fails harmlessly if
+        // yet another lock exists by now).
+        let _ = std::fs::hard_link(&mine, path);
+    }
+    let _ = std::fs::remove_file(&mine);
+    Ok(())
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    #[cfg(unix)]
+    {
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is valid for its length; gethostname writes at most that.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if rc == 0 {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            return String::from_utf8_lossy(&buf[..end]).into_owned();
+        }
+    }
+    std::env::var("COMPUTERNAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "unknown-host".into())
+}
+
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: signal 0 only checks that the process exists.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+        rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// The start time of process `pid` in clock ticks since boot (Linux), 0 where
+/// unknown.
+fn process_start_time(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The command name (field 2) may hold spaces: count from its ')'.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().nth(19)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+fn random_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quiet() -> impl FnMut(&str) {
+        |_: &str| {}
+    }
+
+    #[test]
+    fn a_live_lock_refuses_and_names_its_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run-a");
+        let held = RunLock::acquire(&dir, "run-a", &mut quiet()).unwrap();
+        assert!(lock_path(&dir).is_file());
+        let err = RunLock::acquire(&dir, "run-a", &mut quiet()).unwrap_err().to_string();
+        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(err.contains(&hostname()), "{err}");
+        assert!(err.contains("run-a"), "{err}");
+        drop(held);
+        assert!(!lock_path(&dir).exists(), "released on drop");
+        RunLock::acquire(&dir, "run-a", &mut quiet()).unwrap();
+    }
+
+    fn write_lock(dir: &Path, info: &LockInfo, age: Duration) {
+        let path = lock_path(dir);
+        std::fs::write(&path, serde_json::to_string(info).unwrap()).unwrap();
+        let f = std::fs::File::options().append(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+    }
+
+    #[test]
+    fn stale_locks_are_taken_over_with_a_message() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run-b");
+        // A dead process on this host: a pid far above any pid_max.
+        let dead = LockInfo { host: hostname(), pid: 0x3fff_fff0, process_start: 1, started_unix: 1, token: 7 };
+        write_lock(&dir, &dead, Duration::ZERO);
+        let mut messages = Vec::new();
+        let lock = RunLock::acquire(&dir, "run-b", &mut |m: &str| messages.push(m.to_string())).unwrap();
+        assert!(messages.iter().any(|m| m.contains("no longer running")), "{messages:?}");
+        drop(lock);
+
+        // Another host: live while touched recently, stale after STALE_AFTER.
+        let remote = LockInfo { host: "node-elsewhere".into(), pid: 1, process_start: 1, started_unix: 1, token: 9 };
+        write_lock(&dir, &remote, Duration::from_secs(10));
+        let err = RunLock::acquire(&dir, "run-b", &mut quiet()).unwrap_err().to_string();
+        assert!(err.contains("node-elsewhere") && err.contains("pid 1"), "{err}");
+        write_lock(&dir, &remote, STALE_AFTER + Duration::from_secs(60));
+        let mut messages = Vec::new();
+        RunLock::acquire(&dir, "run-b", &mut |m: &str| messages.push(m.to_string())).unwrap();
+        assert!(messages.iter().any(|m| m.contains("node-elsewhere") && m.contains("not touched")), "{messages:?}");
+    }
+
+    #[test]
+    fn a_reused_pid_does_not_hold_a_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run-c");
+        let me = std::process::id();
+        let start = process_start_time(me);
+        if start == 0 {
+            eprintln!("skipping: no /proc start times on this system");
+            return;
+        }
+        let reused = LockInfo { host: hostname(), pid: me, process_start: start + 1, started_unix: 1, token: 3 };
+        write_lock(&dir, &reused, Duration::ZERO);
+        let mut messages = Vec::new();
+        RunLock::acquire(&dir, "run-c", &mut |m: &str| messages.push(m.to_string())).unwrap();
+        assert!(messages.iter().any(|m| m.contains("another process")), "{messages:?}");
+    }
+
+    #[test]
+    fn moving_aside_never_overwrites() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run-d");
+        for i in 0..3 {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("config.toml"), format!("{i}")).unwrap();
+            let aside = move_aside(&dir, "failed-start").unwrap();
+            assert_eq!(std::fs::read_to_string(aside.join("config.toml")).unwrap(), format!("{i}"));
+        }
+        let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+    }
+}

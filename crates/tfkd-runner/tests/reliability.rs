@@ -1,0 +1,287 @@
+//! Faults a scheduler or a shared results folder produces: two processes on
+//! one run directory, failed starts retried with a corrected config, runs
+//! killed at random points, a last batch of one image, `--resume` with
+//! nothing to resume, damaged run files, and error messages that must name
+//! what they are about.
+
+mod common;
+
+use common::{assert_same_run, config, config_text, tfkd, tfkd_output, write_config};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tfkd_runner::run_dir::{lock_path, LAST, SUMMARY};
+use tfkd_runner::{run_experiment, ExperimentConfig, RunError, RunOptions, Silent};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what} did not happen within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Two processes on one run directory: the second gets the lock error that
+/// names the first, whatever its config, with or without `--resume`; the
+/// first is not disturbed, and the directory ends consistent.
+#[test]
+fn a_second_process_on_a_run_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = config(tmp.path(), "method = \"lsr\"", 3);
+    let mut other = first.clone();
+    other.optim.lr = 0.02; // same name, another lr
+    let first_path = write_config(&tmp.path().join("a"), &first);
+    let other_path = write_config(&tmp.path().join("b"), &other);
+    let dir = first.run_dir();
+
+    let mut child = tfkd().args(["-q", "train", "-c"]).arg(&first_path).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for("the first run taking its lock", Duration::from_secs(120), || lock_path(&dir).is_file());
+    for (args, path) in [
+        (&["train"][..], &first_path),
+        (&["train"][..], &other_path),
+        (&["train", "--resume"][..], &first_path),
+        (&["train", "--resume"][..], &other_path),
+    ] {
+        let out = tfkd_output(args, path);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} was accepted while the run is being trained");
+        assert!(
+            err.contains(&format!("is being trained by pid {}", child.id())) && err.contains("on host"),
+            "{args:?}: {err}"
+        );
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the first run was disturbed");
+    assert!(!lock_path(&dir).exists(), "the lock is released at the end");
+
+    // The directory is the first config's: its config, three epochs, a summary.
+    let stored = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    let stored: ExperimentConfig = toml::from_str(&stored).unwrap();
+    assert_eq!(stored.identity(), first.identity());
+    let summary = tfkd_runner::run_dir::read_summary(&dir).unwrap().expect("finished");
+    assert_eq!(summary.epochs, 3);
+    assert_eq!(tfkd_runner::run_dir::read_metrics(&dir).unwrap().len(), 3);
+    // And a later start with the other config is told so, not given the first's result.
+    let out = tfkd_output(&["train"], &other_path);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("different config"), "{}", stderr(&out));
+}
+
+/// Divergence in epoch 1: the message says there is no checkpoint yet, and
+/// the corrected config then starts, moving the failed start aside.
+#[test]
+fn a_failed_start_does_not_block_the_corrected_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bad = config(tmp.path(), "method = \"baseline\"", 2);
+    bad.optim.lr = 1e30;
+    let err = run_experiment(&bad, &RunOptions::default(), &mut Silent).unwrap_err().to_string();
+    assert!(err.contains("diverged at epoch 1"), "{err}");
+    assert!(err.contains("no checkpoint"), "{err}");
+    assert!(!err.contains("last good checkpoint is kept"), "{err}");
+    let dir = bad.run_dir();
+    assert!(dir.join("config.toml").is_file() && !dir.join(LAST).exists());
+
+    // The corrected lr, with and without --resume: both start.
+    let good = config(tmp.path(), "method = \"baseline\"", 2);
+    let mut stages = Vec::new();
+    struct Stages<'a>(&'a mut Vec<String>);
+    impl tfkd_runner::Reporter for Stages<'_> {
+        fn stage(&mut self, m: &str) {
+            self.0.push(m.to_string());
+        }
+    }
+    let outcome = run_experiment(&good, &RunOptions::default(), &mut Stages(&mut stages)).unwrap();
+    assert!(outcome.summary.is_some());
+    assert!(stages.iter().any(|m| m.contains("moved it aside")), "{stages:?}");
+    let aside = tmp.path().join(format!("{}.failed-start", good.run_name()));
+    let kept: ExperimentConfig = toml::from_str(&std::fs::read_to_string(aside.join("config.toml")).unwrap()).unwrap();
+    assert_eq!(kept.optim.lr, 1e30, "the failed start is kept aside");
+
+    // A data error leaves only config.toml too; --resume with a fixed root starts.
+    let mut no_data = config(&tmp.path().join("other"), "method = \"lsr\"", 1);
+    let empty = tmp.path().join("empty-digits");
+    std::fs::create_dir_all(&empty).unwrap();
+    no_data.data.root = empty;
+    assert!(run_experiment(&no_data, &RunOptions::default(), &mut Silent).is_err());
+    let fixed = config(&tmp.path().join("other"), "method = \"lsr\"", 1);
+    let resumed = RunOptions { resume: true, ..Default::default() };
+    assert!(run_experiment(&fixed, &resumed, &mut Silent).unwrap().summary.is_some());
+}
+
+/// A training set of 1 mod batch size: a named error before training that
+/// says what to change, and `data.drop_last` trains it.
+#[test]
+fn a_last_batch_of_one_image_is_a_named_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path(), "method = \"baseline\"", 1);
+    c.data.train_subset = 65; // batches of 32, 32, 1
+    let err = run_experiment(&c, &RunOptions::default(), &mut Silent).unwrap_err();
+    assert!(matches!(err, RunError::SingleImageBatch { images: 65, batch_size: 32, .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("drop_last") && text.contains("optim.batch_size") && text.contains("65"), "{text}");
+    assert!(!c.run_dir().join("metrics.jsonl").exists() || common::metrics_without_timings(&c.run_dir().join("metrics.jsonl")).is_empty());
+
+    c.data.drop_last = true;
+    let summary = run_experiment(&c, &RunOptions::default(), &mut Silent).unwrap().summary.unwrap();
+    assert!(summary.last.test_top1.is_finite());
+    // drop_last changes the batches: it is part of the stored config.
+    let stored = std::fs::read_to_string(c.run_dir().join("config.toml")).unwrap();
+    assert!(stored.contains("drop_last = true"), "{stored}");
+}
+
+/// `--resume` that resumes nothing (here: `--set seed=1` renames the run)
+/// refuses and lists the runs that could be meant.
+#[test]
+fn resume_with_nothing_to_resume_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(tmp.path(), "method = \"baseline\"", 2);
+    let path = write_config(&tmp.path().join("cfg"), &c);
+    run_experiment(&c, &RunOptions { stop_after: Some(1), ..Default::default() }, &mut Silent).unwrap();
+    for set in ["seed=1", "strategy.method=\"lsr\""] {
+        let out = tfkd().args(["-q", "train", "--resume", "--set", set, "-c"]).arg(&path).output().unwrap();
+        let err = stderr(&out);
+        assert!(!out.status.success(), "--resume --set {set} started a new run");
+        assert!(err.contains("no checkpoint to resume") && err.contains(&c.run_name()), "{set}: {err}");
+        assert_eq!(err.matches("error:").count(), 1, "{err}");
+    }
+    let started: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let renamed = |n: &std::ffi::OsString| n.to_string_lossy().contains("-s1") || n.to_string_lossy().contains("-lsr-");
+    assert!(!started.iter().any(renamed), "nothing was started: {started:?}");
+    // The run itself resumes.
+    let out = tfkd_output(&["train", "--resume"], &path);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// An empty or damaged `summary.json` does not mark a run finished: the run
+/// counts as unfinished and resuming writes the summary again.
+#[test]
+fn a_damaged_summary_is_written_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(tmp.path(), "method = \"baseline\"", 1);
+    let first = run_experiment(&c, &RunOptions::default(), &mut Silent).unwrap().summary.unwrap();
+    let path = c.run_dir().join(SUMMARY);
+    for damaged in ["", "{\"run\": "] {
+        std::fs::write(&path, damaged).unwrap();
+        assert!(!tfkd_runner::run_dir::is_finished(&c.run_dir()));
+        let again = run_experiment(&c, &RunOptions { resume: true, ..Default::default() }, &mut Silent).unwrap();
+        assert_eq!(again.summary.as_ref(), Some(&first));
+        assert_eq!(tfkd_runner::run_dir::read_summary(&c.run_dir()).unwrap().as_ref(), Some(&first));
+    }
+}
+
+/// Messages that must name their file or folder, and say an OS error once.
+#[test]
+fn messages_name_what_they_are_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(tmp.path(), "method = \"baseline\"", 1);
+    let path = write_config(&tmp.path().join("cfg"), &c);
+
+    // --checkpoint <directory>
+    let out = tfkd().args(["-q", "eval", "--checkpoint"]).arg(tmp.path()).arg("-c").arg(&path).output().unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("is a directory"), "{err}");
+
+    // download --root <regular file>
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let out = tfkd().args(["-q", "download", "cifar10", "--root"]).arg(&file).output().unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains(&file.display().to_string()) && err.contains("not a directory"), "{err}");
+    // An unknown dataset lists the choices.
+    let out = tfkd().args(["-q", "download", "cifar1000"]).output().unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("cifar100") && err.contains("tiny-imagenet"), "{err}");
+
+    // An OS error appears once in the printed chain.
+    let unreadable = tmp.path().join("no-such-config.toml");
+    let out = tfkd_output(&["train"], &unreadable);
+    let err = stderr(&out);
+    assert!(err.contains("no-such-config.toml"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+/// A chaos run: killed with SIGKILL at seeded random points, resumed each
+/// time, it ends bit-identical to an uninterrupted run (tensors, metrics
+/// without timings). Kills land anywhere: before the first checkpoint,
+/// while one is written, between epochs; the dead process's lock is taken
+/// over each time.
+#[test]
+fn a_run_killed_at_random_points_ends_as_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let epochs = 6;
+    let straight = config(&tmp.path().join("straight"), "method = \"tf-kd-reg\"\nalpha = 0.1\ntemperature = 20.0\nmultiplier = 10.0", epochs);
+    let chaos = config(&tmp.path().join("chaos"), "method = \"tf-kd-reg\"\nalpha = 0.1\ntemperature = 20.0\nmultiplier = 10.0", epochs);
+    let straight_path = write_config(&tmp.path().join("straight"), &straight);
+    let chaos_path = write_config(&tmp.path().join("chaos"), &chaos);
+
+    let started = Instant::now();
+    let out = tfkd_output(&["train"], &straight_path);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_time = started.elapsed();
+
+    // xorshift64*, seeded: kill delays spread over one uninterrupted run.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let dir = chaos.run_dir();
+    let mut kills = 0;
+    for attempt in 0..40 {
+        let resume = dir.join(LAST).is_file();
+        let mut cmd = tfkd();
+        cmd.args(["-q", "train"]);
+        if resume {
+            cmd.arg("--resume");
+        }
+        let mut child = cmd.arg("-c").arg(&chaos_path).stderr(Stdio::piped()).spawn().unwrap();
+        // Five kills at most, each within the first 15 % of a run's time
+        // (the uninterrupted run shares the cores with other tests, so its
+        // time is an overestimate), then it runs to its end.
+        let delay = if kills < 5 { run_time.mul_f64((next() % 1000) as f64 / 1000.0 * 0.15) } else { Duration::MAX / 4 };
+        let start = Instant::now();
+        let mut ended = None;
+        while start.elapsed() < delay {
+            if let Some(status) = child.try_wait().unwrap() {
+                ended = Some(status);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match ended {
+            Some(status) => {
+                let mut err = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+                assert!(status.success(), "attempt {attempt}: {err}");
+                break;
+            }
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+        assert!(attempt < 39, "the chaos run never finished");
+    }
+    eprintln!("{kills} kills, uninterrupted run {run_time:?}");
+    assert!(kills >= 3, "only {kills} kills: the delays are too long to test anything");
+    assert!(dir.join(SUMMARY).is_file());
+    assert!(!lock_path(&dir).exists());
+    assert_same_run(&straight.run_dir(), &dir);
+}
+
+/// A config text that fails validation names a field; reading TOML never
+/// panics (a property test over random and truncated texts lives in
+/// `readers_fuzz.rs`).
+#[test]
+fn the_config_writes_back_to_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = config_text(tmp.path(), "method = \"kd\"\nalpha = 0.9\ntemperature = 4.0\nteacher = { model = \"cnn\" }", 2);
+    let c = ExperimentConfig::from_toml(&text).unwrap();
+    assert_eq!(ExperimentConfig::from_toml(&c.try_to_toml().unwrap()).unwrap(), c);
+}
