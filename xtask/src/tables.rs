@@ -4,22 +4,32 @@
 //! the project's own tables beyond the paper ([`EXTRA_TABLES`], e.g.
 //! `fixtures/tables/ablation.toml`), whose cells have no printed number.
 //!
-//! A cell may override fields of the run's strategy config that the cell
-//! schema has no field for (`strategy = { form = "paper_eq9", reduction =
-//! "batch_mean" }`); [`Cell::strategy_config`] applies them, and validation
-//! rejects a field the method does not have, naming the file and the field.
+//! A cell is typed by the types that run it: its `method` is
+//! `tfkd_distill::Method`, its `dataset` the runner's [`DatasetKind`], its
+//! networks names of the zoo's registry (`tfkd_zoo::entry`), its
+//! hyper-parameters typed fields, and its `strategy` overrides a
+//! [`StrategyOverrides`] whose fields have the runner's own types
+//! (`SmoothingForm`, `VirtualTeacherForm`, `KlReduction`).
+//! [`Cell::strategy_config`] builds the runner's [`StrategyConfig`] from them
+//! and applies the overrides field by field; validation rejects a field the
+//! method does not have, naming the file and the field.
 //!
 //! [`load`] parses and validates a file ([`TableId::all`] lists them); the
-//! tests below check them against the printed arithmetic, listing every known
-//! inconsistency of the paper (paper.md §1.6) exactly.
+//! tests of `tables/checks.rs` check the data against the printed arithmetic,
+//! listing every known inconsistency of the paper (paper.md §1.6) exactly.
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::Deserialize;
-use std::collections::HashSet;
+use serde::de::{IgnoredAny, IntoDeserializer};
+use serde::{Deserialize, Deserializer};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use tfkd_core::loss::{KlReduction, SmoothingForm};
-use tfkd_distill::{RegForm, StrategyConfig, TeacherSource, TeacherSpec};
+use tfkd_distill::{Method, StrategyConfig, TeacherSource, TeacherSpec, VirtualTeacherForm};
+use tfkd_runner::data::DatasetKind;
+
+#[cfg(test)]
+mod checks;
 
 /// Number of tables in the paper's main text.
 pub const TABLE_COUNT: u32 = 11;
@@ -106,58 +116,10 @@ impl fmt::Display for TableId {
     }
 }
 
-/// Model names of the tfkd-zoo registry (`crates/tfkd-zoo/src/registry.rs`,
-/// `MODELS`), copied here because xtask does not depend on the zoo.
-pub const MODEL_NAMES: &[&str] = &[
-    "cnn",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "mobilenet_v2",
-    "shufflenet_v2",
-    "densenet121",
-    "googlenet",
-    "resnext29",
-    "wrn_28_10",
-    "wrn_40_2",
-    "wrn_16_2",
-    "resnet18_imagenet",
-    "resnet50_imagenet",
-    "resnext101_32x8d_imagenet",
-    "densenet121_imagenet",
-];
-
-/// The dataset of a table (or of one cell of Table 4, which mixes two).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-pub enum Dataset {
-    /// CIFAR-10, 10 classes, 32×32.
-    #[serde(rename = "cifar10")]
-    Cifar10,
-    /// CIFAR-100, 100 classes, 32×32.
-    #[serde(rename = "cifar100")]
-    Cifar100,
-    /// Tiny-ImageNet, 200 classes, 64×64.
-    #[serde(rename = "tiny-imagenet")]
-    TinyImagenet,
-    /// ImageNet (ILSVRC-2012), 1000 classes, 224×224.
-    #[serde(rename = "imagenet")]
-    Imagenet,
-}
-
-impl Dataset {
-    /// The name as written in the TOML files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dataset::Cifar10 => "cifar10",
-            Dataset::Cifar100 => "cifar100",
-            Dataset::TinyImagenet => "tiny-imagenet",
-            Dataset::Imagenet => "imagenet",
-        }
-    }
-
-}
+/// The datasets of the paper's tables: what a table's (or a Table 4 cell's)
+/// `dataset` may name, spelled as the runner's [`DatasetKind`].
+pub const PAPER_DATASETS: [DatasetKind; 4] =
+    [DatasetKind::Cifar10, DatasetKind::Cifar100, DatasetKind::TinyImagenet, DatasetKind::Imagenet];
 
 /// Where paper.md found a number: the paper text and the repo's table image
 /// agreeing (`T+I`), or the converted text only (`T`).
@@ -179,71 +141,165 @@ pub enum Layout {
     Rows,
 }
 
-/// The training method of a cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// Plain cross-entropy training.
-    Baseline,
-    /// Label smoothing (the code's variant: 1−ε on the true class, ε/(K−1) elsewhere).
-    Lsr,
-    /// Normal KD: a stronger teacher teaches the student.
-    Kd,
-    /// Reversed KD: the small model (teacher) teaches the big one (student).
-    ReKd,
-    /// Defective KD: a poorly-trained teacher (an early epoch of its baseline run).
-    DeKd,
-    /// Teacher-free self-training: the teacher is the student's own trained baseline.
-    TfKdSelf,
-    /// Teacher-free regularization: a hand-made virtual teacher of correct probability a.
-    TfKdReg,
+/// Whether a cell of method `m` names a separate `teacher` network (KD,
+/// Re-KD, De-KD): a rule of the cell schema.
+pub fn names_teacher(m: Method) -> bool {
+    matches!(m, Method::Kd | Method::ReKd | Method::DeKd)
 }
 
-impl Method {
-    /// Every method, in schema order.
-    #[cfg(test)]
-    pub const ALL: [Method; 7] = [
-        Method::Baseline,
-        Method::Lsr,
-        Method::Kd,
-        Method::ReKd,
-        Method::DeKd,
-        Method::TfKdSelf,
-        Method::TfKdReg,
-    ];
+/// Whether a cell of method `m` has a KL term with `alpha`, `temperature`
+/// and `multiplier` (every method but baseline and lsr): a rule of the cell
+/// schema.
+pub fn has_kl_term(m: Method) -> bool {
+    !matches!(m, Method::Baseline | Method::Lsr)
+}
 
-    /// The name as written in the TOML files.
-    pub fn name(self) -> &'static str {
+/// The `form` a cell overrides: label smoothing's (lsr) or the virtual
+/// teacher's (tf-kd-reg), spelled as the runner's config spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormOverride {
+    /// `official` | `uniform`: the [`StrategyConfig::Lsr`] form.
+    Smoothing(SmoothingForm),
+    /// `as_coded` | `paper_eq9`: the [`StrategyConfig::TfKdReg`] form.
+    VirtualTeacher(VirtualTeacherForm),
+}
+
+/// Read by the two types' own serde names; a name of neither is an error
+/// quoting both types' expectations.
+impl<'de> Deserialize<'de> for FormOverride {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        type E = serde::de::value::Error;
+        let name = String::deserialize(d)?;
+        let smoothing = SmoothingForm::deserialize(IntoDeserializer::<E>::into_deserializer(name.as_str()));
+        let virtual_teacher = VirtualTeacherForm::deserialize(IntoDeserializer::<E>::into_deserializer(name.as_str()));
+        match (smoothing, virtual_teacher) {
+            (Ok(f), _) => Ok(FormOverride::Smoothing(f)),
+            (_, Ok(f)) => Ok(FormOverride::VirtualTeacher(f)),
+            (Err(lsr), Err(reg)) => Err(serde::de::Error::custom(format!(
+                "`form` = {name:?} is neither an lsr form ({lsr}) nor a tf-kd-reg form ({reg})"
+            ))),
+        }
+    }
+}
+
+/// The config spelling of a unit enum value (`paper_eq9`, `batch_mean`):
+/// its type's own serde name, so that no name is written twice.
+pub fn config_name<T: serde::Serialize + fmt::Debug>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => format!("{value:?}"),
+    }
+}
+
+impl fmt::Display for FormOverride {
+    /// The config spelling (`paper_eq9`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Method::Baseline => "baseline",
-            Method::Lsr => "lsr",
-            Method::Kd => "kd",
-            Method::ReKd => "re-kd",
-            Method::DeKd => "de-kd",
-            Method::TfKdSelf => "tf-kd-self",
-            Method::TfKdReg => "tf-kd-reg",
+            FormOverride::Smoothing(form) => f.write_str(&config_name(form)),
+            FormOverride::VirtualTeacher(form) => f.write_str(&config_name(form)),
+        }
+    }
+}
+
+/// The fields of a run's `[strategy]` that the cell schema has no field for,
+/// typed as the runner's [`StrategyConfig`] types them: a cell's `strategy =
+/// { form = "paper_eq9", temperature_squared = true, reduction = "batch_mean" }`.
+/// Any other key is kept by name, for validation to reject naming it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct StrategyOverrides {
+    /// lsr: [`SmoothingForm`]; tf-kd-reg: [`VirtualTeacherForm`].
+    pub form: Option<FormOverride>,
+    /// tf-kd-reg with `paper_eq9`: also scale the soft term by T².
+    pub temperature_squared: Option<bool>,
+    /// The KL methods (kd, re-kd, de-kd, tf-kd-self, tf-kd-reg).
+    pub reduction: Option<KlReduction>,
+    /// Keys that are none of the above (rejected by validation).
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, IgnoredAny>,
+}
+
+impl StrategyOverrides {
+    /// The override fields that `config`'s method has: those of its
+    /// [`StrategyConfig`] variant that no cell field carries.
+    pub fn fields_of(config: &StrategyConfig) -> &'static [&'static str] {
+        match config {
+            StrategyConfig::Baseline {} => &[],
+            StrategyConfig::Lsr { .. } => &["form"],
+            StrategyConfig::Kd { .. }
+            | StrategyConfig::ReKd { .. }
+            | StrategyConfig::DeKd { .. }
+            | StrategyConfig::TfKdSelf { .. } => &["reduction"],
+            StrategyConfig::TfKdReg { .. } => &["form", "temperature_squared", "reduction"],
         }
     }
 
-    /// Whether the cell names a separate `teacher` network (KD, Re-KD, De-KD).
-    pub fn has_teacher(self) -> bool {
-        matches!(self, Method::Kd | Method::ReKd | Method::DeKd)
+    /// The keys this override sets, known ones first.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        [
+            ("form", self.form.is_some()),
+            ("temperature_squared", self.temperature_squared.is_some()),
+            ("reduction", self.reduction.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .chain(self.unknown.keys().map(String::as_str))
     }
 
-    /// Whether the loss has a KL term with `alpha`, `temperature` and `multiplier`.
-    pub fn has_kl_term(self) -> bool {
-        !matches!(self, Method::Baseline | Method::Lsr)
-    }
-
-    /// The strategy fields a cell of this method may set under `strategy`:
-    /// those of the runner's `StrategyConfig` that no cell field carries.
-    pub fn override_fields(self) -> &'static [&'static str] {
-        match self {
-            Method::Baseline => &[],
-            Method::Lsr => &["form"],
-            Method::Kd | Method::ReKd | Method::DeKd | Method::TfKdSelf => &["reduction"],
-            Method::TfKdReg => &["form", "temperature_squared", "reduction"],
+    /// Sets the overridden fields of `config`; an error names a field that
+    /// its method lacks (or a form of another method).
+    pub fn apply(&self, config: &mut StrategyConfig) -> Result<()> {
+        let method = config.method();
+        let allowed = Self::fields_of(config);
+        for key in self.keys() {
+            ensure!(
+                allowed.contains(&key),
+                "`strategy.{key}` is not a field a {method} cell may override (allowed: {allowed:?}; \
+                 the hyper-parameters with a cell field are set there)"
+            );
         }
+        let wrong_form = |form: FormOverride| anyhow::anyhow!("`strategy.form` = {form} is not a form of {method}");
+        match config {
+            StrategyConfig::Baseline {} => {}
+            StrategyConfig::Lsr { form, .. } => {
+                if let Some(f) = self.form {
+                    let FormOverride::Smoothing(f) = f else { return Err(wrong_form(f)) };
+                    *form = f;
+                }
+            }
+            StrategyConfig::Kd { reduction, .. }
+            | StrategyConfig::ReKd { reduction, .. }
+            | StrategyConfig::DeKd { reduction, .. }
+            | StrategyConfig::TfKdSelf { reduction, .. } => {
+                *reduction = self.reduction.unwrap_or(*reduction);
+            }
+            StrategyConfig::TfKdReg { form, temperature_squared, reduction, .. } => {
+                if let Some(f) = self.form {
+                    let FormOverride::VirtualTeacher(f) = f else { return Err(wrong_form(f)) };
+                    *form = f;
+                }
+                *temperature_squared = self.temperature_squared.unwrap_or(*temperature_squared);
+                *reduction = self.reduction.unwrap_or(*reduction);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for StrategyOverrides {
+    /// As the TOML file spells it: `{ form = "paper_eq9", reduction = "batch_mean" }`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut fields = Vec::new();
+        if let Some(form) = self.form {
+            fields.push(format!("form = \"{form}\""));
+        }
+        if let Some(t2) = self.temperature_squared {
+            fields.push(format!("temperature_squared = {t2}"));
+        }
+        if let Some(r) = self.reduction {
+            fields.push(format!("reduction = \"{}\"", config_name(&r)));
+        }
+        fields.extend(self.unknown.keys().map(|k| format!("{k} = …")));
+        write!(f, "{{ {} }}", fields.join(", "))
     }
 }
 
@@ -274,7 +330,7 @@ pub struct Cell {
     pub row: String,
     /// Column label, one of the table's `columns`.
     pub column: String,
-    /// Training method.
+    /// Training method (`tfkd_distill::Method`, the runner's).
     pub method: Method,
     /// The network being trained (registry name); for Re-KD the big model.
     pub student: String,
@@ -285,7 +341,7 @@ pub struct Cell {
     /// Baseline only: the baseline evaluated after this many epochs (Table 4's Pt-Teacher).
     pub epochs_trained: Option<u32>,
     /// Overrides the table's dataset for this cell (Table 4's Tiny-ImageNet rows).
-    pub dataset: Option<Dataset>,
+    pub dataset: Option<DatasetKind>,
     /// Overrides the table's source for this cell.
     pub source: Option<Source>,
     /// The printed top-1 accuracy in %; absent for gain-only cells.
@@ -314,9 +370,9 @@ pub struct Cell {
     /// The official config directory (under the official repo) when one shipped.
     pub official_config: Option<String>,
     /// Fields of the run's `[strategy]` that the cell schema has no field for,
-    /// as the runner's config spells them (see [`Method::override_fields`]):
-    /// e.g. `{ form = "paper_eq9", temperature_squared = true, reduction = "batch_mean" }`.
-    pub strategy: Option<toml::Table>,
+    /// typed and spelled as the runner's config has them
+    /// ([`StrategyOverrides::fields_of`] lists which a method has).
+    pub strategy: Option<StrategyOverrides>,
     /// False only when our zoo lacks a model the cell needs (the note says which).
     #[serde(default = "default_runnable")]
     pub runnable: bool,
@@ -345,10 +401,11 @@ impl Cell {
     /// De-KD; Tf-KD_self takes its `source`; the other methods ignore it.
     pub fn strategy_config(&self, teacher: TeacherSpec) -> Result<StrategyConfig> {
         let f = |v: Option<f64>, what: &str| v.with_context(|| format!("field `{what}` is missing"));
-        let reduction = KlReduction::ElementwiseMean;
-        let base = match self.method {
+        // The runner's defaults are the official code's arithmetic.
+        let reduction = KlReduction::default();
+        let mut config = match self.method {
             Method::Baseline => StrategyConfig::Baseline {},
-            Method::Lsr => StrategyConfig::Lsr { epsilon: f(self.epsilon, "epsilon")?, form: SmoothingForm::Official },
+            Method::Lsr => StrategyConfig::Lsr { epsilon: f(self.epsilon, "epsilon")?, form: SmoothingForm::default() },
             Method::Kd | Method::ReKd | Method::DeKd => {
                 let (alpha, temperature) = (f(self.alpha, "alpha")?, f(self.temperature, "temperature")?);
                 match self.method {
@@ -369,37 +426,20 @@ impl Cell {
                 temperature: f(self.temperature, "temperature")?,
                 multiplier: f(self.multiplier, "multiplier")?,
                 correct_prob: f(self.correct_prob, "correct_prob")?,
-                form: RegForm::AsCoded,
+                form: VirtualTeacherForm::default(),
                 temperature_squared: false,
                 reduction,
             },
         };
-        let Some(overrides) = &self.strategy else {
-            base.build().with_context(|| format!("the {} hyper-parameters are invalid", self.method.name()))?;
-            return Ok(base);
-        };
-        let allowed = self.method.override_fields();
-        for key in overrides.keys() {
-            ensure!(
-                allowed.contains(&key.as_str()),
-                "`strategy.{key}` is not a field a {} cell may override (allowed: {allowed:?}; \
-                 the hyper-parameters with a cell field are set there)",
-                self.method.name()
-            );
+        let method = self.method.as_str();
+        if let Some(overrides) = &self.strategy {
+            overrides.apply(&mut config)?;
+            config
+                .build()
+                .with_context(|| format!("`strategy` = {overrides} gives an invalid {method} loss"))?;
+        } else {
+            config.build().with_context(|| format!("the {method} hyper-parameters are invalid"))?;
         }
-        let toml::Value::Table(mut merged) =
-            toml::Value::try_from(&base).context("the strategy config does not serialise")?
-        else {
-            bail!("the strategy config does not serialise to a table");
-        };
-        merged.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let shown = toml::Value::Table(overrides.clone());
-        let config: StrategyConfig = toml::Value::Table(merged)
-            .try_into()
-            .with_context(|| format!("`strategy` = {shown} does not fit method {}", self.method.name()))?;
-        config
-            .build()
-            .with_context(|| format!("`strategy` = {shown} gives an invalid {} loss", self.method.name()))?;
         Ok(config)
     }
 }
@@ -417,8 +457,8 @@ pub struct Table {
     /// Extra tables only: what each column is and why the question matters,
     /// printed at the head of the report.
     pub about: Option<String>,
-    /// Dataset of every cell without its own `dataset`.
-    pub dataset: Dataset,
+    /// Dataset of every cell without its own `dataset`: one of [`PAPER_DATASETS`].
+    pub dataset: DatasetKind,
     /// Source of every cell without its own `source` (the paper's tables only).
     pub source: Option<Source>,
     /// How to print it.
@@ -453,7 +493,7 @@ impl Table {
     }
 
     /// The dataset of a cell (its own, else the table's).
-    pub fn dataset_of(&self, cell: &Cell) -> Dataset {
+    pub fn dataset_of(&self, cell: &Cell) -> DatasetKind {
         cell.dataset.unwrap_or(self.dataset)
     }
 
@@ -490,6 +530,7 @@ impl Table {
                 );
             }
         }
+        check_dataset(self.dataset).with_context(|| format!("{file}: `dataset`"))?;
         ensure!(!self.columns.is_empty(), "{file}: `columns` is empty");
         let mut cols = HashSet::new();
         for c in &self.columns {
@@ -529,7 +570,7 @@ impl Table {
 
     fn validate_cell(&self, c: &Cell) -> Result<()> {
         let m = c.method;
-        let name = m.name();
+        let name = m.as_str();
         ensure!(
             self.columns.contains(&c.column),
             "`column` {:?} is not one of `columns` {:?}",
@@ -556,7 +597,7 @@ impl Table {
             "`paper_std` without `paper`"
         );
         ensure!(
-            m.has_teacher() == c.teacher.is_some(),
+            names_teacher(m) == c.teacher.is_some(),
             "`teacher` must be set exactly for kd, re-kd and de-kd (method {name})"
         );
         ensure!(
@@ -573,7 +614,7 @@ impl Table {
             ("multiplier", c.multiplier),
         ] {
             ensure!(
-                m.has_kl_term() == v.is_some(),
+                has_kl_term(m) == v.is_some(),
                 "`{field}` must be set exactly for the KL methods (method {name})"
             );
         }
@@ -592,18 +633,22 @@ impl Table {
             c.batch_size > 0 && c.lr > 0.0 && c.lr_reference_batch > 0,
             "`batch_size`, `lr` and `lr_reference_batch` must be positive"
         );
-        let imagenet = self.dataset_of(c) == Dataset::Imagenet;
+        if let Some(d) = c.dataset {
+            check_dataset(d).context("`dataset`")?;
+        }
+        // The networks: rows of the zoo's registry, of the dataset's kind.
+        let imagenet = self.dataset_of(c) == DatasetKind::Imagenet;
         for model in c.models() {
-            let known = MODEL_NAMES.contains(&model);
-            if c.runnable {
-                ensure!(known, "model {model:?} is not in the registry (set `runnable = false` and say why in `note`)");
-            }
-            if known {
-                ensure!(
-                    model.ends_with("_imagenet") == imagenet,
+            match tfkd_zoo::entry(model) {
+                Ok(network) => ensure!(
+                    network.is_imagenet() == imagenet,
                     "model {model:?} does not fit dataset {}",
-                    self.dataset_of(c).name()
-                );
+                    self.dataset_of(c)
+                ),
+                Err(e) => ensure!(
+                    !c.runnable,
+                    "{e} (set `runnable = false` and say why in `note`)"
+                ),
             }
         }
         // The overrides: known fields of this method with valid values.
@@ -618,7 +663,7 @@ impl Table {
         c.strategy_config(teacher)?;
         if !c.runnable {
             ensure!(
-                c.models().any(|m| !MODEL_NAMES.contains(&m)),
+                c.models().any(|m| tfkd_zoo::entry(m).is_err()),
                 "`runnable = false` but every model is in the registry"
             );
             ensure!(
@@ -628,6 +673,17 @@ impl Table {
         }
         Ok(())
     }
+}
+
+/// Rejects a dataset the paper's tables do not use (the runner's small
+/// shared sets stand in for them only through a profile).
+fn check_dataset(d: DatasetKind) -> Result<()> {
+    ensure!(
+        PAPER_DATASETS.contains(&d),
+        "{d} is not a dataset of the paper's tables ({})",
+        PAPER_DATASETS.map(DatasetKind::name).join(", ")
+    );
+    Ok(())
 }
 
 /// Path of `fixtures/tables/table-<n>.toml`.
@@ -678,366 +734,6 @@ pub fn load_all() -> Result<Vec<Table>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::{BTreeMap, BTreeSet};
-
-    /// Cells per table as printed: rows × value columns.
-    const CELL_COUNTS: [usize; 11] = [32, 16, 20, 36, 18, 12, 8, 3, 16, 16, 12];
-
-    /// The printed gains that differ from paper − baseline by more than 0.01
-    /// (paper.md §1.6): (table, row, column).
-    const KNOWN_GAIN_MISMATCHES: &[(u32, &str, &str)] = &[
-        (2, "MobileNetV2 / Plain CNN", "Re-KD (S→T)"),
-        (4, "CIFAR100, ResNet50 / MobileNetV2", "De-KD"),
-        (4, "CIFAR100, ResNet50 / ResNet18", "De-KD"),
-        (9, "GoogLeNet", "Normal KD [Teacher]"),
-        (10, "ShuffleNetV2", "+ LSR"),
-        (10, "DenseNet121", "Tf-KD_reg"),
-        (10, "DenseNet121", "Normal KD [Teacher]"),
-        (11, "ResNet50", "+ LSR"),
-    ];
-
-    /// Experiments printed in several tables with different numbers:
-    /// (dataset, method, student, teacher or "-").
-    const KNOWN_CROSS_TABLE_MISMATCHES: &[(&str, &str, &str, &str)] = &[
-        // 78.72 in Table 5 vs 78.15 in Table 9 (paper.md §1.6).
-        ("cifar100", "baseline", "googlenet", "-"),
-        // +1.19 in Table 5 vs 77.19 (+1.32) in Table 9 (paper.md §1.6).
-        ("cifar100", "kd", "resnet18", "resnet50"),
-        // +1.39 in Table 5 vs 78.84 (+0.99) in Table 9 (not listed in paper.md).
-        ("cifar100", "kd", "googlenet", "resnext29"),
-        // 56.70 (+1.64) in Tables 3 and 6 vs 56.53 (+1.47) in Table 10 (paper.md §1.6).
-        ("tiny-imagenet", "kd", "mobilenet_v2", "resnet18"),
-        // +0.16 in Table 6 vs 68.44 (+0.26) in Table 10 (not listed in paper.md).
-        ("tiny-imagenet", "kd", "densenet121", "resnext29"),
-    ];
-
-    fn all() -> Vec<Table> {
-        load_all().unwrap()
-    }
-
-    /// A paper table's number.
-    fn n(t: &Table) -> u32 {
-        t.table.number().expect("a paper table")
-    }
-
-    #[test]
-    fn all_tables_parse_and_validate() {
-        let tables = all();
-        assert_eq!(tables.len(), 11);
-        for (i, t) in tables.iter().enumerate() {
-            assert_eq!(n(t) as usize, i + 1);
-            assert!(!t.caption.is_empty() && !t.title.is_empty());
-        }
-    }
-
-    #[test]
-    fn cell_counts_match_the_printed_tables() {
-        for t in all() {
-            assert_eq!(
-                t.cells.len(),
-                CELL_COUNTS[n(&t) as usize - 1],
-                "table {}",
-                t.table
-            );
-            // Every printed table is a full grid: each row has every column.
-            assert_eq!(
-                t.cells.len(),
-                t.rows().len() * t.columns.len(),
-                "table {} is not a full grid",
-                t.table
-            );
-        }
-        assert_eq!(CELL_COUNTS.iter().sum::<usize>(), 189);
-    }
-
-    #[test]
-    fn cells_use_only_declared_columns() {
-        for t in all() {
-            for c in &t.cells {
-                assert!(
-                    t.columns.contains(&c.column),
-                    "table {}: {:?}",
-                    t.table,
-                    c.column
-                );
-            }
-            for col in &t.columns {
-                assert!(
-                    t.cells.iter().any(|c| &c.column == col),
-                    "table {}: empty column {col:?}",
-                    t.table
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn methods_and_model_names_are_valid() {
-        let names: BTreeSet<&str> = Method::ALL.iter().map(|m| m.name()).collect();
-        assert_eq!(
-            names,
-            BTreeSet::from([
-                "baseline",
-                "lsr",
-                "kd",
-                "re-kd",
-                "de-kd",
-                "tf-kd-self",
-                "tf-kd-reg"
-            ])
-        );
-        let mut not_runnable = Vec::new();
-        for t in all() {
-            for c in &t.cells {
-                assert!(names.contains(c.method.name()));
-                for m in c.models() {
-                    if c.runnable {
-                        assert!(
-                            MODEL_NAMES.contains(&m),
-                            "table {}: unknown model {m:?}",
-                            t.table
-                        );
-                    }
-                }
-                if !c.runnable {
-                    not_runnable.push((n(&t), c.row.clone(), c.column.clone()));
-                }
-            }
-        }
-        // Only Table 5's ResNeXt101 → ResNeXt29 (no CIFAR ResNeXt101 in the zoo).
-        assert_eq!(
-            not_runnable,
-            [(5, "ResNeXt29".to_string(), "Normal KD [T]".to_string())]
-        );
-    }
-
-    #[test]
-    fn methods_sit_in_their_columns() {
-        for t in all() {
-            for c in &t.cells {
-                let col = c.column.as_str();
-                let expected = if col.contains("baseline") || col == "Baseline" {
-                    Method::Baseline
-                } else if col.starts_with("Normal KD") {
-                    Method::Kd
-                } else if col.starts_with("Re-KD") {
-                    Method::ReKd
-                } else if col == "De-KD" {
-                    Method::DeKd
-                } else if col.contains("Tf-KD_self") {
-                    Method::TfKdSelf
-                } else if col.contains("Tf-KD_reg") {
-                    Method::TfKdReg
-                } else if col.contains("LSR") {
-                    Method::Lsr
-                } else {
-                    panic!("table {}: unexpected column {col:?}", t.table)
-                };
-                assert_eq!(
-                    c.method, expected,
-                    "table {}, {:?} × {col:?}",
-                    t.table, c.row
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn printed_gains_match_paper_minus_baseline_except_the_known_ones() {
-        let mut mismatches = BTreeSet::new();
-        let mut checked = 0;
-        for t in all() {
-            for c in &t.cells {
-                let (Some(gain), Some(paper)) = (c.paper_gain, c.paper) else {
-                    continue;
-                };
-                let base = t.baseline_of(c).unwrap_or_else(|| {
-                    panic!(
-                        "table {}: no baseline for {:?} × {:?}",
-                        t.table, c.row, c.column
-                    )
-                });
-                let computed = paper - base.paper.expect("baselines print a number");
-                checked += 1;
-                if (computed - gain).abs() > 0.01 + 1e-9 {
-                    mismatches.insert((n(&t), c.row.clone(), c.column.clone()));
-                }
-            }
-        }
-        let known: BTreeSet<_> = KNOWN_GAIN_MISMATCHES
-            .iter()
-            .map(|&(n, r, c)| (n, r.to_string(), c.to_string()))
-            .collect();
-        assert_eq!(mismatches, known);
-        // Every printed gain with a printed accuracy: 189 cells − 85 baselines − 10 gain-only.
-        assert_eq!(checked, 94);
-    }
-
-    #[test]
-    fn experiments_printed_twice_agree_except_the_known_ones() {
-        type Key = (String, String, String, String, Option<u32>, Option<u32>);
-        type Printed = Vec<(u32, Option<f64>, Option<f64>)>;
-        let mut groups: BTreeMap<Key, Printed> = BTreeMap::new();
-        for t in all() {
-            for c in &t.cells {
-                let key = (
-                    t.dataset_of(c).name().to_string(),
-                    c.method.name().to_string(),
-                    c.student.clone(),
-                    c.teacher.clone().unwrap_or_else(|| "-".into()),
-                    c.teacher_epoch,
-                    c.epochs_trained,
-                );
-                groups
-                    .entry(key)
-                    .or_default()
-                    .push((n(&t), c.paper, c.paper_gain));
-            }
-        }
-        let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) => (a - b).abs() < 1e-6,
-            _ => true,
-        };
-        let mut mismatches = BTreeSet::new();
-        for (key, printed) in &groups {
-            let tables: BTreeSet<u32> = printed.iter().map(|p| p.0).collect();
-            if tables.len() < 2 {
-                continue;
-            }
-            let agree = printed
-                .iter()
-                .all(|a| printed.iter().all(|b| close(a.1, b.1) && close(a.2, b.2)));
-            if !agree {
-                mismatches.insert((key.0.clone(), key.1.clone(), key.2.clone(), key.3.clone()));
-            }
-        }
-        let known: BTreeSet<_> = KNOWN_CROSS_TABLE_MISMATCHES
-            .iter()
-            .map(|&(d, m, s, t)| (d.to_string(), m.to_string(), s.to_string(), t.to_string()))
-            .collect();
-        assert_eq!(mismatches, known);
-    }
-
-    #[test]
-    fn recipes_follow_the_code_paths() {
-        for t in all() {
-            let r = &t.recipe;
-            assert_eq!(r.momentum, 0.9);
-            if t.dataset == Dataset::Imagenet {
-                assert_eq!(
-                    (
-                        r.epochs,
-                        r.warmup_epochs,
-                        r.milestones.as_slice(),
-                        r.gamma,
-                        r.weight_decay
-                    ),
-                    (90, 0, &[30, 60, 80][..], 0.1, 1e-4)
-                );
-                assert!(t
-                    .cells
-                    .iter()
-                    .all(|c| c.lr_reference_batch == 256 && c.lr == 0.1));
-            } else {
-                assert_eq!(
-                    (
-                        r.epochs,
-                        r.warmup_epochs,
-                        r.milestones.as_slice(),
-                        r.gamma,
-                        r.weight_decay
-                    ),
-                    (200, 1, &[60, 120, 160][..], 0.2, 5e-4)
-                );
-                assert!(t.cells.iter().all(|c| c.lr_reference_batch == 128));
-            }
-        }
-    }
-
-    #[test]
-    fn tiny_imagenet_batch_sizes_follow_the_paper() {
-        for t in all() {
-            for c in t
-                .cells
-                .iter()
-                .filter(|c| t.dataset_of(c) == Dataset::TinyImagenet)
-            {
-                let bs = match c.student.as_str() {
-                    "mobilenet_v2" | "shufflenet_v2" => 128,
-                    "resnet50" | "densenet121" => 64,
-                    _ => continue,
-                };
-                assert_eq!(
-                    c.batch_size, bs,
-                    "table {}, {:?} × {:?}",
-                    t.table, c.row, c.column
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn official_configs_only_for_cifar100() {
-        for t in all() {
-            for c in &t.cells {
-                if let Some(cfg) = &c.official_config {
-                    assert_eq!(
-                        t.dataset_of(c),
-                        Dataset::Cifar100,
-                        "table {}: {cfg}",
-                        t.table
-                    );
-                    assert!(cfg.starts_with("experiments/"), "{cfg}");
-                } else if c.runnable {
-                    // Cells without a shipped config must say where their recipe came from.
-                    assert!(
-                        c.note.is_some(),
-                        "table {}, {:?} × {:?} has neither config nor note",
-                        t.table,
-                        c.row,
-                        c.column
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn cifar100_cells_without_a_config_are_those_of_paper_md_3_4() {
-        let mut missing = BTreeSet::new();
-        for t in all() {
-            for c in &t.cells {
-                if t.dataset_of(c) == Dataset::Cifar100 && c.official_config.is_none() {
-                    missing.insert((n(&t), c.row.clone(), c.column.clone()));
-                }
-            }
-        }
-        let expected: BTreeSet<_> = [
-            (1, "ResNet50 / MobileNetV2", "Normal KD (T→S)"),
-            (4, "CIFAR100, ResNet50 / MobileNetV2", "De-KD"),
-            (5, "GoogLeNet", "Normal KD [T]"),
-            (5, "DenseNet121", "Normal KD [T]"),
-            (5, "ResNeXt29", "Normal KD [T]"),
-            (9, "GoogLeNet", "Normal KD [Teacher]"),
-        ]
-        .iter()
-        .map(|&(n, r, c)| (n, r.to_string(), c.to_string()))
-        .collect();
-        assert_eq!(missing, expected);
-    }
-
-    #[test]
-    fn de_kd_teachers_match_the_pt_teacher_cells() {
-        let t = load_table(4).unwrap();
-        for c in t.cells.iter().filter(|c| c.method == Method::DeKd) {
-            let pt = t.cell(&c.row, "Pt-Teacher: baseline").unwrap();
-            assert_eq!(Some(pt.student.as_str()), c.teacher.as_deref());
-            assert_eq!(pt.epochs_trained, c.teacher_epoch);
-            let expected = if pt.student == "resnet18" { 1 } else { 50 };
-            assert_eq!(c.teacher_epoch, Some(expected));
-        }
-    }
-
     #[test]
     fn errors_name_the_file_and_field() {
         let mut text = std::fs::read_to_string(table_path(1)).unwrap();
@@ -1056,54 +752,6 @@ mod tests {
     }
     fn ablation_text() -> String {
         std::fs::read_to_string(path_of(&TableId::Extra("ablation".into()))).unwrap()
-    }
-
-    #[test]
-    fn every_extra_table_loads_and_prints_no_paper_number() {
-        assert_eq!(TableId::all().len(), TABLE_COUNT as usize + EXTRA_TABLES.len());
-        for name in EXTRA_TABLES {
-            let id = TableId::parse(name).unwrap();
-            let t = load(&id).unwrap();
-            assert_eq!(t.table, id);
-            assert!(t.about.as_deref().is_some_and(|a| a.len() > 200), "{name}: `about` is the report's header");
-            assert!(t.source.is_none());
-            for c in &t.cells {
-                assert!(c.paper.is_none() && c.paper_std.is_none() && c.paper_gain.is_none());
-                // Every cell has a baseline to measure its gain against.
-                assert!(t.baseline_of(c).is_some(), "{name}: {:?} has no baseline", c.column);
-            }
-        }
-    }
-
-    #[test]
-    fn the_ablation_uses_table_9s_resnet18_recipe_and_separates_each_variant() {
-        let ab = load(&TableId::Extra("ablation".into())).unwrap();
-        let t9 = load_table(9).unwrap();
-        assert_eq!(ab.recipe, t9.recipe);
-        assert_eq!(ab.dataset, t9.dataset);
-        let reg9 = t9.cell("ResNet18", "Tf-KD_reg").unwrap();
-        let spec = TeacherSpec { model: None, source: TeacherSource::Baseline, width_divisor: None };
-        let mut strategies = Vec::new();
-        for c in &ab.cells {
-            assert_eq!((c.student.as_str(), c.batch_size, c.lr), ("resnet18", 128, 0.1));
-            if c.method == Method::TfKdReg {
-                // The official base_resnet18 values (paper.md §3.3); only the multiplier may be rescaled.
-                assert_eq!((c.alpha, c.temperature, c.correct_prob), (reg9.alpha, reg9.temperature, reg9.correct_prob));
-            }
-            let s = c.strategy_config(spec.clone()).unwrap();
-            assert!(!strategies.contains(&s), "{:?} repeats another column", c.column);
-            strategies.push(s);
-        }
-        let reg = |column: &str| ab.cell("ResNet18", column).unwrap().strategy_config(spec.clone()).unwrap();
-        assert_eq!(reg("Tf-KD_reg as coded (mean)"), reg9.strategy_config(spec.clone()).unwrap());
-        let StrategyConfig::TfKdReg { form, temperature_squared, reduction, multiplier, .. } = reg("Tf-KD_reg Eq. 9 + T²") else {
-            panic!("not tf-kd-reg")
-        };
-        assert_eq!((form, temperature_squared, reduction, multiplier), (RegForm::PaperEq9, true, KlReduction::BatchMean, 1.0));
-        let StrategyConfig::TfKdReg { form, reduction, multiplier, .. } = reg("Tf-KD_reg as coded, batchmean") else {
-            panic!("not tf-kd-reg")
-        };
-        assert_eq!((form, reduction, multiplier), (RegForm::AsCoded, KlReduction::BatchMean, 100.0));
     }
 
     #[test]
@@ -1143,6 +791,44 @@ mod tests {
     }
 
     #[test]
+    fn overrides_are_typed_by_the_method_they_apply_to() {
+        let text = ablation_text();
+        let spec = TeacherSpec { model: None, source: TeacherSource::Baseline, width_divisor: None };
+        // An lsr form applies to an lsr cell...
+        let good = text.replacen("epsilon = 0.1\n", "epsilon = 0.1\nstrategy = { form = \"uniform\" }\n", 1);
+        let t = parse_table(&good, "ablation.toml").unwrap();
+        let lsr = t.cell("ResNet18", "LSR").unwrap().strategy_config(spec.clone()).unwrap();
+        assert_eq!(lsr, StrategyConfig::Lsr { epsilon: 0.1, form: SmoothingForm::Uniform });
+        // ...a tf-kd-reg form does not.
+        let bad = text.replacen("epsilon = 0.1\n", "epsilon = 0.1\nstrategy = { form = \"paper_eq9\" }\n", 1);
+        let err = format!("{:#}", parse_table(&bad, "ablation.toml").unwrap_err());
+        assert!(
+            err.contains("ablation.toml") && err.contains("`strategy.form`") && err.contains("paper_eq9") && err.contains("lsr"),
+            "{err}"
+        );
+        // A bad value quotes what each method accepts.
+        let bad = text.replacen("form = \"paper_eq9\"", "form = \"eq9\"", 1);
+        let err = format!("{:#}", parse_table(&bad, "ablation.toml").unwrap_err());
+        assert!(err.contains("official") && err.contains("as_coded"), "{err}");
+        // The overrides show as the file spells them.
+        let eq9 = load(&TableId::Extra("ablation".into())).unwrap();
+        let shown = eq9.cell("ResNet18", "Tf-KD_reg Eq. 9 + T²").unwrap().strategy.as_ref().unwrap().to_string();
+        assert_eq!(shown, "{ form = \"paper_eq9\", temperature_squared = true, reduction = \"batch_mean\" }");
+    }
+
+    #[test]
+    fn a_table_names_a_dataset_of_the_paper() {
+        let text = ablation_text();
+        let bad = text.replacen("dataset = \"cifar100\"", "dataset = \"digits\"", 1);
+        assert_ne!(bad, text);
+        let err = format!("{:#}", parse_table(&bad, "ablation.toml").unwrap_err());
+        assert!(err.contains("ablation.toml") && err.contains("`dataset`") && err.contains("digits"), "{err}");
+        let bad = text.replacen("dataset = \"cifar100\"", "dataset = \"cifar1000\"", 1);
+        let err = format!("{:#}", parse_table(&bad, "ablation.toml").unwrap_err());
+        assert!(err.contains("ablation.toml") && err.contains("cifar1000"), "{err}");
+    }
+
+    #[test]
     fn printed_numbers_belong_to_the_papers_tables_only() {
         let text = ablation_text();
         let bad = text.replacen("epsilon = 0.1\n", "epsilon = 0.1\npaper = 77.26\n", 1);
@@ -1169,4 +855,5 @@ mod tests {
         assert!(TableId::parse("12").unwrap_err().to_string().contains("table 12"));
         assert!(TableId::parse("abl").unwrap_err().to_string().contains("abl"));
     }
+
 }

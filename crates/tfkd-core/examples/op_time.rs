@@ -19,6 +19,9 @@ use candle_core::{DType, Device, ModuleT, Result, Tensor, Var};
 use tfkd_core::conv::{conv2d, depthwise_conv2d};
 use tfkd_core::rng::SeededRng;
 
+/// A convolution to time: (name, n, c_in, c_out, side, k, stride, pad, groups).
+type ConvCase = (&'static str, usize, usize, usize, usize, usize, usize, usize, usize);
+
 /// Median milliseconds of `runs` calls of `f` (after one warm-up call).
 fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
@@ -52,7 +55,7 @@ fn main() -> anyhow::Result<()> {
     );
     // (name, n, c_in, c_out, side, k, stride, pad, groups)
     #[rustfmt::skip]
-    let convs: &[(&str, usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+    let convs: &[ConvCase] = &[
         ("depthwise 3x3 s1 64x384x16x16", 64, 384, 384, 16, 3, 1, 1, 384),
         ("depthwise 3x3 s1 32x192x16x16 (MobileNetV2)", 32, 192, 192, 16, 3, 1, 1, 192),
         ("depthwise 3x3 s2 32x144x32x32 (MobileNetV2)", 32, 144, 144, 32, 3, 2, 1, 144),
@@ -77,11 +80,12 @@ fn main() -> anyhow::Result<()> {
         let r = rng.uniform_tensor((n, c_out, out, out), -1.0, 1.0, DType::F32, &dev)?;
         let candle = |x: &Tensor, w: &Tensor| x.conv2d(w, p, s, 1, groups);
         let ours = |x: &Tensor, w: &Tensor| {
-            if groups == c_in && c_in == c_out {
+            let y = if groups == c_in && c_in == c_out {
                 depthwise_conv2d(x, w, p, s)
             } else {
                 conv2d(x, w, p, s, groups)
-            }
+            };
+            y.map_err(candle_core::Error::from)
         };
         let t_candle = if no_candle { f64::NAN } else { time(1, || fwd_bwd(&candle, &x, &w, &r))? };
         let t_ours = time(if no_candle { 20 } else { 5 }, || fwd_bwd(&ours, &x, &w, &r))?;

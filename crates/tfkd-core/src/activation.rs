@@ -24,7 +24,12 @@ const CHUNK: usize = 16 * 1024;
 /// On the CPU with f32/f64 input this is one custom op forward and one
 /// backward; elsewhere candle's `relu` (whose gradient also passes at
 /// exactly 0).
-pub fn relu(x: &Tensor) -> Result<Tensor> {
+pub fn relu(x: &Tensor) -> crate::Result<Tensor> {
+    Ok(relu_candle(x)?)
+}
+
+/// [`relu`] with candle's error, for use inside candle's traits.
+pub(crate) fn relu_candle(x: &Tensor) -> Result<Tensor> {
     if !matches!(x.device(), Device::Cpu) || !supported(x.dtype()) {
         return x.relu();
     }
@@ -34,11 +39,11 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 /// [`relu`] as a method, for chains such as `(out + shortcut)?.relu_op()`.
 pub trait ReluOp {
     /// [`relu`] of `self`.
-    fn relu_op(&self) -> Result<Tensor>;
+    fn relu_op(&self) -> crate::Result<Tensor>;
 }
 
 impl ReluOp for Tensor {
-    fn relu_op(&self) -> Result<Tensor> {
+    fn relu_op(&self) -> crate::Result<Tensor> {
         relu(self)
     }
 }
@@ -49,7 +54,12 @@ impl ReluOp for Tensor {
 /// On the CPU with f32/f64 input this is one custom op forward and one
 /// backward; elsewhere `x.relu()?.minimum(6.0)` (whose candle gradient
 /// differs only at exactly 0 and 6).
-pub fn relu6(x: &Tensor) -> Result<Tensor> {
+pub fn relu6(x: &Tensor) -> crate::Result<Tensor> {
+    Ok(relu6_candle(x)?)
+}
+
+/// [`relu6`] with candle's error, for use inside candle's traits.
+pub(crate) fn relu6_candle(x: &Tensor) -> Result<Tensor> {
     if !matches!(x.device(), Device::Cpu) || !supported(x.dtype()) {
         return x.relu()?.minimum(6f64);
     }

@@ -24,7 +24,7 @@ mod gemm_cpu;
 mod im2col;
 pub use bias::add_channel_bias;
 use im2col::im2col_rows;
-mod windows;
+pub(crate) mod windows;
 pub use depthwise::depthwise_conv2d;
 pub use windows::{depthwise_conv2d_taps, window_taps};
 
@@ -77,13 +77,12 @@ use candle_core::{
 /// `Tensor::conv2d`, and so does everything under `TFKD_CONV=candle`. Only the gradients of operands that track them
 /// are computed. Shape mismatches are reported as candle errors naming the
 /// dims.
-pub fn conv2d(
-    x: &Tensor,
-    w: &Tensor,
-    padding: usize,
-    stride: usize,
-    groups: usize,
-) -> Result<Tensor> {
+pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize, groups: usize) -> crate::Result<Tensor> {
+    Ok(conv2d_candle(x, w, padding, stride, groups)?)
+}
+
+/// [`conv2d`] with candle's error, for the op's own backward pass.
+pub(crate) fn conv2d_candle(x: &Tensor, w: &Tensor, padding: usize, stride: usize, groups: usize) -> Result<Tensor> {
     let (_, c_in, h, wd) = x.dims4()?;
     let (c_out, c_in_k, k_h, k_w) = w.dims4()?;
     if groups == 0 || c_in != c_in_k * groups || c_out % groups != 0 {
@@ -100,17 +99,17 @@ pub fn conv2d(
         return x.conv2d(w, padding, stride, 1, groups);
     }
     if groups > 1 && c_in_k == 1 {
-        return depthwise_conv2d(x, w, padding, stride);
+        return depthwise::depthwise_conv2d_candle(x, w, padding, stride);
     }
     conv2d_grouped(x, w, padding, stride, groups)
 }
 
-/// `TFKD_CONV=candle` in the environment makes [`conv2d`] call candle's own
+/// `TFKD_CONV=candle` in the environment ([`crate::env::CONV`]) makes [`conv2d`] call candle's own
 /// `Tensor::conv2d` (and its autograd) everywhere: the baseline of the
 /// benchmarks, and an escape hatch should the fast paths misbehave on a device.
 fn candle_only() -> bool {
     static CANDLE_ONLY: OnceLock<bool> = OnceLock::new();
-    *CANDLE_ONLY.get_or_init(|| std::env::var("TFKD_CONV").is_ok_and(|v| v == "candle"))
+    *CANDLE_ONLY.get_or_init(|| std::env::var(crate::env::CONV).is_ok_and(|v| v == crate::env::CONV_CANDLE))
 }
 
 /// The forward (computed outside the graph) wrapped in the op. All groups go

@@ -47,6 +47,17 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 }
 
+impl From<Error> for candle_core::Error {
+    /// Back into candle's error, for code inside candle's traits (`Module`,
+    /// custom ops): a wrapped candle error is unwrapped, anything else wrapped.
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Candle(e) => e,
+            other => candle_core::Error::wrap(other),
+        }
+    }
+}
+
 /// `Result` with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 

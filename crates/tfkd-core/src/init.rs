@@ -11,7 +11,7 @@
 
 use crate::rng::SeededRng;
 use candle_core::{DType, Device, Shape, Tensor, Var};
-use candle_nn::init::{FanInOut, NonLinearity, NormalOrUniform};
+use candle_nn::init::NormalOrUniform;
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
 use std::sync::{Arc, Mutex};
@@ -122,14 +122,66 @@ pub fn pytorch_default_uniform(fan_in: usize) -> Init {
 
 /// `kaiming_normal_(mode = "fan_out", nonlinearity = "relu")`: N(0, 2/fan_out),
 /// fan_out = out_channels × kernel area (torchvision ResNets, ResNeXt29 convs).
-pub fn kaiming_normal_fan_out() -> Init {
-    Init::Kaiming { dist: NormalOrUniform::Normal, fan: FanInOut::FanOut, non_linearity: NonLinearity::ReLU }
+pub fn kaiming_normal_fan_out(fan_out: usize) -> Init {
+    Init::Randn { mean: 0.0, stdev: (2.0 / fan_out.max(1) as f64).sqrt() }
 }
 
 /// `kaiming_normal_(mode = "fan_in", nonlinearity = "relu")`: N(0, 2/fan_in)
-/// (torch's `kaiming_normal_` default; ResNeXt29's classifier).
-pub fn kaiming_normal_fan_in() -> Init {
-    Init::Kaiming { dist: NormalOrUniform::Normal, fan: FanInOut::FanIn, non_linearity: NonLinearity::ReLU }
+/// (torch's `kaiming_normal_` default; ResNeXt29's classifier), fan_in =
+/// in_channels/groups × kernel area (or in_features).
+pub fn kaiming_normal_fan_in(fan_in: usize) -> Init {
+    Init::Randn { mean: 0.0, stdev: (2.0 / fan_in.max(1) as f64).sqrt() }
+}
+
+/// How a layer's weight is initialised when it is created (ignored when the
+/// weights are loaded): the one place the zoo's initialisation formulas live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightInit {
+    /// PyTorch's default: kaiming_uniform(a = √5), i.e. Uniform(±1/√fan_in)
+    /// ([`pytorch_default_uniform`]).
+    Torch,
+    /// kaiming_normal(mode = fan_out, relu): N(0, 2/fan_out)
+    /// ([`kaiming_normal_fan_out`]).
+    KaimingOut,
+    /// kaiming_normal(mode = fan_in, relu): N(0, 2/fan_in)
+    /// ([`kaiming_normal_fan_in`]).
+    KaimingIn,
+}
+
+impl WeightInit {
+    /// The `VarBuilder` hint for a weight with these fans (a conv's
+    /// `fan_in` = in_channels/groups × kernel area, `fan_out` = out_channels ×
+    /// kernel area; a linear layer's are its in and out features).
+    pub fn hint(self, fan_in: usize, fan_out: usize) -> Init {
+        match self {
+            WeightInit::Torch => pytorch_default_uniform(fan_in),
+            WeightInit::KaimingOut => kaiming_normal_fan_out(fan_out),
+            WeightInit::KaimingIn => kaiming_normal_fan_in(fan_in),
+        }
+    }
+}
+
+/// How a layer's bias is initialised when it is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BiasInit {
+    /// No bias.
+    None,
+    /// PyTorch's default: Uniform(±1/√fan_in) ([`pytorch_default_uniform`]).
+    Torch,
+    /// Zero.
+    Zero,
+}
+
+impl BiasInit {
+    /// The `VarBuilder` hint for the bias of a layer with `fan_in` inputs per
+    /// output, `None` for no bias.
+    pub fn hint(self, fan_in: usize) -> Option<Init> {
+        match self {
+            BiasInit::None => None,
+            BiasInit::Torch => Some(pytorch_default_uniform(fan_in)),
+            BiasInit::Zero => Some(Init::Const(0.0)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -164,10 +216,10 @@ mod tests {
         let bound = 1.0 / 576f64.sqrt();
         let (m, s) = stats(&u);
         assert!(m.abs() < 2e-3 && (s - bound / 3f64.sqrt()).abs() < 1e-3, "{m} {s}");
-        let n = vb.get_with_hints((128, 64, 3, 3), "b", kaiming_normal_fan_out())?;
+        let n = vb.get_with_hints((128, 64, 3, 3), "b", kaiming_normal_fan_out(1152))?;
         let (_, s) = stats(&n);
         assert!((s - (2.0 / 1152f64).sqrt()).abs() < 1e-3, "{s}");
-        let n = vb.get_with_hints((128, 64, 3, 3), "c", kaiming_normal_fan_in())?;
+        let n = vb.get_with_hints((128, 64, 3, 3), "c", kaiming_normal_fan_in(576))?;
         let (_, s) = stats(&n);
         assert!((s - (2.0 / 576f64).sqrt()).abs() < 1e-3, "{s}");
         let c = vb.get_with_hints(4, "d", Init::Const(1.0))?;

@@ -9,6 +9,8 @@
 //!   does, with the paper's written forms as named options;
 //! * [`optim`]: SGD with momentum, Nesterov and weight decay (PyTorch's rule);
 //! * [`schedule`]: the official warm-up + multi-step schedule, cosine;
+//! * [`recipe`]: the official recipe's numbers (batch, rate, momentum, weight
+//!   decay, warm-up, milestones), written once;
 //! * [`rng`] and [`init`]: seeded, serialisable randomness and PyTorch's
 //!   default initialisers (candle's CPU RNG cannot be seeded);
 //! * [`metrics`]: top-1 / top-5 accuracy;
@@ -17,7 +19,8 @@
 //!   passes (candle's composed versions dominate a CNN step on the CPU);
 //! * [`activation`]: ReLU6 as one op with PyTorch's gradient;
 //! * [`pool`]: max pooling with any kernel, stride and padding, with a
-//!   backward pass (candle has none for most of them).
+//!   backward pass (candle has none for most of them);
+//! * [`env`]: the environment variables the libraries read.
 //!
 //! ```
 //! use tfkd_core::candle_core::{Device, Tensor, Var};
@@ -45,6 +48,7 @@ pub struct ReadmeDoctests;
 pub mod activation;
 pub mod conv;
 mod cpu;
+pub mod env;
 pub mod error;
 pub mod init;
 pub mod loss;
@@ -52,6 +56,7 @@ pub mod metrics;
 pub mod norm;
 pub mod optim;
 pub mod pool;
+pub mod recipe;
 pub mod rng;
 pub mod schedule;
 

@@ -34,7 +34,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, ModuleT, Result, Shape, Storage, Tensor, Var};
 use candle_nn::{BatchNormConfig, VarBuilder};
 
-use crate::cpu::{avx2_dispatch, for_each_chunk, slice, supported, Float};
+use crate::cpu::{avx2_dispatch, for_each_chunk, ncs, slice, supported, Float};
 
 /// The result of a training-mode batch normalisation.
 #[derive(Debug, Clone)]
@@ -56,7 +56,12 @@ pub struct BatchNormOutput {
 /// On the CPU with f32/f64 operands this is one custom op with an analytic
 /// backward (module docs); elsewhere the same arithmetic as candle-nn's
 /// `BatchNorm::forward_train` (composed ops, candle's autograd).
-pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<BatchNormOutput> {
+pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> crate::Result<BatchNormOutput> {
+    Ok(batch_norm_train_candle(x, weight, bias, eps)?)
+}
+
+/// [`batch_norm_train`] with candle's error, for use inside candle's traits.
+pub(crate) fn batch_norm_train_candle(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<BatchNormOutput> {
     let dims = x.dims();
     if dims.len() < 2 {
         candle_core::bail!("batch_norm_train: the input must have at least two dims, got {:?}", x.shape())
@@ -70,7 +75,7 @@ pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) ->
             bias.shape()
         )
     }
-    if !(eps >= 0.0) {
+    if eps.is_nan() || eps < 0.0 {
         candle_core::bail!("batch_norm_train: eps {eps} must be non-negative")
     }
     let fast = matches!(x.device(), Device::Cpu)
@@ -139,15 +144,6 @@ struct Stats {
     var: Vec<f64>,
     /// `1/√(σ² + ε)`.
     inv_std: Vec<f64>,
-}
-
-/// `(N, C, S)`: samples, channels, values per (sample, channel).
-fn ncs(shape: &Shape) -> Result<(usize, usize, usize)> {
-    let dims = shape.dims();
-    if dims.len() < 2 {
-        candle_core::bail!("tfkd-batch-norm: the input must have at least two dims, got {shape:?}")
-    }
-    Ok((dims[0], dims[1], dims[2..].iter().product()))
 }
 
 /// Adds `(v − k)` and `(v − k)²` of every value of `xs` into eight f64 lanes.
@@ -312,7 +308,7 @@ impl CustomOp3 for FusedBatchNorm {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = ncs(xl.shape())?;
+        let dims = ncs(xl.shape(), "tfkd-batch-norm")?;
         fn run<E: Float>(
             op: &FusedBatchNorm,
             dims: (usize, usize, usize),
@@ -349,7 +345,7 @@ impl CustomOp3 for FusedBatchNorm {
             candle_core::bail!("tfkd-batch-norm: backward before forward")
         };
         let grad = grad.contiguous()?;
-        let dims = ncs(x.shape())?;
+        let dims = ncs(x.shape(), "tfkd-batch-norm")?;
         let want_dx = x.track_op();
         let (dx, dgamma, dbeta) = {
             let (xg, xl) = x.storage_and_layout();
@@ -415,7 +411,7 @@ pub struct BatchNorm {
 impl BatchNorm {
     /// A BatchNorm over `num_features` channels with PyTorch's semantics
     /// (affine, mean removed, running statistics updated with `momentum`).
-    pub fn new(num_features: usize, eps: f64, momentum: f64, vb: VarBuilder) -> Result<Self> {
+    pub fn new(num_features: usize, eps: f64, momentum: f64, vb: VarBuilder) -> crate::Result<Self> {
         let inner = candle_nn::batch_norm(
             num_features,
             BatchNormConfig {
@@ -427,7 +423,7 @@ impl BatchNorm {
             vb,
         )?;
         let Some((weight, bias)) = inner.weight_and_bias().map(|(w, b)| (w.clone(), b.clone())) else {
-            candle_core::bail!("BatchNorm: candle-nn built no affine parameters")
+            return Err(candle_core::Error::Msg("BatchNorm: candle-nn built no affine parameters".into()).into());
         };
         // The running statistics are `Var`s of `inner` (candle-nn makes them
         // so); these handles share their storage.

@@ -38,8 +38,9 @@ pub struct SgdConfig {
 }
 
 impl Default for SgdConfig {
+    /// The official recipe, [`crate::recipe::sgd`].
     fn default() -> Self {
-        Self { lr: 0.1, momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: false }
+        crate::recipe::sgd()
     }
 }
 

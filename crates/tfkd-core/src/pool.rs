@@ -41,7 +41,12 @@ use crate::cpu::{for_each_chunk, slice, supported, Float};
 /// # Errors
 /// A zero kernel or stride, padding above half the kernel (PyTorch's rule),
 /// or an input smaller than the kernel.
-pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> crate::Result<Tensor> {
+    Ok(max_pool2d_candle(x, kernel, stride, padding)?)
+}
+
+/// [`max_pool2d`] with candle's error, for use inside candle's traits.
+pub(crate) fn max_pool2d_candle(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     if kernel == 0 || stride == 0 {
         candle_core::bail!("max_pool2d kernel {kernel} and stride {stride} must be positive")
     }

@@ -35,9 +35,13 @@ pub struct RngState {
     pub word_pos_lo: u64,
 }
 
-/// SplitMix64: a bijective mixer, used to spread seeds and paths over the key.
+/// SplitMix64's increment γ (the golden ratio in 64-bit fixed point).
+const SPLITMIX_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64: a bijective mixer, used to spread seeds and paths over the key
+/// and, stepped by [`SPLITMIX_GAMMA`], as the [`MaskRng`] stream.
 fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = z.wrapping_add(SPLITMIX_GAMMA);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -150,9 +154,44 @@ impl SeededRng {
         let data: Vec<f64> = (0..shape.elem_count()).map(|_| self.normal(mean, std)).collect();
         host_tensor(data, shape, dtype, device)
     }
+}
 
-    /// An inverted-dropout mask: each element is `1/(1-p)` with probability
-    /// `1-p` and `0` otherwise, as `torch.nn.functional.dropout` scales it.
+/// The dropout-mask generator: a SplitMix64 stream (the sequence
+/// `splitmix64(seed + i·γ)`), cheap enough to draw one number per activation.
+///
+/// One generator is shared by all dropout layers of a model and consumed in
+/// forward order; [`MaskRng::new`] with the same seed replays the same masks.
+/// Its stream is fixed (the trained numbers of the zoo depend on it), so it
+/// is separate from [`SeededRng`]'s ChaCha8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskRng {
+    state: u64,
+}
+
+impl MaskRng {
+    /// A generator with the given seed.
+    pub fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let z = splitmix64(self.state);
+        self.state = self.state.wrapping_add(SPLITMIX_GAMMA);
+        z
+    }
+
+    /// A uniform sample in `[0, 1)` with 24 random bits.
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// An inverted-dropout mask, as `torch.nn.functional.dropout` scales it:
+    /// element i is kept (`1/(1−p)`) when the i-th draw `u ∈ [0, 1)` of
+    /// [`MaskRng::next_f32`] satisfies `u ≥ p` (p rounded to f32), else 0.
+    /// The scale is computed in f64 for an f64 mask and in f32 otherwise.
+    /// Drawn on the host (candle's CPU RNG cannot be seeded, candle#2651)
+    /// and copied to `device`.
     pub fn dropout_mask(
         &mut self,
         shape: impl Into<Shape>,
@@ -162,11 +201,16 @@ impl SeededRng {
     ) -> Result<Tensor> {
         crate::error::check_param("dropout probability", p, (0.0..1.0).contains(&p), "must be in [0, 1)")?;
         let shape = shape.into();
-        let keep = 1.0 / (1.0 - p);
-        let data: Vec<f64> = (0..shape.elem_count())
-            .map(|_| if self.inner.random::<f64>() < p { 0.0 } else { keep })
-            .collect();
-        host_tensor(data, shape, dtype, device)
+        let n = shape.elem_count();
+        let p32 = p as f32;
+        if dtype == DType::F64 {
+            let keep = 1.0 / (1.0 - p);
+            let data: Vec<f64> = (0..n).map(|_| if self.next_f32() >= p32 { keep } else { 0.0 }).collect();
+            return Ok(Tensor::from_vec(data, shape, device)?);
+        }
+        let keep = 1.0 / (1.0 - p32);
+        let data: Vec<f32> = (0..n).map(|_| if self.next_f32() >= p32 { keep } else { 0.0 }).collect();
+        Ok(Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?)
     }
 }
 
@@ -241,11 +285,25 @@ mod tests {
         let m = g.iter().sum::<f64>() / n as f64;
         let var = g.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n as f64;
         assert!((m - 1.0).abs() < 0.1 && (var.sqrt() - 3.0).abs() < 0.1, "normal {m} {var}");
+        let mut r = MaskRng::new(11);
         let d = r.dropout_mask(n, 0.25, DType::F64, &Device::Cpu)?.to_vec1::<f64>()?;
         let dropped = d.iter().filter(|&&x| x == 0.0).count() as f64 / n as f64;
         assert!((dropped - 0.25).abs() < 0.02, "dropout rate {dropped}");
         assert!(d.iter().all(|&x| x == 0.0 || (x - 4.0 / 3.0).abs() < 1e-12));
         assert!(r.dropout_mask(3, 1.0, DType::F32, &Device::Cpu).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn mask_rng_is_the_splitmix64_stream() {
+        // The reference SplitMix64 outputs for seed 0 (Vigna's splitmix64.c).
+        let mut r = MaskRng::new(0);
+        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+        let mut a = MaskRng::new(230);
+        let mut b = a.clone();
+        let m = a.dropout_mask((4, 5), 0.5, DType::F32, &Device::Cpu).unwrap().flatten_all().unwrap();
+        let expected: Vec<f32> = (0..20).map(|_| if b.next_f32() >= 0.5 { 2.0 } else { 0.0 }).collect();
+        assert_eq!(m.to_vec1::<f32>().unwrap(), expected);
     }
 }

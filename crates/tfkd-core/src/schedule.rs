@@ -55,12 +55,7 @@ impl LrSchedule {
     /// The official CIFAR/Tiny-ImageNet schedule for an already-scaled base
     /// rate: 1 warm-up epoch, then ×0.2 at epochs 60, 120 and 160.
     pub fn official(base_lr: f64, iters_per_epoch: usize) -> Self {
-        Self {
-            base_lr,
-            warmup_epochs: 1,
-            iters_per_epoch,
-            decay: Decay::MultiStep { milestones: vec![60, 120, 160], gamma: 0.2 },
-        }
+        Self { base_lr, warmup_epochs: crate::recipe::WARMUP_EPOCHS, iters_per_epoch, decay: crate::recipe::decay() }
     }
 
     /// Checks the rates, γ and the iteration count.

@@ -43,8 +43,8 @@ impl ImageDataset {
         shape: (usize, usize, usize),
         num_classes: usize,
     ) -> Result<Self> {
-        let per = shape.0 * shape.1 * shape.2;
-        if per == 0 || images.len() != per * labels.len() {
+        let per = shape.0.checked_mul(shape.1).and_then(|p| p.checked_mul(shape.2)).unwrap_or(0);
+        if per == 0 || Some(images.len()) != per.checked_mul(labels.len()) {
             return Err(DataError::InvalidConfig {
                 what: "dataset",
                 message: format!(
@@ -106,7 +106,8 @@ impl ImageDataset {
             });
         }
         let labels: Vec<u32> = raw.iter().map(|&l| l as u32).collect();
-        if bytes.len() != n * shape.0 * shape.1 * shape.2 {
+        let per = shape.0.checked_mul(shape.1).and_then(|p| p.checked_mul(shape.2));
+        if per.and_then(|p| p.checked_mul(n)) != Some(bytes.len()) {
             return Err(DataError::InvalidConfig {
                 what: "image tensor",
                 message: format!("{:?} does not hold {n} images of shape {shape:?}", images.dims()),
@@ -133,7 +134,8 @@ impl ImageDataset {
     /// The planar bytes of image `index`; `None` past the end.
     pub fn image_bytes(&self, index: usize) -> Option<&[u8]> {
         let per = self.shape.0 * self.shape.1 * self.shape.2;
-        self.images.get(index * per..(index + 1) * per)
+        let start = index.checked_mul(per)?;
+        self.images.get(start..start.checked_add(per)?)
     }
 
     /// All images, back to back.

@@ -149,7 +149,7 @@ pub fn ensure(remote: &Remote, root: &Path, reporter: &mut dyn Reporter) -> Resu
     if let Some(dir) = complete_folder(remote, root) {
         return Ok(dir);
     }
-    std::fs::create_dir_all(root).map_err(|e| DataError::io("creating", root, e))?;
+    create_root(root)?;
     let archive = root.join(&remote.file_name);
     if !archive.is_file() {
         fetch(&remote.url, &archive, reporter)?;
@@ -159,6 +159,23 @@ pub fn ensure(remote: &Remote, root: &Path, reporter: &mut dyn Reporter) -> Resu
         return Err(DataError::ChecksumMismatch { path: archive, expected: remote.md5.clone(), found });
     }
     extract_atomically(remote, &archive, root, reporter)
+}
+
+/// Creates the download root (and its parents). A root, or an ancestor of it, that exists but
+/// is not a folder is [`DataError::NotADirectory`] naming it, instead of the OS's bare
+/// "File exists" / "Not a directory".
+fn create_root(root: &Path) -> Result<()> {
+    if let Some(existing) = root.ancestors().find(|a| !a.as_os_str().is_empty() && a.exists()) {
+        if !existing.is_dir() {
+            let hint = if existing == root {
+                "; the download root must be a folder (it is created when missing)".to_string()
+            } else {
+                format!("; it is a parent of the download root {}", root.display())
+            };
+            return Err(DataError::NotADirectory { path: existing.into(), hint });
+        }
+    }
+    std::fs::create_dir_all(root).map_err(|e| DataError::io("creating", root, e))
 }
 
 /// Downloads `url` to `dest` through `dest.part` (renamed only once complete).

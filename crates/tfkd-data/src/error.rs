@@ -1,25 +1,39 @@
 //! The typed error of `tfkd-data`: every variant names the file (and record) it is about.
+//!
+//! Underlying errors (the OS error of [`DataError::Io`], candle's of [`DataError::Candle`])
+//! are part of the message and are *not* linked as [`std::error::Error::source`]: a chain
+//! printer (`anyhow`'s `{:#}`, which the `tfkd` binary uses) then prints their text once, and
+//! a plain `{}` still shows it. The wrapped error stays reachable through the variant's field.
 
 use std::path::PathBuf;
+
+use crate::records::Split;
 
 /// Everything that can go wrong while reading, augmenting, loading or downloading data.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// An I/O operation on a file or folder failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {error}")]
     Io {
         /// What was being done ("reading", "opening", "creating", ...).
         action: &'static str,
         /// The file or folder.
         path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error (in the message, not linked as `source()`: see the module doc).
+        error: std::io::Error,
     },
     /// A required file is missing.
     #[error("missing file {path}{hint}")]
     MissingFile {
         /// The file that should exist.
+        path: PathBuf,
+        /// Extra help (may be empty), starting with "; ".
+        hint: String,
+    },
+    /// A path that must be a folder (a dataset or download root) is something else.
+    #[error("{path} is not a directory{hint}")]
+    NotADirectory {
+        /// The path.
         path: PathBuf,
         /// Extra help (may be empty), starting with "; ".
         hint: String,
@@ -110,6 +124,15 @@ pub enum DataError {
         /// Height expected.
         expected_height: u32,
     },
+    /// A dataset file or folder that yields no sample (an empty record file, a class folder
+    /// tree without images, an empty annotation file).
+    #[error("{path}: no samples{}", in_split(split))]
+    NoSamples {
+        /// The file or folder read.
+        path: PathBuf,
+        /// The split being read, when the reader knows it.
+        split: Option<Split>,
+    },
     /// A dataset folder without any image.
     #[error("{path}: no images found")]
     Empty {
@@ -170,9 +193,10 @@ pub enum DataError {
         /// What is wrong.
         message: String,
     },
-    /// An error from candle while building a tensor.
+    /// An error from candle while building a tensor (in the message, not linked as
+    /// `source()`: see the module doc).
     #[error("building a tensor: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     /// A loader worker thread panicked.
     #[error("loader worker {0} panicked")]
     WorkerPanicked(usize),
@@ -181,9 +205,28 @@ pub enum DataError {
 /// Shorthand for `Result<T, DataError>`.
 pub type Result<T> = std::result::Result<T, DataError>;
 
+impl From<candle_core::Error> for DataError {
+    fn from(e: candle_core::Error) -> Self {
+        DataError::Candle(e)
+    }
+}
+
+fn in_split(split: &Option<Split>) -> String {
+    split.map(|s| format!(" in the {s} split")).unwrap_or_default()
+}
+
 impl DataError {
     /// An [`DataError::Io`] for `path`.
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { action, path: path.into(), source }
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        DataError::Io { action, path: path.into(), error }
+    }
+
+    /// Names `split` in a [`DataError::NoSamples`] that does not name one yet; other errors
+    /// pass through.
+    pub(crate) fn in_split(self, split: Split) -> Self {
+        match self {
+            DataError::NoSamples { path, split: None } => DataError::NoSamples { path, split: Some(split) },
+            e => e,
+        }
     }
 }

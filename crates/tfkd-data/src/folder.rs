@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use crate::dataset::{ImageDataset, Source};
 use crate::error::{DataError, Result};
 use crate::image::Image;
-use crate::records::{read_file, read_names, Split};
+use crate::records::{read_file, Split};
 
 /// The file extensions torchvision's `ImageFolder` accepts (case-insensitive).
 pub const IMAGE_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp"];
@@ -27,6 +27,13 @@ fn is_image(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// A single normal path component (no separator, `..`, root or drive), so that joining it to a
+/// folder stays inside that folder.
+fn is_plain_file_name(name: &str) -> bool {
+    let mut c = Path::new(name).components();
+    matches!((c.next(), c.next()), (Some(std::path::Component::Normal(_)), None))
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -60,7 +67,13 @@ fn walk_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// Decodes an image file to planar RGB (grey images are expanded, as PIL's `convert("RGB")`).
 pub fn decode_rgb(path: &Path) -> Result<Image<'static>> {
     let bytes = read_file(path)?;
-    let img = image::load_from_memory(&bytes)
+    decode_rgb_bytes(path, &bytes)
+}
+
+/// Decodes the content of an image file (`path` names it in errors) to planar RGB. The
+/// decoder's default limits apply (at most 512 MiB allocated), so a forged header is an error.
+pub fn decode_rgb_bytes(path: &Path, bytes: &[u8]) -> Result<Image<'static>> {
+    let img = image::load_from_memory(bytes)
         .map_err(|e| DataError::Decode { path: path.into(), message: e.to_string() })?;
     let rgb = img.to_rgb8();
     let (w, h) = rgb.dimensions();
@@ -107,7 +120,10 @@ impl ImageFolder {
                 hint: "; ImageNet needs train/<class>/ and val/<class>/ folders".into(),
             });
         }
-        Self::open(dir)
+        Self::open(dir).map_err(|e| match e {
+            DataError::Empty { path } => DataError::NoSamples { path, split: Some(split) },
+            e => e,
+        })
     }
 
     /// Tiny-ImageNet-200 as the official `tiny-imagenet-200.zip` extracts (`root` is
@@ -117,9 +133,40 @@ impl ImageFolder {
         let root = root.as_ref();
         let wnids_file = root.join("wnids.txt");
         let mut classes = if wnids_file.is_file() {
-            read_names(&wnids_file)?
+            let text = String::from_utf8(read_file(&wnids_file)?).map_err(|e| DataError::BadLine {
+                path: wnids_file.clone(),
+                line: 0,
+                message: format!("not utf-8: {e}"),
+            })?;
+            let mut names = Vec::new();
+            for (i, line) in text.lines().enumerate() {
+                let name = line.trim();
+                if name.is_empty() {
+                    continue;
+                }
+                if !is_plain_file_name(name) {
+                    return Err(DataError::BadLine {
+                        path: wnids_file.clone(),
+                        line: i + 1,
+                        message: format!("wnid {name:?} is not a folder name inside train/"),
+                    });
+                }
+                names.push(name.to_string());
+            }
+            names
         } else {
-            read_dir_sorted(&root.join("train"))?
+            let train = root.join("train");
+            read_dir_sorted(&train)
+                .map_err(|e| match e {
+                    DataError::MissingFolder { path, .. } => DataError::MissingFolder {
+                        path,
+                        hint: format!(
+                            "; the Tiny-ImageNet {split} split takes its classes from {} or from train/<wnid>/ folders",
+                            wnids_file.display()
+                        ),
+                    },
+                    e => e,
+                })?
                 .into_iter()
                 .filter(|p| p.is_dir())
                 .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -127,7 +174,8 @@ impl ImageFolder {
         };
         classes.sort();
         if classes.is_empty() {
-            return Err(DataError::Empty { path: root.join("train") });
+            let path = if wnids_file.is_file() { wnids_file } else { root.join("train") };
+            return Err(DataError::NoSamples { path, split: Some(split) });
         }
         let index: HashMap<&str, u32> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect();
         let mut samples = Vec::new();
@@ -172,6 +220,13 @@ impl ImageFolder {
                             })
                         }
                     };
+                    if !is_plain_file_name(file) {
+                        return Err(DataError::BadLine {
+                            path: ann.clone(),
+                            line: i + 1,
+                            message: format!("image name {file:?} is not a file name inside val/images/"),
+                        });
+                    }
                     let label = *index.get(wnid).ok_or_else(|| DataError::BadLine {
                         path: ann.clone(),
                         line: i + 1,
@@ -182,7 +237,11 @@ impl ImageFolder {
             }
         }
         if samples.is_empty() {
-            return Err(DataError::Empty { path: root.into() });
+            let path = match split {
+                Split::Train => root.join("train"),
+                Split::Test => root.join("val").join("val_annotations.txt"),
+            };
+            return Err(DataError::NoSamples { path, split: Some(split) });
         }
         Ok(ImageFolder { root: root.into(), classes, samples })
     }

@@ -15,6 +15,16 @@ pub enum Split {
     Test,
 }
 
+impl std::fmt::Display for Split {
+    /// `train` or `test` (the config and error spelling).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        })
+    }
+}
+
 /// The layout of one fixed-size record: label bytes then planar pixels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordFormat {
@@ -45,19 +55,50 @@ impl RecordFormat {
     pub fn digits() -> Self {
         RecordFormat { label_classes: vec![10], main_label: 0, shape: (1, 8, 8), pixel_max: 16 }
     }
-    /// Bytes per record.
+    /// Bytes per record (saturating at `usize::MAX` for an impossible shape, which
+    /// [`RecordFormat::validate`] refuses).
     pub fn record_size(&self) -> usize {
-        self.label_classes.len() + self.shape.0 * self.shape.1 * self.shape.2
+        self.pixels().and_then(|p| p.checked_add(self.label_classes.len())).unwrap_or(usize::MAX)
+    }
+
+    fn pixels(&self) -> Option<usize> {
+        self.shape.0.checked_mul(self.shape.1)?.checked_mul(self.shape.2)
+    }
+
+    /// Checks that records of this layout can be read (the fields are public, so a layout may
+    /// be built by hand): a main label among the label bytes, at least one class per label byte,
+    /// and a non-empty image whose size fits in memory. Returns the record size.
+    pub fn validate(&self) -> Result<usize> {
+        let bad = |message: String| DataError::InvalidConfig { what: "record format", message };
+        if self.main_label >= self.label_classes.len() {
+            return Err(bad(format!(
+                "main label byte {} of {} label bytes",
+                self.main_label,
+                self.label_classes.len()
+            )));
+        }
+        if let Some(b) = self.label_classes.iter().position(|&c| c == 0) {
+            return Err(bad(format!("label byte {b} has no class")));
+        }
+        match self.pixels() {
+            Some(p) if p > 0 && p <= isize::MAX as usize - self.label_classes.len() => Ok(p + self.label_classes.len()),
+            _ => Err(bad(format!("image shape {:?} holds no pixel or too many", self.shape))),
+        }
     }
 }
 
-/// Reads every record of `bytes` (the content of `path`, used in messages).
+/// Reads every record of `bytes` (the content of `path`, used in messages). No record at all
+/// is [`DataError::NoSamples`] (without a split: the callers that know it add it); a layout
+/// that [`RecordFormat::validate`] refuses is [`DataError::InvalidConfig`].
 pub fn parse_records(path: &Path, bytes: &[u8], format: &RecordFormat, expected: Option<usize>) -> Result<ImageDataset> {
-    let rs = format.record_size();
+    let rs = format.validate()?;
     if bytes.len() % rs != 0 {
         return Err(DataError::TruncatedFile { path: path.into(), size: bytes.len() as u64, record_size: rs });
     }
     let n = bytes.len() / rs;
+    if n == 0 {
+        return Err(DataError::NoSamples { path: path.into(), split: None });
+    }
     if let Some(e) = expected {
         if e != n {
             return Err(DataError::WrongRecordCount { path: path.into(), expected: e, found: n });
@@ -108,6 +149,11 @@ pub fn parse_records(path: &Path, bytes: &[u8], format: &RecordFormat, expected:
 pub fn read_records(path: &Path, format: &RecordFormat, expected: Option<usize>) -> Result<ImageDataset> {
     let bytes = read_file(path)?;
     parse_records(path, &bytes, format, expected)
+}
+
+/// [`read_records`] for one split of a dataset: an empty file names the split.
+fn read_split(path: &Path, format: &RecordFormat, expected: Option<usize>, split: Split) -> Result<ImageDataset> {
+    read_records(path, format, expected).map_err(|e| e.in_split(split))
 }
 
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
@@ -205,7 +251,7 @@ impl ImageDataset {
         };
         let parts = files
             .iter()
-            .map(|f| read_records(f, &RecordFormat::cifar10(), Some(10_000)))
+            .map(|f| read_split(f, &RecordFormat::cifar10(), Some(10_000), split))
             .collect::<Result<Vec<_>>>()?;
         let names = names_if_present(&dir.join("batches.meta.txt"), 10)?;
         Ok(concat(&dir, parts)?.with_class_names(names))
@@ -219,7 +265,7 @@ impl ImageDataset {
             Split::Train => 50_000,
             Split::Test => 10_000,
         };
-        let ds = read_records(&split_file(&dir, split), &RecordFormat::cifar100(), Some(expected))?;
+        let ds = read_split(&split_file(&dir, split), &RecordFormat::cifar100(), Some(expected), split)?;
         let names = names_if_present(&dir.join("fine_label_names.txt"), 100)?;
         Ok(ds.with_class_names(names))
     }
@@ -228,7 +274,7 @@ impl ImageDataset {
     /// names from `batches.meta.txt`).
     pub fn cifar10_mini(dir: impl AsRef<Path>, split: Split) -> Result<Self> {
         let dir = dir.as_ref();
-        let ds = read_records(&split_file(dir, split), &RecordFormat::cifar10(), None)?;
+        let ds = read_split(&split_file(dir, split), &RecordFormat::cifar10(), None, split)?;
         let names = names_if_present(&dir.join("batches.meta.txt"), 10)?;
         Ok(ds.with_class_names(names))
     }
@@ -241,7 +287,7 @@ impl ImageDataset {
             Split::Train => "train.bin",
             Split::Test => "val.bin",
         });
-        let ds = read_records(&file, &RecordFormat::tiny_imagenet_10(), None)?;
+        let ds = read_split(&file, &RecordFormat::tiny_imagenet_10(), None, split)?;
         let tsv = dir.join("classes.tsv");
         let mut names = Vec::new();
         if tsv.is_file() {
@@ -273,6 +319,6 @@ impl ImageDataset {
     pub fn digits(dir: impl AsRef<Path>, split: Split) -> Result<Self> {
         let dir = dir.as_ref();
         let names = (0..10).map(|d| d.to_string()).collect();
-        Ok(read_records(&split_file(dir, split), &RecordFormat::digits(), None)?.with_class_names(names))
+        Ok(read_split(&split_file(dir, split), &RecordFormat::digits(), None, split)?.with_class_names(names))
     }
 }

@@ -551,11 +551,24 @@ pub struct Pipeline {
 }
 
 /// Reusable per-thread buffers for [`Pipeline::apply_into`].
+///
+/// One scratch may serve several pipelines: the normalisation table it caches is keyed by the
+/// [`Normalization`] it was built from, and rebuilt when a pipeline with another one uses it.
 #[derive(Debug, Default)]
 pub struct Scratch {
     map: Vec<u32>,
     buf: Vec<u8>,
-    lut: Option<Vec<[f32; 256]>>,
+    lut: Option<(Normalization, Vec<[f32; 256]>)>,
+}
+
+/// The table of `norm` from `cache`, built on first use and whenever `norm` differs from the
+/// cached one (a NaN constant never compares equal, so such a table is rebuilt each time: still
+/// right).
+fn cached_lut<'a>(cache: &'a mut Option<(Normalization, Vec<[f32; 256]>)>, norm: &Normalization) -> &'a [[f32; 256]] {
+    if !matches!(cache, Some((cached, _)) if cached == norm) {
+        *cache = Some((norm.clone(), norm.lut()));
+    }
+    cache.as_ref().map(|(_, t)| t.as_slice()).unwrap_or_default()
 }
 
 impl Pipeline {
@@ -656,15 +669,13 @@ impl Pipeline {
         expected: (usize, usize, usize),
         index: usize,
     ) -> Result<()> {
-        if scratch.lut.is_none() {
-            scratch.lut = Some(self.norm.lut());
-        }
-        let lut = scratch.lut.as_deref().unwrap_or_default();
+        let Scratch { map, buf, lut } = scratch;
+        let lut = cached_lut(lut, &self.norm);
         if let Some((padding, p, degrees)) = self.cifar_fast(img) {
             let params = Self::draw_cifar_params(rng, padding, p, degrees);
-            scratch.buf.resize(img.data.len(), 0);
-            cifar_augment_into(&img.data, img.channels, img.height, padding, &params, &mut scratch.map, &mut scratch.buf);
-            let aug = Image::borrowed(img.channels, img.height, img.width, &scratch.buf);
+            buf.resize(img.data.len(), 0);
+            cifar_augment_into(&img.data, img.channels, img.height, padding, &params, map, buf);
+            let aug = Image::borrowed(img.channels, img.height, img.width, buf);
             check_shape(aug.shape(), expected, index)?;
             return normalize_with(lut, &aug, out);
         }

@@ -179,3 +179,26 @@ fn fused_cifar_path_equals_the_generic_op_chain_for_the_same_stream() {
     }
     assert!((3..=17).contains(&flips), "{flips} flips in 20");
 }
+
+#[test]
+fn one_scratch_reused_by_two_pipelines_applies_each_ones_normalisation() {
+    // Issue 15: the scratch cached the first pipeline's table and applied it to the second.
+    let ds = cifar_source("c10");
+    let img = Image::borrowed(3, 32, 32, ds.image_bytes(0).unwrap());
+    let cifar = tfkd_data::Pipeline::eval(Normalization::cifar100());
+    let scaled = tfkd_data::Pipeline::eval(Normalization::scale_only(255.0, 3));
+    let mut shared = Scratch::default();
+    for pipe in [&cifar, &scaled, &cifar] {
+        let mut reused = vec![0f32; 3072];
+        pipe.apply_into(&img, &mut tfkd_data::SeededRng::new(0), &mut shared, &mut reused, (3, 32, 32), 0).unwrap();
+        let mut fresh = vec![0f32; 3072];
+        pipe.norm.apply(&img, &mut fresh).unwrap();
+        assert_eq!(reused, fresh, "{:?}", pipe.norm);
+    }
+    // Channel-count changes through the same scratch, too (1-channel digits after RGB).
+    let grey = Image::borrowed(1, 32, 32, &ds.image_bytes(0).unwrap()[..1024]);
+    let digits = tfkd_data::Pipeline::eval(Normalization::scale_only(16.0, 1));
+    let mut out = vec![0f32; 1024];
+    digits.apply_into(&grey, &mut tfkd_data::SeededRng::new(0), &mut shared, &mut out, (1, 32, 32), 0).unwrap();
+    assert_eq!(out[0], grey.data[0] as f32 / 16.0);
+}

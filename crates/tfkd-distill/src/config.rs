@@ -1,7 +1,7 @@
 //! The serde form of the strategies, as written in an experiment config.
 
 use crate::strategies::{Baseline, Distillation, LabelSmoothingStrategy, VirtualTeacher};
-use crate::Strategy;
+use crate::{DistillError, Method, Result, Strategy};
 use std::path::PathBuf;
 use tfkd_core::loss::{KdLoss, KlReduction, LabelSmoothing, SmoothingForm, VirtualTeacherForm, VirtualTeacherLoss};
 
@@ -35,17 +35,6 @@ pub enum TeacherSource {
     /// A checkpoint file: `.safetensors`, `.pth` or `.pth.tar` (PyTorch
     /// state dicts load unchanged).
     Checkpoint(PathBuf),
-}
-
-/// The Tf-KD_reg formula: as the official code computes it, or as Eq. 9 reads.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RegForm {
-    /// `loss_kd_regularization`: student `log_softmax(z)`, no T².
-    #[default]
-    AsCoded,
-    /// Eq. 9: student `log_softmax(z/T)`.
-    PaperEq9,
 }
 
 fn default_epsilon() -> f64 {
@@ -142,7 +131,7 @@ pub enum StrategyConfig {
         /// `as_coded` (default: student at T = 1, no T²) or `paper_eq9`
         /// (student softened by T as Eq. 9 is written).
         #[serde(default)]
-        form: RegForm,
+        form: VirtualTeacherForm,
         /// With `paper_eq9`: also scale the soft term by T².
         #[serde(default)]
         temperature_squared: bool,
@@ -153,26 +142,27 @@ pub enum StrategyConfig {
 }
 
 impl StrategyConfig {
-    /// The method name (`baseline`, `lsr`, `kd`, `re-kd`, `de-kd`, `tf-kd-self`, `tf-kd-reg`).
-    pub fn method(&self) -> &'static str {
+    /// The method (the `method` key: `baseline`, `lsr`, `kd`, `re-kd`,
+    /// `de-kd`, `tf-kd-self`, `tf-kd-reg`).
+    pub fn method(&self) -> Method {
         match self {
-            Self::Baseline {} => "baseline",
-            Self::Lsr { .. } => "lsr",
-            Self::Kd { .. } => "kd",
-            Self::ReKd { .. } => "re-kd",
-            Self::DeKd { .. } => "de-kd",
-            Self::TfKdSelf { .. } => "tf-kd-self",
-            Self::TfKdReg { .. } => "tf-kd-reg",
+            Self::Baseline {} => Method::Baseline,
+            Self::Lsr { .. } => Method::Lsr,
+            Self::Kd { .. } => Method::Kd,
+            Self::ReKd { .. } => Method::ReKd,
+            Self::DeKd { .. } => Method::DeKd,
+            Self::TfKdSelf { .. } => Method::TfKdSelf,
+            Self::TfKdReg { .. } => Method::TfKdReg,
         }
     }
 
     /// Validates the hyper-parameters and builds the strategy.
-    pub fn build(&self) -> tfkd_core::Result<Box<dyn Strategy>> {
-        let name = self.method();
+    pub fn build(&self) -> Result<Box<dyn Strategy>> {
+        let method = self.method();
         let kd = |alpha: f64, temperature: f64, multiplier: f64, reduction: KdReduction, teacher: TeacherSpec| {
             let loss = KdLoss::self_training(alpha, temperature, multiplier).with_reduction(reduction);
             loss.validate()?;
-            Ok(Box::new(Distillation { name, loss, teacher }) as Box<dyn Strategy>)
+            Ok(Box::new(Distillation { method, loss, teacher }) as Box<dyn Strategy>)
         };
         match self.clone() {
             Self::Baseline {} => Ok(Box::new(Baseline)),
@@ -187,9 +177,10 @@ impl StrategyConfig {
             }
             Self::DeKd { alpha, temperature, teacher, reduction } => {
                 if matches!(teacher.source, TeacherSource::Baseline) {
-                    return Err(tfkd_core::Error::InvalidParameter {
-                        name: "teacher.source",
-                        value: f64::NAN,
+                    return Err(DistillError::InvalidField {
+                        method,
+                        field: "teacher.source",
+                        value: "\"baseline\"".into(),
                         expected: "de-kd needs a poorly-trained teacher: `baseline-epoch = E` or a checkpoint".into(),
                     });
                 }
@@ -199,18 +190,16 @@ impl StrategyConfig {
                 kd(alpha, temperature, multiplier, reduction, TeacherSpec { model: None, source, width_divisor: None })
             }
             Self::TfKdReg { alpha, temperature, multiplier, correct_prob, form, temperature_squared, reduction } => {
-                let form = match form {
-                    RegForm::AsCoded if temperature_squared => {
-                        return Err(tfkd_core::Error::InvalidParameter {
-                            name: "temperature_squared",
-                            value: 1.0,
-                            expected: "only applies to form = \"paper_eq9\"".into(),
-                        })
-                    }
-                    RegForm::AsCoded => VirtualTeacherForm::AsCoded,
-                    RegForm::PaperEq9 => VirtualTeacherForm::PaperEq9 { temperature_squared },
-                };
-                let loss = VirtualTeacherLoss { alpha, temperature, multiplier, correct_prob, reduction, form };
+                if form == VirtualTeacherForm::AsCoded && temperature_squared {
+                    return Err(DistillError::InvalidField {
+                        method,
+                        field: "temperature_squared",
+                        value: "true".into(),
+                        expected: "only applies to form = \"paper_eq9\"".into(),
+                    });
+                }
+                let loss =
+                    VirtualTeacherLoss { alpha, temperature, multiplier, correct_prob, reduction, form, temperature_squared };
                 // a ∈ (1/K, 1] is checked per batch, when K is known.
                 loss.validate(2)?;
                 Ok(Box::new(VirtualTeacher(loss)))
@@ -264,7 +253,7 @@ mod tests {
         for text in configs {
             let config: StrategyConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             let strategy = config.build().unwrap();
-            assert_eq!(strategy.name(), config.method());
+            assert_eq!(strategy.name(), config.method().as_str());
             methods.push(config.method());
             // Round trip through TOML keeps the value.
             let again: StrategyConfig = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
@@ -272,6 +261,7 @@ mod tests {
         }
         methods.dedup();
         assert_eq!(methods, ["baseline", "lsr", "kd", "re-kd", "de-kd", "tf-kd-self", "tf-kd-reg"]);
+        assert_eq!(methods, Method::ALL);
     }
 
     #[test]

@@ -43,17 +43,25 @@
 pub struct ReadmeDoctests;
 
 mod config;
+mod error;
+mod method;
 mod strategies;
 
-pub use config::{RegForm, StrategyConfig, TeacherSource, TeacherSpec};
+pub use config::{StrategyConfig, TeacherSource, TeacherSpec};
+pub use error::{DistillError, Result};
+pub use method::Method;
 pub use strategies::{Baseline, Distillation, LabelSmoothingStrategy, VirtualTeacher};
+/// The Tf-KD_reg formula of a `tf-kd-reg` strategy's `form` field (the core
+/// loss's own type).
+pub use tfkd_core::loss::VirtualTeacherForm;
 
 use candle_core::Tensor;
 use tfkd_core::loss::LossTerms;
 
 /// A training objective: what the runner minimises for one batch.
 pub trait Strategy: Send + Sync + std::fmt::Debug {
-    /// The method's name as written in configs and reports (e.g. `tf-kd-self`).
+    /// The method's name as written in configs and reports (e.g. `tf-kd-self`;
+    /// [`Method::as_str`] for the paper's methods).
     fn name(&self) -> &str;
 
     /// The teacher network this method distils from, if any. The runner

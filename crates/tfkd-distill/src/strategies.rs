@@ -1,6 +1,6 @@
 //! The strategy types behind [`StrategyConfig`](crate::StrategyConfig).
 
-use crate::{Strategy, TeacherSpec};
+use crate::{Method, Strategy, TeacherSpec};
 use candle_core::Tensor;
 use tfkd_core::loss::{cross_entropy, KdLoss, LabelSmoothing, LossTerms, VirtualTeacherLoss};
 use tfkd_core::{Error, Result};
@@ -11,7 +11,7 @@ pub struct Baseline;
 
 impl Strategy for Baseline {
     fn name(&self) -> &str {
-        "baseline"
+        Method::Baseline.as_str()
     }
     fn teacher(&self) -> Option<&TeacherSpec> {
         None
@@ -28,7 +28,7 @@ pub struct LabelSmoothingStrategy(pub LabelSmoothing);
 
 impl Strategy for LabelSmoothingStrategy {
     fn name(&self) -> &str {
-        "lsr"
+        Method::Lsr.as_str()
     }
     fn teacher(&self) -> Option<&TeacherSpec> {
         None
@@ -42,8 +42,8 @@ impl Strategy for LabelSmoothingStrategy {
 /// differ only in which network teaches.
 #[derive(Clone, Debug)]
 pub struct Distillation {
-    /// The method name (`kd`, `re-kd`, `de-kd` or `tf-kd-self`).
-    pub name: &'static str,
+    /// The method (`kd`, `re-kd`, `de-kd` or `tf-kd-self`).
+    pub method: Method,
     /// The loss (`loss_kd` is the multiplier-1 case of `loss_kd_self`).
     pub loss: KdLoss,
     /// The teacher.
@@ -52,7 +52,7 @@ pub struct Distillation {
 
 impl Strategy for Distillation {
     fn name(&self) -> &str {
-        self.name
+        self.method.as_str()
     }
     fn teacher(&self) -> Option<&TeacherSpec> {
         Some(&self.teacher)
@@ -60,7 +60,7 @@ impl Strategy for Distillation {
     fn loss(&self, student: &Tensor, teacher: Option<&Tensor>, labels: &Tensor) -> Result<LossTerms> {
         let teacher = teacher.ok_or_else(|| Error::Shape {
             what: "teacher logits",
-            detail: format!("{} needs the teacher's logits, none were given", self.name),
+            detail: format!("{} needs the teacher's logits, none were given", self.method),
         })?;
         self.loss.forward(student, teacher, labels)
     }
@@ -72,7 +72,7 @@ pub struct VirtualTeacher(pub VirtualTeacherLoss);
 
 impl Strategy for VirtualTeacher {
     fn name(&self) -> &str {
-        "tf-kd-reg"
+        Method::TfKdReg.as_str()
     }
     fn teacher(&self) -> Option<&TeacherSpec> {
         None

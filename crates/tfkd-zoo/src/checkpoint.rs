@@ -63,7 +63,7 @@ pub fn read_state_dict(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>
             .collect()
     } else if is_pytorch(&name) {
         let bytes = std::fs::read(path).map_err(|e| io(e.into()))?;
-        crate::pth::read_pth_bytes(&bytes).map_err(io)?
+        crate::pth::read_pth_bytes(&bytes).map_err(|e| io(e.into()))?
     } else {
         return Err(ZooError::UnsupportedFormat {
             path: path.to_path_buf(),

@@ -23,6 +23,19 @@ pub enum ZooError {
     /// An error raised by candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// An error raised by a `tfkd-core` op (convolution, BatchNorm, pooling,
+    /// activation, dropout masks).
+    #[error(transparent)]
+    Core(#[from] tfkd_core::Error),
+    /// Bytes that are not a readable PyTorch `torch.save` file (truncated,
+    /// corrupted, or a layout the reader does not support): the error of
+    /// [`crate::pth::read_pth_bytes`]. Reading a file, [`crate::read_state_dict`]
+    /// reports it as [`ZooError::Io`] naming the path.
+    #[error("not a readable PyTorch checkpoint: {reason}")]
+    InvalidPth {
+        /// What is wrong, naming the record, byte offset or tensor.
+        reason: String,
+    },
     /// The registry has no model of that name.
     #[error("unknown model `{name}` (known models: {known})")]
     UnknownModel {
@@ -80,6 +93,19 @@ pub enum ZooError {
         /// Tensors present in both with different shapes.
         mis_shaped: Vec<MisShaped>,
     },
+}
+
+impl From<ZooError> for candle_core::Error {
+    /// Back into candle's error, for code inside candle's traits
+    /// (`ModuleT::forward_t`): a wrapped candle error is unwrapped, a
+    /// `tfkd-core` error converted as it converts, anything else wrapped.
+    fn from(e: ZooError) -> Self {
+        match e {
+            ZooError::Candle(e) => e,
+            ZooError::Core(e) => e.into(),
+            other => candle_core::Error::wrap(other),
+        }
+    }
 }
 
 fn describe_mismatch(

@@ -8,63 +8,19 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+use tfkd_core::activation::ReluOp;
 
 /// `nn.BatchNorm2d` with the fused CPU training pass of `tfkd_core::norm`.
 pub(crate) use tfkd_core::norm::BatchNorm;
 
-/// How a weight tensor is initialised when it is created (ignored when loaded).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WInit {
-    /// PyTorch's default: kaiming_uniform(a = √5), i.e. Uniform(±1/√fan_in).
-    Torch,
-    /// kaiming_normal(mode = fan_out, relu): N(0, 2/fan_out).
-    KaimingOut,
-    /// kaiming_normal(mode = fan_in, relu): N(0, 2/fan_in).
-    KaimingIn,
-}
+/// The initialisation hints (formulas in `tfkd_core::init`).
+pub(crate) use tfkd_core::init::{BiasInit, WeightInit};
 
-/// How a bias is initialised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BInit {
-    /// No bias.
-    None,
-    /// PyTorch's default: Uniform(±1/√fan_in).
-    Torch,
-    /// Zero.
-    Zero,
-}
-
-fn weight_hint(init: WInit, fan_in: usize, fan_out: usize) -> Init {
-    match init {
-        WInit::Torch => {
-            let b = 1.0 / (fan_in as f64).sqrt();
-            Init::Uniform { lo: -b, up: b }
-        }
-        WInit::KaimingOut => Init::Randn {
-            mean: 0.0,
-            stdev: (2.0 / fan_out as f64).sqrt(),
-        },
-        WInit::KaimingIn => Init::Randn {
-            mean: 0.0,
-            stdev: (2.0 / fan_in as f64).sqrt(),
-        },
-    }
-}
-
-fn bias(vb: &VarBuilder, n: usize, init: BInit, fan_in: usize) -> Result<Option<Tensor>> {
-    match init {
-        BInit::None => Ok(None),
-        BInit::Torch => {
-            let b = 1.0 / (fan_in as f64).sqrt();
-            Ok(Some(vb.get_with_hints(
-                n,
-                "bias",
-                Init::Uniform { lo: -b, up: b },
-            )?))
-        }
-        BInit::Zero => Ok(Some(vb.get_with_hints(n, "bias", Init::Const(0.0))?)),
-    }
+fn bias(vb: &VarBuilder, n: usize, init: BiasInit, fan_in: usize) -> Result<Option<Tensor>> {
+    init.hint(fan_in)
+        .map(|hint| vb.get_with_hints(n, "bias", hint))
+        .transpose()
 }
 
 /// Geometry of a 2-D convolution.
@@ -98,7 +54,7 @@ impl ConvSpec {
 }
 
 /// `nn.Conv2d`: parameters `weight` `[cout, cin/groups, k, k]` and optional `bias` `[cout]`.
-pub(crate) fn conv2d(vb: VarBuilder, s: ConvSpec, w: WInit, b: BInit) -> Result<Conv2d> {
+pub(crate) fn conv2d(vb: VarBuilder, s: ConvSpec, w: WeightInit, b: BiasInit) -> Result<Conv2d> {
     if s.groups == 0 || s.cin % s.groups != 0 || s.cout % s.groups != 0 {
         candle_core::bail!(
             "conv {}: channels {} -> {} not divisible by {} groups",
@@ -113,7 +69,7 @@ pub(crate) fn conv2d(vb: VarBuilder, s: ConvSpec, w: WInit, b: BInit) -> Result<
     let weight = vb.get_with_hints(
         (s.cout, s.cin / s.groups, s.k, s.k),
         "weight",
-        weight_hint(w, fan_in, fan_out),
+        w.hint(fan_in, fan_out),
     )?;
     let bias = bias(&vb, s.cout, b, fan_in)?;
     Ok(Conv2d {
@@ -142,7 +98,7 @@ impl Module for Conv2d {
         let y = tfkd_core::conv::conv2d(xs, &self.weight, self.padding, self.stride, self.groups)?;
         match &self.bias {
             None => Ok(y),
-            Some(b) => tfkd_core::conv::add_channel_bias(&y, b),
+            Some(b) => Ok(tfkd_core::conv::add_channel_bias(&y, b)?),
         }
     }
 }
@@ -152,10 +108,10 @@ pub(crate) fn linear(
     vb: VarBuilder,
     cin: usize,
     cout: usize,
-    w: WInit,
-    b: BInit,
+    w: WeightInit,
+    b: BiasInit,
 ) -> Result<Linear> {
-    let weight = vb.get_with_hints((cout, cin), "weight", weight_hint(w, cin, cout))?;
+    let weight = vb.get_with_hints((cout, cin), "weight", w.hint(cin, cout))?;
     let bias = bias(&vb, cout, b, cin)?;
     Ok(Linear::new(weight, bias))
 }
@@ -166,7 +122,7 @@ pub(crate) fn linear(
 /// it is one fused op with an analytic backward (`tfkd_core::norm`), and
 /// evaluation is candle-nn's `BatchNorm`.
 pub(crate) fn bn(vb: VarBuilder, c: usize, eps: f64) -> Result<BatchNorm> {
-    BatchNorm::new(c, eps, 0.1, vb)
+    Ok(BatchNorm::new(c, eps, 0.1, vb)?)
 }
 
 /// `nn.BatchNorm2d(c)` with PyTorch's default eps 1e-5.
@@ -179,37 +135,85 @@ pub(crate) fn conv_bn(conv: &Conv2d, bn: &BatchNorm, xs: &Tensor, train: bool) -
     bn.forward_t(&conv.forward(xs)?, train)
 }
 
-/// A small, seedable generator (SplitMix64) for dropout masks.
-///
-/// candle's CPU random generator cannot be seeded (candle#2651), so masks are
-/// drawn here on the host and copied to the model's device.
-#[derive(Debug, Clone)]
-pub struct MaskRng {
-    state: u64,
+/// A post-activation residual block (He et al., CVPR 2016): conv → BN → ReLU
+/// for every conv but the last, conv → BN for the last, plus the shortcut
+/// (identity, or conv → BN), then ReLU. The one block forward of the CIFAR
+/// ResNets (`resnet.rs`), torchvision's ResNets (`tv_resnet.rs`) and the
+/// CIFAR ResNeXt (`resnext.rs`).
+#[derive(Debug)]
+pub(crate) struct ResidualBlock {
+    /// The main path's (conv, BN) pairs, in order.
+    pub convs: Vec<(Conv2d, BatchNorm)>,
+    /// The projection shortcut; `None` is the identity.
+    pub shortcut: Option<(Conv2d, BatchNorm)>,
 }
 
-impl MaskRng {
-    /// A generator with the given seed.
-    pub fn new(seed: u64) -> Self {
-        Self { state: seed }
+impl ResidualBlock {
+    /// The convs of `specs` as `conv1`/`bn1`, `conv2`/`bn2`, … under `vb`,
+    /// then, when the block's stride (the largest of `specs`) or channel
+    /// count changes, the projection conv1×1 + BN as `{shortcut}.0` /
+    /// `{shortcut}.1` (created in that order). Convs have no bias and are
+    /// initialised by `init`.
+    pub fn numbered(vb: VarBuilder, specs: &[ConvSpec], init: WeightInit, shortcut: &str) -> Result<Self> {
+        let (Some(first), Some(last)) = (specs.first(), specs.last()) else {
+            candle_core::bail!("residual block {} without convolutions", vb.prefix())
+        };
+        let (cin, cout) = (first.cin, last.cout);
+        let stride = specs.iter().map(|s| s.stride).max().unwrap_or(1);
+        let mut convs = Vec::with_capacity(specs.len());
+        for (i, s) in specs.iter().enumerate() {
+            convs.push((
+                conv2d(vb.pp(format!("conv{}", i + 1)), *s, init, BiasInit::None)?,
+                bn2d(vb.pp(format!("bn{}", i + 1)), s.cout)?,
+            ));
+        }
+        let shortcut = if stride != 1 || cin != cout {
+            let vb = vb.pp(shortcut);
+            Some((
+                conv2d(vb.pp(0), ConvSpec::new(cin, cout, 1, stride, 0), init, BiasInit::None)?,
+                bn2d(vb.pp(1), cout)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self { convs, shortcut })
     }
 
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A uniform sample in `[0, 1)` with 24 random bits.
-    pub fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    /// The block's output: `relu(main(xs) + shortcut(xs))`.
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let mut out = xs.clone();
+        let last = self.convs.len().saturating_sub(1);
+        for (i, (conv, bn)) in self.convs.iter().enumerate() {
+            out = conv_bn(conv, bn, &out, train)?;
+            if i != last {
+                out = out.relu_op()?;
+            }
+        }
+        let short = match &self.shortcut {
+            Some((conv, bn)) => conv_bn(conv, bn, xs, train)?,
+            None => xs.clone(),
+        };
+        Ok((out + short)?.relu_op()?)
     }
 }
+
+/// The dropout-mask generator (one implementation, in `tfkd_core::rng`).
+pub use tfkd_core::rng::MaskRng;
 
 /// A dropout mask source shared by all dropout layers of one model.
 pub type SharedMaskRng = Arc<Mutex<MaskRng>>;
+
+/// A new shared mask source seeded with `seed`.
+pub(crate) fn shared_mask_rng(seed: u64) -> SharedMaskRng {
+    Arc::new(Mutex::new(MaskRng::new(seed)))
+}
+
+/// Restarts a shared mask source at `seed`: the following masks are those
+/// of a source just created with `seed`. (A poisoned lock is recovered: the
+/// state is overwritten anyway.)
+pub(crate) fn reseed_mask_rng(rng: &SharedMaskRng, seed: u64) {
+    *rng.lock().unwrap_or_else(|e| e.into_inner()) = MaskRng::new(seed);
+}
 
 /// Inverted dropout (`F.dropout` / `nn.Dropout2d` on `[N, C, 1, 1]` maps) with a
 /// seeded host-side mask. Identity in eval mode or when `p == 0`.
@@ -232,6 +236,11 @@ impl Dropout {
     pub fn p(&self) -> f32 {
         self.p
     }
+
+    /// Restarts the mask source at `seed` (for every dropout layer sharing it).
+    pub fn reseed(&self, seed: u64) {
+        reseed_mask_rng(&self.rng, seed)
+    }
 }
 
 impl ModuleT for Dropout {
@@ -239,17 +248,12 @@ impl ModuleT for Dropout {
         if !train || self.p == 0.0 {
             return Ok(xs.clone());
         }
-        let n = xs.elem_count();
-        let scale = 1.0 / (1.0 - self.p);
-        let mask: Vec<f32> = {
-            let mut rng = self.rng.lock().map_err(|_| {
-                candle_core::Error::Msg("dropout mask generator lock poisoned".into())
-            })?;
-            (0..n)
-                .map(|_| if rng.next_f32() >= self.p { scale } else { 0.0 })
-                .collect()
-        };
-        let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
+        let mask = self
+            .rng
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("dropout mask generator lock poisoned".into()))?
+            .dropout_mask(xs.shape(), f64::from(self.p), xs.dtype(), xs.device())
+            .map_err(candle_core::Error::wrap)?;
         xs * mask
     }
 }

@@ -41,7 +41,7 @@ pub use checkpoint::{
 pub use error::{MisShaped, Result, ZooError};
 pub use layers::{Dropout, MaskRng};
 pub use registry::{
-    build, build_with, entry, is_buffer, list, models_markdown, param_count, param_count_with,
+    build, build_with, entry, is_buffer, list, models_markdown, names, param_count, param_count_with,
     param_shapes, record_shapes, trainable_vars, width_markdown, InputSize, ModelEntry, ModelOptions,
     DEFAULT_DROPOUT_SEED,
 };
@@ -61,16 +61,25 @@ pub trait Model: ModuleT + Send + Sync {
     ///
     /// # Shapes
     /// `xs`: `[N, 3, H, W]` → `[N, D]`
-    fn forward_features(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor>;
+    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor>;
 
     /// The classifier (with the dropout that precedes it, if any).
     ///
     /// # Shapes
     /// `features`: `[N, D]` → `[N, K]`
-    fn forward_head(&self, features: &Tensor, train: bool) -> candle_core::Result<Tensor>;
+    fn forward_head(&self, features: &Tensor, train: bool) -> Result<Tensor>;
 
     /// Number of output classes `K`.
     fn num_classes(&self) -> usize;
+
+    /// Restarts the dropout masks at `seed`: the following train-mode
+    /// forward passes draw exactly the masks of this model freshly built with
+    /// [`ModelOptions::dropout_seed`] = `seed` (one [`MaskRng`] stream shared
+    /// by all the model's dropout layers, consumed in forward order). The
+    /// runner calls it at the start of every epoch with a seed derived from
+    /// (run seed, epoch), so a resumed run draws the masks of an
+    /// uninterrupted one. A no-op for models without dropout.
+    fn reseed_dropout(&self, seed: u64);
 }
 
 /// Implements `ModuleT` as features followed by head.
@@ -83,7 +92,7 @@ macro_rules! impl_module_t {
                 train: bool,
             ) -> candle_core::Result<candle_core::Tensor> {
                 let f = $crate::Model::forward_features(self, xs, train)?;
-                $crate::Model::forward_head(self, &f, train)
+                Ok($crate::Model::forward_head(self, &f, train)?)
             }
         }
     };

@@ -14,10 +14,17 @@ use std::collections::HashMap;
 use std::io::Cursor;
 
 use candle_core::pickle::{Object, Stack};
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Result, ZooError};
+
+/// The reader's error.
+fn bad(msg: impl Into<String>) -> ZooError {
+    ZooError::InvalidPth { reason: msg.into() }
+}
 
 fn err<T>(msg: impl Into<String>) -> Result<T> {
-    Err(candle_core::Error::Msg(msg.into()))
+    Err(bad(msg))
 }
 
 fn u16_at(b: &[u8], o: usize) -> Result<usize> {
@@ -53,7 +60,7 @@ fn zip_entries(b: &[u8]) -> Result<HashMap<String, (usize, usize)>> {
     let eocd = (lo..b.len().saturating_sub(21))
         .rev()
         .find(|&i| b[i..i + 4] == [0x50, 0x4b, 0x05, 0x06])
-        .ok_or_else(|| candle_core::Error::Msg("no zip end-of-central-directory record".into()))?;
+        .ok_or_else(|| bad("no zip end-of-central-directory record"))?;
     let mut n = u16_at(b, eocd + 10)?;
     let mut cd = u32_at(b, eocd + 16)?;
     if (n == 0xFFFF || cd == MAX32)
@@ -104,7 +111,7 @@ fn zip_entries(b: &[u8]) -> Result<HashMap<String, (usize, usize)>> {
                 "zip entry {name} is compressed (method {method}), torch.save never compresses"
             ));
         }
-        if b.get(off..off + 4) != Some(&[0x50, 0x4b, 0x03, 0x04]) {
+        if off.checked_add(4).and_then(|e| b.get(off..e)) != Some(&[0x50, 0x4b, 0x03, 0x04]) {
             return err(format!("bad zip local header for {name}"));
         }
         if off > b.len() {
@@ -121,9 +128,12 @@ fn zip_entries(b: &[u8]) -> Result<HashMap<String, (usize, usize)>> {
 }
 
 fn unpickle(r: &mut Cursor<&[u8]>) -> Result<Object> {
+    let at = r.position();
     let mut stack = Stack::empty();
-    stack.read_loop(r)?;
-    stack.finalize()
+    stack
+        .read_loop(r)
+        .and_then(|()| stack.finalize())
+        .map_err(|e| bad(format!("pickle stream at byte {at}: {e}")))
 }
 
 fn kind(o: &Object) -> &'static str {
@@ -202,22 +212,23 @@ fn tensor_from(info: &candle_core::pickle::TensorInfo, data: &[u8]) -> Result<Te
     let es = info.dtype.size_in_bytes();
     let start = info.layout.start_offset();
     let dims = info.layout.dims().to_vec();
-    let numel: usize = dims.iter().product();
-    let end = numel
-        .checked_mul(es)
+    let end = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|numel| numel.checked_mul(es))
         .and_then(|n| n.checked_add(start))
         .unwrap_or(usize::MAX);
     let bytes = data.get(start..end).ok_or_else(|| {
-        candle_core::Error::Msg(format!("tensor {} runs past its storage", info.name))
+        bad(format!("tensor {} runs past its storage", info.name))
     })?;
     if info.layout.is_contiguous() {
-        Tensor::from_raw_buffer(bytes, info.dtype, &dims, &Device::Cpu)
+        Ok(Tensor::from_raw_buffer(bytes, info.dtype, &dims, &Device::Cpu)?)
     } else if info.layout.is_fortran_contiguous() {
         let rev: Vec<usize> = dims.iter().rev().copied().collect();
         let perm: Vec<usize> = (0..dims.len()).rev().collect();
-        Tensor::from_raw_buffer(bytes, info.dtype, &rev, &Device::Cpu)?
+        Ok(Tensor::from_raw_buffer(bytes, info.dtype, &rev, &Device::Cpu)?
             .permute(perm)?
-            .contiguous()
+            .contiguous()?)
     } else {
         err(format!(
             "tensor {} is not contiguous in its storage",
@@ -229,7 +240,19 @@ fn tensor_from(info: &candle_core::pickle::TensorInfo, data: &[u8]) -> Result<Te
 /// Reads the tensors of a `torch.save` file held in `bytes`: the `state_dict`
 /// entry when the top level is a dict that has one, else the top-level dict.
 /// Entries that are not tensors of a supported dtype are skipped.
+///
+/// # Errors
+/// [`ZooError::InvalidPth`], naming what is wrong, for any bytes that are not
+/// such a file (random, truncated or corrupted input is an error, never a
+/// panic; `tests/pth_fuzz.rs` checks it).
 pub fn read_pth_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
+    read(bytes).map_err(|e| match e {
+        e @ ZooError::InvalidPth { .. } => e,
+        other => bad(other.to_string()),
+    })
+}
+
+fn read(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
     // Storage key → bytes, and the state-dict object.
     let (obj, storages): (Object, HashMap<String, &[u8]>) = if bytes
         .starts_with(&[0x50, 0x4b, 0x03, 0x04])
@@ -238,7 +261,7 @@ pub fn read_pth_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
         let (pkl, &(s, n)) = entries
             .iter()
             .find(|(k, _)| k.ends_with("data.pkl"))
-            .ok_or_else(|| candle_core::Error::Msg("no data.pkl in the archive".into()))?;
+            .ok_or_else(|| bad("no data.pkl in the archive"))?;
         let dir = pkl.trim_end_matches("data.pkl").to_string();
         let obj = unpickle(&mut Cursor::new(&bytes[s..s + n]))?;
         let storages = entries
@@ -272,7 +295,7 @@ pub fn read_pth_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
                 .into_iter()
                 .map(|k| {
                     k.unicode().map_err(|o| {
-                        candle_core::Error::Msg(format!(
+                        bad(format!(
                             "legacy checkpoint: storage key is {}",
                             kind(&o)
                         ))
@@ -303,7 +326,7 @@ pub fn read_pth_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
                 .and_then(|n| n.checked_add(pos + 8))
                 .filter(|&e| e <= bytes.len())
                 .ok_or_else(|| {
-                    candle_core::Error::Msg(format!("legacy checkpoint: storage {key} truncated"))
+                    bad(format!("legacy checkpoint: storage {key} truncated"))
                 })?;
             storages.insert(key, &bytes[pos + 8..end]);
             pos = end;
@@ -319,7 +342,7 @@ pub fn read_pth_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
             };
             let key = info.path.trim_start_matches('/');
             let data = storages.get(key).ok_or_else(|| {
-                candle_core::Error::Msg(format!("storage {key} of tensor {} not found", info.name))
+                bad(format!("storage {key} of tensor {} not found", info.name))
             })?;
             out.push((info.name.clone(), tensor_from(&info, data)?));
         }

@@ -119,6 +119,34 @@ pub struct ModelEntry {
     /// Reference learnable-parameter counts `(K, count)`: paper.md §4 for the
     /// CIFAR models (32×32), torchvision's published counts for ImageNet.
     pub reference_params: &'static [(usize, u64)],
+    /// Forward multiply-accumulates of one image at the network's native
+    /// input (32×32 for the CIFAR networks, 224×224 for the ImageNet ones),
+    /// in millions, at full width (divisor 1). Published figures where the
+    /// literature has one (the ResNets, MobileNetV2, ShuffleNetV2, DenseNet,
+    /// GoogLeNet, ResNeXt, the torchvision networks, WRN-28-10 ≈ 5.25 G);
+    /// computed from the network's convs and linears at K = 100 otherwise
+    /// (AlexNet, VGG19-BN with torchvision's 25088 → 4096 → 4096 classifier,
+    /// WRN-40-2, WRN-16-2). For cost estimates only: the scaled count of a
+    /// network narrowed by d is about this / d².
+    pub forward_mmacs: f64,
+    /// Measured seconds per training image (32×32, batch 32) of this network
+    /// narrowed by a width divisor, as `(divisor, seconds)` pairs, where it
+    /// was measured: whole quick reproductions on the 2-core development
+    /// machine, two runs sharing the cores (2026-11-28, after the per-image
+    /// conv engine: a run's seconds divided by its training images plus a
+    /// tenth of its test images; Tables 5 and 9 took 9 min 4 s and 6 min
+    /// 51 s). The ÷16 MobileNetV2 and ShuffleNetV2 and the CNN rows are
+    /// older one-thread `tfkd bench-step` figures (smoke uses them). Each
+    /// value is the measured seconds per step of 32 images divided by 32.
+    /// Empty for networks never measured.
+    pub measured_cpu_seconds_per_image: &'static [(usize, f64)],
+    /// For an ImageNet network, the CIFAR network that stands in for it in
+    /// the scaled (non-ImageNet) reproduction profiles; `None` otherwise.
+    pub scaled_stand_in: Option<&'static str>,
+    /// How the learnable-parameter count at 64×64 (Tiny-ImageNet) differs
+    /// from the one at 32×32, for the documentation table: `None` when it
+    /// does not (global pooling adds no parameter), else the reason.
+    pub tiny_params_note: Option<&'static str>,
     build: BuildFn,
 }
 
@@ -133,6 +161,21 @@ impl fmt::Debug for ModelEntry {
 }
 
 impl ModelEntry {
+    /// True for the ImageNet (224×224) networks.
+    pub fn is_imagenet(&self) -> bool {
+        self.inputs.contains(&InputSize::ImageNet)
+    }
+
+    /// The measured CPU seconds per training image of this network at width
+    /// divisor `divisor`, if measured (see
+    /// [`ModelEntry::measured_cpu_seconds_per_image`]).
+    pub fn measured_cpu_seconds(&self, divisor: usize) -> Option<f64> {
+        self.measured_cpu_seconds_per_image
+            .iter()
+            .find(|(d, _)| *d == divisor)
+            .map(|(_, s)| *s)
+    }
+
     /// Builds this model.
     pub fn build(&self, opts: &ModelOptions, vb: VarBuilder) -> Result<Box<dyn Model>> {
         check(self, opts)?;
@@ -147,14 +190,25 @@ fn boxed<M: Model + 'static>(r: candle_core::Result<M>) -> candle_core::Result<B
     Ok(Box::new(r?))
 }
 
+/// Seconds per image from measured seconds per step of 32 images.
+const fn per_image(step_seconds: f64) -> f64 {
+    step_seconds / 32.0
+}
+
 macro_rules! row {
-    ($name:expr, $family:expr, $desc:expr, $inputs:expr, $refs:expr, |$o:ident, $vb:ident| $body:expr) => {
+    ($name:expr, $family:expr, $desc:expr, $inputs:expr, $refs:expr,
+     mmacs: $macs:expr, measured: $measured:expr, stand_in: $stand_in:expr, tiny: $tiny:expr,
+     |$o:ident, $vb:ident| $body:expr) => {
         ModelEntry {
             name: $name,
             family: $family,
             description: $desc,
             inputs: $inputs,
             reference_params: $refs,
+            forward_mmacs: $macs,
+            measured_cpu_seconds_per_image: $measured,
+            scaled_stand_in: $stand_in,
+            tiny_params_note: $tiny,
             build: {
                 fn f($o: &ModelOptions, $vb: VarBuilder) -> candle_core::Result<Box<dyn Model>> {
                     boxed($body)
@@ -170,67 +224,92 @@ macro_rules! row {
 pub static MODELS: &[ModelEntry] = &[
     row!("cnn", "cnn.rs", "5-layer plain CNN (32 channels, dropout 0.5)", CT,
         &[(10, 357_514), (100, 369_124), (200, 382_024)],
+        mmacs: 11.0, measured: &[(16, per_image(0.0144))], stand_in: None, tiny: Some("fc1 takes 8·8·128 inputs at 64×64"),
         |o, vb| cnn::build(&cnn::CnnConfig::paper().thinned(o.width_divisor), o.num_classes, o.input.side(), o.dropout_seed, vb)),
     row!("resnet18", "resnet.rs", "CIFAR ResNet18", CT,
         &[(10, 11_173_962), (100, 11_220_132), (200, 11_271_432)],
+        mmacs: 556.0, measured: &[(16, per_image(0.072))], stand_in: None, tiny: None,
         |o, vb| resnet::build(&resnet::ResNetConfig::resnet18().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnet34", "resnet.rs", "CIFAR ResNet34", CT,
         &[(10, 21_282_122), (100, 21_328_292), (200, 21_379_592)],
+        mmacs: 1160.0, measured: &[], stand_in: None, tiny: None,
         |o, vb| resnet::build(&resnet::ResNetConfig::resnet34().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnet50", "resnet.rs", "CIFAR ResNet50", CT,
         &[(10, 23_520_842), (100, 23_705_252), (200, 23_910_152)],
+        mmacs: 1300.0, measured: &[(16, per_image(0.256))], stand_in: None, tiny: None,
         |o, vb| resnet::build(&resnet::ResNetConfig::resnet50().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnet101", "resnet.rs", "CIFAR ResNet101", CT,
         &[(10, 42_512_970), (100, 42_697_380), (200, 42_902_280)],
+        mmacs: 2520.0, measured: &[], stand_in: None, tiny: None,
         |o, vb| resnet::build(&resnet::ResNetConfig::resnet101().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnet152", "resnet.rs", "CIFAR ResNet152", CT,
         &[(10, 58_156_618), (100, 58_341_028), (200, 58_545_928)],
+        mmacs: 3740.0, measured: &[], stand_in: None, tiny: None,
         |o, vb| resnet::build(&resnet::ResNetConfig::resnet152().thinned(o.width_divisor), o.num_classes, vb)),
     row!("mobilenet_v2", "mobilenet_v2.rs", "CIFAR MobileNetV2 (1x1 pad-1 stem)", CT,
         &[(10, 2_254_090), (100, 2_369_380), (200, 2_497_480)],
+        mmacs: 100.0, measured: &[(16, per_image(0.071)), (8, per_image(0.16))], stand_in: None, tiny: None,
         |o, vb| mobilenet_v2::build(&mobilenet_v2::MobileNetV2Config::paper().thinned(o.width_divisor), o.num_classes, vb)),
     row!("shufflenet_v2", "shufflenet_v2.rs", "CIFAR ShuffleNetV2 1x", CT,
         &[(10, 1_268_646), (100, 1_360_896), (200, 1_463_396)],
+        mmacs: 45.0, measured: &[(16, per_image(0.063)), (8, per_image(0.085))], stand_in: None, tiny: None,
         |o, vb| shufflenet_v2::build(&shufflenet_v2::ShuffleNetV2Config::paper().thinned(o.width_divisor), o.num_classes, vb)),
     row!("densenet121", "densenet.rs", "CIFAR DenseNet121 (k = 32)", CT,
         &[(10, 6_956_298), (100, 7_048_548), (200, 7_151_048)],
+        mmacs: 900.0, measured: &[(16, per_image(0.35))], stand_in: None, tiny: None,
         |o, vb| densenet::build(&densenet::DenseNetConfig::densenet121().thinned(o.width_divisor), o.num_classes, vb)),
     row!("googlenet", "googlenet.rs", "CIFAR GoogLeNet (BN eps = n5x5 quirk)", CT,
         &[(10, 6_166_250), (100, 6_258_500), (200, 6_361_000)],
+        mmacs: 1530.0, measured: &[(16, per_image(0.51))], stand_in: None, tiny: None,
         |o, vb| googlenet::build(&googlenet::GoogLeNetConfig::paper().thinned(o.width_divisor), o.num_classes, o.dropout_seed, vb)),
     row!("resnext29", "resnext.rs", "CIFAR ResNeXt29-8x64d", CT,
         &[(10, 34_426_698), (100, 34_518_948), (200, 34_621_448)],
+        mmacs: 5400.0, measured: &[(16, per_image(0.85))], stand_in: None, tiny: None,
         |o, vb| resnext::build(&resnext::ResNeXtConfig::resnext29_8x64d().thinned(o.width_divisor), o.num_classes, vb)),
     row!("wrn_28_10", "wrn.rs", "Wide ResNet 28-10", CT,
         &[(10, 36_479_194), (100, 36_536_884), (200, 36_600_984)],
+        mmacs: 5250.0, measured: &[], stand_in: None, tiny: None,
         |o, vb| wrn::build(&wrn::WrnConfig::new(28, 10).thinned(o.width_divisor), o.num_classes, o.dropout_seed, vb)),
     row!("wrn_40_2", "wrn.rs", "Wide ResNet 40-2", CT, &[],
+        mmacs: 328.0, measured: &[], stand_in: None, tiny: None,
         |o, vb| wrn::build(&wrn::WrnConfig::new(40, 2).thinned(o.width_divisor), o.num_classes, o.dropout_seed, vb)),
     row!("wrn_16_2", "wrn.rs", "Wide ResNet 16-2", CT, &[],
+        mmacs: 101.0, measured: &[], stand_in: None, tiny: None,
         |o, vb| wrn::build(&wrn::WrnConfig::new(16, 2).thinned(o.width_divisor), o.num_classes, o.dropout_seed, vb)),
     row!("alexnet", "alexnet.rs", "CIFAR AlexNet (no BN, no FC layers)", CT,
         &[(10, 2_472_266), (100, 2_495_396), (200, 2_521_096)],
+        mmacs: 15.0, measured: &[], stand_in: None, tiny: None,
         |o, vb| alexnet::build(&alexnet::AlexNetConfig::paper().thinned(o.width_divisor), o.num_classes, vb)),
     row!("vgg19", "vgg.rs", "torchvision vgg19_bn on CIFAR input", CT,
         &[(10, 139_622_218), (100, 139_990_948), (200, 140_400_648)],
+        mmacs: 518.0, measured: &[], stand_in: None, tiny: None,
         |o, vb| vgg::build(&vgg::VggConfig::vgg19_bn().thinned(o.width_divisor), o.num_classes, o.dropout_seed, vb)),
     row!("resnet18_imagenet", "tv_resnet.rs", "torchvision resnet18", IN,
         &[(1000, 11_689_512)],
+        mmacs: 1820.0, measured: &[], stand_in: Some("resnet18"), tiny: None,
         |o, vb| tv_resnet::build(&tv_resnet::TvResNetConfig::resnet18().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnet50_imagenet", "tv_resnet.rs", "torchvision resnet50", IN,
         &[(1000, 25_557_032)],
+        mmacs: 4100.0, measured: &[], stand_in: Some("resnet50"), tiny: None,
         |o, vb| tv_resnet::build(&tv_resnet::TvResNetConfig::resnet50().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnext101_32x8d_imagenet", "tv_resnet.rs", "torchvision resnext101_32x8d", IN,
         &[(1000, 88_791_336)],
+        mmacs: 16500.0, measured: &[], stand_in: Some("resnext29"), tiny: None,
         |o, vb| tv_resnet::build(&tv_resnet::TvResNetConfig::resnext101_32x8d().thinned(o.width_divisor), o.num_classes, vb)),
     row!("densenet121_imagenet", "tv_densenet.rs", "torchvision densenet121", IN,
         &[(1000, 7_978_856)],
+        mmacs: 2870.0, measured: &[], stand_in: Some("densenet121"), tiny: None,
         |o, vb| tv_densenet::build(&tv_densenet::TvDenseNetConfig::densenet121().thinned(o.width_divisor), o.num_classes, vb)),
 ];
 
 /// Registry names, in table order.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    MODELS.iter().map(|m| m.name)
+}
+
+/// Registry names, in table order, collected.
 pub fn list() -> Vec<&'static str> {
-    MODELS.iter().map(|m| m.name).collect()
+    names().collect()
 }
 
 /// The registry row of `name`.
@@ -448,10 +527,10 @@ pub fn models_markdown() -> Result<String> {
                     cells.push(fmt(param_count(e.name, k, input)?));
                 }
             }
-            let reference = if input == InputSize::Tiny && e.name != "cnn" {
-                "same as cifar (global pooling adds no parameter)".to_string()
-            } else if input == InputSize::Tiny {
-                "fc1 takes 8·8·128 inputs at 64×64".to_string()
+            let reference = if input == InputSize::Tiny {
+                e.tiny_params_note
+                    .unwrap_or("same as cifar (global pooling adds no parameter)")
+                    .to_string()
             } else if e.reference_params.is_empty() {
                 "PyTorch reference only".to_string()
             } else {

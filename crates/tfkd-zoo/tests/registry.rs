@@ -231,3 +231,37 @@ fn models_doc_table_is_current() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn cost_metadata_is_complete_and_consistent() {
+    let names: Vec<&str> = tfkd_zoo::names().collect();
+    assert_eq!(names, tfkd_zoo::list());
+    assert_eq!(names.len(), MODELS.len());
+    for e in MODELS {
+        assert!(
+            e.forward_mmacs.is_finite() && e.forward_mmacs > 0.0,
+            "{}: forward_mmacs {}",
+            e.name,
+            e.forward_mmacs
+        );
+        for &(d, s) in e.measured_cpu_seconds_per_image {
+            assert!(d >= 1 && s > 0.0 && s < 1.0, "{}: measured ({d}, {s})", e.name);
+            assert_eq!(e.measured_cpu_seconds(d), Some(s));
+        }
+        assert_eq!(e.is_imagenet(), e.inputs == [InputSize::ImageNet], "{}", e.name);
+        match e.scaled_stand_in {
+            Some(s) => {
+                assert!(e.is_imagenet(), "{}: stand-in for a non-ImageNet network", e.name);
+                let stand_in = tfkd_zoo::entry(s).expect("stand-in is a registry name");
+                assert!(!stand_in.is_imagenet(), "{}: stand-in {s} is ImageNet", e.name);
+            }
+            None => assert!(!e.is_imagenet(), "{}: ImageNet network without stand-in", e.name),
+        }
+        if e.tiny_params_note.is_some() {
+            assert!(e.inputs.contains(&InputSize::Tiny), "{}", e.name);
+        }
+    }
+    let cnn = tfkd_zoo::entry("cnn").expect("cnn");
+    assert_eq!(cnn.measured_cpu_seconds(16), Some(0.0144 / 32.0));
+    assert_eq!(cnn.measured_cpu_seconds(8), None);
+}

@@ -5,15 +5,19 @@
 //! - **measured** (narrowed networks on the CPU, as in `quick`): seconds per
 //!   training image of each network at the width it is trained at, measured
 //!   from whole quick reproductions on the 2-core development machine (batch
-//!   32, two runs sharing the cores); an evaluation image is counted as a
-//!   tenth of a training image (no backward pass, batches of 256), and
-//!   `jobs` runs at a time divide the total.
-//! - **FLOP** (full-width networks, any device): published forward
-//!   multiply-accumulates per image, ~3 passes per training step (4 with a
-//!   teacher), and a sustained throughput per device kind (measured for
-//!   CUDA, guessed otherwise).
+//!   32, two runs sharing the cores: the registry's
+//!   `ModelEntry::measured_cpu_seconds_per_image`); an evaluation image is
+//!   counted as a tenth of a training image (no backward pass, batches of
+//!   256), and `jobs` runs at a time divide the total.
+//! - **FLOP** (full-width networks, any device): forward multiply-accumulates
+//!   per image (the registry's `ModelEntry::forward_mmacs`), ~3 passes per
+//!   training step (4 with a teacher), and a sustained throughput per device
+//!   kind (measured for CUDA, guessed otherwise).
+//!
+//! Every per-network number is read from the run's registry row
+//! ([`PlannedRun::network`]); this module has none of its own.
 
-use super::plan::Plan;
+use super::plan::{Plan, PlannedRun};
 use tfkd_runner::data::DatasetKind;
 
 /// The estimate and what it rests on.
@@ -24,29 +28,6 @@ pub struct Estimate {
     pub seconds: f64,
     /// One line on how it was made.
     pub basis: String,
-}
-
-/// Forward multiply-accumulates of one 32×32 image (224×224 for the
-/// ImageNet networks), in millions: published figures for these networks.
-fn forward_mmacs(model: &str) -> f64 {
-    match model {
-        "cnn" => 11.0,
-        "resnet18" => 556.0,
-        "resnet34" => 1160.0,
-        "resnet50" => 1300.0,
-        "resnet101" => 2520.0,
-        "resnet152" => 3740.0,
-        "mobilenet_v2" => 100.0,
-        "shufflenet_v2" => 45.0,
-        "densenet121" => 900.0,
-        "googlenet" => 1530.0,
-        "resnext29" => 5400.0,
-        "resnet18_imagenet" => 1820.0,
-        "resnet50_imagenet" => 4100.0,
-        "densenet121_imagenet" => 2870.0,
-        "resnext101_32x8d_imagenet" => 16500.0,
-        _ => 1000.0,
-    }
 }
 
 /// Sustained training throughput in GFLOP/s. CUDA: tfkd's own, measured
@@ -63,30 +44,6 @@ fn assumed_gflops(device: &str) -> f64 {
     }
 }
 
-/// Measured seconds per training image (32×32, batch 32) of a network
-/// narrowed by `divisor`, where it was measured: whole quick reproductions
-/// on the 2-core development machine, two runs sharing the cores
-/// (2026-11-28, after the per-image conv engine: a run's seconds divided by
-/// its training images plus a tenth of its test images; Tables 5 and 9 took
-/// 9 min 4 s and 6 min 51 s). The ÷16 MobileNetV2 and ShuffleNetV2 and the
-/// CNN rows are older one-thread `tfkd bench-step` figures (smoke uses them).
-fn measured_seconds_per_image(model: &str, divisor: usize) -> Option<f64> {
-    let per_step = match (model, divisor) {
-        ("cnn", 16) => 0.0144,
-        ("resnet18", 16) => 0.072,
-        ("resnet50", 16) => 0.256,
-        ("mobilenet_v2", 16) => 0.071,
-        ("mobilenet_v2", 8) => 0.16,
-        ("shufflenet_v2", 16) => 0.063,
-        ("shufflenet_v2", 8) => 0.085,
-        ("googlenet", 16) => 0.51,
-        ("densenet121", 16) => 0.35,
-        ("resnext29", 16) => 0.85,
-        _ => return None,
-    };
-    Some(per_step / 32.0)
-}
-
 fn dataset_size(kind: DatasetKind) -> f64 {
     match kind {
         DatasetKind::Cifar10 | DatasetKind::Cifar100 => 50_000.0,
@@ -99,10 +56,12 @@ fn dataset_size(kind: DatasetKind) -> f64 {
 
 /// A run's training cost in arbitrary units, for scheduling the longest runs
 /// first: measured seconds per image where known, else forward MACs.
-pub fn relative_cost(config: &tfkd_runner::ExperimentConfig) -> f64 {
-    let per_image = measured_seconds_per_image(&config.model.name, config.model.width_divisor).unwrap_or_else(|| {
-        forward_mmacs(&config.model.name) * 1e-5 / (config.model.width_divisor as f64).powi(2)
-    });
+pub fn relative_cost(run: &PlannedRun) -> f64 {
+    let (net, config) = (run.network, &run.config);
+    let divisor = config.model.width_divisor;
+    let per_image = net
+        .measured_cpu_seconds(divisor)
+        .unwrap_or_else(|| net.forward_mmacs * 1e-5 / (divisor as f64).powi(2));
     per_image * config.epochs as f64
 }
 
@@ -119,14 +78,17 @@ pub fn estimate(plan: &Plan, device: &str, jobs: usize) -> Estimate {
         let epochs = c.epochs as f64;
         train_images += train * epochs;
 
+        let net = run.network;
         let side = c.data.dataset.input_size().side() as f64;
-        let scale = if c.model.name.ends_with("_imagenet") { 1.0 } else { (side / 32.0).powi(2) };
-        let macs = forward_mmacs(&c.model.name) * 1e6 * scale / (c.model.width_divisor as f64).powi(2);
+        // `forward_mmacs` is at the network's native input: 224×224 for the
+        // ImageNet networks, 32×32 for the others (scaled to 64×64 by area).
+        let scale = if net.is_imagenet() { 1.0 } else { (side / 32.0).powi(2) };
+        let macs = net.forward_mmacs * 1e6 * scale / (c.model.width_divisor as f64).powi(2);
         let passes = if run.teacher.is_some() { 4.0 } else { 3.0 };
         flop += 2.0 * macs * passes * train * epochs;
 
         let teacher_share = if run.teacher.is_some() { 4.0 / 3.0 } else { 1.0 };
-        measured = match (measured, measured_seconds_per_image(&c.model.name, c.model.width_divisor)) {
+        measured = match (measured, net.measured_cpu_seconds(c.model.width_divisor)) {
             (Some(total), Some(t)) if device == "cpu" && side == 32.0 => {
                 Some(total + epochs * t * (train * teacher_share + test / 10.0))
             }
@@ -145,7 +107,7 @@ pub fn estimate(plan: &Plan, device: &str, jobs: usize) -> Estimate {
             train_images,
             seconds: flop / (assumed_gflops(device) * 1e9),
             basis: format!(
-                "published forward MACs per network, ~3 passes per step, {} GFLOP/s sustained",
+                "the registry's forward MACs per network, ~3 passes per step, {} GFLOP/s sustained",
                 assumed_gflops(device)
             ),
         },

@@ -14,8 +14,8 @@ use anyhow::Result;
 use plan::{Plan, Shared};
 use profile::{Profile, ProfileName};
 use std::path::PathBuf;
-use tfkd_core::loss::{KlReduction, SmoothingForm};
-use tfkd_distill::{RegForm, StrategyConfig};
+use tfkd_core::loss::KlReduction;
+use tfkd_distill::{StrategyConfig, VirtualTeacherForm};
 
 /// The command's arguments.
 #[derive(Debug, clap::Args)]
@@ -67,37 +67,33 @@ fn parse_tables(args: &[String]) -> Result<Vec<TableId>> {
 }
 
 /// A strategy's hyper-parameters in one short line (teachers are in the
-/// `teacher` column).
+/// `teacher` column): the method's name, then its values; the LSR form by its
+/// config name, the KL reduction by PyTorch's `reduction=` name.
 fn strategy_summary(s: &StrategyConfig) -> String {
     let red = |r: &KlReduction| match r {
         KlReduction::ElementwiseMean => "mean",
         KlReduction::BatchMean => "batchmean",
         KlReduction::Sum => "sum",
     };
+    let method = s.method();
     match s {
-        StrategyConfig::Baseline {} => "baseline".into(),
-        StrategyConfig::Lsr { epsilon, form } => {
-            let form = match form {
-                SmoothingForm::Official => "official",
-                SmoothingForm::Uniform => "uniform",
-            };
-            format!("lsr ε={epsilon} {form}")
-        }
+        StrategyConfig::Baseline {} => method.to_string(),
+        StrategyConfig::Lsr { epsilon, form } => format!("{method} ε={epsilon} {}", tables::config_name(form)),
         StrategyConfig::Kd { alpha, temperature, reduction, .. }
         | StrategyConfig::ReKd { alpha, temperature, reduction, .. }
         | StrategyConfig::DeKd { alpha, temperature, reduction, .. } => {
-            format!("{} α={alpha} T={temperature} {}", s.method(), red(reduction))
+            format!("{method} α={alpha} T={temperature} {}", red(reduction))
         }
         StrategyConfig::TfKdSelf { alpha, temperature, multiplier, reduction, .. } => {
-            format!("tf-kd-self α={alpha} T={temperature} m={multiplier} {}", red(reduction))
+            format!("{method} α={alpha} T={temperature} m={multiplier} {}", red(reduction))
         }
         StrategyConfig::TfKdReg { alpha, temperature, multiplier, correct_prob, form, temperature_squared, reduction } => {
             let form = match (form, temperature_squared) {
-                (RegForm::AsCoded, _) => "as_coded",
-                (RegForm::PaperEq9, false) => "eq9",
-                (RegForm::PaperEq9, true) => "eq9+T²",
+                (VirtualTeacherForm::AsCoded, _) => "as_coded",
+                (VirtualTeacherForm::PaperEq9, false) => "eq9",
+                (VirtualTeacherForm::PaperEq9, true) => "eq9+T²",
             };
-            format!("tf-kd-reg α={alpha} T={temperature} m={multiplier} a={correct_prob} {form} {}", red(reduction))
+            format!("{method} α={alpha} T={temperature} m={multiplier} a={correct_prob} {form} {}", red(reduction))
         }
     }
 }
@@ -227,7 +223,7 @@ mod tests {
             .collect();
         assert_eq!(r18.len(), 3, "{r18:?}");
         let de_kd_source = plan.runs.values().find(|r| r.config.keep_epochs.contains(&1)).expect("De-KD keeps epoch 1");
-        assert_eq!(de_kd_source.config.strategy.method(), "baseline");
+        assert_eq!(de_kd_source.config.strategy.method(), tfkd_distill::Method::Baseline);
         assert!(plan.runs.values().all(|r| r.config.epochs == 200 || r.config.epochs == 90));
         // Every teacher is planned before its students.
         let order: Vec<&str> = plan.ordered().iter().map(|r| r.config.name.as_deref().unwrap()).collect();

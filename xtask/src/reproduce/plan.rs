@@ -13,14 +13,15 @@
 //! the paper's tables is the same run.
 
 use super::profile::{DataChoice, Profile};
-use crate::tables::{Cell, Method, Table, TableId};
+use crate::tables::{self, Cell, Table, TableId};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tfkd_core::schedule::Decay;
-use tfkd_distill::{StrategyConfig, TeacherSource, TeacherSpec};
+use tfkd_distill::{Method, StrategyConfig, TeacherSource, TeacherSpec};
 use tfkd_runner::config::{DataConfig, ModelConfig, OptimConfig, ScheduleConfig};
 use tfkd_runner::ExperimentConfig;
+use tfkd_zoo::ModelEntry;
 
 /// What a cell's number is read from.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -51,6 +52,9 @@ pub struct PlannedCell {
 pub struct PlannedRun {
     /// The config (its `name` is the run name).
     pub config: ExperimentConfig,
+    /// The zoo's registry row of `config.model.name`: what the run's cost
+    /// estimate reads (MACs, measured seconds, input kind).
+    pub network: &'static ModelEntry,
     /// The teacher's run, if any.
     pub teacher: Option<String>,
 }
@@ -159,7 +163,7 @@ impl Plan {
     /// Plans the baseline run of `model` (recipe from `recipe_cell`).
     fn plan_baseline(&mut self, table: &Table, model: &str, recipe_cell: &Cell, data: &DataChoice, seed: u64, shared: &Shared) -> Result<String> {
         let config = experiment(table, recipe_cell, model, StrategyConfig::Baseline {}, data, seed, shared)?;
-        Ok(self.insert(config, None))
+        self.insert(config, None)
     }
 
     /// Plans one cell's run (and its teacher's); returns the run name.
@@ -192,7 +196,7 @@ impl Plan {
             return self.plan_baseline(table, &cell.student, cell, data, seed, shared);
         }
         let teacher_name =
-            teacher_model.as_ref().filter(|_| cell.method.has_teacher()).map(|m| shared.profile.model(m, data.kind));
+            teacher_model.as_ref().filter(|_| tables::names_teacher(cell.method)).map(|m| shared.profile.model(m, data.kind));
         // The teacher keeps its own width when the profile narrows it
         // differently from the student.
         let student_divisor = shared.profile.width_divisor_for(&shared.profile.model(&cell.student, data.kind));
@@ -203,11 +207,13 @@ impl Plan {
         let teacher = TeacherSpec { model: teacher_name, source: teacher_source.unwrap_or_default(), width_divisor };
         let strategy = cell.strategy_config(teacher)?;
         let config = experiment(table, cell, &cell.student, strategy, data, seed, shared)?;
-        Ok(self.insert(config, teacher_run))
+        self.insert(config, teacher_run)
     }
 
-    /// Names the run by its content and records it once.
-    pub fn insert(&mut self, mut config: ExperimentConfig, teacher: Option<String>) -> String {
+    /// Names the run by its content and records it once; its network must
+    /// be in the zoo's registry.
+    pub fn insert(&mut self, mut config: ExperimentConfig, teacher: Option<String>) -> Result<String> {
+        let network = tfkd_zoo::entry(&config.model.name)?;
         let identity = config.identity().to_toml();
         let name = format!(
             "{}-{}-{}-{}-s{}",
@@ -218,8 +224,8 @@ impl Plan {
             config.seed
         );
         config.name = Some(name.clone());
-        self.runs.entry(name.clone()).or_insert(PlannedRun { config, teacher });
-        name
+        self.runs.entry(name.clone()).or_insert(PlannedRun { config, network, teacher });
+        Ok(name)
     }
 
     /// Runs in execution order: every teacher before its students.
@@ -233,7 +239,7 @@ impl Plan {
         let group = |r: &PlannedRun| (r.teacher.is_some(), !teachers.contains(r.config.name.as_deref().unwrap_or("")));
         runs.sort_by(|a, b| {
             group(a).cmp(&group(b)).then(
-                super::estimate::relative_cost(&b.config).total_cmp(&super::estimate::relative_cost(&a.config)),
+                super::estimate::relative_cost(b).total_cmp(&super::estimate::relative_cost(a)),
             )
         });
         runs
@@ -257,7 +263,7 @@ pub fn experiment(
     Ok(ExperimentConfig {
         name: None,
         seed,
-        device: shared.device.to_string(),
+        device: shared.device.parse()?,
         epochs,
         out_dir: shared.runs_dir.to_path_buf(),
         keep_epochs: Vec::new(),
@@ -271,6 +277,7 @@ pub fn experiment(
             augmentation: profile.augmentation,
             train_subset: profile.train_subset,
             test_subset: profile.test_subset,
+            drop_last: false,
             eval_batch_size: profile.eval_batch_size,
             threads: 2,
         },
@@ -299,7 +306,7 @@ pub fn runs_dir(out: &Path, profile: &Profile) -> PathBuf {
 mod tests {
     use super::*;
     use crate::reproduce::profile::ProfileName;
-    use crate::tables::{load, load_table};
+    use crate::tables::{load, load_table, StrategyOverrides};
     use tfkd_core::loss::KlReduction;
 
     fn ablation() -> Table {
@@ -323,11 +330,12 @@ mod tests {
         let coded = table.cell("ResNet18", "Tf-KD_reg as coded (mean)").unwrap().clone();
         let mut batch = coded.clone();
         batch.column = "batch".into();
-        batch.strategy = Some(toml::toml! { reduction = "batch_mean" });
+        batch.strategy = Some(StrategyOverrides { reduction: Some(KlReduction::BatchMean), ..Default::default() });
         // Saying the default out loud changes nothing: the same run.
         let mut explicit = coded.clone();
         explicit.column = "explicit".into();
-        explicit.strategy = Some(toml::toml! { reduction = "elementwise_mean" });
+        explicit.strategy =
+            Some(StrategyOverrides { reduction: Some(KlReduction::ElementwiseMean), ..Default::default() });
         table.columns.extend(["batch".to_string(), "explicit".to_string()]);
         table.cells = vec![coded, batch, explicit];
         table.validate("test").unwrap();

@@ -9,7 +9,7 @@
 //! - `smoke`: seconds a run, for CI: the plumbing of every cell, not a result.
 
 use crate::project_root;
-use crate::tables::{Dataset, Recipe};
+use crate::tables::Recipe;
 use std::path::{Path, PathBuf};
 use tfkd_runner::data::DatasetKind;
 
@@ -171,7 +171,7 @@ impl Profile {
     }
 
     /// The data a table on `dataset` uses.
-    pub fn data(&self, dataset: Dataset) -> DataChoice {
+    pub fn data(&self, dataset: DatasetKind) -> DataChoice {
         let digits = || DataChoice {
             kind: DatasetKind::Digits,
             root: project_root().join("fixtures/digits"),
@@ -181,10 +181,7 @@ impl Profile {
             )),
         };
         match (self.name, dataset) {
-            (ProfileName::Paper, Dataset::Cifar10) => self.paper_data(DatasetKind::Cifar10, "cifar-10-batches-bin"),
-            (ProfileName::Paper, Dataset::Cifar100) => self.paper_data(DatasetKind::Cifar100, "cifar-100-binary"),
-            (ProfileName::Paper, Dataset::TinyImagenet) => self.paper_data(DatasetKind::TinyImagenet, "tiny-imagenet-200"),
-            (ProfileName::Paper, Dataset::Imagenet) => self.paper_data(DatasetKind::Imagenet, "imagenet"),
+            (ProfileName::Paper, kind) => self.paper_data(kind),
             // Both scaled profiles use data shipped in the repository, so that
             // they run offline on a fresh clone and give the same numbers
             // everywhere.
@@ -192,7 +189,17 @@ impl Profile {
         }
     }
 
-    fn paper_data(&self, kind: DatasetKind, folder: &str) -> DataChoice {
+    /// The dataset itself, in its folder under the data folder: the
+    /// official archives' folder names (the shared sets' own names, should
+    /// a table ever name one).
+    fn paper_data(&self, kind: DatasetKind) -> DataChoice {
+        let folder = match kind {
+            DatasetKind::Cifar10 => "cifar-10-batches-bin",
+            DatasetKind::Cifar100 => "cifar-100-binary",
+            DatasetKind::TinyImagenet => "tiny-imagenet-200",
+            DatasetKind::Imagenet => "imagenet",
+            DatasetKind::Cifar10Mini | DatasetKind::TinyImagenet10 | DatasetKind::Digits => kind.name(),
+        };
         DataChoice { kind, root: self.data_dir.join(folder), note: None }
     }
 
@@ -222,30 +229,26 @@ impl Profile {
         ((epoch as f64 * epochs as f64 / recipe.epochs as f64).round() as usize).clamp(1, epochs)
     }
 
-    /// A network name valid for this profile's input size: the ImageNet
-    /// networks become their CIFAR/Tiny counterparts when the data is small.
+    /// A network name valid for `kind`'s input size: a network that does
+    /// not take it (an ImageNet network on small data) becomes its registry
+    /// stand-in ([`tfkd_zoo::ModelEntry::scaled_stand_in`]); other names,
+    /// unknown ones included, stay as they are.
     pub fn model(&self, model: &str, kind: DatasetKind) -> String {
-        if kind == DatasetKind::Imagenet {
-            return model.to_string();
-        }
-        match model {
-            "resnet18_imagenet" => "resnet18",
-            "resnet50_imagenet" => "resnet50",
-            "densenet121_imagenet" => "densenet121",
-            "resnext101_32x8d_imagenet" => "resnext29",
-            other => other,
+        match tfkd_zoo::entry(model) {
+            Ok(e) if !e.inputs.contains(&kind.input_size()) => e.scaled_stand_in.unwrap_or(model),
+            _ => model,
         }
         .to_string()
     }
 
     /// Default number of seeds: 3 where the paper reports mean ± std over 3
     /// runs (CIFAR), 1 where it prints single numbers; quick 2, smoke 1.
-    pub fn default_seeds(&self, dataset: Dataset) -> usize {
+    pub fn default_seeds(&self, dataset: DatasetKind) -> usize {
         match self.name {
             ProfileName::Smoke => 1,
             ProfileName::Quick => 2,
             ProfileName::Paper => match dataset {
-                Dataset::Cifar10 | Dataset::Cifar100 => 3,
+                DatasetKind::Cifar10 | DatasetKind::Cifar100 => 3,
                 _ => 1,
             },
         }

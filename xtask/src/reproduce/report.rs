@@ -6,7 +6,8 @@
 
 use super::plan::{Measure, Plan, PlannedCell};
 use super::profile::Profile;
-use crate::tables::{Method, Table};
+use crate::tables::Table;
+use tfkd_distill::Method;
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -46,8 +47,8 @@ pub struct CellResult {
     pub row: String,
     /// Column label.
     pub column: String,
-    /// Method.
-    pub method: String,
+    /// Method (its config name in the JSON).
+    pub method: Method,
     /// The printed number.
     pub paper: Option<f64>,
     /// The printed std.
@@ -137,7 +138,7 @@ pub fn write(table: &Table, plan: &Plan, profile: &Profile, runs_dir: &Path, out
         results.push(CellResult {
             row: pc.row.clone(),
             column: pc.column.clone(),
-            method: cell.method.name().into(),
+            method: cell.method,
             paper: cell.paper,
             paper_std: cell.paper_std,
             paper_gain: cell.paper_gain,

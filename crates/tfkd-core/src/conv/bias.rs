@@ -10,7 +10,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 
-use crate::cpu::{avx2_dispatch, for_each_chunk, slice, supported, Float};
+use crate::cpu::{avx2_dispatch, for_each_chunk, ncs, slice, supported, Float};
 
 /// `y[n, c, …] + b[c]` for `y: (N, C, …)` and `b: (C,)`, the bias of a
 /// convolution (`nn.Conv2d(bias=True)`).
@@ -18,7 +18,12 @@ use crate::cpu::{avx2_dispatch, for_each_chunk, slice, supported, Float};
 /// On the CPU with f32/f64 operands this is one custom op with an analytic
 /// backward (`∂L/∂y = g`, `∂L/∂b[c] = Σ_{n, …} g[n, c, …]`); elsewhere
 /// `broadcast_add`.
-pub fn add_channel_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub fn add_channel_bias(y: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
+    Ok(add_channel_bias_candle(y, b)?)
+}
+
+/// [`add_channel_bias`] with candle's error, for use inside candle's traits.
+pub(crate) fn add_channel_bias_candle(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     let dims = y.dims();
     if dims.len() < 2 || b.dims() != [dims[1]] {
         candle_core::bail!("add_channel_bias: bias {:?} for an input {:?} (want ({},))", b.shape(), y.shape(), dims.get(1).copied().unwrap_or(0))
@@ -30,15 +35,6 @@ pub fn add_channel_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
         return y.broadcast_add(&b.reshape(shape)?);
     }
     y.contiguous()?.apply_op2(&b.contiguous()?, ChannelBias)
-}
-
-/// `(N, C, S)` of a shape `(N, C, …)`.
-fn ncs(shape: &Shape) -> Result<(usize, usize, usize)> {
-    let dims = shape.dims();
-    if dims.len() < 2 {
-        candle_core::bail!("tfkd-channel-bias: want at least two dims, got {shape:?}")
-    }
-    Ok((dims[0], dims[1], dims[2..].iter().product()))
 }
 
 #[inline(always)]
@@ -85,7 +81,7 @@ impl CustomOp2 for ChannelBias {
     }
 
     fn cpu_fwd(&self, ys: &CpuStorage, yl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = ncs(yl.shape())?;
+        let dims = ncs(yl.shape(), "tfkd-channel-bias")?;
         fn run<E: Float>(ys: &CpuStorage, yl: &Layout, bs: &CpuStorage, bl: &Layout, (_, c, s): (usize, usize, usize)) -> Result<Vec<E>> {
             let (y, b) = (slice::<E>(ys, yl, "the input")?, slice::<E>(bs, bl, "the bias")?);
             if b.len() != c {
@@ -123,7 +119,7 @@ impl CustomOp1 for ChannelSums {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = ncs(l.shape())?;
+        let dims = ncs(l.shape(), "tfkd-channel-bias")?;
         let out = match s.dtype() {
             DType::F32 => CpuStorage::F32(channel_sums(slice::<f32>(s, l, "the gradient")?, dims).into_iter().map(|v| v as f32).collect()),
             DType::F64 => CpuStorage::F64(channel_sums(slice::<f64>(s, l, "the gradient")?, dims)),

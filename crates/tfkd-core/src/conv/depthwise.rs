@@ -37,7 +37,12 @@ use crate::cpu::{avx2_dispatch, for_each_chunk, slice, supported, Float};
 /// (forward, input gradient, weight gradient) instead of candle's one
 /// convolution per channel; other devices and dtypes use `Tensor::conv2d`.
 /// Gradients are computed only for the operands that track them.
-pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> crate::Result<Tensor> {
+    Ok(depthwise_conv2d_candle(x, w, padding, stride)?)
+}
+
+/// [`depthwise_conv2d`] with candle's error, for use inside candle's traits.
+pub(crate) fn depthwise_conv2d_candle(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     let (_, c, h, wd) = x.dims4()?;
     let (c_out, one, k_h, k_w) = w.dims4()?;
     if one != 1 || c == 0 || c_out % c != 0 {
@@ -57,7 +62,7 @@ pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -
     if !fast {
         // Off the CPU: a few kernels per tap instead of one convolution per channel.
         return if c_out == c {
-            super::depthwise_conv2d_taps(x, w, padding, stride)
+            super::windows::depthwise_conv2d_taps_candle(x, w, padding, stride)
         } else {
             x.conv2d(w, padding, stride, 1, c)
         };

@@ -68,6 +68,17 @@ pub fn window_taps(
     stride: usize,
     padding: usize,
     fill: f64,
+) -> crate::Result<Vec<Tensor>> {
+    Ok(window_taps_candle(x, (k_h, k_w), stride, padding, fill)?)
+}
+
+/// [`window_taps`] with candle's error, for use inside candle's traits.
+pub(crate) fn window_taps_candle(
+    x: &Tensor,
+    (k_h, k_w): (usize, usize),
+    stride: usize,
+    padding: usize,
+    fill: f64,
 ) -> Result<Vec<Tensor>> {
     let (n, c, h, w) = x.dims4()?;
     let s = stride;
@@ -95,7 +106,12 @@ pub fn window_taps(
 /// `w: (C, 1, k_h, k_w)`. Used off the CPU, where candle would run one
 /// convolution per channel; numerically the same as
 /// `x.conv2d(w, padding, stride, 1, C)` up to the order of the sums.
-pub fn depthwise_conv2d_taps(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+pub fn depthwise_conv2d_taps(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> crate::Result<Tensor> {
+    Ok(depthwise_conv2d_taps_candle(x, w, padding, stride)?)
+}
+
+/// [`depthwise_conv2d_taps`] with candle's error, for use inside candle's traits.
+pub(crate) fn depthwise_conv2d_taps_candle(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     let (_, c, _, _) = x.dims4()?;
     let (c_out, one, k_h, k_w) = w.dims4()?;
     if c_out != c || one != 1 {

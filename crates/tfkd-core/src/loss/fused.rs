@@ -46,6 +46,7 @@ use crate::Result;
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, WithDType,
 };
+use crate::cpu::{self, avx2_dispatch, block_sum, Float};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -126,7 +127,7 @@ pub(crate) struct FusedTerms {
 
 /// Whether `t` can take the fused path: a CPU tensor of f32 or f64.
 pub(crate) fn supported(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+    t.device().is_cpu() && cpu::supported(t.dtype())
 }
 
 impl FusedLoss {
@@ -152,7 +153,7 @@ impl FusedLoss {
     }
 
     /// Forward: `[total, hard, soft]` (and the cached gradient, see above).
-    fn forward<E: Elem>(&self, z: &[E], teacher: Option<&[E]>, n: usize, k: usize) -> candle_core::Result<Vec<E>> {
+    fn forward<E: Float>(&self, z: &[E], teacher: Option<&[E]>, n: usize, k: usize) -> candle_core::Result<Vec<E>> {
         let [h, s] = if self.cache_gradient {
             let mut grad = vec![E::from_f64(0.0); n * k];
             let sums = self.run(z, teacher, n, k, Some((&mut grad, self.coefficients([1.0, 0.0, 0.0]))))?;
@@ -168,7 +169,7 @@ impl FusedLoss {
 
     /// Backward: the gradient (N·K) w.r.t. the student logits for upstream
     /// gradients `g = [g_total, g_hard, g_soft]`.
-    fn gradient<E: Elem>(&self, z: &[E], teacher: Option<&[E]>, n: usize, k: usize, g: [f64; 3]) -> candle_core::Result<Vec<E>> {
+    fn gradient<E: Float>(&self, z: &[E], teacher: Option<&[E]>, n: usize, k: usize, g: [f64; 3]) -> candle_core::Result<Vec<E>> {
         if g[1] == 0.0 && g[2] == 0.0 {
             if let Some(cached) = self.cache().take() {
                 let mut grad = E::cpu_storage_data(cached)?;
@@ -200,7 +201,7 @@ impl FusedLoss {
 
     /// Runs the row kernel over all rows; returns the unweighted `[Σ H, Σ S]`
     /// and, with `grad`, writes `coef[0]·∂H + coef[1]·∂S` into it.
-    fn run<E: Elem>(
+    fn run<E: Float>(
         &self,
         z: &[E],
         teacher: Option<&[E]>,
@@ -241,44 +242,19 @@ impl FusedLoss {
     }
 }
 
-/// Processes consecutive rows (`labels.len()` of them) with the widest vector
-/// instructions the CPU has: the same code, compiled for AVX2 where detected.
-fn rows_dispatch<E: Elem>(
-    loss: &FusedLoss,
-    z: &[E],
-    teacher: Option<&[E]>,
-    labels: &[u32],
-    k: usize,
-    grad: Option<(&mut [E], [f64; 2])>,
-) -> [f64; 2] {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (just detected).
-        return unsafe { rows_avx2(loss, z, teacher, labels, k, grad) };
-    }
-    rows(loss, z, teacher, labels, k, grad)
-}
-
-/// [`rows`] compiled with AVX2 enabled.
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn rows_avx2<E: Elem>(
-    loss: &FusedLoss,
-    z: &[E],
-    teacher: Option<&[E]>,
-    labels: &[u32],
-    k: usize,
-    grad: Option<(&mut [E], [f64; 2])>,
-) -> [f64; 2] {
-    rows(loss, z, teacher, labels, k, grad)
-}
+// Processes consecutive rows (`labels.len()` of them) with the widest vector
+// instructions the CPU has: the same code, compiled for AVX2 where detected.
+avx2_dispatch!(
+    rows_dispatch,
+    rows_avx2,
+    rows,
+    (loss: &FusedLoss, z: &[E], teacher: Option<&[E]>, labels: &[u32], k: usize, grad: Option<(&mut [E], [f64; 2])>)
+        -> [f64; 2]
+);
 
 /// Runs the row kernel on consecutive rows; returns the sums of `[Hₙ, Sₙ]`.
 #[inline(always)]
-fn rows<E: Elem>(
+fn rows<E: Float>(
     loss: &FusedLoss,
     z: &[E],
     teacher: Option<&[E]>,
@@ -320,7 +296,7 @@ struct RowKernel<'a, E> {
     tmp: Vec<E>,
 }
 
-impl<'a, E: Elem> RowKernel<'a, E> {
+impl<'a, E: Float> RowKernel<'a, E> {
     fn new(loss: &'a FusedLoss, k: usize) -> Self {
         let soft_own = loss.soft.is_some_and(|s| loss.hard.is_none() || s.student_scale != 1.0);
         Self {
@@ -392,7 +368,7 @@ impl<'a, E: Elem> RowKernel<'a, E> {
 
 /// Adds `coef·(Σs·pₖ − sₖ)` to `g`, with `pₖ = eₖ/sum`.
 #[inline(always)]
-fn label_gradient<E: Elem>(g: &mut [E], e: &[E], sum: f64, t: LabelTarget, y: usize, coef: f64) {
+fn label_gradient<E: Float>(g: &mut [E], e: &[E], sum: f64, t: LabelTarget, y: usize, coef: f64) {
     let k = g.len() as f64;
     let a = E::from_f64(coef * (t.on + (k - 1.0) * t.off) / sum);
     let b = E::from_f64(coef * t.off);
@@ -402,88 +378,9 @@ fn label_gradient<E: Elem>(g: &mut [E], e: &[E], sum: f64, t: LabelTarget, y: us
     g[y] = E::from_f64(g[y].to_f64() - coef * (t.on - t.off));
 }
 
-/// The element types of the fused path. Only the exponentials differ: f64
-/// uses `f64::exp`, f32 the vectorisable [`exp_nonpositive`].
-pub(crate) trait Elem: WithDType {
-    /// Writes `outₖ = exp((xₖ − shift)·scale)` (arguments ≤ 0: shift is the
-    /// row max) and returns `Σₖ outₖ` in f64.
-    fn exp_sum(xs: &[Self], shift: f64, scale: f64, out: &mut [Self]) -> f64;
-    /// `maxₖ xₖ` as f64, ignoring NaN.
-    fn row_max(xs: &[Self]) -> f64;
-}
-
-impl Elem for f64 {
-    #[inline(always)]
-    fn exp_sum(xs: &[Self], shift: f64, scale: f64, out: &mut [Self]) -> f64 {
-        exp_loop(xs, out, |x| ((x - shift) * scale).exp())
-    }
-
-    #[inline(always)]
-    fn row_max(xs: &[Self]) -> f64 {
-        xs.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b))
-    }
-}
-
-impl Elem for f32 {
-    #[inline(always)]
-    fn exp_sum(xs: &[Self], shift: f64, scale: f64, out: &mut [Self]) -> f64 {
-        // As the composed f32 graph: (x − max)·σ in f32, then exp.
-        let (shift, scale) = (shift as f32, scale as f32);
-        if scale == 1.0 {
-            exp_loop(xs, out, |x| exp_nonpositive(x - shift))
-        } else {
-            exp_loop(xs, out, |x| exp_nonpositive((x - shift) * scale))
-        }
-    }
-
-    #[inline(always)]
-    fn row_max(xs: &[Self]) -> f64 {
-        xs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64
-    }
-}
-
-/// Elements per block: sums run in eight lanes of the element type within a
-/// block and are carried across blocks in f64.
-const BLOCK: usize = 64;
-
-/// `Σₖ xₖ`: eight lanes of `E` within each block of [`BLOCK`] elements, the
-/// blocks' sums accumulated in f64, all in a fixed order (fixed-size lanes,
-/// so that LLVM vectorises it).
-#[inline(always)]
-fn block_sum<E: WithDType>(xs: &[E]) -> f64 {
-    let mut total = 0.0f64;
-    for block in xs.chunks(BLOCK) {
-        let mut lanes = [E::from_f64(0.0); 8];
-        let chunks = block.chunks_exact(8);
-        let rest = chunks.remainder();
-        for c in chunks {
-            if let Ok(c) = <&[E; 8]>::try_from(c) {
-                for j in 0..8 {
-                    lanes[j] += c[j];
-                }
-            }
-        }
-        for (l, &x) in lanes.iter_mut().zip(rest) {
-            *l += x;
-        }
-        total += lane_sum(&lanes.map(|l| l.to_f64()));
-    }
-    total
-}
-
-/// `outₖ = f(xₖ)`, returning `Σₖ outₖ` (a map LLVM vectorises, then a
-/// [`block_sum`]).
-#[inline(always)]
-fn exp_loop<E: WithDType>(xs: &[E], out: &mut [E], f: impl Fn(E) -> E) -> f64 {
-    for (o, &x) in out.iter_mut().zip(xs) {
-        *o = f(x);
-    }
-    block_sum(out)
-}
-
 /// `maxₖ xₖ` (as f64), ignoring NaN (a NaN then poisons the exponentials).
 #[inline(always)]
-fn row_max<E: Elem>(xs: &[E]) -> f64 {
+fn row_max<E: Float>(xs: &[E]) -> f64 {
     E::row_max(xs)
 }
 
@@ -508,54 +405,10 @@ fn teacher_dot<E: WithDType>(e: &[E], t: &[E], mt: f64, scale_t: f64, z: &[E], m
     block_sum(&tmp[..z.len()])
 }
 
-/// Adds the eight lanes in a fixed order.
-#[inline(always)]
-fn lane_sum(a: &[f64; 8]) -> f64 {
-    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
-}
-
-/// `exp(x)` for `x ≤ 0` in f32, branch-free so that loops over it vectorise:
-/// Cody–Waite reduction `x = n·ln 2 + r`, |r| ≤ ln 2 / 2, Cephes' degree-6
-/// minimax polynomial for `eʳ` (relative error ≤ 2 ulp), and `2ⁿ` built in the
-/// exponent bits. Results below the smallest normal f32 (x < −87.3365) are 0;
-/// NaN stays NaN.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    const LOW: f32 = -87.336_54;
-    // 1.5·2²³: adding it rounds to an integer held in the low mantissa bits.
-    const MAGIC: f32 = 12_582_912.0;
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let xc = if x < LOW { LOW } else { x };
-    let t = xc * LOG2E + MAGIC;
-    let n = t - MAGIC;
-    let r = xc - n * LN2_HI - n * LN2_LO;
-    let r2 = r * r;
-    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 5.000_000_1e-1)
-        * r2
-        + r
-        + 1.0;
-    let exponent = (t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32).wrapping_add(127) as u32;
-    let y = p * f32::from_bits(exponent.wrapping_shl(23));
-    if x < LOW {
-        0.0
-    } else {
-        y
-    }
-}
-
 /// A contiguous (N, K) slice of `storage` under `layout`.
-fn matrix<'s, E: Elem>(storage: &'s CpuStorage, layout: &Layout) -> candle_core::Result<(&'s [E], usize, usize)> {
+fn matrix<'s, E: Float>(storage: &'s CpuStorage, layout: &Layout) -> candle_core::Result<(&'s [E], usize, usize)> {
     let (n, k) = layout.shape().dims2()?;
-    let data = storage.as_slice::<E>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok((&data[start..end], n, k)),
-        None => Err(shape_error("the logits must be contiguous")),
-    }
+    Ok((cpu::slice(storage, layout, "fused loss: the logits")?, n, k))
 }
 
 fn forward_dispatch(
@@ -564,7 +417,7 @@ fn forward_dispatch(
     l: &Layout,
     teacher: Option<(&CpuStorage, &Layout)>,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
-    fn typed<E: Elem>(
+    fn typed<E: Float>(
         op: &FusedLoss,
         s: &CpuStorage,
         l: &Layout,
@@ -598,7 +451,7 @@ fn backward_dispatch(op: &FusedLoss, student: &Tensor, teacher: Option<&Tensor>,
         },
         None => None,
     };
-    fn typed<E: Elem>(
+    fn typed<E: Float>(
         op: &FusedLoss,
         s: &CpuStorage,
         l: &Layout,
@@ -654,41 +507,5 @@ impl CustomOp2 for FusedLoss {
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(backward_dispatch(self, arg1, Some(arg2), grad_res)?), None))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `exp_nonpositive` against f64 `exp` on a dense grid of [−88, 0]:
-    /// relative error ≤ 2 ulp of f32 above the smallest normal, 0 below it.
-    #[test]
-    fn fast_exp_is_accurate_to_two_ulp() {
-        let mut worst = 0.0f64;
-        for i in 0..=2_000_000 {
-            let x = -88.0f32 * i as f32 / 2_000_000.0;
-            let exact = (x as f64).exp();
-            let ours = exp_nonpositive(x) as f64;
-            if exact < f32::MIN_POSITIVE as f64 {
-                assert!(ours == 0.0 || (ours - exact).abs() <= f32::MIN_POSITIVE as f64, "x = {x}: {ours}");
-                continue;
-            }
-            worst = worst.max((ours - exact).abs() / exact);
-        }
-        // 2 ulp at the bottom of a binade: 2·2⁻²³.
-        assert!(worst <= 2.0 * f32::EPSILON as f64, "max relative error {worst:e}");
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
-        assert!(exp_nonpositive(f32::NAN).is_nan());
-    }
-
-    /// Block sums in f32 lanes stay within a few ulp of the f64 sum.
-    #[test]
-    fn block_sum_is_close_to_the_f64_sum() {
-        let xs: Vec<f32> = (0..1000).map(|i| ((i * 7919 % 1000) as f32 / 1000.0).powi(3)).collect();
-        let exact: f64 = xs.iter().map(|&x| x as f64).sum();
-        let ours = block_sum(&xs);
-        assert!((ours - exact).abs() <= 1e-6 * exact, "{ours} vs {exact}");
     }
 }

@@ -19,20 +19,20 @@ pub fn virtual_teacher(labels: &Tensor, num_classes: usize, correct_prob: f64, d
     Ok(one_hot(labels, num_classes, dtype)?.affine(correct_prob - off, off)?)
 }
 
-/// Which formula of Tf-KD_reg to compute.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case", tag = "form")]
+/// Which formula of Tf-KD_reg to compute: the one type for it, also the
+/// `form` of a `tf-kd-reg` strategy in a config (`"as_coded"`, the default,
+/// or `"paper_eq9"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum VirtualTeacherForm {
     /// The official code (`loss_kd_regularization`): the student is
     /// `log_softmax(z)` **without** T and the soft term has **no** T².
     #[default]
     AsCoded,
     /// The paper's Eq. 9 as written: the student softened by T too,
-    /// `log_softmax(z/T)`, optionally with the T² factor KD uses.
-    PaperEq9 {
-        /// Scale the soft term by T².
-        temperature_squared: bool,
-    },
+    /// `log_softmax(z/T)`, optionally with the T² factor KD uses
+    /// ([`VirtualTeacherLoss::temperature_squared`]).
+    PaperEq9,
 }
 
 /// Tf-KD_reg:
@@ -61,6 +61,10 @@ pub struct VirtualTeacherLoss {
     pub reduction: KlReduction,
     /// Formula variant.
     pub form: VirtualTeacherForm,
+    /// With [`VirtualTeacherForm::PaperEq9`]: also scale the soft term by
+    /// T². Must be `false` with [`VirtualTeacherForm::AsCoded`].
+    #[serde(default)]
+    pub temperature_squared: bool,
 }
 
 impl VirtualTeacherLoss {
@@ -73,13 +77,15 @@ impl VirtualTeacherLoss {
             correct_prob: 0.99,
             reduction: KlReduction::ElementwiseMean,
             form: VirtualTeacherForm::AsCoded,
+            temperature_squared: false,
         }
     }
 
     /// The paper's Eq. 9 (student softened by T), with or without T².
     pub fn paper_eq9(alpha: f64, temperature: f64, multiplier: f64, temperature_squared: bool) -> Self {
         Self {
-            form: VirtualTeacherForm::PaperEq9 { temperature_squared },
+            form: VirtualTeacherForm::PaperEq9,
+            temperature_squared,
             ..Self::as_coded(alpha, temperature, multiplier)
         }
     }
@@ -89,8 +95,16 @@ impl VirtualTeacherLoss {
         Self { reduction, ..self }
     }
 
-    /// Checks α ∈ [0, 1], T > 0, m ≥ 0 and a ∈ (1/K, 1].
+    /// Checks α ∈ [0, 1], T > 0, m ≥ 0, a ∈ (1/K, 1] and that T² is asked
+    /// for only with Eq. 9.
     pub fn validate(&self, num_classes: usize) -> Result<()> {
+        if self.temperature_squared && self.form == VirtualTeacherForm::AsCoded {
+            return Err(crate::Error::InvalidParameter {
+                name: "temperature_squared",
+                value: 1.0,
+                expected: "only applies to form = \"paper_eq9\"".into(),
+            });
+        }
         check_param("alpha", self.alpha, (0.0..=1.0).contains(&self.alpha), "must be in [0, 1]")?;
         check_param("temperature", self.temperature, self.temperature > 0.0, "must be > 0")?;
         check_param("multiplier", self.multiplier, self.multiplier >= 0.0, "must be >= 0")?;
@@ -106,7 +120,7 @@ impl VirtualTeacherLoss {
     /// The softened virtual-teacher distribution `softmax(pᵈ/T)` (N, K).
     pub fn target(&self, labels: &Tensor, num_classes: usize, dtype: DType) -> Result<Tensor> {
         let pd = virtual_teacher(labels, num_classes, self.correct_prob, dtype)?;
-        Ok(softmax(&(pd / self.temperature)?)?)
+        softmax(&(pd / self.temperature)?)
     }
 
     /// The softened target in closed form (f64): `softmax(pᵈ/T)` has
@@ -145,9 +159,7 @@ impl VirtualTeacherLoss {
         let t = self.temperature;
         let (student_t, t2) = match self.form {
             VirtualTeacherForm::AsCoded => (1.0, 1.0),
-            VirtualTeacherForm::PaperEq9 { temperature_squared } => {
-                (t, if temperature_squared { t * t } else { 1.0 })
-            }
+            VirtualTeacherForm::PaperEq9 => (t, if self.temperature_squared { t * t } else { 1.0 }),
         };
         let soft_weight = self.alpha * self.multiplier * t2;
         let (total, hard, soft) = if path.fused(student) {

@@ -12,7 +12,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{conv2d, linear, BInit, Conv2d, ConvSpec, WInit};
+use crate::layers::{conv2d, linear, BiasInit, Conv2d, ConvSpec, WeightInit};
 use crate::ops::{global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;
@@ -67,14 +67,14 @@ pub fn build(cfg: &AlexNetConfig, num_classes: usize, vb: VarBuilder) -> Result<
     let convs = specs
         .iter()
         .zip(CONV_INDEX)
-        .map(|(s, i)| conv2d(f.pp(i), *s, WInit::Torch, BInit::Torch))
+        .map(|(s, i)| conv2d(f.pp(i), *s, WeightInit::Torch, BiasInit::Torch))
         .collect::<Result<Vec<_>>>()?;
     let classifier = linear(
         vb.pp("classifier"),
         w[4],
         num_classes,
-        WInit::Torch,
-        BInit::Torch,
+        WeightInit::Torch,
+        BiasInit::Torch,
     )?;
     Ok(AlexNet {
         convs,
@@ -84,7 +84,7 @@ pub fn build(cfg: &AlexNetConfig, num_classes: usize, vb: VarBuilder) -> Result<
 }
 
 impl crate::Model for AlexNet {
-    fn forward_features(&self, xs: &Tensor, _train: bool) -> Result<Tensor> {
+    fn forward_features(&self, xs: &Tensor, _train: bool) -> crate::Result<Tensor> {
         let mut x = xs.clone();
         for (i, c) in self.convs.iter().enumerate() {
             x = c.forward(&x)?.relu_op()?;
@@ -92,15 +92,17 @@ impl crate::Model for AlexNet {
                 x = max_pool2d(&x, 2, 2, 0)?;
             }
         }
-        global_avg_pool(&x)
+        Ok(global_avg_pool(&x)?)
     }
 
-    fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
-        self.classifier.forward(features)
+    fn forward_head(&self, features: &Tensor, _train: bool) -> crate::Result<Tensor> {
+        Ok(self.classifier.forward(features)?)
     }
 
     fn num_classes(&self) -> usize {
         self.num_classes
     }
+
+    fn reseed_dropout(&self, _seed: u64) {}
 }
 crate::impl_module_t!(AlexNet);

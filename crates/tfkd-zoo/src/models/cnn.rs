@@ -8,12 +8,10 @@
 //! The flatten size follows the input: `(S/8)²·4C` (2048 at 32×32, as in `Net`;
 //! 8192 at 64×64 for Tiny-ImageNet, where `Net`'s hard-coded `4*4` would fail).
 
-use std::sync::{Arc, Mutex};
-
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, BatchNorm, Conv2d, ConvSpec, Dropout, MaskRng, WInit};
+use crate::layers::{bn2d, conv2d, conv_bn, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
 use crate::ops::max_pool2d;
 
 use super::div_ceil_multiple;
@@ -77,8 +75,8 @@ pub fn build(
         let conv = conv2d(
             vb.pp(format!("conv{}", i + 1)),
             ConvSpec::new(chans[i], chans[i + 1], 3, 1, 1),
-            WInit::Torch,
-            BInit::Torch,
+            WeightInit::Torch,
+            BiasInit::Torch,
         )?;
         let bn = bn2d(vb.pp(format!("bn{}", i + 1)), chans[i + 1])?;
         convs.push((conv, bn));
@@ -88,14 +86,14 @@ pub fn build(
         vb.pp("fc1"),
         s * s * 4 * c,
         4 * c,
-        WInit::Torch,
-        BInit::Torch,
+        WeightInit::Torch,
+        BiasInit::Torch,
     )?;
     let fcbn1 = bn2d(vb.pp("fcbn1"), 4 * c)?;
-    let fc2 = linear(vb.pp("fc2"), 4 * c, num_classes, WInit::Torch, BInit::Torch)?;
+    let fc2 = linear(vb.pp("fc2"), 4 * c, num_classes, WeightInit::Torch, BiasInit::Torch)?;
     let dropout = Dropout::new(
         cfg.dropout,
-        Arc::new(Mutex::new(MaskRng::new(dropout_seed))),
+        shared_mask_rng(dropout_seed),
     )?;
     Ok(Cnn {
         convs,
@@ -108,21 +106,25 @@ pub fn build(
 }
 
 impl crate::Model for Cnn {
-    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
         let mut x = xs.clone();
         for (conv, bn) in &self.convs {
             x = max_pool2d(&conv_bn(conv, bn, &x, train)?, 2, 2, 0)?.relu_op()?;
         }
         let x = x.flatten_from(1)?;
-        self.fcbn1.forward_t(&self.fc1.forward(&x)?, train)?.relu_op()
+        Ok(self.fcbn1.forward_t(&self.fc1.forward(&x)?, train)?.relu_op()?)
     }
 
-    fn forward_head(&self, features: &Tensor, train: bool) -> Result<Tensor> {
-        self.fc2.forward(&self.dropout.forward_t(features, train)?)
+    fn forward_head(&self, features: &Tensor, train: bool) -> crate::Result<Tensor> {
+        Ok(self.fc2.forward(&self.dropout.forward_t(features, train)?)?)
     }
 
     fn num_classes(&self) -> usize {
         self.num_classes
+    }
+
+    fn reseed_dropout(&self, seed: u64) {
+        self.dropout.reseed(seed)
     }
 }
 crate::impl_module_t!(Cnn);

@@ -13,7 +13,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{bn2d, conv2d, linear, BInit, BatchNorm, Conv2d, ConvSpec, WInit};
+use crate::layers::{bn2d, conv2d, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
 use crate::ops::{avg_pool2d, global_avg_pool};
 
 use super::div_ceil_multiple;
@@ -91,15 +91,15 @@ fn dense_block(
             conv1: conv2d(
                 v.pp(2),
                 ConvSpec::new(cin, 4 * k, 1, 1, 0),
-                WInit::Torch,
-                BInit::None,
+                WeightInit::Torch,
+                BiasInit::None,
             )?,
             bn2: bn2d(v.pp(3), 4 * k)?,
             conv2: conv2d(
                 v.pp(5),
                 ConvSpec::new(4 * k, k, 3, 1, 1),
-                WInit::Torch,
-                BInit::None,
+                WeightInit::Torch,
+                BiasInit::None,
             )?,
         });
         cin += k;
@@ -117,8 +117,8 @@ pub fn build(cfg: &DenseNetConfig, num_classes: usize, vb: VarBuilder) -> Result
     let conv1 = conv2d(
         vb.pp("conv1"),
         ConvSpec::new(3, c, 3, 1, 1),
-        WInit::Torch,
-        BInit::None,
+        WeightInit::Torch,
+        BiasInit::None,
     )?;
     let f = vb.pp("features");
     let mut stages = Vec::new();
@@ -140,15 +140,15 @@ pub fn build(cfg: &DenseNetConfig, num_classes: usize, vb: VarBuilder) -> Result
                 conv2d(
                     t.pp(1),
                     ConvSpec::new(c, out, 1, 1, 0),
-                    WInit::Torch,
-                    BInit::None,
+                    WeightInit::Torch,
+                    BiasInit::None,
                 )?,
             ));
             c = out;
         }
     }
     let bn = bn2d(f.pp("bn"), c)?;
-    let linear = linear(vb.pp("linear"), c, num_classes, WInit::Torch, BInit::Torch)?;
+    let linear = linear(vb.pp("linear"), c, num_classes, WeightInit::Torch, BiasInit::Torch)?;
     Ok(DenseNet {
         conv1,
         stages,
@@ -159,7 +159,7 @@ pub fn build(cfg: &DenseNetConfig, num_classes: usize, vb: VarBuilder) -> Result
 }
 
 impl crate::Model for DenseNet {
-    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
         let mut x = self.conv1.forward(xs)?;
         for s in &self.stages {
             match s {
@@ -178,15 +178,17 @@ impl crate::Model for DenseNet {
                 }
             }
         }
-        global_avg_pool(&self.bn.forward_t(&x, train)?.relu_op()?)
+        Ok(global_avg_pool(&self.bn.forward_t(&x, train)?.relu_op()?)?)
     }
 
-    fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
-        self.linear.forward(features)
+    fn forward_head(&self, features: &Tensor, _train: bool) -> crate::Result<Tensor> {
+        Ok(self.linear.forward(features)?)
     }
 
     fn num_classes(&self) -> usize {
         self.num_classes
     }
+
+    fn reseed_dropout(&self, _seed: u64) {}
 }
 crate::impl_module_t!(DenseNet);

@@ -12,7 +12,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{bn, bn2d, conv2d, linear, BInit, BatchNorm, Conv2d, ConvSpec, Dropout, MaskRng, WInit};
+use crate::layers::{bn, bn2d, conv2d, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
 use crate::ops::{global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;
@@ -83,13 +83,13 @@ struct Inception {
 
 fn cb(vb: &VarBuilder, i: usize, s: ConvSpec, eps: f64) -> Result<Cb> {
     Ok((
-        conv2d(vb.pp(i), s, WInit::Torch, BInit::Torch)?,
+        conv2d(vb.pp(i), s, WeightInit::Torch, BiasInit::Torch)?,
         bn(vb.pp(i + 1), s.cout, eps)?,
     ))
 }
 
 fn apply(c: &Cb, xs: &Tensor, train: bool) -> Result<Tensor> {
-    c.1.forward_t(&c.0.forward(xs)?, train)?.relu_op()
+    Ok(c.1.forward_t(&c.0.forward(xs)?, train)?.relu_op()?)
 }
 
 impl Inception {
@@ -146,8 +146,8 @@ pub fn build(
         conv2d(
             vb.pp("prelayer").pp(0),
             ConvSpec::new(3, cfg.prelayer, 3, 1, 1),
-            WInit::Torch,
-            BInit::Torch,
+            WeightInit::Torch,
+            BiasInit::Torch,
         )?,
         bn2d(vb.pp("prelayer").pp(1), cfg.prelayer)?,
     );
@@ -159,14 +159,14 @@ pub fn build(
     }
     let dropout = Dropout::new(
         cfg.dropout,
-        std::sync::Arc::new(std::sync::Mutex::new(MaskRng::new(dropout_seed))),
+        shared_mask_rng(dropout_seed),
     )?;
     let linear = linear(
         vb.pp("linear"),
         cin,
         num_classes,
-        WInit::Torch,
-        BInit::Torch,
+        WeightInit::Torch,
+        BiasInit::Torch,
     )?;
     Ok(GoogLeNet {
         prelayer,
@@ -178,7 +178,7 @@ pub fn build(
 }
 
 impl crate::Model for GoogLeNet {
-    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
         let mut x = apply(&self.prelayer, xs, train)?;
         for (i, inc) in self.inceptions.iter().enumerate() {
             if i == 2 || i == 7 {
@@ -186,16 +186,20 @@ impl crate::Model for GoogLeNet {
             }
             x = inc.forward_t(&x, train)?;
         }
-        global_avg_pool(&x)
+        Ok(global_avg_pool(&x)?)
     }
 
-    fn forward_head(&self, features: &Tensor, train: bool) -> Result<Tensor> {
-        self.linear
-            .forward(&self.dropout.forward_t(features, train)?)
+    fn forward_head(&self, features: &Tensor, train: bool) -> crate::Result<Tensor> {
+        Ok(self.linear
+            .forward(&self.dropout.forward_t(features, train)?)?)
     }
 
     fn num_classes(&self) -> usize {
         self.num_classes
+    }
+
+    fn reseed_dropout(&self, seed: u64) {
+        self.dropout.reseed(seed)
     }
 }
 crate::impl_module_t!(GoogLeNet);

@@ -13,7 +13,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::layers::{bn2d, conv2d, conv_bn, BInit, BatchNorm, Conv2d, ConvSpec, WInit};
+use crate::layers::{bn2d, conv2d, conv_bn, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
 use crate::ops::global_avg_pool;
 use tfkd_core::activation::relu6;
 
@@ -114,7 +114,7 @@ impl Bottleneck {
         ];
         let mut layers = Vec::new();
         for (i, s) in specs {
-            let conv = conv2d(vb.pp(i), s, WInit::Torch, BInit::Torch)?;
+            let conv = conv2d(vb.pp(i), s, WeightInit::Torch, BiasInit::Torch)?;
             let bn = bn2d(vb.pp(i + 1), s.cout)?;
             layers.push((conv, bn));
         }
@@ -159,8 +159,8 @@ pub fn build(cfg: &MobileNetV2Config, num_classes: usize, vb: VarBuilder) -> Res
         conv2d(
             vb.pp("pre").pp(0),
             ConvSpec::new(3, cfg.stem, 1, 1, 1),
-            WInit::Torch,
-            BInit::Torch,
+            WeightInit::Torch,
+            BiasInit::Torch,
         )?,
         bn2d(vb.pp("pre").pp(1), cfg.stem)?,
     );
@@ -183,16 +183,16 @@ pub fn build(cfg: &MobileNetV2Config, num_classes: usize, vb: VarBuilder) -> Res
         conv2d(
             vb.pp("conv1").pp(0),
             ConvSpec::new(cin, cfg.last, 1, 1, 0),
-            WInit::Torch,
-            BInit::Torch,
+            WeightInit::Torch,
+            BiasInit::Torch,
         )?,
         bn2d(vb.pp("conv1").pp(1), cfg.last)?,
     );
     let conv2 = conv2d(
         vb.pp("conv2"),
         ConvSpec::new(cfg.last, num_classes, 1, 1, 0),
-        WInit::Torch,
-        BInit::Torch,
+        WeightInit::Torch,
+        BiasInit::Torch,
     )?;
     Ok(MobileNetV2 {
         pre,
@@ -204,24 +204,26 @@ pub fn build(cfg: &MobileNetV2Config, num_classes: usize, vb: VarBuilder) -> Res
 }
 
 impl crate::Model for MobileNetV2 {
-    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
         let mut x = relu6(&conv_bn(&self.pre.0, &self.pre.1, xs, train)?)?;
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;
         }
         let x = relu6(&self.conv1.1.forward_t(&self.conv1.0.forward(&x)?, train)?)?;
-        global_avg_pool(&x)
+        Ok(global_avg_pool(&x)?)
     }
 
-    fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
+    fn forward_head(&self, features: &Tensor, _train: bool) -> crate::Result<Tensor> {
         let (n, d) = features.dims2()?;
-        self.conv2
+        Ok(self.conv2
             .forward(&features.reshape((n, d, 1, 1))?)?
-            .flatten_from(1)
+            .flatten_from(1)?)
     }
 
     fn num_classes(&self) -> usize {
         self.num_classes
     }
+
+    fn reseed_dropout(&self, _seed: u64) {}
 }
 crate::impl_module_t!(MobileNetV2);

@@ -12,7 +12,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, BatchNorm, Conv2d, ConvSpec, WInit};
+use crate::layers::{bn2d, conv2d, conv_bn, linear, BatchNorm, BiasInit, Conv2d, ConvSpec, ResidualBlock, WeightInit};
 use crate::ops::global_avg_pool;
 
 use super::div_ceil_multiple;
@@ -73,81 +73,22 @@ impl ResNetConfig {
     }
 }
 
-#[derive(Debug)]
-struct Block {
-    convs: Vec<(Conv2d, BatchNorm)>,
-    shortcut: Option<(Conv2d, BatchNorm)>,
-}
-
-impl Block {
-    fn new(
-        vb: VarBuilder,
-        cin: usize,
-        planes: usize,
-        stride: usize,
-        bottleneck: bool,
-    ) -> Result<Self> {
-        let (specs, cout) = if bottleneck {
-            (
-                vec![
-                    ConvSpec::new(cin, planes, 1, 1, 0),
-                    ConvSpec::new(planes, planes, 3, stride, 1),
-                    ConvSpec::new(planes, 4 * planes, 1, 1, 0),
-                ],
-                4 * planes,
-            )
-        } else {
-            (
-                vec![
-                    ConvSpec::new(cin, planes, 3, stride, 1),
-                    ConvSpec::new(planes, planes, 3, 1, 1),
-                ],
-                planes,
-            )
-        };
-        let mut convs = Vec::new();
-        for (i, s) in specs.into_iter().enumerate() {
-            let conv = conv2d(
-                vb.pp(format!("conv{}", i + 1)),
-                s,
-                WInit::Torch,
-                BInit::None,
-            )?;
-            let bn = bn2d(vb.pp(format!("bn{}", i + 1)), s.cout)?;
-            convs.push((conv, bn));
-        }
-        let shortcut = if stride != 1 || cin != cout {
-            let vb = vb.pp("shortcut");
-            Some((
-                conv2d(
-                    vb.pp(0),
-                    ConvSpec::new(cin, cout, 1, stride, 0),
-                    WInit::Torch,
-                    BInit::None,
-                )?,
-                bn2d(vb.pp(1), cout)?,
-            ))
-        } else {
-            None
-        };
-        Ok(Self { convs, shortcut })
-    }
-
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let mut out = xs.clone();
-        let last = self.convs.len() - 1;
-        for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            out = conv_bn(conv, bn, &out, train)?;
-            if i != last {
-                out = out.relu_op()?;
-            }
-        }
-        let short = match &self.shortcut {
-            Some((conv, bn)) => conv_bn(conv, bn, xs, train)?,
-            None => xs.clone(),
-        };
-        (out + short)?.relu_op()
-    }
+/// A basic block (two 3×3 convs) or a bottleneck (1×1, 3×3 with the
+/// stride, 1×1 to 4× planes); shortcut `shortcut.0/1`.
+fn block(vb: VarBuilder, cin: usize, planes: usize, stride: usize, bottleneck: bool) -> Result<ResidualBlock> {
+    let specs = if bottleneck {
+        vec![
+            ConvSpec::new(cin, planes, 1, 1, 0),
+            ConvSpec::new(planes, planes, 3, stride, 1),
+            ConvSpec::new(planes, 4 * planes, 1, 1, 0),
+        ]
+    } else {
+        vec![
+            ConvSpec::new(cin, planes, 3, stride, 1),
+            ConvSpec::new(planes, planes, 3, 1, 1),
+        ]
+    };
+    ResidualBlock::numbered(vb, &specs, WeightInit::Torch, "shortcut")
 }
 
 /// A CIFAR ResNet.
@@ -155,7 +96,7 @@ impl Block {
 pub struct ResNet {
     conv1: Conv2d,
     bn1: BatchNorm,
-    layers: Vec<Block>,
+    layers: Vec<ResidualBlock>,
     linear: Linear,
     num_classes: usize,
 }
@@ -165,8 +106,8 @@ pub fn build(cfg: &ResNetConfig, num_classes: usize, vb: VarBuilder) -> Result<R
     let conv1 = conv2d(
         vb.pp("conv1"),
         ConvSpec::new(3, cfg.stem, 3, 1, 1),
-        WInit::Torch,
-        BInit::None,
+        WeightInit::Torch,
+        BiasInit::None,
     )?;
     let bn1 = bn2d(vb.pp("bn1"), cfg.stem)?;
     let exp = if cfg.bottleneck { 4 } else { 1 };
@@ -176,7 +117,7 @@ pub fn build(cfg: &ResNetConfig, num_classes: usize, vb: VarBuilder) -> Result<R
         let vbl = vb.pp(format!("layer{}", s + 1));
         for j in 0..n {
             let stride = if j == 0 && s > 0 { 2 } else { 1 };
-            layers.push(Block::new(vbl.pp(j), cin, planes, stride, cfg.bottleneck)?);
+            layers.push(block(vbl.pp(j), cin, planes, stride, cfg.bottleneck)?);
             cin = planes * exp;
         }
     }
@@ -184,8 +125,8 @@ pub fn build(cfg: &ResNetConfig, num_classes: usize, vb: VarBuilder) -> Result<R
         vb.pp("linear"),
         cin,
         num_classes,
-        WInit::Torch,
-        BInit::Torch,
+        WeightInit::Torch,
+        BiasInit::Torch,
     )?;
     Ok(ResNet {
         conv1,
@@ -197,20 +138,22 @@ pub fn build(cfg: &ResNetConfig, num_classes: usize, vb: VarBuilder) -> Result<R
 }
 
 impl crate::Model for ResNet {
-    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
         let mut x = conv_bn(&self.conv1, &self.bn1, xs, train)?.relu_op()?;
         for b in &self.layers {
             x = b.forward_t(&x, train)?;
         }
-        global_avg_pool(&x)
+        Ok(global_avg_pool(&x)?)
     }
 
-    fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
-        self.linear.forward(features)
+    fn forward_head(&self, features: &Tensor, _train: bool) -> crate::Result<Tensor> {
+        Ok(self.linear.forward(features)?)
     }
 
     fn num_classes(&self) -> usize {
         self.num_classes
     }
+
+    fn reseed_dropout(&self, _seed: u64) {}
 }
 crate::impl_module_t!(ResNet);

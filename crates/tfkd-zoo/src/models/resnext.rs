@@ -17,7 +17,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, BatchNorm, Conv2d, ConvSpec, WInit};
+use crate::layers::{bn2d, conv2d, linear, BatchNorm, BiasInit, Conv2d, ConvSpec, ResidualBlock, WeightInit};
 use crate::ops::global_avg_pool;
 
 use super::div_ceil_multiple;
@@ -61,26 +61,20 @@ impl ResNeXtConfig {
     }
 }
 
-#[derive(Debug)]
-struct Bottleneck {
-    reduce: (Conv2d, BatchNorm),
-    conv: (Conv2d, BatchNorm),
-    expand: (Conv2d, BatchNorm),
-    shortcut: Option<(Conv2d, BatchNorm)>,
-}
-
-impl Bottleneck {
-    fn new(
+/// A ResNeXt bottleneck: `conv_reduce`/`bn_reduce`, the grouped
+/// `conv_conv`/`bn`, `conv_expand`/`bn_expand` and the projection
+/// `shortcut.shortcut_conv`/`shortcut_bn` (created first, as the original).
+fn bottleneck(
         vb: VarBuilder,
         cin: usize,
         cout: usize,
         stride: usize,
         card: usize,
         w: usize,
-    ) -> Result<Self> {
+    ) -> Result<ResidualBlock> {
         let d = card * cout / w;
-        let k = WInit::KaimingOut;
-        let n = BInit::None;
+        let k = WeightInit::KaimingOut;
+        let n = BiasInit::None;
         let shortcut = if cin != cout {
             let s = vb.pp("shortcut");
             Some((
@@ -95,12 +89,12 @@ impl Bottleneck {
         } else {
             None
         };
-        Ok(Self {
-            reduce: (
+        let convs = vec![
+            (
                 conv2d(vb.pp("conv_reduce"), ConvSpec::new(cin, d, 1, 1, 0), k, n)?,
                 bn2d(vb.pp("bn_reduce"), d)?,
             ),
-            conv: (
+            (
                 conv2d(
                     vb.pp("conv_conv"),
                     ConvSpec::new(d, d, 3, stride, 1).groups(card),
@@ -109,31 +103,19 @@ impl Bottleneck {
                 )?,
                 bn2d(vb.pp("bn"), d)?,
             ),
-            expand: (
+            (
                 conv2d(vb.pp("conv_expand"), ConvSpec::new(d, cout, 1, 1, 0), k, n)?,
                 bn2d(vb.pp("bn_expand"), cout)?,
             ),
-            shortcut,
-        })
+        ];
+        Ok(ResidualBlock { convs, shortcut })
     }
-
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let y = conv_bn(&self.reduce.0, &self.reduce.1, xs, train)?.relu_op()?;
-        let y = conv_bn(&self.conv.0, &self.conv.1, &y, train)?.relu_op()?;
-        let y = conv_bn(&self.expand.0, &self.expand.1, &y, train)?;
-        let r = match &self.shortcut {
-            Some((c, b)) => conv_bn(c, b, xs, train)?,
-            None => xs.clone(),
-        };
-        (r + y)?.relu_op()
-    }
-}
 
 /// The CIFAR ResNeXt.
 #[derive(Debug)]
 pub struct ResNeXt {
     stem: (Conv2d, BatchNorm),
-    blocks: Vec<Bottleneck>,
+    blocks: Vec<ResidualBlock>,
     classifier: Linear,
     num_classes: usize,
 }
@@ -151,8 +133,8 @@ pub fn build(cfg: &ResNeXtConfig, num_classes: usize, vb: VarBuilder) -> Result<
         conv2d(
             vb.pp("conv_1_3x3"),
             ConvSpec::new(3, cfg.base, 3, 1, 1),
-            WInit::KaimingOut,
-            BInit::None,
+            WeightInit::KaimingOut,
+            BiasInit::None,
         )?,
         bn2d(vb.pp("bn_1"), cfg.base)?,
     );
@@ -166,7 +148,7 @@ pub fn build(cfg: &ResNeXtConfig, num_classes: usize, vb: VarBuilder) -> Result<
             } else {
                 (stages[s + 1], 1)
             };
-            blocks.push(Bottleneck::new(
+            blocks.push(bottleneck(
                 vbs.pp(format!("{name}_bottleneck_{i}")),
                 cin,
                 stages[s + 1],
@@ -180,8 +162,8 @@ pub fn build(cfg: &ResNeXtConfig, num_classes: usize, vb: VarBuilder) -> Result<
         vb.pp("classifier"),
         stages[3],
         num_classes,
-        WInit::KaimingIn,
-        BInit::Zero,
+        WeightInit::KaimingIn,
+        BiasInit::Zero,
     )?;
     Ok(ResNeXt {
         stem,
@@ -192,7 +174,7 @@ pub fn build(cfg: &ResNeXtConfig, num_classes: usize, vb: VarBuilder) -> Result<
 }
 
 impl crate::Model for ResNeXt {
-    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
         let mut x = self
             .stem
             .1
@@ -201,15 +183,17 @@ impl crate::Model for ResNeXt {
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;
         }
-        global_avg_pool(&x)
+        Ok(global_avg_pool(&x)?)
     }
 
-    fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
-        self.classifier.forward(features)
+    fn forward_head(&self, features: &Tensor, _train: bool) -> crate::Result<Tensor> {
+        Ok(self.classifier.forward(features)?)
     }
 
     fn num_classes(&self) -> usize {
         self.num_classes
     }
+
+    fn reseed_dropout(&self, _seed: u64) {}
 }
 crate::impl_module_t!(ResNeXt);

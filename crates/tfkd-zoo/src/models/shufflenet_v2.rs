@@ -11,7 +11,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, BatchNorm, Conv2d, ConvSpec, WInit};
+use crate::layers::{bn2d, conv2d, conv_bn, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
 use crate::ops::{channel_shuffle, global_avg_pool};
 
 use super::div_ceil_multiple;
@@ -68,7 +68,7 @@ struct Unit {
 
 fn cb(vb: &VarBuilder, i: usize, s: ConvSpec) -> Result<(Conv2d, BatchNorm)> {
     Ok((
-        conv2d(vb.pp(i), s, WInit::Torch, BInit::Torch)?,
+        conv2d(vb.pp(i), s, WeightInit::Torch, BiasInit::Torch)?,
         bn2d(vb.pp(i + 1), s.cout)?,
     ))
 }
@@ -165,8 +165,8 @@ pub fn build(cfg: &ShuffleNetV2Config, num_classes: usize, vb: VarBuilder) -> Re
         vb.pp("fc"),
         cfg.out_channels[3],
         num_classes,
-        WInit::Torch,
-        BInit::Torch,
+        WeightInit::Torch,
+        BiasInit::Torch,
     )?;
     Ok(ShuffleNetV2 {
         pre,
@@ -178,7 +178,7 @@ pub fn build(cfg: &ShuffleNetV2Config, num_classes: usize, vb: VarBuilder) -> Re
 }
 
 impl crate::Model for ShuffleNetV2 {
-    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
         let mut x = conv_bn(&self.pre.0, &self.pre.1, xs, train)?;
         for u in &self.units {
             x = u.forward_t(&x, train)?;
@@ -188,15 +188,17 @@ impl crate::Model for ShuffleNetV2 {
             .1
             .forward_t(&self.conv5.0.forward(&x)?, train)?
             .relu_op()?;
-        global_avg_pool(&x)
+        Ok(global_avg_pool(&x)?)
     }
 
-    fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
-        self.fc.forward(features)
+    fn forward_head(&self, features: &Tensor, _train: bool) -> crate::Result<Tensor> {
+        Ok(self.fc.forward(features)?)
     }
 
     fn num_classes(&self) -> usize {
         self.num_classes
     }
+
+    fn reseed_dropout(&self, _seed: u64) {}
 }
 crate::impl_module_t!(ShuffleNetV2);

@@ -14,7 +14,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{bn2d, conv2d, linear, BInit, BatchNorm, Conv2d, ConvSpec, WInit};
+use crate::layers::{bn2d, conv2d, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
 use crate::ops::{avg_pool2d, global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;
@@ -89,8 +89,8 @@ pub fn build(cfg: &TvDenseNetConfig, num_classes: usize, vb: VarBuilder) -> Resu
         candle_core::bail!("tv_densenet: at least one dense block is required")
     }
     let f = vb.pp("features");
-    let k = WInit::KaimingIn;
-    let n = BInit::None;
+    let k = WeightInit::KaimingIn;
+    let n = BiasInit::None;
     let mut c = cfg.init_features;
     let conv0 = conv2d(f.pp("conv0"), ConvSpec::new(3, c, 7, 2, 3), k, n)?;
     let norm0 = bn2d(f.pp("norm0"), c)?;
@@ -124,8 +124,8 @@ pub fn build(cfg: &TvDenseNetConfig, num_classes: usize, vb: VarBuilder) -> Resu
         vb.pp("classifier"),
         c,
         num_classes,
-        WInit::Torch,
-        BInit::Zero,
+        WeightInit::Torch,
+        BiasInit::Zero,
     )?;
     Ok(TvDenseNet {
         conv0,
@@ -138,7 +138,7 @@ pub fn build(cfg: &TvDenseNetConfig, num_classes: usize, vb: VarBuilder) -> Resu
 }
 
 impl crate::Model for TvDenseNet {
-    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
         let x = self
             .norm0
             .forward_t(&self.conv0.forward(xs)?, train)?
@@ -161,15 +161,17 @@ impl crate::Model for TvDenseNet {
                 }
             }
         }
-        global_avg_pool(&self.norm5.forward_t(&x, train)?.relu_op()?)
+        Ok(global_avg_pool(&self.norm5.forward_t(&x, train)?.relu_op()?)?)
     }
 
-    fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
-        self.classifier.forward(features)
+    fn forward_head(&self, features: &Tensor, _train: bool) -> crate::Result<Tensor> {
+        Ok(self.classifier.forward(features)?)
     }
 
     fn num_classes(&self) -> usize {
         self.num_classes
     }
+
+    fn reseed_dropout(&self, _seed: u64) {}
 }
 crate::impl_module_t!(TvDenseNet);

@@ -14,7 +14,7 @@
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{bn2d, conv2d, conv_bn, linear, BInit, BatchNorm, Conv2d, ConvSpec, WInit};
+use crate::layers::{bn2d, conv2d, linear, BatchNorm, BiasInit, Conv2d, ConvSpec, ResidualBlock, WeightInit};
 use crate::ops::{global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;
@@ -95,44 +95,20 @@ impl TvResNetConfig {
     }
 }
 
-#[derive(Debug)]
-struct Block {
-    convs: Vec<(Conv2d, BatchNorm)>,
-    downsample: Option<(Conv2d, BatchNorm)>,
-}
-
-impl Block {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let mut out = xs.clone();
-        let last = self.convs.len() - 1;
-        for (i, (c, b)) in self.convs.iter().enumerate() {
-            out = conv_bn(c, b, &out, train)?;
-            if i != last {
-                out = out.relu_op()?;
-            }
-        }
-        let id = match &self.downsample {
-            Some((c, b)) => conv_bn(c, b, xs, train)?,
-            None => xs.clone(),
-        };
-        (out + id)?.relu_op()
-    }
-}
-
 /// A torchvision ResNet / ResNeXt.
 #[derive(Debug)]
 pub struct TvResNet {
     conv1: Conv2d,
     bn1: BatchNorm,
-    blocks: Vec<Block>,
+    blocks: Vec<ResidualBlock>,
     fc: Linear,
     num_classes: usize,
 }
 
 /// Builds a torchvision ResNet (names `conv1`, `bn1`, `layerI.J.*`, `fc`).
 pub fn build(cfg: &TvResNetConfig, num_classes: usize, vb: VarBuilder) -> Result<TvResNet> {
-    let k = WInit::KaimingOut;
-    let n = BInit::None;
+    let k = WeightInit::KaimingOut;
+    let n = BiasInit::None;
     let conv1 = conv2d(vb.pp("conv1"), ConvSpec::new(3, cfg.stem, 7, 2, 3), k, n)?;
     let bn1 = bn2d(vb.pp("bn1"), cfg.stem)?;
     let exp = if cfg.bottleneck { 4 } else { 1 };
@@ -167,27 +143,11 @@ pub fn build(cfg: &TvResNetConfig, num_classes: usize, vb: VarBuilder) -> Result
                     ConvSpec::new(planes, planes, 3, 1, 1),
                 ]
             };
-            let mut convs = Vec::new();
-            for (i, sp) in specs.into_iter().enumerate() {
-                convs.push((
-                    conv2d(v.pp(format!("conv{}", i + 1)), sp, k, n)?,
-                    bn2d(v.pp(format!("bn{}", i + 1)), sp.cout)?,
-                ));
-            }
-            let downsample = if stride != 1 || cin != cout {
-                let d = v.pp("downsample");
-                Some((
-                    conv2d(d.pp(0), ConvSpec::new(cin, cout, 1, stride, 0), k, n)?,
-                    bn2d(d.pp(1), cout)?,
-                ))
-            } else {
-                None
-            };
-            blocks.push(Block { convs, downsample });
+            blocks.push(ResidualBlock::numbered(v, &specs, k, "downsample")?);
             cin = cout;
         }
     }
-    let fc = linear(vb.pp("fc"), cin, num_classes, WInit::Torch, BInit::Torch)?;
+    let fc = linear(vb.pp("fc"), cin, num_classes, WeightInit::Torch, BiasInit::Torch)?;
     Ok(TvResNet {
         conv1,
         bn1,
@@ -198,7 +158,7 @@ pub fn build(cfg: &TvResNetConfig, num_classes: usize, vb: VarBuilder) -> Result
 }
 
 impl crate::Model for TvResNet {
-    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
         let x = self
             .bn1
             .forward_t(&self.conv1.forward(xs)?, train)?
@@ -207,15 +167,17 @@ impl crate::Model for TvResNet {
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;
         }
-        global_avg_pool(&x)
+        Ok(global_avg_pool(&x)?)
     }
 
-    fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
-        self.fc.forward(features)
+    fn forward_head(&self, features: &Tensor, _train: bool) -> crate::Result<Tensor> {
+        Ok(self.fc.forward(features)?)
     }
 
     fn num_classes(&self) -> usize {
         self.num_classes
     }
+
+    fn reseed_dropout(&self, _seed: u64) {}
 }
 crate::impl_module_t!(TvResNet);

@@ -12,12 +12,10 @@
 //! kaiming_normal(fan_out) with zero bias, BN 1/0, Linear N(0, 0.01) with zero
 //! bias.
 
-use std::sync::{Arc, Mutex};
-
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
-use crate::layers::{bn2d, conv2d, BInit, BatchNorm, Conv2d, ConvSpec, Dropout, MaskRng, WInit};
+use crate::layers::{bn2d, conv2d, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
 use crate::ops::{adaptive_avg_pool2d, max_pool2d};
 
 use super::div_ceil_multiple;
@@ -126,8 +124,8 @@ pub fn build(
                 let conv = conv2d(
                     f.pp(idx),
                     ConvSpec::new(cin, c, 3, 1, 1),
-                    WInit::KaimingOut,
-                    BInit::Zero,
+                    WeightInit::KaimingOut,
+                    BiasInit::Zero,
                 )?;
                 let bn = bn2d(f.pp(idx + 1), c)?;
                 stages.push(Stage::Conv(conv, bn));
@@ -146,7 +144,7 @@ pub fn build(
         fc(c.pp(3), cfg.hidden, cfg.hidden)?,
         fc(c.pp(6), cfg.hidden, num_classes)?,
     ];
-    let rng = Arc::new(Mutex::new(MaskRng::new(dropout_seed)));
+    let rng = shared_mask_rng(dropout_seed);
     let dropouts = [
         Dropout::new(cfg.dropout, rng.clone())?,
         Dropout::new(cfg.dropout, rng)?,
@@ -162,7 +160,7 @@ pub fn build(
 
 impl crate::Model for Vgg {
     /// The flattened 7×7 adaptive pool (`[N, 512·49]` for VGG19).
-    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
         let mut x = xs.clone();
         for s in &self.stages {
             x = match s {
@@ -170,19 +168,24 @@ impl crate::Model for Vgg {
                 Stage::Pool => max_pool2d(&x, 2, 2, 0)?,
             };
         }
-        adaptive_avg_pool2d(&x, self.pool, self.pool)?.flatten_from(1)
+        Ok(adaptive_avg_pool2d(&x, self.pool, self.pool)?.flatten_from(1)?)
     }
 
-    fn forward_head(&self, features: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_head(&self, features: &Tensor, train: bool) -> crate::Result<Tensor> {
         let x = self.fcs[0].forward(features)?.relu_op()?;
         let x = self.dropouts[0].forward_t(&x, train)?;
         let x = self.fcs[1].forward(&x)?.relu_op()?;
         let x = self.dropouts[1].forward_t(&x, train)?;
-        self.fcs[2].forward(&x)
+        Ok(self.fcs[2].forward(&x)?)
     }
 
     fn num_classes(&self) -> usize {
         self.num_classes
+    }
+
+    fn reseed_dropout(&self, seed: u64) {
+        // Both dropouts share one source.
+        self.dropouts[0].reseed(seed)
     }
 }
 crate::impl_module_t!(Vgg);

@@ -11,12 +11,10 @@
 //! Initialisation as the reference: conv kaiming_normal(fan_out), BN 1/0,
 //! Linear bias 0.
 
-use std::sync::{Arc, Mutex};
-
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::layers::{bn2d, conv2d, linear, BInit, BatchNorm, Conv2d, ConvSpec, Dropout, MaskRng, WInit};
+use crate::layers::{bn2d, conv2d, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
 use crate::ops::global_avg_pool;
 
 use super::div_ceil_multiple;
@@ -106,13 +104,13 @@ pub fn build(
     let w = cfg.widen_factor;
     let b = cfg.base;
     let ch = [b, b * w, 2 * b * w, 4 * b * w];
-    let k = WInit::KaimingOut;
-    let rng = Arc::new(Mutex::new(MaskRng::new(dropout_seed)));
+    let k = WeightInit::KaimingOut;
+    let rng = shared_mask_rng(dropout_seed);
     let conv1 = conv2d(
         vb.pp("conv1"),
         ConvSpec::new(3, ch[0], 3, 1, 1),
         k,
-        BInit::None,
+        BiasInit::None,
     )?;
     let mut blocks = Vec::new();
     for g in 0..3 {
@@ -131,21 +129,21 @@ pub fn build(
                     v.pp("conv1"),
                     ConvSpec::new(cin, cout, 3, stride, 1),
                     k,
-                    BInit::None,
+                    BiasInit::None,
                 )?,
                 bn2: bn2d(v.pp("bn2"), cout)?,
                 conv2: conv2d(
                     v.pp("conv2"),
                     ConvSpec::new(cout, cout, 3, 1, 1),
                     k,
-                    BInit::None,
+                    BiasInit::None,
                 )?,
                 shortcut: if cin != cout {
                     Some(conv2d(
                         v.pp("convShortcut"),
                         ConvSpec::new(cin, cout, 1, stride, 0),
                         k,
-                        BInit::None,
+                        BiasInit::None,
                     )?)
                 } else {
                     None
@@ -155,7 +153,7 @@ pub fn build(
         }
     }
     let bn1 = bn2d(vb.pp("bn1"), ch[3])?;
-    let fc = linear(vb.pp("fc"), ch[3], num_classes, WInit::Torch, BInit::Zero)?;
+    let fc = linear(vb.pp("fc"), ch[3], num_classes, WeightInit::Torch, BiasInit::Zero)?;
     Ok(Wrn {
         conv1,
         blocks,
@@ -166,20 +164,27 @@ pub fn build(
 }
 
 impl crate::Model for Wrn {
-    fn forward_features(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
         let mut x = self.conv1.forward(xs)?;
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;
         }
-        global_avg_pool(&self.bn1.forward_t(&x, train)?.relu_op()?)
+        Ok(global_avg_pool(&self.bn1.forward_t(&x, train)?.relu_op()?)?)
     }
 
-    fn forward_head(&self, features: &Tensor, _train: bool) -> Result<Tensor> {
-        self.fc.forward(features)
+    fn forward_head(&self, features: &Tensor, _train: bool) -> crate::Result<Tensor> {
+        Ok(self.fc.forward(features)?)
     }
 
     fn num_classes(&self) -> usize {
         self.num_classes
+    }
+
+    fn reseed_dropout(&self, seed: u64) {
+        // Every block's dropout shares one source.
+        if let Some(b) = self.blocks.first() {
+            b.dropout.reseed(seed)
+        }
     }
 }
 crate::impl_module_t!(Wrn);

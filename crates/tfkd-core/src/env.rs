@@ -1,0 +1,25 @@
+//! The environment variables the tfkd libraries read: the one place their
+//! names are written, each with its values and effect.
+
+/// `TFKD_CONV`: which convolution [`crate::conv::conv2d`] runs.
+///
+/// - unset, or any other value: tfkd's own convolution engine (CPU per-image
+///   GEMM kernels, depthwise kernels, matrix-product backward passes);
+/// - [`CONV_CANDLE`] (`candle`): candle's own `Tensor::conv2d` and its
+///   autograd everywhere: the benchmarks' baseline, and an escape hatch should
+///   the fast paths misbehave on a device.
+///
+/// Read once per process, at the first convolution.
+pub const CONV: &str = "TFKD_CONV";
+
+/// The value of [`CONV`] that selects candle's own convolution.
+pub const CONV_CANDLE: &str = "candle";
+
+/// `RAYON_NUM_THREADS`: the number of threads of rayon's global pool, on
+/// which the CPU kernels (convolutions, BatchNorm, pooling, activations,
+/// fused losses) and candle's CPU matmul split their work. Read by rayon
+/// itself when the pool starts (default: one thread per logical CPU); tfkd
+/// never sets it. Results do not depend on it: work is split into chunks
+/// whose sizes depend only on the shapes, and partial sums are added in a
+/// fixed order.
+pub const RAYON_NUM_THREADS: &str = "RAYON_NUM_THREADS";
