@@ -5,6 +5,9 @@
 //! `target/criterion/<loss>_<mode>/<path>/<N>x<K>/new/estimates.json`, which
 //! `scripts/bench_losses_torch.py --criterion <target dir>` reads.
 
+// `criterion_group!` defines a public function it cannot document.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::time::Duration;

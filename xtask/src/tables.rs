@@ -16,7 +16,7 @@
 //!
 //! [`load`] parses and validates a file ([`TableId::all`] lists them); the
 //! tests of `tables/checks.rs` check the data against the printed arithmetic,
-//! listing every known inconsistency of the paper (paper.md §1.6) exactly.
+//! listing every known inconsistency of the paper (docs/PAPER.md, "Known inconsistencies") exactly.
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::de::{IgnoredAny, IntoDeserializer};
@@ -121,7 +121,7 @@ impl fmt::Display for TableId {
 pub const PAPER_DATASETS: [DatasetKind; 4] =
     [DatasetKind::Cifar10, DatasetKind::Cifar100, DatasetKind::TinyImagenet, DatasetKind::Imagenet];
 
-/// Where paper.md found a number: the paper text and the repo's table image
+/// Where a number was found: the paper text and the official repository's table image
 /// agreeing (`T+I`), or the converted text only (`T`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 pub enum Source {

@@ -116,6 +116,37 @@ impl ImageDataset {
         Self::new(bytes, labels, shape, num_classes)
     }
 
+    /// The images as `(N, C, H, W)` f32 = byte / 255 and the labels as `(N,)` u8 (u32 beyond
+    /// 256 classes), on `device`: candle-datasets' layout (its CIFAR-10 reader's; its MNIST
+    /// reader flattens the images, `flatten_from(1)`), and the exact inverse of
+    /// [`ImageDataset::from_tensors`]. The digits' values (0..=16) are divided by 255 too.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor};
+    /// use tfkd_data::ImageDataset;
+    ///
+    /// let ds = ImageDataset::new((0..24).collect(), vec![1, 0], (3, 2, 2), 2)?;
+    /// let (images, labels) = ds.to_tensors(&Device::Cpu)?;
+    /// assert_eq!((images.dims(), images.dtype(), labels.dtype()), (&[2, 3, 2, 2][..], DType::F32, DType::U8));
+    /// assert!((images.flatten_all()?.to_vec1::<f32>()?[23] - 23.0 / 255.0).abs() < 1e-7);
+    /// assert_eq!(ImageDataset::from_tensors(&images, &labels, (3, 2, 2), 2)?, ds);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn to_tensors(&self, device: &candle_core::Device) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
+        use candle_core::{DType, Device, Tensor};
+        let (c, h, w) = self.shape;
+        // `/ 255.` as candle-datasets divides, so the f32 values are bit-identical to its own.
+        let images = (Tensor::from_slice(&self.images, (self.len(), c, h, w), &Device::Cpu)?.to_dtype(DType::F32)? / 255.)?
+            .to_device(device)?;
+        let labels = if self.num_classes <= 256 {
+            let l: Vec<u8> = self.labels.iter().map(|&l| l as u8).collect();
+            Tensor::from_vec(l, self.len(), device)?
+        } else {
+            Tensor::from_slice(&self.labels, self.len(), device)?
+        };
+        Ok((images, labels))
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()

@@ -7,7 +7,10 @@
 //! * [`transforms`]: torchvision-exact u8 augmentations and normalisation ([`Pipeline`]);
 //! * [`Loader`]: multi-threaded, prefetching, per-epoch shuffled batches that are identical
 //!   whatever the thread count, as f32 tensors on any candle device;
-//! * [`download`]: the official archives, MD5-checked and atomically extracted.
+//! * [`download`]: the official archives, MD5-checked and atomically extracted;
+//! * `interop` (feature `candle-datasets`, off by default): conversions to and from
+//!   candle-datasets' `vision::Dataset`; [`ImageDataset::from_tensors`] and
+//!   [`ImageDataset::to_tensors`] work on its tensors without the feature.
 #![deny(missing_docs)]
 
 pub mod dataset;
@@ -15,6 +18,8 @@ pub mod download;
 pub mod error;
 pub mod folder;
 pub mod image;
+#[cfg(feature = "candle-datasets")]
+pub mod interop;
 pub mod loader;
 pub mod records;
 pub mod transforms;

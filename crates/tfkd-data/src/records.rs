@@ -243,6 +243,15 @@ impl ImageDataset {
 
     /// The official CIFAR-10 binary version: `dir` is `cifar-10-batches-bin/` or its parent.
     /// Train: `data_batch_1..5.bin` (50,000), test: `test_batch.bin` (10,000).
+    ///
+    /// This is tfkd-data's own reader rather than candle-datasets'
+    /// `vision::cifar::load_dir` (0.11.1), which does the same job less strictly: it reads
+    /// exactly 10,000 records per file with `read_exact` (a longer file's extra records are
+    /// dropped silently, a shorter one is an `UnexpectedEof` that names no file), checks no
+    /// label, always loads both splits, and stores f32 (4x the memory of u8). Here every file
+    /// must hold exactly 10,000 records, labels are range-checked, and errors name the file,
+    /// the record and the split. `tfkd_data::interop` (feature `candle-datasets`) converts either
+    /// way when code needs candle-datasets' `Dataset`.
     pub fn cifar10(dir: impl AsRef<Path>, split: Split) -> Result<Self> {
         let dir = resolve_dir(dir.as_ref(), "cifar-10-batches-bin")?;
         let files: Vec<PathBuf> = match split {

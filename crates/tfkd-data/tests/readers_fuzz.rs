@@ -231,7 +231,7 @@ fn split_readers_with_damaged_files_and_metadata_never_panic() {
 fn encoded(format: image::ImageFormat, grey: bool) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     if grey {
-        image::GrayImage::from_fn(20, 12, |x, y| image::Luma([(x * 13 ^ y * 7) as u8]))
+        image::GrayImage::from_fn(20, 12, |x, y| image::Luma([((x * 13) ^ (y * 7)) as u8]))
             .write_to(&mut out, format)
             .unwrap();
     } else {

@@ -284,4 +284,31 @@ mod tests {
                 .unwrap();
         assert!(config.build().unwrap_err().to_string().contains("baseline-epoch"));
     }
+
+    #[test]
+    fn distill_errors_name_method_field_and_value() {
+        let config: StrategyConfig =
+            toml::from_str("method = \"tf-kd-reg\"\nalpha = 0.1\ntemperature = 20.0\ntemperature_squared = true").unwrap();
+        let err = config.build().unwrap_err();
+        assert!(matches!(err, DistillError::InvalidField { method: Method::TfKdReg, field: "temperature_squared", .. }));
+        assert_eq!(
+            err.to_string(),
+            "tf-kd-reg: invalid temperature_squared = true: only applies to form = \"paper_eq9\""
+        );
+        let config: StrategyConfig =
+            toml::from_str("method = \"de-kd\"\nalpha = 0.9\ntemperature = 4.0\nteacher = { model = \"resnet18\" }")
+                .unwrap();
+        let err = config.build().unwrap_err();
+        assert!(err.to_string().starts_with("de-kd: invalid teacher.source = \"baseline\""), "{err}");
+        // Loss validation errors keep tfkd-core's message.
+        let config: StrategyConfig = toml::from_str("method = \"lsr\"\nepsilon = 1.5").unwrap();
+        assert!(matches!(config.build().unwrap_err(), DistillError::Loss(_)));
+        // The spellings of `form` parse as before.
+        for (text, form) in [("as_coded", VirtualTeacherForm::AsCoded), ("paper_eq9", VirtualTeacherForm::PaperEq9)] {
+            let config: StrategyConfig =
+                toml::from_str(&format!("method = \"tf-kd-reg\"\nalpha = 0.1\ntemperature = 20.0\nform = \"{text}\""))
+                    .unwrap();
+            assert!(matches!(config, StrategyConfig::TfKdReg { form: f, .. } if f == form));
+        }
+    }
 }

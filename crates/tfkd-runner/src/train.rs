@@ -201,7 +201,7 @@ fn started_runs_hint(out_dir: &Path) -> String {
 /// Where a run directory stands before training: finished, started (a
 /// finished epoch to continue from), or fresh.
 enum Start {
-    Finished(Summary),
+    Finished(Box<Summary>),
     Resume,
     Fresh,
 }
@@ -214,7 +214,7 @@ fn prepare_run_dir(config: &ExperimentConfig, options: &RunOptions, reporter: &m
     match read_summary(&dir) {
         Ok(Some(summary)) => {
             check_stored_config(&dir, config)?;
-            return Ok(Start::Finished(summary));
+            return Ok(Start::Finished(Box::new(summary)));
         }
         Ok(None) => {}
         Err(e) => reporter.stage(&format!("{e}; the run counts as unfinished and its summary is written again")),
@@ -268,7 +268,7 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
     let resuming = match prepare_run_dir(config, options, reporter)? {
         Start::Finished(summary) => {
             reporter.stage(&format!("{} is finished (best top-1 {:.2}%), skipping", summary.run, summary.best.test_top1));
-            return Ok(RunOutcome { dir, summary: Some(summary) });
+            return Ok(RunOutcome { dir, summary: Some(*summary) });
         }
         Start::Resume => true,
         Start::Fresh => false,
@@ -322,8 +322,7 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
     write_metrics(&dir, &meta.history)?;
 
     let schedule = config.lr_schedule(loaders.train.num_batches());
-    let mut ran = 0;
-    for epoch in meta.epochs_done..config.epochs {
+    for (ran, epoch) in (meta.epochs_done..config.epochs).enumerate() {
         if options.stop_after.is_some_and(|n| ran >= n) {
             return Ok(RunOutcome { dir, summary: None });
         }
@@ -343,7 +342,6 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         save_checkpoints(&dir, &varmap, &sgd, &meta, improved, config.keep_epochs.contains(&(epoch + 1)))?;
         write_metrics(&dir, &meta.history)?;
         reporter.epoch_end(&record);
-        ran += 1;
     }
 
     let best = meta

@@ -127,8 +127,62 @@ fn zip_entries(b: &[u8]) -> Result<HashMap<String, (usize, usize)>> {
     Ok(out)
 }
 
+/// Walks the pickle opcodes from `at` to STOP and rejects the arguments
+/// candle's unpickler does not guard: a LONG1 wider than 8 bytes (it shifts
+/// past 64 bits) and a BINUNICODE or GLOBAL running past the end of the
+/// bytes (it would allocate the claimed length first). An opcode it does
+/// not know ends the walk: candle reports it.
+fn check_pickle(b: &[u8], at: usize) -> Result<()> {
+    let mut p = at;
+    let need = |p: usize, n: usize, what: &str| -> Result<usize> {
+        match p.checked_add(n) {
+            Some(end) if end <= b.len() => Ok(end),
+            _ => err(format!("pickle stream: {what} at byte {p} runs past the end")),
+        }
+    };
+    while let Some(&op) = b.get(p) {
+        p += 1;
+        p = match op {
+            b'.' => return Ok(()),
+            // PROTO, BINPUT, BININT1, BINGET: one byte.
+            0x80 | b'q' | b'K' | b'h' => need(p, 1, "an argument")?,
+            b'M' => need(p, 2, "BININT2")?,
+            b'r' | b'J' | b'j' => need(p, 4, "an argument")?,
+            b'G' => need(p, 8, "BINFLOAT")?,
+            b'X' => {
+                let len = u32_at(b, p)?;
+                need(p + 4, len, "BINUNICODE")?
+            }
+            0x8a => {
+                let n = usize::from(*b.get(p).unwrap_or(&0));
+                if n > 8 {
+                    return err(format!("pickle stream: LONG1 of {n} bytes at byte {p} (at most 8 supported)"));
+                }
+                need(p + 1, n, "LONG1")?
+            }
+            b'c' => {
+                // GLOBAL: module and class names, each ended by a newline.
+                let mut q = p;
+                for _ in 0..2 {
+                    let nl = b[q.min(b.len())..]
+                        .iter()
+                        .position(|&c| c == b'\n')
+                        .ok_or_else(|| bad(format!("pickle stream: GLOBAL at byte {p} has no newline")))?;
+                    q += nl + 1;
+                }
+                q
+            }
+            b')' | b'R' | b'(' | b't' | b'Q' | 0x85 | 0x86 | 0x87 | 0x88 | 0x89 | b'N' | b's' | b'u' | b'}'
+            | b'd' | b'b' | 0x81 | b']' | b'a' | b'e' => p,
+            _ => return Ok(()),
+        };
+    }
+    err("pickle stream: no STOP opcode before the end")
+}
+
 fn unpickle(r: &mut Cursor<&[u8]>) -> Result<Object> {
     let at = r.position();
+    check_pickle(r.get_ref(), usize::try_from(at).unwrap_or(usize::MAX))?;
     let mut stack = Stack::empty();
     stack
         .read_loop(r)

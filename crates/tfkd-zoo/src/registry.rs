@@ -116,7 +116,7 @@ pub struct ModelEntry {
     pub description: &'static str,
     /// Input sizes the model supports.
     pub inputs: &'static [InputSize],
-    /// Reference learnable-parameter counts `(K, count)`: paper.md §4 for the
+    /// Reference learnable-parameter counts `(K, count)`: docs/MODELS.md (the official models' counts) for the
     /// CIFAR models (32×32), torchvision's published counts for ImageNet.
     pub reference_params: &'static [(usize, u64)],
     /// Forward multiply-accumulates of one image at the network's native
@@ -513,7 +513,7 @@ pub fn width_markdown() -> Result<String> {
 /// 200 (and 1000 for ImageNet) and the reference count it must equal.
 pub fn models_markdown() -> Result<String> {
     let mut out = String::from(
-        "| name | file | input | K=10 | K=100 | K=200 | K=1000 | reference (paper.md §4 / torchvision) |\n\
+        "| name | file | input | K=10 | K=100 | K=200 | K=1000 | reference (official code / torchvision) |\n\
          |---|---|---|---:|---:|---:|---:|---|\n",
     );
     let fmt = thousands;

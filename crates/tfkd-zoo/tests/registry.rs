@@ -1,7 +1,7 @@
 //! Registry-wide checks: every row's parameter count equals the PyTorch
 //! reference (`fixtures/zoo/param_counts.json`, from
 //! `scripts/gen_zoo_fixtures.py`) at K = 10, 100, 200 (and 1000 for ImageNet)
-//! and the paper's table (paper.md §4) / torchvision's published counts; every
+//! and the paper's table (docs/MODELS.md) / torchvision's published counts; every
 //! state-dict name and shape equals the reference's; errors name the problem.
 //! Counting allocates no weights (recording `VarBuilder`).
 

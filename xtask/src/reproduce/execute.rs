@@ -10,7 +10,6 @@
 use super::plan::{Plan, PlannedRun};
 use anyhow::{anyhow, Context, Result};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 use tfkd_runner::{run_experiment, RunOptions};
@@ -137,7 +136,7 @@ pub fn execute(plan: &Plan, jobs: usize, threads: Option<usize>) -> Result<()> {
 fn set_aside_runs_missing_kept_epochs(plan: &Plan) -> Result<()> {
     for run in plan.runs.values() {
         let dir = run.config.run_dir();
-        if !dir.join(tfkd_runner::train::SUMMARY).is_file() {
+        if !tfkd_runner::run_dir::is_finished(&dir) {
             continue;
         }
         let Some(&missing) =
@@ -145,13 +144,10 @@ fn set_aside_runs_missing_kept_epochs(plan: &Plan) -> Result<()> {
         else {
             continue;
         };
-        let base = format!("{}.before-keep-epoch-{missing}", dir.display());
-        let aside = (1..)
-            .map(|i| if i == 1 { PathBuf::from(&base) } else { PathBuf::from(format!("{base}-{i}")) })
-            .find(|p| !p.exists())
-            .expect("an unused name");
-        std::fs::rename(&dir, &aside)
-            .with_context(|| format!("cannot move {} aside to {}", dir.display(), aside.display()))?;
+        // Under the run's lock: no process is writing the run being moved.
+        let lock = tfkd_runner::run_dir::RunLock::acquire(&dir, &run.config.run_name(), &mut |m: &str| println!("{m}"))?;
+        let aside = tfkd_runner::run_dir::move_aside(&dir, &format!("before-keep-epoch-{missing}"))?;
+        drop(lock);
         println!(
             "{}: finished without the epoch-{missing} checkpoint a De-KD cell needs; training it again (the earlier run is kept at {})",
             run.config.run_name(),

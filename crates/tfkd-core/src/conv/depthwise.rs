@@ -90,6 +90,7 @@ struct Geom {
 }
 
 impl Geom {
+    // The nine dims of a depthwise problem, as the callers hold them.
     #[allow(clippy::too_many_arguments)]
     fn new(n: usize, c: usize, co: usize, h: usize, w: usize, kh: usize, kw: usize, s: usize, p: usize) -> Result<Self> {
         if c == 0 || co % c != 0 || s == 0 || h + 2 * p < kh || w + 2 * p < kw || kh == 0 || kw == 0 {

@@ -202,6 +202,7 @@ avx2_dispatch!(col2im, col2im_avx2, col2im_impl, (g: &Geom, cols: &[E], dx: &mut
 /// # Safety
 /// `dst` must be valid for reads (with `acc`) and writes of `dst_len`
 /// elements; without `acc` it may be uninitialised (it is only written).
+// The raw-pointer interface of `gemm`: pointers, strides and flags.
 #[allow(clippy::too_many_arguments)]
 unsafe fn matmul<E: Float>(
     (m, n, k): (usize, usize, usize),

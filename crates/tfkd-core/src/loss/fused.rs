@@ -396,6 +396,8 @@ fn sum_shifted<E: WithDType>(xs: &[E], shift: f64, tmp: &mut [E]) -> f64 {
 
 /// `Σₖ eₖ·(ς(tₖ − mᵗ) − σ(zₖ − m))` (mᵗ, m: the rows' maxima), via `tmp`.
 #[inline(always)]
+// Two rows with their maxima and scales, and the scratch buffer: a hot inner
+// kernel, kept flat so that it vectorises.
 #[allow(clippy::too_many_arguments)]
 fn teacher_dot<E: WithDType>(e: &[E], t: &[E], mt: f64, scale_t: f64, z: &[E], m: f64, scale: f64, tmp: &mut [E]) -> f64 {
     let (mt, scale_t, m, scale) = (E::from_f64(mt), E::from_f64(scale_t), E::from_f64(m), E::from_f64(scale));

@@ -65,51 +65,51 @@ impl ResNeXtConfig {
 /// `conv_conv`/`bn`, `conv_expand`/`bn_expand` and the projection
 /// `shortcut.shortcut_conv`/`shortcut_bn` (created first, as the original).
 fn bottleneck(
-        vb: VarBuilder,
-        cin: usize,
-        cout: usize,
-        stride: usize,
-        card: usize,
-        w: usize,
-    ) -> Result<ResidualBlock> {
-        let d = card * cout / w;
-        let k = WeightInit::KaimingOut;
-        let n = BiasInit::None;
-        let shortcut = if cin != cout {
-            let s = vb.pp("shortcut");
-            Some((
-                conv2d(
-                    s.pp("shortcut_conv"),
-                    ConvSpec::new(cin, cout, 1, stride, 0),
-                    k,
-                    n,
-                )?,
-                bn2d(s.pp("shortcut_bn"), cout)?,
-            ))
-        } else {
-            None
-        };
-        let convs = vec![
-            (
-                conv2d(vb.pp("conv_reduce"), ConvSpec::new(cin, d, 1, 1, 0), k, n)?,
-                bn2d(vb.pp("bn_reduce"), d)?,
-            ),
-            (
-                conv2d(
-                    vb.pp("conv_conv"),
-                    ConvSpec::new(d, d, 3, stride, 1).groups(card),
-                    k,
-                    n,
-                )?,
-                bn2d(vb.pp("bn"), d)?,
-            ),
-            (
-                conv2d(vb.pp("conv_expand"), ConvSpec::new(d, cout, 1, 1, 0), k, n)?,
-                bn2d(vb.pp("bn_expand"), cout)?,
-            ),
-        ];
-        Ok(ResidualBlock { convs, shortcut })
-    }
+    vb: VarBuilder,
+    cin: usize,
+    cout: usize,
+    stride: usize,
+    card: usize,
+    w: usize,
+) -> Result<ResidualBlock> {
+    let d = card * cout / w;
+    let k = WeightInit::KaimingOut;
+    let n = BiasInit::None;
+    let shortcut = if cin != cout {
+        let s = vb.pp("shortcut");
+        Some((
+            conv2d(
+                s.pp("shortcut_conv"),
+                ConvSpec::new(cin, cout, 1, stride, 0),
+                k,
+                n,
+            )?,
+            bn2d(s.pp("shortcut_bn"), cout)?,
+        ))
+    } else {
+        None
+    };
+    let convs = vec![
+        (
+            conv2d(vb.pp("conv_reduce"), ConvSpec::new(cin, d, 1, 1, 0), k, n)?,
+            bn2d(vb.pp("bn_reduce"), d)?,
+        ),
+        (
+            conv2d(
+                vb.pp("conv_conv"),
+                ConvSpec::new(d, d, 3, stride, 1).groups(card),
+                k,
+                n,
+            )?,
+            bn2d(vb.pp("bn"), d)?,
+        ),
+        (
+            conv2d(vb.pp("conv_expand"), ConvSpec::new(d, cout, 1, 1, 0), k, n)?,
+            bn2d(vb.pp("bn_expand"), cout)?,
+        ),
+    ];
+    Ok(ResidualBlock { convs, shortcut })
+}
 
 /// The CIFAR ResNeXt.
 #[derive(Debug)]
