@@ -205,24 +205,30 @@ fn messages_name_what_they_are_about() {
 
 /// A chaos run: killed with SIGKILL at seeded random points, resumed each
 /// time, it ends bit-identical to an uninterrupted run (tensors, metrics
-/// without timings). Kills land anywhere: before the first checkpoint,
-/// while one is written, between epochs; the dead process's lock is taken
-/// over each time.
+/// without timings). Each kill lands a seeded fraction of an epoch after
+/// zero or one more finished epoch: before the first checkpoint, during
+/// start-up, mid-epoch, while a checkpoint is written; the dead process's
+/// lock is taken over each time. The points follow the run's progress, not
+/// the clock, so a loaded machine changes where they land, not how many.
 #[test]
 fn a_run_killed_at_random_points_ends_as_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let epochs = 6;
-    let straight = config(&tmp.path().join("straight"), "method = \"tf-kd-reg\"\nalpha = 0.1\ntemperature = 20.0\nmultiplier = 10.0", epochs);
-    let chaos = config(&tmp.path().join("chaos"), "method = \"tf-kd-reg\"\nalpha = 0.1\ntemperature = 20.0\nmultiplier = 10.0", epochs);
+    let epochs = 8;
+    let strategy = "method = \"tf-kd-reg\"\nalpha = 0.1\ntemperature = 20.0\nmultiplier = 10.0";
+    let straight = config(&tmp.path().join("straight"), strategy, epochs);
+    let chaos = config(&tmp.path().join("chaos"), strategy, epochs);
     let straight_path = write_config(&tmp.path().join("straight"), &straight);
     let chaos_path = write_config(&tmp.path().join("chaos"), &chaos);
 
-    let started = Instant::now();
     let out = tfkd_output(&["train"], &straight_path);
     assert!(out.status.success(), "{}", stderr(&out));
-    let run_time = started.elapsed();
+    let epoch_seconds = tfkd_runner::run_dir::read_metrics(&straight.run_dir())
+        .unwrap()
+        .iter()
+        .map(|r| r.seconds)
+        .fold(f64::INFINITY, f64::min);
 
-    // xorshift64*, seeded: kill delays spread over one uninterrupted run.
+    // xorshift64*, seeded.
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {
         state ^= state >> 12;
@@ -231,45 +237,47 @@ fn a_run_killed_at_random_points_ends_as_an_uninterrupted_one() {
         state.wrapping_mul(0x2545_F491_4F6C_DD1D)
     };
     let dir = chaos.run_dir();
-    let mut kills = 0;
+    let finished_epochs = || tfkd_runner::run_dir::read_metrics(&dir).map(|m| m.len()).unwrap_or(0);
+    let (mut kills, mut points) = (0, Vec::new());
     for attempt in 0..40 {
-        let resume = dir.join(LAST).is_file();
         let mut cmd = tfkd();
         cmd.args(["-q", "train"]);
-        if resume {
+        if dir.join(LAST).is_file() {
             cmd.arg("--resume");
         }
+        let before = finished_epochs();
         let mut child = cmd.arg("-c").arg(&chaos_path).stderr(Stdio::piped()).spawn().unwrap();
-        // Five kills at most, each within the first 15 % of a run's time
-        // (the uninterrupted run shares the cores with other tests, so its
-        // time is an overestimate), then it runs to its end.
-        let delay = if kills < 5 { run_time.mul_f64((next() % 1000) as f64 / 1000.0 * 0.15) } else { Duration::MAX / 4 };
-        let start = Instant::now();
-        let mut ended = None;
-        while start.elapsed() < delay {
+        // Five kills, then the run goes to its end.
+        let point = (kills < 5).then(|| ((next() % 2) as usize, epoch_seconds * (next() % 1000) as f64 / 1000.0 * 0.9));
+        let mut reached: Option<Instant> = None;
+        let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
-                ended = Some(status);
-                break;
+                break Some(status);
             }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        match ended {
-            Some(status) => {
-                let mut err = String::new();
-                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-                assert!(status.success(), "attempt {attempt}: {err}");
-                break;
+            if let Some((more, delay)) = point {
+                if reached.is_none() && finished_epochs() >= before + more {
+                    reached = Some(Instant::now());
+                }
+                if reached.is_some_and(|t| t.elapsed().as_secs_f64() >= delay) {
+                    child.kill().unwrap(); // SIGKILL
+                    child.wait().unwrap();
+                    points.push((before + more, delay));
+                    kills += 1;
+                    break None;
+                }
             }
-            None => {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                kills += 1;
-            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        if let Some(status) = status {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            assert!(status.success(), "attempt {attempt}: {err}");
+            break;
         }
         assert!(attempt < 39, "the chaos run never finished");
     }
-    eprintln!("{kills} kills, uninterrupted run {run_time:?}");
-    assert!(kills >= 3, "only {kills} kills: the delays are too long to test anything");
+    eprintln!("{kills} kills at (finished epochs, seconds after): {points:?}");
+    assert!(kills >= 3, "only {kills} kills: {points:?}");
     assert!(dir.join(SUMMARY).is_file());
     assert!(!lock_path(&dir).exists());
     assert_same_run(&straight.run_dir(), &dir);
