@@ -50,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { python } => bench(&python),
         Task::ReproduceTable(args) => {
             tfkd_runner::tune_for_training();
+            tfkd_runner::run_dir::release_locks_on_termination();
             reproduce::pin_candle_threads(&args);
             reproduce::run(&args)
         }

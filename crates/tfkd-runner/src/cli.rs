@@ -47,8 +47,12 @@ pub enum Command {
         /// Continue a started run from its last checkpoint; a run with no
         /// finished epoch is an error (the run name follows dataset, model,
         /// method and seed unless `name` is set).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "auto_resume")]
         resume: bool,
+        /// Start the run, or continue it when it has a finished epoch: for
+        /// scripts that relaunch the same command (a scheduler's requeue).
+        #[arg(long)]
+        auto_resume: bool,
         /// Print the resolved config and exit.
         #[arg(long)]
         show_config: bool,

@@ -126,7 +126,9 @@ fn digits_as_rgb32(ds: &ImageDataset) -> Result<ImageDataset> {
     let scale = 255.0 / ds.pixel_max() as f32;
     let mut images = Vec::with_capacity(ds.len() * 3 * 32 * 32);
     for i in 0..ds.len() {
-        let bytes = ds.image_bytes(i).unwrap_or_default();
+        let bytes = ds
+            .image_bytes(i)
+            .ok_or_else(|| config_err("data.dataset", format!("digits image {i} is out of range of {} images", ds.len())))?;
         let scaled: Vec<u8> = bytes.iter().map(|&v| (v as f32 * scale).round().min(255.0) as u8).collect();
         let up = resize_bilinear(&Image::owned(1, 8, 8, scaled), 32, 32);
         for _ in 0..3 {

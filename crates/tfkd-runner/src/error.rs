@@ -51,7 +51,8 @@ pub enum RunError {
     /// Another live process holds the run's lock.
     #[error(
         "run {run} is being trained by pid {pid} on host {host} (lock taken {}, {}); wait for it to end or stop it: \
-         a lock whose process has died is taken over automatically",
+         the lock of a process that died is taken over automatically, at once on the same host and after 5 minutes \
+         without a heartbeat from another host",
         ago(*since), lock.display()
     )]
     Locked {
@@ -66,8 +67,21 @@ pub enum RunError {
         /// The lock file.
         lock: PathBuf,
     },
+    /// The run's lock was taken over by another process (which judged this
+    /// one dead): this process stops before writing anything more.
+    #[error(
+        "run {run}: this process no longer holds the lock {} (another process took it over, judging this one dead); \
+         stopped before writing more into the run directory",
+        lock.display()
+    )]
+    LockLost {
+        /// The run name.
+        run: String,
+        /// The lock file.
+        lock: PathBuf,
+    },
     /// `--resume` was asked for a run that has nothing to resume.
-    #[error("--resume: run {run} has no checkpoint to resume ({dir} holds no finished epoch){hint}")]
+    #[error("--resume: run {run} has no checkpoint to resume ({dir} does not exist){hint}")]
     NothingToResume {
         /// The run name.
         run: String,

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     tfkd_runner::tune_for_training();
+    tfkd_runner::run_dir::release_locks_on_termination();
     let cli = cli::Cli::parse();
     cli::init_logging(cli.verbose, cli.quiet);
     match commands::dispatch(cli.command) {

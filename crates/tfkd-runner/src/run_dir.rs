@@ -11,14 +11,20 @@
 //!
 //! - **One writer.** A process writes into a run directory only while it holds
 //!   the run's lock, [`RunLock`]: the file `<out_dir>/<name>.lock` beside the
-//!   directory, created with `O_CREAT | O_EXCL` (atomic on local filesystems
-//!   and on NFSv3 and later; `flock` is not relied upon). It names the host,
+//!   directory, written in full to a private file and hard-linked to its name
+//!   (`link` fails when the name exists: atomic on local filesystems and on
+//!   NFS, where `O_EXCL` was not always, and `flock` is not relied upon; a
+//!   lock is never seen half-written). It names the host,
 //!   the pid, the process's start time and the time the lock was taken, and
 //!   its holder touches it every [`HEARTBEAT`]. A lock is stale when its
 //!   process is gone (same host: the pid is not running, or runs another
 //!   process started at another time) or, from another host, when it was not
 //!   touched for [`STALE_AFTER`]; a stale lock is taken over with a message,
-//!   a live one refuses with the holder's pid and host. The lock sits beside
+//!   a live one refuses with the holder's pid and host. The holder checks
+//!   that the lock is still its own before every checkpoint
+//!   ([`RunLock::verify`]) and stops if it is not. A process stopped by
+//!   SIGTERM, SIGUSR1, SIGINT or SIGHUP releases its locks
+//!   ([`release_locks_on_termination`]). The lock sits beside
 //!   the directory so that it also covers creating the directory and moving
 //!   a failed start aside.
 //! - **Finished** means `summary.json` parses ([`read_summary`]). Its content
@@ -149,13 +155,22 @@ pub struct LockInfo {
 #[derive(Debug)]
 pub struct RunLock {
     path: PathBuf,
+    run: String,
     token: u64,
     stop: Arc<AtomicBool>,
+    lost: Arc<AtomicBool>,
     heartbeat: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The locks this process holds, so that a termination signal can release
+/// them ([`release_locks_on_termination`]).
+static HELD: std::sync::Mutex<Vec<(PathBuf, u64)>> = std::sync::Mutex::new(Vec::new());
+
 /// Why a lock file was judged stale.
 fn stale_reason(info: &LockInfo, modified: Option<SystemTime>) -> Option<String> {
+    if info.pid == 0 || info.pid > i32::MAX as u32 {
+        return Some(format!("pid {} is not a process id", info.pid));
+    }
     if info.host == hostname() {
         if !process_alive(info.pid) {
             return Some(format!("pid {} is no longer running", info.pid));
@@ -166,7 +181,10 @@ fn stale_reason(info: &LockInfo, modified: Option<SystemTime>) -> Option<String>
         }
         return None;
     }
-    let age = modified.and_then(|m| SystemTime::now().duration_since(m).ok())?;
+    // Another host: only the heartbeat tells. Without a modification time,
+    // the time the lock was taken stands in for it.
+    let touched = modified.unwrap_or(UNIX_EPOCH + Duration::from_secs(info.started_unix));
+    let age = SystemTime::now().duration_since(touched).ok()?;
     (age > STALE_AFTER).then(|| format!("not touched for {} s (stale after {} s)", age.as_secs(), STALE_AFTER.as_secs()))
 }
 
@@ -174,6 +192,40 @@ fn read_lock(path: &Path) -> Option<(LockInfo, Option<SystemTime>)> {
     let text = std::fs::read_to_string(path).ok()?;
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
     serde_json::from_str(&text).ok().map(|info| (info, modified))
+}
+
+/// Creates `path` holding `content`, atomically and only if it does not
+/// exist: the content is written and synced to a file of this process's own
+/// first, then hard-linked to `path` (the NFS-safe recipe: `link` fails when
+/// the name exists, and a link count of 2 afterwards proves success even
+/// when the NFS reply was lost). A lock file is therefore never seen empty
+/// or half-written. `Ok(false)`: the name exists.
+fn create_exclusive(path: &Path, content: &[u8], token: u64) -> Result<bool> {
+    let tmp = path.with_extension(format!("lock.new-{}-{token:x}", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(content)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    #[cfg(unix)]
+    let created = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&tmp).map(|m| m.nlink() == 2).unwrap_or(false)
+    };
+    #[cfg(not(unix))]
+    let created = linked.is_ok();
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        _ if created => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io_err(path)(e)),
+        Ok(()) => Ok(false),
+    }
 }
 
 impl RunLock {
@@ -198,17 +250,13 @@ impl RunLock {
             error: std::io::Error::other(e),
         })?;
         for _attempt in 0..3 {
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    f.write_all(json.as_bytes()).and_then(|_| f.sync_all()).map_err(io_err(&path))?;
-                    return Ok(RunLock::held(path, info.token));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err(&path)(e)),
+            if create_exclusive(&path, json.as_bytes(), info.token)? {
+                return RunLock::held(path, run, info.token);
             }
             let Some((holder, modified)) = read_lock(&path) else {
-                // Being written right now, or unreadable: a lock of unknown
-                // owner is stale only once it is old.
+                // Gone in between, or damaged (the lock is never written in
+                // place, so not half-written): a lock of unknown owner is
+                // stale only once it is old.
                 let age = std::fs::metadata(&path)
                     .and_then(|m| m.modified())
                     .ok()
@@ -216,9 +264,16 @@ impl RunLock {
                 if age.is_some_and(|a| a > STALE_AFTER) {
                     take_over(&path, None)?;
                     notice(&format!("{run}: took over the unreadable lock {} (older than {} s)", path.display(), STALE_AFTER.as_secs()));
-                    continue;
+                } else if path.exists() {
+                    return Err(RunError::Io {
+                        path: path.clone(),
+                        what: format!(
+                            "the lock of run {run} is unreadable; it is taken over once it is {} s old, or remove it if no process trains this run",
+                            STALE_AFTER.as_secs()
+                        ),
+                        error: std::io::Error::from(std::io::ErrorKind::InvalidData),
+                    });
                 }
-                std::thread::sleep(Duration::from_millis(200));
                 continue;
             };
             match stale_reason(&holder, modified) {
@@ -247,10 +302,11 @@ impl RunLock {
         })
     }
 
-    fn held(path: PathBuf, token: u64) -> RunLock {
+    fn held(path: PathBuf, run: &str, token: u64) -> Result<RunLock> {
         let stop = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(AtomicBool::new(false));
         let heartbeat = {
-            let (path, stop) = (path.clone(), stop.clone());
+            let (path, stop, lost) = (path.clone(), stop.clone(), lost.clone());
             std::thread::Builder::new()
                 .name("tfkd-lock-heartbeat".into())
                 .spawn(move || {
@@ -259,21 +315,50 @@ impl RunLock {
                         std::thread::park_timeout(Duration::from_millis(500));
                         if last.elapsed() >= HEARTBEAT {
                             last = std::time::Instant::now();
+                            if !holds(&path, token) {
+                                lost.store(true, Ordering::Relaxed);
+                                return;
+                            }
                             if let Ok(f) = std::fs::File::options().append(true).open(&path) {
                                 let _ = f.set_modified(SystemTime::now());
                             }
                         }
                     }
                 })
-                .ok()
         };
-        RunLock { path, token, stop, heartbeat }
+        let heartbeat = match heartbeat {
+            Ok(h) => h,
+            Err(e) => {
+                if holds(&path, token) {
+                    let _ = std::fs::remove_file(&path);
+                }
+                return Err(RunError::Io { path, what: "cannot start the lock's heartbeat thread".into(), error: e });
+            }
+        };
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).push((path.clone(), token));
+        Ok(RunLock { path, run: run.to_string(), token, stop, lost, heartbeat: Some(heartbeat) })
     }
 
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Checks that the lock file still holds this holder's token: call it
+    /// before writing into the run directory. Another process can only have
+    /// taken it over if it judged this process dead (a lost heartbeat, say
+    /// on a frozen node), and then this process must stop writing.
+    pub fn verify(&self) -> Result<()> {
+        if self.lost.load(Ordering::Relaxed) || !holds(&self.path, self.token) {
+            return Err(RunError::LockLost { run: self.run.clone(), lock: self.path.clone() });
+        }
+        Ok(())
+    }
+}
+
+/// Whether the lock file at `path` holds `token`.
+fn holds(path: &Path, token: u64) -> bool {
+    read_lock(path).is_some_and(|(info, _)| info.token == token)
 }
 
 impl Drop for RunLock {
@@ -283,7 +368,8 @@ impl Drop for RunLock {
             h.thread().unpark();
             let _ = h.join();
         }
-        if read_lock(&self.path).is_some_and(|(info, _)| info.token == self.token) {
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).retain(|(_, t)| *t != self.token);
+        if holds(&self.path, self.token) {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -291,8 +377,11 @@ impl Drop for RunLock {
 
 /// Removes a stale lock without racing another taker: the file is renamed to
 /// a name of this process's own first, and if what was renamed is not the
-/// stale lock that was judged (another process took it over in between),
-/// it is put back.
+/// lock that was judged stale (`judged`: its token, `None` for an
+/// unreadable one), another process took it over in between and it is put
+/// back. Should a third process have locked the run in that instant, the
+/// put-back fails and the process whose lock was moved finds out at its
+/// next [`RunLock::verify`] and stops.
 fn take_over(path: &Path, judged: Option<u64>) -> Result<()> {
     let mine = path.with_extension(format!("lock.stale-{}-{:x}", std::process::id(), random_token()));
     match std::fs::rename(path, &mine) {
@@ -301,13 +390,62 @@ fn take_over(path: &Path, judged: Option<u64>) -> Result<()> {
         Err(e) => return Err(io_err(path)(e)),
     }
     let taken = read_lock(&mine).map(|(info, _)| info.token);
-    if judged.is_some() && taken != judged {
-        // A fresh lock of another process: put it back (fails harmlessly if
-        // yet another lock exists by now).
+    if taken != judged {
         let _ = std::fs::hard_link(&mine, path);
     }
     let _ = std::fs::remove_file(&mine);
     Ok(())
+}
+
+/// Releases this process's run locks when it is asked to stop: SIGTERM and
+/// SIGUSR1 (what Slurm sends before a time limit or preemption), SIGINT
+/// (Ctrl-C) and SIGHUP. The process then exits with 128 + the signal number
+/// (143 for SIGTERM). Every run file is written atomically, so stopping at
+/// any point is as safe as `kill -9`; releasing the lock lets the run be
+/// resumed at once, also from another host. Call it first thing in `main`,
+/// before any other thread starts (the signals are blocked in every thread
+/// and received by one of its own). Unix only; a no-op elsewhere.
+pub fn release_locks_on_termination() {
+    #[cfg(unix)]
+    {
+        // SAFETY: plain libc calls on a zeroed, then initialised, sigset_t.
+        let set = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
+                libc::sigaddset(&mut set, signal);
+            }
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return;
+            }
+            set
+        };
+        let spawned = std::thread::Builder::new().name("tfkd-signals".into()).spawn(move || {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: `set` is initialised and blocked in every thread.
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                return;
+            }
+            let held: Vec<(PathBuf, u64)> = HELD.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for (path, token) in &held {
+                if holds(path, *token) {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            eprintln!(
+                "tfkd: stopped by signal {signal}; {} run lock(s) released; a run continues from its last finished epoch with --resume",
+                held.len()
+            );
+            std::process::exit(128 + signal);
+        });
+        if spawned.is_err() {
+            // Without the receiving thread, let the signals act as before.
+            // SAFETY: unblocks the same set in this thread.
+            unsafe {
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            }
+        }
+    }
 }
 
 /// This machine's host name.
@@ -428,6 +566,28 @@ mod tests {
         let mut messages = Vec::new();
         RunLock::acquire(&dir, "run-c", &mut |m: &str| messages.push(m.to_string())).unwrap();
         assert!(messages.iter().any(|m| m.contains("another process")), "{messages:?}");
+    }
+
+    #[test]
+    fn unreadable_and_lost_locks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run-e");
+        std::fs::write(lock_path(&dir), "").unwrap();
+        let err = RunLock::acquire(&dir, "run-e", &mut quiet()).unwrap_err().to_string();
+        assert!(err.contains("unreadable") && err.contains("run-e.lock"), "{err}");
+        let f = std::fs::File::options().append(true).open(lock_path(&dir)).unwrap();
+        f.set_modified(SystemTime::now() - STALE_AFTER - Duration::from_secs(1)).unwrap();
+        let mut messages = Vec::new();
+        let lock = RunLock::acquire(&dir, "run-e", &mut |m: &str| messages.push(m.to_string())).unwrap();
+        assert!(messages.iter().any(|m| m.contains("unreadable")), "{messages:?}");
+        lock.verify().unwrap();
+        // Another process took it over: the holder finds out before writing.
+        let other = LockInfo { host: hostname(), pid: 1, process_start: 0, started_unix: 1, token: 5 };
+        write_lock(&dir, &other, Duration::ZERO);
+        let err = lock.verify().unwrap_err().to_string();
+        assert!(err.contains("run-e") && err.contains("no longer holds"), "{err}");
+        drop(lock);
+        assert!(holds(&lock_path(&dir), 5), "dropping a lost lock leaves the new holder's file");
     }
 
     #[test]

@@ -99,10 +99,12 @@ impl Reporter for Silent {}
 pub struct RunOptions {
     /// Continue a started run from its last checkpoint.
     pub resume: bool,
-    /// With `resume`: a run with nothing to resume is an error
+    /// With `resume`: a run whose directory does not exist is an error
     /// ([`RunError::NothingToResume`]) instead of a fresh start. The CLI's
     /// `--resume` sets it, so that `--resume --set seed=1` (a new run name)
-    /// does not silently start a new run.
+    /// does not silently start a new run; `--auto-resume` does not. A
+    /// directory without a finished epoch (a failed start) is started
+    /// afresh either way.
     pub require_started: bool,
     /// Stop after this many epochs of this invocation (to test resuming).
     pub stop_after: Option<usize>,
@@ -180,7 +182,7 @@ fn started_runs_hint(out_dir: &Path) -> String {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.path().join(LAST).is_file() && !e.path().join(SUMMARY).is_file())
+        .filter(|e| e.path().join(LAST).is_file() && !crate::run_dir::is_finished(&e.path()))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
@@ -217,7 +219,10 @@ fn prepare_run_dir(config: &ExperimentConfig, options: &RunOptions, reporter: &m
             return Ok(Start::Finished(Box::new(summary)));
         }
         Ok(None) => {}
-        Err(e) => reporter.stage(&format!("{e}; the run counts as unfinished and its summary is written again")),
+        Err(e) if options.resume => {
+            reporter.stage(&format!("{e}; the run counts as unfinished, and resuming writes its summary again"))
+        }
+        Err(e) => reporter.stage(&format!("{e}; the run counts as unfinished: --resume writes its summary again")),
     }
     if dir.join(LAST).is_file() {
         if !options.resume {
@@ -226,12 +231,15 @@ fn prepare_run_dir(config: &ExperimentConfig, options: &RunOptions, reporter: &m
         check_stored_config(&dir, config)?;
         return Ok(Start::Resume);
     }
-    if options.resume && options.require_started {
+    if options.resume && options.require_started && !dir.exists() {
         return Err(RunError::NothingToResume {
             run: config.run_name(),
             dir: dir.clone(),
             hint: started_runs_hint(&config.out_dir),
         });
+    }
+    if options.resume && dir.exists() {
+        reporter.stage(&format!("{} finished no epoch: nothing to resume, starting it afresh", config.run_name()));
     }
     if let Some(stored) = stored_config(&dir).unwrap_or(None) {
         if let Some(detail) = config_difference(&stored, config) {
@@ -264,7 +272,7 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         reporter.stage(&format!("{} is finished (best top-1 {:.2}%), skipping", summary.run, summary.best.test_top1));
         return Ok(RunOutcome { dir, summary: Some(summary) });
     }
-    let _lock = RunLock::acquire(&dir, &config.run_name(), &mut |m: &str| reporter.stage(m))?;
+    let lock = RunLock::acquire(&dir, &config.run_name(), &mut |m: &str| reporter.stage(m))?;
     let resuming = match prepare_run_dir(config, options, reporter)? {
         Start::Finished(summary) => {
             reporter.stage(&format!("{} is finished (best top-1 {:.2}%), skipping", summary.run, summary.best.test_top1));
@@ -339,20 +347,19 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         let improved = meta.history.iter().all(|r| record.test_top1 >= r.test_top1);
         meta.history.push(record.clone());
         meta.epochs_done = epoch + 1;
+        lock.verify()?;
         save_checkpoints(&dir, &varmap, &sgd, &meta, improved, config.keep_epochs.contains(&(epoch + 1)))?;
         write_metrics(&dir, &meta.history)?;
         reporter.epoch_end(&record);
     }
 
-    let best = meta
-        .history
-        .iter()
-        .fold(None::<&EpochRecord>, |best, r| match best {
-            Some(b) if b.test_top1 > r.test_top1 => Some(b),
-            _ => Some(r),
-        })
-        .cloned()
-        .unwrap_or_default();
+    let best = meta.history.iter().fold(None::<&EpochRecord>, |best, r| match best {
+        Some(b) if b.test_top1 > r.test_top1 => Some(b),
+        _ => Some(r),
+    });
+    let (Some(best), Some(last)) = (best.cloned(), meta.history.last().cloned()) else {
+        return Err(RunError::Checkpoint { path: last_path, reason: "no epoch records to summarise".into() });
+    };
     let summary = Summary {
         run: config.run_name(),
         model: config.model.name.clone(),
@@ -361,11 +368,12 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         seed: config.seed,
         epochs: config.epochs,
         best,
-        last: meta.history.last().cloned().unwrap_or_default(),
+        last,
         teacher_top1,
     };
     let json = serde_json::to_string_pretty(&summary)
         .map_err(|e| RunError::Checkpoint { path: dir.join(SUMMARY), reason: format!("cannot encode the summary: {e}") })?;
+    lock.verify()?;
     write_atomic(&dir.join(SUMMARY), json.as_bytes())?;
     Ok(RunOutcome { dir, summary: Some(summary) })
 }
@@ -481,6 +489,13 @@ fn restore(path: &Path, varmap: &SeededVarMap, sgd: &mut Sgd, device: &Device) -
     let loaded = load_tensors(path, device)?;
     let bad = |reason: String| RunError::Checkpoint { path: path.into(), reason };
     let meta = loaded.meta.ok_or_else(|| bad("no tfkd metadata: not a resumable checkpoint".into()))?;
+    if meta.history.len() != meta.epochs_done {
+        return Err(bad(format!(
+            "its metadata records {} epochs done but holds {} epoch records",
+            meta.epochs_done,
+            meta.history.len()
+        )));
+    }
     for (name, var) in varmap.named_vars() {
         let value = loaded.model.get(&name).ok_or_else(|| bad(format!("missing tensor {name}")))?;
         if value.dims() != var.dims() {

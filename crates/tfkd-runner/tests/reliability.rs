@@ -30,7 +30,9 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 #[test]
 fn a_second_process_on_a_run_directory_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let first = config(tmp.path(), "method = \"lsr\"", 3);
+    // Long enough to outlive the refused starts below on a loaded machine;
+    // the test checks that it did.
+    let first = config(tmp.path(), "method = \"lsr\"", 20);
     let mut other = first.clone();
     other.optim.lr = 0.02; // same name, another lr
     let first_path = write_config(&tmp.path().join("a"), &first);
@@ -53,6 +55,7 @@ fn a_second_process_on_a_run_directory_is_refused() {
             "{args:?}: {err}"
         );
     }
+    assert!(child.try_wait().unwrap().is_none(), "the first run ended before the refusals were all checked");
     let status = child.wait().unwrap();
     assert!(status.success(), "the first run was disturbed");
     assert!(!lock_path(&dir).exists(), "the lock is released at the end");
@@ -62,8 +65,8 @@ fn a_second_process_on_a_run_directory_is_refused() {
     let stored: ExperimentConfig = toml::from_str(&stored).unwrap();
     assert_eq!(stored.identity(), first.identity());
     let summary = tfkd_runner::run_dir::read_summary(&dir).unwrap().expect("finished");
-    assert_eq!(summary.epochs, 3);
-    assert_eq!(tfkd_runner::run_dir::read_metrics(&dir).unwrap().len(), 3);
+    assert_eq!(summary.epochs, 20);
+    assert_eq!(tfkd_runner::run_dir::read_metrics(&dir).unwrap().len(), 20);
     // And a later start with the other config is told so, not given the first's result.
     let out = tfkd_output(&["train"], &other_path);
     assert!(!out.status.success());
@@ -109,6 +112,17 @@ fn a_failed_start_does_not_block_the_corrected_config() {
     let fixed = config(&tmp.path().join("other"), "method = \"lsr\"", 1);
     let resumed = RunOptions { resume: true, ..Default::default() };
     assert!(run_experiment(&fixed, &resumed, &mut Silent).unwrap().summary.is_some());
+
+    // The same through the CLI's --resume, which refuses only a run that
+    // does not exist at all.
+    let mut bad_cli = config(&tmp.path().join("cli"), "method = \"baseline\"", 1);
+    bad_cli.optim.lr = 1e30;
+    let out = tfkd_output(&["train"], &write_config(&tmp.path().join("cli-bad"), &bad_cli));
+    assert!(stderr(&out).contains("no checkpoint"), "{}", stderr(&out));
+    let good_cli = config(&tmp.path().join("cli"), "method = \"baseline\"", 1);
+    let out = tfkd_output(&["train", "--resume"], &write_config(&tmp.path().join("cli-good"), &good_cli));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(tmp.path().join(format!("cli/{}.failed-start", good_cli.run_name())).is_dir());
 }
 
 /// A training set of 1 mod batch size: a named error before training that
@@ -122,7 +136,6 @@ fn a_last_batch_of_one_image_is_a_named_error() {
     assert!(matches!(err, RunError::SingleImageBatch { images: 65, batch_size: 32, .. }), "{err}");
     let text = err.to_string();
     assert!(text.contains("drop_last") && text.contains("optim.batch_size") && text.contains("65"), "{text}");
-    assert!(!c.run_dir().join("metrics.jsonl").exists() || common::metrics_without_timings(&c.run_dir().join("metrics.jsonl")).is_empty());
 
     c.data.drop_last = true;
     let summary = run_experiment(&c, &RunOptions::default(), &mut Silent).unwrap().summary.unwrap();
@@ -283,13 +296,34 @@ fn a_run_killed_at_random_points_ends_as_an_uninterrupted_one() {
     assert_same_run(&straight.run_dir(), &dir);
 }
 
-/// A config text that fails validation names a field; reading TOML never
-/// panics (a property test over random and truncated texts lives in
-/// `readers_fuzz.rs`).
+/// A config writes back to the same config (random and damaged texts are
+/// `readers_fuzz.rs`'s).
 #[test]
 fn the_config_writes_back_to_itself() {
     let tmp = tempfile::tempdir().unwrap();
     let text = config_text(tmp.path(), "method = \"kd\"\nalpha = 0.9\ntemperature = 4.0\nteacher = { model = \"cnn\" }", 2);
     let c = ExperimentConfig::from_toml(&text).unwrap();
     assert_eq!(ExperimentConfig::from_toml(&c.try_to_toml().unwrap()).unwrap(), c);
+}
+
+/// SIGTERM (what Slurm sends before a time limit or preemption) releases the
+/// run's lock at once, and the run resumes; `--auto-resume` starts a run
+/// that does not exist yet and continues one that does.
+#[cfg(unix)]
+#[test]
+fn a_terminated_run_releases_its_lock_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(tmp.path(), "method = \"baseline\"", 20);
+    let path = write_config(&tmp.path().join("cfg"), &c);
+    let dir = c.run_dir();
+    let mut child = tfkd().args(["-q", "train", "--auto-resume", "-c"]).arg(&path).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for("the first epoch", Duration::from_secs(300), || dir.join(LAST).is_file());
+    // SAFETY: sends SIGTERM to our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+    assert!(!lock_path(&dir).exists(), "the lock was released");
+    let out = tfkd_output(&["train", "--auto-resume"], &path);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(tfkd_runner::run_dir::is_finished(&dir));
 }

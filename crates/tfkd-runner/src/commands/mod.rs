@@ -8,12 +8,15 @@ mod reporter;
 mod train;
 
 use crate::cli::{Command, ConfigArgs};
-use tfkd_runner::ExperimentConfig;
+use tfkd_runner::{ExperimentConfig, RunOptions};
 
 /// Runs a parsed command.
 pub fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Train { config, resume, show_config } => train::run(&config, resume, show_config),
+        Command::Train { config, resume, auto_resume, show_config } => {
+            let options = RunOptions { resume: resume || auto_resume, require_started: resume, ..Default::default() };
+            train::run(&config, &options, show_config)
+        }
         Command::Eval { config, checkpoint } => eval::run(&config, checkpoint),
         Command::ListModels { classes } => list_models::run(classes),
         Command::Download { dataset, root } => download::run(dataset, &root),

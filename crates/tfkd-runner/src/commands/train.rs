@@ -4,14 +4,14 @@ use super::reporter::Bars;
 use crate::cli::ConfigArgs;
 use tfkd_runner::{run_experiment, RunOptions};
 
-pub fn run(args: &ConfigArgs, resume: bool, show_config: bool) -> anyhow::Result<()> {
+pub fn run(args: &ConfigArgs, options: &RunOptions, show_config: bool) -> anyhow::Result<()> {
     let config = super::load_config(args)?;
     if show_config {
         print!("{}", config.to_toml());
         return Ok(());
     }
     let mut bars = Bars::new();
-    let outcome = run_experiment(&config, &RunOptions { resume, require_started: resume, ..Default::default() }, &mut bars)?;
+    let outcome = run_experiment(&config, options, &mut bars)?;
     if let Some(s) = outcome.summary {
         println!(
             "{}: best top-1 {:.2}% (epoch {}), last {:.2}%, top-5 {:.2}% -> {}",
