@@ -65,14 +65,22 @@ pub struct CellResult {
     pub runs: Vec<String>,
 }
 
-/// A finished run's summary; an unfinished or unreadable run counts as not run.
+/// A finished run's summary; an unfinished run counts as not run, and so
+/// does an unreadable one, with a warning that names the file.
 fn read_summary(dir: &Path) -> Option<Summary> {
-    tfkd_runner::train::read_summary(dir).ok().flatten()
+    tfkd_runner::run_dir::read_summary(dir).unwrap_or_else(|e| {
+        eprintln!("warning: {e}; the run counts as unfinished (`--resume` writes the summary again)");
+        None
+    })
 }
 
-/// A run's per-epoch records; none when it has not started or is unreadable.
+/// A run's per-epoch records; none when it has not started, and none with a
+/// warning that names the file when they are unreadable.
 fn read_history(dir: &Path) -> Vec<EpochRecord> {
-    tfkd_runner::train::read_metrics(dir).unwrap_or_default()
+    tfkd_runner::run_dir::read_metrics(dir).unwrap_or_else(|e| {
+        eprintln!("warning: {e}; the report shows no curve for this run");
+        Vec::new()
+    })
 }
 
 fn measure(cell: &PlannedCell, runs_dir: &Path) -> (Option<Stat>, Option<Stat>) {
