@@ -16,7 +16,7 @@
 //!
 //! [`load`] parses and validates a file ([`TableId::all`] lists them); the
 //! tests of `tables/checks.rs` check the data against the printed arithmetic,
-//! listing every known inconsistency of the paper (docs/PAPER.md, "Known inconsistencies") exactly.
+//! listing every known inconsistency of the paper (docs/PAPER.md §1.6) exactly.
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::de::{IgnoredAny, IntoDeserializer};

@@ -1,4 +1,4 @@
-//! The official training recipe (docs/PAPER.md, "The official CIFAR recipe"; the official code's CIFAR /
+//! The official training recipe (docs/PAPER.md §3.1; the official code's CIFAR /
 //! Tiny-ImageNet defaults): the one place its numbers are written.
 //! [`crate::optim::SgdConfig::default`], [`crate::schedule::LrSchedule::official`]
 //! and the runner's config defaults read them.

@@ -1,6 +1,6 @@
 //! Learning-rate schedules as pure functions of (epoch, iteration).
 //!
-//! The official recipe (docs/PAPER.md, "The official CIFAR recipe"): `lr = cfg_lr × batch/128`; in epoch 0
+//! The official recipe (docs/PAPER.md §3.1): `lr = cfg_lr × batch/128`; in epoch 0
 //! a per-iteration linear warm-up where batch i (1-based) uses
 //! `lr·i/(N_iter + 1e-8)`; afterwards `lr·0.2^{#milestones ≤ epoch}` with
 //! milestones 60, 120, 160. [`LrSchedule::official`] builds exactly that.

@@ -1,6 +1,6 @@
 //! The data of the paper's tables checked against the paper: the printed
 //! gains against the arithmetic, numbers printed twice, recipes against the
-//! code paths, every known inconsistency (docs/PAPER.md, "Known inconsistencies") listed exactly.
+//! code paths, every known inconsistency (docs/PAPER.md §1.6) listed exactly.
 //! Tests only: the schema's own rules are `Table::validate`'s.
 
 use super::*;
@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 const CELL_COUNTS: [usize; 11] = [32, 16, 20, 36, 18, 12, 8, 3, 16, 16, 12];
 
 /// The printed gains that differ from paper − baseline by more than 0.01
-/// (docs/PAPER.md, "Known inconsistencies"): (table, row, column).
+/// (docs/PAPER.md §1.6): (table, row, column).
 const KNOWN_GAIN_MISMATCHES: &[(u32, &str, &str)] = &[
     (2, "MobileNetV2 / Plain CNN", "Re-KD (S→T)"),
     (4, "CIFAR100, ResNet50 / MobileNetV2", "De-KD"),
@@ -25,15 +25,15 @@ const KNOWN_GAIN_MISMATCHES: &[(u32, &str, &str)] = &[
 /// Experiments printed in several tables with different numbers:
 /// (dataset, method, student, teacher or "-").
 const KNOWN_CROSS_TABLE_MISMATCHES: &[(&str, &str, &str, &str)] = &[
-    // 78.72 in Table 5 vs 78.15 in Table 9 (docs/PAPER.md, "Known inconsistencies").
+    // 78.72 in Table 5 vs 78.15 in Table 9 (docs/PAPER.md §1.6).
     ("cifar100", "baseline", "googlenet", "-"),
-    // +1.19 in Table 5 vs 77.19 (+1.32) in Table 9 (docs/PAPER.md, "Known inconsistencies").
+    // +1.19 in Table 5 vs 77.19 (+1.32) in Table 9 (docs/PAPER.md §1.6).
     ("cifar100", "kd", "resnet18", "resnet50"),
-    // +1.39 in Table 5 vs 78.84 (+0.99) in Table 9 (not listed in docs/PAPER.md).
+    // +1.39 in Table 5 vs 78.84 (+0.99) in Table 9 (not listed in docs/PAPER.md §1.6).
     ("cifar100", "kd", "googlenet", "resnext29"),
-    // 56.70 (+1.64) in Tables 3 and 6 vs 56.53 (+1.47) in Table 10 (docs/PAPER.md, "Known inconsistencies").
+    // 56.70 (+1.64) in Tables 3 and 6 vs 56.53 (+1.47) in Table 10 (docs/PAPER.md §1.6).
     ("tiny-imagenet", "kd", "mobilenet_v2", "resnet18"),
-    // +0.16 in Table 6 vs 68.44 (+0.26) in Table 10 (not listed in docs/PAPER.md).
+    // +0.16 in Table 6 vs 68.44 (+0.26) in Table 10 (not listed in docs/PAPER.md §1.6).
     ("tiny-imagenet", "kd", "densenet121", "resnext29"),
 ];
 
@@ -393,7 +393,7 @@ fn the_ablation_uses_table_9s_resnet18_recipe_and_separates_each_variant() {
     for c in &ab.cells {
         assert_eq!((c.student.as_str(), c.batch_size, c.lr), ("resnet18", 128, 0.1));
         if c.method == Method::TfKdReg {
-            // The official base_resnet18 values (`experiments/base_experiments/base_resnet18/params.json` of the official repository); only the multiplier may be rescaled.
+            // The official base_resnet18 values (docs/PAPER.md §3.3); only the multiplier may be rescaled.
             assert_eq!((c.alpha, c.temperature, c.correct_prob), (reg9.alpha, reg9.temperature, reg9.correct_prob));
         }
         let s = c.strategy_config(spec.clone()).unwrap();

@@ -42,7 +42,7 @@ pub enum VirtualTeacherForm {
 /// ```
 ///
 /// The target treats the *probabilities* `pᵈ` as logits and softens them by T
-/// (what the code does; at T ≥ 10 it is almost uniform, see docs/PAPER.md, "The virtual teacher of Tf-KD_reg").
+/// (what the code does; at T ≥ 10 it is almost uniform, see docs/PAPER.md §2.5).
 /// As coded: T' = 1 and no T² ([`VirtualTeacherForm::AsCoded`]); the paper's
 /// Eq. 9 uses T' = T ([`VirtualTeacherForm::PaperEq9`]). `a` = 0.99 in the
 /// official code. Gradient as coded (elementwise mean):
@@ -193,7 +193,7 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// The closed-form values of docs/PAPER.md, "The virtual teacher of Tf-KD_reg" (a = 0.99).
+    /// The closed-form values of docs/PAPER.md §2.5 (a = 0.99).
     #[test]
     fn softened_virtual_teacher_matches_the_closed_form() -> Result<()> {
         for (k, t, correct, other) in [
