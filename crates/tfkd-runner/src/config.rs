@@ -183,6 +183,15 @@ impl ExperimentConfig {
     /// Reads a config file and applies `key=value` overrides (dotted keys,
     /// TOML values; a value that is not valid TOML is taken as a string).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let config = Self::load_schema(path, overrides)?;
+        config.check_files()?;
+        Ok(config)
+    }
+
+    /// [`ExperimentConfig::load`] without probing the files the config names
+    /// (for showing a config on a machine without its data): reads, applies
+    /// the overrides, resolves relative paths and validates the schema.
+    pub fn load_schema(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
         let mut value: toml::Value = toml::from_str(&text)
             .map_err(|e| RunError::ConfigFile { path: path.to_path_buf(), reason: e.to_string() })?;
@@ -195,7 +204,6 @@ impl ExperimentConfig {
         config.data.root = base.join(&config.data.root);
         config.out_dir = base.join(&config.out_dir);
         config.validate()?;
-        config.check_files()?;
         Ok(config)
     }
 

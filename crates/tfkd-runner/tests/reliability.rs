@@ -208,6 +208,15 @@ fn messages_name_what_they_are_about() {
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("cifar100") && err.contains("tiny-imagenet"), "{err}");
 
+    // --show-config needs no data; training names the missing folder.
+    let mut no_data = c.clone();
+    no_data.data.root = tmp.path().join("no-such-data");
+    let no_data_path = write_config(&tmp.path().join("no-data"), &no_data);
+    let out = tfkd_output(&["train", "--show-config"], &no_data_path);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no-such-data"), "{}", stderr(&out));
+    let out = tfkd_output(&["train"], &no_data_path);
+    assert!(!out.status.success() && stderr(&out).contains("data.root") && stderr(&out).contains("no-such-data"));
+
     // An OS error appears once in the printed chain.
     let unreadable = tmp.path().join("no-such-config.toml");
     let out = tfkd_output(&["train"], &unreadable);

@@ -8,6 +8,7 @@ use tfkd_zoo::ModelOptions;
 
 pub fn run(args: &ConfigArgs, checkpoint: Option<PathBuf>) -> anyhow::Result<()> {
     let config = super::load_config(args)?;
+    config.check_files()?;
     let path = checkpoint.unwrap_or_else(|| config.run_dir().join(BEST));
     anyhow::ensure!(!path.is_dir(), "--checkpoint {} is a directory; give a checkpoint file in it (e.g. best.safetensors)", path.display());
     anyhow::ensure!(path.is_file(), "checkpoint {} does not exist", path.display());

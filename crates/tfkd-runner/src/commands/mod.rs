@@ -36,10 +36,12 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Loads the config with the `--set` overrides, then sets `--device` on the
-/// typed config.
+/// Loads the config with the `--set` overrides and checks its schema, then
+/// sets `--device` on the typed config. The files it names are probed by
+/// the command that uses them (`run_experiment`, `eval`), so that
+/// `--show-config` works without the data.
 fn load_config(args: &ConfigArgs) -> anyhow::Result<ExperimentConfig> {
-    let mut config = ExperimentConfig::load(&args.config, &args.overrides)?;
+    let mut config = ExperimentConfig::load_schema(&args.config, &args.overrides)?;
     if let Some(device) = args.device {
         config.device = device;
     }
