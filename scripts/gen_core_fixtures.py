@@ -3,8 +3,8 @@
 
 Writes fixtures/core/losses.safetensors + losses.json (loss values and
 gradients w.r.t. the student logits), fixtures/core/sgd.safetensors + sgd.json
-(5 SGD steps) and fixtures/core/schedules.json (learning rates of the official
-loop). The loss functions below are copied from the official repository's
+(5 SGD steps), fixtures/core/adam.safetensors + adam.json (6 Adam steps) and
+fixtures/core/schedules.json (learning rates of the official loop). The loss functions below are copied from the official repository's
 my_loss_function.py (yuanli2333/Teacher-free-Knowledge-Distillation) with only
 the `.cuda()` calls removed and the parameters passed explicitly.
 
@@ -194,6 +194,48 @@ def sgd():
                    "loss": "mean((x w^T + b - y)^2)", "runs": runs}, f, indent=1)
 
 
+# ---- Adam ---------------------------------------------------------------------
+def adam():
+    # Its own generator: adding it left the other fixtures unchanged.
+    gen = torch.Generator().manual_seed(20201216)
+    x = torch.randn(8, 3, generator=gen)
+    y = torch.randn(8, 4, generator=gen)
+    w0 = torch.randn(4, 3, generator=gen)
+    b0 = torch.randn(4, generator=gen)
+    frozen0 = torch.randn(5, generator=gen)
+    tensors = {"x": x, "y": y, "w0": w0, "b0": b0, "frozen0": frozen0}
+    configs = [
+        {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},  # the official CNN's
+        {"lr": 0.05, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 5e-4},
+        {"lr": 0.01, "beta1": 0.0, "beta2": 0.9, "eps": 1e-3, "weight_decay": 1e-2},
+    ]
+    runs = []
+    for r, cfg in enumerate(configs):
+        w = w0.to(DT).clone().requires_grad_(True)
+        b = b0.to(DT).clone().requires_grad_(True)
+        frozen = frozen0.to(DT).clone().requires_grad_(True)
+        opt = torch.optim.Adam([w, b, frozen], lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]),
+                               eps=cfg["eps"], weight_decay=cfg["weight_decay"], foreach=False)
+        lrs = []
+        for step in range(6):
+            lr = cfg["lr"] * (1 - 0.1 * step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            lrs.append(lr)
+            opt.zero_grad(set_to_none=True)
+            loss = ((x.to(DT) @ w.T + b - y.to(DT)) ** 2).mean()
+            loss.backward()
+            opt.step()
+            tensors[f"{r}.w{step + 1}"] = w.detach().float()
+            tensors[f"{r}.b{step + 1}"] = b.detach().float()
+        assert torch.equal(frozen.detach().float(), frozen0)
+        runs.append({"index": r, "config": cfg, "lrs": lrs})
+    save_file(tensors, os.path.join(ROOT, "adam.safetensors"))
+    with open(os.path.join(ROOT, "adam.json"), "w") as f:
+        json.dump({"generator": "scripts/gen_core_fixtures.py", "torch": torch.__version__,
+                   "loss": "mean((x w^T + b - y)^2)", "runs": runs}, f, indent=1)
+
+
 # ---- schedules: the official training loop's calls, recorded -----------------
 class WarmUpLR(torch.optim.lr_scheduler.LRScheduler):
     """The official code's warm-up (utils.py): lr = base * last_epoch / (total_iters + 1e-8)."""
@@ -258,7 +300,10 @@ def schedules():
 
 if __name__ == "__main__":
     os.makedirs(ROOT, exist_ok=True)
-    losses()
-    sgd()
-    schedules()
+    # TFKD_FIXTURES_ONLY=adam regenerates the Adam files alone; the others
+    # draw from one seeded stream, in this order, so they are made together.
+    only = os.environ.get("TFKD_FIXTURES_ONLY")
+    for name, make in [("losses", losses), ("sgd", sgd), ("schedules", schedules), ("adam", adam)]:
+        if only is None or only == name:
+            make()
     print("wrote", sorted(os.listdir(ROOT)))

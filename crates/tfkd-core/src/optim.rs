@@ -1,5 +1,9 @@
-//! Stochastic gradient descent with momentum, Nesterov and weight decay, with
-//! exactly `torch.optim.SGD`'s update rule (candle's `SGD` has no momentum).
+//! The optimizers of the official code, with exactly PyTorch's update rules:
+//! [`Sgd`] (`torch.optim.SGD`: momentum, Nesterov, weight decay; candle's
+//! `SGD` has no momentum) and [`Adam`] (`torch.optim.Adam`, which the
+//! official code uses for its plain CNN).
+//!
+//! SGD:
 //!
 //! For each parameter `p` with gradient `g`, at step t:
 //!
@@ -154,6 +158,174 @@ impl Sgd {
             return Err(Error::State(format!("optimizer state {name} matches no parameter")));
         }
         self.buffers = buffers;
+        Ok(())
+    }
+}
+
+/// Hyper-parameters of [`Adam`]; the defaults are `torch.optim.Adam`'s
+/// (the official code trains its plain CNN with them, `lr` from the config).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct AdamConfig {
+    /// Learning rate η ≥ 0.
+    pub lr: f64,
+    /// Decay of the first moment, β₁ ∈ [0, 1).
+    pub beta1: f64,
+    /// Decay of the second moment, β₂ ∈ [0, 1).
+    pub beta2: f64,
+    /// ε > 0, added to the bias-corrected root of the second moment.
+    pub eps: f64,
+    /// Weight decay λ ≥ 0 (L2, added to the gradient, as `torch.optim.Adam`;
+    /// not AdamW's decoupled decay).
+    pub weight_decay: f64,
+}
+
+impl Default for AdamConfig {
+    /// `torch.optim.Adam`'s defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8,
+    /// no weight decay.
+    fn default() -> Self {
+        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+    }
+}
+
+impl AdamConfig {
+    /// Checks every field, naming the first invalid one.
+    pub fn validate(&self) -> Result<()> {
+        check_param("lr", self.lr, self.lr >= 0.0, "must be >= 0")?;
+        check_param("beta1", self.beta1, (0.0..1.0).contains(&self.beta1), "must be in [0, 1)")?;
+        check_param("beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "must be in [0, 1)")?;
+        check_param("eps", self.eps, self.eps > 0.0, "must be > 0")?;
+        check_param("weight_decay", self.weight_decay, self.weight_decay >= 0.0, "must be >= 0")?;
+        Ok(())
+    }
+}
+
+/// Adam over a fixed, named list of variables, with exactly
+/// `torch.optim.Adam`'s update rule (`amsgrad=False`, `maximize=False`):
+///
+/// ```text
+/// t  ← t + 1                                   (per parameter)
+/// g  = g + λ·p                                 (weight decay λ)
+/// m  ← β₁·m + (1 − β₁)·g                       (first moment, 0 at first)
+/// v  ← β₂·v + (1 − β₂)·g²                      (second moment, 0 at first)
+/// p  ← p − (η / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)
+/// ```
+///
+/// As with [`Sgd`], a parameter without a gradient is skipped entirely (its
+/// step count does not advance).
+pub struct Adam {
+    params: Vec<(String, Var)>,
+    /// Per parameter: (steps taken, first moment, second moment).
+    moments: Vec<Option<(u64, Tensor, Tensor)>>,
+    config: AdamConfig,
+}
+
+impl Adam {
+    /// An optimizer for `params` (name, variable); names key the saved state.
+    pub fn new(params: Vec<(String, Var)>, config: AdamConfig) -> Result<Self> {
+        config.validate()?;
+        let moments = vec![None; params.len()];
+        Ok(Self { params, moments, config })
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> &AdamConfig {
+        &self.config
+    }
+
+    /// Sets the learning rate (what a schedule does before each step).
+    pub fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+        check_param("lr", lr, lr >= 0.0, "must be >= 0")?;
+        self.config.lr = lr;
+        Ok(())
+    }
+
+    /// One update of every parameter that has a gradient in `grads`.
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let AdamConfig { lr, beta1, beta2, eps, weight_decay } = self.config;
+        for ((_, var), slot) in self.params.iter().zip(self.moments.iter_mut()) {
+            let Some(grad) = grads.get(var.as_tensor()) else { continue };
+            let grad = grad.detach();
+            let p = var.as_tensor().detach();
+            let g = if weight_decay != 0.0 { (&grad + (&p * weight_decay)?)? } else { grad };
+            let (t, m, v) = match slot.take() {
+                None => (0, p.zeros_like()?, p.zeros_like()?),
+                Some(state) => state,
+            };
+            let t = t + 1;
+            let m = ((m * beta1)? + (&g * (1.0 - beta1))?)?;
+            let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+            let bias1 = 1.0 - beta1.powi(t as i32);
+            let bias2_sqrt = (1.0 - beta2.powi(t as i32)).sqrt();
+            let denom = ((v.sqrt()? / bias2_sqrt)? + eps)?;
+            let update = ((&m / denom)? * (lr / bias1))?;
+            var.set(&(&p - update)?)?;
+            *slot = Some((t, m, v));
+        }
+        Ok(())
+    }
+
+    /// Back-propagates `loss` and takes one step.
+    pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        let grads = loss.backward()?;
+        self.step(&grads)
+    }
+
+    /// The moments and step counts as named tensors (`<param>.exp_avg`,
+    /// `<param>.exp_avg_sq`, `<param>.step`, PyTorch's state names), for
+    /// checkpoints. Parameters not yet stepped have none.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for ((name, var), slot) in self.params.iter().zip(&self.moments) {
+            if let Some((t, m, v)) = slot {
+                out.push((format!("{name}.exp_avg"), m.clone()));
+                out.push((format!("{name}.exp_avg_sq"), v.clone()));
+                // The count as f64 is exact up to 2^53 steps.
+                if let Ok(step) = Tensor::new(&[*t as f64], var.device()) {
+                    out.push((format!("{name}.step"), step));
+                }
+            }
+        }
+        out
+    }
+
+    /// Restores state saved by [`Adam::state`]; an unknown name, a missing
+    /// part or a shape that differs from its parameter is an error.
+    pub fn load_state(&mut self, mut state: HashMap<String, Tensor>) -> Result<()> {
+        let mut moments = vec![None; self.params.len()];
+        for ((name, var), slot) in self.params.iter().zip(moments.iter_mut()) {
+            let parts = (
+                state.remove(&format!("{name}.exp_avg")),
+                state.remove(&format!("{name}.exp_avg_sq")),
+                state.remove(&format!("{name}.step")),
+            );
+            match parts {
+                (None, None, None) => {}
+                (Some(m), Some(v), Some(t)) => {
+                    for (what, x) in [("exp_avg", &m), ("exp_avg_sq", &v)] {
+                        if x.dims() != var.dims() {
+                            return Err(Error::State(format!(
+                                "{what} of {name} has shape {:?}, the parameter {:?}",
+                                x.dims(),
+                                var.dims()
+                            )));
+                        }
+                    }
+                    let t = t.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+                    let steps = match t.as_slice() {
+                        [s] if *s >= 1.0 && s.fract() == 0.0 => *s as u64,
+                        other => return Err(Error::State(format!("step of {name} is {other:?}, not one count >= 1"))),
+                    };
+                    let to = |x: Tensor| -> Result<Tensor> { Ok(x.to_device(var.device())?.to_dtype(var.dtype())?) };
+                    *slot = Some((steps, to(m)?, to(v)?));
+                }
+                _ => return Err(Error::State(format!("the Adam state of {name} is incomplete (exp_avg, exp_avg_sq, step)"))),
+            }
+        }
+        if let Some(name) = state.keys().min() {
+            return Err(Error::State(format!("optimizer state {name} matches no parameter")));
+        }
+        self.moments = moments;
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use tfkd_core::loss::{
     cross_entropy, kl_div, KdLoss, KlReduction, LabelSmoothing, SmoothingForm, VirtualTeacherLoss,
 };
-use tfkd_core::optim::{Sgd, SgdConfig};
+use tfkd_core::optim::{Adam, AdamConfig, Sgd, SgdConfig};
 use tfkd_core::schedule::{Decay, LrSchedule};
 
 const REL_TOL: f64 = 1e-5;
@@ -157,6 +157,58 @@ fn sgd_steps_match_torch_optim_sgd() -> tfkd_core::Result<()> {
         let unchanged = (frozen.as_tensor() - &t["frozen0"])?.abs()?.sum_all()?.to_scalar::<f32>()?;
         assert_eq!(unchanged, 0.0, "a variable without gradient was moved");
     }
+    Ok(())
+}
+
+#[test]
+fn adam_steps_match_torch_optim_adam() -> tfkd_core::Result<()> {
+    let meta = load_json("adam.json");
+    let t = load_tensors("adam.safetensors");
+    for run in meta["runs"].as_array().unwrap() {
+        let r = run["index"].as_u64().unwrap();
+        let config: AdamConfig = serde_json::from_value(run["config"].clone()).unwrap();
+        let lrs: Vec<f64> = serde_json::from_value(run["lrs"].clone()).unwrap();
+        let w = Var::from_tensor(&t["w0"])?;
+        let b = Var::from_tensor(&t["b0"])?;
+        let frozen = Var::from_tensor(&t["frozen0"])?;
+        let params = vec![("w".into(), w.clone()), ("b".into(), b.clone()), ("frozen".into(), frozen.clone())];
+        let mut opt = Adam::new(params.clone(), config)?;
+        for (step, &lr) in lrs.iter().enumerate() {
+            if step == 3 {
+                // Resume mid-run from saved state: the trajectory must not change.
+                let state = opt.state().into_iter().collect();
+                opt = Adam::new(params.clone(), config)?;
+                opt.load_state(state)?;
+            }
+            opt.set_learning_rate(lr)?;
+            let pred = t["x"].matmul(&w.t()?)?.broadcast_add(&b)?;
+            let loss = (pred - &t["y"])?.sqr()?.mean_all()?;
+            opt.backward_step(&loss)?;
+            for (name, var) in [("w", &w), ("b", &b)] {
+                let expected = &t[&format!("{r}.{name}{}", step + 1)];
+                let err = max_abs(&(var.as_tensor() - expected)?);
+                assert!(err <= REL_TOL * max_abs(expected), "run {r} step {} {name}: error {err:e}", step + 1);
+            }
+        }
+        let unchanged = (frozen.as_tensor() - &t["frozen0"])?.abs()?.sum_all()?.to_scalar::<f32>()?;
+        assert_eq!(unchanged, 0.0, "a variable without gradient was moved");
+    }
+    Ok(())
+}
+
+#[test]
+fn adam_state_errors_name_the_parameter() -> tfkd_core::Result<()> {
+    let dev = candle_core::Device::Cpu;
+    let w = Var::from_tensor(&candle_core::Tensor::ones((2, 2), candle_core::DType::F32, &dev)?)?;
+    let mut opt = Adam::new(vec![("w".into(), w.clone())], AdamConfig::default())?;
+    let loss = w.as_tensor().sqr()?.sum_all()?;
+    opt.backward_step(&loss)?;
+    let mut state: std::collections::HashMap<_, _> = opt.state().into_iter().collect();
+    assert_eq!(state.len(), 3);
+    state.remove("w.step");
+    let err = opt.load_state(state).unwrap_err().to_string();
+    assert!(err.contains("w") && err.contains("incomplete"), "{err}");
+    assert!(AdamConfig { beta1: 1.0, ..AdamConfig::default() }.validate().unwrap_err().to_string().contains("beta1"));
     Ok(())
 }
 
