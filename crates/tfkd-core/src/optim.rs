@@ -329,3 +329,73 @@ impl Adam {
         Ok(())
     }
 }
+
+/// Which optimizer, with its hyper-parameters: what a training loop holds
+/// when either may be configured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OptimizerConfig {
+    /// [`Sgd`].
+    Sgd(SgdConfig),
+    /// [`Adam`].
+    Adam(AdamConfig),
+}
+
+impl OptimizerConfig {
+    /// Checks every field, naming the first invalid one.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            OptimizerConfig::Sgd(c) => c.validate(),
+            OptimizerConfig::Adam(c) => c.validate(),
+        }
+    }
+}
+
+/// [`Sgd`] or [`Adam`] behind one interface.
+pub enum Optimizer {
+    /// SGD.
+    Sgd(Sgd),
+    /// Adam.
+    Adam(Adam),
+}
+
+impl Optimizer {
+    /// The optimizer `config` names, over `params`.
+    pub fn new(params: Vec<(String, Var)>, config: OptimizerConfig) -> Result<Self> {
+        Ok(match config {
+            OptimizerConfig::Sgd(c) => Optimizer::Sgd(Sgd::new(params, c)?),
+            OptimizerConfig::Adam(c) => Optimizer::Adam(Adam::new(params, c)?),
+        })
+    }
+
+    /// Sets the learning rate.
+    pub fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+        match self {
+            Optimizer::Sgd(o) => o.set_learning_rate(lr),
+            Optimizer::Adam(o) => o.set_learning_rate(lr),
+        }
+    }
+
+    /// Back-propagates `loss` and takes one step.
+    pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        match self {
+            Optimizer::Sgd(o) => o.backward_step(loss),
+            Optimizer::Adam(o) => o.backward_step(loss),
+        }
+    }
+
+    /// The state as named tensors, for checkpoints.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Optimizer::Sgd(o) => o.state(),
+            Optimizer::Adam(o) => o.state(),
+        }
+    }
+
+    /// Restores state saved by [`Optimizer::state`] of the same kind.
+    pub fn load_state(&mut self, state: HashMap<String, Tensor>) -> Result<()> {
+        match self {
+            Optimizer::Sgd(o) => o.load_state(state),
+            Optimizer::Adam(o) => o.load_state(state),
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 use crate::error::{config_err, io_err, Result, RunError};
 use std::path::{Path, PathBuf};
-use tfkd_core::optim::SgdConfig;
+use tfkd_core::optim::{AdamConfig, OptimizerConfig, SgdConfig};
 use tfkd_core::schedule::{scale_lr_by_batch, Decay, LrSchedule};
 use tfkd_distill::StrategyConfig;
 
@@ -115,10 +115,30 @@ fn two() -> usize {
     2
 }
 
-/// SGD and the batch size (the official recipe by default).
+/// Which optimizer (`optim.kind`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// `torch.optim.SGD` (the official recipe).
+    #[default]
+    Sgd,
+    /// `torch.optim.Adam` (what the official code uses for its plain CNN).
+    Adam,
+}
+
+impl OptimizerKind {
+    fn is_sgd(&self) -> bool {
+        *self == OptimizerKind::Sgd
+    }
+}
+
+/// The optimizer and the batch size (the official recipe by default: SGD).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
+    /// `sgd` (default) or `adam`.
+    #[serde(skip_serializing_if = "OptimizerKind::is_sgd")]
+    pub kind: OptimizerKind,
     /// Samples per batch.
     pub batch_size: usize,
     /// Learning rate before batch scaling (`learning_rate` of params.json).
@@ -126,18 +146,36 @@ pub struct OptimConfig {
     /// The effective rate is `lr × batch_size / lr_reference_batch` (128 in
     /// the official CIFAR code, 256 on ImageNet; 0 disables scaling).
     pub lr_reference_batch: usize,
-    /// Momentum.
+    /// SGD's momentum (Adam does not use it).
     pub momentum: f64,
-    /// L2 weight decay on every parameter (BN and biases included).
+    /// L2 weight decay on every parameter (BN and biases included), added
+    /// to the gradient by both optimizers, as PyTorch's do. The official
+    /// Adam runs use 0.
     pub weight_decay: f64,
-    /// Nesterov momentum.
+    /// SGD's Nesterov momentum.
     pub nesterov: bool,
+    /// Adam's (β₁, β₂); only with `kind = "adam"` (default (0.9, 0.999)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub betas: Option<(f64, f64)>,
+    /// Adam's ε; only with `kind = "adam"` (default 1e-8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
 }
 
 impl Default for OptimConfig {
     fn default() -> Self {
         use tfkd_core::recipe as r;
-        Self { batch_size: r::BATCH_SIZE, lr: r::LR, lr_reference_batch: r::LR_REFERENCE_BATCH, momentum: r::MOMENTUM, weight_decay: r::WEIGHT_DECAY, nesterov: false }
+        Self {
+            kind: OptimizerKind::Sgd,
+            batch_size: r::BATCH_SIZE,
+            lr: r::LR,
+            lr_reference_batch: r::LR_REFERENCE_BATCH,
+            momentum: r::MOMENTUM,
+            weight_decay: r::WEIGHT_DECAY,
+            nesterov: false,
+            betas: None,
+            eps: None,
+        }
     }
 }
 
@@ -151,14 +189,37 @@ impl OptimConfig {
         }
     }
 
-    /// The SGD hyper-parameters.
-    pub fn sgd(&self) -> SgdConfig {
-        SgdConfig {
-            lr: self.effective_lr(),
-            momentum: self.momentum,
-            dampening: 0.0,
-            weight_decay: self.weight_decay,
-            nesterov: self.nesterov,
+    /// The optimizer and its hyper-parameters.
+    pub fn optimizer(&self) -> OptimizerConfig {
+        match self.kind {
+            OptimizerKind::Sgd => OptimizerConfig::Sgd(SgdConfig {
+                lr: self.effective_lr(),
+                momentum: self.momentum,
+                dampening: 0.0,
+                weight_decay: self.weight_decay,
+                nesterov: self.nesterov,
+            }),
+            OptimizerKind::Adam => {
+                let defaults = AdamConfig::default();
+                let (beta1, beta2) = self.betas.unwrap_or((defaults.beta1, defaults.beta2));
+                OptimizerConfig::Adam(AdamConfig {
+                    lr: self.effective_lr(),
+                    beta1,
+                    beta2,
+                    eps: self.eps.unwrap_or(defaults.eps),
+                    weight_decay: self.weight_decay,
+                })
+            }
+        }
+    }
+
+    /// Fields that belong to the other optimizer are errors, not ignored.
+    fn check_kind(&self) -> Result<()> {
+        match self.kind {
+            OptimizerKind::Sgd if self.betas.is_some() => Err(config_err("optim.betas", "is Adam's; set optim.kind = \"adam\"")),
+            OptimizerKind::Sgd if self.eps.is_some() => Err(config_err("optim.eps", "is Adam's; set optim.kind = \"adam\"")),
+            OptimizerKind::Adam if self.nesterov => Err(config_err("optim.nesterov", "is SGD's; Adam has no Nesterov momentum")),
+            _ => Ok(()),
         }
     }
 }
@@ -283,7 +344,8 @@ impl ExperimentConfig {
                 return Err(config_err("name", format!("{name:?} is not a valid directory name")));
             }
         }
-        self.optim.sgd().validate().map_err(|e| config_err("optim", e.to_string()))?;
+        self.optim.check_kind()?;
+        self.optim.optimizer().validate().map_err(|e| config_err("optim", e.to_string()))?;
         self.lr_schedule(1).validate().map_err(|e| config_err("schedule", e.to_string()))?;
         tfkd_zoo::entry(&self.model.name).map_err(|e| config_err("model.name", e.to_string()))?;
         let strategy = self.strategy.build().map_err(|e| config_err("strategy", e.to_string()))?;
@@ -372,6 +434,29 @@ mod tests {
         assert_eq!(c.run_name(), "digits-cnn-baseline-s0");
         let again = ExperimentConfig::from_toml(&c.to_toml()).unwrap();
         assert_eq!(again, c);
+    }
+
+    #[test]
+    fn optimizer_fields_belong_to_their_optimizer() {
+        let c = ExperimentConfig::from_toml(MINIMAL).unwrap();
+        assert!(matches!(c.optim.optimizer(), OptimizerConfig::Sgd(_)));
+        let with = |extra: &str| ExperimentConfig::from_toml(&MINIMAL.replace("[model]", &format!("[optim]\n{extra}\n[model]")));
+        let adam = with("kind = \"adam\"\nlr = 0.001\nweight_decay = 0.0\nbetas = [0.8, 0.99]").unwrap();
+        match adam.optim.optimizer() {
+            OptimizerConfig::Adam(a) => assert_eq!((a.beta1, a.beta2, a.eps, a.weight_decay), (0.8, 0.99, 1e-8, 0.0)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ExperimentConfig::from_toml(&adam.to_toml()).unwrap(), adam);
+        for (extra, field) in [
+            ("betas = [0.9, 0.99]", "optim.betas"),
+            ("eps = 1e-6", "optim.eps"),
+            ("kind = \"adam\"\nnesterov = true", "optim.nesterov"),
+            ("kind = \"adam\"\nbetas = [1.0, 0.9]", "beta1"),
+            ("kind = \"adamw\"", "kind"),
+        ] {
+            let err = with(extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
     }
 
     #[test]

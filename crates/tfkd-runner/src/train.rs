@@ -20,7 +20,7 @@ use std::time::Instant;
 use tfkd_core::init::SeededVarMap;
 use tfkd_core::loss::cross_entropy;
 use tfkd_core::metrics::{top_k_correct, Accuracy};
-use tfkd_core::optim::Sgd;
+use tfkd_core::optim::Optimizer;
 use tfkd_core::rng::SeededRng;
 use tfkd_data::Loader;
 use tfkd_distill::Strategy;
@@ -321,10 +321,10 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
     let varmap = SeededVarMap::new(config.seed);
     let model = tfkd_zoo::build_with(&config.model.name, &model_opts(0), varmap.var_builder(DType::F32, &device))?;
     check_last_batch(config, &loaders.train, &varmap)?;
-    let mut sgd = Sgd::new(tfkd_zoo::trainable_vars(&varmap), config.optim.sgd())?;
+    let mut optimizer = Optimizer::new(tfkd_zoo::trainable_vars(&varmap), config.optim.optimizer())?;
     let mut meta = CheckpointMeta { model: config.model.name.clone(), ..Default::default() };
     if resuming {
-        meta = restore(&last_path, &varmap, &mut sgd, &device)?;
+        meta = restore(&last_path, &varmap, &mut optimizer, &device)?;
         reporter.stage(&format!("resuming {} after epoch {}", config.run_name(), meta.epochs_done));
     }
     write_metrics(&dir, &meta.history)?;
@@ -337,7 +337,7 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         // The dropout masks of an epoch are a function of (seed, epoch) only.
         model.reseed_dropout(dropout_seed(config.seed, epoch));
         let step = EpochStep { loader: &loaders.train, strategy: strategy.as_ref(), teacher: teacher.as_deref() };
-        let mut record = step.train(model.as_ref(), &mut sgd, &schedule, epoch, config.epochs, &dir, reporter)?;
+        let mut record = step.train(model.as_ref(), &mut optimizer, &schedule, epoch, config.epochs, &dir, reporter)?;
         let started = Instant::now();
         let (test_loss, acc) = evaluate(model.as_ref(), &loaders.test)?;
         record.seconds += started.elapsed().as_secs_f64();
@@ -348,7 +348,7 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         meta.history.push(record.clone());
         meta.epochs_done = epoch + 1;
         lock.verify()?;
-        save_checkpoints(&dir, &varmap, &sgd, &meta, improved, config.keep_epochs.contains(&(epoch + 1)))?;
+        save_checkpoints(&dir, &varmap, &optimizer, &meta, improved, config.keep_epochs.contains(&(epoch + 1)))?;
         write_metrics(&dir, &meta.history)?;
         reporter.epoch_end(&record);
     }
@@ -401,7 +401,7 @@ impl EpochStep<'_> {
     fn train(
         &self,
         model: &dyn Model,
-        sgd: &mut Sgd,
+        optimizer: &mut Optimizer,
         schedule: &tfkd_core::schedule::LrSchedule,
         epoch: usize,
         epochs: usize,
@@ -415,7 +415,7 @@ impl EpochStep<'_> {
         for (iteration, batch) in self.loader.epoch(epoch as u64).enumerate() {
             let batch = batch?;
             lr = schedule.lr(epoch, iteration);
-            sgd.set_learning_rate(lr)?;
+            optimizer.set_learning_rate(lr)?;
             let logits = model.forward_t(&batch.images, true)?;
             let teacher_logits = match self.teacher {
                 Some(t) => Some(t.forward_t(&batch.images, false)?.detach()),
@@ -431,7 +431,7 @@ impl EpochStep<'_> {
                 },
                 e => e.into(),
             })?;
-            sgd.backward_step(&terms.total)?;
+            optimizer.backward_step(&terms.total)?;
             let n = batch.labels.dim(0)?;
             let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
             let loss = scalar(&terms.total)?;
@@ -467,14 +467,14 @@ fn model_tensors(varmap: &SeededVarMap) -> Vec<(String, Tensor)> {
 fn save_checkpoints(
     dir: &Path,
     varmap: &SeededVarMap,
-    sgd: &Sgd,
+    optimizer: &Optimizer,
     meta: &CheckpointMeta,
     best: bool,
     keep: bool,
 ) -> Result<()> {
     let model = model_tensors(varmap);
     let mut all = model.clone();
-    all.extend(sgd.state().into_iter().map(|(name, t)| (format!("{OPTIM_PREFIX}{name}"), t)));
+    all.extend(optimizer.state().into_iter().map(|(name, t)| (format!("{OPTIM_PREFIX}{name}"), t)));
     save_tensors(&dir.join(LAST), &all, Some(meta))?;
     if best {
         save_tensors(&dir.join(BEST), &model, None)?;
@@ -485,7 +485,7 @@ fn save_checkpoints(
     Ok(())
 }
 
-fn restore(path: &Path, varmap: &SeededVarMap, sgd: &mut Sgd, device: &Device) -> Result<CheckpointMeta> {
+fn restore(path: &Path, varmap: &SeededVarMap, optimizer: &mut Optimizer, device: &Device) -> Result<CheckpointMeta> {
     let loaded = load_tensors(path, device)?;
     let bad = |reason: String| RunError::Checkpoint { path: path.into(), reason };
     let meta = loaded.meta.ok_or_else(|| bad("no tfkd metadata: not a resumable checkpoint".into()))?;
@@ -503,7 +503,7 @@ fn restore(path: &Path, varmap: &SeededVarMap, sgd: &mut Sgd, device: &Device) -
         }
         var.set(value)?;
     }
-    sgd.load_state(loaded.optim).map_err(|e| bad(e.to_string()))?;
+    optimizer.load_state(loaded.optim).map_err(|e| bad(e.to_string()))?;
     Ok(meta)
 }
 

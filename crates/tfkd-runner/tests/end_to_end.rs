@@ -140,3 +140,33 @@ fn a_teacher_keeps_its_own_width() {
     let student_config = std::fs::read_to_string(tmp.path().join("digits-cnn-kd-s3/config.toml")).unwrap();
     assert!(student_config.contains("width_divisor = 4"), "{student_config}");
 }
+
+/// `optim.kind = "adam"` (the official CNN's optimizer): the CNN learns the
+/// digits, and a run stopped after epoch 1 and resumed ends with the same
+/// tensors (moments and step counts included) as an uninterrupted one.
+#[test]
+fn adam_trains_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adam = |out: &Path| {
+        let mut c = config(out, "method = \"baseline\"", 3);
+        c.optim.kind = tfkd_runner::config::OptimizerKind::Adam;
+        c.optim.lr = 0.002;
+        c.optim.weight_decay = 0.0;
+        c
+    };
+    let straight = adam(&tmp.path().join("straight"));
+    let summary = train(&straight);
+    assert!(summary.best.test_top1 > 40.0, "Adam reached only {:.1}%", summary.best.test_top1);
+    let stored = std::fs::read_to_string(straight.run_dir().join("config.toml")).unwrap();
+    assert!(stored.contains("kind = \"adam\""), "{stored}");
+
+    let resumed = adam(&tmp.path().join("resumed"));
+    run_experiment(&resumed, &RunOptions { stop_after: Some(1), ..Default::default() }, &mut Silent).unwrap();
+    let state = read_checkpoint(&resumed.run_dir().join("last.safetensors"));
+    assert!(state.iter().any(|(name, _)| name.ends_with(".exp_avg_sq")), "Adam's moments are checkpointed");
+    run_experiment(&resumed, &RunOptions { resume: true, ..Default::default() }, &mut Silent).unwrap();
+    assert_eq!(
+        read_checkpoint(&straight.run_dir().join("last.safetensors")),
+        read_checkpoint(&resumed.run_dir().join("last.safetensors"))
+    );
+}

@@ -288,6 +288,7 @@ pub fn experiment(
             momentum: recipe.momentum,
             weight_decay: recipe.weight_decay,
             nesterov: false,
+            ..OptimConfig::default()
         },
         schedule: ScheduleConfig {
             warmup_epochs: (recipe.warmup_epochs as usize).min(epochs.saturating_sub(1)),
