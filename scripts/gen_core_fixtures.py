@@ -154,86 +154,75 @@ def losses():
                    "dtype": "float64 reference on float32 inputs", "cases": cases}, f, indent=1)
 
 
-# ---- SGD ----------------------------------------------------------------------
+# ---- optimizers: a few steps of torch.optim on a least-squares problem -------
+def optimizer_steps(opt, x, y, w, b, base_lr, steps, r, tensors):
+    """Takes `steps` steps of `opt` on mean((x w^T + b - y)^2), changing the lr
+    before each as a schedule would; records w and b after every step as
+    `<r>.w<k>`, `<r>.b<k>`. Returns the learning rates."""
+    lrs = []
+    for step in range(steps):
+        lr = base_lr * (1 - 0.1 * step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        lrs.append(lr)
+        opt.zero_grad(set_to_none=True)
+        loss = ((x.to(DT) @ w.T + b - y.to(DT)) ** 2).mean()
+        loss.backward()
+        opt.step()
+        tensors[f"{r}.w{step + 1}"] = w.detach().float()
+        tensors[f"{r}.b{step + 1}"] = b.detach().float()
+    return lrs
+
+
+def optimizer_fixture(stem, data, configs, make_opt, steps):
+    """Runs `make_opt([w, b, frozen], cfg)` for every config from the same
+    start (`frozen` is in the optimizer but never in the graph) and writes
+    <stem>.safetensors + <stem>.json."""
+    tensors = dict(data)
+    runs = []
+    for r, cfg in enumerate(configs):
+        w = data["w0"].to(DT).clone().requires_grad_(True)
+        b = data["b0"].to(DT).clone().requires_grad_(True)
+        frozen = data["frozen0"].to(DT).clone().requires_grad_(True)
+        opt = make_opt([w, b, frozen], cfg)
+        lrs = optimizer_steps(opt, data["x"], data["y"], w, b, cfg["lr"], steps, r, tensors)
+        assert torch.equal(frozen.detach().float(), data["frozen0"])
+        runs.append({"index": r, "config": cfg, "lrs": lrs})
+    save_file(tensors, os.path.join(ROOT, f"{stem}.safetensors"))
+    with open(os.path.join(ROOT, f"{stem}.json"), "w") as f:
+        json.dump({"generator": "scripts/gen_core_fixtures.py", "torch": torch.__version__,
+                   "loss": "mean((x w^T + b - y)^2)", "runs": runs}, f, indent=1)
+
+
+def problem(generator=None):
+    """x, y, and the starting w, b and frozen parameter."""
+    shapes = {"x": (8, 3), "y": (8, 4), "w0": (4, 3), "b0": (4,), "frozen0": (5,)}
+    return {name: torch.randn(*shape, dtype=torch.float32, generator=generator) for name, shape in shapes.items()}
+
+
 def sgd():
-    tensors, runs = {}, []
-    x = torch.randn(8, 3, dtype=torch.float32)
-    y = torch.randn(8, 4, dtype=torch.float32)
-    w0 = torch.randn(4, 3, dtype=torch.float32)
-    b0 = torch.randn(4, dtype=torch.float32)
-    frozen0 = torch.randn(5, dtype=torch.float32)
-    tensors.update({"x": x, "y": y, "w0": w0, "b0": b0, "frozen0": frozen0})
     configs = [
         {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 5e-4, "nesterov": False},
         {"lr": 0.05, "momentum": 0.9, "dampening": 0.0, "weight_decay": 1e-3, "nesterov": True},
         {"lr": 0.2, "momentum": 0.5, "dampening": 0.1, "weight_decay": 0.0, "nesterov": False},
         {"lr": 0.1, "momentum": 0.0, "dampening": 0.0, "weight_decay": 5e-4, "nesterov": False},
     ]
-    for r, cfg in enumerate(configs):
-        w = w0.to(DT).clone().requires_grad_(True)
-        b = b0.to(DT).clone().requires_grad_(True)
-        frozen = frozen0.to(DT).clone().requires_grad_(True)  # in the optimizer, never in the graph
-        opt = torch.optim.SGD([w, b, frozen], **cfg)
-        lrs = []
-        for step in range(5):
-            lr = cfg["lr"] * (1 - 0.1 * step)  # a schedule changes lr between steps
-            for g in opt.param_groups:
-                g["lr"] = lr
-            lrs.append(lr)
-            opt.zero_grad(set_to_none=True)
-            loss = ((x.to(DT) @ w.T + b - y.to(DT)) ** 2).mean()
-            loss.backward()
-            opt.step()
-            tensors[f"{r}.w{step + 1}"] = w.detach().float()
-            tensors[f"{r}.b{step + 1}"] = b.detach().float()
-        assert torch.equal(frozen.detach().float(), frozen0)
-        runs.append({"index": r, "config": cfg, "lrs": lrs})
-    save_file(tensors, os.path.join(ROOT, "sgd.safetensors"))
-    with open(os.path.join(ROOT, "sgd.json"), "w") as f:
-        json.dump({"generator": "scripts/gen_core_fixtures.py", "torch": torch.__version__,
-                   "loss": "mean((x w^T + b - y)^2)", "runs": runs}, f, indent=1)
+    optimizer_fixture("sgd", problem(), configs, lambda params, cfg: torch.optim.SGD(params, **cfg), 5)
 
 
-# ---- Adam ---------------------------------------------------------------------
 def adam():
-    # Its own generator: adding it left the other fixtures unchanged.
-    gen = torch.Generator().manual_seed(20201216)
-    x = torch.randn(8, 3, generator=gen)
-    y = torch.randn(8, 4, generator=gen)
-    w0 = torch.randn(4, 3, generator=gen)
-    b0 = torch.randn(4, generator=gen)
-    frozen0 = torch.randn(5, generator=gen)
-    tensors = {"x": x, "y": y, "w0": w0, "b0": b0, "frozen0": frozen0}
     configs = [
         {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},  # the official CNN's
         {"lr": 0.05, "beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 5e-4},
         {"lr": 0.01, "beta1": 0.0, "beta2": 0.9, "eps": 1e-3, "weight_decay": 1e-2},
     ]
-    runs = []
-    for r, cfg in enumerate(configs):
-        w = w0.to(DT).clone().requires_grad_(True)
-        b = b0.to(DT).clone().requires_grad_(True)
-        frozen = frozen0.to(DT).clone().requires_grad_(True)
-        opt = torch.optim.Adam([w, b, frozen], lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]),
-                               eps=cfg["eps"], weight_decay=cfg["weight_decay"], foreach=False)
-        lrs = []
-        for step in range(6):
-            lr = cfg["lr"] * (1 - 0.1 * step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            lrs.append(lr)
-            opt.zero_grad(set_to_none=True)
-            loss = ((x.to(DT) @ w.T + b - y.to(DT)) ** 2).mean()
-            loss.backward()
-            opt.step()
-            tensors[f"{r}.w{step + 1}"] = w.detach().float()
-            tensors[f"{r}.b{step + 1}"] = b.detach().float()
-        assert torch.equal(frozen.detach().float(), frozen0)
-        runs.append({"index": r, "config": cfg, "lrs": lrs})
-    save_file(tensors, os.path.join(ROOT, "adam.safetensors"))
-    with open(os.path.join(ROOT, "adam.json"), "w") as f:
-        json.dump({"generator": "scripts/gen_core_fixtures.py", "torch": torch.__version__,
-                   "loss": "mean((x w^T + b - y)^2)", "runs": runs}, f, indent=1)
+
+    def make(params, cfg):
+        return torch.optim.Adam(params, lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"],
+                                weight_decay=cfg["weight_decay"], foreach=False)
+
+    # Its own generator: adding it left the other fixtures unchanged.
+    optimizer_fixture("adam", problem(torch.Generator().manual_seed(20201216)), configs, make, 6)
 
 
 # ---- schedules: the official training loop's calls, recorded -----------------

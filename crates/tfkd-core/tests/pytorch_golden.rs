@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use tfkd_core::loss::{
     cross_entropy, kl_div, KdLoss, KlReduction, LabelSmoothing, SmoothingForm, VirtualTeacherLoss,
 };
-use tfkd_core::optim::{Adam, AdamConfig, Sgd, SgdConfig};
+use tfkd_core::optim::{Adam, AdamConfig, Optimizer, OptimizerConfig, SgdConfig};
 use tfkd_core::schedule::{Decay, LrSchedule};
 
 const REL_TOL: f64 = 1e-5;
@@ -124,24 +124,27 @@ fn losses_and_gradients_match_pytorch() {
     assert!(failures.is_empty(), "{} of {} cases differ from PyTorch:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
-#[test]
-fn sgd_steps_match_torch_optim_sgd() -> tfkd_core::Result<()> {
-    let meta = load_json("sgd.json");
-    let t = load_tensors("sgd.safetensors");
+/// Replays the optimizer runs of `<stem>.json` / `<stem>.safetensors`
+/// (recorded from `torch.optim`, a least-squares loss, the lr changed before
+/// every step) and checks every parameter after every step. At step
+/// `resume_at` the optimizer is rebuilt from its saved state: the
+/// trajectory must not change. A variable without gradient must not move.
+fn replay_torch_optimizer(stem: &str, resume_at: usize, config: impl Fn(Value) -> OptimizerConfig) -> tfkd_core::Result<()> {
+    let meta = load_json(&format!("{stem}.json"));
+    let t = load_tensors(&format!("{stem}.safetensors"));
     for run in meta["runs"].as_array().unwrap() {
         let r = run["index"].as_u64().unwrap();
-        let config: SgdConfig = serde_json::from_value(run["config"].clone()).unwrap();
+        let config = config(run["config"].clone());
         let lrs: Vec<f64> = serde_json::from_value(run["lrs"].clone()).unwrap();
         let w = Var::from_tensor(&t["w0"])?;
         let b = Var::from_tensor(&t["b0"])?;
         let frozen = Var::from_tensor(&t["frozen0"])?;
         let params = vec![("w".into(), w.clone()), ("b".into(), b.clone()), ("frozen".into(), frozen.clone())];
-        let mut opt = Sgd::new(params.clone(), config)?;
+        let mut opt = Optimizer::new(params.clone(), config)?;
         for (step, &lr) in lrs.iter().enumerate() {
-            if step == 2 {
-                // Resume mid-run from saved state: the trajectory must not change.
+            if step == resume_at {
                 let state = opt.state().into_iter().collect();
-                opt = Sgd::new(params.clone(), config)?;
+                opt = Optimizer::new(params.clone(), config)?;
                 opt.load_state(state)?;
             }
             opt.set_learning_rate(lr)?;
@@ -151,49 +154,23 @@ fn sgd_steps_match_torch_optim_sgd() -> tfkd_core::Result<()> {
             for (name, var) in [("w", &w), ("b", &b)] {
                 let expected = &t[&format!("{r}.{name}{}", step + 1)];
                 let err = max_abs(&(var.as_tensor() - expected)?);
-                assert!(err <= REL_TOL * max_abs(expected), "run {r} step {} {name}: error {err:e}", step + 1);
+                assert!(err <= REL_TOL * max_abs(expected), "{stem} run {r} step {} {name}: error {err:e}", step + 1);
             }
         }
         let unchanged = (frozen.as_tensor() - &t["frozen0"])?.abs()?.sum_all()?.to_scalar::<f32>()?;
-        assert_eq!(unchanged, 0.0, "a variable without gradient was moved");
+        assert_eq!(unchanged, 0.0, "{stem}: a variable without gradient was moved");
     }
     Ok(())
 }
 
 #[test]
+fn sgd_steps_match_torch_optim_sgd() -> tfkd_core::Result<()> {
+    replay_torch_optimizer("sgd", 2, |c| OptimizerConfig::Sgd(serde_json::from_value::<SgdConfig>(c).unwrap()))
+}
+
+#[test]
 fn adam_steps_match_torch_optim_adam() -> tfkd_core::Result<()> {
-    let meta = load_json("adam.json");
-    let t = load_tensors("adam.safetensors");
-    for run in meta["runs"].as_array().unwrap() {
-        let r = run["index"].as_u64().unwrap();
-        let config: AdamConfig = serde_json::from_value(run["config"].clone()).unwrap();
-        let lrs: Vec<f64> = serde_json::from_value(run["lrs"].clone()).unwrap();
-        let w = Var::from_tensor(&t["w0"])?;
-        let b = Var::from_tensor(&t["b0"])?;
-        let frozen = Var::from_tensor(&t["frozen0"])?;
-        let params = vec![("w".into(), w.clone()), ("b".into(), b.clone()), ("frozen".into(), frozen.clone())];
-        let mut opt = Adam::new(params.clone(), config)?;
-        for (step, &lr) in lrs.iter().enumerate() {
-            if step == 3 {
-                // Resume mid-run from saved state: the trajectory must not change.
-                let state = opt.state().into_iter().collect();
-                opt = Adam::new(params.clone(), config)?;
-                opt.load_state(state)?;
-            }
-            opt.set_learning_rate(lr)?;
-            let pred = t["x"].matmul(&w.t()?)?.broadcast_add(&b)?;
-            let loss = (pred - &t["y"])?.sqr()?.mean_all()?;
-            opt.backward_step(&loss)?;
-            for (name, var) in [("w", &w), ("b", &b)] {
-                let expected = &t[&format!("{r}.{name}{}", step + 1)];
-                let err = max_abs(&(var.as_tensor() - expected)?);
-                assert!(err <= REL_TOL * max_abs(expected), "run {r} step {} {name}: error {err:e}", step + 1);
-            }
-        }
-        let unchanged = (frozen.as_tensor() - &t["frozen0"])?.abs()?.sum_all()?.to_scalar::<f32>()?;
-        assert_eq!(unchanged, 0.0, "a variable without gradient was moved");
-    }
-    Ok(())
+    replay_torch_optimizer("adam", 3, |c| OptimizerConfig::Adam(serde_json::from_value::<AdamConfig>(c).unwrap()))
 }
 
 #[test]

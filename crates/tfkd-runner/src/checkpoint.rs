@@ -33,17 +33,26 @@ pub struct CheckpointMeta {
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
+    write_synced(&tmp, bytes).map_err(io_err(&tmp))?;
     commit(&tmp, path)
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+/// Creates (or truncates) `path` with `bytes` and syncs it to disk.
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// `path` with `suffix` appended to its file name (`a/b` → `a/b.tmp`).
+pub(crate) fn with_name_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".tmp");
+    name.push(suffix);
     path.with_file_name(name)
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    with_name_suffix(path, ".tmp")
 }
 
 fn commit(tmp: &Path, path: &Path) -> Result<()> {

@@ -43,7 +43,6 @@
 
 use crate::error::{io_err, Result, RunError};
 use crate::train::{EpochRecord, Summary};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,9 +71,7 @@ pub fn epoch_file(epoch: usize) -> String {
 
 /// The lock file of the run directory `dir`: `<dir>.lock`.
 pub fn lock_path(dir: &Path) -> PathBuf {
-    let mut name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".lock");
-    dir.with_file_name(name)
+    crate::checkpoint::with_name_suffix(dir, ".lock")
 }
 
 /// The summary of the run in `dir`; `None` while the run is not finished.
@@ -202,12 +199,7 @@ fn read_lock(path: &Path) -> Option<(LockInfo, Option<SystemTime>)> {
 /// or half-written. `Ok(false)`: the name exists.
 fn create_exclusive(path: &Path, content: &[u8], token: u64) -> Result<bool> {
     let tmp = path.with_extension(format!("lock.new-{}-{token:x}", std::process::id()));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(content)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
+    if let Err(e) = crate::checkpoint::write_synced(&tmp, content) {
         let _ = std::fs::remove_file(&tmp);
         return Err(io_err(&tmp)(e));
     }
@@ -329,9 +321,7 @@ impl RunLock {
         let heartbeat = match heartbeat {
             Ok(h) => h,
             Err(e) => {
-                if holds(&path, token) {
-                    let _ = std::fs::remove_file(&path);
-                }
+                release(&path, token);
                 return Err(RunError::Io { path, what: "cannot start the lock's heartbeat thread".into(), error: e });
             }
         };
@@ -361,6 +351,13 @@ fn holds(path: &Path, token: u64) -> bool {
     read_lock(path).is_some_and(|(info, _)| info.token == token)
 }
 
+/// Removes the lock file at `path` if it still holds `token`.
+fn release(path: &Path, token: u64) {
+    if holds(path, token) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 impl Drop for RunLock {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -369,9 +366,7 @@ impl Drop for RunLock {
             let _ = h.join();
         }
         HELD.lock().unwrap_or_else(|e| e.into_inner()).retain(|(_, t)| *t != self.token);
-        if holds(&self.path, self.token) {
-            let _ = std::fs::remove_file(&self.path);
-        }
+        release(&self.path, self.token);
     }
 }
 
@@ -428,9 +423,7 @@ pub fn release_locks_on_termination() {
             }
             let held: Vec<(PathBuf, u64)> = HELD.lock().unwrap_or_else(|e| e.into_inner()).clone();
             for (path, token) in &held {
-                if holds(path, *token) {
-                    let _ = std::fs::remove_file(path);
-                }
+                release(path, *token);
             }
             eprintln!(
                 "tfkd: stopped by signal {signal}; {} run lock(s) released; a run continues from its last finished epoch with --resume",

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{config, metrics_without_timings, read_checkpoint};
+use common::{config, read_checkpoint};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -109,16 +109,13 @@ fn a_run_killed_mid_epoch_resumes_to_identical_results() {
 
     let a = tmp.path().join("straight/digits-cnn-lsr-s3");
     let b = tmp.path().join("killed/digits-cnn-lsr-s3");
-    assert_eq!(read_checkpoint(&a.join("last.safetensors")), read_checkpoint(&b.join("last.safetensors")));
-    assert_eq!(metrics_without_timings(&a.join("metrics.jsonl")), metrics_without_timings(&b.join("metrics.jsonl")));
+    common::assert_same_run(&a, &b);
 }
 
 #[test]
 fn divergence_stops_with_a_clear_message() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut c = config(tmp.path(), "method = \"baseline\"", 2);
-    c.optim.lr = 1e30;
-    let err = run_experiment(&c, &RunOptions::default(), &mut Silent).unwrap_err().to_string();
+    let (_, err) = common::diverged_start(tmp.path(), 2);
     assert!(err.contains("diverged at epoch 1"), "{err}");
     assert!(err.contains("NaN or infinite"), "{err}");
 }

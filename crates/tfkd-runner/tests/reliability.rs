@@ -78,9 +78,7 @@ fn a_second_process_on_a_run_directory_is_refused() {
 #[test]
 fn a_failed_start_does_not_block_the_corrected_config() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut bad = config(tmp.path(), "method = \"baseline\"", 2);
-    bad.optim.lr = 1e30;
-    let err = run_experiment(&bad, &RunOptions::default(), &mut Silent).unwrap_err().to_string();
+    let (bad, err) = common::diverged_start(tmp.path(), 2);
     assert!(err.contains("diverged at epoch 1"), "{err}");
     assert!(err.contains("no checkpoint"), "{err}");
     assert!(!err.contains("last good checkpoint is kept"), "{err}");

@@ -17,6 +17,7 @@
 //! Every per-network number is read from the run's registry row
 //! ([`PlannedRun::network`]); this module has none of its own.
 
+use tfkd_runner::device::DeviceSpec;
 use super::plan::{Plan, PlannedRun};
 use tfkd_runner::data::DatasetKind;
 
@@ -34,10 +35,10 @@ pub struct Estimate {
 /// (ResNet18-CIFAR at batch 128 on an H200, 2026-11-27: 1,570 img/s × 3.3
 /// GFLOP per image; PyTorch reached 8× that, docs/PERFORMANCE.md); Metal
 /// and CPU: rough guesses.
-fn assumed_gflops(device: &str) -> f64 {
-    if device.starts_with("cuda") {
+fn assumed_gflops(device: DeviceSpec) -> f64 {
+    if matches!(device, DeviceSpec::Cuda(_)) {
         5_000.0
-    } else if device == "metal" {
+    } else if device == DeviceSpec::Metal {
         2_000.0
     } else {
         8.0
@@ -66,7 +67,7 @@ pub fn relative_cost(run: &PlannedRun) -> f64 {
 }
 
 /// The cost of training every run of `plan` on `device`, `jobs` at a time.
-pub fn estimate(plan: &Plan, device: &str, jobs: usize) -> Estimate {
+pub fn estimate(plan: &Plan, device: DeviceSpec, jobs: usize) -> Estimate {
     let mut train_images = 0.0;
     let mut flop = 0.0;
     let mut measured = Some(0.0);
@@ -89,7 +90,7 @@ pub fn estimate(plan: &Plan, device: &str, jobs: usize) -> Estimate {
 
         let teacher_share = if run.teacher.is_some() { 4.0 / 3.0 } else { 1.0 };
         measured = match (measured, net.measured_cpu_seconds(c.model.width_divisor)) {
-            (Some(total), Some(t)) if device == "cpu" && side == 32.0 => {
+            (Some(total), Some(t)) if device.is_cpu() && side == 32.0 => {
                 Some(total + epochs * t * (train * teacher_share + test / 10.0))
             }
             _ => None,

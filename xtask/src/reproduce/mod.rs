@@ -9,6 +9,7 @@ pub mod plan;
 pub mod profile;
 pub mod report;
 
+use tfkd_runner::device::DeviceSpec;
 use crate::tables::{self, Table, TableId};
 use anyhow::Result;
 use plan::{Plan, Shared};
@@ -30,7 +31,7 @@ pub struct Args {
     pub profile: ProfileName,
     /// `cpu`, `cuda`, `cuda:N` or `metal`.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// Seeds per cell (default: 3 for the CIFAR tables under `paper`, as the
     /// paper reports mean ± std over 3 runs; 1 where it prints single numbers;
     /// 2 under `quick`; 1 under `smoke`).
@@ -105,7 +106,7 @@ fn cores() -> usize {
 /// Runs at once: `--jobs`, else one per core for the scaled profiles on the
 /// CPU (each on one thread), else 1.
 fn jobs(args: &Args) -> usize {
-    let scaled = matches!(args.profile, ProfileName::Smoke | ProfileName::Quick) && args.device == "cpu";
+    let scaled = matches!(args.profile, ProfileName::Smoke | ProfileName::Quick) && args.device.is_cpu();
     args.jobs.unwrap_or(if scaled { cores() } else { 1 }).max(1)
 }
 
@@ -130,11 +131,11 @@ pub fn run(args: &Args) -> Result<()> {
     let tables: Vec<Table> = numbers.iter().map(tables::load).collect::<Result<_>>()?;
     let profile = Profile::new(args.profile, &args.data_dir);
     let runs_dir = plan::runs_dir(&args.out, &profile);
-    let shared = Shared { profile: &profile, device: &args.device, runs_dir: &runs_dir, seeds: args.seeds };
+    let shared = Shared { profile: &profile, device: args.device, runs_dir: &runs_dir, seeds: args.seeds };
     let plan = Plan::build(&tables, &shared)?;
 
     let (cores, jobs) = (cores(), jobs(args));
-    let cost = estimate::estimate(&plan, &args.device, jobs);
+    let cost = estimate::estimate(&plan, args.device, jobs);
     println!(
         "plan: tables [{}], profile {:?}, {} cells -> {} distinct runs ({} skipped cells)",
         numbers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
@@ -195,7 +196,7 @@ mod tests {
         Args {
             tables: vec![tables.into()],
             profile,
-            device: "cpu".into(),
+            device: DeviceSpec::Cpu,
             seeds: None,
             data_dir: out.join("no-data-here"),
             out: out.to_path_buf(),
@@ -211,7 +212,7 @@ mod tests {
         let tables: Vec<Table> = TableId::all().iter().map(|id| tables::load(id).unwrap()).collect();
         let profile = Profile::new(a.profile, &a.data_dir);
         let runs_dir = plan::runs_dir(&a.out, &profile);
-        let shared = Shared { profile: &profile, device: "cuda", runs_dir: &runs_dir, seeds: None };
+        let shared = Shared { profile: &profile, device: DeviceSpec::Cuda(0), runs_dir: &runs_dir, seeds: None };
         let plan = Plan::build(&tables, &shared).unwrap();
         // The CIFAR-100 ResNet18 baseline recipe (bs 128) appears as a baseline
         // (Tables 9 and the ablation among others), a teacher and a De-KD

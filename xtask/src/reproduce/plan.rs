@@ -12,6 +12,7 @@
 //! only there are two runs, and a cell of the ablation that equals a cell of
 //! the paper's tables is the same run.
 
+use tfkd_runner::device::DeviceSpec;
 use super::profile::{DataChoice, Profile};
 use crate::tables::{self, Cell, Table, TableId};
 use anyhow::{bail, Context, Result};
@@ -84,8 +85,8 @@ fn digest(text: &str) -> String {
 pub struct Shared<'a> {
     /// The profile.
     pub profile: &'a Profile,
-    /// Device string.
-    pub device: &'a str,
+    /// The device every run trains on.
+    pub device: DeviceSpec,
     /// Parent of all run directories.
     pub runs_dir: &'a Path,
     /// Seeds override.
@@ -263,7 +264,7 @@ pub fn experiment(
     Ok(ExperimentConfig {
         name: None,
         seed,
-        device: shared.device.parse()?,
+        device: shared.device,
         epochs,
         out_dir: shared.runs_dir.to_path_buf(),
         keep_epochs: Vec::new(),
@@ -317,7 +318,7 @@ mod tests {
     fn plan(tables: &[Table], profile: ProfileName) -> Plan {
         let profile = Profile::new(profile, Path::new("data"));
         let runs_dir = PathBuf::from("runs");
-        Plan::build(tables, &Shared { profile: &profile, device: "cpu", runs_dir: &runs_dir, seeds: None }).unwrap()
+        Plan::build(tables, &Shared { profile: &profile, device: DeviceSpec::Cpu, runs_dir: &runs_dir, seeds: None }).unwrap()
     }
 
     fn runs_of<'p>(plan: &'p Plan, table: &TableId, row: &str, column: &str) -> &'p [String] {

@@ -249,33 +249,17 @@ fn recipes_follow_the_code_paths() {
     for t in all() {
         let r = &t.recipe;
         assert_eq!(r.momentum, 0.9);
-        if t.dataset == DatasetKind::Imagenet {
-            assert_eq!(
-                (
-                    r.epochs,
-                    r.warmup_epochs,
-                    r.milestones.as_slice(),
-                    r.gamma,
-                    r.weight_decay
-                ),
-                (90, 0, &[30, 60, 80][..], 0.1, 1e-4)
-            );
-            assert!(t
-                .cells
-                .iter()
-                .all(|c| c.lr_reference_batch == 256 && c.lr == 0.1));
+        let imagenet = t.dataset == DatasetKind::Imagenet;
+        // (epochs, warm-up, milestones, gamma, weight decay), reference batch
+        let (expected, reference_batch) = if imagenet {
+            ((90, 0, &[30, 60, 80][..], 0.1, 1e-4), 256)
         } else {
-            assert_eq!(
-                (
-                    r.epochs,
-                    r.warmup_epochs,
-                    r.milestones.as_slice(),
-                    r.gamma,
-                    r.weight_decay
-                ),
-                (200, 1, &[60, 120, 160][..], 0.2, 5e-4)
-            );
-            assert!(t.cells.iter().all(|c| c.lr_reference_batch == 128));
+            ((200, 1, &[60, 120, 160][..], 0.2, 5e-4), 128)
+        };
+        assert_eq!((r.epochs, r.warmup_epochs, r.milestones.as_slice(), r.gamma, r.weight_decay), expected);
+        assert!(t.cells.iter().all(|c| c.lr_reference_batch == reference_batch));
+        if imagenet {
+            assert!(t.cells.iter().all(|c| c.lr == 0.1));
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use tfkd_runner::ExperimentConfig;
+use tfkd_runner::{run_experiment, ExperimentConfig, RunOptions, Silent};
 
 /// scikit-learn's digits, committed under `fixtures/digits/`.
 pub fn digits() -> PathBuf {
@@ -92,4 +92,13 @@ pub fn assert_same_run(a: &Path, b: &Path) {
     assert_eq!(read_checkpoint(&a.join("last.safetensors")), read_checkpoint(&b.join("last.safetensors")));
     assert_eq!(read_checkpoint(&a.join("best.safetensors")), read_checkpoint(&b.join("best.safetensors")));
     assert_eq!(metrics_without_timings(&a.join("metrics.jsonl")), metrics_without_timings(&b.join("metrics.jsonl")));
+}
+
+/// A baseline run in `out` whose learning rate (1e30) makes it diverge in
+/// its first epoch, and the error it stops with.
+pub fn diverged_start(out: &Path, epochs: usize) -> (ExperimentConfig, String) {
+    let mut c = config(out, "method = \"baseline\"", epochs);
+    c.optim.lr = 1e30;
+    let err = run_experiment(&c, &RunOptions::default(), &mut Silent).expect_err("lr 1e30 diverges").to_string();
+    (c, err)
 }
