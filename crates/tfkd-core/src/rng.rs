@@ -174,6 +174,12 @@ impl MaskRng {
         Self { state: seed }
     }
 
+    /// The generator's state: `MaskRng::new(rng.state())` continues the
+    /// stream exactly where `rng` is (what a mid-epoch checkpoint stores).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let z = splitmix64(self.state);

@@ -186,7 +186,17 @@ impl Loader {
 
     /// Iterates over the batches of `epoch`, built by the worker threads ahead of time.
     pub fn epoch(&self, epoch: u64) -> EpochIter {
-        let batches = Arc::new(self.batch_indices(epoch));
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `first` on: exactly the batches
+    /// `epoch(epoch).skip(first)` yields (a sample's augmentation depends on
+    /// the seed, the epoch and the sample only), without building the
+    /// skipped ones. What a run resumed in the middle of an epoch reads.
+    pub fn epoch_from(&self, epoch: u64, first: usize) -> EpochIter {
+        let mut all = self.batch_indices(epoch);
+        all.drain(..first.min(all.len()));
+        let batches = Arc::new(all);
         let nb = batches.len();
         let threads = self.shared.config.threads.min(nb);
         let mut receivers = Vec::with_capacity(threads);

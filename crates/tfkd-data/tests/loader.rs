@@ -33,6 +33,23 @@ fn batches_are_identical_whatever_the_thread_count() {
     }
 }
 
+/// A run resumed in the middle of an epoch reads the rest of that epoch's
+/// batches, augmentation included, whatever the thread count.
+#[test]
+fn an_epoch_from_a_batch_on_is_the_rest_of_the_epoch() {
+    let ds = Arc::new(synthetic(203));
+    let reference = loader(&ds, LoaderConfig::train(32, 7).with_threads(0)).host_batches(3).unwrap();
+    for (threads, first) in [(0, 0), (2, 3), (3, 6), (2, 7), (1, 9)] {
+        let l = loader(&ds, LoaderConfig::train(32, 7).with_threads(threads));
+        let mut it = l.epoch_from(3, first);
+        let mut got = Vec::new();
+        while let Some(b) = it.next_host_batch() {
+            got.push(b.unwrap());
+        }
+        assert_eq!(got, reference[first.min(reference.len())..], "{threads} threads from batch {first}");
+    }
+}
+
 #[test]
 fn tensors_on_the_device_match_the_host_batches() {
     let ds = Arc::new(synthetic(70));

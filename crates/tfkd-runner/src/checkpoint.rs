@@ -28,6 +28,36 @@ pub struct CheckpointMeta {
     pub model: String,
     /// One record per completed epoch.
     pub history: Vec<EpochRecord>,
+    /// The epoch in progress, when the checkpoint was written by a stop
+    /// signal in the middle of it (absent in end-of-epoch checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialEpoch>,
+}
+
+/// How far the epoch after `epochs_done` had gone when a stop signal asked
+/// the run to checkpoint: enough to finish it with exactly the numbers of an
+/// uninterrupted run.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PartialEpoch {
+    /// Batches of the epoch done.
+    pub batches_done: usize,
+    /// Images seen.
+    pub images: usize,
+    /// Correct top-1 predictions on the training batches.
+    pub correct: usize,
+    /// Sum over images of the loss, and of its hard and soft parts.
+    pub loss_sum: f64,
+    /// See `loss_sum`.
+    pub hard_sum: f64,
+    /// See `loss_sum`.
+    pub soft_sum: f64,
+    /// Learning rate of the last step.
+    pub lr: f64,
+    /// Training seconds so far.
+    pub seconds: f64,
+    /// The dropout generator's state ([`tfkd_zoo::Model::dropout_state`]),
+    /// for networks with dropout.
+    pub dropout_state: Option<u64>,
 }
 
 /// Writes `bytes` to `path` atomically.

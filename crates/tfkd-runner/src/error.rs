@@ -48,6 +48,27 @@ pub enum RunError {
         /// The run's resumable checkpoint, `last.safetensors`.
         checkpoint: PathBuf,
     },
+    /// A stop signal arrived (SIGTERM, SIGUSR1: a scheduler's preemption or
+    /// time limit; SIGINT, SIGHUP); the run finished its step and wrote its
+    /// resume checkpoint. The binaries exit with
+    /// [`crate::run_dir::EXIT_INTERRUPTED`].
+    #[error(
+        "run {run} stopped by signal {signal} in epoch {epoch} after {batches_done} of its batches; its resume checkpoint \
+         is {}: the same command with --resume or --auto-resume continues exactly where it stopped",
+        checkpoint.display()
+    )]
+    Interrupted {
+        /// The run name.
+        run: String,
+        /// The signal number.
+        signal: i32,
+        /// 1-based epoch in progress.
+        epoch: usize,
+        /// Batches of that epoch done.
+        batches_done: usize,
+        /// `last.safetensors`.
+        checkpoint: PathBuf,
+    },
     /// Another live process holds the run's lock.
     #[error(
         "run {run} is being trained by pid {pid} on host {host} (lock taken {}, {}); wait for it to end or stop it: \

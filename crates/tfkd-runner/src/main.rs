@@ -15,7 +15,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            let interrupted = e.chain().any(|c| matches!(c.downcast_ref(), Some(tfkd_runner::RunError::Interrupted { .. })));
+            ExitCode::from(if interrupted { tfkd_runner::run_dir::EXIT_INTERRUPTED } else { 1 })
         }
     }
 }

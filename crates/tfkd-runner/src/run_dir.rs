@@ -22,18 +22,21 @@
 //!   touched for [`STALE_AFTER`]; a stale lock is taken over with a message,
 //!   a live one refuses with the holder's pid and host. The holder checks
 //!   that the lock is still its own before every checkpoint
-//!   ([`RunLock::verify`]) and stops if it is not. A process stopped by
-//!   SIGTERM, SIGUSR1, SIGINT or SIGHUP releases its locks
-//!   ([`release_locks_on_termination`]). The lock sits beside
+//!   ([`RunLock::verify`]) and stops if it is not. A process asked to stop by
+//!   SIGTERM, SIGUSR1, SIGINT or SIGHUP finishes its step, writes its resume
+//!   checkpoint and releases its locks ([`release_locks_on_termination`]). The lock sits beside
 //!   the directory so that it also covers creating the directory and moving
 //!   a failed start aside.
 //! - **Finished** means `summary.json` parses ([`read_summary`]). Its content
 //!   is derived from `last.safetensors` and the config, so an unreadable
 //!   summary makes the run unfinished, not lost: resuming writes it again.
-//! - **Resume** continues from the end of the last finished epoch, exactly:
-//!   weights, BatchNorm statistics, momentum and the per-epoch history come
+//! - **Resume** continues from the last checkpoint, exactly: weights,
+//!   BatchNorm statistics, optimizer state and the per-epoch history come
 //!   from `last.safetensors`; batches and dropout masks of later epochs are
-//!   functions of (seed, epoch) only. A run resumed any number of times ends
+//!   functions of (seed, epoch) only. A checkpoint written on a stop signal
+//!   is mid-epoch: it also holds the batches done, the epoch's running sums
+//!   and the dropout generator's state, and a sample's augmentation is a
+//!   function of (seed, epoch, sample), so the rest of the epoch is the same. A run resumed any number of times ends
 //!   with the same tensors and metrics (timings aside) as an uninterrupted
 //!   one.
 //! - A directory without `last.safetensors` holds no finished epoch and
@@ -44,7 +47,7 @@
 use crate::error::{io_err, Result, RunError};
 use crate::train::{EpochRecord, Summary};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -392,14 +395,69 @@ fn take_over(path: &Path, judged: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-/// Releases this process's run locks when it is asked to stop: SIGTERM and
-/// SIGUSR1 (what Slurm sends before a time limit or preemption), SIGINT
-/// (Ctrl-C) and SIGHUP. The process then exits with 128 + the signal number
-/// (143 for SIGTERM). Every run file is written atomically, so stopping at
-/// any point is as safe as `kill -9`; releasing the lock lets the run be
-/// resumed at once, also from another host. Call it first thing in `main`,
-/// before any other thread starts (the signals are blocked in every thread
-/// and received by one of its own). Unix only; a no-op elsewhere.
+/// The exit status of a run stopped by a signal after it wrote its resume
+/// checkpoint (`EX_TEMPFAIL`): run the same command again with `--resume`
+/// or `--auto-resume` and it continues exactly where it stopped. A batch
+/// script requeues its task on this status.
+pub const EXIT_INTERRUPTED: u8 = 75;
+
+/// How many runs of this process are training now and stop gracefully on a
+/// signal ([`StopGuard`]).
+static GRACEFUL: AtomicUsize = AtomicUsize::new(0);
+/// The signal that asked the running training loops to stop (0: none).
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The signal that asked this process to stop, once one has: a training loop
+/// checks it after every step, writes its resume checkpoint and returns
+/// [`crate::RunError::Interrupted`].
+pub fn stop_requested() -> Option<i32> {
+    match STOP_SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// While alive, a signal asks the training loop to stop after its current
+/// step instead of ending the process at once.
+pub struct StopGuard(());
+
+impl StopGuard {
+    /// Marks a training loop as running.
+    pub fn new() -> Self {
+        GRACEFUL.fetch_add(1, Ordering::SeqCst);
+        StopGuard(())
+    }
+}
+
+impl Default for StopGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        GRACEFUL.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Stops this process cleanly when it is asked to: SIGTERM and SIGUSR1 (what
+/// Slurm sends before a time limit or preemption, `--signal`), SIGINT
+/// (Ctrl-C) and SIGHUP.
+///
+/// - While a run is training ([`StopGuard`]), the first signal lets it finish
+///   its current step, write its resume checkpoint (mid-epoch: the position
+///   in the epoch and the running sums are in `last.safetensors`) and return
+///   [`crate::RunError::Interrupted`]; the binaries then exit with
+///   [`EXIT_INTERRUPTED`] (75). Resuming continues bit-exactly.
+/// - Otherwise, or on a second signal, the process releases its run locks
+///   and exits at once with 128 + the signal number (143 for SIGTERM). Every
+///   run file is written atomically, so that is as safe as `kill -9`; the run
+///   continues from its last checkpoint.
+///
+/// Call it first thing in `main`, before any other thread starts (the
+/// signals are blocked in every thread and received by one of its own).
+/// Unix only; a no-op elsewhere.
 pub fn release_locks_on_termination() {
     #[cfg(unix)]
     {
@@ -415,18 +473,25 @@ pub fn release_locks_on_termination() {
             }
             set
         };
-        let spawned = std::thread::Builder::new().name("tfkd-signals".into()).spawn(move || {
+        let spawned = std::thread::Builder::new().name("tfkd-signals".into()).spawn(move || loop {
             let mut signal: libc::c_int = 0;
             // SAFETY: `set` is initialised and blocked in every thread.
             if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
                 return;
+            }
+            if GRACEFUL.load(Ordering::SeqCst) > 0 && STOP_SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                eprintln!(
+                    "tfkd: signal {signal}: finishing the current step and writing a resume checkpoint \
+                     (a second signal stops at once)"
+                );
+                continue;
             }
             let held: Vec<(PathBuf, u64)> = HELD.lock().unwrap_or_else(|e| e.into_inner()).clone();
             for (path, token) in &held {
                 release(path, *token);
             }
             eprintln!(
-                "tfkd: stopped by signal {signal}; {} run lock(s) released; a run continues from its last finished epoch with --resume",
+                "tfkd: stopped by signal {signal}; {} run lock(s) released; a run continues from its last checkpoint with --resume",
                 held.len()
             );
             std::process::exit(128 + signal);

@@ -5,10 +5,13 @@
 //! of epoch e from the loader's `(seed, e)` streams, and the dropout masks of
 //! epoch e from a generator derived from `(seed, e)`. Resuming from the end of
 //! epoch e therefore continues with exactly the numbers an uninterrupted run
-//! would have used.
+//! would have used. A stop signal (SIGTERM, SIGUSR1: a scheduler's
+//! preemption or time limit) ends the current step and writes a mid-epoch
+//! checkpoint (the batches done, the running sums and the dropout state),
+//! from which the rest of the epoch is the same as well.
 
-use crate::checkpoint::{load_tensors, save_tensors, write_atomic, CheckpointMeta, OPTIM_PREFIX};
-use crate::run_dir::{move_aside, RunLock};
+use crate::checkpoint::{load_tensors, save_tensors, write_atomic, CheckpointMeta, PartialEpoch, OPTIM_PREFIX};
+use crate::run_dir::{move_aside, stop_requested, RunLock, StopGuard};
 use crate::config::ExperimentConfig;
 use crate::data::build_loaders;
 use crate::device::open_device;
@@ -273,6 +276,9 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         return Ok(RunOutcome { dir, summary: Some(summary) });
     }
     let lock = RunLock::acquire(&dir, &config.run_name(), &mut |m: &str| reporter.stage(m))?;
+    // From here on a stop signal ends the run at its next step (or before
+    // its first), with its checkpoint written, instead of ending the process.
+    let _graceful = StopGuard::new();
     let resuming = match prepare_run_dir(config, options, reporter)? {
         Start::Finished(summary) => {
             reporter.stage(&format!("{} is finished (best top-1 {:.2}%), skipping", summary.run, summary.best.test_top1));
@@ -325,19 +331,63 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
     let mut meta = CheckpointMeta { model: config.model.name.clone(), ..Default::default() };
     if resuming {
         meta = restore(&last_path, &varmap, &mut optimizer, &device)?;
-        reporter.stage(&format!("resuming {} after epoch {}", config.run_name(), meta.epochs_done));
+        match &meta.partial {
+            Some(p) if p.batches_done > loaders.train.num_batches() => {
+                return Err(RunError::Checkpoint {
+                    path: last_path,
+                    reason: format!(
+                        "it stopped after batch {} of epoch {}, which has only {} batches",
+                        p.batches_done,
+                        meta.epochs_done + 1,
+                        loaders.train.num_batches()
+                    ),
+                })
+            }
+            Some(p) => reporter.stage(&format!(
+                "resuming {} in epoch {} after batch {}",
+                config.run_name(),
+                meta.epochs_done + 1,
+                p.batches_done
+            )),
+            None => reporter.stage(&format!("resuming {} after epoch {}", config.run_name(), meta.epochs_done)),
+        }
     }
     write_metrics(&dir, &meta.history)?;
 
     let schedule = config.lr_schedule(loaders.train.num_batches());
+    let interrupted = |signal, epoch: usize, batches_done| RunError::Interrupted {
+        run: config.run_name(),
+        signal,
+        epoch: epoch + 1,
+        batches_done,
+        checkpoint: last_path.clone(),
+    };
     for (ran, epoch) in (meta.epochs_done..config.epochs).enumerate() {
         if options.stop_after.is_some_and(|n| ran >= n) {
             return Ok(RunOutcome { dir, summary: None });
         }
-        // The dropout masks of an epoch are a function of (seed, epoch) only.
+        let partial = meta.partial.take();
+        if let Some(signal) = stop_requested() {
+            return Err(interrupted(signal, epoch, partial.map_or(0, |p| p.batches_done)));
+        }
+        // The dropout masks of an epoch are a function of (seed, epoch) only;
+        // a mid-epoch checkpoint carries the generator's state.
         model.reseed_dropout(dropout_seed(config.seed, epoch));
+        if let Some(state) = partial.as_ref().and_then(|p| p.dropout_state) {
+            model.reseed_dropout(state);
+        }
         let step = EpochStep { loader: &loaders.train, strategy: strategy.as_ref(), teacher: teacher.as_deref() };
-        let mut record = step.train(model.as_ref(), &mut optimizer, &schedule, epoch, config.epochs, &dir, reporter)?;
+        let mut record =
+            match step.train(model.as_ref(), &mut optimizer, &schedule, epoch, config.epochs, &dir, partial, reporter)? {
+                EpochEnd::Done(record) => record,
+                EpochEnd::Stopped { signal, partial } => {
+                    let batches_done = partial.batches_done;
+                    meta.partial = Some(partial);
+                    lock.verify()?;
+                    save_checkpoints(&dir, &varmap, &optimizer, &meta, false, false)?;
+                    return Err(interrupted(signal, epoch, batches_done));
+                }
+            };
         let started = Instant::now();
         let (test_loss, acc) = evaluate(model.as_ref(), &loaders.test)?;
         record.seconds += started.elapsed().as_secs_f64();
@@ -389,6 +439,14 @@ fn check_last_batch(config: &ExperimentConfig, train: &Loader, varmap: &SeededVa
     Ok(())
 }
 
+/// How an epoch of training ended.
+enum EpochEnd {
+    /// Every batch done.
+    Done(EpochRecord),
+    /// A stop signal arrived; `partial` is where the epoch stands.
+    Stopped { signal: i32, partial: PartialEpoch },
+}
+
 /// One epoch of training.
 struct EpochStep<'a> {
     loader: &'a Loader,
@@ -406,13 +464,17 @@ impl EpochStep<'_> {
         epoch: usize,
         epochs: usize,
         dir: &Path,
+        resume: Option<PartialEpoch>,
         reporter: &mut dyn Reporter,
-    ) -> Result<EpochRecord> {
+    ) -> Result<EpochEnd> {
         let started = Instant::now();
         reporter.epoch_start(epoch + 1, epochs, self.loader.num_batches());
-        let (mut images, mut correct) = (0usize, 0usize);
-        let (mut loss_sum, mut hard_sum, mut soft_sum, mut lr) = (0.0, 0.0, 0.0, 0.0);
-        for (iteration, batch) in self.loader.epoch(epoch as u64).enumerate() {
+        let p = resume.unwrap_or_default();
+        let (first, mut images, mut correct) = (p.batches_done, p.images, p.correct);
+        let (mut loss_sum, mut hard_sum, mut soft_sum, mut lr) = (p.loss_sum, p.hard_sum, p.soft_sum, p.lr);
+        let seconds_before = p.seconds;
+        for (iteration, batch) in self.loader.epoch_from(epoch as u64, first).enumerate() {
+            let iteration = first + iteration;
             let batch = batch?;
             lr = schedule.lr(epoch, iteration);
             optimizer.set_learning_rate(lr)?;
@@ -443,10 +505,24 @@ impl EpochStep<'_> {
             correct += top_k_correct(&logits.detach(), &batch.labels, 1)?;
             images += n;
             reporter.batch_end(iteration, n, loss);
+            if let Some(signal) = stop_requested() {
+                let partial = PartialEpoch {
+                    batches_done: iteration + 1,
+                    images,
+                    correct,
+                    loss_sum,
+                    hard_sum,
+                    soft_sum,
+                    lr,
+                    seconds: seconds_before + started.elapsed().as_secs_f64(),
+                    dropout_state: model.dropout_state(),
+                };
+                return Ok(EpochEnd::Stopped { signal, partial });
+            }
         }
-        let seconds = started.elapsed().as_secs_f64();
+        let seconds = seconds_before + started.elapsed().as_secs_f64();
         let per = |x: f64| if images == 0 { 0.0 } else { x / images as f64 };
-        Ok(EpochRecord {
+        Ok(EpochEnd::Done(EpochRecord {
             epoch: epoch + 1,
             lr,
             train_loss: per(loss_sum),
@@ -456,7 +532,7 @@ impl EpochStep<'_> {
             seconds,
             images_per_sec: images as f64 / seconds.max(1e-9),
             ..Default::default()
-        })
+        }))
     }
 }
 

@@ -24,6 +24,7 @@ fn valid_checkpoint() -> Vec<u8> {
         epochs_done: 1,
         model: "cnn".into(),
         history: vec![EpochRecord { epoch: 1, lr: 0.1, test_top1: 50.0, ..Default::default() }],
+        partial: Some(tfkd_runner::checkpoint::PartialEpoch { batches_done: 3, images: 96, ..Default::default() }),
     };
     save_tensors(&path, &tensors, Some(&meta)).unwrap();
     std::fs::read(&path).unwrap()

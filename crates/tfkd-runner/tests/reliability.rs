@@ -313,24 +313,101 @@ fn the_config_writes_back_to_itself() {
     assert_eq!(ExperimentConfig::from_toml(&c.try_to_toml().unwrap()).unwrap(), c);
 }
 
-/// SIGTERM (what Slurm sends before a time limit or preemption) releases the
-/// run's lock at once, and the run resumes; `--auto-resume` starts a run
-/// that does not exist yet and continues one that does.
+/// SIGTERM (what Slurm sends before a time limit or preemption) lets the
+/// run finish its step, write a resume checkpoint (mid-epoch: batches done,
+/// running sums, dropout state), release its lock and exit with 75; resumed
+/// each time with `--auto-resume`, the run ends bit-identical to an
+/// uninterrupted one (tensors, metrics without timings). The signals land at
+/// several points of an epoch of a network with dropout; at least two must
+/// land mid-epoch (retried until they do).
 #[cfg(unix)]
 #[test]
-fn a_terminated_run_releases_its_lock_and_resumes() {
+fn a_run_stopped_by_sigterm_checkpoints_mid_epoch_and_resumes_bit_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = config(tmp.path(), "method = \"baseline\"", 20);
+    let epochs = 6;
+    let strategy = "method = \"tf-kd-reg\"\nalpha = 0.1\ntemperature = 20.0\nmultiplier = 10.0";
+    let straight = config(&tmp.path().join("straight"), strategy, epochs);
+    let stopped = config(&tmp.path().join("stopped"), strategy, epochs);
+    let straight_path = write_config(&tmp.path().join("straight"), &straight);
+    let stopped_path = write_config(&tmp.path().join("stopped"), &stopped);
+    let out = tfkd_output(&["train"], &straight_path);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let epoch_seconds = tfkd_runner::run_dir::read_metrics(&straight.run_dir())
+        .unwrap()
+        .iter()
+        .map(|r| r.seconds)
+        .fold(f64::INFINITY, f64::min);
+
+    let dir = stopped.run_dir();
+    let (mut mid_epoch, mut stops) = (Vec::new(), 0);
+    for attempt in 0..30 {
+        let mut child =
+            tfkd().args(["-q", "train", "--auto-resume", "-c"]).arg(&stopped_path).stderr(Stdio::piped()).spawn().unwrap();
+        if mid_epoch.len() < 2 && stops < 25 {
+            wait_for("the run taking its lock", Duration::from_secs(120), || {
+                lock_path(&dir).is_file() || child.try_wait().unwrap().is_some()
+            });
+            // 0.2 to 1.4 epochs after the start, so the signals land in
+            // training, in evaluation and during checkpoints.
+            std::thread::sleep(Duration::from_secs_f64(epoch_seconds * (0.2 + 0.3 * (attempt % 5) as f64)));
+            // SAFETY: sends SIGTERM to our own child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        if status.success() {
+            break;
+        }
+        assert_eq!(status.code(), Some(i32::from(tfkd_runner::run_dir::EXIT_INTERRUPTED)), "attempt {attempt}: {err}");
+        assert!(err.contains("stopped by signal 15 in epoch"), "{err}");
+        assert!(!lock_path(&dir).exists(), "the lock was released");
+        stops += 1;
+        if dir.join(LAST).is_file() {
+            let meta = tfkd_runner::checkpoint::load_tensors(&dir.join(LAST), &candle_core::Device::Cpu)
+                .unwrap()
+                .meta
+                .unwrap();
+            if let Some(p) = meta.partial {
+                if !mid_epoch.contains(&(meta.epochs_done, p.batches_done)) {
+                    mid_epoch.push((meta.epochs_done, p.batches_done));
+                }
+            }
+        }
+        assert!(attempt < 29, "the stopped run never finished");
+    }
+    eprintln!("{stops} stops; mid-epoch ones at (epochs done, batches done): {mid_epoch:?}");
+    assert!(mid_epoch.len() >= 2, "only {mid_epoch:?} landed mid-epoch in {stops} stops");
+    assert!(tfkd_runner::run_dir::is_finished(&dir));
+    assert_same_run(&straight.run_dir(), &dir);
+}
+
+/// A second signal stops at once (exit 128 + the signal) and still releases
+/// the lock; the run resumes from its last checkpoint.
+#[cfg(unix)]
+#[test]
+fn a_second_signal_stops_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(tmp.path(), "method = \"baseline\"", 200);
     let path = write_config(&tmp.path().join("cfg"), &c);
     let dir = c.run_dir();
     let mut child = tfkd().args(["-q", "train", "--auto-resume", "-c"]).arg(&path).stderr(Stdio::piped()).spawn().unwrap();
     wait_for("the first epoch", Duration::from_secs(300), || dir.join(LAST).is_file());
-    // SAFETY: sends SIGTERM to our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    // SAFETY: sends signals to our own child. The first asks for a
+    // checkpoint, the second ends the process at once, unless
+    // the run had already stopped with its checkpoint: both are valid stops.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        libc::kill(child.id() as libc::pid_t, libc::SIGUSR1);
+    }
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+    let code = status.code().unwrap();
+    // Pending signals are taken lowest number first: whichever of the two
+    // came second ends the process.
+    let at_once = [128 + libc::SIGUSR1, 128 + libc::SIGTERM];
+    assert!(at_once.contains(&code) || code == i32::from(tfkd_runner::run_dir::EXIT_INTERRUPTED), "{status:?}");
     assert!(!lock_path(&dir).exists(), "the lock was released");
-    let out = tfkd_output(&["train", "--auto-resume"], &path);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(tfkd_runner::run_dir::is_finished(&dir));
+    // Whichever signal won, the resume checkpoint on disk is whole.
+    let meta = tfkd_runner::checkpoint::load_tensors(&dir.join(LAST), &candle_core::Device::Cpu).unwrap().meta.unwrap();
+    assert!(meta.epochs_done >= 1);
 }

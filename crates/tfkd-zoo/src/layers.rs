@@ -241,6 +241,12 @@ impl Dropout {
     pub fn reseed(&self, seed: u64) {
         reseed_mask_rng(&self.rng, seed)
     }
+
+    /// The mask source's state: [`Dropout::reseed`] with it continues the
+    /// masks from here.
+    pub fn state(&self) -> u64 {
+        self.rng.lock().unwrap_or_else(|e| e.into_inner()).state()
+    }
 }
 
 impl ModuleT for Dropout {

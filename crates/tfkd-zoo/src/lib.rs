@@ -80,6 +80,13 @@ pub trait Model: ModuleT + Send + Sync {
     /// (run seed, epoch), so a resumed run draws the masks of an
     /// uninterrupted one. A no-op for models without dropout.
     fn reseed_dropout(&self, seed: u64);
+
+    /// The dropout masks' generator state, `None` for models without
+    /// dropout: [`Model::reseed_dropout`] with it continues the masks from
+    /// here (a mid-epoch checkpoint stores it).
+    fn dropout_state(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Implements `ModuleT` as features followed by head.

@@ -123,6 +123,10 @@ impl crate::Model for Cnn {
         self.num_classes
     }
 
+    fn dropout_state(&self) -> Option<u64> {
+        Some(self.dropout.state())
+    }
+
     fn reseed_dropout(&self, seed: u64) {
         self.dropout.reseed(seed)
     }

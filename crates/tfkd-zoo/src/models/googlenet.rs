@@ -198,6 +198,10 @@ impl crate::Model for GoogLeNet {
         self.num_classes
     }
 
+    fn dropout_state(&self) -> Option<u64> {
+        Some(self.dropout.state())
+    }
+
     fn reseed_dropout(&self, seed: u64) {
         self.dropout.reseed(seed)
     }

@@ -183,6 +183,10 @@ impl crate::Model for Vgg {
         self.num_classes
     }
 
+    fn dropout_state(&self) -> Option<u64> {
+        Some(self.dropouts[0].state())
+    }
+
     fn reseed_dropout(&self, seed: u64) {
         // Both dropouts share one source.
         self.dropouts[0].reseed(seed)

@@ -180,6 +180,10 @@ impl crate::Model for Wrn {
         self.num_classes
     }
 
+    fn dropout_state(&self) -> Option<u64> {
+        self.blocks.first().map(|b| b.dropout.state())
+    }
+
     fn reseed_dropout(&self, seed: u64) {
         // Every block's dropout shares one source.
         if let Some(b) = self.blocks.first() {
