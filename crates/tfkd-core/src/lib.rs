@@ -20,6 +20,8 @@
 //! * [`activation`]: ReLU6 as one op with PyTorch's gradient;
 //! * [`pool`]: max pooling with any kernel, stride and padding, with a
 //!   backward pass (candle has none for most of them);
+//! * [`collective`]: the gradient all-reduce of data-parallel training,
+//!   behind a small trait (threads of one process; NCCL plugs in);
 //! * [`env`]: the environment variables the libraries read.
 //!
 //! ```
@@ -46,6 +48,7 @@
 pub struct ReadmeDoctests;
 
 pub mod activation;
+pub mod collective;
 pub mod conv;
 mod cpu;
 pub mod env;

@@ -383,6 +383,15 @@ impl Optimizer {
         }
     }
 
+    /// One update of every parameter that has a gradient in `grads` (say
+    /// gradients all-reduced over data-parallel replicas).
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        match self {
+            Optimizer::Sgd(o) => o.step(grads),
+            Optimizer::Adam(o) => o.step(grads),
+        }
+    }
+
     /// The state as named tensors, for checkpoints.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         match self {

@@ -56,8 +56,11 @@ pub struct PartialEpoch {
     /// Training seconds so far.
     pub seconds: f64,
     /// The dropout generator's state ([`tfkd_zoo::Model::dropout_state`]),
-    /// for networks with dropout.
+    /// for networks with dropout (replica 0's under data parallelism).
     pub dropout_state: Option<u64>,
+    /// The other data-parallel replicas' dropout generator states, rank 1 on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replica_dropout_states: Vec<u64>,
 }
 
 /// Writes `bytes` to `path` atomically.

@@ -56,6 +56,11 @@ pub enum Command {
         /// Print the resolved config and exit.
         #[arg(long)]
         show_config: bool,
+        /// Data-parallel replicas (the config's `replicas`): each trains on
+        /// its share of every batch, gradients are summed before each step.
+        /// Today the replicas are threads of this process on its device.
+        #[arg(long, value_name = "N")]
+        nproc: Option<usize>,
     },
     /// Evaluate a checkpoint on the config's test set.
     Eval {

@@ -25,6 +25,14 @@ pub struct ExperimentConfig {
     pub device: DeviceSpec,
     /// Number of training epochs.
     pub epochs: usize,
+    /// Data-parallel replicas (`tfkd train --nproc N`): each trains on its
+    /// share of every batch (`optim.batch_size` is the global batch, the
+    /// learning rate is per global batch), gradients are summed before every
+    /// step, and BatchNorm statistics stay per replica, as under PyTorch's
+    /// `DataParallel`; replica 0's are checkpointed. Part of the run's
+    /// identity when above 1 (per-replica BatchNorm changes the numbers).
+    #[serde(default = "one_usize", skip_serializing_if = "is_one")]
+    pub replicas: usize,
     /// Parent directory of run directories.
     #[serde(default = "default_out_dir")]
     pub out_dir: PathBuf,
@@ -335,6 +343,15 @@ impl ExperimentConfig {
         }
         if self.optim.batch_size == 0 {
             return Err(config_err("optim.batch_size", "must be at least 1"));
+        }
+        if self.replicas == 0 {
+            return Err(config_err("replicas", "must be at least 1"));
+        }
+        if self.optim.batch_size < self.replicas {
+            return Err(config_err(
+                "optim.batch_size",
+                format!("{} images cannot be shared by {} replicas", self.optim.batch_size, self.replicas),
+            ));
         }
         if let Some(e) = self.keep_epochs.iter().find(|&&e| e == 0 || e > self.epochs) {
             return Err(config_err("keep_epochs", format!("epoch {e} is outside 1..={}", self.epochs)));

@@ -69,6 +69,9 @@ pub enum RunError {
         /// `last.safetensors`.
         checkpoint: PathBuf,
     },
+    /// A data-parallel replica failed without an error of its own.
+    #[error("data-parallel training: {0}")]
+    Replica(String),
     /// Another live process holds the run's lock.
     #[error(
         "run {run} is being trained by pid {pid} on host {host} (lock taken {}, {}); wait for it to end or stop it: \

@@ -20,6 +20,8 @@ use crate::teacher::{load_teacher, teacher_checkpoint};
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use candle_core::Var;
+use tfkd_core::collective::{all_reduce_gradients, Collective, Solo, ThreadGroup};
 use tfkd_core::init::SeededVarMap;
 use tfkd_core::loss::cross_entropy;
 use tfkd_core::metrics::{top_k_correct, Accuracy};
@@ -136,9 +138,14 @@ pub fn evaluate(model: &dyn Model, loader: &Loader) -> Result<(f64, Accuracy)> {
     Ok((if acc.total == 0 { 0.0 } else { loss_sum / acc.total as f64 }, acc))
 }
 
-fn dropout_seed(seed: u64, epoch: usize) -> u64 {
+/// The dropout seed of `replica` in `epoch` (replica 0's is that of a
+/// single-process run).
+fn dropout_seed(seed: u64, epoch: usize, replica: usize) -> u64 {
     use rand::RngCore;
-    SeededRng::derive(seed, &[epoch as u64, 0xD20F]).next_u64()
+    match replica {
+        0 => SeededRng::derive(seed, &[epoch as u64, 0xD20F]).next_u64(),
+        r => SeededRng::derive(seed, &[epoch as u64, 0xD20F, r as u64]).next_u64(),
+    }
 }
 
 /// The config a run directory was started with, when it has one.
@@ -324,13 +331,18 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
 
     // Create the student's variables and the network over them (built once:
     // training updates the variables in place).
-    let varmap = SeededVarMap::new(config.seed);
-    let model = tfkd_zoo::build_with(&config.model.name, &model_opts(0), varmap.var_builder(DType::F32, &device))?;
-    check_last_batch(config, &loaders.train, &varmap)?;
-    let mut optimizer = Optimizer::new(tfkd_zoo::trainable_vars(&varmap), config.optim.optimizer())?;
+    let build_replica = || -> Result<Replica> {
+        let varmap = SeededVarMap::new(config.seed);
+        let model = tfkd_zoo::build_with(&config.model.name, &model_opts(0), varmap.var_builder(DType::F32, &device))?;
+        let params = tfkd_zoo::trainable_vars(&varmap);
+        let optimizer = Optimizer::new(params.clone(), config.optim.optimizer())?;
+        Ok(Replica { varmap, model, optimizer, params })
+    };
+    let mut main = build_replica()?;
+    check_last_batch(config, &loaders.train, &main.varmap)?;
     let mut meta = CheckpointMeta { model: config.model.name.clone(), ..Default::default() };
     if resuming {
-        meta = restore(&last_path, &varmap, &mut optimizer, &device)?;
+        meta = restore(&last_path, &main.varmap, &mut main.optimizer, &device)?;
         match &meta.partial {
             Some(p) if p.batches_done > loaders.train.num_batches() => {
                 return Err(RunError::Checkpoint {
@@ -353,6 +365,17 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         }
     }
     write_metrics(&dir, &meta.history)?;
+    // Data parallelism: replicas 1.. start from replica 0's weights and
+    // optimizer state, and meet in the gradient all-reduce of every step.
+    let mut others = (1..config.replicas).map(|_| build_replica()).collect::<Result<Vec<_>>>()?;
+    for other in &mut others {
+        other.copy_from(&main)?;
+    }
+    let collectives: Vec<Box<dyn Collective>> = if config.replicas == 1 {
+        vec![Box::new(Solo)]
+    } else {
+        ThreadGroup::new(config.replicas)?.into_iter().map(|g| Box::new(g) as Box<dyn Collective>).collect()
+    };
 
     let schedule = config.lr_schedule(loaders.train.num_batches());
     let interrupted = |signal, epoch: usize, batches_done| RunError::Interrupted {
@@ -370,26 +393,38 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         if let Some(signal) = stop_requested() {
             return Err(interrupted(signal, epoch, partial.map_or(0, |p| p.batches_done)));
         }
-        // The dropout masks of an epoch are a function of (seed, epoch) only;
-        // a mid-epoch checkpoint carries the generator's state.
-        model.reseed_dropout(dropout_seed(config.seed, epoch));
+        // The dropout masks of an epoch are a function of (seed, epoch,
+        // replica) only; a mid-epoch checkpoint carries the generators' states.
+        main.model.reseed_dropout(dropout_seed(config.seed, epoch, 0));
         if let Some(state) = partial.as_ref().and_then(|p| p.dropout_state) {
-            model.reseed_dropout(state);
+            main.model.reseed_dropout(state);
         }
-        let step = EpochStep { loader: &loaders.train, strategy: strategy.as_ref(), teacher: teacher.as_deref() };
-        let mut record =
-            match step.train(model.as_ref(), &mut optimizer, &schedule, epoch, config.epochs, &dir, partial, reporter)? {
-                EpochEnd::Done(record) => record,
-                EpochEnd::Stopped { signal, partial } => {
-                    let batches_done = partial.batches_done;
-                    meta.partial = Some(partial);
-                    lock.verify()?;
-                    save_checkpoints(&dir, &varmap, &optimizer, &meta, false, false)?;
-                    return Err(interrupted(signal, epoch, batches_done));
-                }
-            };
+        for (i, other) in others.iter().enumerate() {
+            other.model.reseed_dropout(dropout_seed(config.seed, epoch, i + 1));
+            if let Some(&state) = partial.as_ref().and_then(|p| p.replica_dropout_states.get(i)) {
+                other.model.reseed_dropout(state);
+            }
+        }
+        let step = EpochStep {
+            loader: &loaders.train,
+            strategy: strategy.as_ref(),
+            teacher: teacher.as_deref(),
+            schedule: &schedule,
+            epoch,
+            epochs: config.epochs,
+            dir: &dir,
+        };
+        let (sums, stopped) = step.train_replicas(&mut main, &mut others, &collectives, partial, reporter)?;
+        if let Some(signal) = stopped {
+            let batches_done = sums.batches_done;
+            meta.partial = Some(sums);
+            lock.verify()?;
+            save_checkpoints(&dir, &main.varmap, &main.optimizer, &meta, false, false)?;
+            return Err(interrupted(signal, epoch, batches_done));
+        }
+        let mut record = epoch_record(epoch, &sums);
         let started = Instant::now();
-        let (test_loss, acc) = evaluate(model.as_ref(), &loaders.test)?;
+        let (test_loss, acc) = evaluate(main.model.as_ref(), &loaders.test)?;
         record.seconds += started.elapsed().as_secs_f64();
         record.test_loss = test_loss;
         record.test_top1 = acc.top1_percent();
@@ -398,7 +433,7 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         meta.history.push(record.clone());
         meta.epochs_done = epoch + 1;
         lock.verify()?;
-        save_checkpoints(&dir, &varmap, &optimizer, &meta, improved, config.keep_epochs.contains(&(epoch + 1)))?;
+        save_checkpoints(&dir, &main.varmap, &main.optimizer, &meta, improved, config.keep_epochs.contains(&(epoch + 1)))?;
         write_metrics(&dir, &meta.history)?;
         reporter.epoch_end(&record);
     }
@@ -430,21 +465,68 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
 
 /// A last training batch of one image makes BatchNorm's batch variance
 /// degenerate: named error before training instead of a NaN later.
+/// With data parallelism, every replica needs an image of the last batch,
+/// and two with BatchNorm.
 fn check_last_batch(config: &ExperimentConfig, train: &Loader, varmap: &SeededVarMap) -> Result<()> {
-    let (images, batch_size) = (train.len(), config.optim.batch_size);
+    let (images, batch_size, replicas) = (train.len(), config.optim.batch_size, config.replicas);
     let has_batch_norm = || varmap.named_vars().iter().any(|(name, _)| name.ends_with("running_var"));
-    if !config.data.drop_last && images > 1 && images % batch_size == 1 && has_batch_norm() {
+    let last = images % batch_size;
+    if !config.data.drop_last && images > 1 && last == 1 && has_batch_norm() {
         return Err(RunError::SingleImageBatch { what: config.run_name(), images, batch_size });
+    }
+    let smallest = if config.data.drop_last || last == 0 { batch_size.min(images) } else { last };
+    let share = smallest / replicas;
+    if share == 0 || (share == 1 && has_batch_norm()) {
+        return Err(crate::error::config_err(
+            "replicas",
+            format!(
+                "{replicas} replicas share a batch of {smallest} images ({images} training images in batches of \
+                 {batch_size}), leaving a replica {share} image(s){}; use fewer replicas, another optim.batch_size, or \
+                 data.drop_last = true",
+                if share == 1 { ", which BatchNorm cannot normalise" } else { "" }
+            ),
+        ));
     }
     Ok(())
 }
 
-/// How an epoch of training ended.
-enum EpochEnd {
-    /// Every batch done.
-    Done(EpochRecord),
-    /// A stop signal arrived; `partial` is where the epoch stands.
-    Stopped { signal: i32, partial: PartialEpoch },
+/// One data-parallel replica: its variables (BatchNorm statistics its own),
+/// network and optimizer. Replica 0 is the one checkpointed and evaluated.
+struct Replica {
+    varmap: SeededVarMap,
+    model: Box<dyn Model>,
+    optimizer: Optimizer,
+    params: Vec<(String, Var)>,
+}
+
+impl Replica {
+    /// Takes `other`'s weights, statistics and optimizer state.
+    fn copy_from(&mut self, other: &Replica) -> Result<()> {
+        let source: std::collections::HashMap<String, Var> = other.varmap.named_vars().into_iter().collect();
+        for (name, var) in self.varmap.named_vars() {
+            if let Some(v) = source.get(&name) {
+                var.set(v.as_tensor())?;
+            }
+        }
+        self.optimizer.load_state(other.optimizer.state().into_iter().collect())?;
+        Ok(())
+    }
+}
+
+/// The epoch's record from its running sums.
+fn epoch_record(epoch: usize, p: &PartialEpoch) -> EpochRecord {
+    let per = |x: f64| if p.images == 0 { 0.0 } else { x / p.images as f64 };
+    EpochRecord {
+        epoch: epoch + 1,
+        lr: p.lr,
+        train_loss: per(p.loss_sum),
+        train_hard: per(p.hard_sum),
+        train_soft: per(p.soft_sum),
+        train_top1: 100.0 * per(p.correct as f64),
+        seconds: p.seconds,
+        images_per_sec: p.images as f64 / p.seconds.max(1e-9),
+        ..Default::default()
+    }
 }
 
 /// One epoch of training.
@@ -452,87 +534,156 @@ struct EpochStep<'a> {
     loader: &'a Loader,
     strategy: &'a dyn Strategy,
     teacher: Option<&'a dyn Model>,
+    schedule: &'a tfkd_core::schedule::LrSchedule,
+    epoch: usize,
+    epochs: usize,
+    dir: &'a Path,
 }
 
 impl EpochStep<'_> {
-    #[allow(clippy::too_many_arguments)]
-    fn train(
+    /// Trains replica 0 (`main`, on this thread, reporting) and the others
+    /// (one thread each) through the epoch, from `resume` on. Returns the
+    /// epoch's sums over all replicas, and the signal when a stop was asked
+    /// for (every replica stops after the same step).
+    fn train_replicas(
         &self,
-        model: &dyn Model,
-        optimizer: &mut Optimizer,
-        schedule: &tfkd_core::schedule::LrSchedule,
-        epoch: usize,
-        epochs: usize,
-        dir: &Path,
+        main: &mut Replica,
+        others: &mut [Replica],
+        collectives: &[Box<dyn Collective>],
         resume: Option<PartialEpoch>,
         reporter: &mut dyn Reporter,
-    ) -> Result<EpochEnd> {
+    ) -> Result<(PartialEpoch, Option<i32>)> {
+        let resume = resume.unwrap_or_default();
+        // The sums so far are replica 0's to carry; the others start at 0.
+        let fresh = PartialEpoch { batches_done: resume.batches_done, lr: resume.lr, ..Default::default() };
+        if others.is_empty() {
+            return self.train(main, collectives[0].as_ref(), resume, reporter);
+        }
+        let (first, rest) = std::thread::scope(|scope| {
+            let handles: Vec<_> = others
+                .iter_mut()
+                .zip(&collectives[1..])
+                .map(|(replica, collective)| {
+                    let fresh = fresh.clone();
+                    scope.spawn(move || {
+                        let r = self.train(replica, collective.as_ref(), fresh, &mut Silent);
+                        if let Err(e) = &r {
+                            collective.abort(&format!("replica {}: {e}", collective.rank()));
+                        }
+                        r
+                    })
+                })
+                .collect();
+            let first = self.train(main, collectives[0].as_ref(), resume, reporter);
+            if let Err(e) = &first {
+                collectives[0].abort(&format!("replica 0: {e}"));
+            }
+            let rest: Vec<_> = handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(RunError::Replica("a replica's thread panicked".into()))))
+                .collect();
+            (first, rest)
+        });
+        // The replica that failed first explains it; the others only say
+        // that they stopped because of it.
+        let mut results = Vec::with_capacity(rest.len() + 1);
+        results.push(first);
+        results.extend(rest);
+        if let Some(pos) = results.iter().position(|r| r.as_ref().is_err_and(|e| !e.to_string().contains("another replica stopped")))
+            .or_else(|| results.iter().position(Result::is_err))
+        {
+            return Err(results.swap_remove(pos).err().expect("an error at pos"));
+        }
+        let mut results = results.into_iter().map(|r| r.expect("no errors"));
+        let (mut sums, stopped) = results.next().expect("replica 0");
+        for (p, _) in results {
+            sums.images += p.images;
+            sums.correct += p.correct;
+            sums.loss_sum += p.loss_sum;
+            sums.hard_sum += p.hard_sum;
+            sums.soft_sum += p.soft_sum;
+            sums.seconds = sums.seconds.max(p.seconds);
+            sums.replica_dropout_states.extend(p.dropout_state);
+        }
+        Ok((sums, stopped))
+    }
+
+    /// One replica's epoch from `p.batches_done` on: its share of every
+    /// batch, its sums added to `p`'s.
+    fn train(
+        &self,
+        replica: &mut Replica,
+        collective: &dyn Collective,
+        mut p: PartialEpoch,
+        reporter: &mut dyn Reporter,
+    ) -> Result<(PartialEpoch, Option<i32>)> {
         let started = Instant::now();
-        reporter.epoch_start(epoch + 1, epochs, self.loader.num_batches());
-        let p = resume.unwrap_or_default();
-        let (first, mut images, mut correct) = (p.batches_done, p.images, p.correct);
-        let (mut loss_sum, mut hard_sum, mut soft_sum, mut lr) = (p.loss_sum, p.hard_sum, p.soft_sum, p.lr);
+        let (epoch, model) = (self.epoch, replica.model.as_ref());
+        let (rank, world) = (collective.rank(), collective.world_size());
+        reporter.epoch_start(epoch + 1, self.epochs, self.loader.num_batches());
         let seconds_before = p.seconds;
-        for (iteration, batch) in self.loader.epoch_from(epoch as u64, first).enumerate() {
-            let iteration = first + iteration;
+        for (iteration, batch) in self.loader.epoch_from(epoch as u64, p.batches_done).enumerate() {
+            let iteration = p.batches_done + iteration;
             let batch = batch?;
-            lr = schedule.lr(epoch, iteration);
-            optimizer.set_learning_rate(lr)?;
-            let logits = model.forward_t(&batch.images, true)?;
+            p.lr = self.schedule.lr(epoch, iteration);
+            replica.optimizer.set_learning_rate(p.lr)?;
+            let global = batch.labels.dim(0)?;
+            let (images, labels) = if world == 1 {
+                (batch.images, batch.labels)
+            } else {
+                let (start, end) = (global * rank / world, global * (rank + 1) / world);
+                (batch.images.narrow(0, start, end - start)?, batch.labels.narrow(0, start, end - start)?)
+            };
+            let logits = model.forward_t(&images, true)?;
             let teacher_logits = match self.teacher {
-                Some(t) => Some(t.forward_t(&batch.images, false)?.detach()),
+                Some(t) => Some(t.forward_t(&images, false)?.detach()),
                 None => None,
             };
-            let terms = self.strategy.loss(&logits, teacher_logits.as_ref(), &batch.labels).map_err(|e| match e {
+            let terms = self.strategy.loss(&logits, teacher_logits.as_ref(), &labels).map_err(|e| match e {
                 e @ tfkd_core::Error::NonFinite { .. } => RunError::Diverged {
                     epoch: epoch + 1,
                     iteration,
                     cause: Box::new(e),
                     epochs_done: epoch,
-                    checkpoint: dir.join(LAST),
+                    checkpoint: self.dir.join(LAST),
                 },
                 e => e.into(),
             })?;
-            optimizer.backward_step(&terms.total)?;
-            let n = batch.labels.dim(0)?;
+            let n = labels.dim(0)?;
+            let stop = if world == 1 {
+                replica.optimizer.backward_step(&terms.total)?;
+                stop_requested()
+            } else {
+                // The global batch's gradient: every replica's, weighted by
+                // its share, summed; the stop flag rides along, so that all
+                // replicas stop after the same step.
+                let mut grads = terms.total.backward()?;
+                let flag = f32::from(u8::from(stop_requested().is_some()));
+                let weight = n as f64 / global as f64;
+                let sums = all_reduce_gradients(&mut grads, &replica.params, weight, &[flag], collective)?;
+                replica.optimizer.step(&grads)?;
+                (sums[0] > 0.0).then(|| stop_requested().unwrap_or(libc::SIGTERM))
+            };
             let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
             let loss = scalar(&terms.total)?;
-            loss_sum += loss * n as f64;
-            hard_sum += scalar(&terms.hard)? * n as f64;
+            p.loss_sum += loss * n as f64;
+            p.hard_sum += scalar(&terms.hard)? * n as f64;
             if let Some(soft) = &terms.soft {
-                soft_sum += scalar(soft)? * n as f64;
+                p.soft_sum += scalar(soft)? * n as f64;
             }
-            correct += top_k_correct(&logits.detach(), &batch.labels, 1)?;
-            images += n;
+            p.correct += top_k_correct(&logits.detach(), &labels, 1)?;
+            p.images += n;
+            p.batches_done = iteration + 1;
             reporter.batch_end(iteration, n, loss);
-            if let Some(signal) = stop_requested() {
-                let partial = PartialEpoch {
-                    batches_done: iteration + 1,
-                    images,
-                    correct,
-                    loss_sum,
-                    hard_sum,
-                    soft_sum,
-                    lr,
-                    seconds: seconds_before + started.elapsed().as_secs_f64(),
-                    dropout_state: model.dropout_state(),
-                };
-                return Ok(EpochEnd::Stopped { signal, partial });
+            if stop.is_some() {
+                p.seconds = seconds_before + started.elapsed().as_secs_f64();
+                p.dropout_state = model.dropout_state();
+                return Ok((p, stop));
             }
         }
-        let seconds = seconds_before + started.elapsed().as_secs_f64();
-        let per = |x: f64| if images == 0 { 0.0 } else { x / images as f64 };
-        Ok(EpochEnd::Done(EpochRecord {
-            epoch: epoch + 1,
-            lr,
-            train_loss: per(loss_sum),
-            train_hard: per(hard_sum),
-            train_soft: per(soft_sum),
-            train_top1: 100.0 * per(correct as f64),
-            seconds,
-            images_per_sec: images as f64 / seconds.max(1e-9),
-            ..Default::default()
-        }))
+        p.seconds = seconds_before + started.elapsed().as_secs_f64();
+        p.dropout_state = model.dropout_state();
+        Ok((p, None))
     }
 }
 

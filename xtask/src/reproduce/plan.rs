@@ -266,6 +266,7 @@ pub fn experiment(
         seed,
         device: shared.device,
         epochs,
+        replicas: 1,
         out_dir: shared.runs_dir.to_path_buf(),
         keep_epochs: Vec::new(),
         model: {

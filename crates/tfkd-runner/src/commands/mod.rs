@@ -13,9 +13,9 @@ use tfkd_runner::{ExperimentConfig, RunOptions};
 /// Runs a parsed command.
 pub fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Train { config, resume, auto_resume, show_config } => {
+        Command::Train { config, resume, auto_resume, show_config, nproc } => {
             let options = RunOptions { resume: resume || auto_resume, require_started: resume, ..Default::default() };
-            train::run(&config, &options, show_config)
+            train::run(&config, &options, show_config, nproc)
         }
         Command::Eval { config, checkpoint } => eval::run(&config, checkpoint),
         Command::ListModels { classes } => list_models::run(classes),

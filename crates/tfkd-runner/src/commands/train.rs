@@ -4,9 +4,23 @@ use super::reporter::Bars;
 use crate::cli::ConfigArgs;
 use tfkd_runner::{run_experiment, RunOptions};
 
-pub fn run(args: &ConfigArgs, options: &RunOptions, show_config: bool) -> anyhow::Result<()> {
-    let config = super::load_config(args)?;
+pub fn run(args: &ConfigArgs, options: &RunOptions, show_config: bool, nproc: Option<usize>) -> anyhow::Result<()> {
+    let mut config = super::load_config(args)?;
+    if let Some(n) = nproc {
+        config.replicas = n;
+        config.validate()?;
+    }
     if show_config {
+        if config.replicas > 1 {
+            let (b, r) = (config.optim.batch_size, config.replicas);
+            println!(
+                "# data-parallel: {r} replicas; the effective (global) batch is {b} images, {}-{} per replica; \
+                 the learning rate {} applies to the global batch",
+                b / r,
+                b.div_ceil(r),
+                config.optim.effective_lr()
+            );
+        }
         print!("{}", config.to_toml());
         return Ok(());
     }
