@@ -589,13 +589,12 @@ impl EpochStep<'_> {
         let mut results = Vec::with_capacity(rest.len() + 1);
         results.push(first);
         results.extend(rest);
-        if let Some(pos) = results.iter().position(|r| r.as_ref().is_err_and(|e| !e.to_string().contains("another replica stopped")))
-            .or_else(|| results.iter().position(Result::is_err))
-        {
-            return Err(results.swap_remove(pos).err().expect("an error at pos"));
+        let own = |r: &Result<_>| r.as_ref().is_err_and(|e: &RunError| !e.to_string().contains("another replica stopped"));
+        if let Some(pos) = results.iter().position(own).or_else(|| results.iter().position(Result::is_err)) {
+            results.swap_remove(pos)?;
         }
-        let mut results = results.into_iter().map(|r| r.expect("no errors"));
-        let (mut sums, stopped) = results.next().expect("replica 0");
+        let mut results = results.into_iter().collect::<Result<Vec<_>>>()?.into_iter();
+        let (mut sums, stopped) = results.next().ok_or_else(|| RunError::Replica("replica 0 returned nothing".into()))?;
         for (p, _) in results {
             sums.images += p.images;
             sums.correct += p.correct;
