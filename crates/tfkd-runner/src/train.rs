@@ -620,9 +620,9 @@ impl EpochStep<'_> {
         let (epoch, model) = (self.epoch, replica.model.as_ref());
         let (rank, world) = (collective.rank(), collective.world_size());
         reporter.epoch_start(epoch + 1, self.epochs, self.loader.num_batches());
-        let seconds_before = p.seconds;
-        for (iteration, batch) in self.loader.epoch_from(epoch as u64, p.batches_done).enumerate() {
-            let iteration = p.batches_done + iteration;
+        let (seconds_before, first) = (p.seconds, p.batches_done);
+        for (iteration, batch) in self.loader.epoch_from(epoch as u64, first).enumerate() {
+            let iteration = first + iteration;
             let batch = batch?;
             p.lr = self.schedule.lr(epoch, iteration);
             replica.optimizer.set_learning_rate(p.lr)?;

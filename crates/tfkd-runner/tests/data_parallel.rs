@@ -67,6 +67,13 @@ fn a_data_parallel_run_resumes_exactly() {
     assert!(run_experiment(&resumed, &first, &mut Silent).unwrap().summary.is_none());
     run_experiment(&resumed, &RunOptions { resume: true, ..Default::default() }, &mut Silent).unwrap();
     assert_same_run(&straight.run_dir(), &resumed.run_dir());
+    // Every step's learning rate follows the schedule (warm-up in epoch 1):
+    // each record holds the rate of its epoch's last iteration.
+    let batches = 512 / 32;
+    let schedule = straight.lr_schedule(batches);
+    for r in tfkd_runner::run_dir::read_metrics(&straight.run_dir()).unwrap() {
+        assert_eq!(r.lr, schedule.lr(r.epoch - 1, batches - 1), "epoch {}", r.epoch);
+    }
     // Per-replica BatchNorm statistics make it another run than one process.
     let mut single = config(&tmp.path().join("single"), "method = \"baseline\"", 3);
     single.replicas = 1;
