@@ -3,7 +3,8 @@
 //! - `fixtures`: regenerate the PyTorch golden fixtures under `fixtures/`.
 //! - `bench`: run the criterion benchmarks and print the PyTorch comparison.
 //! - `reproduce-table <N|ablation|all>`: re-run tables of the paper (and the
-//!   project's Tf-KD_reg ablation), report side by side.
+//!   project's Tf-KD_reg ablation), report side by side; in this process
+//!   or as Slurm job arrays (`--executor slurm`).
 //!
 //! Tidiness checks (`//!` headers, no machine paths in the repository) run as
 //! ordinary tests of this crate (`tidy.rs`), so `cargo test` enforces them.
@@ -35,7 +36,7 @@ enum Task {
         only: Vec<String>,
     },
     /// Re-run tables of the paper and write a report beside the printed numbers.
-    ReproduceTable(reproduce::Args),
+    ReproduceTable(Box<reproduce::Args>),
     /// Run the loss benchmarks and compare them with PyTorch.
     Bench {
         /// The Python with torch installed (skipped when it has no torch).

@@ -133,7 +133,7 @@ pub fn execute(plan: &Plan, jobs: usize, threads: Option<usize>) -> Result<()> {
 /// moved aside to `<run>.before-keep-epoch-<e>` (nothing is deleted) and
 /// trained again with `keep_epochs`; runs are deterministic, so on the same
 /// machine it gets the same numbers.
-fn set_aside_runs_missing_kept_epochs(plan: &Plan) -> Result<()> {
+pub(super) fn set_aside_runs_missing_kept_epochs(plan: &Plan) -> Result<()> {
     for run in plan.runs.values() {
         let dir = run.config.run_dir();
         if !tfkd_runner::run_dir::is_finished(&dir) {

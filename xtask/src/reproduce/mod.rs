@@ -2,16 +2,21 @@
 //! paper's tables and the project's own (the Tf-KD_reg ablation). Runs are
 //! deduplicated across tables, finished runs are skipped and interrupted ones
 //! resumed, so the command can simply be run again.
+//!
+//! Two executors train the plan: `local` (this process, `execute.rs`) and
+//! `slurm` (job arrays on a cluster, `slurm.rs`). `--report` writes the
+//! reports from whatever runs are finished and trains nothing.
 
 mod estimate;
 mod execute;
 pub mod plan;
 pub mod profile;
 pub mod report;
+pub mod slurm;
 
 use tfkd_runner::device::DeviceSpec;
 use crate::tables::{self, Table, TableId};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use plan::{Plan, Shared};
 use profile::{Profile, ProfileName};
 use std::path::PathBuf;
@@ -51,6 +56,26 @@ pub struct Args {
     /// do not depend on it.
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Where the runs train: `local` (this process) or `slurm` (job arrays,
+    /// one task per run; run the command again to collect the reports).
+    #[arg(long, value_enum, default_value = "local")]
+    pub executor: Executor,
+    /// Write the reports from the runs finished so far and train nothing
+    /// (cells without a finished run show as not run).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub report: bool,
+    /// Slurm options (with `--executor slurm`).
+    #[command(flatten)]
+    pub slurm: slurm::SlurmArgs,
+}
+
+/// Where the runs of a reproduction train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Executor {
+    /// In this process, `--jobs` at a time.
+    Local,
+    /// As Slurm job arrays (`sbatch`), one task per run.
+    Slurm,
 }
 
 fn parse_tables(args: &[String]) -> Result<Vec<TableId>> {
@@ -127,10 +152,31 @@ pub fn pin_candle_threads(args: &Args) {
 
 /// Runs the command.
 pub fn run(args: &Args) -> Result<()> {
+    reproduce(args).map(drop)
+}
+
+/// `path` made absolute against the current directory (not resolving links).
+fn absolute(path: &std::path::Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))
+}
+
+/// Runs the command; with `--executor slurm`, returns what was submitted.
+///
+/// `--out` and `--data-dir` are made absolute before planning, whichever the
+/// executor. A run's identity (its name's digest, and the check
+/// `tfkd_runner` makes before it skips or resumes a run directory) includes
+/// `data.root` and a student's teacher checkpoint path; Slurm tasks need
+/// absolute paths (they may start in another directory), so with relative
+/// ones the same run would have a different config under each executor and
+/// a run started by one could not be resumed, nor even skipped, by the
+/// other. Absolute paths give both executors the same names and the same
+/// stored configs.
+pub(crate) fn reproduce(args: &Args) -> Result<Option<slurm::Submission>> {
     let numbers = parse_tables(&args.tables)?;
     let tables: Vec<Table> = numbers.iter().map(tables::load).collect::<Result<_>>()?;
-    let profile = Profile::new(args.profile, &args.data_dir);
-    let runs_dir = plan::runs_dir(&args.out, &profile);
+    let (out, data_dir) = (absolute(&args.out)?, absolute(&args.data_dir)?);
+    let profile = Profile::new(args.profile, &data_dir);
+    let runs_dir = plan::runs_dir(&out, &profile);
     let shared = Shared { profile: &profile, device: args.device, runs_dir: &runs_dir, seeds: args.seeds };
     let plan = Plan::build(&tables, &shared)?;
 
@@ -175,24 +221,62 @@ pub fn run(args: &Args) -> Result<()> {
         "estimated cost on {}: {:.3e} training images, about {time} ({})",
         args.device, cost.train_images, cost.basis
     );
-    if args.dry_run {
-        return Ok(());
+    let write_reports = || -> Result<()> {
+        for table in &tables {
+            report::write(table, &plan, &profile, &runs_dir, &out)?;
+            println!("report: {}", out.join(format!("{}.md", table.table.stem())).display());
+        }
+        Ok(())
+    };
+    if args.report {
+        write_reports()?;
+        return Ok(None);
     }
-
-    let threads = (jobs > 1).then(|| (cores / jobs).max(1));
-    execute::execute(&plan, jobs, threads)?;
-    for table in &tables {
-        report::write(table, &plan, &profile, &runs_dir, &args.out)?;
-        println!("report: {}", args.out.join(format!("{}.md", table.table.stem())).display());
+    match args.executor {
+        Executor::Local => {
+            if args.dry_run {
+                return Ok(None);
+            }
+            let threads = (jobs > 1).then(|| (cores / jobs).max(1));
+            execute::execute(&plan, jobs, threads)?;
+            write_reports()?;
+            Ok(None)
+        }
+        Executor::Slurm => {
+            let scaled = matches!(args.profile, ProfileName::Smoke | ProfileName::Quick);
+            let job = slurm::Job {
+                slurm: &args.slurm,
+                device: args.device,
+                out: &out,
+                tables: if args.tables.iter().any(|t| t == "all") {
+                    "all".into()
+                } else {
+                    numbers.iter().map(ToString::to_string).collect::<Vec<_>>().join("+")
+                },
+                dry_run: args.dry_run,
+                default_cpus: if scaled { 1 } else { 4 },
+            };
+            let submission = slurm::submit(&plan, &job)?;
+            if args.dry_run {
+                println!("dry run: nothing submitted");
+            } else if submission.complete() {
+                write_reports()?;
+            } else {
+                println!(
+                    "the reports are written once every run has finished: run this command again when the jobs have \
+                     ended (it submits nothing more), or add --report for the runs finished so far"
+                );
+            }
+            Ok(Some(submission))
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(tables: &str, profile: ProfileName, out: &std::path::Path, dry_run: bool) -> Args {
+    pub(super) fn args(tables: &str, profile: ProfileName, out: &std::path::Path, dry_run: bool) -> Args {
         Args {
             tables: vec![tables.into()],
             profile,
@@ -202,6 +286,9 @@ mod tests {
             out: out.to_path_buf(),
             dry_run,
             jobs: None,
+            executor: Executor::Local,
+            report: false,
+            slurm: slurm::SlurmArgs::default(),
         }
     }
 
@@ -256,6 +343,18 @@ mod tests {
         run(&args("ablation", ProfileName::Quick, tmp.path(), true)).unwrap();
         // A dry run writes nothing.
         assert!(!tmp.path().join("ablation.md").exists());
+    }
+
+    /// `--report` trains nothing: with no finished run every cell is "not run".
+    #[test]
+    fn report_writes_what_is_finished_and_trains_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = args("8", ProfileName::Smoke, tmp.path(), false);
+        a.report = true;
+        assert!(reproduce(&a).unwrap().is_none());
+        let md = std::fs::read_to_string(tmp.path().join("table-8.md")).unwrap();
+        assert_eq!(md.matches("| not run |").count(), 3, "{md}");
+        assert!(!tmp.path().join("runs").exists(), "--report trained something");
     }
 
     /// Every table end to end in the smoke profile: plan, train, report.
