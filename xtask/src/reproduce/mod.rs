@@ -56,6 +56,12 @@ pub struct Args {
     /// do not depend on it.
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Data-parallel replicas per run (`tfkd train --nproc`): every run's
+    /// batches are shared by N replicas whose gradients are summed. For the
+    /// long ImageNet runs (Tables 7, 8, 11). Per-replica BatchNorm changes
+    /// the numbers, so runs with N > 1 are other runs.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
     /// Where the runs train: `local` (this process) or `slurm` (job arrays,
     /// one task per run; run the command again to collect the reports).
     #[arg(long, value_enum, default_value = "local")]
@@ -177,8 +183,12 @@ pub(crate) fn reproduce(args: &Args) -> Result<Option<slurm::Submission>> {
     let (out, data_dir) = (absolute(&args.out)?, absolute(&args.data_dir)?);
     let profile = Profile::new(args.profile, &data_dir);
     let runs_dir = plan::runs_dir(&out, &profile);
-    let shared = Shared { profile: &profile, device: args.device, runs_dir: &runs_dir, seeds: args.seeds };
+    let shared =
+        Shared { profile: &profile, device: args.device, runs_dir: &runs_dir, seeds: args.seeds, replicas: args.nproc.unwrap_or(1) };
     let plan = Plan::build(&tables, &shared)?;
+    for run in plan.runs.values() {
+        run.config.validate().with_context(|| format!("run {}", run.config.run_name()))?;
+    }
 
     let (cores, jobs) = (cores(), jobs(args));
     let cost = estimate::estimate(&plan, args.device, jobs);
@@ -286,6 +296,7 @@ mod tests {
             out: out.to_path_buf(),
             dry_run,
             jobs: None,
+            nproc: None,
             executor: Executor::Local,
             report: false,
             slurm: slurm::SlurmArgs::default(),
@@ -299,7 +310,7 @@ mod tests {
         let tables: Vec<Table> = TableId::all().iter().map(|id| tables::load(id).unwrap()).collect();
         let profile = Profile::new(a.profile, &a.data_dir);
         let runs_dir = plan::runs_dir(&a.out, &profile);
-        let shared = Shared { profile: &profile, device: DeviceSpec::Cuda(0), runs_dir: &runs_dir, seeds: None };
+        let shared = Shared { profile: &profile, device: DeviceSpec::Cuda(0), runs_dir: &runs_dir, seeds: None, replicas: 1 };
         let plan = Plan::build(&tables, &shared).unwrap();
         // The CIFAR-100 ResNet18 baseline recipe (bs 128) appears as a baseline
         // (Tables 9 and the ablation among others), a teacher and a De-KD
@@ -322,6 +333,27 @@ mod tests {
             }
         }
         run(&a).unwrap(); // the dry run prints and returns
+    }
+
+    /// `--nproc N` makes every run data-parallel, and other runs than
+    /// single-process ones (per-replica BatchNorm changes the numbers).
+    #[test]
+    fn nproc_makes_every_run_data_parallel() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tables = vec![tables::load(&TableId::Paper(7)).unwrap()];
+        let profile = Profile::new(ProfileName::Paper, &tmp.path().join("data"));
+        let runs_dir = plan::runs_dir(tmp.path(), &profile);
+        let plan = |replicas| {
+            let shared = Shared { profile: &profile, device: DeviceSpec::Cuda(0), runs_dir: &runs_dir, seeds: None, replicas };
+            Plan::build(&tables, &shared).unwrap()
+        };
+        let (one, four) = (plan(1), plan(4));
+        assert!(four.runs.values().all(|r| r.config.replicas == 4));
+        assert!(one.runs.keys().all(|k| !four.runs.contains_key(k)), "replicas are part of a run's name");
+        let mut a = args("7", ProfileName::Paper, tmp.path(), true);
+        a.nproc = Some(0);
+        let err = format!("{:#}", run(&a).unwrap_err());
+        assert!(err.contains("replicas"), "{err}");
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub struct Shared<'a> {
     pub runs_dir: &'a Path,
     /// Seeds override.
     pub seeds: Option<usize>,
+    /// Data-parallel replicas of every run (`--nproc`).
+    pub replicas: usize,
 }
 
 impl Plan {
@@ -266,7 +268,7 @@ pub fn experiment(
         seed,
         device: shared.device,
         epochs,
-        replicas: 1,
+        replicas: shared.replicas,
         out_dir: shared.runs_dir.to_path_buf(),
         keep_epochs: Vec::new(),
         model: {
@@ -319,7 +321,7 @@ mod tests {
     fn plan(tables: &[Table], profile: ProfileName) -> Plan {
         let profile = Profile::new(profile, Path::new("data"));
         let runs_dir = PathBuf::from("runs");
-        Plan::build(tables, &Shared { profile: &profile, device: DeviceSpec::Cpu, runs_dir: &runs_dir, seeds: None }).unwrap()
+        Plan::build(tables, &Shared { profile: &profile, device: DeviceSpec::Cpu, runs_dir: &runs_dir, seeds: None, replicas: 1 }).unwrap()
     }
 
     fn runs_of<'p>(plan: &'p Plan, table: &TableId, row: &str, column: &str) -> &'p [String] {
