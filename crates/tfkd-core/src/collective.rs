@@ -16,6 +16,8 @@
 //! - [`ThreadGroup`]: N replicas as threads of one process (CPU; also what
 //!   tests the logic). The sum is taken in rank order by every replica, so
 //!   all replicas get bit-identical results whatever the scheduling.
+//! - [`TcpGroup`]: N processes (`srun`, torchrun-style launchers) that meet
+//!   over TCP; the same sums as [`ThreadGroup`], in the same order.
 //!
 //! A multi-GPU implementation over NCCL plugs into the same trait.
 
@@ -156,6 +158,142 @@ impl Collective for ThreadGroup {
     }
 }
 
+/// Replicas in separate processes, on one machine or several, connected over
+/// TCP (for CPU clusters, and what tests multi-process runs without GPUs):
+/// rank 0 listens, the others connect to it; every round, rank 0 receives
+/// each replica's buffer, sums in rank order (the same additions as
+/// [`ThreadGroup`]) and sends the sum back. A replica that disconnects
+/// (exited, killed) makes the others' next all-reduce an error, not a hang.
+pub struct TcpGroup {
+    rank: usize,
+    world: usize,
+    /// Rank 0: one stream per other rank, in rank order; other ranks: the
+    /// stream to rank 0.
+    streams: Mutex<Vec<std::net::TcpStream>>,
+}
+
+impl TcpGroup {
+    /// Joins the group of `world` replicas as `rank`, meeting at `address`
+    /// (`host:port`, where rank 0 listens). Waits up to `timeout` for the
+    /// others (rank 0) or for rank 0 to listen (the others).
+    pub fn join(rank: usize, world: usize, address: &str, timeout: std::time::Duration) -> Result<TcpGroup> {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        if rank >= world {
+            return Err(Error::State(format!("rank {rank} is outside a group of {world}")));
+        }
+        let io = |what: String| move |e: std::io::Error| Error::State(format!("{what}: {e}"));
+        let deadline = std::time::Instant::now() + timeout;
+        let streams = if rank == 0 {
+            let listener = TcpListener::bind(address).map_err(io(format!("rank 0 cannot listen on {address}")))?;
+            listener.set_nonblocking(true).map_err(io("listener".into()))?;
+            let mut by_rank: Vec<Option<TcpStream>> = (0..world).map(|_| None).collect();
+            while by_rank[1..].iter().any(Option::is_none) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).map_err(io("stream".into()))?;
+                        let mut id = [0u8; 8];
+                        stream.read_exact(&mut id).map_err(io("a replica's hello".into()))?;
+                        let r = u64::from_le_bytes(id) as usize;
+                        if r == 0 || r >= world || by_rank[r].is_some() {
+                            return Err(Error::State(format!("a replica introduced itself as rank {r} in a group of {world}")));
+                        }
+                        stream.set_nodelay(true).map_err(io("stream".into()))?;
+                        by_rank[r] = Some(stream);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if std::time::Instant::now() > deadline {
+                            let missing: Vec<_> = (1..world).filter(|&r| by_rank[r].is_none()).collect();
+                            return Err(Error::State(format!(
+                                "rank 0 waited {timeout:?} on {address} for ranks {missing:?}, which never connected"
+                            )));
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(io(format!("accepting on {address}"))(e)),
+                }
+            }
+            by_rank.into_iter().flatten().collect()
+        } else {
+            let mut stream = loop {
+                match TcpStream::connect(address) {
+                    Ok(s) => break s,
+                    Err(e) if std::time::Instant::now() > deadline => {
+                        return Err(io(format!("rank {rank} cannot reach rank 0 at {address} within {timeout:?}"))(e))
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                }
+            };
+            stream.set_nodelay(true).map_err(io("stream".into()))?;
+            stream.write_all(&(rank as u64).to_le_bytes()).map_err(io("hello to rank 0".into()))?;
+            vec![stream]
+        };
+        Ok(TcpGroup { rank, world, streams: Mutex::new(streams) })
+    }
+}
+
+fn send_f32(stream: &mut std::net::TcpStream, values: &[f32]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut bytes = Vec::with_capacity(8 + 4 * values.len());
+    bytes.extend_from_slice(&(values.len() as u64).to_le_bytes());
+    values.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+    stream.write_all(&bytes)
+}
+
+fn recv_f32(stream: &mut std::net::TcpStream) -> std::io::Result<Vec<f32>> {
+    use std::io::Read;
+    let mut len = [0u8; 8];
+    stream.read_exact(&mut len)?;
+    let mut bytes = vec![0u8; 4 * u64::from_le_bytes(len) as usize];
+    stream.read_exact(&mut bytes)?;
+    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+impl Collective for TcpGroup {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&self, tensor: &Tensor) -> Result<Tensor> {
+        if self.world == 1 {
+            return Ok(tensor.clone());
+        }
+        let mine = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let lost = |r: usize| move |e: std::io::Error| Error::State(format!("replica {r} is gone ({e}); this replica stops too"));
+        let sum = if self.rank == 0 {
+            let mut sum = mine;
+            for (i, stream) in streams.iter_mut().enumerate() {
+                let theirs = recv_f32(stream).map_err(lost(i + 1))?;
+                if theirs.len() != sum.len() {
+                    let detail = format!("replica {} contributes {} values, replica 0 {}", i + 1, theirs.len(), sum.len());
+                    return Err(Error::Shape { what: "all-reduce", detail });
+                }
+                sum.iter_mut().zip(&theirs).for_each(|(s, t)| *s += t);
+            }
+            for (i, stream) in streams.iter_mut().enumerate() {
+                send_f32(stream, &sum).map_err(lost(i + 1))?;
+            }
+            sum
+        } else {
+            send_f32(&mut streams[0], &mine).map_err(lost(0))?;
+            recv_f32(&mut streams[0]).map_err(lost(0))?
+        };
+        Ok(Tensor::from_vec(sum, tensor.shape(), tensor.device())?.to_dtype(tensor.dtype())?)
+    }
+
+    fn abort(&self, _reason: &str) {
+        // Closing the connections wakes every replica waiting on them.
+        for stream in self.streams.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
 /// Replaces each parameter's gradient in `grads` by the global batch's:
 /// `Σ_r weight_r · g_r` over the replicas, with `weight = n_r / n` (this
 /// replica's share of the global batch). One all-reduce of all gradients
@@ -220,6 +358,62 @@ mod tests {
                 assert_eq!(sum, &[3.0, 3.0 * round as f32]);
             }
         }
+    }
+
+    #[test]
+    fn processes_over_tcp_sum_as_threads_do() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let values = |rank: usize, round: usize| {
+            Tensor::new(&[[0.1f32 * rank as f32 + round as f32, 1e-7], [3.0, -(rank as f32)]], &Device::Cpu).unwrap()
+        };
+        let tcp: Vec<Vec<Vec<f32>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..3)
+                .map(|rank| {
+                    let address = address.clone();
+                    s.spawn(move || {
+                        let g = TcpGroup::join(rank, 3, &address, std::time::Duration::from_secs(30)).unwrap();
+                        (0..5)
+                            .map(|round| g.all_reduce_sum(&values(rank, round)).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let threads = ThreadGroup::new(3).unwrap();
+        let reference: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let handles: Vec<_> = threads
+                .iter()
+                .map(|g| {
+                    s.spawn(move || {
+                        (0..5)
+                            .map(|round| {
+                                g.all_reduce_sum(&values(g.rank(), round)).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+                            })
+                            .collect::<Vec<Vec<f32>>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).next().unwrap()
+        });
+        for r in &tcp {
+            assert_eq!(r, &reference);
+        }
+        // A replica that leaves makes the others fail, not hang.
+        let err = std::thread::scope(|s| {
+            let zero_address = address.clone();
+            let zero = s.spawn(move || {
+                let g = TcpGroup::join(0, 2, &zero_address, std::time::Duration::from_secs(30)).unwrap();
+                g.all_reduce_sum(&values(0, 0))
+            });
+            let one = TcpGroup::join(1, 2, &address, std::time::Duration::from_secs(30)).unwrap();
+            drop(one);
+            zero.join().unwrap()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("replica 1 is gone"), "{err}");
     }
 
     #[test]
