@@ -274,29 +274,84 @@ fn prepare_run_dir(config: &ExperimentConfig, options: &RunOptions, reporter: &m
 /// Runs (or resumes, or skips when finished) one experiment, holding the
 /// run directory's lock ([`RunLock`]) while it writes.
 pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter: &mut dyn Reporter) -> Result<RunOutcome> {
+    run_experiment_in(config, options, None, reporter)
+}
+
+/// What the leader of a multi-process run tells the others once it is set
+/// up: the run was finished already, or it resumes.
+fn meet(group: &dyn Collective, finished: bool, resumed: bool) -> Result<(bool, bool)> {
+    let flags = Tensor::new(&[f32::from(u8::from(finished)), f32::from(u8::from(resumed))], &Device::Cpu)?;
+    let sum = group.all_reduce_sum(&flags)?.to_vec1::<f32>()?;
+    Ok((sum[0] > 0.0, sum[1] > 0.0))
+}
+
+/// [`run_experiment`] as one process of a multi-process data-parallel run
+/// (`group`: this process's rank among `config.replicas`, launched by
+/// `srun` or a torchrun-style launcher), or on its own (`None`: the
+/// replicas, if any, are threads of this process).
+///
+/// Rank 0 leads: it takes the lock, decides how to start, trains a missing
+/// teacher, writes every file and evaluates. The others write nothing: they
+/// wait for it, then load the same teacher and checkpoint, and meet it in
+/// every step's all-reduce.
+pub fn run_experiment_in(
+    config: &ExperimentConfig,
+    options: &RunOptions,
+    group: Option<Box<dyn Collective>>,
+    reporter: &mut dyn Reporter,
+) -> Result<RunOutcome> {
     config.validate()?;
     config.check_files()?;
-    let dir = config.run_dir();
-    if let Ok(Some(summary)) = read_summary(&dir) {
-        check_stored_config(&dir, config)?;
-        reporter.stage(&format!("{} is finished (best top-1 {:.2}%), skipping", summary.run, summary.best.test_top1));
-        return Ok(RunOutcome { dir, summary: Some(summary) });
-    }
-    let lock = RunLock::acquire(&dir, &config.run_name(), &mut |m: &str| reporter.stage(m))?;
-    // From here on a stop signal ends the run at its next step (or before
-    // its first), with its checkpoint written, instead of ending the process.
-    let _graceful = StopGuard::new();
-    let resuming = match prepare_run_dir(config, options, reporter)? {
-        Start::Finished(summary) => {
-            reporter.stage(&format!("{} is finished (best top-1 {:.2}%), skipping", summary.run, summary.best.test_top1));
-            return Ok(RunOutcome { dir, summary: Some(*summary) });
+    if let Some(g) = &group {
+        if g.world_size() != config.replicas {
+            return Err(crate::error::config_err(
+                "replicas",
+                format!("{} in the config, but {} processes were launched", config.replicas, g.world_size()),
+            ));
         }
-        Start::Resume => true,
-        Start::Fresh => false,
-    };
+    }
+    let follower = group.as_ref().is_some_and(|g| g.rank() > 0);
+    let dir = config.run_dir();
     let last_path = dir.join(LAST);
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    write_atomic(&dir.join(CONFIG), config.try_to_toml()?.as_bytes())?;
+    let tell_finished = |summary: Summary| -> Result<RunOutcome> {
+        if let Some(g) = &group {
+            meet(g.as_ref(), true, false)?;
+        }
+        Ok(RunOutcome { dir: dir.clone(), summary: Some(summary) })
+    };
+    let (lock, _graceful, resuming) = if follower {
+        (None, StopGuard::new(), false)
+    } else {
+        if let Ok(Some(summary)) = read_summary(&dir) {
+            check_stored_config(&dir, config)?;
+            reporter.stage(&format!("{} is finished (best top-1 {:.2}%), skipping", summary.run, summary.best.test_top1));
+            return tell_finished(summary);
+        }
+        let lock = RunLock::acquire(&dir, &config.run_name(), &mut |m: &str| reporter.stage(m))?;
+        // From here on a stop signal ends the run at its next step (or before
+        // its first), with its checkpoint written, instead of ending the process.
+        let graceful = StopGuard::new();
+        let resuming = match prepare_run_dir(config, options, reporter)? {
+            Start::Finished(summary) => {
+                reporter.stage(&format!("{} is finished (best top-1 {:.2}%), skipping", summary.run, summary.best.test_top1));
+                return tell_finished(*summary);
+            }
+            Start::Resume => true,
+            Start::Fresh => false,
+        };
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        write_atomic(&dir.join(CONFIG), config.try_to_toml()?.as_bytes())?;
+        (Some(lock), graceful, resuming)
+    };
+    // The others wait until the leader is set up (a missing teacher trained,
+    // the checkpoint to resume from known).
+    let resuming = match (&group, follower) {
+        (Some(g), true) => match meet(g.as_ref(), false, false)? {
+            (true, _) => return Ok(RunOutcome { dir, summary: None }),
+            (false, resumed) => resumed,
+        },
+        _ => resuming,
+    };
 
     let device = open_device(config.device)?;
     let strategy = config.strategy.build()?;
@@ -321,6 +376,7 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         }
     };
     let teacher_top1 = match &teacher {
+        Some(_) if follower => None,
         Some(t) => {
             let (_, acc) = evaluate(t.as_ref(), &loaders.test)?;
             reporter.stage(&format!("the teacher's test top-1: {:.2}%", acc.top1_percent()));
@@ -364,18 +420,25 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
             None => reporter.stage(&format!("resuming {} after epoch {}", config.run_name(), meta.epochs_done)),
         }
     }
-    write_metrics(&dir, &meta.history)?;
+    if let (Some(g), false) = (&group, follower) {
+        write_metrics(&dir, &meta.history)?;
+        meet(g.as_ref(), false, resuming)?;
+    } else if !follower {
+        write_metrics(&dir, &meta.history)?;
+    }
     // Data parallelism: replicas 1.. start from replica 0's weights and
     // optimizer state, and meet in the gradient all-reduce of every step.
-    let mut others = (1..config.replicas).map(|_| build_replica()).collect::<Result<Vec<_>>>()?;
+    let local_replicas = if group.is_some() { 1 } else { config.replicas };
+    let mut others = (1..local_replicas).map(|_| build_replica()).collect::<Result<Vec<_>>>()?;
     for other in &mut others {
         other.copy_from(&main)?;
     }
-    let collectives: Vec<Box<dyn Collective>> = if config.replicas == 1 {
-        vec![Box::new(Solo)]
-    } else {
-        ThreadGroup::new(config.replicas)?.into_iter().map(|g| Box::new(g) as Box<dyn Collective>).collect()
+    let collectives: Vec<Box<dyn Collective>> = match group {
+        Some(g) => vec![g],
+        None if config.replicas == 1 => vec![Box::new(Solo)],
+        None => ThreadGroup::new(config.replicas)?.into_iter().map(|g| Box::new(g) as Box<dyn Collective>).collect(),
     };
+    let rank = collectives[0].rank();
 
     let schedule = config.lr_schedule(loaders.train.num_batches());
     let interrupted = |signal, epoch: usize, batches_done| RunError::Interrupted {
@@ -390,13 +453,18 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
             return Ok(RunOutcome { dir, summary: None });
         }
         let partial = meta.partial.take();
-        if let Some(signal) = stop_requested() {
+        let remote = (local_replicas < config.replicas).then(|| collectives[0].as_ref());
+        if let Some(signal) = stop_before_epoch(remote)? {
             return Err(interrupted(signal, epoch, partial.map_or(0, |p| p.batches_done)));
         }
         // The dropout masks of an epoch are a function of (seed, epoch,
         // replica) only; a mid-epoch checkpoint carries the generators' states.
-        main.model.reseed_dropout(dropout_seed(config.seed, epoch, 0));
-        if let Some(state) = partial.as_ref().and_then(|p| p.dropout_state) {
+        main.model.reseed_dropout(dropout_seed(config.seed, epoch, rank));
+        let main_state = match rank {
+            0 => partial.as_ref().and_then(|p| p.dropout_state),
+            r => partial.as_ref().and_then(|p| p.replica_dropout_states.get(r - 1).copied()),
+        };
+        if let Some(state) = main_state {
             main.model.reseed_dropout(state);
         }
         for (i, other) in others.iter().enumerate() {
@@ -414,7 +482,25 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
             epochs: config.epochs,
             dir: &dir,
         };
-        let (sums, stopped) = step.train_replicas(&mut main, &mut others, &collectives, partial, reporter)?;
+        // A multi-process run's checkpoint holds the sums of all processes:
+        // the leader carries them on, the others start from zero.
+        let partial = match (rank, partial) {
+            (0, p) => p,
+            (_, p) => p.map(|p| PartialEpoch { batches_done: p.batches_done, lr: p.lr, ..Default::default() }),
+        };
+        // Replicas in other processes carry their own share of the sums and
+        // their dropout states: the leader gathers them.
+        let (mut sums, stopped) = step.train_replicas(&mut main, &mut others, &collectives, partial, reporter)?;
+        if local_replicas < config.replicas {
+            gather_sums(&mut sums, collectives[0].as_ref())?;
+        }
+        let Some(lock) = &lock else {
+            // A follower: the leader evaluates and writes.
+            if let Some(signal) = stopped {
+                return Err(interrupted(signal, epoch, sums.batches_done));
+            }
+            continue;
+        };
         if let Some(signal) = stopped {
             let batches_done = sums.batches_done;
             meta.partial = Some(sums);
@@ -438,6 +524,9 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
         reporter.epoch_end(&record);
     }
 
+    let Some(lock) = lock else {
+        return Ok(RunOutcome { dir, summary: None });
+    };
     let best = meta.history.iter().fold(None::<&EpochRecord>, |best, r| match best {
         Some(b) if b.test_top1 > r.test_top1 => Some(b),
         _ => Some(r),
@@ -511,6 +600,75 @@ impl Replica {
         self.optimizer.load_state(other.optimizer.state().into_iter().collect())?;
         Ok(())
     }
+}
+
+/// Adds up the epoch sums of replicas in other processes (one replica
+/// each), exactly as [`EpochStep::train_replicas`] adds up those of threads:
+/// in rank order, in f64, the longest time, rank 0's dropout state in
+/// `dropout_state` and the others' after it. Each rank's numbers travel
+/// bit-exactly in its own slot of one all-reduce, as 16-bit pieces (f32
+/// holds those exactly, and the other ranks add zeros to them).
+fn gather_sums(sums: &mut PartialEpoch, group: &dyn Collective) -> Result<()> {
+    const WORDS: usize = 8;
+    let (rank, world) = (group.rank(), group.world_size());
+    let words = [
+        sums.images as u64,
+        sums.correct as u64,
+        sums.loss_sum.to_bits(),
+        sums.hard_sum.to_bits(),
+        sums.soft_sum.to_bits(),
+        sums.seconds.to_bits(),
+        u64::from(sums.dropout_state.is_some()),
+        sums.dropout_state.unwrap_or(0),
+    ];
+    let mut slots = vec![0f32; world * WORDS * 4];
+    for (w, word) in words.iter().enumerate() {
+        for k in 0..4 {
+            slots[(rank * WORDS + w) * 4 + k] = ((word >> (16 * k)) & 0xFFFF) as f32;
+        }
+    }
+    let n = slots.len();
+    let all = group.all_reduce_sum(&Tensor::from_vec(slots, n, &Device::Cpu)?)?.to_vec1::<f32>()?;
+    let word = |r: usize, w: usize| (0..4).fold(0u64, |acc, k| acc | ((all[(r * WORDS + w) * 4 + k] as u64) << (16 * k)));
+    let batches_done = sums.batches_done;
+    let lr = sums.lr;
+    for r in 0..world {
+        let dropout = (word(r, 6) == 1).then(|| word(r, 7));
+        if r == 0 {
+            *sums = PartialEpoch {
+                batches_done,
+                lr,
+                images: word(0, 0) as usize,
+                correct: word(0, 1) as usize,
+                loss_sum: f64::from_bits(word(0, 2)),
+                hard_sum: f64::from_bits(word(0, 3)),
+                soft_sum: f64::from_bits(word(0, 4)),
+                seconds: f64::from_bits(word(0, 5)),
+                dropout_state: dropout,
+                replica_dropout_states: Vec::new(),
+            };
+        } else {
+            sums.images += word(r, 0) as usize;
+            sums.correct += word(r, 1) as usize;
+            sums.loss_sum += f64::from_bits(word(r, 2));
+            sums.hard_sum += f64::from_bits(word(r, 3));
+            sums.soft_sum += f64::from_bits(word(r, 4));
+            sums.seconds = sums.seconds.max(f64::from_bits(word(r, 5)));
+            sums.replica_dropout_states.extend(dropout);
+        }
+    }
+    Ok(())
+}
+
+/// Whether to stop before an epoch: this process's signal, or, in a
+/// multi-process run, any process's (decided together, so that every
+/// process stops at the same point).
+fn stop_before_epoch(group: Option<&dyn Collective>) -> Result<Option<i32>> {
+    let mine = stop_requested();
+    let Some(g) = group.filter(|g| g.world_size() > 1) else { return Ok(mine) };
+    let flag = Tensor::new(&[f32::from(u8::from(mine.is_some()))], &Device::Cpu)?;
+    let any = g.all_reduce_sum(&flag)?.to_vec1::<f32>()?[0] > 0.0;
+    Ok(any.then(|| mine.unwrap_or(libc::SIGTERM)))
 }
 
 /// The epoch's record from its running sums.

@@ -93,3 +93,105 @@ fn replicas_without_images_are_refused() {
     let err = run_experiment(&c, &RunOptions::default(), &mut Silent).unwrap_err().to_string();
     assert!(err.contains("replicas") && err.contains("BatchNorm"), "{err}");
 }
+
+/// Starts `tfkd train` as `world` processes of one run, as srun or torchrun
+/// would (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`), and waits for
+/// them; returns their exit codes and stderr.
+fn launch(config: &std::path::Path, world: usize) -> Vec<(Option<i32>, String)> {
+    launch_and_stop(config, world, None)
+}
+
+/// [`launch`], sending SIGTERM to every process (as srun forwards Slurm's)
+/// `stop_after` into the run.
+fn launch_and_stop(config: &std::path::Path, world: usize, stop_after: Option<std::time::Duration>) -> Vec<(Option<i32>, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let children: Vec<_> = (0..world)
+        .map(|rank| {
+            common::tfkd()
+                .args(["-q", "train", "--auto-resume", "-c"])
+                .arg(config)
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    if let Some(delay) = stop_after {
+        // Rank 0 takes the lock once every process has joined (a finished
+        // run ends without it).
+        let c = ExperimentConfig::from_toml(&std::fs::read_to_string(config).unwrap()).unwrap();
+        let lock = tfkd_runner::run_dir::lock_path(&c.run_dir());
+        let start = std::time::Instant::now();
+        while !lock.is_file() && start.elapsed() < std::time::Duration::from_secs(120) {
+            if tfkd_runner::run_dir::is_finished(&c.run_dir()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(delay);
+        for c in &children {
+            // SAFETY: sends SIGTERM to our own child.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+        .collect()
+}
+
+/// Two processes that meet over TCP train the CNN (BatchNorm and dropout
+/// per replica) bit for bit as two replicas in one process: the same shares,
+/// the same sums in the same order, the same checkpoints; only rank 0 writes.
+#[cfg(unix)]
+#[test]
+fn processes_launched_like_srun_train_as_replicas_in_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let strategy = "method = \"tf-kd-reg\"\nalpha = 0.1\ntemperature = 20.0\nmultiplier = 10.0";
+    let mut threads = config(&tmp.path().join("threads"), strategy, 3);
+    threads.replicas = 2;
+    run_experiment(&threads, &RunOptions::default(), &mut Silent).unwrap();
+
+    let processes = config(&tmp.path().join("processes"), strategy, 3);
+    let path = common::write_config(&tmp.path().join("processes"), &processes);
+    for (rank, (code, err)) in launch(&path, 2).into_iter().enumerate() {
+        assert_eq!(code, Some(0), "rank {rank}: {err}");
+    }
+    let mut as_launched = processes.clone();
+    as_launched.replicas = 2;
+    assert_eq!(as_launched.run_name(), threads.run_name());
+    assert_same_run(&threads.run_dir(), &as_launched.run_dir());
+    // Launched again, the finished run is skipped by every process.
+    for (rank, (code, err)) in launch(&path, 2).into_iter().enumerate() {
+        assert_eq!(code, Some(0), "rank {rank}: {err}");
+    }
+
+    // Stopped by SIGTERM (each process at its own moment: they agree on the
+    // step), relaunched until done: still the same run.
+    let stopped = config(&tmp.path().join("stopped"), strategy, 3);
+    let path = common::write_config(&tmp.path().join("stopped"), &stopped);
+    let epoch = tfkd_runner::run_dir::read_metrics(&threads.run_dir()).unwrap()[1].seconds;
+    let mut stops = 0;
+    for attempt in 0..12 {
+        let delay = (attempt < 4).then(|| std::time::Duration::from_secs_f64(0.3 + epoch * 0.4 * attempt as f64));
+        let codes = launch_and_stop(&path, 2, delay);
+        if codes.iter().all(|(c, _)| *c == Some(0)) {
+            break;
+        }
+        for (rank, (code, err)) in codes.iter().enumerate() {
+            assert_eq!(*code, Some(i32::from(tfkd_runner::run_dir::EXIT_INTERRUPTED)), "rank {rank}: {err}");
+        }
+        stops += 1;
+        assert!(attempt < 11, "never finished");
+    }
+    eprintln!("{stops} stops");
+    let mut as_launched = stopped.clone();
+    as_launched.replicas = 2;
+    assert_same_run(&threads.run_dir(), &as_launched.run_dir());
+}

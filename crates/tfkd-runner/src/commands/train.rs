@@ -2,11 +2,20 @@
 
 use super::reporter::Bars;
 use crate::cli::ConfigArgs;
-use tfkd_runner::{run_experiment, RunOptions};
+use tfkd_runner::{run_experiment_in, RunOptions};
 
 pub fn run(args: &ConfigArgs, options: &RunOptions, show_config: bool, nproc: Option<usize>) -> anyhow::Result<()> {
     let mut config = super::load_config(args)?;
-    if let Some(n) = nproc {
+    // Launched as one of several processes (srun, torchrun): the replicas
+    // are those processes, meeting over TCP.
+    let launch = tfkd_runner::launch::from_env(|k| std::env::var(k).ok())?;
+    if let Some(l) = &launch {
+        if nproc.is_some_and(|n| n != l.world) {
+            anyhow::bail!("--nproc {} in a launch of {} processes: leave --nproc out under srun/torchrun", nproc.unwrap_or(0), l.world);
+        }
+        config.replicas = l.world;
+        config.validate()?;
+    } else if let Some(n) = nproc {
         config.replicas = n;
         config.validate()?;
     }
@@ -24,8 +33,19 @@ pub fn run(args: &ConfigArgs, options: &RunOptions, show_config: bool, nproc: Op
         print!("{}", config.to_toml());
         return Ok(());
     }
+    // A stop signal while the processes meet stops the run at its first
+    // step, together, rather than one process at once.
+    let _graceful = tfkd_runner::run_dir::StopGuard::new();
+    let group = match &launch {
+        None => None,
+        Some(l) => {
+            let timeout = std::time::Duration::from_secs(600);
+            let g = tfkd_core::collective::TcpGroup::join(l.rank, l.world, &l.address, timeout)?;
+            Some(Box::new(g) as Box<dyn tfkd_core::collective::Collective>)
+        }
+    };
     let mut bars = Bars::new();
-    let outcome = run_experiment(&config, options, &mut bars)?;
+    let outcome = run_experiment_in(&config, options, group, &mut bars)?;
     if let Some(s) = outcome.summary {
         println!(
             "{}: best top-1 {:.2}% (epoch {}), last {:.2}%, top-5 {:.2}% -> {}",
