@@ -1,7 +1,9 @@
 //! Where this process stands in a multi-process data-parallel run: its rank,
 //! the number of processes and where they meet, from the launcher's
 //! environment: torchrun's (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`,
-//! `MASTER_PORT`) or Slurm's `srun` (`SLURM_PROCID`, `SLURM_NTASKS`; the
+//! `MASTER_PORT`) or Slurm's `srun` (`SLURM_PROCID`, `SLURM_STEP_NUM_TASKS`;
+//! not `SLURM_NTASKS`, which a batch script itself also sees, as rank 0 of
+//! its job's tasks, without being one of an `srun` step's processes; the
 //! meeting host is `MASTER_ADDR`, else the host `srun` was started on,
 //! `SLURM_LAUNCH_NODE_IPADDR`, which runs rank 0 under Slurm's default block
 //! distribution).
@@ -33,7 +35,7 @@ pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>> 
     };
     let (rank, world, rank_var) = match (number("RANK")?, number("WORLD_SIZE")?) {
         (Some(rank), Some(world)) => (rank, world, "RANK"),
-        _ => match (number("SLURM_PROCID")?, number("SLURM_NTASKS")?) {
+        _ => match (number("SLURM_PROCID")?, number("SLURM_STEP_NUM_TASKS")?) {
             (Some(rank), Some(world)) => (rank, world, "SLURM_PROCID"),
             _ => return Ok(None),
         },
@@ -65,13 +67,17 @@ mod tests {
     #[test]
     fn launchers_are_read_from_their_environment() {
         assert_eq!(from_env(env(&[])).unwrap(), None);
-        assert_eq!(from_env(env(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")])).unwrap(), None);
+        assert_eq!(from_env(env(&[("SLURM_PROCID", "0"), ("SLURM_STEP_NUM_TASKS", "1")])).unwrap(), None);
+        // A batch script of a 4-task job is not one of 4 processes (seen on
+        // Slurm 22.05: it has SLURM_PROCID=0 and SLURM_NTASKS=4, while only
+        // srun's processes have SLURM_STEP_NUM_TASKS).
+        assert_eq!(from_env(env(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4")])).unwrap(), None);
         let torchrun = [("RANK", "1"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "node7"), ("MASTER_PORT", "1234")];
         assert_eq!(
             from_env(env(&torchrun)).unwrap(),
             Some(Launch { rank: 1, world: 4, address: "node7:1234".into() })
         );
-        let srun = [("SLURM_PROCID", "2"), ("SLURM_NTASKS", "3"), ("SLURM_LAUNCH_NODE_IPADDR", "10.0.0.5")];
+        let srun = [("SLURM_PROCID", "2"), ("SLURM_STEP_NUM_TASKS", "3"), ("SLURM_LAUNCH_NODE_IPADDR", "10.0.0.5")];
         assert_eq!(from_env(env(&srun)).unwrap(), Some(Launch { rank: 2, world: 3, address: "10.0.0.5:29500".into() }));
         let err = from_env(env(&[("RANK", "4"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "h")])).unwrap_err().to_string();
         assert!(err.contains("RANK") && err.contains("rank 4"), "{err}");
