@@ -43,3 +43,23 @@ for c in ${CONFIGS:-base reg lsr}; do
 done
 for d in runs/*/; do sed "s|^|$(basename $d) |" $d/metrics.jsonl; done > $OUT/train-metrics.txt 2>/dev/null
 date
+# Data parallelism over NCCL (issue 13): with two GPUs or more and a `tfkd`
+# built with `--features nccl` (`build-cuda.sh --with-nccl -p tfkd-runner
+# --features nccl`), two processes on two GPUs against one process with two
+# replicas (threads) at the same global batch: the loss curves should agree up
+# to NCCL's summation order. NCCL needs one GPU per process, so one GPU skips.
+if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+  echo "== NCCL: 2 processes vs 2 threads"; date
+  export MASTER_ADDR=127.0.0.1 MASTER_PORT=29517
+  for r in 0 1; do
+    RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-base.toml \
+      --set out_dir=\"nccl-procs\" --set epochs=3 > nccl-rank$r.log 2>&1 &
+  done
+  wait
+  tail -3 nccl-rank0.log nccl-rank1.log | tee $OUT/nccl.txt
+  timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-base.toml --nproc 2 --set out_dir=\"nccl-threads\" --set epochs=3 2>&1 | tail -2
+  for d in nccl-procs/*/ nccl-threads/*/; do sed "s|^|$d |" $d/metrics.jsonl; done | tee -a $OUT/nccl.txt
+else
+  echo "== NCCL: one GPU, skipped (NCCL needs a GPU per process)" | tee $OUT/nccl.txt
+fi
+date

@@ -294,6 +294,121 @@ impl Collective for TcpGroup {
     }
 }
 
+/// Replicas on CUDA GPUs, one process each, summing over NCCL (feature
+/// `nccl`). The processes first meet over TCP ([`TcpGroup::join`]) to share
+/// rank 0's NCCL id; after that every all-reduce runs on the GPUs. NCCL's
+/// ring sums in its own order: replicas get the same sum as each other, but
+/// not bit for bit the sum of [`ThreadGroup`].
+#[cfg(feature = "nccl")]
+pub struct NcclGroup {
+    rank: usize,
+    world: usize,
+    device: candle_core::Device,
+    comm: Mutex<nccl::SendComm>,
+}
+
+#[cfg(feature = "nccl")]
+mod nccl {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, ReduceOp};
+    use candle_core::{CpuStorage, CudaStorage, Layout, Shape};
+    use std::sync::Mutex;
+
+    /// The NCCL communicator, used by one thread at a time (behind a mutex).
+    pub struct SendComm(pub Comm);
+    // SAFETY: an NCCL communicator may be used from any thread as long as
+    // calls do not overlap, which the mutex around it guarantees.
+    unsafe impl Send for SendComm {}
+
+    /// The all-reduce (sum) of an f32 tensor as a candle op.
+    pub struct AllReduce<'a>(pub &'a Mutex<SendComm>);
+
+    impl candle_core::CustomOp1 for AllReduce<'_> {
+        fn name(&self) -> &'static str {
+            "nccl-all-reduce"
+        }
+
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!("the NCCL all-reduce needs CUDA tensors")
+        }
+
+        fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+            let Some((start, end)) = l.contiguous_offsets() else {
+                candle_core::bail!("the NCCL all-reduce needs a contiguous tensor")
+            };
+            let dev = s.device().clone();
+            let src = s.as_cuda_slice::<f32>()?.slice(start..end);
+            let mut dst = dev.alloc_zeros::<f32>(end - start)?;
+            let comm = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            comm.0.all_reduce(&src, &mut dst, &ReduceOp::Sum).map_err(|e| candle_core::Error::Msg(format!("NCCL all-reduce: {e:?}")))?;
+            Ok((CudaStorage::wrap_cuda_slice(dst, dev), l.shape().clone()))
+        }
+    }
+}
+
+#[cfg(feature = "nccl")]
+impl NcclGroup {
+    /// Joins the group of `world` processes as `rank` on the CUDA `device`,
+    /// meeting first at `address` (`host:port`, where rank 0 listens) to
+    /// share NCCL's id.
+    pub fn join(
+        rank: usize,
+        world: usize,
+        device: &candle_core::Device,
+        address: &str,
+        timeout: std::time::Duration,
+    ) -> Result<NcclGroup> {
+        use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id};
+        let candle_core::Device::Cuda(cuda) = device else {
+            return Err(Error::State(format!("NCCL needs a CUDA device, not {device:?}")));
+        };
+        let nccl_err = |what: &str| {
+            let what = what.to_string();
+            move |e| Error::State(format!("NCCL {what}: {e:?} (is libnccl installed? see the README)"))
+        };
+        // Rank 0's id reaches the others as one TCP all-reduce, 128 bytes
+        // as exact small floats to which the others add zeros.
+        let tcp = TcpGroup::join(rank, world, address, timeout)?;
+        let mut bytes = vec![0f32; 128];
+        if rank == 0 {
+            let id = Id::new().map_err(nccl_err("id"))?;
+            for (b, c) in bytes.iter_mut().zip(id.internal()) {
+                *b = f32::from(*c as u8);
+            }
+        }
+        let shared = tcp.all_reduce_sum(&Tensor::from_vec(bytes, 128, &candle_core::Device::Cpu)?)?.to_vec1::<f32>()?;
+        let internal: [std::ffi::c_char; 128] = std::array::from_fn(|i| shared[i] as u8 as std::ffi::c_char);
+        let comm = Comm::from_rank(cuda.cuda_stream(), rank, world, Id::uninit(internal)).map_err(nccl_err("init"))?;
+        Ok(NcclGroup { rank, world, device: device.clone(), comm: Mutex::new(nccl::SendComm(comm)) })
+    }
+}
+
+#[cfg(feature = "nccl")]
+impl Collective for NcclGroup {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&self, tensor: &Tensor) -> Result<Tensor> {
+        let t = tensor.to_dtype(DType::F32)?.contiguous()?;
+        // Flags and counts come as CPU tensors: they go to the GPU and back.
+        let on_cpu = t.device().is_cpu();
+        let t = if on_cpu { t.to_device(&self.device)? } else { t };
+        let sum = t.apply_op1_no_bwd(&nccl::AllReduce(&self.comm))?;
+        let sum = if on_cpu { sum.to_device(&candle_core::Device::Cpu)? } else { sum };
+        Ok(sum.to_dtype(tensor.dtype())?)
+    }
+
+    fn abort(&self, _reason: &str) {
+        // NCCL has no wake-up for peers here; a replica that stops ends its
+        // process, and NCCL reports the lost peer to the others.
+    }
+}
+
 /// Replaces each parameter's gradient in `grads` by the global batch's:
 /// `Σ_r weight_r · g_r` over the replicas, with `weight = n_r / n` (this
 /// replica's share of the global batch). One all-reduce of all gradients

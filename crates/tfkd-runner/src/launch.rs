@@ -20,6 +20,9 @@ pub struct Launch {
     pub rank: usize,
     /// The number of processes.
     pub world: usize,
+    /// This process's rank on its machine (`LOCAL_RANK`, `SLURM_LOCALID`;
+    /// default: `rank`): the GPU it trains on.
+    pub local_rank: usize,
     /// `host:port` where rank 0 listens.
     pub address: String,
 }
@@ -53,7 +56,11 @@ pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>> 
         None => DEFAULT_PORT,
         Some(p) => p.trim().parse().map_err(|_| config_err("MASTER_PORT", format!("{p:?} is not a port")))?,
     };
-    Ok(Some(Launch { rank, world, address: format!("{host}:{port}") }))
+    let local_rank = match (number("LOCAL_RANK")?, number("SLURM_LOCALID")?) {
+        (Some(l), _) | (None, Some(l)) => l,
+        (None, None) => rank,
+    };
+    Ok(Some(Launch { rank, world, local_rank, address: format!("{host}:{port}") }))
 }
 
 #[cfg(test)]
@@ -75,10 +82,18 @@ mod tests {
         let torchrun = [("RANK", "1"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "node7"), ("MASTER_PORT", "1234")];
         assert_eq!(
             from_env(env(&torchrun)).unwrap(),
-            Some(Launch { rank: 1, world: 4, address: "node7:1234".into() })
+            Some(Launch { rank: 1, world: 4, local_rank: 1, address: "node7:1234".into() })
         );
-        let srun = [("SLURM_PROCID", "2"), ("SLURM_STEP_NUM_TASKS", "3"), ("SLURM_LAUNCH_NODE_IPADDR", "10.0.0.5")];
-        assert_eq!(from_env(env(&srun)).unwrap(), Some(Launch { rank: 2, world: 3, address: "10.0.0.5:29500".into() }));
+        let srun = [
+            ("SLURM_PROCID", "2"),
+            ("SLURM_STEP_NUM_TASKS", "3"),
+            ("SLURM_LOCALID", "0"),
+            ("SLURM_LAUNCH_NODE_IPADDR", "10.0.0.5"),
+        ];
+        assert_eq!(
+            from_env(env(&srun)).unwrap(),
+            Some(Launch { rank: 2, world: 3, local_rank: 0, address: "10.0.0.5:29500".into() })
+        );
         let err = from_env(env(&[("RANK", "4"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "h")])).unwrap_err().to_string();
         assert!(err.contains("RANK") && err.contains("rank 4"), "{err}");
         let err = from_env(env(&[("RANK", "0"), ("WORLD_SIZE", "2")])).unwrap_err().to_string();
@@ -86,4 +101,39 @@ mod tests {
         let err = from_env(env(&[("RANK", "x"), ("WORLD_SIZE", "2")])).unwrap_err().to_string();
         assert!(err.contains("RANK") && err.contains("\"x\""), "{err}");
     }
+}
+
+/// The collective of a launched process: NCCL between GPUs on CUDA (feature
+/// `nccl`), else TCP through rank 0. On CUDA, `device` is first moved to the
+/// process's local GPU, `cuda:<local_rank>`.
+pub fn join(
+    launch: &Launch,
+    device: &mut crate::device::DeviceSpec,
+    timeout: std::time::Duration,
+) -> Result<Box<dyn tfkd_core::collective::Collective>> {
+    use crate::device::DeviceSpec;
+    if let DeviceSpec::Cuda(_) = device {
+        *device = DeviceSpec::Cuda(launch.local_rank);
+        #[cfg(feature = "nccl")]
+        return nccl(launch, *device, timeout);
+        #[cfg(not(feature = "nccl"))]
+        tracing::warn!(
+            "this tfkd was built without the `nccl` feature: the {} processes sum their gradients over TCP through rank 0, \
+             which is slow between GPUs; build with `--features nccl`",
+            launch.world
+        );
+    }
+    let g = tfkd_core::collective::TcpGroup::join(launch.rank, launch.world, &launch.address, timeout)?;
+    Ok(Box::new(g))
+}
+
+#[cfg(feature = "nccl")]
+fn nccl(
+    launch: &Launch,
+    device: crate::device::DeviceSpec,
+    timeout: std::time::Duration,
+) -> Result<Box<dyn tfkd_core::collective::Collective>> {
+    let cuda = crate::device::open_device(device)?;
+    let g = tfkd_core::collective::NcclGroup::join(launch.rank, launch.world, &cuda, &launch.address, timeout)?;
+    Ok(Box::new(g))
 }

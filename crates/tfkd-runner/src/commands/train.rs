@@ -38,11 +38,7 @@ pub fn run(args: &ConfigArgs, options: &RunOptions, show_config: bool, nproc: Op
     let _graceful = tfkd_runner::run_dir::StopGuard::new();
     let group = match &launch {
         None => None,
-        Some(l) => {
-            let timeout = std::time::Duration::from_secs(600);
-            let g = tfkd_core::collective::TcpGroup::join(l.rank, l.world, &l.address, timeout)?;
-            Some(Box::new(g) as Box<dyn tfkd_core::collective::Collective>)
-        }
+        Some(l) => Some(tfkd_runner::launch::join(l, &mut config.device, std::time::Duration::from_secs(600))?),
     };
     let mut bars = Bars::new();
     let outcome = run_experiment_in(&config, options, group, &mut bars)?;
