@@ -93,7 +93,7 @@ impl ThreadGroup {
 }
 
 fn aborted(reason: &str) -> Error {
-    Error::State(format!("another replica stopped ({reason}); this replica stops too"))
+    Error::PeerStopped(reason.to_string())
 }
 
 impl Collective for ThreadGroup {
@@ -264,7 +264,7 @@ impl Collective for TcpGroup {
         }
         let mine = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let lost = |r: usize| move |e: std::io::Error| Error::State(format!("replica {r} is gone ({e}); this replica stops too"));
+        let lost = |r: usize| move |e: std::io::Error| Error::PeerStopped(format!("replica {r} is gone: {e}"));
         let sum = if self.rank == 0 {
             let mut sum = mine;
             for (i, stream) in streams.iter_mut().enumerate() {

@@ -39,6 +39,10 @@ pub enum Error {
         /// Which tensor, e.g. `student logits`.
         what: &'static str,
     },
+    /// Another replica of a data-parallel group stopped (failed, exited,
+    /// lost its connection), so this one cannot go on.
+    #[error("another replica stopped ({0}); this replica stops too")]
+    PeerStopped(String),
     /// Saved state (optimizer, RNG) does not fit what it is loaded into.
     #[error("invalid state: {0}")]
     State(String),

@@ -63,6 +63,21 @@ pub struct PartialEpoch {
     pub replica_dropout_states: Vec<u64>,
 }
 
+impl PartialEpoch {
+    /// Adds the sums of the next data-parallel replica (in rank order):
+    /// images, correct predictions and loss sums added, the longest time
+    /// kept, its dropout state appended after the others'.
+    pub fn add_replica(&mut self, other: &PartialEpoch) {
+        self.images += other.images;
+        self.correct += other.correct;
+        self.loss_sum += other.loss_sum;
+        self.hard_sum += other.hard_sum;
+        self.soft_sum += other.soft_sum;
+        self.seconds = self.seconds.max(other.seconds);
+        self.replica_dropout_states.extend(other.dropout_state);
+    }
+}
+
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);

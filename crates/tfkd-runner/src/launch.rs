@@ -63,6 +63,41 @@ pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>> 
     Ok(Some(Launch { rank, world, local_rank, address: format!("{host}:{port}") }))
 }
 
+/// The collective of a launched process: NCCL between GPUs on CUDA (feature
+/// `nccl`), else TCP through rank 0. On CUDA, `device` is first moved to the
+/// process's local GPU, `cuda:<local_rank>`.
+pub fn join(
+    launch: &Launch,
+    device: &mut crate::device::DeviceSpec,
+    timeout: std::time::Duration,
+) -> Result<Box<dyn tfkd_core::collective::Collective>> {
+    use crate::device::DeviceSpec;
+    if let DeviceSpec::Cuda(_) = device {
+        *device = DeviceSpec::Cuda(launch.local_rank);
+        #[cfg(feature = "nccl")]
+        return nccl(launch, *device, timeout);
+        #[cfg(not(feature = "nccl"))]
+        tracing::warn!(
+            "this tfkd was built without the `nccl` feature: the {} processes sum their gradients over TCP through rank 0, \
+             which is slow between GPUs; build with `--features nccl`",
+            launch.world
+        );
+    }
+    let g = tfkd_core::collective::TcpGroup::join(launch.rank, launch.world, &launch.address, timeout)?;
+    Ok(Box::new(g))
+}
+
+#[cfg(feature = "nccl")]
+fn nccl(
+    launch: &Launch,
+    device: crate::device::DeviceSpec,
+    timeout: std::time::Duration,
+) -> Result<Box<dyn tfkd_core::collective::Collective>> {
+    let cuda = crate::device::open_device(device)?;
+    let g = tfkd_core::collective::NcclGroup::join(launch.rank, launch.world, &cuda, &launch.address, timeout)?;
+    Ok(Box::new(g))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,39 +136,4 @@ mod tests {
         let err = from_env(env(&[("RANK", "x"), ("WORLD_SIZE", "2")])).unwrap_err().to_string();
         assert!(err.contains("RANK") && err.contains("\"x\""), "{err}");
     }
-}
-
-/// The collective of a launched process: NCCL between GPUs on CUDA (feature
-/// `nccl`), else TCP through rank 0. On CUDA, `device` is first moved to the
-/// process's local GPU, `cuda:<local_rank>`.
-pub fn join(
-    launch: &Launch,
-    device: &mut crate::device::DeviceSpec,
-    timeout: std::time::Duration,
-) -> Result<Box<dyn tfkd_core::collective::Collective>> {
-    use crate::device::DeviceSpec;
-    if let DeviceSpec::Cuda(_) = device {
-        *device = DeviceSpec::Cuda(launch.local_rank);
-        #[cfg(feature = "nccl")]
-        return nccl(launch, *device, timeout);
-        #[cfg(not(feature = "nccl"))]
-        tracing::warn!(
-            "this tfkd was built without the `nccl` feature: the {} processes sum their gradients over TCP through rank 0, \
-             which is slow between GPUs; build with `--features nccl`",
-            launch.world
-        );
-    }
-    let g = tfkd_core::collective::TcpGroup::join(launch.rank, launch.world, &launch.address, timeout)?;
-    Ok(Box::new(g))
-}
-
-#[cfg(feature = "nccl")]
-fn nccl(
-    launch: &Launch,
-    device: crate::device::DeviceSpec,
-    timeout: std::time::Duration,
-) -> Result<Box<dyn tfkd_core::collective::Collective>> {
-    let cuda = crate::device::open_device(device)?;
-    let g = tfkd_core::collective::NcclGroup::join(launch.rank, launch.world, &cuda, &launch.address, timeout)?;
-    Ok(Box::new(g))
 }

@@ -277,12 +277,19 @@ pub fn run_experiment(config: &ExperimentConfig, options: &RunOptions, reporter:
     run_experiment_in(config, options, None, reporter)
 }
 
+/// For each flag, whether any replica of `group` raised it (one
+/// all-reduce).
+fn any_replica(group: &dyn Collective, flags: &[bool]) -> Result<Vec<bool>> {
+    let mine: Vec<f32> = flags.iter().map(|&f| f32::from(u8::from(f))).collect();
+    let sum = group.all_reduce_sum(&Tensor::new(mine, &Device::Cpu)?)?.to_vec1::<f32>()?;
+    Ok(sum.iter().map(|&s| s > 0.0).collect())
+}
+
 /// What the leader of a multi-process run tells the others once it is set
 /// up: the run was finished already, or it resumes.
 fn meet(group: &dyn Collective, finished: bool, resumed: bool) -> Result<(bool, bool)> {
-    let flags = Tensor::new(&[f32::from(u8::from(finished)), f32::from(u8::from(resumed))], &Device::Cpu)?;
-    let sum = group.all_reduce_sum(&flags)?.to_vec1::<f32>()?;
-    Ok((sum[0] > 0.0, sum[1] > 0.0))
+    let any = any_replica(group, &[finished, resumed])?;
+    Ok((any[0], any[1]))
 }
 
 /// [`run_experiment`] as one process of a multi-process data-parallel run
@@ -630,33 +637,23 @@ fn gather_sums(sums: &mut PartialEpoch, group: &dyn Collective) -> Result<()> {
     let n = slots.len();
     let all = group.all_reduce_sum(&Tensor::from_vec(slots, n, &Device::Cpu)?)?.to_vec1::<f32>()?;
     let word = |r: usize, w: usize| (0..4).fold(0u64, |acc, k| acc | ((all[(r * WORDS + w) * 4 + k] as u64) << (16 * k)));
-    let batches_done = sums.batches_done;
-    let lr = sums.lr;
-    for r in 0..world {
-        let dropout = (word(r, 6) == 1).then(|| word(r, 7));
-        if r == 0 {
-            *sums = PartialEpoch {
-                batches_done,
-                lr,
-                images: word(0, 0) as usize,
-                correct: word(0, 1) as usize,
-                loss_sum: f64::from_bits(word(0, 2)),
-                hard_sum: f64::from_bits(word(0, 3)),
-                soft_sum: f64::from_bits(word(0, 4)),
-                seconds: f64::from_bits(word(0, 5)),
-                dropout_state: dropout,
-                replica_dropout_states: Vec::new(),
-            };
-        } else {
-            sums.images += word(r, 0) as usize;
-            sums.correct += word(r, 1) as usize;
-            sums.loss_sum += f64::from_bits(word(r, 2));
-            sums.hard_sum += f64::from_bits(word(r, 3));
-            sums.soft_sum += f64::from_bits(word(r, 4));
-            sums.seconds = sums.seconds.max(f64::from_bits(word(r, 5)));
-            sums.replica_dropout_states.extend(dropout);
-        }
+    let of_rank = |r: usize| PartialEpoch {
+        batches_done: sums.batches_done,
+        lr: sums.lr,
+        images: word(r, 0) as usize,
+        correct: word(r, 1) as usize,
+        loss_sum: f64::from_bits(word(r, 2)),
+        hard_sum: f64::from_bits(word(r, 3)),
+        soft_sum: f64::from_bits(word(r, 4)),
+        seconds: f64::from_bits(word(r, 5)),
+        dropout_state: (word(r, 6) == 1).then(|| word(r, 7)),
+        replica_dropout_states: Vec::new(),
+    };
+    let mut total = of_rank(0);
+    for r in 1..world {
+        total.add_replica(&of_rank(r));
     }
+    *sums = total;
     Ok(())
 }
 
@@ -666,8 +663,7 @@ fn gather_sums(sums: &mut PartialEpoch, group: &dyn Collective) -> Result<()> {
 fn stop_before_epoch(group: Option<&dyn Collective>) -> Result<Option<i32>> {
     let mine = stop_requested();
     let Some(g) = group.filter(|g| g.world_size() > 1) else { return Ok(mine) };
-    let flag = Tensor::new(&[f32::from(u8::from(mine.is_some()))], &Device::Cpu)?;
-    let any = g.all_reduce_sum(&flag)?.to_vec1::<f32>()?[0] > 0.0;
+    let any = any_replica(g, &[mine.is_some()])?[0];
     Ok(any.then(|| mine.unwrap_or(libc::SIGTERM)))
 }
 
@@ -747,20 +743,16 @@ impl EpochStep<'_> {
         let mut results = Vec::with_capacity(rest.len() + 1);
         results.push(first);
         results.extend(rest);
-        let own = |r: &Result<_>| r.as_ref().is_err_and(|e: &RunError| !e.to_string().contains("another replica stopped"));
+        let own = |r: &Result<_>| {
+            r.as_ref().is_err_and(|e: &RunError| !matches!(e, RunError::Core(c) if matches!(**c, tfkd_core::Error::PeerStopped(_))))
+        };
         if let Some(pos) = results.iter().position(own).or_else(|| results.iter().position(Result::is_err)) {
             results.swap_remove(pos)?;
         }
         let mut results = results.into_iter().collect::<Result<Vec<_>>>()?.into_iter();
         let (mut sums, stopped) = results.next().ok_or_else(|| RunError::Replica("replica 0 returned nothing".into()))?;
         for (p, _) in results {
-            sums.images += p.images;
-            sums.correct += p.correct;
-            sums.loss_sum += p.loss_sum;
-            sums.hard_sum += p.hard_sum;
-            sums.soft_sum += p.soft_sum;
-            sums.seconds = sums.seconds.max(p.seconds);
-            sums.replica_dropout_states.extend(p.dropout_state);
+            sums.add_replica(&p);
         }
         Ok((sums, stopped))
     }
