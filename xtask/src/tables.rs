@@ -26,6 +26,7 @@ use std::fmt;
 use std::path::PathBuf;
 use tfkd_core::loss::{KlReduction, SmoothingForm};
 use tfkd_distill::{Method, StrategyConfig, TeacherSource, TeacherSpec, VirtualTeacherForm};
+use tfkd_runner::config::OptimizerKind;
 use tfkd_runner::data::DatasetKind;
 
 #[cfg(test)]
@@ -36,7 +37,7 @@ pub const TABLE_COUNT: u32 = 11;
 
 /// The project's tables beyond the paper: `fixtures/tables/<name>.toml`, run
 /// as `cargo xtask reproduce-table <name>` and included in `all`.
-pub const EXTRA_TABLES: &[&str] = &["ablation"];
+pub const EXTRA_TABLES: &[&str] = &["ablation", "reg-form-tiny", "reg-form-imagenet"];
 
 /// Which table: one of the paper's (a number) or one of [`EXTRA_TABLES`] (a name).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize)]
@@ -367,6 +368,12 @@ pub struct Cell {
     /// The lr scaling reference: lr_used = lr · batch_size / lr_reference_batch (128; 256 on ImageNet).
     #[serde(default = "default_lr_reference_batch")]
     pub lr_reference_batch: u32,
+    /// The optimizer: `sgd` (default: the table's recipe, momentum and
+    /// weight decay) or `adam`, which the official `cnn` and `cnn_distill`
+    /// configs use: `torch.optim.Adam` with PyTorch's defaults and no weight
+    /// decay, under the same warm-up and schedule.
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
     /// The official config directory (under the official repo) when one shipped.
     pub official_config: Option<String>,
     /// Fields of the run's `[strategy]` that the cell schema has no field for,

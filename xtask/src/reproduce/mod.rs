@@ -361,7 +361,7 @@ mod tests {
         assert!(parse_tables(&["12".into()]).unwrap_err().to_string().contains("table 12"));
         assert!(parse_tables(&["five".into()]).unwrap_err().to_string().contains("five"));
         let all = parse_tables(&["all".into()]).unwrap();
-        assert_eq!(all.len(), 12);
+        assert_eq!(all.len(), 11 + crate::tables::EXTRA_TABLES.len());
         assert!(all.contains(&TableId::Extra("ablation".into())));
         assert_eq!(
             parse_tables(&["9".into(), "ablation".into(), "9".into()]).unwrap(),

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tfkd_core::schedule::Decay;
 use tfkd_distill::{Method, StrategyConfig, TeacherSource, TeacherSpec};
-use tfkd_runner::config::{DataConfig, ModelConfig, OptimConfig, ScheduleConfig};
+use tfkd_runner::config::{DataConfig, ModelConfig, OptimConfig, OptimizerKind, ScheduleConfig};
 use tfkd_runner::ExperimentConfig;
 use tfkd_zoo::ModelEntry;
 
@@ -286,11 +286,17 @@ pub fn experiment(
             threads: 2,
         },
         optim: OptimConfig {
+            kind: cell.optimizer,
             batch_size: profile.batch_size.unwrap_or(cell.batch_size as usize),
             lr: cell.lr * profile.lr_factor,
             lr_reference_batch: cell.lr_reference_batch as usize,
+            // The recipe's momentum and weight decay are SGD's; the official
+            // Adam runs keep PyTorch's defaults and no weight decay.
             momentum: recipe.momentum,
-            weight_decay: recipe.weight_decay,
+            weight_decay: match cell.optimizer {
+                OptimizerKind::Sgd => recipe.weight_decay,
+                OptimizerKind::Adam => 0.0,
+            },
             nesterov: false,
             ..OptimConfig::default()
         },
@@ -313,6 +319,8 @@ mod tests {
     use crate::reproduce::profile::ProfileName;
     use crate::tables::{load, load_table, StrategyOverrides};
     use tfkd_core::loss::KlReduction;
+    use tfkd_distill::VirtualTeacherForm;
+    use tfkd_runner::data::DatasetKind;
 
     fn ablation() -> Table {
         load(&TableId::Extra("ablation".into())).unwrap()
@@ -327,6 +335,87 @@ mod tests {
     fn runs_of<'p>(plan: &'p Plan, table: &TableId, row: &str, column: &str) -> &'p [String] {
         let cell = plan.cells.iter().find(|c| &c.table == table && c.row == row && c.column == column);
         &cell.unwrap_or_else(|| panic!("no cell {table} {row:?} {column:?}")).runs
+    }
+
+    #[test]
+    fn the_plain_cnn_trains_with_adam_as_the_official_configs_do() {
+        let t2 = load_table(2).unwrap();
+        for profile in [ProfileName::Paper, ProfileName::Quick] {
+            let p = plan(std::slice::from_ref(&t2), profile);
+            let mut adam = 0;
+            for run in p.runs.values() {
+                let o = &run.config.optim;
+                // The cnn itself (student, or the Re-KD teacher's baseline).
+                if run.config.model.name.starts_with("cnn") {
+                    assert_eq!(o.kind, OptimizerKind::Adam, "{:?}", run.config.name);
+                    assert_eq!(o.weight_decay, 0.0);
+                    let expected = if run.config.strategy.method() == Method::Kd { 0.001 } else { 0.1 };
+                    let factor = Profile::new(profile, Path::new("data")).lr_factor;
+                    assert!((o.lr - expected * factor).abs() < 1e-12, "{:?}: lr {}", run.config.name, o.lr);
+                    adam += 1;
+                } else {
+                    assert_eq!(o.kind, OptimizerKind::Sgd, "{:?}", run.config.name);
+                    assert_eq!(o.weight_decay, t2.recipe.weight_decay);
+                }
+            }
+            // Baseline, two Normal KD students and the baseline teaching Re-KD.
+            assert!(adam >= 3, "{profile:?}: {adam} Adam runs");
+        }
+    }
+
+    /// The form of every Tf-KD_reg run of `plan`, by run name.
+    fn reg_forms(plan: &Plan) -> Vec<(String, VirtualTeacherForm, f64)> {
+        plan.runs
+            .iter()
+            .filter_map(|(name, r)| match r.config.strategy {
+                StrategyConfig::TfKdReg { form, multiplier, temperature_squared, .. } => {
+                    assert!(!temperature_squared, "{name}: the author's statement has no τ²");
+                    Some((name.clone(), form, multiplier))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tiny_imagenet_and_imagenet_tf_kd_reg_soften_the_student_as_the_author_states() {
+        for (n, dataset) in [(10, DatasetKind::TinyImagenet), (11, DatasetKind::Imagenet)] {
+            let p = plan(&[load_table(n).unwrap()], ProfileName::Paper);
+            let forms = reg_forms(&p);
+            assert!(!forms.is_empty());
+            for (name, form, multiplier) in forms {
+                assert_eq!(form, VirtualTeacherForm::PaperEq9, "table {n}: {name}");
+                if dataset == DatasetKind::Imagenet {
+                    assert_eq!(multiplier, 1.0, "{name}: no multiplier on ImageNet");
+                }
+            }
+        }
+        // The CIFAR code's form stays the default on CIFAR.
+        let p = plan(&[load_table(9).unwrap()], ProfileName::Paper);
+        assert!(reg_forms(&p).iter().all(|(_, f, _)| *f == VirtualTeacherForm::AsCoded));
+    }
+
+    #[test]
+    fn the_reg_form_tables_run_resnet18_in_both_forms() {
+        for (name, printed) in [("reg-form-tiny", None), ("reg-form-imagenet", Some(11))] {
+            let table = load(&TableId::Extra(name.into())).unwrap();
+            let mut tables = vec![table.clone()];
+            tables.extend(printed.map(|n| load_table(n).unwrap()));
+            let p = plan(&tables, ProfileName::Paper);
+            let author = runs_of(&p, &table.table, "ResNet18", "Tf-KD_reg, author's form (τ on the student)");
+            let coded = runs_of(&p, &table.table, "ResNet18", "Tf-KD_reg, CIFAR code form");
+            let form = |run: &String| match p.runs[run].config.strategy {
+                StrategyConfig::TfKdReg { form, .. } => form,
+                ref s => panic!("{s:?}"),
+            };
+            assert!(author.iter().all(|r| form(r) == VirtualTeacherForm::PaperEq9), "{name}");
+            assert!(coded.iter().all(|r| form(r) == VirtualTeacherForm::AsCoded), "{name}");
+            if let Some(n) = printed {
+                // The author's-form cell is the printed table's own run.
+                let t = load_table(n).unwrap();
+                assert_eq!(author, runs_of(&p, &t.table, "ResNet18", "+ Tf-KD_reg"), "{name}");
+            }
+        }
     }
 
     #[test]
