@@ -16,6 +16,17 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+/// FNV-1a (64-bit) of `text`: a hash that is the same on every platform and
+/// Rust version, to name streams and runs by their content.
+pub fn fnv1a(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// A ChaCha8 generator with a reproducible seed and a saveable position.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SeededRng {
@@ -51,6 +62,12 @@ impl SeededRng {
     /// A generator whose whole stream is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
         Self::derive(seed, &[])
+    }
+
+    /// An independent generator for the stream named `name` under `seed`:
+    /// `derive(seed, &[fnv1a(name)])`.
+    pub fn named(seed: u64, name: &str) -> Self {
+        Self::derive(seed, &[fnv1a(name)])
     }
 
     /// An independent generator for `path` under `seed`, e.g.

@@ -17,9 +17,13 @@ pub struct ExperimentConfig {
     /// `<dataset>-<model>-<method>-s<seed>`.
     #[serde(default)]
     pub name: Option<String>,
-    /// Seed of initialisation, shuffling, augmentation and dropout.
+    /// The seed of every random stream: initialisation, shuffling,
+    /// augmentation and dropout (`[random]` says how each is derived).
     #[serde(default)]
     pub seed: u64,
+    /// How the random streams derive from `seed`.
+    #[serde(default)]
+    pub random: RandomConfig,
     /// `cpu`, `cuda`, `cuda:N` or `metal`.
     #[serde(default)]
     pub device: DeviceSpec,
@@ -138,6 +142,40 @@ impl OptimizerKind {
     fn is_sgd(&self) -> bool {
         *self == OptimizerKind::Sgd
     }
+}
+
+/// Where a run's random streams come from. Always written into the run's
+/// config, so that two runs name their streams alike or say they differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RandomConfig {
+    /// The data order, augmentation and dropout streams. Default `run`:
+    /// `seed` mixed with the run's method and network, so that a student
+    /// never replays the batches of its teacher's baseline run with the same
+    /// seed (Tf-KD_self's student and teacher are the same network, and the
+    /// official code's teacher draws random numbers before the first shuffle).
+    pub data: StreamKey,
+    /// The initial weights. Default `seed`: a student starts from the initial
+    /// weights of its same-network teacher's baseline run with the same seed,
+    /// as the official code's fixed global seed (230) gives; `run` makes them
+    /// independent.
+    pub init: StreamKey,
+}
+
+impl Default for RandomConfig {
+    fn default() -> Self {
+        RandomConfig { data: StreamKey::Run, init: StreamKey::Seed }
+    }
+}
+
+/// What a random stream is derived from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKey {
+    /// `seed` alone: every run with this seed draws the same stream.
+    Seed,
+    /// `seed` and the run's method and network (`<method>/<model>`).
+    Run,
 }
 
 /// The optimizer and the batch size (the official recipe by default: SGD).
@@ -312,6 +350,30 @@ impl ExperimentConfig {
         c
     }
 
+    /// The seed of the data order, augmentation and dropout streams
+    /// (`random.data`).
+    pub fn data_seed(&self) -> u64 {
+        self.stream_seed(self.random.data, "data")
+    }
+
+    /// The seed of the initial weights (`random.init`).
+    pub fn init_seed(&self) -> u64 {
+        self.stream_seed(self.random.init, "init")
+    }
+
+    fn stream_seed(&self, key: StreamKey, stream: &str) -> u64 {
+        use rand::RngCore;
+        match key {
+            StreamKey::Seed => self.seed,
+            // The method and network only: not paths, devices or replicas, so
+            // that a run's numbers do not depend on where or how it runs.
+            StreamKey::Run => {
+                let name = format!("{stream}/{}/{}", self.strategy.method(), self.model.name);
+                tfkd_core::rng::SeededRng::named(self.seed, &name).next_u64()
+            }
+        }
+    }
+
     /// The run name, explicit or derived.
     pub fn run_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
@@ -375,6 +437,39 @@ impl ExperimentConfig {
                     return Err(config_err("strategy.teacher.source.baseline-epoch", "epochs are 1-based"));
                 }
             }
+            if let tfkd_distill::TeacherSource::Torchvision(arch) = teacher.source {
+                self.check_torchvision_teacher(arch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A torchvision teacher's published weights classify ImageNet's 1000
+    /// classes at 224×224, so the student must learn ImageNet; a Tf-KD_self
+    /// teacher is the student's own architecture.
+    fn check_torchvision_teacher(&self, arch: tfkd_zoo::pretrained::TorchvisionArch) -> Result<()> {
+        let self_teacher = self.strategy.method() == tfkd_distill::Method::TfKdSelf;
+        let field = if self_teacher { "strategy.source.torchvision" } else { "strategy.teacher.source.torchvision" };
+        if self.data.dataset != crate::data::DatasetKind::Imagenet {
+            return Err(config_err(
+                field,
+                format!(
+                    "torchvision's {arch} weights classify ImageNet's {} classes, but data.dataset = \"{}\"; \
+                     a torchvision teacher needs an ImageNet student (data.dataset = \"imagenet\")",
+                    tfkd_zoo::pretrained::NUM_CLASSES,
+                    self.data.dataset
+                ),
+            ));
+        }
+        if self_teacher && self.model.name != arch.model() {
+            return Err(config_err(
+                field,
+                format!(
+                    "a tf-kd-self teacher is the student's own architecture: \"{arch}\" is {}, the student is {}",
+                    arch.model(),
+                    self.model.name
+                ),
+            ));
         }
         Ok(())
     }
@@ -474,6 +569,38 @@ mod tests {
             let err = with(extra).unwrap_err().to_string();
             assert!(err.contains(field), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn a_self_student_draws_its_own_batches_and_by_default_its_teachers_initial_weights() {
+        let student = ExperimentConfig::from_toml(&MINIMAL.replace(
+            "method = \"baseline\"",
+            "method = \"tf-kd-self\"\nalpha = 0.9\ntemperature = 20.0\nmultiplier = 1.0",
+        ))
+        .unwrap();
+        let teacher = crate::teacher::baseline_config(&student, "cnn", None, None);
+        assert_eq!(teacher.seed, student.seed);
+        assert_ne!(student.data_seed(), teacher.data_seed(), "the student replays its teacher's batches");
+        assert_eq!(student.init_seed(), teacher.init_seed());
+        assert_eq!(student.init_seed(), student.seed);
+        // The written config says so, and reads back.
+        let text = student.to_toml();
+        assert!(text.contains("[random]") && text.contains("data = \"run\"") && text.contains("init = \"seed\""), "{text}");
+        assert_eq!(ExperimentConfig::from_toml(&text).unwrap(), student);
+        // Independent initialisation, or the seed alone for the data too.
+        let mut independent = student.clone();
+        independent.random.init = StreamKey::Run;
+        assert_ne!(independent.init_seed(), crate::teacher::baseline_config(&independent, "cnn", None, None).init_seed());
+        let mut replay = student.clone();
+        replay.random.data = StreamKey::Seed;
+        assert_eq!(replay.data_seed(), replay.seed);
+        // Streams do not depend on where or how the run executes.
+        let mut elsewhere = student.clone();
+        elsewhere.out_dir = "/elsewhere".into();
+        elsewhere.replicas = 2;
+        assert_eq!((elsewhere.data_seed(), elsewhere.init_seed()), (student.data_seed(), student.init_seed()));
+        let err = ExperimentConfig::from_toml(&format!("{MINIMAL}\n[random]\ndata = \"teacher\"\n")).unwrap_err().to_string();
+        assert!(err.contains("random") || err.contains("teacher"), "{err}");
     }
 
     #[test]

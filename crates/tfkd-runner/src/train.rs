@@ -1,9 +1,11 @@
 //! The training loop: forward → loss → backward/step → evaluation, every
 //! epoch checkpointed atomically so that a killed run resumes exactly.
 //!
-//! Determinism: the weights come from `SeededVarMap::new(seed)`, the batches
-//! of epoch e from the loader's `(seed, e)` streams, and the dropout masks of
-//! epoch e from a generator derived from `(seed, e)`. Resuming from the end of
+//! Determinism: the weights come from `SeededVarMap::new(init_seed)`, the
+//! batches of epoch e from the loader's `(data_seed, e)` streams, and the
+//! dropout masks of epoch e from a generator derived from `(data_seed, e)`
+//! (`ExperimentConfig::init_seed` and `data_seed`: the run's `seed`, mixed
+//! with its method and network as `[random]` says). Resuming from the end of
 //! epoch e therefore continues with exactly the numbers an uninterrupted run
 //! would have used. A stop signal (SIGTERM, SIGUSR1: a scheduler's
 //! preemption or time limit) ends the current step and writes a mid-epoch
@@ -362,7 +364,7 @@ pub fn run_experiment_in(
 
     let device = open_device(config.device)?;
     let strategy = config.strategy.build()?;
-    let loaders = build_loaders(&config.data, config.optim.batch_size, config.seed, &device)?;
+    let loaders = build_loaders(&config.data, config.optim.batch_size, config.data_seed(), &device)?;
 
     let model_opts = |dropout_seed| ModelOptions {
         dropout_seed,
@@ -395,7 +397,7 @@ pub fn run_experiment_in(
     // Create the student's variables and the network over them (built once:
     // training updates the variables in place).
     let build_replica = || -> Result<Replica> {
-        let varmap = SeededVarMap::new(config.seed);
+        let varmap = SeededVarMap::new(config.init_seed());
         let model = tfkd_zoo::build_with(&config.model.name, &model_opts(0), varmap.var_builder(DType::F32, &device))?;
         let params = tfkd_zoo::trainable_vars(&varmap);
         let optimizer = Optimizer::new(params.clone(), config.optim.optimizer())?;
@@ -466,7 +468,7 @@ pub fn run_experiment_in(
         }
         // The dropout masks of an epoch are a function of (seed, epoch,
         // replica) only; a mid-epoch checkpoint carries the generators' states.
-        main.model.reseed_dropout(dropout_seed(config.seed, epoch, rank));
+        main.model.reseed_dropout(dropout_seed(config.data_seed(), epoch, rank));
         let main_state = match rank {
             0 => partial.as_ref().and_then(|p| p.dropout_state),
             r => partial.as_ref().and_then(|p| p.replica_dropout_states.get(r - 1).copied()),
@@ -475,7 +477,7 @@ pub fn run_experiment_in(
             main.model.reseed_dropout(state);
         }
         for (i, other) in others.iter().enumerate() {
-            other.model.reseed_dropout(dropout_seed(config.seed, epoch, i + 1));
+            other.model.reseed_dropout(dropout_seed(config.data_seed(), epoch, i + 1));
             if let Some(&state) = partial.as_ref().and_then(|p| p.replica_dropout_states.get(i)) {
                 other.model.reseed_dropout(state);
             }

@@ -73,12 +73,7 @@ pub struct Plan {
 
 /// FNV-1a over the config text: a digest that is stable across Rust versions.
 fn digest(text: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{:08x}", h >> 32)
+    format!("{:08x}", tfkd_core::rng::fnv1a(text) >> 32)
 }
 
 /// Options from the command line that every run shares.
@@ -266,6 +261,7 @@ pub fn experiment(
     Ok(ExperimentConfig {
         name: None,
         seed,
+        random: Default::default(),
         device: shared.device,
         epochs,
         replicas: shared.replicas,
@@ -415,6 +411,27 @@ mod tests {
                 let t = load_table(n).unwrap();
                 assert_eq!(author, runs_of(&p, &t.table, "ResNet18", "+ Tf-KD_reg"), "{name}");
             }
+        }
+    }
+
+    #[test]
+    fn no_student_replays_its_teachers_batches() {
+        let tables: Vec<Table> = TableId::all().iter().map(|id| load(id).unwrap()).collect();
+        let p = plan(&tables, ProfileName::Paper);
+        let mut pairs = std::collections::BTreeMap::<Method, usize>::new();
+        for (name, run) in &p.runs {
+            let Some(teacher) = &run.teacher else { continue };
+            let (s, t) = (&run.config, &p.runs[teacher].config);
+            assert_eq!(s.seed, t.seed, "{name}: the pair shares its seed");
+            assert_ne!(s.data_seed(), t.data_seed(), "{name} replays the batches of {teacher}");
+            if s.model.name == t.model.name && s.model.width_divisor == t.model.width_divisor {
+                // The documented default: the official fixed seed's shared start.
+                assert_eq!(s.init_seed(), t.init_seed(), "{name}");
+            }
+            *pairs.entry(s.strategy.method()).or_default() += 1;
+        }
+        for m in [Method::Kd, Method::ReKd, Method::DeKd, Method::TfKdSelf] {
+            assert!(pairs.get(&m).copied().unwrap_or(0) > 0, "no {m:?} pair planned: {pairs:?}");
         }
     }
 

@@ -13,7 +13,7 @@ pub fn run(args: &ConfigArgs, checkpoint: Option<PathBuf>) -> anyhow::Result<()>
     anyhow::ensure!(!path.is_dir(), "--checkpoint {} is a directory; give a checkpoint file in it (e.g. best.safetensors)", path.display());
     anyhow::ensure!(path.is_file(), "checkpoint {} does not exist", path.display());
     let device = open_device(config.device)?;
-    let loaders = build_loaders(&config.data, config.optim.batch_size, config.seed, &device)?;
+    let loaders = build_loaders(&config.data, config.optim.batch_size, config.data_seed(), &device)?;
     let opts = ModelOptions::new(loaders.num_classes, config.data.dataset.input_size())
         .with_width_divisor(config.model.width_divisor);
     let model = load_teacher(&config.model.name, &opts, &path, &device)
