@@ -28,12 +28,22 @@ Outputs (all float32, small):
                         the official teachers). The legacy file names its
                         storages by memory address, so its bytes change on
                         every run; everything else is reproducible.
+  tv_densenet_torchvision.pth
+                        the `tv_densenet` case's weights (`param.*`) as
+                        torchvision publishes DenseNet (`densenet121-a639ec97.pth`):
+                        a bare state dict (an OrderedDict with `_metadata`)
+                        in the legacy format, with the legacy dense-layer
+                        names `norm.1`, `relu.1`, `conv.1`, `norm.2`, ...
+                        that torchvision's `_load_state_dict` renames. Its
+                        bytes change on every run too.
 
 Usage: python scripts/gen_zoo_fixtures.py [OUT_DIR]   (default fixtures/zoo)
 """
 import json
 import os
+import re
 import sys
+from collections import OrderedDict
 
 import torch
 import torch.nn as nn
@@ -747,6 +757,21 @@ def make_case(name, ctor, side, g, out):
     return m, params
 
 
+# The inverse of torchvision's `_load_state_dict` pattern (torchvision/models/densenet.py):
+# `denselayerN.norm1.weight` -> `denselayerN.norm.1.weight`.
+LEGACY_DENSE = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))([12])\.(weight|bias|running_mean|running_var)$")
+
+
+def torchvision_densenet_file(params, out):
+    """`params` in the form of torchvision's published DenseNet files."""
+    sd = OrderedDict()
+    for k, v in params.items():
+        sd[LEGACY_DENSE.sub(r"\1.\2.\3", k)] = f32(v)
+    sd._metadata = OrderedDict([("", {"version": 1})] + [(k.rpartition(".")[0], {"version": 1}) for k in sd])
+    assert any(".norm.1." in k for k in sd) and not any(".norm1." in k for k in sd)
+    torch.save(sd, os.path.join(out, "tv_densenet_torchvision.pth"), _use_new_zipfile_serialization=False)
+
+
 def maxpool_case(g, out):
     t = {}
     x = torch.randn(2, 3, 9, 10, generator=g, dtype=torch.float64)
@@ -840,6 +865,8 @@ def main():
                       "optim_dict": {"state": {0: {"momentum_buffer": torch.arange(5, dtype=torch.float64)}}}}
             torch.save(legacy, os.path.join(out, "ckpt_resnet_basic_legacy.pth.tar"), _use_new_zipfile_serialization=False)
             del sd
+        if name == "tv_densenet":
+            torchvision_densenet_file(params, out)
     maxpool_case(g, out)
     print("wrote", out)
 

@@ -23,3 +23,18 @@ pub const CONV_CANDLE: &str = "candle";
 /// whose sizes depend only on the shapes, and partial sums are added in a
 /// fixed order.
 pub const RAYON_NUM_THREADS: &str = "RAYON_NUM_THREADS";
+
+/// `TORCH_HOME`: PyTorch's cache folder, as torch.hub reads it. tfkd keeps
+/// torchvision's published weights where torch.hub does,
+/// `$TORCH_HOME/hub/checkpoints/` (`tfkd_zoo::pretrained::checkpoints_dir`),
+/// so that a file PyTorch downloaded is found and one tfkd downloaded is
+/// PyTorch's. Unset: `$XDG_CACHE_HOME/torch`, else `~/.cache/torch`.
+pub const TORCH_HOME: &str = "TORCH_HOME";
+
+/// `XDG_CACHE_HOME`: the user's cache folder; the default of [`TORCH_HOME`]
+/// is `torch/` in it.
+pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
+
+/// `HOME`: the user's home folder, for the last default of [`TORCH_HOME`]
+/// (`~/.cache/torch`) and a leading `~` in it.
+pub const HOME: &str = "HOME";

@@ -3,14 +3,19 @@
 //! atomically: into a private staging folder that is renamed into place only when complete,
 //! so a half-extracted dataset is never taken as complete.
 //!
-//! Without a network the error names the URL and where to put the archive by hand; a valid
-//! archive found there is verified and extracted without any network access.
+//! Single files published with the first hex digits of their SHA-256 (torch.hub's convention,
+//! e.g. torchvision's weights) go through [`ensure_file`]: a download is verified before it
+//! takes its name, and deleted when it does not match.
+//!
+//! Without a network the error names the URL and where to put the file by hand; a valid
+//! file found there is verified (and extracted) without any network access.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use md5::{Digest, Md5};
+use sha2::Sha256;
 
 use crate::error::{DataError, Result};
 
@@ -116,11 +121,21 @@ pub fn complete_folder(remote: &Remote, root: &Path) -> Option<PathBuf> {
 
 /// MD5 of a file, lower-case hex.
 pub fn md5_file(path: &Path, reporter: &mut dyn Reporter) -> Result<String> {
+    hash_file::<Md5>(path, reporter)
+}
+
+/// SHA-256 of a file, lower-case hex.
+pub fn sha256_file(path: &Path, reporter: &mut dyn Reporter) -> Result<String> {
+    hash_file::<Sha256>(path, reporter)
+}
+
+/// The digest `D` of a file, lower-case hex, reported as "verifying <path>".
+fn hash_file<D: Digest>(path: &Path, reporter: &mut dyn Reporter) -> Result<String> {
     let f = File::open(path).map_err(|e| DataError::io("opening", path, e))?;
     let total = f.metadata().ok().map(|m| m.len());
     reporter.start(&format!("verifying {}", path.display()), total);
     let mut r = BufReader::with_capacity(1 << 20, f);
-    let mut h = Md5::new();
+    let mut h = D::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     loop {
@@ -178,17 +193,86 @@ fn create_root(root: &Path) -> Result<()> {
     std::fs::create_dir_all(root).map_err(|e| DataError::io("creating", root, e))
 }
 
+/// Makes sure `dest` holds the file published at `url` whose SHA-256 starts with
+/// `sha256_prefix` (lower-case hex: torch.hub's `check_hash`, the digits in a published
+/// file's name), and returns `dest`.
+///
+/// 1. If `dest` exists (downloaded earlier, by PyTorch, or put there by hand), its SHA-256 is
+///    checked; it is not downloaded again. One that does not match is left in place and is
+///    [`DataError::HashMismatch`] naming it.
+/// 2. Otherwise `url` is downloaded to a `.part` file of this process beside `dest` (its
+///    folder is created), verified, and renamed to `dest` only when it matches, so `dest`
+///    never holds an unverified file. A download that does not match is deleted and is
+///    [`DataError::HashMismatch`].
+///
+/// An empty prefix, or one that is not lower-case hex of at most 64 digits, is
+/// [`DataError::InvalidConfig`]: it would verify nothing.
+pub fn ensure_file(url: &str, dest: &Path, sha256_prefix: &str, reporter: &mut dyn Reporter) -> Result<PathBuf> {
+    if sha256_prefix.is_empty()
+        || sha256_prefix.len() > 64
+        || !sha256_prefix.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(DataError::InvalidConfig {
+            what: "SHA-256 prefix",
+            message: format!("{sha256_prefix:?} for {} is not 1 to 64 lower-case hex digits", dest.display()),
+        });
+    }
+    let mismatch = |path: &Path, found: String, deleted: bool| DataError::HashMismatch {
+        path: path.into(),
+        expected_prefix: sha256_prefix.into(),
+        found,
+        deleted,
+    };
+    if dest.is_file() {
+        let found = sha256_file(dest, reporter)?;
+        return if found.starts_with(sha256_prefix) { Ok(dest.into()) } else { Err(mismatch(dest, found, false)) };
+    }
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_root(parent)?;
+    }
+    // Per process: concurrent processes (the ranks of one run) each download their own copy,
+    // and the renames of identical verified files are atomic.
+    let part = sibling(dest, &format!(".{}.part", std::process::id()));
+    let verified = download(url, &part, dest, reporter).and_then(|()| sha256_file(&part, reporter));
+    match verified {
+        Ok(found) if found.starts_with(sha256_prefix) => {
+            std::fs::rename(&part, dest).map_err(|e| DataError::io("renaming", &part, e))?;
+            Ok(dest.into())
+        }
+        Ok(found) => {
+            std::fs::remove_file(&part).map_err(|e| DataError::io("removing", &part, e))?;
+            Err(mismatch(dest, found, true))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            Err(e)
+        }
+    }
+}
+
+/// `path` with `suffix` appended to its file name.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    path.with_file_name(format!(
+        "{}{suffix}",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ))
+}
+
 /// Downloads `url` to `dest` through `dest.part` (renamed only once complete).
 pub fn fetch(url: &str, dest: &Path, reporter: &mut dyn Reporter) -> Result<()> {
-    let part = dest.with_file_name(format!(
-        "{}.part",
-        dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
+    let part = sibling(dest, ".part");
+    download(url, &part, dest, reporter)?;
+    std::fs::rename(&part, dest).map_err(|e| DataError::io("renaming", &part, e))
+}
+
+/// Streams `url` into `part` (fsynced, complete when it returns `Ok`); errors name `dest`,
+/// where the file goes.
+fn download(url: &str, part: &Path, dest: &Path, reporter: &mut dyn Reporter) -> Result<()> {
     let fail = |message: String| DataError::Download { url: url.into(), dest: dest.into(), message };
     let resp = ureq::get(url).call().map_err(|e| fail(e.to_string()))?;
     let total = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok());
     let mut body = resp.into_reader();
-    let mut out = File::create(&part).map_err(|e| DataError::io("creating", &part, e))?;
+    let mut out = File::create(part).map_err(|e| DataError::io("creating", part, e))?;
     reporter.start(&format!("downloading {url}"), total);
     let mut buf = vec![0u8; 1 << 16];
     let mut done = 0u64;
@@ -197,7 +281,7 @@ pub fn fetch(url: &str, dest: &Path, reporter: &mut dyn Reporter) -> Result<()> 
         if n == 0 {
             break;
         }
-        out.write_all(&buf[..n]).map_err(|e| DataError::io("writing", &part, e))?;
+        out.write_all(&buf[..n]).map_err(|e| DataError::io("writing", part, e))?;
         done += n as u64;
         reporter.progress(done);
     }
@@ -207,9 +291,7 @@ pub fn fetch(url: &str, dest: &Path, reporter: &mut dyn Reporter) -> Result<()> 
             return Err(fail(format!("connection closed after {done} of {t} bytes")));
         }
     }
-    out.sync_all().map_err(|e| DataError::io("writing", &part, e))?;
-    drop(out);
-    std::fs::rename(&part, dest).map_err(|e| DataError::io("renaming", &part, e))
+    out.sync_all().map_err(|e| DataError::io("writing", part, e))
 }
 
 /// A relative path with no `..`, root or prefix component (so it cannot leave the staging folder).

@@ -175,8 +175,25 @@ pub enum DataError {
         /// The checksum computed.
         found: String,
     },
+    /// A file published with a SHA-256 prefix (torch.hub's convention) whose SHA-256 does not
+    /// start with it: a corrupted or substituted download (deleted), or a file found in place
+    /// (left there).
+    #[error(
+        "{path}: SHA-256 {found} does not start with the published prefix {expected_prefix}; {}",
+        if *deleted { "the download was deleted" } else { "delete the file to download it again" }
+    )]
+    HashMismatch {
+        /// The file (where it was to be, for a deleted download).
+        path: PathBuf,
+        /// The published prefix, lower-case hex.
+        expected_prefix: String,
+        /// The SHA-256 computed, lower-case hex.
+        found: String,
+        /// Whether it was a download, deleted (`true`), or a file found in place (`false`).
+        deleted: bool,
+    },
     /// The download failed (no network, HTTP error, ...).
-    #[error("cannot download {url}: {message}; without a network, download it elsewhere and put it at {dest}, then run again (it is verified and extracted from there)")]
+    #[error("cannot download {url}: {message}; without a network, download it elsewhere and put it at {dest}, then run again (it is verified and used from there)")]
     Download {
         /// The URL tried.
         url: String,

@@ -1,34 +1,14 @@
 //! The downloader against a local HTTP server on 127.0.0.1 serving archives made by the test.
 
-use std::io::{Read, Write};
+mod common;
+
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
+use common::http::Server;
 use tfkd_data::download::{self, ArchiveKind, Remote, Reporter, Silent, COMPLETE_MARKER};
 use tfkd_data::{DataError, ImageDataset, Split};
-
-/// Serves `body` to at most `max_requests` connections on 127.0.0.1; `cut` truncates the body
-/// (with the full Content-Length announced). Returns the URL and a request counter.
-fn serve(body: Vec<u8>, max_requests: usize, cut: Option<usize>) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/archive", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(max_requests) {
-            let Ok(mut s) = stream else { continue };
-            c.fetch_add(1, Ordering::SeqCst);
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(&body[..cut.unwrap_or(body.len())]);
-        }
-    });
-    (url, count)
-}
 
 fn md5_hex(bytes: &[u8]) -> String {
     use md5::{Digest, Md5};
@@ -95,9 +75,9 @@ impl Reporter for Recorder {
 #[test]
 fn downloads_verifies_and_extracts_tar_gz() {
     let body = cifar_tar_gz();
-    let (url, count) = serve(body.clone(), 4, None);
+    let server = Server::start(body.clone(), 4, None);
     let root = tempfile::tempdir().unwrap();
-    let r = remote(&url, &body, ArchiveKind::TarGz, "cifar-100-binary", "cifar-100-binary.tar.gz");
+    let r = remote(&server.url, &body, ArchiveKind::TarGz, "cifar-100-binary", "cifar-100-binary.tar.gz");
     let mut rec = Recorder::default();
     let dir = download::ensure(&r, root.path(), &mut rec).unwrap();
     assert_eq!(dir, root.path().join("cifar-100-binary"));
@@ -111,7 +91,7 @@ fn downloads_verifies_and_extracts_tar_gz() {
     assert!(names.iter().all(|n| !n.starts_with(".tfkd-extract") && !n.ends_with(".part")), "{names:?}");
     // A second call finds it complete without touching the network.
     assert_eq!(download::ensure(&r, root.path(), &mut Silent).unwrap(), dir);
-    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert_eq!(server.requests(), 1);
     // The reader accepts the parent folder too (only test.bin here, so no full-size check).
     assert!(ImageDataset::cifar100(root.path(), Split::Test).is_err());
 }
@@ -119,9 +99,9 @@ fn downloads_verifies_and_extracts_tar_gz() {
 #[test]
 fn zip_archives_extract_too() {
     let body = zip_archive();
-    let (url, _) = serve(body.clone(), 2, None);
+    let server = Server::start(body.clone(), 2, None);
     let root = tempfile::tempdir().unwrap();
-    let r = remote(&url, &body, ArchiveKind::Zip, "tiny-imagenet-200", "tiny-imagenet-200.zip");
+    let r = remote(&server.url, &body, ArchiveKind::Zip, "tiny-imagenet-200", "tiny-imagenet-200.zip");
     let dir = download::ensure(&r, root.path(), &mut Silent).unwrap();
     assert_eq!(std::fs::read_to_string(dir.join("wnids.txt")).unwrap(), "n01\nn02\n");
 }
@@ -129,9 +109,9 @@ fn zip_archives_extract_too() {
 #[test]
 fn wrong_checksum_names_the_archive_and_extracts_nothing() {
     let body = cifar_tar_gz();
-    let (url, _) = serve(body.clone(), 2, None);
+    let server = Server::start(body.clone(), 2, None);
     let root = tempfile::tempdir().unwrap();
-    let mut r = remote(&url, &body, ArchiveKind::TarGz, "cifar-100-binary", "cifar-100-binary.tar.gz");
+    let mut r = remote(&server.url, &body, ArchiveKind::TarGz, "cifar-100-binary", "cifar-100-binary.tar.gz");
     r.md5 = "00000000000000000000000000000000".into();
     let e = download::ensure(&r, root.path(), &mut Silent).unwrap_err();
     match &e {
@@ -147,9 +127,9 @@ fn wrong_checksum_names_the_archive_and_extracts_nothing() {
 #[test]
 fn truncated_transfer_is_not_taken_as_complete() {
     let body = cifar_tar_gz();
-    let (url, _) = serve(body.clone(), 2, Some(body.len() / 2));
+    let server = Server::start(body.clone(), 2, Some(body.len() / 2));
     let root = tempfile::tempdir().unwrap();
-    let r = remote(&url, &body, ArchiveKind::TarGz, "cifar-100-binary", "cifar-100-binary.tar.gz");
+    let r = remote(&server.url, &body, ArchiveKind::TarGz, "cifar-100-binary", "cifar-100-binary.tar.gz");
     let e = download::ensure(&r, root.path(), &mut Silent).unwrap_err();
     assert!(matches!(e, DataError::Download { .. }), "{e:?}");
     assert!(!root.path().join("cifar-100-binary.tar.gz").exists());
@@ -204,6 +184,107 @@ fn archive_escaping_the_destination_is_refused() {
     let e = download::ensure(&r, &inner, &mut Silent).unwrap_err();
     assert!(matches!(e, DataError::Archive { .. }) && e.to_string().contains("escapes"), "{e}");
     assert!(!Path::new(&root.path().join("escaped.tx")).exists());
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The names in a folder, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// A small "published" file and its torch.hub-style name (`weights-<first 8 hex of SHA-256>.pth`).
+fn published_file() -> (Vec<u8>, String, String) {
+    let body: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let prefix = sha256_hex(&body)[..8].to_string();
+    let name = format!("weights-{prefix}.pth");
+    (body, prefix, name)
+}
+
+#[test]
+fn sha256_file_is_verified_placed_and_not_downloaded_again() {
+    let (body, prefix, name) = published_file();
+    let server = Server::start(body.clone(), 4, None);
+    let root = tempfile::tempdir().unwrap();
+    // The folder is created (torch.hub's checkpoints folder may not exist yet).
+    let dest = root.path().join("hub/checkpoints").join(&name);
+    let mut rec = Recorder::default();
+    let placed = download::ensure_file(&server.url, &dest, &prefix, &mut rec).unwrap();
+    assert_eq!(placed, dest);
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    assert_eq!(rec.total, Some(body.len() as u64));
+    assert!(rec.steps[0].starts_with("downloading") && rec.steps[1].starts_with("verifying"), "{:?}", rec.steps);
+    assert_eq!(names_in(dest.parent().unwrap()), [name.as_str()], "no .part file is left");
+    // A second call verifies the file in place and does not download it again; so does a
+    // call whose URL is unreachable.
+    assert_eq!(download::ensure_file(&server.url, &dest, &prefix, &mut Silent).unwrap(), dest);
+    assert_eq!(download::ensure_file("http://127.0.0.1:9/unused", &dest, &prefix, &mut Silent).unwrap(), dest);
+    assert_eq!(server.requests(), 1);
+    // The whole digest is a prefix too.
+    assert!(download::ensure_file(&server.url, &dest, &sha256_hex(&body), &mut Silent).is_ok());
+    assert_eq!(download::sha256_file(&dest, &mut Silent).unwrap(), sha256_hex(&body));
+}
+
+#[test]
+fn corrupted_download_is_refused_and_deleted() {
+    let (body, prefix, name) = published_file();
+    let mut corrupted = body.clone();
+    corrupted[100] ^= 1;
+    let server = Server::start(corrupted.clone(), 2, None);
+    let root = tempfile::tempdir().unwrap();
+    let dest = root.path().join(&name);
+    let e = download::ensure_file(&server.url, &dest, &prefix, &mut Silent).unwrap_err();
+    match &e {
+        DataError::HashMismatch { path, expected_prefix, found, deleted } => {
+            assert_eq!(path, &dest);
+            assert_eq!(expected_prefix, &prefix);
+            assert_eq!(found, &sha256_hex(&corrupted));
+            assert!(*deleted);
+        }
+        _ => panic!("{e:?}"),
+    }
+    let msg = e.to_string();
+    assert!(msg.contains(&prefix) && msg.contains(&name) && msg.contains("deleted"), "{msg}");
+    assert!(names_in(root.path()).is_empty(), "{:?}", names_in(root.path()));
+}
+
+#[test]
+fn bad_file_in_place_is_named_and_kept() {
+    let (body, prefix, name) = published_file();
+    let root = tempfile::tempdir().unwrap();
+    let dest = root.path().join(&name);
+    std::fs::write(&dest, &body[..10]).unwrap();
+    // No server: a file in place is never downloaded again, even when it does not match.
+    let e = download::ensure_file("http://127.0.0.1:9/unused", &dest, &prefix, &mut Silent).unwrap_err();
+    assert!(matches!(&e, DataError::HashMismatch { deleted: false, .. }), "{e:?}");
+    assert!(e.to_string().contains("delete the file to download it again"), "{e}");
+    assert!(dest.is_file());
+}
+
+#[test]
+fn truncated_sha256_download_leaves_nothing() {
+    let (body, prefix, name) = published_file();
+    let server = Server::start(body.clone(), 2, Some(body.len() / 2));
+    let root = tempfile::tempdir().unwrap();
+    let e = download::ensure_file(&server.url, &root.path().join(&name), &prefix, &mut Silent).unwrap_err();
+    assert!(matches!(e, DataError::Download { .. }), "{e:?}");
+    assert!(names_in(root.path()).is_empty(), "{:?}", names_in(root.path()));
+}
+
+#[test]
+fn a_prefix_that_verifies_nothing_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    for prefix in ["", "F37072FD", "f37072fz", &"0".repeat(65)] {
+        let e = download::ensure_file("http://127.0.0.1:9/unused", &root.path().join("w.pth"), prefix, &mut Silent)
+            .unwrap_err();
+        assert!(matches!(e, DataError::InvalidConfig { what: "SHA-256 prefix", .. }), "{prefix}: {e:?}");
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@ use crate::strategies::{Baseline, Distillation, LabelSmoothingStrategy, VirtualT
 use crate::{DistillError, Method, Result, Strategy};
 use std::path::PathBuf;
 use tfkd_core::loss::{KdLoss, KlReduction, LabelSmoothing, SmoothingForm, VirtualTeacherForm, VirtualTeacherLoss};
+use tfkd_zoo::pretrained::TorchvisionArch;
 
 /// Which network teaches, and from which weights.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -35,6 +36,57 @@ pub enum TeacherSource {
     /// A checkpoint file: `.safetensors`, `.pth` or `.pth.tar` (PyTorch
     /// state dicts load unchanged).
     Checkpoint(PathBuf),
+    /// torchvision's published ImageNet weights of this architecture, as the
+    /// official ImageNet script's `models.<arch>(pretrained=True)`:
+    /// `{ torchvision = "resnet50" }`. The teacher is the zoo's model of that
+    /// architecture ([`TorchvisionArch::model`]) with 1000 classes at full
+    /// width; the runner takes the file from torch.hub's cache, downloading
+    /// and verifying it when missing.
+    Torchvision(TorchvisionArch),
+}
+
+impl std::fmt::Display for TeacherSource {
+    /// As written in a config: `"baseline"`, `{ baseline-epoch = 3 }`,
+    /// `{ checkpoint = "best.pth.tar" }`, `{ torchvision = "resnet50" }`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Baseline => f.write_str("\"baseline\""),
+            Self::BaselineEpoch(e) => write!(f, "{{ baseline-epoch = {e} }}"),
+            Self::Checkpoint(path) => write!(f, "{{ checkpoint = {:?} }}", path.display().to_string()),
+            Self::Torchvision(arch) => write!(f, "{{ torchvision = \"{arch}\" }}"),
+        }
+    }
+}
+
+impl TeacherSpec {
+    /// The spec with a torchvision source resolved: `model` becomes the
+    /// architecture's zoo model and `width_divisor` 1, the only network the
+    /// published weights fit. Another `model` or divisor is
+    /// [`DistillError::InvalidField`]. Other sources pass unchanged.
+    fn resolved(self, method: Method) -> Result<Self> {
+        let TeacherSource::Torchvision(arch) = self.source else { return Ok(self) };
+        let invalid = |field: &'static str, value: String, expected: String| DistillError::InvalidField {
+            method,
+            field,
+            value,
+            expected,
+        };
+        if let Some(model) = self.model.as_deref().filter(|&m| m != arch.model()) {
+            return Err(invalid(
+                "teacher.model",
+                format!("{model:?}"),
+                format!("torchvision's {arch} weights load into \"{}\": name it, or leave `model` out", arch.model()),
+            ));
+        }
+        if let Some(d) = self.width_divisor.filter(|&d| d != 1) {
+            return Err(invalid(
+                "teacher.width_divisor",
+                d.to_string(),
+                format!("torchvision's {arch} weights are the full-width network: 1, or leave it out"),
+            ));
+        }
+        Ok(Self { model: Some(arch.model().to_string()), width_divisor: Some(1), ..self })
+    }
 }
 
 fn default_epsilon() -> f64 {
@@ -156,12 +208,15 @@ impl StrategyConfig {
         }
     }
 
-    /// Validates the hyper-parameters and builds the strategy.
+    /// Validates the hyper-parameters and builds the strategy. A torchvision
+    /// teacher source is resolved to its network: the built strategy's
+    /// [`Strategy::teacher`] names the architecture's zoo model at width 1.
     pub fn build(&self) -> Result<Box<dyn Strategy>> {
         let method = self.method();
         let kd = |alpha: f64, temperature: f64, multiplier: f64, reduction: KdReduction, teacher: TeacherSpec| {
             let loss = KdLoss::self_training(alpha, temperature, multiplier).with_reduction(reduction);
             loss.validate()?;
+            let teacher = teacher.resolved(method)?;
             Ok(Box::new(Distillation { method, loss, teacher }) as Box<dyn Strategy>)
         };
         match self.clone() {
@@ -176,11 +231,11 @@ impl StrategyConfig {
                 kd(alpha, temperature, 1.0, reduction, teacher)
             }
             Self::DeKd { alpha, temperature, teacher, reduction } => {
-                if matches!(teacher.source, TeacherSource::Baseline) {
+                if matches!(teacher.source, TeacherSource::Baseline | TeacherSource::Torchvision(_)) {
                     return Err(DistillError::InvalidField {
                         method,
                         field: "teacher.source",
-                        value: "\"baseline\"".into(),
+                        value: teacher.source.to_string(),
                         expected: "de-kd needs a poorly-trained teacher: `baseline-epoch = E` or a checkpoint".into(),
                     });
                 }
@@ -283,6 +338,65 @@ mod tests {
             toml::from_str("method = \"de-kd\"\nalpha = 0.9\ntemperature = 4.0\nteacher = { model = \"resnet18\" }")
                 .unwrap();
         assert!(config.build().unwrap_err().to_string().contains("baseline-epoch"));
+    }
+
+    #[test]
+    fn torchvision_source_round_trips_and_resolves_its_network() {
+        let text = r#"method = "kd"
+            alpha = 0.9
+            temperature = 4.0
+            teacher = { source = { torchvision = "resnet50" } }"#;
+        let config: StrategyConfig = toml::from_str(text).unwrap();
+        let StrategyConfig::Kd { teacher, .. } = &config else { panic!("{config:?}") };
+        assert_eq!(teacher.source, TeacherSource::Torchvision(TorchvisionArch::ResNet50));
+        assert_eq!(teacher.source.to_string(), r#"{ torchvision = "resnet50" }"#);
+        // Written back in the same form, and read again to the same value.
+        let written = toml::to_string(&config).unwrap();
+        assert!(written.contains(r#"torchvision = "resnet50""#), "{written}");
+        assert_eq!(toml::from_str::<StrategyConfig>(&written).unwrap(), config);
+        // The built strategy's teacher is the zoo's network of the architecture, at full width.
+        let strategy = config.build().unwrap();
+        let spec = strategy.teacher().unwrap();
+        assert_eq!((spec.model.as_deref(), spec.width_divisor), (Some("resnet50_imagenet"), Some(1)));
+        // Every architecture parses, and Tf-KD_self takes the source too.
+        for arch in TorchvisionArch::ALL {
+            let text = format!("method = \"tf-kd-self\"\nalpha = 0.9\ntemperature = 4.0\nsource = {{ torchvision = \"{arch}\" }}");
+            let config: StrategyConfig = toml::from_str(&text).unwrap();
+            assert_eq!(config.build().unwrap().teacher().unwrap().model.as_deref(), Some(arch.model()));
+        }
+    }
+
+    #[test]
+    fn torchvision_source_errors_name_the_field() {
+        // An unknown architecture names itself and the known ones.
+        let err = toml::from_str::<StrategyConfig>(
+            "method = \"kd\"\nalpha = 0.9\ntemperature = 4.0\nteacher = { source = { torchvision = \"resnet34\" } }",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown torchvision architecture `resnet34`"), "{err}");
+        assert!(err.contains("resnet18, resnet50, densenet121, resnext101_32x8d"), "{err}");
+        let build = |teacher: &str, method: &str| {
+            let text = format!("method = \"{method}\"\nalpha = 0.9\ntemperature = 4.0\nteacher = {teacher}");
+            toml::from_str::<StrategyConfig>(&text).unwrap().build().map(|_| ()).unwrap_err().to_string()
+        };
+        assert_eq!(
+            build(r#"{ model = "resnet18_imagenet", source = { torchvision = "resnet50" } }"#, "kd"),
+            "kd: invalid teacher.model = \"resnet18_imagenet\": torchvision's resnet50 weights load into \"resnet50_imagenet\": \
+             name it, or leave `model` out"
+        );
+        assert!(build(r#"{ source = { torchvision = "resnet50" }, width_divisor = 4 }"#, "re-kd")
+            .starts_with("re-kd: invalid teacher.width_divisor = 4"));
+        // The matching model and divisor 1 are accepted.
+        let text = "method = \"kd\"\nalpha = 0.9\ntemperature = 4.0\nteacher = { model = \"densenet121_imagenet\", \
+                    source = { torchvision = \"densenet121\" }, width_divisor = 1 }";
+        assert!(toml::from_str::<StrategyConfig>(text).unwrap().build().is_ok());
+        // De-KD needs a poorly-trained teacher, which published weights are not.
+        assert_eq!(
+            build(r#"{ source = { torchvision = "resnet18" } }"#, "de-kd"),
+            "de-kd: invalid teacher.source = { torchvision = \"resnet18\" }: de-kd needs a poorly-trained teacher: \
+             `baseline-epoch = E` or a checkpoint"
+        );
     }
 
     #[test]

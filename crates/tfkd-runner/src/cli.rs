@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use tfkd_runner::data::DatasetKind;
 use tfkd_runner::device::DeviceSpec;
+use tfkd_zoo::pretrained::TorchvisionArch;
 
 /// Teacher-free knowledge distillation on candle: train and evaluate the
 /// models and methods of "Revisiting Knowledge Distillation via Label
@@ -77,13 +78,19 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         classes: usize,
     },
-    /// Download and verify a dataset (cifar10, cifar100, tiny-imagenet).
+    /// Download and verify a dataset (cifar10, cifar100, tiny-imagenet), or
+    /// torchvision's published ImageNet weights (`download torchvision <ARCH>`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Download {
         /// Which dataset: cifar10, cifar100 or tiny-imagenet.
-        dataset: DatasetKind,
+        #[arg(required = true)]
+        dataset: Option<DatasetKind>,
         /// The folder to put it in.
         #[arg(long, default_value = "data")]
         root: PathBuf,
+        /// Weights instead of a dataset.
+        #[command(subcommand)]
+        weights: Option<DownloadWeights>,
     },
     /// Time whole training steps (forward, cross-entropy, backward, SGD) on random data.
     BenchStep {
@@ -114,6 +121,26 @@ pub enum Command {
         /// Append one JSON line per model to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+}
+
+/// What `tfkd download` fetches besides datasets.
+#[derive(Debug, Subcommand)]
+pub enum DownloadWeights {
+    /// torchvision's published ImageNet weights of ARCH, a teacher source.
+    ///
+    /// The IMAGENET1K_V1 file that `pretrained=True` loads and a
+    /// `{ torchvision = "ARCH" }` teacher uses, verified against the SHA-256
+    /// prefix in its name and kept where torch.hub keeps it:
+    /// $TORCH_HOME/hub/checkpoints (TORCH_HOME defaults to
+    /// $XDG_CACHE_HOME/torch, else ~/.cache/torch). A verified file already
+    /// there is not downloaded again.
+    Torchvision {
+        /// resnet18, resnet50, densenet121 or resnext101_32x8d.
+        arch: TorchvisionArch,
+        /// The folder to put the file in, instead of torch.hub's.
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
 }
 

@@ -5,7 +5,9 @@
 //! A PyTorch checkpoint may hold the state dict at its top level or under a
 //! `state_dict` key (the official `{'epoch', 'state_dict', 'optim_dict'}`
 //! layout); `module.` prefixes left by `nn.DataParallel` are stripped and
-//! `num_batches_tracked` buffers are dropped. Before a model is built, the
+//! `num_batches_tracked` buffers are dropped, and the legacy DenseNet names of
+//! torchvision's published files (`denselayerN.norm.1.weight`) become the
+//! module's (`denselayerN.norm1.weight`). Before a model is built, the
 //! file's names and shapes are compared with the model's, and any difference is
 //! reported in one [`ZooError::StateDictMismatch`].
 
@@ -20,7 +22,8 @@ use crate::registry::{build_with, param_shapes, ModelOptions};
 use crate::Model;
 
 /// Normalises raw state-dict entries: strips `module.` prefixes (also a
-/// leading `state_dict.`) and drops `num_batches_tracked`.
+/// leading `state_dict.`), drops `num_batches_tracked`, and renames
+/// DenseNet's legacy keys ([`legacy_densenet_key`]).
 pub fn normalize_state_dict(entries: Vec<(String, Tensor)>) -> HashMap<String, Tensor> {
     entries
         .into_iter()
@@ -33,9 +36,40 @@ pub fn normalize_state_dict(entries: Vec<(String, Tensor)>) -> HashMap<String, T
             while let Some(s) = k.strip_prefix("module.") {
                 k = s;
             }
-            (k.replace(".module.", "."), v)
+            let k = k.replace(".module.", ".");
+            (legacy_densenet_key(&k).unwrap_or(k), v)
         })
         .collect()
+}
+
+/// The current name of a legacy DenseNet key, `None` for any other key.
+///
+/// torchvision's published DenseNet files predate the rule that module names
+/// hold no `.`: their dense layers are `norm.1`, `relu.1`, `conv.1`, `norm.2`,
+/// … where the module has `norm1`, `conv1`, …. torchvision renames them when
+/// it loads (`_load_state_dict` in `torchvision/models/densenet.py`, the
+/// pattern `^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$`
+/// → `\1\2`); this is that rule.
+///
+/// ```
+/// use tfkd_zoo::checkpoint::legacy_densenet_key;
+/// assert_eq!(
+///     legacy_densenet_key("features.denseblock1.denselayer1.norm.1.weight").as_deref(),
+///     Some("features.denseblock1.denselayer1.norm1.weight")
+/// );
+/// assert_eq!(legacy_densenet_key("features.denseblock1.denselayer1.norm1.weight"), None);
+/// ```
+pub fn legacy_densenet_key(key: &str) -> Option<String> {
+    let (head, tensor) = key.rsplit_once('.')?;
+    let (head, index) = head.rsplit_once('.')?;
+    let (layer, module) = head.rsplit_once('.')?;
+    let digits = layer.len() - layer.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let is_layer = digits > 0 && layer[..layer.len() - digits].ends_with("denselayer");
+    let matches = is_layer
+        && matches!(module, "norm" | "relu" | "conv")
+        && matches!(index, "1" | "2")
+        && matches!(tensor, "weight" | "bias" | "running_mean" | "running_var");
+    matches.then(|| format!("{head}{index}.{tensor}"))
 }
 
 fn is_pytorch(name: &str) -> bool {

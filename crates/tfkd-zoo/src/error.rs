@@ -44,6 +44,15 @@ pub enum ZooError {
         /// Comma-separated registry names.
         known: String,
     },
+    /// No torchvision architecture of that name has published weights in
+    /// [`crate::pretrained`].
+    #[error("unknown torchvision architecture `{name}` (known: {known})")]
+    UnknownTorchvisionArch {
+        /// The requested name.
+        name: String,
+        /// Comma-separated known names.
+        known: String,
+    },
     /// The model exists but not for that input size.
     #[error("model `{name}` does not support input size {input} (supported: {supported})")]
     UnsupportedInput {

@@ -18,6 +18,8 @@
 //! - [`load`], [`read_state_dict`], [`check_state_dict`], [`save_safetensors`]:
 //!   `.pth` / `.pth.tar` / `.safetensors` checkpoints, with one error listing
 //!   missing, unexpected and mis-shaped tensors.
+//! - [`pretrained`]: torchvision's published ImageNet weights (the table of
+//!   architectures, files and hash prefixes, and torch.hub's cache folder).
 //! - [`ops`]: max-pooling with any kernel / stride / padding (with backward),
 //!   global average pooling and channel shuffle.
 //!
@@ -31,6 +33,7 @@ pub mod error;
 pub mod layers;
 pub mod models;
 pub mod ops;
+pub mod pretrained;
 pub mod pth;
 pub mod registry;
 

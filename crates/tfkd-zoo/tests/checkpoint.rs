@@ -1,8 +1,8 @@
 //! Checkpoint loading: PyTorch `.pth.tar` with a `state_dict` key, with
 //! DataParallel `module.` prefixes, a bare `.pth` state dict, a legacy-format
-//! (PyTorch ≤ 1.5) file (all written by `torch.save` in
-//! `scripts/gen_zoo_fixtures.py`), safetensors round trips, and the single
-//! mismatch error.
+//! (PyTorch ≤ 1.5) file, a torchvision-format DenseNet file with its legacy
+//! layer names (all written by `torch.save` in `scripts/gen_zoo_fixtures.py`),
+//! safetensors round trips, and the single mismatch error.
 
 mod common;
 
@@ -178,5 +178,75 @@ fn safetensors_round_trip_through_the_registry() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     let after = loaded?.forward_t(&x, false)?;
     assert_eq!(max_abs_diff(&before, &after)?, 0.0);
+    Ok(())
+}
+
+/// torchvision's published DenseNet files (`densenet121-a639ec97.pth`: a bare
+/// state dict in the legacy format, dense layers named `norm.1`, `conv.1`, …)
+/// load into the zoo's torchvision DenseNet with PyTorch's logits.
+#[test]
+fn torchvision_densenet_file_with_legacy_names_loads() -> Result<()> {
+    let file = "tv_densenet_torchvision.pth";
+    let path = fixture_dir().join(file);
+    // The file holds the legacy names (so this test fails if the rename goes) ...
+    let raw = tfkd_zoo::pth::read_pth_bytes(&std::fs::read(&path)?)?;
+    let legacy_count = raw.iter().filter(|(k, _)| k.contains(".norm.1.") || k.contains(".conv.2.")).count();
+    assert!(legacy_count >= 10, "{file}: {legacy_count} legacy names");
+    // ... and reads with the module's names.
+    let tensors = tfkd_zoo::read_state_dict(&path)?;
+    assert_eq!(tensors.len(), raw.len());
+    let legacy = |k: &str| ["norm", "relu", "conv"].iter().any(|m| k.contains(&format!(".{m}.1.")) || k.contains(&format!(".{m}.2.")));
+    assert!(!tensors.keys().any(|k| legacy(k)), "{file}");
+    tfkd_zoo::check_tensors("tv_densenet", &case_shapes("tv_densenet")?, &tensors, file)?;
+    let fx = fixture("tv_densenet.safetensors")?;
+    for (name, t) in &tensors {
+        assert_eq!(max_abs_diff(t, &fx[&format!("param.{name}")])?, 0.0, "{name}");
+    }
+    let (model, _) = build_case("tv_densenet", VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))?;
+    let d = max_abs_diff(&model.forward_t(&fx["input"], false)?, &fx["eval_logits"])?;
+    if d > 1e-4 {
+        bail!("{file}: eval logits differ by {d}")
+    }
+    Ok(())
+}
+
+/// Every dense-layer parameter of the full `densenet121_imagenet` has a
+/// legacy name that the rename maps back to it, and no other name of the
+/// torchvision networks is renamed.
+#[test]
+fn legacy_densenet_names_cover_the_imagenet_densenet() -> Result<()> {
+    use tfkd_zoo::checkpoint::legacy_densenet_key;
+    use tfkd_zoo::pretrained::{TorchvisionArch, NUM_CLASSES};
+    let mut renamed = 0;
+    for arch in TorchvisionArch::ALL {
+        for (name, _) in tfkd_zoo::param_shapes(arch.model(), &ModelOptions::new(NUM_CLASSES, InputSize::ImageNet))? {
+            assert_eq!(legacy_densenet_key(&name), None, "{name}");
+            let parts: Vec<&str> = name.rsplitn(2, '.').collect();
+            let (module, tensor) = (parts[1], parts[0]);
+            for stem in ["norm", "relu", "conv"] {
+                for i in ["1", "2"] {
+                    if let Some(head) = module.strip_suffix(&format!("{stem}{i}")) {
+                        if head.ends_with('.') && head.contains("denselayer") {
+                            let legacy = format!("{head}{stem}.{i}.{tensor}");
+                            assert_eq!(legacy_densenet_key(&legacy).as_deref(), Some(name.as_str()), "{legacy}");
+                            renamed += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // 58 dense layers × (2 BatchNorms × 4 tensors + 2 convs).
+    assert_eq!(renamed, 58 * 10);
+    for key in [
+        "features.denseblock1.denselayer1.norm.3.weight",
+        "features.denseblock1.denselayer1.pool.1.weight",
+        "features.denseblock1.denselayer.norm.1.weight",
+        "features.transition1.norm.1.weight",
+        "features.denseblock1.denselayer1.norm.1.num_batches_tracked",
+    ] {
+        assert_eq!(legacy_densenet_key(key), None, "{key}");
+    }
+    assert_eq!(legacy_densenet_key("denselayer12.relu.2.bias").as_deref(), Some("denselayer12.relu2.bias"));
     Ok(())
 }

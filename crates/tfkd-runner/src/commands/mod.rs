@@ -7,7 +7,7 @@ mod list_models;
 mod reporter;
 mod train;
 
-use crate::cli::{Command, ConfigArgs};
+use crate::cli::{Command, ConfigArgs, DownloadWeights};
 use tfkd_runner::{ExperimentConfig, RunOptions};
 
 /// Runs a parsed command.
@@ -19,7 +19,14 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Eval { config, checkpoint } => eval::run(&config, checkpoint),
         Command::ListModels { classes } => list_models::run(classes),
-        Command::Download { dataset, root } => download::run(dataset, &root),
+        Command::Download { weights: Some(DownloadWeights::Torchvision { arch, root }), .. } => {
+            download::torchvision(arch, root.as_deref())
+        }
+        // clap requires a dataset when there is no subcommand.
+        Command::Download { dataset, root, weights: None } => match dataset {
+            Some(dataset) => download::run(dataset, &root),
+            None => anyhow::bail!("tfkd download: name a dataset, or `torchvision <ARCH>`"),
+        },
         Command::BenchStep { models, batch, classes, side, width_divisor, warmup, steps, device, json } => {
             bench_step::run(&bench_step::BenchStepArgs {
                 models: &models,
