@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use tfkd_core::loss::{KlReduction, SmoothingForm};
 use tfkd_distill::{Method, StrategyConfig, TeacherSource, TeacherSpec, VirtualTeacherForm};
 use tfkd_runner::config::OptimizerKind;
+use tfkd_zoo::pretrained::TorchvisionArch;
 use tfkd_runner::data::DatasetKind;
 
 #[cfg(test)]
@@ -339,6 +340,11 @@ pub struct Cell {
     pub teacher: Option<String>,
     /// De-KD only: the poorly-trained teacher is its baseline run after this many epochs.
     pub teacher_epoch: Option<u32>,
+    /// Where the teacher's weights come from: a baseline run of tfkd's own
+    /// (default), or torchvision's published ImageNet weights, as the
+    /// official ImageNet script loads them (`pretrained=True`).
+    #[serde(default)]
+    pub teacher_weights: TeacherWeights,
     /// Baseline only: the baseline evaluated after this many epochs (Table 4's Pt-Teacher).
     pub epochs_trained: Option<u32>,
     /// Overrides the table's dataset for this cell (Table 4's Tiny-ImageNet rows).
@@ -385,6 +391,41 @@ pub struct Cell {
     pub runnable: bool,
     /// Why a recipe was chosen, copy errors of the shipped config, inconsistencies.
     pub note: Option<String>,
+}
+
+/// Where a cell's teacher comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TeacherWeights {
+    /// A baseline run of the teacher network, trained by tfkd first.
+    #[default]
+    OwnBaseline,
+    /// torchvision's published ImageNet weights of the teacher network
+    /// (`tfkd_distill::TeacherSource::Torchvision`).
+    Torchvision,
+}
+
+impl Cell {
+    /// The teacher network: the named teacher, or the student itself for
+    /// Tf-KD_self; `None` for methods without a teacher.
+    pub fn teacher_network(&self) -> Option<&str> {
+        match self.method {
+            Method::TfKdSelf => Some(&self.student),
+            Method::Kd | Method::ReKd | Method::DeKd => self.teacher.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The published weights the cell's teacher loads, when it names them.
+    pub fn published_teacher(&self) -> Option<TorchvisionArch> {
+        match self.teacher_weights {
+            TeacherWeights::OwnBaseline => None,
+            TeacherWeights::Torchvision => {
+                let net = self.teacher_network()?;
+                TorchvisionArch::ALL.iter().copied().find(|a| a.model() == net)
+            }
+        }
+    }
 }
 
 fn default_lr_reference_batch() -> u32 {
@@ -611,6 +652,18 @@ impl Table {
             (m == Method::DeKd) == c.teacher_epoch.is_some(),
             "`teacher_epoch` must be set exactly for de-kd (method {name})"
         );
+        if c.teacher_weights == TeacherWeights::Torchvision {
+            ensure!(
+                matches!(m, Method::Kd | Method::ReKd | Method::TfKdSelf),
+                "`teacher_weights` = \"torchvision\" is for kd, re-kd and tf-kd-self (method {name}: published weights are no poorly-trained teacher)"
+            );
+            ensure!(
+                c.published_teacher().is_some(),
+                "`teacher_weights` = \"torchvision\": torchvision publishes no weights for {:?}; it does for {}",
+                c.teacher_network().unwrap_or_default(),
+                TorchvisionArch::ALL.iter().map(|a| a.model()).collect::<Vec<_>>().join(", ")
+            );
+        }
         ensure!(
             c.epochs_trained.is_none() || m == Method::Baseline,
             "`epochs_trained` is for baseline cells only"
@@ -741,6 +794,26 @@ pub fn load_all() -> Result<Vec<Table>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_teachers_are_only_where_torchvision_publishes_them() {
+        let text = std::fs::read_to_string(table_path(8)).unwrap();
+        // A network torchvision publishes no weights for.
+        let bad = text.replacen("teacher = \"densenet121_imagenet\"", "teacher = \"resnet18_imagenet_nope\"", 1);
+        let err = format!("{:#}", parse_table(&bad, "table-8.toml").unwrap_err());
+        assert!(err.contains("table-8.toml") && err.contains("teacher"), "{err}");
+        let text4 = std::fs::read_to_string(table_path(4)).unwrap();
+        let bad = text4.replacen("method = \"de-kd\"\n", "method = \"de-kd\"\nteacher_weights = \"torchvision\"\n", 1);
+        let err = format!("{:#}", parse_table(&bad, "table-4.toml").unwrap_err());
+        assert!(err.contains("table-4.toml") && err.contains("teacher_weights") && err.contains("de-kd"), "{err}");
+        let bad = text4.replacen("method = \"baseline\"\n", "method = \"baseline\"\nteacher_weights = \"torchvision\"\n", 1);
+        let err = format!("{:#}", parse_table(&bad, "table-4.toml").unwrap_err());
+        assert!(err.contains("teacher_weights"), "{err}");
+        let t = parse_table(&text, "table-8.toml").unwrap();
+        let kd = t.cells.iter().find(|c| c.method == Method::Kd).unwrap();
+        assert_eq!(kd.published_teacher(), Some(TorchvisionArch::DenseNet121));
+    }
+
     #[test]
     fn errors_name_the_file_and_field() {
         let mut text = std::fs::read_to_string(table_path(1)).unwrap();

@@ -62,6 +62,12 @@ pub struct Args {
     /// the numbers, so runs with N > 1 are other runs.
     #[arg(long, value_name = "N")]
     pub nproc: Option<usize>,
+    /// Train tfkd's own baselines as the teachers of the cells that load
+    /// torchvision's published ImageNet weights (Tables 7 and 8, as the
+    /// official script does); without it those cells load the published
+    /// files (`tfkd download torchvision <arch>` fetches them ahead).
+    #[arg(long)]
+    pub own_teachers: bool,
     /// Where the runs train: `local` (this process) or `slurm` (job arrays,
     /// one task per run; run the command again to collect the reports).
     #[arg(long, value_enum, default_value = "local")]
@@ -181,7 +187,7 @@ pub(crate) fn reproduce(args: &Args) -> Result<Option<slurm::Submission>> {
     let numbers = parse_tables(&args.tables)?;
     let tables: Vec<Table> = numbers.iter().map(tables::load).collect::<Result<_>>()?;
     let (out, data_dir) = (absolute(&args.out)?, absolute(&args.data_dir)?);
-    let profile = Profile::new(args.profile, &data_dir);
+    let profile = Profile { own_teachers: args.own_teachers, ..Profile::new(args.profile, &data_dir) };
     let runs_dir = plan::runs_dir(&out, &profile);
     let shared =
         Shared { profile: &profile, device: args.device, runs_dir: &runs_dir, seeds: args.seeds, replicas: args.nproc.unwrap_or(1) };
@@ -204,16 +210,39 @@ pub(crate) fn reproduce(args: &Args) -> Result<Option<slurm::Submission>> {
         println!("  {}: {}", t.table.heading().to_lowercase(), report::describe(&profile, t, &profile.data(t.dataset).note));
     }
     println!("{:<64} {:>7} {:>10}  {:<56} teacher", "run", "epochs", "images", "strategy");
+    let mut published = std::collections::BTreeSet::new();
     for run in plan.ordered() {
         let c = &run.config;
         let n = if c.data.train_subset > 0 { c.data.train_subset.to_string() } else { "all".into() };
+        use tfkd_distill::StrategyConfig as S;
+        let source = match &c.strategy {
+            S::TfKdSelf { source, .. } => Some(source),
+            S::Kd { teacher, .. } | S::ReKd { teacher, .. } | S::DeKd { teacher, .. } => Some(&teacher.source),
+            _ => None,
+        };
+        let teacher = match (&run.teacher, source) {
+            (Some(t), _) => t.clone(),
+            (None, Some(tfkd_distill::TeacherSource::Torchvision(arch))) => {
+                published.insert(arch.name());
+                format!("torchvision {arch} (published)")
+            }
+            _ => "-".into(),
+        };
         println!(
             "{:<64} {:>7} {:>10}  {:<56} {}",
             c.name.as_deref().unwrap_or(""),
             c.epochs,
             n,
             strategy_summary(&c.strategy),
-            run.teacher.as_deref().unwrap_or("-")
+            teacher
+        );
+    }
+    if !published.is_empty() {
+        let archs: Vec<&str> = published.into_iter().collect();
+        println!(
+            "published teachers: torchvision's ImageNet weights of {} (downloaded into torch.hub's cache when first needed; \
+             fetch them ahead with `tfkd download torchvision <arch>` where compute nodes have no network; --own-teachers trains own baselines instead)",
+            archs.join(", ")
         );
     }
     println!("cells (table | row | column -> runs, one per seed):");
@@ -297,6 +326,7 @@ mod tests {
             dry_run,
             jobs: None,
             nproc: None,
+            own_teachers: false,
             executor: Executor::Local,
             report: false,
             slurm: slurm::SlurmArgs::default(),

@@ -171,9 +171,12 @@ impl Plan {
             Method::Kd | Method::ReKd | Method::DeKd => Some(cell.teacher.clone().context("field `teacher` is missing")?),
             _ => None,
         };
-        let (teacher_run, teacher_source) = match &teacher_model {
-            None => (None, None),
-            Some(model) => {
+        let published = shared.profile.published_teacher(cell, data.kind);
+        let (teacher_run, teacher_source) = match (&teacher_model, published) {
+            (None, _) => (None, None),
+            // torchvision's published weights: no teacher run to wait for.
+            (Some(_), Some(arch)) => (None, Some(TeacherSource::Torchvision(arch))),
+            (Some(model), None) => {
                 let recipe = Self::baseline_cell(table, model, cell);
                 let run = self.plan_baseline(table, model, recipe, data, seed, shared)?;
                 let dir = shared.runs_dir.join(&run);
@@ -411,6 +414,47 @@ mod tests {
                 let t = load_table(n).unwrap();
                 assert_eq!(author, runs_of(&p, &t.table, "ResNet18", "+ Tf-KD_reg"), "{name}");
             }
+        }
+    }
+
+    #[test]
+    fn imagenet_teachers_are_torchvisions_published_weights_unless_asked_otherwise() {
+        use tfkd_zoo::pretrained::TorchvisionArch;
+        let tables = [load_table(7).unwrap(), load_table(8).unwrap()];
+        let taught = |p: &Plan| -> Vec<(String, TeacherSource, Option<String>)> {
+            p.runs
+                .iter()
+                .filter_map(|(name, r)| match &r.config.strategy {
+                    StrategyConfig::TfKdSelf { source, .. } => Some((name.clone(), source.clone(), r.teacher.clone())),
+                    StrategyConfig::Kd { teacher, .. } => Some((name.clone(), teacher.source.clone(), r.teacher.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        let paper = plan(&tables, ProfileName::Paper);
+        let runs = taught(&paper);
+        assert_eq!(runs.len(), 5, "four Tf-KD_self rows and one Normal KD");
+        for (name, source, teacher_run) in &runs {
+            let TeacherSource::Torchvision(arch) = source else { panic!("{name}: {source:?}") };
+            assert!(teacher_run.is_none(), "{name} waits for a teacher run");
+            let student = &paper.runs[name].config.model.name;
+            match paper.runs[name].config.strategy.method() {
+                Method::TfKdSelf => assert_eq!(arch.model(), student, "{name}"),
+                _ => assert_eq!(*arch, TorchvisionArch::DenseNet121, "{name}"),
+            }
+        }
+        // The named option: tfkd's own baselines, trained first.
+        let profile = Profile { own_teachers: true, ..Profile::new(ProfileName::Paper, Path::new("data")) };
+        let runs_dir = PathBuf::from("runs");
+        let shared = Shared { profile: &profile, device: DeviceSpec::Cpu, runs_dir: &runs_dir, seeds: None, replicas: 1 };
+        let own = Plan::build(&tables, &shared).unwrap();
+        for (name, source, teacher_run) in taught(&own) {
+            assert!(matches!(source, TeacherSource::Checkpoint(_)), "{name}: {source:?}");
+            assert!(teacher_run.is_some(), "{name}");
+        }
+        // Scaled profiles train stand-ins that published weights cannot teach.
+        for (name, source, _) in taught(&plan(&tables, ProfileName::Quick)) {
+            assert!(matches!(source, TeacherSource::Checkpoint(_)), "{name}: {source:?}");
         }
     }
 

@@ -9,7 +9,8 @@
 //! - `smoke`: seconds a run, for CI: the plumbing of every cell, not a result.
 
 use crate::project_root;
-use crate::tables::Recipe;
+use crate::tables::{Cell, Recipe};
+use tfkd_zoo::pretrained::TorchvisionArch;
 use std::path::{Path, PathBuf};
 use tfkd_runner::data::DatasetKind;
 
@@ -58,6 +59,9 @@ pub struct Profile {
     pub caveat: Option<&'static str>,
     /// The folder holding the datasets.
     pub data_dir: PathBuf,
+    /// Train tfkd's own baselines as teachers even where a cell names
+    /// torchvision's published weights (`--own-teachers`).
+    pub own_teachers: bool,
 }
 
 /// A network narrowed by another divisor than the profile's.
@@ -102,6 +106,7 @@ impl Profile {
                 recipe_note: None,
                 caveat: None,
                 data_dir,
+                own_teachers: false,
             },
             ProfileName::Quick => Profile {
                 name,
@@ -144,6 +149,7 @@ impl Profile {
                     "the distillation cells with α ≥ 0.9 train on (1 − α) of the label loss plus a soft term that the official reduction (mean over N·K) and a temperature of 6–20 make weak, which the paper's 78,000 steps absorb and 80 steps do not: here such students lag their baselines (MobileNetV2 Tf-KD_self at its α = 0.95: 25–28 %; at α = 0.5: 69 %, baseline 71 %), so a negative gain in those cells measures the short schedule, not the paper's claim",
                 ),
                 data_dir,
+                own_teachers: false,
             },
             ProfileName::Smoke => Profile {
                 name,
@@ -161,8 +167,22 @@ impl Profile {
                 recipe_note: None,
                 caveat: None,
                 data_dir,
+                own_teachers: false,
             },
         }
+    }
+
+    /// The published weights that `cell`'s teacher loads under this profile:
+    /// the cell's torchvision teacher when its runs train on ImageNet with
+    /// the full network the weights fit, and `own_teachers` is not set.
+    /// Otherwise (a scaled profile's stand-in, or `--own-teachers`) the
+    /// teacher is a baseline run of tfkd's own.
+    pub fn published_teacher(&self, cell: &Cell, kind: DatasetKind) -> Option<TorchvisionArch> {
+        let arch = cell.published_teacher()?;
+        let fits = kind == DatasetKind::Imagenet
+            && self.model(arch.model(), kind) == arch.model()
+            && self.width_divisor_for(arch.model()) == 1;
+        (fits && !self.own_teachers).then_some(arch)
     }
 
     /// The channel divisor of `model` (a registry name) under this profile.
