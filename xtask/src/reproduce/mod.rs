@@ -9,6 +9,8 @@
 
 mod estimate;
 mod execute;
+pub mod figure;
+pub mod index;
 pub mod plan;
 pub mod profile;
 pub mod report;
