@@ -45,8 +45,8 @@ pub use error::{MisShaped, Result, ZooError};
 pub use layers::{Dropout, MaskRng};
 pub use registry::{
     build, build_with, entry, is_buffer, list, models_markdown, names, param_count, param_count_with,
-    param_shapes, record_shapes, trainable_vars, width_markdown, InputSize, ModelEntry, ModelOptions,
-    DEFAULT_DROPOUT_SEED,
+    param_shapes, record_shapes, trainable_vars, width_markdown, CudaThroughput, InputSize, ModelEntry, ModelOptions,
+    CUDA_MEASURED, DEFAULT_DROPOUT_SEED,
 };
 
 use candle_core::{ModuleT, Tensor};

@@ -176,12 +176,46 @@ impl ModelEntry {
             .map(|(_, s)| *s)
     }
 
+    /// The measured CUDA training throughput of this network at full width,
+    /// if measured ([`CUDA_MEASURED`]).
+    pub fn measured_cuda(&self) -> Option<&'static CudaThroughput> {
+        CUDA_MEASURED.iter().find(|m| m.model == self.name)
+    }
+
     /// Builds this model.
     pub fn build(&self, opts: &ModelOptions, vb: VarBuilder) -> Result<Box<dyn Model>> {
         check(self, opts)?;
         Ok((self.build)(opts, vb)?)
     }
 }
+
+/// A training step's measured throughput on one GPU, tfkd's and PyTorch's
+/// side by side in the same session (docs/PERFORMANCE.md, "On CUDA").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CudaThroughput {
+    /// Registry name.
+    pub model: &'static str,
+    /// Training images per second of tfkd (f32, batch 128, 32×32, 100
+    /// classes, full width: `tfkd bench-step --device cuda`).
+    pub tfkd_images_per_second: f64,
+    /// PyTorch eager's on the same GPU and step (`cudnn.benchmark = True`,
+    /// its default TF32 convs: `scripts/bench_steps_torch.py`).
+    pub pytorch_images_per_second: f64,
+    /// The GPU and date.
+    pub measured_on: &'static str,
+}
+
+/// Every measured CUDA throughput (session B of 2026-11-27, which ran tfkd's
+/// own conv paths). The dry run's GPU-hours come from these where a network
+/// has one.
+pub const CUDA_MEASURED: &[CudaThroughput] = &[
+    CudaThroughput { model: "cnn", tfkd_images_per_second: 14_340.0, pytorch_images_per_second: 39_871.0, measured_on: H200 },
+    CudaThroughput { model: "resnet18", tfkd_images_per_second: 1_570.0, pytorch_images_per_second: 11_990.0, measured_on: H200 },
+    CudaThroughput { model: "mobilenet_v2", tfkd_images_per_second: 801.0, pytorch_images_per_second: 5_256.0, measured_on: H200 },
+    CudaThroughput { model: "shufflenet_v2", tfkd_images_per_second: 1_062.0, pytorch_images_per_second: 4_446.0, measured_on: H200 },
+];
+
+const H200: &str = "one NVIDIA H200, 2026-11-27";
 
 const CT: &[InputSize] = &[InputSize::Cifar, InputSize::Tiny];
 const IN: &[InputSize] = &[InputSize::ImageNet];

@@ -251,17 +251,29 @@ pub(crate) fn reproduce(args: &Args) -> Result<Option<slurm::Submission>> {
     for cell in &plan.cells {
         println!("  {} | {} | {} -> {}", cell.table, cell.row, cell.column, cell.runs.join(", "));
     }
-    let time = if cost.seconds <= 60.0 {
-        "1 minute".to_string()
-    } else if cost.seconds < 3600.0 {
-        format!("{:.0} minutes", (cost.seconds / 60.0).ceil())
-    } else {
-        format!("{:.1} hours", cost.seconds / 3600.0)
+    let time = |seconds: f64| {
+        if seconds <= 60.0 {
+            "1 minute".to_string()
+        } else if seconds < 3600.0 {
+            format!("{:.0} minutes", (seconds / 60.0).ceil())
+        } else {
+            format!("{:.1} hours", seconds / 3600.0)
+        }
     };
     println!(
-        "estimated cost on {}: {:.3e} training images, about {time} ({})",
-        args.device, cost.train_images, cost.basis
+        "estimated cost on {}: {:.3e} training images, about {} ({})",
+        args.device,
+        cost.train_images,
+        time(cost.seconds),
+        cost.basis
     );
+    if let Some((runs, tfkd, pytorch)) = cost.measured_against_pytorch {
+        println!(
+            "  of which the {runs} runs of networks measured beside PyTorch: tfkd about {}, PyTorch eager about {} on the same GPU",
+            time(tfkd),
+            time(pytorch)
+        );
+    }
     let write_reports = || -> Result<()> {
         for table in &tables {
             report::write(table, &plan, &profile, &runs_dir, &out)?;
