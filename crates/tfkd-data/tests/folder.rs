@@ -148,3 +148,27 @@ fn random_resized_crop_params_stay_inside_and_follow_torchvision_ranges() {
     let still = tfkd_data::Op::RandomRotation { degrees: 0.0 }.apply(&img, &mut rng).unwrap();
     assert_eq!(still, img);
 }
+
+/// Every extension `ImageFolder` accepts (torchvision's `IMG_EXTENSIONS`)
+/// decodes: a listed format without its decoder would fail mid-epoch.
+#[test]
+fn every_accepted_extension_decodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rgb: Vec<u8> = (0..4 * 3 * 3).map(|i| (i * 19 % 256) as u8).collect();
+    for ext in tfkd_data::folder::IMAGE_EXTENSIONS {
+        let path = dir.path().join(format!("a.{ext}"));
+        // pgm is grey: decoding turns it into three equal planes.
+        if ext == "pgm" {
+            image::save_buffer(&path, &rgb[..12], 4, 3, image::ColorType::L8).unwrap();
+        } else {
+            image::save_buffer(&path, &rgb, 4, 3, image::ColorType::Rgb8).unwrap_or_else(|e| panic!("{ext}: {e}"));
+        }
+        let img = tfkd_data::folder::decode_rgb(&path).unwrap_or_else(|e| panic!("{ext}: {e}"));
+        assert_eq!(img.shape(), (3, 3, 4), "{ext}");
+        if ext != "jpg" && ext != "jpeg" && ext != "pgm" {
+            // Lossless formats give the exact pixels back.
+            assert_eq!(img.plane(0)[0], rgb[0], "{ext}");
+            assert_eq!(img.plane(2)[11], rgb[35], "{ext}");
+        }
+    }
+}

@@ -375,6 +375,21 @@ pub fn run_experiment_in(
     let teacher = match strategy.teacher() {
         None => None,
         Some(spec) => {
+            if let tfkd_distill::TeacherSource::Torchvision(arch) = spec.source {
+                let n = tfkd_zoo::pretrained::NUM_CLASSES;
+                if loaders.num_classes != n {
+                    return Err(crate::error::config_err(
+                        "strategy.teacher.source.torchvision",
+                        format!(
+                            "torchvision's {arch} weights have {n} ImageNet classes, but {} under {} has {}: \
+                             a published teacher needs the full ImageNet class folders",
+                            config.data.dataset.name(),
+                            config.data.root.display(),
+                            loaders.num_classes
+                        ),
+                    ));
+                }
+            }
             let path = teacher_checkpoint(config, spec, options, reporter)?;
             let name = spec.model.clone().unwrap_or_else(|| config.model.name.clone());
             let opts = ModelOptions {

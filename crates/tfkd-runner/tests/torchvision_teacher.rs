@@ -104,3 +104,35 @@ fn download_command_names_the_arch_and_the_root() {
     let out = tfkd().args(["-q", "download", "cifar10", "--root"]).arg(&file).output().unwrap();
     assert!(!out.status.success() && stderr(&out).contains("not a directory"), "{}", stderr(&out));
 }
+
+/// ImageNet class folders with `classes` classes of one 16×16 PPM image in
+/// `train/` and `val/`.
+fn small_imagenet(root: &std::path::Path, classes: usize) {
+    for split in ["train", "val"] {
+        for c in 0..classes {
+            let dir = root.join(split).join(format!("n{c:08}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut ppm = b"P6\n16 16\n255\n".to_vec();
+            ppm.extend((0..16 * 16 * 3).map(|i| ((i * 7 + c * 31) % 256) as u8));
+            std::fs::write(dir.join("a.ppm"), ppm).unwrap();
+        }
+    }
+}
+
+/// A published teacher needs ImageNet's 1000 classes: data with fewer is a
+/// named error before anything is downloaded or trained.
+#[test]
+fn a_published_teacher_on_data_without_imagenets_classes_is_a_named_error() {
+    let data = tempfile::tempdir().unwrap();
+    small_imagenet(data.path(), 2);
+    let out = tempfile::tempdir().unwrap();
+    let tf_kd_self = "method = \"tf-kd-self\"\nalpha = 0.9\ntemperature = 4.0\nsource = { torchvision = \"resnet18\" }";
+    let mut c = config(tf_kd_self, "imagenet", "resnet18_imagenet").unwrap();
+    c.data.root = data.path().to_path_buf();
+    c.data.train_subset = 0;
+    c.out_dir = out.path().to_path_buf();
+    let e = tfkd_runner::run_experiment(&c, &tfkd_runner::RunOptions::default(), &mut tfkd_runner::Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("strategy.teacher.source.torchvision") && e.contains("1000") && e.contains("has 2"), "{e}");
+}
