@@ -604,6 +604,16 @@ mod tests {
     }
 
     #[test]
+    fn every_dataset_is_written_in_a_config_as_it_is_named() {
+        for kind in crate::data::DatasetKind::ALL {
+            let text = MINIMAL.replace("dataset = \"digits\"", &format!("dataset = \"{}\"", kind.name()));
+            let c = ExperimentConfig::from_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
+            assert_eq!(c.data.dataset, kind);
+            assert!(c.to_toml().contains(&format!("dataset = \"{}\"", kind.name())), "{}", kind.name());
+        }
+    }
+
+    #[test]
     fn overrides_and_errors_name_the_field() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("exp.toml");

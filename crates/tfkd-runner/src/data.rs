@@ -25,7 +25,10 @@ pub enum DatasetKind {
     Imagenet,
     /// The shared 5,000 / 2,000-image CIFAR-10 subset (quick profiles, tests).
     Cifar10Mini,
-    /// The shared 10-class, 64×64 Tiny-ImageNet subset.
+    /// The shared 10-class, 64×64 Tiny-ImageNet subset. Written
+    /// `tiny-imagenet-10`, as `name()` and the folder spell it (serde's
+    /// kebab-case alone would make it `tiny-imagenet10`, still read).
+    #[serde(rename = "tiny-imagenet-10", alias = "tiny-imagenet10")]
     TinyImagenet10,
     /// scikit-learn's 8×8 digits, upsampled to 3×32×32 so CIFAR models take them.
     Digits,
