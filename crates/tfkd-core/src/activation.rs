@@ -13,7 +13,9 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 
-use crate::cpu::{for_each_chunk, slice, supported, Float};
+use std::mem::MaybeUninit;
+
+use crate::cpu::{avx2_dispatch, filled, for_each_chunk, slice, supported, Float};
 
 /// Elements per parallel chunk of the element-wise kernels.
 const CHUNK: usize = 16 * 1024;
@@ -74,37 +76,63 @@ struct Clamp {
 
 impl Clamp {
     fn forward<E: Float>(&self, x: &[E]) -> Vec<E> {
-        let (zero, max) = (E::from_f64(0.0), E::from_f64(self.max));
-        let mut y = vec![zero; x.len()];
-        for_each_chunk(&mut y, CHUNK, CHUNK, |_: &mut (), i, ys| {
-            for (y, &v) in ys.iter_mut().zip(&x[i * CHUNK..]) {
-                // `v` itself when NaN, as PyTorch.
-                *y = if v < zero {
-                    zero
-                } else if v > max {
-                    max
-                } else {
-                    v
-                };
-            }
-        });
-        y
+        let max = E::from_f64(self.max);
+        filled(x.len(), |y| {
+            for_each_chunk(y, CHUNK, CHUNK, |_: &mut (), i, ys| clamp_rows(&x[i * CHUNK..][..ys.len()], max, ys))
+        })
     }
 
     fn backward<E: Float>(&self, g: &[E], x: &[E]) -> Vec<E> {
-        let (zero, max) = (E::from_f64(0.0), E::from_f64(self.max));
-        let mut dx = vec![zero; x.len()];
         // Unbounded (ReLU): the gradient also passes at x = +∞, as PyTorch.
-        let bounded = self.max.is_finite();
-        for_each_chunk(&mut dx, CHUNK, CHUNK, |_: &mut (), i, ds| {
-            let at = i * CHUNK;
-            for ((d, &gv), &v) in ds.iter_mut().zip(&g[at..]).zip(&x[at..]) {
-                *d = if v > zero && (v < max || !bounded) { gv } else { zero };
-            }
-        });
-        dx
+        let max = if self.max.is_finite() { Some(E::from_f64(self.max)) } else { None };
+        filled(x.len(), |dx| {
+            for_each_chunk(dx, CHUNK, CHUNK, |_: &mut (), i, ds| {
+                let at = i * CHUNK;
+                clamp_grad_rows(&g[at..][..ds.len()], &x[at..][..ds.len()], max, ds)
+            })
+        })
     }
 }
+
+/// `yₖ = min(max(xₖ, 0), max)`, NaN passing through, as selects LLVM
+/// vectorises (every element of `y` written).
+#[inline(always)]
+fn clamp_rows_impl<E: Float>(x: &[E], max: E, y: &mut [MaybeUninit<E>]) {
+    let zero = E::zero();
+    for (y, &v) in y.iter_mut().zip(x) {
+        // `v` itself when NaN, as PyTorch: both comparisons are false.
+        let low = if v < zero { zero } else { v };
+        y.write(if low > max { max } else { low });
+    }
+}
+
+avx2_dispatch!(clamp_rows, clamp_rows_avx2, clamp_rows_impl, (x: &[E], max: E, y: &mut [MaybeUninit<E>]));
+
+/// `dxₖ = gₖ·[0 < xₖ < max]` (`max` `None`: `gₖ·[0 < xₖ]`), every element of
+/// `dx` written.
+#[inline(always)]
+fn clamp_grad_rows_impl<E: Float>(g: &[E], x: &[E], max: Option<E>, dx: &mut [MaybeUninit<E>]) {
+    let zero = E::zero();
+    match max {
+        Some(max) => {
+            for ((d, &gv), &v) in dx.iter_mut().zip(g).zip(x) {
+                d.write(if (v > zero) & (v < max) { gv } else { zero });
+            }
+        }
+        None => {
+            for ((d, &gv), &v) in dx.iter_mut().zip(g).zip(x) {
+                d.write(if v > zero { gv } else { zero });
+            }
+        }
+    }
+}
+
+avx2_dispatch!(
+    clamp_grad_rows,
+    clamp_grad_rows_avx2,
+    clamp_grad_rows_impl,
+    (g: &[E], x: &[E], max: Option<E>, dx: &mut [MaybeUninit<E>])
+);
 
 impl CustomOp1 for Clamp {
     fn name(&self) -> &'static str {

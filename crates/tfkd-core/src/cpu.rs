@@ -158,6 +158,20 @@ pub(crate) fn ncs(shape: &Shape, op: &str) -> Result<(usize, usize, usize)> {
     Ok((dims[0], dims[1], dims[2..].iter().product()))
 }
 
+/// A vector of `len` elements, each written once by `fill` (handed them
+/// uninitialised): an op's output without the zero-filling pass of
+/// `vec![0; len]`.
+///
+/// `fill` must write every element; the callers' kernels are tested for it
+/// (an element left unwritten would be read as garbage).
+pub(crate) fn filled<E: Copy>(len: usize, fill: impl FnOnce(&mut [std::mem::MaybeUninit<E>])) -> Vec<E> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` initialised all `len` elements (the callers' contract).
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// Calls `f(scratch, i, chunk_i)` for every `chunk`-sized piece of `out`,
 /// on rayon's pool when the total work (`work_per_chunk` per piece) is large
 /// enough, else in order on this thread. Each job gets its own scratch buffer.

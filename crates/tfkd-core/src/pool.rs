@@ -25,7 +25,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 
 use crate::conv::window_taps;
-use crate::cpu::{for_each_chunk, slice, supported, Float};
+use crate::cpu::{filled, for_each_chunk, slice, supported, Float};
 
 /// 2-D max pooling, like `torch.nn.MaxPool2d(kernel, stride, padding)`
 /// (floor mode, dilation 1, padding never chosen).
@@ -103,30 +103,95 @@ impl MaxPool {
         best
     }
 
+    /// Windows that tile the input without overlap or padding (`k = s`,
+    /// `p = 0`: the plain CNN's 2×2 pools): each input belongs to at most
+    /// one window, so the backward writes every input once instead of
+    /// zero-filling and scattering.
+    fn tiles(&self) -> bool {
+        self.k == self.s && self.p == 0
+    }
+
     fn forward<E: Float>(&self, x: &[E], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<E> {
         let (h_o, w_o) = (self.out_size(h), self.out_size(w));
-        let mut y = vec![E::from_f64(0.0); n * c * h_o * w_o];
-        for_each_chunk(&mut y, h_o * w_o, h_o * w_o * self.k * self.k, |_: &mut (), plane, ys| {
-            let xs = &x[plane * h * w..][..h * w];
-            for (o, y) in ys.iter_mut().enumerate() {
-                *y = xs[self.argmax(xs, (h, w), o / w_o, o % w_o)];
-            }
-        });
-        y
+        let tiles = self.tiles();
+        filled(n * c * h_o * w_o, |y| {
+            for_each_chunk(y, h_o * w_o, h_o * w_o * self.k * self.k, |_: &mut (), plane, ys| {
+                let xs = &x[plane * h * w..][..h * w];
+                for (o, y) in ys.iter_mut().enumerate() {
+                    let (i, j) = (o / w_o, o % w_o);
+                    let at = if tiles { tile_argmax(xs, w, self.k, i, j) } else { self.argmax(xs, (h, w), i, j) };
+                    y.write(xs[at]);
+                }
+            })
+        })
     }
 
     fn backward<E: Float>(&self, g: &[E], x: &[E], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<E> {
         let (h_o, w_o) = (self.out_size(h), self.out_size(w));
-        let mut dx = vec![E::from_f64(0.0); n * c * h * w];
-        for_each_chunk(&mut dx, h * w, h_o * w_o * self.k * self.k, |_: &mut (), plane, ds| {
-            let xs = &x[plane * h * w..][..h * w];
-            let gs = &g[plane * h_o * w_o..][..h_o * w_o];
-            for (o, &gv) in gs.iter().enumerate() {
-                ds[self.argmax(xs, (h, w), o / w_o, o % w_o)] += gv;
-            }
-        });
-        dx
+        let zero = E::from_f64(0.0);
+        if !self.tiles() {
+            let mut dx = vec![zero; n * c * h * w];
+            for_each_chunk(&mut dx, h * w, h_o * w_o * self.k * self.k, |_: &mut (), plane, ds| {
+                let xs = &x[plane * h * w..][..h * w];
+                let gs = &g[plane * h_o * w_o..][..h_o * w_o];
+                for (o, &gv) in gs.iter().enumerate() {
+                    ds[self.argmax(xs, (h, w), o / w_o, o % w_o)] += gv;
+                }
+            });
+            return dx;
+        }
+        let k = self.k;
+        filled(n * c * h * w, |dx| {
+            for_each_chunk(dx, h * w, h * w, |_: &mut (), plane, ds| {
+                let xs = &x[plane * h * w..][..h * w];
+                let gs = &g[plane * h_o * w_o..][..h_o * w_o];
+                // Rows and columns past the last whole window (floor mode)
+                // get no gradient.
+                for row in ds.chunks_exact_mut(w).skip(h_o * k) {
+                    row.iter_mut().for_each(|d| _ = d.write(zero));
+                }
+                for (r, row) in ds.chunks_exact_mut(w).take(h_o * k).enumerate() {
+                    row[w_o * k..].iter_mut().for_each(|d| _ = d.write(zero));
+                    let i = r / k;
+                    for j in 0..w_o {
+                        let at = tile_argmax(xs, w, k, i, j);
+                        for (b, d) in row[j * k..][..k].iter_mut().enumerate() {
+                            d.write(if r * w + j * k + b == at { gs[i * w_o + j] } else { zero });
+                        }
+                    }
+                }
+            })
+        })
     }
+}
+
+/// [`MaxPool::argmax`] for a `k × k` window at `(k·i, k·j)` that lies
+/// inside the plane (row length `w`): the first maximum in row-major order,
+/// NaN winning. The 2×2 case is written out.
+#[inline(always)]
+fn tile_argmax<E: Float>(plane: &[E], w: usize, k: usize, i: usize, j: usize) -> usize {
+    let first = k * i * w + k * j;
+    // `v != v`: NaN wins, as in PyTorch.
+    #[allow(clippy::eq_op)]
+    let better = |v: E, max: E| v > max || v != v;
+    if k == 2 {
+        let (mut best, mut max) = (first, plane[first]);
+        for at in [first + 1, first + w, first + w + 1] {
+            if better(plane[at], max) {
+                (best, max) = (at, plane[at]);
+            }
+        }
+        return best;
+    }
+    let (mut best, mut max) = (first, plane[first]);
+    for a in 0..k {
+        for (b, &v) in plane[first + a * w..][..k].iter().enumerate() {
+            if better(v, max) {
+                (best, max) = (first + a * w + b, v);
+            }
+        }
+    }
+    best
 }
 
 impl CustomOp1 for MaxPool {

@@ -41,6 +41,13 @@ const CASES: &[Case] = &[
     Case { name: "batch 7 1x1", n: 7, c_in: 64, h: 8, w: 8, c_out: 32, k: 1, stride: 1, pad: 0, groups: 1 },
     Case { name: "batch 7 groups 4 1x1", n: 7, c_in: 32, h: 9, w: 9, c_out: 16, k: 1, stride: 1, pad: 0, groups: 4 },
     Case { name: "batch 7 7x7 s2 p3", n: 7, c_in: 3, h: 20, w: 20, c_out: 16, k: 7, stride: 2, pad: 3, groups: 1 },
+    // Small feature maps: images multiplied together in blocks of
+    // ⌈256 / H_o·W_o⌉ (4 at 8×8, 16 at 4×4), the last block partial, down
+    // to a single image.
+    Case { name: "blocks 8x8 4+4+2", n: 10, c_in: 8, h: 8, w: 8, c_out: 12, k: 3, stride: 1, pad: 1, groups: 1 },
+    Case { name: "blocks 4x4 1x1 16+16+5", n: 37, c_in: 16, h: 4, w: 4, c_out: 8, k: 1, stride: 1, pad: 0, groups: 1 },
+    Case { name: "blocks s2 groups 2 4+4+1", n: 9, c_in: 8, h: 15, w: 15, c_out: 8, k: 3, stride: 2, pad: 1, groups: 2 },
+    Case { name: "blocks 1x1 groups 4 4+4+1", n: 9, c_in: 16, h: 8, w: 8, c_out: 8, k: 1, stride: 1, pad: 0, groups: 4 },
 ];
 
 fn max_abs(t: &Tensor) -> f64 {
@@ -247,9 +254,10 @@ fn fast_conv2d_wide_padding() {
 fn fast_conv2d_is_deterministic() {
     let dev = Device::Cpu;
     let mut rng = SeededRng::new(17);
-    // 7 images: a job per image; 2 images: fewer than threads, so each
-    // image's products are split over the pool.
-    for n in [7, 2] {
+    // 6×6 outputs: blocks of 8 images. 21 images: three blocks, a job
+    // each; 7 and 2 images: one block, fewer than threads, so its products
+    // are split over the pool.
+    for n in [21, 7, 2] {
         let x0 = rng.uniform_tensor((n, 16, 12, 12), -1.0, 1.0, DType::F32, &dev).unwrap();
         let w0 = rng.uniform_tensor((16, 8, 3, 3), -0.5, 0.5, DType::F32, &dev).unwrap();
         let r = rng.uniform_tensor((n, 16, 6, 6), -1.0, 1.0, DType::F32, &dev).unwrap();

@@ -29,6 +29,10 @@ fn max_pool_matches_the_composition() {
             (2, 2, 11, 10, 3, 3, 1),
             (2, 1, 5, 9, 5, 2, 2),
             (1, 1, 3, 3, 3, 1, 0),
+            // Tiling windows (k = s, p = 0) on sides they do not divide:
+            // the rows and columns past the last window get no gradient.
+            (2, 3, 7, 9, 2, 2, 0),
+            (1, 2, 10, 11, 3, 3, 0),
         ] {
             let tag = format!("{dtype:?} {n}x{c}x{h}x{w} k{k} s{s} p{p}");
             let x0 = rng.uniform_tensor((n, c, h, w), -1.0, 1.0, dtype, &dev).unwrap();

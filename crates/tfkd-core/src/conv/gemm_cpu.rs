@@ -1,31 +1,40 @@
 //! The CPU convolution engine of [`super::conv2d`] for f32 and f64: the
-//! forward pass and both gradients, one image at a time (the scheme of
-//! PyTorch's `slow_conv2d`), with no buffer that grows with the batch.
+//! forward pass and both gradients, a block of images at a time (the scheme
+//! of PyTorch's `slow_conv2d`, with images of small feature maps multiplied
+//! together), with no buffer that grows with the batch.
 //!
 //! With `x: (N, C, H, W)`, `w: (O, C/G, k_h, k_w)`, `G` groups of
 //! `C_g = C/G` input and `O_g = O/G` output channels, and `cols_{n,g}` the
 //! im2col matrix of image `n`'s group `g`, `(C_g·k_h·k_w, H_o·W_o)`, whose
 //! row `(c, a, b)`, column `(i, j)` holds `x̃[n, g·C_g + c, s·i + a, s·j + b]`
-//! (`x̃`: `x` zero-padded by `p`):
+//! (`x̃`: `x` zero-padded by `p`), and `cols_{B,g}` the `cols` of a block `B`
+//! of consecutive images side by side, `(C_g·k_h·k_w, |B|·H_o·W_o)`:
 //!
-//! * forward: `y[n, g-block] (O_g × H_o·W_o) = W_g (O_g × C_g·k_h·k_w) · cols_{n,g}`,
-//!   written straight into the NCHW output (its rows are the output planes);
-//! * input gradient: `dcols = W_gᵀ · g[n, g-block]`, then col2im: every
-//!   element of `dcols` is added to the input position it was read from
-//!   (`∂x̃[n, c, s·i + a, s·j + b] += dcols[(c, a, b), (i, j)]`), positions in
-//!   the padding being dropped. Any stride and padding, no flipped kernel;
-//! * weight gradient: `∂W_g = Σ_n g[n, g-block] (O_g × H_o·W_o) · cols_{n,g}ᵀ`.
+//! * forward: `y[B, g-block] (O_g × |B|·H_o·W_o) = W_g (O_g × C_g·k_h·k_w) · cols_{B,g}`,
+//!   written straight into the NCHW output when `|B| = 1` (its rows are the
+//!   output planes), else scattered into it from a scratch product;
+//! * input gradient: `dcols = W_gᵀ · g[B, g-block]`, then col2im per image:
+//!   every element of `dcols` is added to the input position it was read
+//!   from (`∂x̃[n, c, s·i + a, s·j + b] += dcols[(c, a, b), (n, i, j)]`),
+//!   positions in the padding being dropped. Any stride and padding, no
+//!   flipped kernel;
+//! * weight gradient: `∂W_g = Σ_B g[B, g-block] · cols_{B,g}ᵀ`.
 //!
-//! `cols` lives in a per-thread scratch buffer of one image's size, kept
-//! between ops (every element written, the padding as explicit zeros); for a 1×1, stride-1,
-//! unpadded convolution the image itself is `cols` and no copy is made. The
-//! products are the `gemm` crate's (candle's own CPU matmul): single-threaded
-//! inside a rayon job per image when there are at least as many images as
-//! threads, else split over the pool, image after image. The weight gradient
-//! splits the batch into at most four fixed blocks of consecutive images,
-//! accumulates each block's products in image order into its own partial
-//! gradient, and adds the partials in block order, so its result depends
-//! neither on the scheduling nor on the number of threads.
+//! A block holds enough images for a product of at least 256 columns
+//! (`|B| = ⌈256 / H_o·W_o⌉`: 1 image at 16×16 and above, 16 at 4×4), so that
+//! a late layer's products are not 16 columns wide and its weight gradient
+//! is not read and written once per image. `cols` and the gathered
+//! gradient live in per-thread scratch buffers, kept between ops (every
+//! element written, the padding as explicit zeros); for one image of a 1×1,
+//! stride-1, unpadded convolution the image itself is `cols` and no copy is
+//! made. The products are the `gemm` crate's (candle's own CPU matmul):
+//! single-threaded inside a rayon job per block when there are at least as
+//! many blocks as threads, else split over the pool, block after block. The
+//! weight gradient splits the batch into at most four fixed parts of
+//! consecutive images, accumulates each part's products in block order
+//! into its own partial gradient, and adds the partials in part order, so
+//! its result depends neither on the scheduling nor on the number of
+//! threads. Blocks depend only on the shapes.
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -35,7 +44,11 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::cpu::{avx2_dispatch, for_each_chunk, slice, Float, PARALLEL_GRAIN};
+use crate::cpu::{avx2_dispatch, filled, for_each_chunk, slice, Float, PARALLEL_GRAIN};
+
+/// Columns a product should have at least: images whose feature maps are
+/// smaller are multiplied together (see [`Geom::images_per_product`]).
+const MIN_PRODUCT_COLS: usize = 256;
 
 /// Shapes of one (grouped) convolution.
 #[derive(Clone, Copy, Debug)]
@@ -94,6 +107,14 @@ impl Geom {
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.s == 1 && self.p == 0
     }
+    /// Images whose products are computed as one (their `cols` side by
+    /// side): enough for [`MIN_PRODUCT_COLS`] columns. One image of a late,
+    /// small feature map (4×4: 16 columns) makes a product too narrow for
+    /// `gemm`'s micro-kernels, and the weight gradient's output would be
+    /// read and written once per image.
+    fn images_per_product(&self) -> usize {
+        MIN_PRODUCT_COLS.div_ceil(self.hwo().max(1)).clamp(1, self.n.max(1))
+    }
     /// Multiply-adds of one image's product (any of the three passes).
     fn work(&self) -> usize {
         self.o * self.kdim() * self.hwo()
@@ -124,13 +145,15 @@ impl Geom {
 }
 
 /// The im2col matrix of one image's group `x` (`C_g` planes of `H × W`)
-/// into `out` (`C_g·k_h·k_w × H_o·W_o`, every element written): row
-/// `(c, a, b)`, column `(i, j)` is `x̃[c, s·i + a, s·j + b]`. For stride 1
-/// each `(row, i)` is one contiguous copy, zeros at the ends.
-fn im2col<E: Float>(g: &Geom, x: &[E], out: &mut [E]) {
+/// into `out`, rows `ld` elements apart (`ld ≥ H_o·W_o`; the first
+/// `H_o·W_o` of each row are written, every one of them): row `(c, a, b)`,
+/// column `(i, j)` is `x̃[c, s·i + a, s·j + b]`. For stride 1 each
+/// `(row, i)` is one contiguous copy, zeros at the ends.
+fn im2col<E: Float>(g: &Geom, x: &[E], out: &mut [E], ld: usize) {
     let (kh, kw, s, p, h, w, wo) = (g.kh, g.kw, g.s, g.p, g.h, g.w, g.wo);
     let zero = E::zero();
-    for (t, row) in out.chunks_exact_mut(g.hwo()).enumerate() {
+    for t in 0..g.kdim() {
+        let row = &mut out[t * ld..][..g.hwo()];
         let (ci, a, b) = (t / (kh * kw), t / kw % kh, t % kw);
         let (j_lo, j_hi) = g.cols_in(b);
         let plane = &x[ci * h * w..][..h * w];
@@ -159,13 +182,14 @@ fn im2col<E: Float>(g: &Geom, x: &[E], out: &mut [E]) {
 }
 
 /// col2im, the transpose of [`im2col`]: adds every element of `cols`
-/// (`C_g·k_h·k_w × H_o·W_o`) into `dx` (`C_g` planes of `H × W`) at the
-/// position it was read from; elements of the padding are dropped. Rows in
-/// order, so the sums have a fixed order.
+/// (`C_g·k_h·k_w` rows of `H_o·W_o`, `ld` apart) into `dx` (`C_g` planes of
+/// `H × W`) at the position it was read from; elements of the padding are
+/// dropped. Rows in order, so the sums have a fixed order.
 #[inline(always)]
-fn col2im_impl<E: Float>(g: &Geom, cols: &[E], dx: &mut [E]) {
+fn col2im_impl<E: Float>(g: &Geom, cols: &[E], ld: usize, dx: &mut [E]) {
     let (kh, kw, s, p, h, w, wo) = (g.kh, g.kw, g.s, g.p, g.h, g.w, g.wo);
-    for (t, row) in cols.chunks_exact(g.hwo()).enumerate() {
+    for t in 0..g.kdim() {
+        let row = &cols[t * ld..][..g.hwo()];
         let (ci, a, b) = (t / (kh * kw), t / kw % kh, t % kw);
         let (j_lo, j_hi) = g.cols_in(b);
         if j_hi == j_lo {
@@ -193,7 +217,7 @@ fn col2im_impl<E: Float>(g: &Geom, cols: &[E], dx: &mut [E]) {
     }
 }
 
-avx2_dispatch!(col2im, col2im_avx2, col2im_impl, (g: &Geom, cols: &[E], dx: &mut [E]));
+avx2_dispatch!(col2im, col2im_avx2, col2im_impl, (g: &Geom, cols: &[E], ld: usize, dx: &mut [E]));
 
 /// `dst (m × n) = lhs (m × k) · rhs (k × n)`, or `dst += lhs · rhs` with
 /// `acc`, on operands given by their elements and (row, column) strides;
@@ -252,48 +276,64 @@ unsafe fn matmul<E: Float>(
     }
 }
 
-/// Calls `f(cols, n, out_n, parallelism)` for every image `n`, `out_n` being
-/// its `chunk`-sized piece of `out`: one rayon job per image with
-/// single-threaded products when there are at least as many images as
-/// threads (or little work), else image after image with the products split
-/// over the pool. `cols` is the job's scratch buffer.
-fn per_image<T, E, F>(g: &Geom, out: &mut [T], chunk: usize, f: F)
+/// Calls `f(scratch, n0, out_b, parallelism)` for every block of
+/// [`Geom::images_per_product`] consecutive images starting at image `n0`,
+/// `out_b` being their `chunk`-per-image piece of `out` (the last block may
+/// hold fewer images): one rayon job per block with single-threaded
+/// products when there are at least as many blocks as threads (or little
+/// work), else block after block with the products split over the pool.
+fn per_block<T, E, F>(g: &Geom, out: &mut [T], chunk: usize, f: F)
 where
     T: Send,
     E: Elem,
-    F: Fn(&mut Vec<E>, usize, &mut [T], Parallelism) + Sync + Send,
+    F: Fn(&mut Scratch<E>, usize, &mut [T], Parallelism) + Sync + Send,
 {
     let threads = rayon::current_num_threads();
-    if g.n >= threads || g.n.saturating_mul(g.work()) < 2 * PARALLEL_GRAIN {
-        for_each_chunk(out, chunk, g.work(), |_: &mut (), i, o| E::with_scratch(|cols| f(cols, i, o, Parallelism::None)));
+    let nb = g.images_per_product();
+    let blocks = g.n.div_ceil(nb);
+    if blocks >= threads || g.n.saturating_mul(g.work()) < 2 * PARALLEL_GRAIN {
+        for_each_chunk(out, nb * chunk, nb * g.work(), |_: &mut (), i, o| {
+            E::with_scratch(|s| f(s, i * nb, o, Parallelism::None))
+        });
     } else {
-        E::with_scratch(|cols| {
-            for (i, o) in out.chunks_mut(chunk).enumerate() {
-                f(cols, i, o, Parallelism::Rayon(threads));
+        E::with_scratch(|s| {
+            for (i, o) in out.chunks_mut(nb * chunk).enumerate() {
+                f(s, i * nb, o, Parallelism::Rayon(threads));
             }
         })
     }
 }
 
-/// The element types of the engine: [`Float`] with a per-thread scratch
-/// buffer for `cols`.
+/// A thread's scratch buffers, kept between calls and ops (so they are
+/// allocated and zero-filled once per thread and size, not per job).
+#[derive(Default)]
+struct Scratch<E> {
+    /// `cols` of a block of images.
+    cols: Vec<E>,
+    /// A block's upstream gradient gathered into one matrix.
+    grad: Vec<E>,
+    /// A block's forward product before it is scattered into NCHW.
+    product: Vec<E>,
+}
+
+/// The element types of the engine: [`Float`] with a per-thread [`Scratch`].
 trait Elem: Float {
-    /// Runs `f` on this thread's scratch buffer (kept between calls and
-    /// ops, so it is allocated and zero-filled once per thread and size, not
-    /// per job), or on a fresh one should it be in use already.
-    fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R;
+    /// Runs `f` on this thread's scratch buffers, or on fresh ones should
+    /// they be in use already.
+    fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R;
 }
 
 macro_rules! elem {
     ($t:ty, $key:ident) => {
         thread_local! {
-            static $key: RefCell<Vec<$t>> = const { RefCell::new(Vec::new()) };
+            static $key: RefCell<Scratch<$t>> =
+                const { RefCell::new(Scratch { cols: Vec::new(), grad: Vec::new(), product: Vec::new() }) };
         }
         impl Elem for $t {
-            fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R {
+            fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R {
                 $key.with(|buf| match buf.try_borrow_mut() {
                     Ok(mut buf) => f(&mut buf),
-                    Err(_) => f(&mut Vec::new()),
+                    Err(_) => f(&mut Scratch::default()),
                 })
             }
         }
@@ -310,54 +350,90 @@ fn scratch<E: Float>(buf: &mut Vec<E>, len: usize) -> &mut [E] {
     &mut buf[..len]
 }
 
-/// `cols_{n,g}` of image `ni`'s group `gi`, `(C_g·k_h·k_w, H_o·W_o)`
-/// row-major: the group's channels themselves for a pointwise convolution,
-/// else its im2col written into `buf`.
-fn image_cols<'a, E: Float>(g: &Geom, x: &'a [E], ni: usize, gi: usize, buf: &'a mut Vec<E>) -> &'a [E] {
-    let (cg, hw) = (g.cg(), g.hw());
-    let x_g = &x[(ni * g.c + gi * cg) * hw..][..cg * hw];
-    if g.pointwise() {
-        return x_g;
+/// `cols` of images `n0 .. n0 + m`, group `gi`: `(C_g·k_h·k_w, m·H_o·W_o)`
+/// row-major, image `b`'s columns at `b·H_o·W_o`. For one image of a
+/// pointwise convolution it is the group's channels themselves, else it is
+/// written into `buf` (im2col, or for a pointwise convolution the images'
+/// channel planes side by side).
+fn block_cols<'a, E: Float>(g: &Geom, x: &'a [E], n0: usize, m: usize, gi: usize, buf: &'a mut Vec<E>) -> &'a [E] {
+    let (cg, hw, hwo) = (g.cg(), g.hw(), g.hwo());
+    let image = |b: usize| &x[((n0 + b) * g.c + gi * cg) * hw..][..cg * hw];
+    if m == 1 && g.pointwise() {
+        return image(0);
     }
-    let cols = scratch(buf, g.kdim() * g.hwo());
-    im2col(g, x_g, cols);
+    let ld = m * hwo;
+    let cols = scratch(buf, g.kdim() * ld);
+    for b in 0..m {
+        if g.pointwise() {
+            for (c, plane) in image(b).chunks_exact(hw).enumerate() {
+                cols[c * ld + b * hwo..][..hw].copy_from_slice(plane);
+            }
+        } else {
+            im2col(g, image(b), &mut cols[b * hwo..], ld);
+        }
+    }
     cols
 }
 
-/// Takes `v`'s spare capacity as `len` elements, hands them to `fill`,
-/// which must write every one, and returns the vector of them.
-fn filled<E: Float>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<E>])) -> Vec<E> {
-    let mut v = Vec::with_capacity(len);
-    fill(&mut v.spare_capacity_mut()[..len]);
-    // SAFETY: `fill` initialised all `len` elements (the callers' contract,
-    // see `forward` and `input_grad`).
-    unsafe { v.set_len(len) };
-    v
+/// The upstream gradient of images `n0 .. n0 + m`, group `gi`, as one
+/// `(O_g, m·H_o·W_o)` row-major matrix (image `b`'s columns at
+/// `b·H_o·W_o`): for one image the gradient itself, else gathered into
+/// `buf`.
+fn block_grad<'a, E: Float>(g: &Geom, gr: &'a [E], n0: usize, m: usize, gi: usize, buf: &'a mut Vec<E>) -> &'a [E] {
+    let (og, hwo) = (g.og(), g.hwo());
+    let image = |b: usize| &gr[((n0 + b) * g.o + gi * og) * hwo..][..og * hwo];
+    if m == 1 {
+        return image(0);
+    }
+    let ld = m * hwo;
+    let dst = scratch(buf, og * ld);
+    for b in 0..m {
+        for (o, row) in image(b).chunks_exact(hwo).enumerate() {
+            dst[o * ld + b * hwo..][..hwo].copy_from_slice(row);
+        }
+    }
+    dst
+}
+
+/// Writes row `r` of `src` (`rows × m·len`, rows `m·len` apart) for image
+/// `b` into `dst[b·stride + r·len ..][..len]`: a block's product back into
+/// per-image planes.
+fn scatter_rows<E: Float>(src: &[E], rows: usize, m: usize, len: usize, dst: &mut [MaybeUninit<E>], stride: usize) {
+    let ld = m * len;
+    for b in 0..m {
+        for r in 0..rows {
+            let from = &src[r * ld + b * len..][..len];
+            for (d, &v) in dst[b * stride + r * len..][..len].iter_mut().zip(from) {
+                d.write(v);
+            }
+        }
+    }
 }
 
 /// The forward pass: `y (N, O, H_o, W_o)` from `x (N, C, H, W)` and
-/// `w (O, C/G, k_h, k_w)`, both contiguous.
+/// `w (O, C/G, k_h, k_w)`, both contiguous: per block of images and group,
+/// `Y = W_g · cols`, written straight into the NCHW output for a single
+/// image, else through [`Scratch::product`].
 fn forward<E: Elem>(g: &Geom, x: &[E], w: &[E]) -> Vec<E> {
     let (og, kdim, hwo) = (g.og(), g.kdim(), g.hwo());
     let chunk = g.o * hwo;
     filled(g.n * chunk, |y| {
-        per_image(g, y, chunk, |cols: &mut Vec<E>, ni, y_n, par| {
+        per_block(g, y, chunk, |s: &mut Scratch<E>, n0, y_b, par| {
+            let m = y_b.len() / chunk;
+            let ld = m * hwo;
             for gi in 0..g.groups {
-                let rhs = image_cols(g, x, ni, gi, cols);
-                let dst = &mut y_n[gi * og * hwo..][..og * hwo];
-                // SAFETY: `dst` is `O_g × H_o·W_o` row-major, each element
-                // written (no `acc`).
-                unsafe {
-                    matmul(
-                        (og, hwo, kdim),
-                        dst.as_mut_ptr().cast::<E>(),
-                        dst.len(),
-                        hwo,
-                        false,
-                        (&w[gi * og * kdim..][..og * kdim], kdim, 1),
-                        (rhs, hwo, 1),
-                        par,
-                    )
+                let rhs = block_cols(g, x, n0, m, gi, &mut s.cols);
+                let lhs = (&w[gi * og * kdim..][..og * kdim], kdim, 1);
+                if m == 1 {
+                    let dst = &mut y_b[gi * og * hwo..][..og * hwo];
+                    // SAFETY: `dst` is `O_g × H_o·W_o` row-major, each element
+                    // written (no `acc`).
+                    unsafe { matmul((og, hwo, kdim), dst.as_mut_ptr().cast::<E>(), dst.len(), hwo, false, lhs, (rhs, hwo, 1), par) }
+                } else {
+                    let product = scratch(&mut s.product, og * ld);
+                    // SAFETY: `product` is an initialised `O_g × m·H_o·W_o` buffer.
+                    unsafe { matmul((og, ld, kdim), product.as_mut_ptr(), product.len(), ld, false, lhs, (rhs, ld, 1), par) }
+                    scatter_rows(product, og, m, hwo, &mut y_b[gi * og * hwo..], chunk);
                 }
             }
         })
@@ -365,33 +441,43 @@ fn forward<E: Elem>(g: &Geom, x: &[E], w: &[E]) -> Vec<E> {
 }
 
 /// `∂L/∂x (N, C, H, W)` from the upstream gradient `gr (N, O, H_o, W_o)`
-/// and `w`: per image and group `dcols = W_gᵀ · gr[n, g-block]`, then
-/// col2im (for a pointwise convolution `dcols` is the gradient itself).
+/// and `w`: per block of images and group `dcols = W_gᵀ · gr[block, g-block]`,
+/// then col2im per image (for a pointwise convolution `dcols` is the
+/// gradient itself).
 fn input_grad<E: Elem>(g: &Geom, gr: &[E], w: &[E]) -> Vec<E> {
     let (cg, og, kdim, hw, hwo) = (g.cg(), g.og(), g.kdim(), g.hw(), g.hwo());
     let chunk = g.c * hw;
     filled(g.n * chunk, |dx| {
-        per_image(g, dx, chunk, |cols: &mut Vec<E>, ni, dx_n, par| {
+        per_block(g, dx, chunk, |s: &mut Scratch<E>, n0, dx_b, par| {
+            let m = dx_b.len() / chunk;
+            let ld = m * hwo;
             if !g.pointwise() {
-                for v in dx_n.iter_mut() {
+                for v in dx_b.iter_mut() {
                     v.write(E::zero());
                 }
             }
             for gi in 0..g.groups {
                 let lhs = (&w[gi * og * kdim..][..og * kdim], 1, kdim);
-                let rhs = (&gr[(ni * g.o + gi * og) * hwo..][..og * hwo], hwo, 1);
-                let dx_g = &mut dx_n[gi * cg * hw..][..cg * hw];
-                if g.pointwise() {
+                let rhs = (block_grad(g, gr, n0, m, gi, &mut s.grad), ld, 1);
+                if g.pointwise() && m == 1 {
+                    let dx_g = &mut dx_b[gi * cg * hw..][..cg * hw];
                     // SAFETY: `dx_g` is `C_g × H·W` row-major, each element
                     // written (no `acc`).
                     unsafe { matmul((kdim, hwo, og), dx_g.as_mut_ptr().cast::<E>(), dx_g.len(), hwo, false, lhs, rhs, par) }
-                } else {
-                    let cols = scratch(cols, kdim * hwo);
-                    // SAFETY: `cols` is an initialised `C_g·k_h·k_w × H_o·W_o` buffer.
-                    unsafe { matmul((kdim, hwo, og), cols.as_mut_ptr(), cols.len(), hwo, false, lhs, rhs, par) }
+                    continue;
+                }
+                let cols = scratch(&mut s.cols, kdim * ld);
+                // SAFETY: `cols` is an initialised `C_g·k_h·k_w × m·H_o·W_o` buffer.
+                unsafe { matmul((kdim, ld, og), cols.as_mut_ptr(), cols.len(), ld, false, lhs, rhs, par) }
+                if g.pointwise() {
+                    scatter_rows(cols, cg, m, hw, &mut dx_b[gi * cg * hw..], chunk);
+                    continue;
+                }
+                for b in 0..m {
+                    let dx_g = &mut dx_b[b * chunk + gi * cg * hw..][..cg * hw];
                     // SAFETY: zeroed above.
                     let dx_g = unsafe { &mut *(dx_g as *mut [MaybeUninit<E>] as *mut [E]) };
-                    col2im(g, cols, dx_g);
+                    col2im(g, &cols[b * hwo..], ld, dx_g);
                 }
             }
         })
@@ -403,59 +489,52 @@ fn input_grad<E: Elem>(g: &Geom, gr: &[E], w: &[E]) -> Vec<E> {
 const WEIGHT_GRAD_BLOCKS: usize = 4;
 
 /// `∂L/∂w (O, C/G, k_h, k_w)` from `x` and the upstream gradient `gr`:
-/// `∂W_g = Σ_n gr[n, g-block] · cols_{n,g}ᵀ`, the batch split into
-/// `min(N, 4)` fixed blocks of consecutive images, each summed in image
-/// order into its own partial (the blocks in parallel), the partials added
-/// in block order. A single image's products are split over the pool
-/// instead (`gemm` splits the output, not the sums).
+/// `∂W_g = Σ_blocks gr[block, g-block] · cols_{block,g}ᵀ`, the batch split
+/// into `min(N, 4)` fixed parts of consecutive images, each summed block of
+/// images after block into its own partial (the parts in parallel), the
+/// partials added in part order. With a single part the products are split
+/// over the pool instead (`gemm` splits the output, not the sums).
 fn weight_grad<E: Elem>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
     let (og, kdim, hwo) = (g.og(), g.kdim(), g.hwo());
     let len = g.o * kdim;
     let threads = rayon::current_num_threads();
     let parallel = threads > 1 && g.n.saturating_mul(g.work()) >= 2 * PARALLEL_GRAIN;
-    let blocks = g.n.clamp(1, WEIGHT_GRAD_BLOCKS);
-    let par = if parallel && blocks == 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-    let block = |b: usize, dw: &mut [E]| E::with_scratch(|cols| {
-        let (lo, hi) = (b * g.n / blocks, (b + 1) * g.n / blocks);
-        for ni in lo..hi {
+    let parts = g.n.clamp(1, WEIGHT_GRAD_BLOCKS);
+    let par = if parallel && parts == 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+    let nb = g.images_per_product();
+    let part = |b: usize, dw: &mut [E]| E::with_scratch(|s| {
+        let (lo, hi) = (b * g.n / parts, (b + 1) * g.n / parts);
+        for n0 in (lo..hi).step_by(nb) {
+            let m = nb.min(hi - n0);
+            let ld = m * hwo;
             for gi in 0..g.groups {
-                // Read as cols_{n,g}ᵀ: (H_o·W_o × C_g·k_h·k_w), column-major.
-                let rhs = image_cols(g, x, ni, gi, cols);
+                // Read as colsᵀ: (m·H_o·W_o × C_g·k_h·k_w), column-major.
+                let rhs = block_cols(g, x, n0, m, gi, &mut s.cols);
+                let lhs = block_grad(g, gr, n0, m, gi, &mut s.grad);
                 let dst = &mut dw[gi * og * kdim..][..og * kdim];
                 // SAFETY: `dst` is an initialised `O_g × C_g·k_h·k_w` buffer.
-                unsafe {
-                    matmul(
-                        (og, kdim, hwo),
-                        dst.as_mut_ptr(),
-                        dst.len(),
-                        kdim,
-                        ni > lo,
-                        (&gr[(ni * g.o + gi * og) * hwo..][..og * hwo], hwo, 1),
-                        (rhs, 1, hwo),
-                        par,
-                    )
-                }
+                unsafe { matmul((og, kdim, ld), dst.as_mut_ptr(), dst.len(), kdim, n0 > lo, (lhs, ld, 1), (rhs, 1, ld), par) }
             }
         }
     });
-    let mut parts = vec![E::zero(); blocks * len];
-    if blocks == 1 {
-        block(0, &mut parts);
-        return parts;
+    let mut partials = vec![E::zero(); parts * len];
+    if parts == 1 {
+        part(0, &mut partials);
+        return partials;
     }
     if parallel {
-        parts.par_chunks_mut(len).enumerate().for_each(|(b, dw)| block(b, dw));
+        partials.par_chunks_mut(len).enumerate().for_each(|(b, dw)| part(b, dw));
     } else {
-        parts.chunks_mut(len).enumerate().for_each(|(b, dw)| block(b, dw));
+        partials.chunks_mut(len).enumerate().for_each(|(b, dw)| part(b, dw));
     }
-    let (dw, rest) = parts.split_at_mut(len);
-    for part in rest.chunks_exact(len) {
-        for (d, v) in dw.iter_mut().zip(part) {
+    let (dw, rest) = partials.split_at_mut(len);
+    for p in rest.chunks_exact(len) {
+        for (d, v) in dw.iter_mut().zip(p) {
             *d += *v;
         }
     }
-    parts.truncate(len);
-    parts
+    partials.truncate(len);
+    partials
 }
 
 /// Which pass a [`ConvGemm`] op computes, and from which operands.
