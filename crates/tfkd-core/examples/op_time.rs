@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Rows: depthwise, dense and grouped convolutions (candle: `Tensor::conv2d`),
-//! training-mode BatchNorm (candle: `candle_nn::BatchNorm`). The optional
+//! training-mode BatchNorm (candle: `candle_nn::BatchNorm`), max pooling
+//! (candle: `Tensor::max_pool2d`, where it has a backward). The optional
 //! argument filters the rows by name; `--no-candle` (after it)
 //! times tfkd's ops only (for profiling). candle's composed depthwise
 //! convolution is slow (seconds): it runs once per shape.
@@ -117,6 +118,29 @@ fn main() -> anyhow::Result<()> {
         let t_candle = if no_candle { f64::NAN } else { time(5, || run(&theirs))? };
         let t_ours = time(if no_candle { 20 } else { 5 }, || run(&ours))?;
         let t_fwd = time(5, || ours.forward_t(&x.as_detached_tensor(), true).map(drop))?;
+        println!("{name:<44} {t_candle:>12.2} {t_ours:>12.2} {:>7.1}x {t_fwd:>12.2}", t_candle / t_ours);
+    }
+    // (name, n, c, side, kernel, stride, padding); candle: its own
+    // max_pool2d (kernel = stride only; its backward scales the gradient).
+    let pools: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
+        ("max pool 2x2 s2 128x32x32x32 (CNN)", 128, 32, 32, 2, 2, 0),
+        ("max pool 3x3 s2 p1 32x64x32x32 (GoogLeNet)", 32, 64, 32, 3, 2, 1),
+    ];
+    for &(name, n, c, side, k, s, p) in pools {
+        if !name.contains(&filter) {
+            continue;
+        }
+        let x = Var::from_tensor(&rng.normal_tensor((n, c, side, side), 0.0, 1.0, DType::F32, &dev)?)?;
+        let out = (side + 2 * p - k) / s + 1;
+        let r = rng.uniform_tensor((n, c, out, out), -1.0, 1.0, DType::F32, &dev)?;
+        let ours = |x: &Tensor| tfkd_core::pool::max_pool2d(x, k, s, p).map_err(candle_core::Error::from);
+        let run = |pool: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<()> {
+            let y = pool(&x)?;
+            (&y * &r)?.sum_all()?.backward().map(drop)
+        };
+        let t_candle = if no_candle || p > 0 || k != s { f64::NAN } else { time(5, || run(&|x: &Tensor| x.max_pool2d(k)))? };
+        let t_ours = time(if no_candle { 20 } else { 5 }, || run(&ours))?;
+        let t_fwd = time(5, || ours(&x.as_detached_tensor()).map(drop))?;
         println!("{name:<44} {t_candle:>12.2} {t_ours:>12.2} {:>7.1}x {t_fwd:>12.2}", t_candle / t_ours);
     }
     Ok(())

@@ -25,7 +25,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 
 use crate::conv::window_taps;
-use crate::cpu::{filled, for_each_chunk, slice, supported, Float};
+use std::mem::MaybeUninit;
+
+use crate::cpu::{avx2_dispatch, filled, for_each_chunk, slice, supported, Float};
 
 /// 2-D max pooling, like `torch.nn.MaxPool2d(kernel, stride, padding)`
 /// (floor mode, dilation 1, padding never chosen).
@@ -88,19 +90,14 @@ impl MaxPool {
         let (r0, c0) = ((s * i) as isize - p as isize, (s * j) as isize - p as isize);
         let (r_lo, r_hi) = (r0.max(0) as usize, ((r0 + k as isize).min(h as isize)) as usize);
         let (c_lo, c_hi) = (c0.max(0) as usize, ((c0 + k as isize).min(w as isize)) as usize);
-        let mut best = r_lo * w + c_lo;
-        let mut max = plane[best];
+        let first = r_lo * w + c_lo;
+        let mut best = (plane[first], first);
         for r in r_lo..r_hi {
             for (c, &v) in plane[r * w + c_lo..r * w + c_hi].iter().enumerate() {
-                // `v != v`: NaN wins, as in PyTorch.
-                #[allow(clippy::eq_op)]
-                if v > max || v != v {
-                    max = v;
-                    best = r * w + c_lo + c;
-                }
+                best = visit(best, v, r * w + c_lo + c);
             }
         }
-        best
+        best.1
     }
 
     /// Windows that tile the input without overlap or padding (`k = s`,
@@ -117,6 +114,12 @@ impl MaxPool {
         filled(n * c * h_o * w_o, |y| {
             for_each_chunk(y, h_o * w_o, h_o * w_o * self.k * self.k, |_: &mut (), plane, ys| {
                 let xs = &x[plane * h * w..][..h * w];
+                if tiles && self.k == 2 {
+                    for (i, ys) in ys.chunks_exact_mut(w_o).enumerate() {
+                        pool2_rows(&xs[2 * i * w..][..w], &xs[(2 * i + 1) * w..][..w], ys);
+                    }
+                    return;
+                }
                 for (o, y) in ys.iter_mut().enumerate() {
                     let (i, j) = (o / w_o, o % w_o);
                     let at = if tiles { tile_argmax(xs, w, self.k, i, j) } else { self.argmax(xs, (h, w), i, j) };
@@ -150,6 +153,15 @@ impl MaxPool {
                 for row in ds.chunks_exact_mut(w).skip(h_o * k) {
                     row.iter_mut().for_each(|d| _ = d.write(zero));
                 }
+                if k == 2 {
+                    let (rows, _) = ds.split_at_mut(2 * h_o * w);
+                    for (i, pair) in rows.chunks_exact_mut(2 * w).enumerate() {
+                        let (d0, d1) = pair.split_at_mut(w);
+                        let (x0, x1) = (&xs[2 * i * w..][..w], &xs[(2 * i + 1) * w..][..w]);
+                        pool2_grad_rows(x0, x1, &gs[i * w_o..][..w_o], d0, d1);
+                    }
+                    return;
+                }
                 for (r, row) in ds.chunks_exact_mut(w).take(h_o * k).enumerate() {
                     row[w_o * k..].iter_mut().for_each(|d| _ = d.write(zero));
                     let i = r / k;
@@ -165,34 +177,76 @@ impl MaxPool {
     }
 }
 
+/// The running (maximum, position) of a window after visiting `v` at
+/// `at`: `v` wins if it is greater or NaN (NaN wins, as in PyTorch; the
+/// first of equal maxima stays). Selects, not branches: on real data the
+/// comparisons are unpredictable.
+#[inline(always)]
+fn visit<E: Float, I: Copy>((max, best): (E, I), v: E, at: I) -> (E, I) {
+    // `v != v`: NaN.
+    #[allow(clippy::eq_op)]
+    let take = (v > max) | (v != v);
+    (if take { v } else { max }, if take { at } else { best })
+}
+
 /// [`MaxPool::argmax`] for a `k × k` window at `(k·i, k·j)` that lies
 /// inside the plane (row length `w`): the first maximum in row-major order,
-/// NaN winning. The 2×2 case is written out.
+/// NaN winning.
 #[inline(always)]
 fn tile_argmax<E: Float>(plane: &[E], w: usize, k: usize, i: usize, j: usize) -> usize {
     let first = k * i * w + k * j;
-    // `v != v`: NaN wins, as in PyTorch.
-    #[allow(clippy::eq_op)]
-    let better = |v: E, max: E| v > max || v != v;
-    if k == 2 {
-        let (mut best, mut max) = (first, plane[first]);
-        for at in [first + 1, first + w, first + w + 1] {
-            if better(plane[at], max) {
-                (best, max) = (at, plane[at]);
-            }
-        }
-        return best;
-    }
-    let (mut best, mut max) = (first, plane[first]);
+    let mut best = (plane[first], first);
     for a in 0..k {
         for (b, &v) in plane[first + a * w..][..k].iter().enumerate() {
-            if better(v, max) {
-                (best, max) = (first + a * w + b, v);
-            }
+            best = visit(best, v, first + a * w + b);
         }
     }
-    best
+    best.1
 }
+
+/// The maximum of each 2×2 window of rows `x0`, `x1`, in the order of
+/// [`visit`]: `0, 1` of `x0`, then `0, 1` of `x1`.
+#[inline(always)]
+fn window2<E: Float>(x0: &[E], x1: &[E], j: usize) -> (E, u8) {
+    let best = visit((x0[2 * j], 0u8), x0[2 * j + 1], 1);
+    let best = visit(best, x1[2 * j], 2);
+    visit(best, x1[2 * j + 1], 3)
+}
+
+/// One output row of a 2×2, stride-2 pool from input rows `x0`, `x1`.
+#[inline(always)]
+fn pool2_rows_impl<E: Float>(x0: &[E], x1: &[E], y: &mut [MaybeUninit<E>]) {
+    for (j, y) in y.iter_mut().enumerate() {
+        y.write(window2(x0, x1, j).0);
+    }
+}
+
+avx2_dispatch!(pool2_rows, pool2_rows_avx2, pool2_rows_impl, (x0: &[E], x1: &[E], y: &mut [MaybeUninit<E>]));
+
+/// The gradient of input rows `x0`, `x1` (`d0`, `d1`, every element
+/// written) from one output row's gradient `g` of a 2×2, stride-2 pool.
+#[inline(always)]
+fn pool2_grad_rows_impl<E: Float>(x0: &[E], x1: &[E], g: &[E], d0: &mut [MaybeUninit<E>], d1: &mut [MaybeUninit<E>]) {
+    let zero = E::from_f64(0.0);
+    for (j, &gv) in g.iter().enumerate() {
+        let at = window2(x0, x1, j).1;
+        d0[2 * j].write(if at == 0 { gv } else { zero });
+        d0[2 * j + 1].write(if at == 1 { gv } else { zero });
+        d1[2 * j].write(if at == 2 { gv } else { zero });
+        d1[2 * j + 1].write(if at == 3 { gv } else { zero });
+    }
+    // An odd last column lies in no window.
+    for d in d0[2 * g.len()..].iter_mut().chain(d1[2 * g.len()..].iter_mut()) {
+        d.write(zero);
+    }
+}
+
+avx2_dispatch!(
+    pool2_grad_rows,
+    pool2_grad_rows_avx2,
+    pool2_grad_rows_impl,
+    (x0: &[E], x1: &[E], g: &[E], d0: &mut [MaybeUninit<E>], d1: &mut [MaybeUninit<E>])
+);
 
 impl CustomOp1 for MaxPool {
     fn name(&self) -> &'static str {
