@@ -9,10 +9,13 @@
 //!
 //! * forward, per output plane `(n, o)` with input channel `c = o / m`
 //!   (channel multiplier `m = C_out / C_in`):
-//!   `y[i, j] = Σ_{a, b} w[o, a, b] · x̃[s·i + a, s·j + b]`, computed as one
-//!   `axpy` per kernel tap over each output row (`x̃`: the plane zero-padded
-//!   by `p`, built in a per-thread buffer);
-//! * input gradient, per input plane `(n, c)`: the transposed scatter
+//!   `y[i, j] = Σ_{a, b} w[o, a, b] · x̃[s·i + a, s·j + b]`, eight outputs of
+//!   a row at a time accumulated in registers over all taps (`x̃`: the plane
+//!   zero-padded by `p`, built in a per-thread buffer);
+//! * input gradient, per input plane `(n, c)`: for stride 1 and `m = 1` the
+//!   same register-blocked correlation, of the upstream gradient padded by
+//!   `k − 1` with the flipped kernel, written straight into the plane;
+//!   otherwise the transposed scatter
 //!   `∂x̃[s·i + a, s·j + b] += w[o, a, b] · g[o, i, j]` over the `m` output
 //!   channels of `c`, then the padding is cropped;
 //! * weight gradient, per output channel `o`:
@@ -27,7 +30,9 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 
-use crate::cpu::{avx2_dispatch, for_each_chunk, slice, supported, Float};
+use std::mem::MaybeUninit;
+
+use crate::cpu::{avx2_dispatch, filled, for_each_chunk, slice, supported, Float};
 
 /// Depthwise convolution (NCHW, dilation 1, `groups = C_in`):
 /// `x: (N, C, H, W)`, `w: (C·m, 1, k_h, k_w)` for a channel multiplier
@@ -141,6 +146,8 @@ struct Scratch<E> {
     acc: Vec<E>,
     /// Weight gradient: per-tap totals across samples.
     total: Vec<f64>,
+    /// Input gradient: the kernel of a channel, flipped.
+    flipped: Vec<E>,
 }
 
 impl<E> Default for Scratch<E> {
@@ -149,6 +156,7 @@ impl<E> Default for Scratch<E> {
             pad: Vec::new(),
             acc: Vec::new(),
             total: Vec::new(),
+            flipped: Vec::new(),
         }
     }
 }
@@ -168,31 +176,73 @@ fn padded<'a, E: Float>(g: &Geom, x: &'a [E], buf: &'a mut Vec<E>) -> &'a [E] {
     buf
 }
 
-/// One output plane: `y[i, j] = Σ_{a, b} k[a, b] · x̃[s·i + a, s·j + b]`.
+/// Output elements computed together in registers by [`correlate_impl`].
+const LANES: usize = 8;
+
+/// A strided correlation, register-blocked: `out[i, j] = Σ_{a, b} k[a·k_w + b] ·
+/// src[(s·i + a + off)·ld + s·j + b + off]` for `out_w` columns and
+/// `out.len() / out_w` rows, every element of `out` written. [`LANES`]
+/// outputs of a row are accumulated in registers over all taps, so each
+/// output is written once (not once per tap), and each is summed from 0 in
+/// tap order `(a, b)`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn forward_plane_impl<E: Float>(g: &Geom, xp: &[E], k: &[E], y: &mut [E]) {
-    let (wp, wo, s) = (g.wp(), g.wo, g.s);
+fn correlate_impl<E: Float>(
+    src: &[E],
+    ld: usize,
+    off: usize,
+    s: usize,
+    (kh, kw): (usize, usize),
+    k: &[E],
+    out_w: usize,
+    out: &mut [MaybeUninit<E>],
+) {
     let zero = E::from_f64(0.0);
-    for (i, yrow) in y.chunks_exact_mut(wo).enumerate() {
-        yrow.fill(zero);
-        for a in 0..g.kh {
-            let xrow = &xp[(s * i + a) * wp..][..wp];
-            for b in 0..g.kw {
-                let kv = k[a * g.kw + b];
-                let xs = &xrow[b..];
-                if s == 1 {
-                    for (yv, &xv) in yrow.iter_mut().zip(&xs[..wo]) {
-                        *yv += kv * xv;
-                    }
-                } else {
-                    for (yv, &xv) in yrow.iter_mut().zip(xs.iter().step_by(s)) {
-                        *yv += kv * xv;
+    for (i, row) in out.chunks_exact_mut(out_w).enumerate() {
+        let base = &src[(s * i + off) * ld + off..];
+        let mut j = 0;
+        while j + LANES <= out_w {
+            let mut acc = [zero; LANES];
+            for a in 0..kh {
+                for b in 0..kw {
+                    let kv = k[a * kw + b];
+                    let xs = &base[a * ld + s * j + b..];
+                    if s == 1 {
+                        let xs = &xs[..LANES];
+                        for l in 0..LANES {
+                            acc[l] += kv * xs[l];
+                        }
+                    } else {
+                        let xs = &xs[..s * (LANES - 1) + 1];
+                        for l in 0..LANES {
+                            acc[l] += kv * xs[s * l];
+                        }
                     }
                 }
             }
+            for (o, v) in row[j..j + LANES].iter_mut().zip(acc) {
+                o.write(v);
+            }
+            j += LANES;
+        }
+        for (jj, o) in row.iter_mut().enumerate().skip(j) {
+            let mut acc = zero;
+            for a in 0..kh {
+                for b in 0..kw {
+                    acc += k[a * kw + b] * base[a * ld + s * jj + b];
+                }
+            }
+            o.write(acc);
         }
     }
 }
+
+avx2_dispatch!(
+    correlate,
+    correlate_avx2,
+    correlate_impl,
+    (src: &[E], ld: usize, off: usize, s: usize, kdims: (usize, usize), k: &[E], out_w: usize, out: &mut [MaybeUninit<E>])
+);
 
 /// One padded input-gradient plane (zeroed by the caller):
 /// `∂x̃[s·i + a, s·j + b] += k_q[a, b] · g_q[i, j]` over the `m` output planes
@@ -249,24 +299,49 @@ fn weight_grad_plane_impl<E: Float>(g: &Geom, xp: &[E], gp: &[E], acc: &mut [E])
     }
 }
 
+/// `y[n, o] = k[o] ⋆ x̃[n, o / m]` per output plane ([`correlate`]).
 fn forward<E: Float>(g: &Geom, x: &[E], k: &[E]) -> Vec<E> {
     let (co, taps) = (g.co(), g.taps());
-    let mut y = vec![E::from_f64(0.0); g.n * co * g.plane_out()];
-    for_each_chunk(&mut y, g.plane_out(), g.plane_out() * taps, |sc: &mut Scratch<E>, idx, yp| {
-        let (ni, o) = (idx / co, idx % co);
-        let ci = o / g.m;
-        let xpl = &x[(ni * g.c + ci) * g.plane_in()..][..g.plane_in()];
-        let xp = padded(g, xpl, &mut sc.pad);
-        forward_plane(g, xp, &k[o * taps..][..taps], yp);
-    });
-    y
+    filled(g.n * co * g.plane_out(), |y| {
+        for_each_chunk(y, g.plane_out(), g.plane_out() * taps, |sc: &mut Scratch<E>, idx, yp| {
+            let (ni, o) = (idx / co, idx % co);
+            let ci = o / g.m;
+            let xpl = &x[(ni * g.c + ci) * g.plane_in()..][..g.plane_in()];
+            let xp = padded(g, xpl, &mut sc.pad);
+            correlate(xp, g.wp(), 0, g.s, (g.kh, g.kw), &k[o * taps..][..taps], g.wo, yp);
+        })
+    })
 }
 
+/// `∂L/∂x`. Stride 1 with one output channel per input channel (every
+/// depthwise layer of the zoo but the strided ones): a correlation of the
+/// upstream gradient, zero-padded by `k − 1`, with the flipped kernel,
+/// written straight into each input plane:
+/// `∂x[r, c] = Σ_{a, b} k[k_h−1−a, k_w−1−b] · ĝ[r + p + a, c + p + b]`
+/// (`ĝ[i + k_h − 1, j + k_w − 1] = g[i, j]`). Otherwise the transposed
+/// scatter of [`input_grad_plane`] on a padded plane, then cropped.
 fn input_grad<E: Float>(g: &Geom, gy: &[E], k: &[E]) -> Vec<E> {
     let (taps, m) = (g.taps(), g.m);
     let zero = E::from_f64(0.0);
-    let mut dx = vec![zero; g.n * g.c * g.plane_in()];
     let work = m * g.plane_out() * taps;
+    if g.s == 1 && m == 1 {
+        let (gh, gw) = (g.ho + 2 * (g.kh - 1), g.wo + 2 * (g.kw - 1));
+        return filled(g.n * g.c * g.plane_in(), |dx| {
+            for_each_chunk(dx, g.plane_in(), work, |sc: &mut Scratch<E>, idx, dxp| {
+                let ci = idx % g.c;
+                let gp = &gy[idx * g.plane_out()..][..g.plane_out()];
+                sc.pad.clear();
+                sc.pad.resize(gh * gw, zero);
+                for (i, row) in gp.chunks_exact(g.wo).enumerate() {
+                    sc.pad[(i + g.kh - 1) * gw + g.kw - 1..][..g.wo].copy_from_slice(row);
+                }
+                sc.flipped.clear();
+                sc.flipped.extend(k[ci * taps..][..taps].iter().rev());
+                correlate(&sc.pad, gw, g.p, 1, (g.kh, g.kw), &sc.flipped, g.w, dxp);
+            })
+        });
+    }
+    let mut dx = vec![zero; g.n * g.c * g.plane_in()];
     for_each_chunk(&mut dx, g.plane_in(), work, |sc: &mut Scratch<E>, idx, dxp| {
         let (ni, ci) = (idx / g.c, idx % g.c);
         let gq = &gy[(ni * g.co() + ci * m) * g.plane_out()..][..m * g.plane_out()];
@@ -422,8 +497,6 @@ impl CustomOp2 for WeightGrad {
         Ok((out, Shape::from((co, 1, self.kh, self.kw))))
     }
 }
-
-avx2_dispatch!(forward_plane, forward_plane_avx2, forward_plane_impl, (g: &Geom, xp: &[E], k: &[E], y: &mut [E]));
 
 avx2_dispatch!(input_grad_plane, input_grad_plane_avx2, input_grad_plane_impl, (g: &Geom, gy: &[E], k: &[E], dxp: &mut [E]));
 
