@@ -20,6 +20,7 @@
 //! * [`activation`]: ReLU6 as one op with PyTorch's gradient;
 //! * [`pool`]: max pooling with any kernel, stride and padding, with a
 //!   backward pass (candle has none for most of them);
+//! * [`shuffle`]: ShuffleNetV2's concatenate-and-shuffle as one op;
 //! * [`collective`]: the gradient all-reduce of data-parallel training,
 //!   behind a small trait (threads of one process; NCCL plugs in);
 //! * [`env`]: the environment variables the libraries read.
@@ -62,6 +63,7 @@ pub mod pool;
 pub mod recipe;
 pub mod rng;
 pub mod schedule;
+pub mod shuffle;
 
 pub use error::{Error, Result};
 pub use {candle_core, candle_nn};

@@ -12,7 +12,8 @@ use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::layers::{bn2d, conv2d, conv_bn, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
-use crate::ops::{channel_shuffle, global_avg_pool};
+use crate::ops::global_avg_pool;
+use tfkd_core::shuffle::cat_shuffle;
 
 use super::div_ceil_multiple;
 use tfkd_core::activation::ReluOp;
@@ -122,7 +123,8 @@ impl Unit {
         let res = conv_bn(&r[0].0, &r[0].1, &res, train)?.relu_op()?;
         let res = conv_bn(&r[1].0, &r[1].1, &res, train)?;
         let res = conv_bn(&r[2].0, &r[2].1, &res, train)?.relu_op()?;
-        channel_shuffle(&Tensor::cat(&[short, res], 1)?, 2)
+        // channel_shuffle(cat([short, res], 1), 2), as one op.
+        Ok(cat_shuffle(&short, &res)?)
     }
 }
 
