@@ -28,13 +28,14 @@
 //! order. [`BatchNorm`] is `nn.BatchNorm2d` on top of it: its evaluation pass
 //! and its running-statistics update are candle-nn's, unchanged.
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, ModuleT, Result, Shape, Storage, Tensor, Var};
 use candle_nn::{BatchNormConfig, VarBuilder};
 
-use crate::cpu::{avx2_dispatch, for_each_chunk, ncs, slice, supported, Float};
+use crate::cpu::{avx2_dispatch, filled, for_each_chunk, ncs, slice, supported, Float};
 
 /// The result of a training-mode batch normalisation.
 #[derive(Debug, Clone)]
@@ -185,25 +186,25 @@ fn grad_sums_impl<E: Float>(gs: &[E], xs: &[E], mean: f64, l1: &mut [f64; 8], l2
 
 /// `y = (x − μ)·a + β` over one plane.
 #[inline(always)]
-fn normalise_impl<E: Float>(xs: &[E], mean: E, a: E, beta: E, ys: &mut [E]) {
+fn normalise_impl<E: Float>(xs: &[E], mean: E, a: E, beta: E, ys: &mut [MaybeUninit<E>]) {
     for (y, &x) in ys.iter_mut().zip(xs) {
-        *y = (x - mean) * a + beta;
+        y.write((x - mean) * a + beta);
     }
 }
 
 /// `dx = g·A + (x − μ)·B + C` over one plane.
 #[inline(always)]
-fn input_grad_impl<E: Float>(gs: &[E], xs: &[E], mean: E, coef: [E; 3], dx: &mut [E]) {
+fn input_grad_impl<E: Float>(gs: &[E], xs: &[E], mean: E, coef: [E; 3], dx: &mut [MaybeUninit<E>]) {
     let [a, b, c] = coef;
     for ((d, &g), &x) in dx.iter_mut().zip(gs).zip(xs) {
-        *d = g * a + (x - mean) * b + c;
+        d.write(g * a + (x - mean) * b + c);
     }
 }
 
 avx2_dispatch!(shifted_sums, shifted_sums_avx2, shifted_sums_impl, (xs: &[E], k: f64, l1: &mut [f64; 8], l2: &mut [f64; 8]));
 avx2_dispatch!(grad_sums, grad_sums_avx2, grad_sums_impl, (gs: &[E], xs: &[E], mean: f64, l1: &mut [f64; 8], l2: &mut [f64; 8]));
-avx2_dispatch!(normalise, normalise_avx2, normalise_impl, (xs: &[E], mean: E, a: E, beta: E, ys: &mut [E]));
-avx2_dispatch!(input_grad, input_grad_avx2, input_grad_impl, (gs: &[E], xs: &[E], mean: E, coef: [E; 3], dx: &mut [E]));
+avx2_dispatch!(normalise, normalise_avx2, normalise_impl, (xs: &[E], mean: E, a: E, beta: E, ys: &mut [MaybeUninit<E>]));
+avx2_dispatch!(input_grad, input_grad_avx2, input_grad_impl, (gs: &[E], xs: &[E], mean: E, coef: [E; 3], dx: &mut [MaybeUninit<E>]));
 
 fn lane_total(l: &[f64; 8]) -> f64 {
     l.iter().sum()
@@ -237,10 +238,12 @@ fn forward<E: Float>(x: &[E], gamma: &[E], beta: &[E], dims: (usize, usize, usiz
             (E::from_f64(st.mean[ci]), E::from_f64(a), beta[ci])
         })
         .collect();
-    let mut y = vec![E::from_f64(0.0); x.len()];
-    for_each_chunk(&mut y, s, s, |_: &mut (), idx, ys| {
-        let (mean, a, b) = per_channel[idx % c];
-        normalise(&x[idx * s..][..s], mean, a, b, ys);
+    // Every plane is written by `normalise` (s elements each).
+    let y = filled(x.len(), |y| {
+        for_each_chunk(y, s.max(1), s, |_: &mut (), idx, ys| {
+            let (mean, a, b) = per_channel[idx % c];
+            normalise(&x[idx * s..][..s], mean, a, b, ys);
+        })
     });
     (y, st)
 }
@@ -277,12 +280,12 @@ fn backward<E: Float>(
                 (E::from_f64(st.mean[ci]), [E::from_f64(a), E::from_f64(b), E::from_f64(cc)])
             })
             .collect();
-        let mut dx = vec![E::from_f64(0.0); x.len()];
-        for_each_chunk(&mut dx, s, s, |_: &mut (), idx, out| {
-            let (mean, k) = coef[idx % c];
-            input_grad(&g[idx * s..][..s], &x[idx * s..][..s], mean, k, out);
-        });
-        dx
+        filled(x.len(), |dx| {
+            for_each_chunk(dx, s.max(1), s, |_: &mut (), idx, out| {
+                let (mean, k) = coef[idx % c];
+                input_grad(&g[idx * s..][..s], &x[idx * s..][..s], mean, k, out);
+            })
+        })
     });
     (dx, dgamma, dbeta)
 }

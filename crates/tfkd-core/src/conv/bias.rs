@@ -10,7 +10,9 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 
-use crate::cpu::{avx2_dispatch, for_each_chunk, ncs, slice, supported, Float};
+use std::mem::MaybeUninit;
+
+use crate::cpu::{avx2_dispatch, filled, for_each_chunk, ncs, slice, supported, Float};
 
 /// `y[n, c, …] + b[c]` for `y: (N, C, …)` and `b: (C,)`, the bias of a
 /// convolution (`nn.Conv2d(bias=True)`).
@@ -38,9 +40,9 @@ pub(crate) fn add_channel_bias_candle(y: &Tensor, b: &Tensor) -> Result<Tensor> 
 }
 
 #[inline(always)]
-fn add_impl<E: Float>(ys: &[E], b: E, out: &mut [E]) {
+fn add_impl<E: Float>(ys: &[E], b: E, out: &mut [MaybeUninit<E>]) {
     for (o, &y) in out.iter_mut().zip(ys) {
-        *o = y + b;
+        o.write(y + b);
     }
 }
 
@@ -57,7 +59,7 @@ fn lane_sums_impl<E: Float>(xs: &[E], lanes: &mut [f64; 8]) {
     }
 }
 
-avx2_dispatch!(add, add_avx2, add_impl, (ys: &[E], b: E, out: &mut [E]));
+avx2_dispatch!(add, add_avx2, add_impl, (ys: &[E], b: E, out: &mut [MaybeUninit<E>]));
 avx2_dispatch!(lane_sums, lane_sums_avx2, lane_sums_impl, (xs: &[E], lanes: &mut [f64; 8]));
 
 /// `Σ_{n, s} g[n, c, s]` for every channel, in f64.
@@ -87,9 +89,10 @@ impl CustomOp2 for ChannelBias {
             if b.len() != c {
                 candle_core::bail!("tfkd-channel-bias: {} biases for {c} channels", b.len())
             }
-            let mut out = vec![E::from_f64(0.0); y.len()];
-            for_each_chunk(&mut out, s.max(1), s, |_: &mut (), i, o| add(&y[i * s..][..s], b[i % c], o));
-            Ok(out)
+            // Every plane is written by `add` (s elements each).
+            Ok(filled(y.len(), |out| {
+                for_each_chunk(out, s.max(1), s, |_: &mut (), i, o| add(&y[i * s..][..s], b[i % c], o))
+            }))
         }
         let out = match ys.dtype() {
             DType::F32 => CpuStorage::F32(run(ys, yl, bs, bl, dims)?),
