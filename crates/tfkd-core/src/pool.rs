@@ -205,12 +205,15 @@ fn tile_argmax<E: Float>(plane: &[E], w: usize, k: usize, i: usize, j: usize) ->
 }
 
 /// The maximum of each 2×2 window of rows `x0`, `x1`, in the order of
-/// [`visit`]: `0, 1` of `x0`, then `0, 1` of `x1`.
+/// [`visit`]: `0, 1` of `x0`, then `0, 1` of `x1`; the position is held in
+/// the element type, so that the selects stay in one lane width and the
+/// loops over windows vectorise.
 #[inline(always)]
-fn window2<E: Float>(x0: &[E], x1: &[E], j: usize) -> (E, u8) {
-    let best = visit((x0[2 * j], 0u8), x0[2 * j + 1], 1);
-    let best = visit(best, x1[2 * j], 2);
-    visit(best, x1[2 * j + 1], 3)
+fn window2<E: Float>(x0: &[E], x1: &[E], j: usize) -> (E, E) {
+    let [p0, p1, p2, p3] = [0.0, 1.0, 2.0, 3.0].map(E::from_f64);
+    let best = visit((x0[2 * j], p0), x0[2 * j + 1], p1);
+    let best = visit(best, x1[2 * j], p2);
+    visit(best, x1[2 * j + 1], p3)
 }
 
 /// One output row of a 2×2, stride-2 pool from input rows `x0`, `x1`.
@@ -228,12 +231,16 @@ avx2_dispatch!(pool2_rows, pool2_rows_avx2, pool2_rows_impl, (x0: &[E], x1: &[E]
 #[inline(always)]
 fn pool2_grad_rows_impl<E: Float>(x0: &[E], x1: &[E], g: &[E], d0: &mut [MaybeUninit<E>], d1: &mut [MaybeUninit<E>]) {
     let zero = E::from_f64(0.0);
+    let [p0, p1, p2, p3] = [0.0, 1.0, 2.0, 3.0].map(E::from_f64);
+    let n = g.len();
+    let (x0, x1) = (&x0[..2 * n], &x1[..2 * n]);
+    let (e0, e1) = (&mut d0[..2 * n], &mut d1[..2 * n]);
     for (j, &gv) in g.iter().enumerate() {
         let at = window2(x0, x1, j).1;
-        d0[2 * j].write(if at == 0 { gv } else { zero });
-        d0[2 * j + 1].write(if at == 1 { gv } else { zero });
-        d1[2 * j].write(if at == 2 { gv } else { zero });
-        d1[2 * j + 1].write(if at == 3 { gv } else { zero });
+        e0[2 * j].write(if at == p0 { gv } else { zero });
+        e0[2 * j + 1].write(if at == p1 { gv } else { zero });
+        e1[2 * j].write(if at == p2 { gv } else { zero });
+        e1[2 * j + 1].write(if at == p3 { gv } else { zero });
     }
     // An odd last column lies in no window.
     for d in d0[2 * g.len()..].iter_mut().chain(d1[2 * g.len()..].iter_mut()) {
