@@ -25,6 +25,15 @@ mod im2col;
 pub use bias::add_channel_bias;
 use im2col::im2col_rows;
 pub(crate) mod windows;
+
+/// The outputs `j` in `[lo, hi)` (of `len_out`) whose input `s·j + b − p`
+/// lies inside `[0, len_in)`, for kernel offset `b`, stride `s` and padding
+/// `p`: the part of a row that does not read the zero padding.
+pub(crate) fn inside_range(len_in: usize, len_out: usize, s: usize, p: usize, b: usize) -> (usize, usize) {
+    let lo = p.saturating_sub(b).div_ceil(s).min(len_out);
+    let hi = if len_in + p > b { ((len_in + p - b - 1) / s + 1).min(len_out) } else { 0 }.max(lo);
+    (lo, hi)
+}
 pub use depthwise::depthwise_conv2d;
 pub use windows::{depthwise_conv2d_taps, window_taps};
 

@@ -20,8 +20,9 @@
 //!   channels of `c`, then the padding is cropped;
 //! * weight gradient, per output channel `o`:
 //!   `∂w[o, a, b] = Σ_{n, i, j} g[n, o, i, j] · x̃[n, c, s·i + a, s·j + b]`,
-//!   accumulated per tap in lanes of the element type within a sample and in
-//!   f64 across samples.
+//!   over the positions inside the unpadded plane only, accumulated per tap
+//!   in lanes of the element type within a sample and in f64 across
+//!   samples.
 //!
 //! Planes (or channels, for the weight gradient) are independent, so they are
 //! split over rayon's pool; each output element is computed by one thread in
@@ -275,22 +276,33 @@ fn input_grad_plane_impl<E: Float>(g: &Geom, gy: &[E], k: &[E], dxp: &mut [E]) {
 }
 
 /// `acc[t·wo + j] += Σ_i g[i, j] · x̃[s·i + a, s·j + b]` for every tap
-/// `t = a·k_w + b` of one (sample, output channel).
+/// `t = a·k_w + b` of one (sample, output channel), read from the unpadded
+/// plane `x` (`h × w`): only the rows and columns whose input lies inside
+/// the plane (the padding would add zeros).
 #[inline(always)]
-fn weight_grad_plane_impl<E: Float>(g: &Geom, xp: &[E], gp: &[E], acc: &mut [E]) {
-    let (wp, wo, s) = (g.wp(), g.wo, g.s);
+fn weight_grad_plane_impl<E: Float>(g: &Geom, x: &[E], gp: &[E], acc: &mut [E]) {
+    let (w, wo, s, p) = (g.w, g.wo, g.s, g.p);
     for (i, grow) in gp.chunks_exact(wo).enumerate() {
         for a in 0..g.kh {
-            let xrow = &xp[(s * i + a) * wp..][..wp];
+            let r = (s * i + a) as isize - p as isize;
+            if r < 0 || r as usize >= g.h {
+                continue;
+            }
+            let xrow = &x[r as usize * w..][..w];
             for b in 0..g.kw {
-                let ar = &mut acc[(a * g.kw + b) * wo..][..wo];
-                let xs = &xrow[b..];
+                let (lo, hi) = super::inside_range(w, wo, s, p, b);
+                if lo == hi {
+                    continue;
+                }
+                let ar = &mut acc[(a * g.kw + b) * wo..][..wo][lo..hi];
+                let first = s * lo + b - p;
+                let gs = &grow[lo..hi];
                 if s == 1 {
-                    for ((av, &gv), &xv) in ar.iter_mut().zip(grow).zip(&xs[..wo]) {
+                    for ((av, &gv), &xv) in ar.iter_mut().zip(gs).zip(&xrow[first..][..hi - lo]) {
                         *av += gv * xv;
                     }
                 } else {
-                    for ((av, &gv), &xv) in ar.iter_mut().zip(grow).zip(xs.iter().step_by(s)) {
+                    for ((av, &gv), &xv) in ar.iter_mut().zip(gs).zip(xrow[first..].iter().step_by(s)) {
                         *av += gv * xv;
                     }
                 }
@@ -375,9 +387,8 @@ fn weight_grad<E: Float>(g: &Geom, x: &[E], gy: &[E]) -> Vec<E> {
         for ni in 0..g.n {
             let xpl = &x[(ni * g.c + ci) * g.plane_in()..][..g.plane_in()];
             let gp = &gy[(ni * co + o) * g.plane_out()..][..g.plane_out()];
-            let xp = padded(g, xpl, &mut sc.pad);
             sc.acc.fill(zero);
-            weight_grad_plane(g, xp, gp, &mut sc.acc);
+            weight_grad_plane(g, xpl, gp, &mut sc.acc);
             for (t, lanes) in sc.total.iter_mut().zip(sc.acc.chunks_exact(wo)) {
                 *t += lanes.iter().map(|v| v.to_f64()).sum::<f64>();
             }
@@ -500,4 +511,4 @@ impl CustomOp2 for WeightGrad {
 
 avx2_dispatch!(input_grad_plane, input_grad_plane_avx2, input_grad_plane_impl, (g: &Geom, gy: &[E], k: &[E], dxp: &mut [E]));
 
-avx2_dispatch!(weight_grad_plane, weight_grad_plane_avx2, weight_grad_plane_impl, (g: &Geom, xp: &[E], gp: &[E], acc: &mut [E]));
+avx2_dispatch!(weight_grad_plane, weight_grad_plane_avx2, weight_grad_plane_impl, (g: &Geom, x: &[E], gp: &[E], acc: &mut [E]));

@@ -122,10 +122,7 @@ impl Geom {
     /// Output columns `j` whose input column `s·j + b − p` lies in `[0, W)`,
     /// for kernel column `b`.
     fn cols_in(&self, b: usize) -> (usize, usize) {
-        let (s, p, w, wo) = (self.s, self.p, self.w, self.wo);
-        let lo = p.saturating_sub(b).div_ceil(s).min(wo);
-        let hi = if w + p > b { ((w + p - b - 1) / s + 1).min(wo) } else { 0 }.max(lo);
-        (lo, hi)
+        super::inside_range(self.w, self.wo, self.s, self.p, b)
     }
     fn check(&self, what: &str, l: &Layout, want: (usize, usize, usize, usize)) -> Result<()> {
         if l.shape().dims4()? != want {
