@@ -180,6 +180,54 @@ fn check_pickle(b: &[u8], at: usize) -> Result<()> {
     err("pickle stream: no STOP opcode before the end")
 }
 
+/// What in `value`, a state-dict entry, candle's
+/// `Object::into_tensor_info` would index past the end of (it takes tuple
+/// elements by position without checking, and panics on a short tuple), or
+/// `None` when it is safe to hand over. Mirrors its walk: an optional
+/// `_rebuild_from_type_v2` (callable at 0, arguments at 2) or
+/// `_rebuild_parameter` (a reduce at 0) wrapper, then `_rebuild_tensor_v2`'s
+/// four arguments, the first a persistent load of a five-element tuple.
+fn malformed_rebuild(value: &Object) -> Option<&'static str> {
+    let class = |o: &Object| match o {
+        Object::Class { module_name, class_name } => Some((module_name.clone(), class_name.clone())),
+        _ => None,
+    };
+    let is = |o: &Object, module: &str, name: &str| class(o).is_some_and(|(m, c)| m == module && c == name);
+    let Object::Reduce { callable, args } = value else { return None };
+    let (callable, args): (&Object, &Object) = if is(callable, "torch._tensor", "_rebuild_from_type_v2") {
+        match args.as_ref() {
+            Object::Tuple(t) if t.len() < 3 => return Some("_rebuild_from_type_v2 with fewer than 3 arguments"),
+            Object::Tuple(t) => (&t[0], &t[2]),
+            _ => return None,
+        }
+    } else if is(callable, "torch._utils", "_rebuild_parameter") {
+        match args.as_ref() {
+            Object::Tuple(t) if t.is_empty() => return Some("_rebuild_parameter without arguments"),
+            Object::Tuple(t) => match &t[0] {
+                Object::Reduce { callable, args } => (callable.as_ref(), args.as_ref()),
+                _ => return None,
+            },
+            _ => return None,
+        }
+    } else {
+        (callable.as_ref(), args.as_ref())
+    };
+    if !is(callable, "torch._utils", "_rebuild_tensor_v2") {
+        return None;
+    }
+    match args {
+        Object::Tuple(t) if t.len() < 4 => Some("_rebuild_tensor_v2 with fewer than 4 arguments"),
+        Object::Tuple(t) => match &t[0] {
+            Object::PersistentLoad(storage) => match storage.as_ref() {
+                Object::Tuple(s) if s.len() < 5 => Some("a tensor storage record with fewer than 5 fields"),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn unpickle(r: &mut Cursor<&[u8]>) -> Result<Object> {
     let at = r.position();
     check_pickle(r.get_ref(), usize::try_from(at).unwrap_or(usize::MAX))?;
@@ -390,6 +438,9 @@ fn read(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::new();
     if let Object::Dict(kv) = select_state_dict(obj) {
         for (name, value) in kv {
+            if let Some(what) = malformed_rebuild(&value) {
+                return Err(bad(format!("entry {name:?}: {what}")));
+            }
             let info = match value.into_tensor_info(name, std::path::Path::new("")) {
                 Ok(Some(info)) => info,
                 _ => continue,
@@ -402,4 +453,46 @@ fn read(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(module: &str, name: &str) -> Object {
+        Object::Class { module_name: module.into(), class_name: name.into() }
+    }
+
+    fn rebuild(args: Vec<Object>) -> Object {
+        Object::Reduce { callable: Box::new(class("torch._utils", "_rebuild_tensor_v2")), args: Box::new(Object::Tuple(args)) }
+    }
+
+    fn storage(fields: usize) -> Object {
+        let all = [class("torch", "FloatStorage"), Object::Unicode("0".into()), Object::Unicode("cpu".into()), Object::Int(4)];
+        let mut t = vec![Object::Unicode("storage".into())];
+        t.extend(all.into_iter().take(fields.saturating_sub(1)));
+        Object::PersistentLoad(Box::new(Object::Tuple(t)))
+    }
+
+    /// Each short tuple that makes candle's `into_tensor_info` panic is
+    /// caught first; a well-formed entry passes.
+    #[test]
+    fn short_rebuild_tuples_are_caught_before_candle_indexes_them() {
+        let well_formed = rebuild(vec![storage(5), Object::Int(0), Object::Tuple(vec![Object::Int(1)]), Object::Tuple(vec![Object::Int(1)])]);
+        assert_eq!(malformed_rebuild(&well_formed), None);
+        let cases = [
+            rebuild(vec![storage(5), Object::Int(0)]),
+            rebuild(vec![storage(3), Object::Int(0), Object::Tuple(vec![]), Object::Tuple(vec![])]),
+            Object::Reduce {
+                callable: Box::new(class("torch._tensor", "_rebuild_from_type_v2")),
+                args: Box::new(Object::Tuple(vec![class("torch._utils", "_rebuild_tensor_v2")])),
+            },
+            Object::Reduce { callable: Box::new(class("torch._utils", "_rebuild_parameter")), args: Box::new(Object::Tuple(vec![])) },
+        ];
+        for case in cases {
+            assert!(malformed_rebuild(&case).is_some(), "{case:?}");
+            let candle = std::panic::catch_unwind(|| case.clone().into_tensor_info(Object::Unicode("w".into()), std::path::Path::new("")));
+            assert!(candle.is_err(), "candle no longer panics on {case:?}: the guard may be dropped");
+        }
+    }
 }
