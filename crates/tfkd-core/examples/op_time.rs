@@ -1,6 +1,9 @@
 //! Times the CPU custom ops of tfkd-core against candle's composed versions,
 //! forward + backward (`L = Σ y ⊙ r`), and prints a table (median of a few
-//! runs, milliseconds).
+//! runs, milliseconds). For the convolutions it also prints the rate of
+//! forward + backward (three products) as a share of the machine's GEMM
+//! rate, measured first on a 1024³ matmul (the `%` includes the ops'
+//! im2col, col2im and the `Σ y ⊙ r` around them).
 //!
 //! ```sh
 //! cargo run --release -p tfkd-core --example op_time            # all
@@ -50,9 +53,19 @@ fn main() -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let mut rng = SeededRng::new(0);
     println!("threads {}", candle_core::utils::get_num_threads());
+    // The machine's GEMM rate: a square f32 product through candle's matmul
+    // (the `gemm` crate, as the convolutions use), best of a few.
+    let peak = {
+        let side = 1024;
+        let a = rng.uniform_tensor((side, side), -1.0, 1.0, DType::F32, &dev)?;
+        let b = rng.uniform_tensor((side, side), -1.0, 1.0, DType::F32, &dev)?;
+        let ms = time(7, || a.matmul(&b).map(drop))?;
+        2.0 * (side * side * side) as f64 / (ms * 1e6)
+    };
+    println!("gemm peak (1024^3 f32 matmul): {peak:.1} GFLOP/s");
     println!(
-        "{:<44} {:>12} {:>12} {:>8} {:>12}",
-        "op (f32, forward + backward)", "candle ms", "tfkd ms", "ratio", "tfkd fwd ms"
+        "{:<44} {:>12} {:>12} {:>8} {:>12} {:>14}",
+        "op (f32, forward + backward)", "candle ms", "tfkd ms", "ratio", "tfkd fwd ms", "% gemm peak"
     );
     // (name, n, c_in, c_out, side, k, stride, pad, groups)
     #[rustfmt::skip]
@@ -92,7 +105,10 @@ fn main() -> anyhow::Result<()> {
         let t_ours = time(if no_candle { 20 } else { 5 }, || fwd_bwd(&ours, &x, &w, &r))?;
         let (xd, wd) = (x.as_detached_tensor(), w.as_detached_tensor());
         let t_fwd = time(if no_candle { 20 } else { 5 }, || ours(&xd, &wd).map(drop))?;
-        println!("{name:<44} {t_candle:>12.2} {t_ours:>12.2} {:>7.1}x {t_fwd:>12.2}", t_candle / t_ours);
+        // Forward and both gradients: three products of the same size.
+        let flops = 3.0 * 2.0 * (n * c_out * (c_in / groups) * k * k * out * out) as f64;
+        let share = 100.0 * flops / (t_ours * 1e6) / peak;
+        println!("{name:<44} {t_candle:>12.2} {t_ours:>12.2} {:>7.1}x {t_fwd:>12.2} {share:>13.0}%", t_candle / t_ours);
     }
     // (name, n, c, side)
     let norms: &[(&str, usize, usize, usize)] = &[
