@@ -75,10 +75,12 @@ use candle_core::{
 /// That is the path of CUDA, Metal and the other dtypes: tensor ops, so on
 /// CUDA im2col copies and cuBLAS products instead of candle's direct
 /// `conv_transpose2d` kernel. On the CPU with f32/f64 operands the forward
-/// and both gradients are computed per image instead (`conv/gemm_cpu.rs`):
-/// `∂L/∂x` as `w_gᵀ · g[n, g-block]` scattered back by col2im (any stride,
-/// no flip, no phases), `∂L/∂w` as `Σ_n g[n, g-block] · cols_{n,g}ᵀ` with
-/// `cols_{n,g}` image `n`'s im2col matrix.
+/// and both gradients are computed per block of images instead
+/// (`conv/gemm_cpu.rs`; one image, or enough images of a small feature map
+/// side by side for a product of 256 columns): `∂L/∂x` as
+/// `w_gᵀ · g[B, g-block]` scattered back by col2im (any stride, no flip, no
+/// phases), `∂L/∂w` as `Σ_B g[B, g-block] · cols_{B,g}ᵀ` with `cols_{B,g}`
+/// the block's im2col matrices side by side.
 ///
 /// Grouped convolutions are one op (per pass) over all groups; depthwise convolutions (one input channel per group) go to
 /// [`depthwise_conv2d`] (its own kernels on the CPU, [`depthwise_conv2d_taps`]
