@@ -20,9 +20,8 @@
 //!   channels of `c`, then the padding is cropped;
 //! * weight gradient, per output channel `o`:
 //!   `∂w[o, a, b] = Σ_{n, i, j} g[n, o, i, j] · x̃[n, c, s·i + a, s·j + b]`,
-//!   over the positions inside the unpadded plane only, accumulated per tap
-//!   in lanes of the element type within a sample and in f64 across
-//!   samples.
+//!   accumulated per tap in eight lanes of the element type (in registers
+//!   for a 3×3 kernel) within a sample and in f64 across samples.
 //!
 //! Planes (or channels, for the weight gradient) are independent, so they are
 //! split over rayon's pool; each output element is computed by one thread in
@@ -198,6 +197,9 @@ fn correlate_impl<E: Float>(
     out_w: usize,
     out: &mut [MaybeUninit<E>],
 ) {
+    if (kh, kw) == (3, 3) {
+        return correlate_3x3(src, ld, off, s, k, out_w, out);
+    }
     let zero = E::from_f64(0.0);
     for (i, row) in out.chunks_exact_mut(out_w).enumerate() {
         let base = &src[(s * i + off) * ld + off..];
@@ -231,6 +233,46 @@ fn correlate_impl<E: Float>(
             for a in 0..kh {
                 for b in 0..kw {
                     acc += k[a * kw + b] * base[a * ld + s * jj + b];
+                }
+            }
+            o.write(acc);
+        }
+    }
+}
+
+/// [`correlate_impl`] for a 3×3 kernel: the nine taps held in registers and
+/// the tap loops unrolled (the zoo's depthwise convs are all 3×3). The same
+/// sums in the same order.
+#[inline(always)]
+fn correlate_3x3<E: Float>(src: &[E], ld: usize, off: usize, s: usize, k: &[E], out_w: usize, out: &mut [MaybeUninit<E>]) {
+    let zero = E::from_f64(0.0);
+    let kk: [[E; 3]; 3] = std::array::from_fn(|a| std::array::from_fn(|b| k[a * 3 + b]));
+    // Columns a lane block reads from each row: s·(LANES − 1) + 3.
+    let span = s * (LANES - 1) + 3;
+    for (i, row) in out.chunks_exact_mut(out_w).enumerate() {
+        let base = (s * i + off) * ld + off;
+        let rows: [&[E]; 3] = std::array::from_fn(|a| &src[base + a * ld..]);
+        let mut j = 0;
+        while j + LANES <= out_w {
+            let mut acc = [zero; LANES];
+            for a in 0..3 {
+                let xs = &rows[a][s * j..][..span];
+                for b in 0..3 {
+                    for l in 0..LANES {
+                        acc[l] += kk[a][b] * xs[s * l + b];
+                    }
+                }
+            }
+            for (o, v) in row[j..j + LANES].iter_mut().zip(acc) {
+                o.write(v);
+            }
+            j += LANES;
+        }
+        for (jj, o) in row.iter_mut().enumerate().skip(j) {
+            let mut acc = zero;
+            for a in 0..3 {
+                for b in 0..3 {
+                    acc += kk[a][b] * rows[a][s * jj + b];
                 }
             }
             o.write(acc);
@@ -275,36 +317,68 @@ fn input_grad_plane_impl<E: Float>(g: &Geom, gy: &[E], k: &[E], dxp: &mut [E]) {
     }
 }
 
-/// `acc[t·wo + j] += Σ_i g[i, j] · x̃[s·i + a, s·j + b]` for every tap
-/// `t = a·k_w + b` of one (sample, output channel), read from the unpadded
-/// plane `x` (`h × w`): only the rows and columns whose input lies inside
-/// the plane (the padding would add zeros).
+/// `acc[t·LANES + l] += Σ_{i, j ≡ l} g[i, j] · x̃[s·i + a, s·j + b]` for
+/// every tap `t = a·k_w + b` of one (sample, output channel), from the
+/// padded plane `xp`: each tap's sum kept in [`LANES`] partial sums, a block
+/// of `LANES` columns at a time (columns past the last whole block go to
+/// lanes `0, 1, …`). A 3×3 kernel has its loops unrolled.
 #[inline(always)]
-fn weight_grad_plane_impl<E: Float>(g: &Geom, x: &[E], gp: &[E], acc: &mut [E]) {
-    let (w, wo, s, p) = (g.w, g.wo, g.s, g.p);
+fn weight_grad_plane_impl<E: Float>(g: &Geom, xp: &[E], gp: &[E], acc: &mut [E]) {
+    if (g.kh, g.kw) == (3, 3) {
+        let mut lanes = [[[E::from_f64(0.0); LANES]; 3]; 3];
+        weight_grad_lanes::<E, 3, 3>(g, xp, gp, &mut lanes);
+        for (a, row) in lanes.iter().enumerate() {
+            for (b, l) in row.iter().enumerate() {
+                for (d, v) in acc[(a * 3 + b) * LANES..][..LANES].iter_mut().zip(l) {
+                    *d += *v;
+                }
+            }
+        }
+        return;
+    }
+    let (wp, wo, s, kw) = (g.wp(), g.wo, g.s, g.kw);
     for (i, grow) in gp.chunks_exact(wo).enumerate() {
         for a in 0..g.kh {
-            let r = (s * i + a) as isize - p as isize;
-            if r < 0 || r as usize >= g.h {
-                continue;
-            }
-            let xrow = &x[r as usize * w..][..w];
-            for b in 0..g.kw {
-                let (lo, hi) = super::inside_range(w, wo, s, p, b);
-                if lo == hi {
-                    continue;
+            let xrow = &xp[(s * i + a) * wp..][..wp];
+            for b in 0..kw {
+                let lanes = &mut acc[(a * kw + b) * LANES..][..LANES];
+                for (j, &gv) in grow.iter().enumerate() {
+                    lanes[j % LANES] += gv * xrow[s * j + b];
                 }
-                let ar = &mut acc[(a * g.kw + b) * wo..][..wo][lo..hi];
-                let first = s * lo + b - p;
-                let gs = &grow[lo..hi];
-                if s == 1 {
-                    for ((av, &gv), &xv) in ar.iter_mut().zip(gs).zip(&xrow[first..][..hi - lo]) {
-                        *av += gv * xv;
+            }
+        }
+    }
+}
+
+/// The fixed-size body of [`weight_grad_plane_impl`].
+#[inline(always)]
+fn weight_grad_lanes<E: Float, const KH: usize, const KW: usize>(
+    g: &Geom,
+    xp: &[E],
+    gp: &[E],
+    lanes: &mut [[[E; LANES]; KW]; KH],
+) {
+    let (wp, wo, s) = (g.wp(), g.wo, g.s);
+    let span = s * (LANES - 1) + KW;
+    for (i, grow) in gp.chunks_exact(wo).enumerate() {
+        let rows: [&[E]; KH] = std::array::from_fn(|a| &xp[(s * i + a) * wp..]);
+        let mut j = 0;
+        while j + LANES <= wo {
+            let gv = &grow[j..j + LANES];
+            for a in 0..KH {
+                let xs = &rows[a][s * j..][..span];
+                for b in 0..KW {
+                    for l in 0..LANES {
+                        lanes[a][b][l] += gv[l] * xs[s * l + b];
                     }
-                } else {
-                    for ((av, &gv), &xv) in ar.iter_mut().zip(gs).zip(xrow[first..].iter().step_by(s)) {
-                        *av += gv * xv;
-                    }
+                }
+            }
+            j += LANES;
+        }
+        for (l, jj) in (j..wo).enumerate() {
+            for a in 0..KH {
+                for b in 0..KW {
+                    lanes[a][b][l] += grow[jj] * rows[a][s * jj + b];
                 }
             }
         }
@@ -375,7 +449,7 @@ fn input_grad<E: Float>(g: &Geom, gy: &[E], k: &[E]) -> Vec<E> {
 }
 
 fn weight_grad<E: Float>(g: &Geom, x: &[E], gy: &[E]) -> Vec<E> {
-    let (co, taps, wo) = (g.co(), g.taps(), g.wo);
+    let (co, taps) = (g.co(), g.taps());
     let zero = E::from_f64(0.0);
     let mut dw = vec![zero; co * taps];
     let work = g.n * g.plane_out() * taps;
@@ -383,13 +457,14 @@ fn weight_grad<E: Float>(g: &Geom, x: &[E], gy: &[E]) -> Vec<E> {
         let ci = o / g.m;
         sc.total.clear();
         sc.total.resize(taps, 0.0);
-        sc.acc.resize(taps * wo, zero);
+        sc.acc.resize(taps * LANES, zero);
         for ni in 0..g.n {
             let xpl = &x[(ni * g.c + ci) * g.plane_in()..][..g.plane_in()];
             let gp = &gy[(ni * co + o) * g.plane_out()..][..g.plane_out()];
+            let xp = padded(g, xpl, &mut sc.pad);
             sc.acc.fill(zero);
-            weight_grad_plane(g, xpl, gp, &mut sc.acc);
-            for (t, lanes) in sc.total.iter_mut().zip(sc.acc.chunks_exact(wo)) {
+            weight_grad_plane(g, xp, gp, &mut sc.acc);
+            for (t, lanes) in sc.total.iter_mut().zip(sc.acc.chunks_exact(LANES)) {
                 *t += lanes.iter().map(|v| v.to_f64()).sum::<f64>();
             }
         }
@@ -511,4 +586,4 @@ impl CustomOp2 for WeightGrad {
 
 avx2_dispatch!(input_grad_plane, input_grad_plane_avx2, input_grad_plane_impl, (g: &Geom, gy: &[E], k: &[E], dxp: &mut [E]));
 
-avx2_dispatch!(weight_grad_plane, weight_grad_plane_avx2, weight_grad_plane_impl, (g: &Geom, x: &[E], gp: &[E], acc: &mut [E]));
+avx2_dispatch!(weight_grad_plane, weight_grad_plane_avx2, weight_grad_plane_impl, (g: &Geom, xp: &[E], gp: &[E], acc: &mut [E]));
