@@ -129,14 +129,20 @@ fn candle_only() -> bool {
 /// input and adds the pieces, which made memset, memcpy and additions half
 /// of a narrowed ResNeXt29 step.
 fn conv2d_grouped(x: &Tensor, w: &Tensor, padding: usize, stride: usize, groups: usize) -> Result<Tensor> {
-    // On the CPU, per-image im2col + products beat candle's tiled forward
-    // (`examples/op_time.rs`).
-    let y = if cpu_fast(x, w) {
-        gemm_cpu::forward_op(&x.detach(), &w.detach(), padding, stride, groups)?
-    } else {
-        x.detach().conv2d(&w.detach(), padding, stride, 1, groups)?
-    };
-    if !x.track_op() && !w.track_op() {
+    // On the CPU, im2col + products by blocks of images beat candle's tiled
+    // forward (`examples/op_time.rs`).
+    let tracked = x.track_op() || w.track_op();
+    if cpu_fast(x, w) {
+        if !tracked {
+            // Nothing to differentiate (inference): no op.
+            return gemm_cpu::forward_op(x, w, padding, stride, groups);
+        }
+        // The op's own `cpu_fwd` computes the forward into its output.
+        let op = FastConv2d { padding, stride, groups, y: Mutex::new(None) };
+        return x.contiguous()?.apply_op2(&w.contiguous()?, op);
+    }
+    let y = x.detach().conv2d(&w.detach(), padding, stride, 1, groups)?;
+    if !tracked {
         // Nothing to differentiate (inference): no op, no output copy.
         return Ok(y);
     }
@@ -189,14 +195,16 @@ fn cpu_len(c: &CpuStorage) -> usize {
     }
 }
 
-/// The custom op: the forward result is precomputed (`conv/gemm_cpu.rs` on
-/// the CPU, candle's `conv2d` elsewhere) and handed out by the `*_fwd` methods;
-/// `bwd` is the point.
+/// The custom op whose `bwd` is the point. On the CPU its `cpu_fwd` runs the
+/// forward (`conv/gemm_cpu.rs`) straight into its output; elsewhere the
+/// result is precomputed by candle's `conv2d` and handed out (copied) by the
+/// `*_fwd` methods.
 struct FastConv2d {
     padding: usize,
     stride: usize,
     groups: usize,
-    /// Taken by the forward, so the graph does not keep a second copy.
+    /// The precomputed forward (off the CPU), taken by the forward, so the
+    /// graph does not keep a second copy.
     y: Mutex<Option<Tensor>>,
 }
 
@@ -226,11 +234,15 @@ impl CustomOp2 for FastConv2d {
 
     fn cpu_fwd(
         &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let precomputed = self.y.lock().map(|y| y.is_some()).unwrap_or(false);
+        if !precomputed {
+            return gemm_cpu::forward_storage((xs, xl), (ws, wl), self.padding, self.stride, self.groups);
+        }
         match self.out()? {
             (Storage::Cpu(c), s) => Ok((c, s)),
             _ => candle_core::bail!("tfkd-fast-conv2d: device mismatch"),

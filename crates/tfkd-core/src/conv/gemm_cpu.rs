@@ -584,8 +584,21 @@ impl CustomOp2 for ConvGemm {
     }
 }
 
+/// The forward convolution on CPU storages (`x` and `w` contiguous), for an
+/// op that computes it inside its own `cpu_fwd`.
+pub(crate) fn forward_storage(
+    (xs, xl): (&CpuStorage, &Layout),
+    (ws, wl): (&CpuStorage, &Layout),
+    p: usize,
+    s: usize,
+    groups: usize,
+) -> Result<(CpuStorage, Shape)> {
+    let g = Geom::new(xl.shape().dims4()?, wl.shape().dims4()?, p, s, groups)?;
+    ConvGemm { g, pass: Pass::Forward }.cpu_fwd(xs, xl, ws, wl)
+}
+
 /// The forward convolution of `x (N, C, H, W)` by `w (O, C/G, k_h, k_w)`
-/// (no gradient tracking: the caller wraps it). CPU, f32 or f64.
+/// (no gradient tracking). CPU, f32 or f64.
 pub(crate) fn forward_op(x: &Tensor, w: &Tensor, p: usize, s: usize, groups: usize) -> Result<Tensor> {
     let g = Geom::new(x.dims4()?, w.dims4()?, p, s, groups)?;
     x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &ConvGemm { g, pass: Pass::Forward })
