@@ -13,7 +13,10 @@
 //! * forward: `y[B, g-block] (O_g × |B|·H_o·W_o) = W_g (O_g × C_g·k_h·k_w) · cols_{B,g}`,
 //!   written straight into the NCHW output when `|B| = 1` (its rows are the
 //!   output planes), else scattered into it from a scratch product;
-//! * input gradient: `dcols = W_gᵀ · g[B, g-block]`, then col2im per image:
+//! * input gradient, for stride 1 and a square kernel: the forward pass of
+//!   `g` padded by `k − 1 − p` with the flipped, transposed kernel
+//!   ([`Geom::transposed`]); otherwise `dcols = W_gᵀ · g[B, g-block]`, then
+//!   col2im per image:
 //!   every element of `dcols` is added to the input position it was read
 //!   from (`∂x̃[n, c, s·i + a, s·j + b] += dcols[(c, a, b), (n, i, j)]`),
 //!   positions in the padding being dropped. Any stride and padding, no
@@ -114,6 +117,22 @@ impl Geom {
     /// read and written once per image.
     fn images_per_product(&self) -> usize {
         MIN_PRODUCT_COLS.div_ceil(self.hwo().max(1)).clamp(1, self.n.max(1))
+    }
+    /// For stride 1, a square kernel of more than one tap and `p < k`, the
+    /// input gradient is itself a convolution: of the upstream gradient
+    /// `(N, O, H_o, W_o)`, padded by `k − 1 − p`, with the kernel flipped
+    /// in both spatial dims and transposed per group (`(C, O_g, k, k)`;
+    /// [`flipped_transposed`]), stride 1, the same groups. Run as a forward
+    /// pass its products have `O_g·k²` terms each instead of the `O_g` of
+    /// `W_gᵀ · g`, and no col2im follows: about twice the throughput on
+    /// ResNet18's 3×3 convs.
+    fn transposed(&self) -> Option<Geom> {
+        if self.s != 1 || self.kh != self.kw || self.kh < 2 || self.p >= self.kh {
+            return None;
+        }
+        Geom::new((self.n, self.o, self.ho, self.wo), (self.c, self.og(), self.kh, self.kw), self.kh - 1 - self.p, 1, self.groups)
+            .ok()
+            .filter(|t| (t.ho, t.wo) == (self.h, self.w))
     }
     /// Multiply-adds of one image's product (any of the three passes).
     fn work(&self) -> usize {
@@ -442,6 +461,9 @@ fn forward<E: Elem>(g: &Geom, x: &[E], w: &[E]) -> Vec<E> {
 /// then col2im per image (for a pointwise convolution `dcols` is the
 /// gradient itself).
 fn input_grad<E: Elem>(g: &Geom, gr: &[E], w: &[E]) -> Vec<E> {
+    if let Some(t) = g.transposed() {
+        return forward(&t, gr, &flipped_transposed(g, w));
+    }
     let (cg, og, kdim, hw, hwo) = (g.cg(), g.og(), g.kdim(), g.hw(), g.hwo());
     let chunk = g.c * hw;
     filled(g.n * chunk, |dx| {
@@ -479,6 +501,22 @@ fn input_grad<E: Elem>(g: &Geom, gr: &[E], w: &[E]) -> Vec<E> {
             }
         })
     })
+}
+
+/// The kernel of [`Geom::transposed`]: `w'[g·C_g + c, o, a, b] =
+/// w[g·O_g + o, c, k_h − 1 − a, k_w − 1 − b]`, shape `(C, O_g, k_h, k_w)`.
+fn flipped_transposed<E: Float>(g: &Geom, w: &[E]) -> Vec<E> {
+    let (cg, og, kh, kw) = (g.cg(), g.og(), g.kh, g.kw);
+    let mut out = Vec::with_capacity(w.len());
+    for gi in 0..g.groups {
+        for c in 0..cg {
+            for o in 0..og {
+                let taps = &w[((gi * og + o) * cg + c) * kh * kw..][..kh * kw];
+                out.extend(taps.iter().rev());
+            }
+        }
+    }
+    out
 }
 
 /// Partial sums of the weight gradient: a fixed number (not one per thread),
