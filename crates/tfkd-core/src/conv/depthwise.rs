@@ -180,17 +180,14 @@ fn padded<'a, E: Float>(g: &Geom, x: &'a [E], buf: &'a mut Vec<E>) -> &'a [E] {
 const LANES: usize = 8;
 
 /// A strided correlation, register-blocked: `out[i, j] = Σ_{a, b} k[a·k_w + b] ·
-/// src[(s·i + a + off)·ld + s·j + b + off]` for `out_w` columns and
+/// src[(s·i + a + off)·ld + s·j + b + off]` (`src` given as `(src, ld, off)`) for `out_w` columns and
 /// `out.len() / out_w` rows, every element of `out` written. [`LANES`]
 /// outputs of a row are accumulated in registers over all taps, so each
 /// output is written once (not once per tap), and each is summed from 0 in
 /// tap order `(a, b)`.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn correlate_impl<E: Float>(
-    src: &[E],
-    ld: usize,
-    off: usize,
+    (src, ld, off): (&[E], usize, usize),
     s: usize,
     (kh, kw): (usize, usize),
     k: &[E],
@@ -198,7 +195,7 @@ fn correlate_impl<E: Float>(
     out: &mut [MaybeUninit<E>],
 ) {
     if (kh, kw) == (3, 3) {
-        return correlate_3x3(src, ld, off, s, k, out_w, out);
+        return correlate_3x3((src, ld, off), s, k, out_w, out);
     }
     let zero = E::from_f64(0.0);
     for (i, row) in out.chunks_exact_mut(out_w).enumerate() {
@@ -244,7 +241,7 @@ fn correlate_impl<E: Float>(
 /// the tap loops unrolled (the zoo's depthwise convs are all 3×3). The same
 /// sums in the same order.
 #[inline(always)]
-fn correlate_3x3<E: Float>(src: &[E], ld: usize, off: usize, s: usize, k: &[E], out_w: usize, out: &mut [MaybeUninit<E>]) {
+fn correlate_3x3<E: Float>((src, ld, off): (&[E], usize, usize), s: usize, k: &[E], out_w: usize, out: &mut [MaybeUninit<E>]) {
     let zero = E::from_f64(0.0);
     let kk: [[E; 3]; 3] = std::array::from_fn(|a| std::array::from_fn(|b| k[a * 3 + b]));
     // Columns a lane block reads from each row: s·(LANES − 1) + 3.
@@ -284,7 +281,7 @@ avx2_dispatch!(
     correlate,
     correlate_avx2,
     correlate_impl,
-    (src: &[E], ld: usize, off: usize, s: usize, kdims: (usize, usize), k: &[E], out_w: usize, out: &mut [MaybeUninit<E>])
+    (src: (&[E], usize, usize), s: usize, kdims: (usize, usize), k: &[E], out_w: usize, out: &mut [MaybeUninit<E>])
 );
 
 /// One padded input-gradient plane (zeroed by the caller):
@@ -394,7 +391,7 @@ fn forward<E: Float>(g: &Geom, x: &[E], k: &[E]) -> Vec<E> {
             let ci = o / g.m;
             let xpl = &x[(ni * g.c + ci) * g.plane_in()..][..g.plane_in()];
             let xp = padded(g, xpl, &mut sc.pad);
-            correlate(xp, g.wp(), 0, g.s, (g.kh, g.kw), &k[o * taps..][..taps], g.wo, yp);
+            correlate((xp, g.wp(), 0), g.s, (g.kh, g.kw), &k[o * taps..][..taps], g.wo, yp);
         })
     })
 }
@@ -423,7 +420,7 @@ fn input_grad<E: Float>(g: &Geom, gy: &[E], k: &[E]) -> Vec<E> {
                 }
                 sc.flipped.clear();
                 sc.flipped.extend(k[ci * taps..][..taps].iter().rev());
-                correlate(&sc.pad, gw, g.p, 1, (g.kh, g.kw), &sc.flipped, g.w, dxp);
+                correlate((&sc.pad, gw, g.p), 1, (g.kh, g.kw), &sc.flipped, g.w, dxp);
             })
         });
     }
