@@ -172,6 +172,15 @@ pub(crate) fn filled<E: Copy>(len: usize, fill: impl FnOnce(&mut [std::mem::Mayb
     v
 }
 
+/// Copies `src` into the uninitialised `dst` (the same length), element by
+/// element: the copy of a [`filled`] buffer's piece.
+#[inline(always)]
+pub(crate) fn write_copy<E: Copy>(dst: &mut [std::mem::MaybeUninit<E>], src: &[E]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        d.write(v);
+    }
+}
+
 /// Calls `f(scratch, i, chunk_i)` for every `chunk`-sized piece of `out`,
 /// on rayon's pool when the total work (`work_per_chunk` per piece) is large
 /// enough, else in order on this thread. Each job gets its own scratch buffer.

@@ -12,7 +12,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 
-use crate::cpu::{filled, for_each_chunk, slice, supported};
+use crate::cpu::{filled, for_each_chunk, slice, supported, write_copy};
 
 /// `channel_shuffle(cat([a, b], 1), 2)`: with `a`, `b` of shape
 /// `(N, C, H, W)`, `y: (N, 2C, H, W)` with
@@ -90,10 +90,7 @@ impl CustomOp2 for CatShuffle {
                 for_each_chunk(y, hw, hw, |_: &mut (), plane, out| {
                     let (ni, co) = (plane / (2 * c), plane % (2 * c));
                     let (src, l) = if co % 2 == 0 { (a, la) } else { (b, lb) };
-                    let from = &src[plane_at(l, ni, co / 2)..][..hw];
-                    for (o, &v) in out.iter_mut().zip(from) {
-                        o.write(v);
-                    }
+                    write_copy(out, &src[plane_at(l, ni, co / 2)..][..hw]);
                 })
             })
         }
@@ -139,10 +136,7 @@ impl CustomOp1 for EveryOtherChannel {
             filled(n * c * hw, |out| {
                 for_each_chunk(out, hw, hw, |_: &mut (), plane, dst| {
                     let (ni, ci) = (plane / c, plane % c);
-                    let from = &g[(ni * 2 * c + 2 * ci + parity) * hw..][..hw];
-                    for (o, &v) in dst.iter_mut().zip(from) {
-                        o.write(v);
-                    }
+                    write_copy(dst, &g[(ni * 2 * c + 2 * ci + parity) * hw..][..hw]);
                 })
             })
         }

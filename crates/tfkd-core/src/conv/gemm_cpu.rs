@@ -47,7 +47,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::cpu::{avx2_dispatch, filled, for_each_chunk, slice, Float, PARALLEL_GRAIN};
+use crate::cpu::{avx2_dispatch, filled, for_each_chunk, slice, write_copy, Float, PARALLEL_GRAIN};
 
 /// Columns a product should have at least: images whose feature maps are
 /// smaller are multiplied together (see [`Geom::images_per_product`]).
@@ -418,10 +418,7 @@ fn scatter_rows<E: Float>(src: &[E], rows: usize, m: usize, len: usize, dst: &mu
     let ld = m * len;
     for b in 0..m {
         for r in 0..rows {
-            let from = &src[r * ld + b * len..][..len];
-            for (d, &v) in dst[b * stride + r * len..][..len].iter_mut().zip(from) {
-                d.write(v);
-            }
+            write_copy(&mut dst[b * stride + r * len..][..len], &src[r * ld + b * len..][..len]);
         }
     }
 }
