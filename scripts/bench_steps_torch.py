@@ -12,12 +12,18 @@ Usage:
     python scripts/bench_steps_torch.py [--models cnn,resnet18] [--batch 128]
         [--device cpu|cuda] [--threads 2] [--steps 5] [--warmup 2]
         [--json torch.jsonl] [--compare tfkd.jsonl] [--markdown]
+    python scripts/bench_steps_torch.py --rounds DIR [--markdown]
 
 `--compare FILE` reads the JSON lines written by `tfkd bench-step --json FILE`
 and prints the ratio table (tfkd's images/s over PyTorch's: above 1 means tfkd
 is faster). On CPU the peak memory is the process's maximum resident set
 (`ru_maxrss`, run one model per process for a clean figure); on CUDA it is
 `torch.cuda.max_memory_allocated`.
+
+`--rounds DIR` reads the interleaved rounds that `scripts/bench_cpu_ratio.sh`
+writes (DIR/torch*.jsonl, DIR/tfkd*.jsonl: one file per round) and prints
+each cell as the median of the rounds' medians, so that a shared machine's
+drift between rounds hits both frameworks alike.
 """
 
 import argparse
@@ -111,6 +117,23 @@ def compare(torch_rows, tfkd_rows, markdown):
             print(("{:<14}" + "{:>16}" * (len(head) - 1)).format(*row))
 
 
+def median_of_rounds(files):
+    """One row per model: the median over rounds of images/s and of peak MB."""
+    by_model = {}
+    for path in files:
+        for r in load(path):
+            by_model.setdefault(r["model"], []).append(r)
+    rows = []
+    for model, rs in by_model.items():
+        row = dict(rs[0])
+        row["images_per_s"] = statistics.median(r["images_per_s"] for r in rs)
+        peaks = [r.get("peak_rss_mb") or r.get("peak_mb") for r in rs]
+        row["peak_mb"] = row["peak_rss_mb"] = statistics.median(peaks)
+        row["rounds"] = len(rs)
+        rows.append(row)
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="cnn,resnet18,mobilenet_v2,shufflenet_v2")
@@ -125,7 +148,17 @@ def main():
     p.add_argument("--compare", help="tfkd bench-step JSON lines to compare with")
     p.add_argument("--torch-json", help="compare this file of earlier PyTorch results instead of timing")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--rounds", help="folder of interleaved rounds (torch*.jsonl, tfkd*.jsonl) to summarise")
     args = p.parse_args()
+    if args.rounds:
+        import glob
+        torch_files = sorted(glob.glob(os.path.join(args.rounds, "torch*.jsonl")))
+        tfkd_files = sorted(glob.glob(os.path.join(args.rounds, "tfkd*.jsonl")))
+        if not torch_files or not tfkd_files:
+            sys.exit("%s: want torch*.jsonl and tfkd*.jsonl (one per round)" % args.rounds)
+        print("rounds: %d PyTorch, %d tfkd; each cell is the median of the rounds" % (len(torch_files), len(tfkd_files)))
+        compare(median_of_rounds(torch_files), median_of_rounds(tfkd_files), args.markdown)
+        return
     if args.torch_json:
         compare(load(args.torch_json), load(args.compare), args.markdown)
         return
