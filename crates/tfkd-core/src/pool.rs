@@ -22,7 +22,7 @@
 //! narrowed GoogLeNet training step.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 
 use crate::conv::window_taps;
 use std::mem::MaybeUninit;
@@ -100,6 +100,125 @@ impl MaxPool {
         best.1
     }
 
+    /// The columns `j` of an output row whose window column `b` falls
+    /// inside the input (`0 ≤ s·j + b − p < w`), and that column for the
+    /// first of them.
+    #[inline(always)]
+    fn valid_cols(&self, b: usize, w: usize, w_o: usize) -> std::ops::Range<usize> {
+        let (s, p) = (self.s, self.p);
+        // s·j + b ≥ p  ⇔  j ≥ ⌈(p − b) / s⌉;  s·j + b − p < w  ⇔  j < ⌈(w + p − b) / s⌉.
+        let lo = p.saturating_sub(b).div_ceil(s);
+        let hi = (w + p).saturating_sub(b).div_ceil(s).min(w_o);
+        lo..hi.max(lo)
+    }
+
+    /// The input rows `r = s·i + a − p` of output row `i`'s window, as
+    /// `(a, r)`.
+    #[inline(always)]
+    fn window_rows(&self, i: usize, h: usize) -> impl Iterator<Item = (usize, usize)> {
+        let (top, p) = (self.s * i, self.p);
+        (0..self.k).filter_map(move |a| (top + a).checked_sub(p).filter(|&r| r < h).map(|r| (a, r)))
+    }
+
+    /// One plane's window maxima (any geometry) as two separable passes:
+    /// the maximum over each window's columns for every input row (into
+    /// `rows`, `h × w_o`), then over each window's rows. Both passes visit
+    /// whole rows with selects, so they vectorise; NaN wins, as in
+    /// [`visit`] (the maximum of a set does not depend on the order).
+    fn plane_max<E: Float>(&self, xs: &[E], (h, w): (usize, usize), rows: &mut Vec<E>, ys: &mut [MaybeUninit<E>]) {
+        let (s, p) = (self.s, self.p);
+        let w_o = self.out_size(w);
+        let neg = E::from_f64(f64::NEG_INFINITY);
+        rows.clear();
+        // `h` rows of column maxima, then one row of window maxima.
+        rows.resize((h + 1) * w_o, neg);
+        let (rows, best) = rows.split_at_mut(h * w_o);
+        for (row, acc) in xs.chunks_exact(w).zip(rows.chunks_exact_mut(w_o)) {
+            for b in 0..self.k {
+                let cols = self.valid_cols(b, w, w_o);
+                if cols.is_empty() {
+                    continue;
+                }
+                if s == 1 {
+                    let src = &row[cols.start + b - p..][..cols.len()];
+                    max_into(&mut acc[cols], src);
+                } else {
+                    for j in cols {
+                        acc[j] = visit((acc[j], ()), row[s * j + b - p], ()).0;
+                    }
+                }
+            }
+        }
+        for (i, y_row) in ys.chunks_exact_mut(w_o).enumerate() {
+            best.fill(neg);
+            for (_, r) in self.window_rows(i, h) {
+                max_into(best, &rows[r * w_o..][..w_o]);
+            }
+            crate::cpu::write_copy(y_row, best);
+        }
+    }
+
+    /// One plane's input gradient (`ds`, zero on entry) for any geometry:
+    /// each output's gradient goes to its window's first maximum in
+    /// row-major order (the last NaN where the maximum is NaN), as
+    /// [`MaxPool::argmax`] finds it. Per output row, the window tap of each
+    /// output is found in row-major tap order by comparing with the
+    /// forward's maximum `ys` (whole rows of selects; the rare NaN maximum
+    /// falls back to [`MaxPool::argmax`]), then the gradients are added tap
+    /// by tap. The additions into one input happen in the order of
+    /// the outputs, as a scan over the outputs makes them: within an input
+    /// row the outputs `j` that reach input column `c` through tap column
+    /// `b` grow as `b` falls, so the taps' columns are visited downwards.
+    fn plane_grad<E: Float>(
+        &self,
+        xs: &[E],
+        ys: &[E],
+        gs: &[E],
+        (h, w): (usize, usize),
+        taps: &mut Vec<E>,
+        ds: &mut [E],
+    ) {
+        let (k, s, p) = (self.k, self.s, self.p);
+        let w_o = self.out_size(w);
+        let none = E::from_f64(-1.0);
+        for (i, (y_row, g_row)) in ys.chunks_exact(w_o).zip(gs.chunks_exact(w_o)).enumerate() {
+            taps.clear();
+            taps.resize(w_o, none);
+            for (a, r) in self.window_rows(i, h) {
+                let row = &xs[r * w..][..w];
+                for b in 0..k {
+                    let cols = self.valid_cols(b, w, w_o);
+                    if cols.is_empty() {
+                        continue;
+                    }
+                    let tap = E::from_f64((a * k + b) as f64);
+                    let xs = &row[cols.start * s + b - p..];
+                    find_taps(&mut taps[cols.clone()], xs, s, &y_row[cols], tap);
+                }
+            }
+            for (j, t) in taps.iter_mut().enumerate() {
+                if *t == none {
+                    // NaN maximum (equal to nothing): the scalar scan.
+                    let at = self.argmax(xs, (h, w), i, j);
+                    let (a, b) = (at / w + p - s * i, at % w + p - s * j);
+                    *t = E::from_f64((a * k + b) as f64);
+                }
+            }
+            for (a, r) in self.window_rows(i, h) {
+                let d_row = &mut ds[r * w..][..w];
+                for b in (0..k).rev() {
+                    let cols = self.valid_cols(b, w, w_o);
+                    if cols.is_empty() {
+                        continue;
+                    }
+                    let tap = E::from_f64((a * k + b) as f64);
+                    let ds = &mut d_row[cols.start * s + b - p..];
+                    scatter_taps(ds, s, &taps[cols.clone()], &g_row[cols], tap);
+                }
+            }
+        }
+    }
+
     /// Windows that tile the input without overlap or padding (`k = s`,
     /// `p = 0`: the plain CNN's 2×2 pools): each input belongs to at most
     /// one window, so the backward writes every input once instead of
@@ -112,7 +231,7 @@ impl MaxPool {
         let (h_o, w_o) = (self.out_size(h), self.out_size(w));
         let tiles = self.tiles();
         filled(n * c * h_o * w_o, |y| {
-            for_each_chunk(y, h_o * w_o, h_o * w_o * self.k * self.k, |_: &mut (), plane, ys| {
+            for_each_chunk(y, h_o * w_o, h_o * w_o * self.k * self.k, |scratch: &mut Vec<E>, plane, ys| {
                 let xs = &x[plane * h * w..][..h * w];
                 if tiles && self.k == 2 {
                     for (i, ys) in ys.chunks_exact_mut(w_o).enumerate() {
@@ -120,26 +239,29 @@ impl MaxPool {
                     }
                     return;
                 }
+                if !tiles {
+                    self.plane_max(xs, (h, w), scratch, ys);
+                    return;
+                }
                 for (o, y) in ys.iter_mut().enumerate() {
-                    let (i, j) = (o / w_o, o % w_o);
-                    let at = if tiles { tile_argmax(xs, w, self.k, i, j) } else { self.argmax(xs, (h, w), i, j) };
+                    let at = tile_argmax(xs, w, self.k, o / w_o, o % w_o);
                     y.write(xs[at]);
                 }
             })
         })
     }
 
-    fn backward<E: Float>(&self, g: &[E], x: &[E], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<E> {
+    /// `y` is the forward's output.
+    fn backward<E: Float>(&self, g: &[E], x: &[E], y: &[E], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<E> {
         let (h_o, w_o) = (self.out_size(h), self.out_size(w));
         let zero = E::from_f64(0.0);
         if !self.tiles() {
             let mut dx = vec![zero; n * c * h * w];
-            for_each_chunk(&mut dx, h * w, h_o * w_o * self.k * self.k, |_: &mut (), plane, ds| {
+            for_each_chunk(&mut dx, h * w, h_o * w_o * self.k * self.k, |taps: &mut Vec<E>, plane, ds| {
                 let xs = &x[plane * h * w..][..h * w];
                 let gs = &g[plane * h_o * w_o..][..h_o * w_o];
-                for (o, &gv) in gs.iter().enumerate() {
-                    ds[self.argmax(xs, (h, w), o / w_o, o % w_o)] += gv;
-                }
+                let ys = &y[plane * h_o * w_o..][..h_o * w_o];
+                self.plane_grad(xs, ys, gs, (h, w), taps, ds);
             });
             return dx;
         }
@@ -188,6 +310,59 @@ fn visit<E: Float, I: Copy>((max, best): (E, I), v: E, at: I) -> (E, I) {
     let take = (v > max) | (v != v);
     (if take { v } else { max }, if take { at } else { best })
 }
+
+/// `accₖ = max(accₖ, srcₖ)` with [`visit`]'s rule (NaN wins), over
+/// equal-length rows.
+#[inline(always)]
+fn max_into_impl<E: Float>(acc: &mut [E], src: &[E]) {
+    for (m, &v) in acc.iter_mut().zip(src) {
+        *m = visit((*m, ()), v, ()).0;
+    }
+}
+
+avx2_dispatch!(max_into, max_into_avx2, max_into_impl, (acc: &mut [E], src: &[E]));
+
+/// One window tap's pass over an output row: `tapsⱼ = tap` where no
+/// earlier tap matched (`tapsⱼ < 0`) and the tap's input `xs[s·j]` equals
+/// the window maximum `ysⱼ`.
+#[inline(always)]
+fn find_taps_impl<E: Float>(taps: &mut [E], xs: &[E], s: usize, ys: &[E], tap: E) {
+    let zero = E::from_f64(0.0);
+    let update = |t: &mut E, x: E, y: E| {
+        let take = (*t < zero) & (x == y);
+        *t = if take { tap } else { *t };
+    };
+    if s == 1 {
+        for ((t, &x), &y) in taps.iter_mut().zip(&xs[..ys.len()]).zip(ys) {
+            update(t, x, y);
+        }
+    } else {
+        for ((t, &x), &y) in taps.iter_mut().zip(xs.iter().step_by(s)).zip(ys) {
+            update(t, x, y);
+        }
+    }
+}
+
+avx2_dispatch!(find_taps, find_taps_avx2, find_taps_impl, (taps: &mut [E], xs: &[E], s: usize, ys: &[E], tap: E));
+
+/// One window tap's gradient pass over an output row: `ds[s·j] += gⱼ`
+/// where `tapsⱼ = tap` (and `+= 0` elsewhere, so that the loop has no
+/// branch).
+#[inline(always)]
+fn scatter_taps_impl<E: Float>(ds: &mut [E], s: usize, taps: &[E], g: &[E], tap: E) {
+    let zero = E::from_f64(0.0);
+    if s == 1 {
+        for ((d, &t), &gv) in ds[..g.len()].iter_mut().zip(taps).zip(g) {
+            *d += if t == tap { gv } else { zero };
+        }
+    } else {
+        for ((d, &t), &gv) in ds.iter_mut().step_by(s).zip(taps).zip(g) {
+            *d += if t == tap { gv } else { zero };
+        }
+    }
+}
+
+avx2_dispatch!(scatter_taps, scatter_taps_avx2, scatter_taps_impl, (ds: &mut [E], s: usize, taps: &[E], g: &[E], tap: E));
 
 /// [`MaxPool::argmax`] for a `k × k` window at `(k·i, k·j)` that lies
 /// inside the plane (row length `w`): the first maximum in row-major order,
@@ -271,29 +446,47 @@ impl CustomOp1 for MaxPool {
         Ok((out, Shape::from((n, c, self.out_size(h), self.out_size(w)))))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(x, &MaxPoolGrad(*self))?))
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op3_no_bwd(x, &res.contiguous()?, &MaxPoolGrad(*self))?))
     }
 }
 
-/// `(∂L/∂y, x) → ∂L/∂x`.
+/// `(∂L/∂y, x, y) → ∂L/∂x`.
 struct MaxPoolGrad(MaxPool);
 
-impl CustomOp2 for MaxPoolGrad {
+impl CustomOp3 for MaxPoolGrad {
     fn name(&self) -> &'static str {
         "tfkd-max-pool2d-grad"
     }
 
-    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let dims = xl.shape().dims4()?;
         let (n, c, h, w) = dims;
         let want = (n, c, self.0.out_size(h), self.0.out_size(w));
-        if gl.shape().dims4()? != want {
-            candle_core::bail!("tfkd-max-pool2d: gradient {:?} for an output {want:?}", gl.shape())
+        if gl.shape().dims4()? != want || yl.shape().dims4()? != want {
+            candle_core::bail!("tfkd-max-pool2d: gradient {:?} and output {:?} for an output {want:?}", gl.shape(), yl.shape())
         }
         let out = match gs.dtype() {
-            DType::F32 => CpuStorage::F32(self.0.backward(slice::<f32>(gs, gl, "the gradient")?, slice::<f32>(xs, xl, "the input")?, dims)),
-            DType::F64 => CpuStorage::F64(self.0.backward(slice::<f64>(gs, gl, "the gradient")?, slice::<f64>(xs, xl, "the input")?, dims)),
+            DType::F32 => CpuStorage::F32(self.0.backward(
+                slice::<f32>(gs, gl, "the gradient")?,
+                slice::<f32>(xs, xl, "the input")?,
+                slice::<f32>(ys, yl, "the output")?,
+                dims,
+            )),
+            DType::F64 => CpuStorage::F64(self.0.backward(
+                slice::<f64>(gs, gl, "the gradient")?,
+                slice::<f64>(xs, xl, "the input")?,
+                slice::<f64>(ys, yl, "the output")?,
+                dims,
+            )),
             other => candle_core::bail!("tfkd-max-pool2d: unsupported dtype {other:?}"),
         };
         Ok((out, xl.shape().clone()))

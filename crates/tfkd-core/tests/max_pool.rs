@@ -84,3 +84,103 @@ fn max_pool_rejects_bad_geometry() {
         assert!(e.contains(what), "k{k} s{s} p{p}: {e}");
     }
 }
+
+/// The scan the op's definition states: every output's gradient added, in
+/// output order, to its window's first maximum in row-major order (the
+/// last NaN where there is one, as PyTorch's `val > max || isnan(val)`).
+fn scan_reference(x: &[f64], g: &[f64], (h, w): (usize, usize), k: usize, s: usize, p: usize) -> (Vec<f64>, Vec<f64>) {
+    let (h_o, w_o) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    let (mut y, mut dx) = (vec![0.0; h_o * w_o], vec![0.0; h * w]);
+    for i in 0..h_o {
+        for j in 0..w_o {
+            let mut best: Option<(f64, usize)> = None;
+            for a in 0..k {
+                for b in 0..k {
+                    let (r, c) = ((s * i + a) as isize - p as isize, (s * j + b) as isize - p as isize);
+                    if r < 0 || c < 0 || r >= h as isize || c >= w as isize {
+                        continue;
+                    }
+                    let at = r as usize * w + c as usize;
+                    let v = x[at];
+                    best = match best {
+                        Some((m, _)) if !(v > m || v.is_nan()) => best,
+                        _ => Some((v, at)),
+                    };
+                }
+            }
+            let (m, at) = best.unwrap();
+            y[i * w_o + j] = m;
+            dx[at] += g[i * w_o + j];
+        }
+    }
+    (y, dx)
+}
+
+#[test]
+fn any_geometry_matches_the_scan_exactly() {
+    // Values on a coarse grid tie often; some NaNs and -inf too. The
+    // gradient must be the scan's to the bit: same positions, same order of
+    // the additions.
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(11);
+    for (h, w, k, s, p) in [
+        (8, 8, 3, 1, 1),
+        (9, 7, 3, 2, 1),
+        (5, 9, 5, 2, 2),
+        (1, 1, 5, 1, 2),
+        (2, 3, 5, 3, 2),
+        (7, 6, 3, 1, 0),
+        (6, 11, 4, 1, 2),
+        (10, 10, 3, 2, 0),
+        (3, 3, 3, 1, 1),
+    ] {
+        let tag = format!("{h}x{w} k{k} s{s} p{p}");
+        let u = to_f64(&rng.uniform_tensor((2 * h * w,), 0.0, 1.0, DType::F64, &dev).unwrap());
+        let xs: Vec<f64> = u[..h * w]
+            .iter()
+            .zip(&u[h * w..])
+            .map(|(&a, &b)| match (b * 40.0) as usize {
+                0 => f64::NAN,
+                1 => f64::NEG_INFINITY,
+                _ => (a * 4.0).floor(),
+            })
+            .collect();
+        let (h_o, w_o) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let gs = to_f64(&rng.uniform_tensor((h_o * w_o,), -1.0, 1.0, DType::F64, &dev).unwrap());
+        let (y_ref, dx_ref) = scan_reference(&xs, &gs, (h, w), k, s, p);
+        for dtype in [DType::F32, DType::F64] {
+            let x = Var::from_tensor(&Tensor::from_vec(xs.clone(), (1, 1, h, w), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+            let g = Tensor::from_vec(gs.clone(), (1, 1, h_o, w_o), &dev).unwrap().to_dtype(dtype).unwrap();
+            let y = max_pool2d(&x, k, s, p).unwrap();
+            let ys = to_f64(&y);
+            for (o, (a, b)) in ys.iter().zip(&y_ref).enumerate() {
+                assert!(a == b || (a.is_nan() && b.is_nan()), "{tag} {dtype:?}: output {o}: {a} vs {b}");
+            }
+            let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let dx = to_f64(grads.get(&x).unwrap());
+            let want: Vec<f64> = if dtype == DType::F32 {
+                // The reference summed in f32, in the same order.
+                let g32: Vec<f32> = gs.iter().map(|&v| v as f32).collect();
+                scan_reference_f32(&xs, &g32, (h, w), k, s, p)
+                    .iter().map(|&v| v as f64).collect()
+            } else {
+                dx_ref.clone()
+            };
+            assert_eq!(dx, want, "{tag} {dtype:?}: gradient");
+        }
+    }
+}
+
+/// [`scan_reference`]'s gradient summed in f32 (the positions from the f64
+/// scan: `x` lies on a grid that f32 holds exactly).
+fn scan_reference_f32(x: &[f64], g: &[f32], (h, w): (usize, usize), k: usize, s: usize, p: usize) -> Vec<f32> {
+    let mut dx = vec![0f32; h * w];
+    for o in 0..g.len() {
+        let mut only = vec![0.0; g.len()];
+        only[o] = 1.0;
+        let (_, d) = scan_reference(x, &only, (h, w), k, s, p);
+        let at = d.iter().position(|&v| v == 1.0).unwrap();
+        dx[at] += g[o];
+    }
+    dx
+}
