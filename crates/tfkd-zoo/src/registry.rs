@@ -131,13 +131,14 @@ pub struct ModelEntry {
     pub forward_mmacs: f64,
     /// Measured seconds per training image (32×32, batch 32) of this network
     /// narrowed by a width divisor, as `(divisor, seconds)` pairs, where it
-    /// was measured: whole quick reproductions on the 2-core development
-    /// machine, two runs sharing the cores (2026-11-28, after the per-image
-    /// conv engine: a run's seconds divided by its training images plus a
-    /// tenth of its test images; Tables 5 and 9 took 9 min 4 s and 6 min
-    /// 51 s). The ÷16 MobileNetV2 and ShuffleNetV2 and the CNN rows are
-    /// older one-thread `tfkd bench-step` figures (smoke uses them). Each
-    /// value is the measured seconds per step of 32 images divided by 32.
+    /// was measured: the baselines of whole quick reproductions on a 2-core
+    /// AMD EPYC (Zen 4), two runs sharing the cores (2026-12-07, Tables 5
+    /// and 9 in 9 min 31 s and 9 min 4 s: a run's seconds divided by its
+    /// epochs times its training images plus a tenth of its test images;
+    /// the median over the runs). The ÷16 MobileNetV2 and ShuffleNetV2 and
+    /// the CNN rows are older one-thread `tfkd bench-step` figures (smoke
+    /// uses them). Each value is the measured seconds per step of 32 images
+    /// divided by 32.
     /// Empty for networks never measured.
     pub measured_cpu_seconds_per_image: &'static [(usize, f64)],
     /// For an ImageNet network, the CIFAR network that stands in for it in
@@ -262,7 +263,7 @@ pub static MODELS: &[ModelEntry] = &[
         |o, vb| cnn::build(&cnn::CnnConfig::paper().thinned(o.width_divisor), o.num_classes, o.input.side(), o.dropout_seed, vb)),
     row!("resnet18", "resnet.rs", "CIFAR ResNet18", CT,
         &[(10, 11_173_962), (100, 11_220_132), (200, 11_271_432)],
-        mmacs: 556.0, measured: &[(16, per_image(0.072))], stand_in: None, tiny: None,
+        mmacs: 556.0, measured: &[(16, per_image(0.046))], stand_in: None, tiny: None,
         |o, vb| resnet::build(&resnet::ResNetConfig::resnet18().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnet34", "resnet.rs", "CIFAR ResNet34", CT,
         &[(10, 21_282_122), (100, 21_328_292), (200, 21_379_592)],
@@ -270,7 +271,7 @@ pub static MODELS: &[ModelEntry] = &[
         |o, vb| resnet::build(&resnet::ResNetConfig::resnet34().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnet50", "resnet.rs", "CIFAR ResNet50", CT,
         &[(10, 23_520_842), (100, 23_705_252), (200, 23_910_152)],
-        mmacs: 1300.0, measured: &[(16, per_image(0.256))], stand_in: None, tiny: None,
+        mmacs: 1300.0, measured: &[(16, per_image(0.178))], stand_in: None, tiny: None,
         |o, vb| resnet::build(&resnet::ResNetConfig::resnet50().thinned(o.width_divisor), o.num_classes, vb)),
     row!("resnet101", "resnet.rs", "CIFAR ResNet101", CT,
         &[(10, 42_512_970), (100, 42_697_380), (200, 42_902_280)],
@@ -282,23 +283,23 @@ pub static MODELS: &[ModelEntry] = &[
         |o, vb| resnet::build(&resnet::ResNetConfig::resnet152().thinned(o.width_divisor), o.num_classes, vb)),
     row!("mobilenet_v2", "mobilenet_v2.rs", "CIFAR MobileNetV2 (1x1 pad-1 stem)", CT,
         &[(10, 2_254_090), (100, 2_369_380), (200, 2_497_480)],
-        mmacs: 100.0, measured: &[(16, per_image(0.071)), (8, per_image(0.16))], stand_in: None, tiny: None,
+        mmacs: 100.0, measured: &[(16, per_image(0.071)), (8, per_image(0.108))], stand_in: None, tiny: None,
         |o, vb| mobilenet_v2::build(&mobilenet_v2::MobileNetV2Config::paper().thinned(o.width_divisor), o.num_classes, vb)),
     row!("shufflenet_v2", "shufflenet_v2.rs", "CIFAR ShuffleNetV2 1x", CT,
         &[(10, 1_268_646), (100, 1_360_896), (200, 1_463_396)],
-        mmacs: 45.0, measured: &[(16, per_image(0.063)), (8, per_image(0.085))], stand_in: None, tiny: None,
+        mmacs: 45.0, measured: &[(16, per_image(0.063)), (8, per_image(0.051))], stand_in: None, tiny: None,
         |o, vb| shufflenet_v2::build(&shufflenet_v2::ShuffleNetV2Config::paper().thinned(o.width_divisor), o.num_classes, vb)),
     row!("densenet121", "densenet.rs", "CIFAR DenseNet121 (k = 32)", CT,
         &[(10, 6_956_298), (100, 7_048_548), (200, 7_151_048)],
-        mmacs: 900.0, measured: &[(16, per_image(0.35))], stand_in: None, tiny: None,
+        mmacs: 900.0, measured: &[(16, per_image(0.207))], stand_in: None, tiny: None,
         |o, vb| densenet::build(&densenet::DenseNetConfig::densenet121().thinned(o.width_divisor), o.num_classes, vb)),
     row!("googlenet", "googlenet.rs", "CIFAR GoogLeNet (BN eps = n5x5 quirk)", CT,
         &[(10, 6_166_250), (100, 6_258_500), (200, 6_361_000)],
-        mmacs: 1530.0, measured: &[(16, per_image(0.51))], stand_in: None, tiny: None,
+        mmacs: 1530.0, measured: &[(16, per_image(0.259))], stand_in: None, tiny: None,
         |o, vb| googlenet::build(&googlenet::GoogLeNetConfig::paper().thinned(o.width_divisor), o.num_classes, o.dropout_seed, vb)),
     row!("resnext29", "resnext.rs", "CIFAR ResNeXt29-8x64d", CT,
         &[(10, 34_426_698), (100, 34_518_948), (200, 34_621_448)],
-        mmacs: 5400.0, measured: &[(16, per_image(0.85))], stand_in: None, tiny: None,
+        mmacs: 5400.0, measured: &[(16, per_image(0.776))], stand_in: None, tiny: None,
         |o, vb| resnext::build(&resnext::ResNeXtConfig::resnext29_8x64d().thinned(o.width_divisor), o.num_classes, vb)),
     row!("wrn_28_10", "wrn.rs", "Wide ResNet 28-10", CT,
         &[(10, 36_479_194), (100, 36_536_884), (200, 36_600_984)],

@@ -13,7 +13,7 @@
 //! the paper's tables is the same run.
 
 use tfkd_runner::device::DeviceSpec;
-use super::profile::{DataChoice, Profile};
+use super::profile::{DataChoice, Profile, Role};
 use crate::tables::{self, Cell, Table, TableId};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -110,7 +110,12 @@ impl Plan {
                 let seeds = shared.seeds.unwrap_or_else(|| shared.profile.default_seeds(dataset));
                 let mut runs = Vec::new();
                 let measure = match cell.epochs_trained {
-                    Some(e) => Measure::AfterEpoch(shared.profile.scale_epoch(&table.recipe, e)),
+                    Some(e) => Measure::AfterEpoch(shared.profile.scale_epoch(
+                        &table.recipe,
+                        &shared.profile.model(&cell.student, data.kind),
+                        Role::Student,
+                        e,
+                    )),
                     None => Measure::Final,
                 };
                 for seed in 0..seeds as u64 {
@@ -159,8 +164,18 @@ impl Plan {
     }
 
     /// Plans the baseline run of `model` (recipe from `recipe_cell`).
-    fn plan_baseline(&mut self, table: &Table, model: &str, recipe_cell: &Cell, data: &DataChoice, seed: u64, shared: &Shared) -> Result<String> {
-        let config = experiment(table, recipe_cell, model, StrategyConfig::Baseline {}, data, seed, shared)?;
+    #[allow(clippy::too_many_arguments)]
+    fn plan_baseline(
+        &mut self,
+        table: &Table,
+        model: &str,
+        role: Role,
+        recipe_cell: &Cell,
+        data: &DataChoice,
+        seed: u64,
+        shared: &Shared,
+    ) -> Result<String> {
+        let config = experiment(table, recipe_cell, model, role, StrategyConfig::Baseline {}, data, seed, shared)?;
         self.insert(config, None)
     }
 
@@ -178,11 +193,13 @@ impl Plan {
             (Some(_), Some(arch)) => (None, Some(TeacherSource::Torchvision(arch))),
             (Some(model), None) => {
                 let recipe = Self::baseline_cell(table, model, cell);
-                let run = self.plan_baseline(table, model, recipe, data, seed, shared)?;
+                // Tf-KD_self's teacher is the student's own copy.
+                let role = if *model == cell.student { Role::Student } else { Role::Teacher };
+                let run = self.plan_baseline(table, model, role, recipe, data, seed, shared)?;
                 let dir = shared.runs_dir.join(&run);
                 let source = match (cell.method, cell.teacher_epoch) {
                     (Method::DeKd, Some(e)) => {
-                        let e = shared.profile.scale_epoch(&table.recipe, e);
+                        let e = shared.profile.scale_epoch(&table.recipe, &shared.profile.model(model, data.kind), role, e);
                         self.keep_epoch(&run, e);
                         TeacherSource::Checkpoint(dir.join(tfkd_runner::train::epoch_file(e)))
                     }
@@ -194,7 +211,7 @@ impl Plan {
         };
         if cell.method == Method::Baseline {
             // Any overrides were rejected by validation: a baseline has none.
-            return self.plan_baseline(table, &cell.student, cell, data, seed, shared);
+            return self.plan_baseline(table, &cell.student, Role::Student, cell, data, seed, shared);
         }
         let teacher_name =
             teacher_model.as_ref().filter(|_| tables::names_teacher(cell.method)).map(|m| shared.profile.model(m, data.kind));
@@ -207,7 +224,7 @@ impl Plan {
             .filter(|&d| d != student_divisor);
         let teacher = TeacherSpec { model: teacher_name, source: teacher_source.unwrap_or_default(), width_divisor };
         let strategy = cell.strategy_config(teacher)?;
-        let config = experiment(table, cell, &cell.student, strategy, data, seed, shared)?;
+        let config = experiment(table, cell, &cell.student, Role::Student, strategy, data, seed, shared)?;
         self.insert(config, teacher_run)
     }
 
@@ -247,11 +264,14 @@ impl Plan {
     }
 }
 
-/// The experiment config of `model` trained with `strategy` on `cell`'s recipe.
+/// The experiment config of `model` in `role` trained with `strategy` on
+/// `cell`'s recipe.
+#[allow(clippy::too_many_arguments)]
 pub fn experiment(
     table: &Table,
     cell: &Cell,
     model: &str,
+    role: Role,
     strategy: StrategyConfig,
     data: &DataChoice,
     seed: u64,
@@ -259,8 +279,9 @@ pub fn experiment(
 ) -> Result<ExperimentConfig> {
     let profile = shared.profile;
     let recipe = &table.recipe;
-    let epochs = profile.epochs_for(recipe);
-    let milestones = profile.milestones_for(recipe);
+    let name = profile.model(model, data.kind);
+    let epochs = profile.epochs_for(recipe, &name, role);
+    let milestones = profile.milestones_for(recipe, &name, role);
     Ok(ExperimentConfig {
         name: None,
         seed,
@@ -270,10 +291,7 @@ pub fn experiment(
         replicas: shared.replicas,
         out_dir: shared.runs_dir.to_path_buf(),
         keep_epochs: Vec::new(),
-        model: {
-            let name = profile.model(model, data.kind);
-            ModelConfig { width_divisor: profile.width_divisor_for(&name), name }
-        },
+        model: ModelConfig { width_divisor: profile.width_divisor_for(&name), name },
         data: DataConfig {
             dataset: data.kind,
             root: data.root.clone(),

@@ -333,20 +333,35 @@ pub fn describe(profile: &Profile, table: &Table, data_note: &Option<String>) ->
     if let Some(n) = data_note {
         parts.push(n.clone());
     }
+    let kind = profile.data(table.dataset).kind;
+    let in_table = |m: &str| {
+        table.cells.iter().any(|c| {
+            profile.model(&c.student, kind) == m || c.teacher.as_deref().is_some_and(|t| profile.model(t, kind) == m)
+        })
+    };
     if let Some(e) = profile.epochs {
         let milestones = if profile.single_decay { "" } else { " (milestones scaled in proportion)" };
-        parts.push(format!("{e} epochs instead of {}{milestones}", table.recipe.epochs));
+        // Exceptions with the same epochs and reason are named together.
+        let mut groups: Vec<(usize, &str, Vec<&str>)> = Vec::new();
+        for x in profile.epochs_exceptions.iter().filter(|x| in_table(x.model)) {
+            match groups.iter_mut().find(|(e, why, _)| *e == x.epochs && *why == x.why) {
+                Some((_, _, models)) => models.push(x.model),
+                None => groups.push((x.epochs, x.why, vec![x.model])),
+            }
+        }
+        let exceptions: Vec<String> = groups
+            .iter()
+            .map(|(e, why, models)| {
+                format!("{} train {e} where they are the student, their baselines and self-teachers too ({why})", models.join(" and "))
+            })
+            .collect();
+        let except = if exceptions.is_empty() { String::new() } else { format!("; {}", exceptions.join("; ")) };
+        parts.push(format!("{e} epochs instead of {}{milestones}{except}", table.recipe.epochs));
     }
     if let Some(note) = profile.recipe_note {
         parts.push(note.to_string());
     }
     if profile.width_divisor > 1 {
-        let kind = profile.data(table.dataset).kind;
-        let in_table = |m: &str| {
-            table.cells.iter().any(|c| {
-                profile.model(&c.student, kind) == m || c.teacher.as_deref().is_some_and(|t| profile.model(t, kind) == m)
-            })
-        };
         let exceptions: Vec<String> = profile
             .width_exceptions
             .iter()
