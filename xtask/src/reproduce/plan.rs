@@ -13,7 +13,7 @@
 //! the paper's tables is the same run.
 
 use tfkd_runner::device::DeviceSpec;
-use super::profile::{DataChoice, Profile, Role};
+use super::profile::{DataChoice, Profile};
 use crate::tables::{self, Cell, Table, TableId};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -113,7 +113,6 @@ impl Plan {
                     Some(e) => Measure::AfterEpoch(shared.profile.scale_epoch(
                         &table.recipe,
                         &shared.profile.model(&cell.student, data.kind),
-                        Role::Student,
                         e,
                     )),
                     None => Measure::Final,
@@ -164,18 +163,8 @@ impl Plan {
     }
 
     /// Plans the baseline run of `model` (recipe from `recipe_cell`).
-    #[allow(clippy::too_many_arguments)]
-    fn plan_baseline(
-        &mut self,
-        table: &Table,
-        model: &str,
-        role: Role,
-        recipe_cell: &Cell,
-        data: &DataChoice,
-        seed: u64,
-        shared: &Shared,
-    ) -> Result<String> {
-        let config = experiment(table, recipe_cell, model, role, StrategyConfig::Baseline {}, data, seed, shared)?;
+    fn plan_baseline(&mut self, table: &Table, model: &str, recipe_cell: &Cell, data: &DataChoice, seed: u64, shared: &Shared) -> Result<String> {
+        let config = experiment(table, recipe_cell, model, StrategyConfig::Baseline {}, data, seed, shared)?;
         self.insert(config, None)
     }
 
@@ -193,13 +182,11 @@ impl Plan {
             (Some(_), Some(arch)) => (None, Some(TeacherSource::Torchvision(arch))),
             (Some(model), None) => {
                 let recipe = Self::baseline_cell(table, model, cell);
-                // Tf-KD_self's teacher is the student's own copy.
-                let role = if *model == cell.student { Role::Student } else { Role::Teacher };
-                let run = self.plan_baseline(table, model, role, recipe, data, seed, shared)?;
+                let run = self.plan_baseline(table, model, recipe, data, seed, shared)?;
                 let dir = shared.runs_dir.join(&run);
                 let source = match (cell.method, cell.teacher_epoch) {
                     (Method::DeKd, Some(e)) => {
-                        let e = shared.profile.scale_epoch(&table.recipe, &shared.profile.model(model, data.kind), role, e);
+                        let e = shared.profile.scale_epoch(&table.recipe, &shared.profile.model(model, data.kind), e);
                         self.keep_epoch(&run, e);
                         TeacherSource::Checkpoint(dir.join(tfkd_runner::train::epoch_file(e)))
                     }
@@ -211,7 +198,7 @@ impl Plan {
         };
         if cell.method == Method::Baseline {
             // Any overrides were rejected by validation: a baseline has none.
-            return self.plan_baseline(table, &cell.student, Role::Student, cell, data, seed, shared);
+            return self.plan_baseline(table, &cell.student, cell, data, seed, shared);
         }
         let teacher_name =
             teacher_model.as_ref().filter(|_| tables::names_teacher(cell.method)).map(|m| shared.profile.model(m, data.kind));
@@ -224,7 +211,7 @@ impl Plan {
             .filter(|&d| d != student_divisor);
         let teacher = TeacherSpec { model: teacher_name, source: teacher_source.unwrap_or_default(), width_divisor };
         let strategy = cell.strategy_config(teacher)?;
-        let config = experiment(table, cell, &cell.student, Role::Student, strategy, data, seed, shared)?;
+        let config = experiment(table, cell, &cell.student, strategy, data, seed, shared)?;
         self.insert(config, teacher_run)
     }
 
@@ -264,14 +251,11 @@ impl Plan {
     }
 }
 
-/// The experiment config of `model` in `role` trained with `strategy` on
-/// `cell`'s recipe.
-#[allow(clippy::too_many_arguments)]
+/// The experiment config of `model` trained with `strategy` on `cell`'s recipe.
 pub fn experiment(
     table: &Table,
     cell: &Cell,
     model: &str,
-    role: Role,
     strategy: StrategyConfig,
     data: &DataChoice,
     seed: u64,
@@ -280,8 +264,8 @@ pub fn experiment(
     let profile = shared.profile;
     let recipe = &table.recipe;
     let name = profile.model(model, data.kind);
-    let epochs = profile.epochs_for(recipe, &name, role);
-    let milestones = profile.milestones_for(recipe, &name, role);
+    let epochs = profile.epochs_for(recipe, &name);
+    let milestones = profile.milestones_for(recipe, &name);
     Ok(ExperimentConfig {
         name: None,
         seed,

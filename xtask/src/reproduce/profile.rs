@@ -37,8 +37,8 @@ pub struct Profile {
     pub width_divisor: usize,
     /// Networks with their own divisor, and why.
     pub width_exceptions: Vec<WidthException>,
-    /// Networks with their own number of epochs where they are the student
-    /// ([`Role`]), and why.
+    /// Networks with their own number of epochs (in every role: student,
+    /// baseline, teacher), and why.
     pub epochs_exceptions: Vec<EpochsException>,
     /// First N training images (0: all).
     pub train_subset: usize,
@@ -76,19 +76,6 @@ pub struct WidthException {
     pub width_divisor: usize,
     /// Why, for the report.
     pub why: &'static str,
-}
-
-/// What a run's network is to the cell that plans it: the epochs
-/// exceptions ([`Profile::epochs_exceptions`]) apply to a student (the cell's
-/// network, the baseline it is compared with, and its own copy as the
-/// teacher of Tf-KD_self), not to a network that teaches another one, so
-/// that a weak teacher (Re-KD) stays as trained as the profile's others.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// The cell's network, its baseline, or its own self-teacher.
-    Student,
-    /// A teacher of another network.
-    Teacher,
 }
 
 /// A network trained for another number of epochs than the profile's.
@@ -158,8 +145,10 @@ impl Profile {
                         why: "at ÷16 its 24-channel stem has one channel and it barely learns",
                     },
                 ],
-                // The two cheapest networks train six times longer as
-                // students: their distillation cells with α ≥ 0.9 stayed at
+                // The two cheapest networks train six times longer (in
+                // every role, so that a table's baseline of a network is
+                // the run that teaches in its Re-KD cells): their
+                // distillation cells with α ≥ 0.9 stayed at
                 // chance in 80 steps and learn in 480 (Table 9's cells, 2
                 // seeds, 2026-12-07: ShuffleNetV2 Tf-KD_reg 11-14 % -> 63-71 %,
                 // KD 10-12 % -> 85-89 %, baseline 63-67 % -> 94 %;
@@ -269,19 +258,19 @@ impl Profile {
     }
 
     /// Epochs of a run of `model` (a registry name, as [`Profile::model`]
-    /// gives it) in `role` under this profile.
-    pub fn epochs_for(&self, recipe: &Recipe, model: &str, role: Role) -> usize {
-        match self.epochs_exceptions.iter().find(|e| e.model == model && role == Role::Student) {
+    /// gives it) under this profile.
+    pub fn epochs_for(&self, recipe: &Recipe, model: &str) -> usize {
+        match self.epochs_exceptions.iter().find(|e| e.model == model) {
             Some(e) => e.epochs,
             None => self.epochs.unwrap_or(recipe.epochs as usize),
         }
     }
 
-    /// The learning-rate milestones of a run of `model` in `role` under this profile:
+    /// The learning-rate milestones of a run of `model` under this profile:
     /// the recipe's, scaled to its length ([`Profile::scale_epoch`]), only
     /// the last one under `single_decay`.
-    pub fn milestones_for(&self, recipe: &Recipe, model: &str, role: Role) -> Vec<usize> {
-        let mut all = recipe.milestones.iter().map(|&m| self.scale_epoch(recipe, model, role, m));
+    pub fn milestones_for(&self, recipe: &Recipe, model: &str) -> Vec<usize> {
+        let mut all = recipe.milestones.iter().map(|&m| self.scale_epoch(recipe, model, m));
         if self.single_decay {
             all.next_back().into_iter().collect()
         } else {
@@ -290,9 +279,9 @@ impl Profile {
     }
 
     /// An epoch of the paper's recipe mapped to the length of a run of
-    /// `model` in `role` under this profile (at least 1).
-    pub fn scale_epoch(&self, recipe: &Recipe, model: &str, role: Role, epoch: u32) -> usize {
-        let epochs = self.epochs_for(recipe, model, role);
+    /// `model` under this profile (at least 1).
+    pub fn scale_epoch(&self, recipe: &Recipe, model: &str, epoch: u32) -> usize {
+        let epochs = self.epochs_for(recipe, model);
         if epochs == recipe.epochs as usize {
             return epoch as usize;
         }
@@ -344,21 +333,18 @@ mod tests {
     fn milestones_follow_the_profile() {
         let dir = Path::new("data");
         let recipe = cifar_recipe();
-        assert_eq!(Profile::new(ProfileName::Paper, dir).milestones_for(&recipe, "resnet18", Role::Student), [60, 120, 160]);
+        assert_eq!(Profile::new(ProfileName::Paper, dir).milestones_for(&recipe, "resnet18"), [60, 120, 160]);
         // Smoke: 1 epoch, every milestone clamped to it.
-        assert_eq!(Profile::new(ProfileName::Smoke, dir).milestones_for(&recipe, "resnet18", Role::Student), [1, 1, 1]);
+        assert_eq!(Profile::new(ProfileName::Smoke, dir).milestones_for(&recipe, "resnet18"), [1, 1, 1]);
         // Quick: 5 epochs, one decay at 160/200 of them; the two cheapest
-        // networks 30 epochs, their decay at 24.
+        // networks 30 epochs, their decay at 24, in every role.
         let quick = Profile::new(ProfileName::Quick, dir);
-        assert_eq!(quick.epochs_for(&recipe, "resnet18", Role::Student), 5);
-        assert_eq!(quick.milestones_for(&recipe, "resnet18", Role::Student), [4]);
+        assert_eq!(quick.epochs_for(&recipe, "resnet18"), 5);
+        assert_eq!(quick.milestones_for(&recipe, "resnet18"), [4]);
         for model in ["mobilenet_v2", "shufflenet_v2"] {
-            assert_eq!(quick.epochs_for(&recipe, model, Role::Student), 30);
-            assert_eq!(quick.milestones_for(&recipe, model, Role::Student), [24]);
-            assert_eq!(quick.scale_epoch(&recipe, model, Role::Student, 100), 15);
-            // Teaching another network, they train as the others.
-            assert_eq!(quick.epochs_for(&recipe, model, Role::Teacher), 5);
-            assert_eq!(quick.scale_epoch(&recipe, model, Role::Teacher, 100), 3);
+            assert_eq!(quick.epochs_for(&recipe, model), 30);
+            assert_eq!(quick.milestones_for(&recipe, model), [24]);
+            assert_eq!(quick.scale_epoch(&recipe, model, 100), 15);
         }
         assert!(quick.recipe_note.is_some(), "quick changes the recipe, and must say so");
     }

@@ -352,7 +352,7 @@ pub fn describe(profile: &Profile, table: &Table, data_note: &Option<String>) ->
         let exceptions: Vec<String> = groups
             .iter()
             .map(|(e, why, models)| {
-                format!("{} train {e} where they are the student, their baselines and self-teachers too ({why})", models.join(" and "))
+                format!("{} train {e} ({why})", models.join(" and "))
             })
             .collect();
         let except = if exceptions.is_empty() { String::new() } else { format!("; {}", exceptions.join("; ")) };
