@@ -101,8 +101,7 @@ impl MaxPool {
     }
 
     /// The columns `j` of an output row whose window column `b` falls
-    /// inside the input (`0 ≤ s·j + b − p < w`), and that column for the
-    /// first of them.
+    /// inside the input (`0 ≤ s·j + b − p < w`).
     #[inline(always)]
     fn valid_cols(&self, b: usize, w: usize, w_o: usize) -> std::ops::Range<usize> {
         let (s, p) = (self.s, self.p);
@@ -139,20 +138,13 @@ impl MaxPool {
                 if cols.is_empty() {
                     continue;
                 }
-                if s == 1 {
-                    let src = &row[cols.start + b - p..][..cols.len()];
-                    max_into(&mut acc[cols], src);
-                } else {
-                    for j in cols {
-                        acc[j] = visit((acc[j], ()), row[s * j + b - p], ()).0;
-                    }
-                }
+                max_into(&mut acc[cols.clone()], &row[cols.start * s + b - p..], s);
             }
         }
         for (i, y_row) in ys.chunks_exact_mut(w_o).enumerate() {
             best.fill(neg);
             for (_, r) in self.window_rows(i, h) {
-                max_into(best, &rows[r * w_o..][..w_o]);
+                max_into(best, &rows[r * w_o..][..w_o], 1);
             }
             crate::cpu::write_copy(y_row, best);
         }
@@ -311,16 +303,23 @@ fn visit<E: Float, I: Copy>((max, best): (E, I), v: E, at: I) -> (E, I) {
     (if take { v } else { max }, if take { at } else { best })
 }
 
-/// `accₖ = max(accₖ, srcₖ)` with [`visit`]'s rule (NaN wins), over
-/// equal-length rows.
+/// `accⱼ = max(accⱼ, src[s·j])` with [`visit`]'s rule (NaN wins).
 #[inline(always)]
-fn max_into_impl<E: Float>(acc: &mut [E], src: &[E]) {
-    for (m, &v) in acc.iter_mut().zip(src) {
-        *m = visit((*m, ()), v, ()).0;
+fn max_into_impl<E: Float>(acc: &mut [E], src: &[E], s: usize) {
+    let update = |m: &mut E, v: E| *m = visit((*m, ()), v, ()).0;
+    let n = acc.len();
+    if s == 1 {
+        for (m, &v) in acc.iter_mut().zip(&src[..n]) {
+            update(m, v);
+        }
+    } else {
+        for (m, &v) in acc.iter_mut().zip(src.iter().step_by(s)) {
+            update(m, v);
+        }
     }
 }
 
-avx2_dispatch!(max_into, max_into_avx2, max_into_impl, (acc: &mut [E], src: &[E]));
+avx2_dispatch!(max_into, max_into_avx2, max_into_impl, (acc: &mut [E], src: &[E], s: usize));
 
 /// One window tap's pass over an output row: `tapsⱼ = tap` where no
 /// earlier tap matched (`tapsⱼ < 0`) and the tap's input `xs[s·j]` equals

@@ -78,12 +78,12 @@ pub struct WidthException {
     pub why: &'static str,
 }
 
-/// A network trained for another number of epochs than the profile's.
+/// Networks trained for another number of epochs than the profile's.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct EpochsException {
-    /// The registry name.
-    pub model: &'static str,
-    /// Its epochs.
+    /// Their registry names.
+    pub models: &'static [&'static str],
+    /// Their epochs.
     pub epochs: usize,
     /// Why, for the report.
     pub why: &'static str,
@@ -155,14 +155,11 @@ impl Profile {
                 // MobileNetV2 Tf-KD_reg 12-14 % -> 48-71 %, KD 19-23 % ->
                 // 84-88 %, baseline 26-63 % -> 88-90 %). The faster max
                 // pooling paid for most of it (GoogLeNet's runs 35 -> 24 s).
-                epochs_exceptions: ["mobilenet_v2", "shufflenet_v2"]
-                    .into_iter()
-                    .map(|model| EpochsException {
-                        model,
-                        epochs: 30,
-                        why: "the cheapest networks: their distillation cells with α ≥ 0.9 need more than 80 steps to learn; so trained, they are no longer the weaker network in Re-KD cells",
-                    })
-                    .collect(),
+                epochs_exceptions: vec![EpochsException {
+                    models: &["mobilenet_v2", "shufflenet_v2"],
+                    epochs: 30,
+                    why: "the cheapest networks: their distillation cells with α ≥ 0.9 need more than 80 steps to learn; so trained, they are no longer the weaker network in Re-KD cells",
+                }],
                 train_subset: 512,
                 test_subset: 450,
                 batch_size: Some(32),
@@ -260,7 +257,7 @@ impl Profile {
     /// Epochs of a run of `model` (a registry name, as [`Profile::model`]
     /// gives it) under this profile.
     pub fn epochs_for(&self, recipe: &Recipe, model: &str) -> usize {
-        match self.epochs_exceptions.iter().find(|e| e.model == model) {
+        match self.epochs_exceptions.iter().find(|e| e.models.contains(&model)) {
             Some(e) => e.epochs,
             None => self.epochs.unwrap_or(recipe.epochs as usize),
         }

@@ -341,18 +341,12 @@ pub fn describe(profile: &Profile, table: &Table, data_note: &Option<String>) ->
     };
     if let Some(e) = profile.epochs {
         let milestones = if profile.single_decay { "" } else { " (milestones scaled in proportion)" };
-        // Exceptions with the same epochs and reason are named together.
-        let mut groups: Vec<(usize, &str, Vec<&str>)> = Vec::new();
-        for x in profile.epochs_exceptions.iter().filter(|x| in_table(x.model)) {
-            match groups.iter_mut().find(|(e, why, _)| *e == x.epochs && *why == x.why) {
-                Some((_, _, models)) => models.push(x.model),
-                None => groups.push((x.epochs, x.why, vec![x.model])),
-            }
-        }
-        let exceptions: Vec<String> = groups
+        let exceptions: Vec<String> = profile
+            .epochs_exceptions
             .iter()
-            .map(|(e, why, models)| {
-                format!("{} train {e} ({why})", models.join(" and "))
+            .filter_map(|x| {
+                let models: Vec<&str> = x.models.iter().copied().filter(|m| in_table(m)).collect();
+                (!models.is_empty()).then(|| format!("{} train {} ({})", models.join(" and "), x.epochs, x.why))
             })
             .collect();
         let except = if exceptions.is_empty() { String::new() } else { format!("; {}", exceptions.join("; ")) };
