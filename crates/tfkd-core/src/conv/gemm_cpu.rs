@@ -21,7 +21,9 @@
 //!   from (`∂x̃[n, c, s·i + a, s·j + b] += dcols[(c, a, b), (n, i, j)]`),
 //!   positions in the padding being dropped. Any stride and padding, no
 //!   flipped kernel;
-//! * weight gradient: `∂W_g = Σ_B g[B, g-block] · cols_{B,g}ᵀ`.
+//! * weight gradient: `∂W_g = Σ_B g[B, g-block] · cols_{B,g}ᵀ`, computed as
+//!   its transpose `cols_{B,g} · g[B, g-block]ᵀ` where `O_g` is the smaller
+//!   side (see [`weight_grad`]).
 //!
 //! A block holds enough images for a product of at least 256 columns
 //! (`|B| = ⌈256 / H_o·W_o⌉`: 1 image at 16×16 and above, 16 at 4×4), so that
@@ -526,6 +528,14 @@ const WEIGHT_GRAD_BLOCKS: usize = 4;
 /// images after block into its own partial (the parts in parallel), the
 /// partials added in part order. With a single part the products are split
 /// over the pool instead (`gemm` splits the output, not the sums).
+///
+/// Where a group has fewer output channels than `cols` rows (`O_g <
+/// C_g·k_h·k_w`: every k×k conv), the partials hold `∂W_gᵀ` (`C_g·k_h·k_w ×
+/// O_g`), which the part sum transposes back. `gemm` packs one operand of a
+/// product into its micro-kernel's layout and reads the other in place; for
+/// `∂W_g` that is the transpose of `cols` (the larger operand, a strided
+/// gather: 13 % of a ResNet18 step), for `∂W_gᵀ` the transpose of the
+/// gradient, `k_h·k_w` times smaller. The sums run in the same order.
 fn weight_grad<E: Elem>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
     let (og, kdim, hwo) = (g.og(), g.kdim(), g.hwo());
     let len = g.o * kdim;
@@ -534,27 +544,32 @@ fn weight_grad<E: Elem>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
     let parts = g.n.clamp(1, WEIGHT_GRAD_BLOCKS);
     let par = if parallel && parts == 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     let nb = g.images_per_product();
+    let transposed = og < kdim;
     let part = |b: usize, dw: &mut [E]| E::with_scratch(|s| {
         let (lo, hi) = (b * g.n / parts, (b + 1) * g.n / parts);
         for n0 in (lo..hi).step_by(nb) {
             let m = nb.min(hi - n0);
             let ld = m * hwo;
             for gi in 0..g.groups {
-                // Read as colsᵀ: (m·H_o·W_o × C_g·k_h·k_w), column-major.
-                let rhs = block_cols(g, x, n0, m, gi, &mut s.cols);
-                let lhs = block_grad(g, gr, n0, m, gi, &mut s.grad);
+                let cols = block_cols(g, x, n0, m, gi, &mut s.cols);
+                let grad = block_grad(g, gr, n0, m, gi, &mut s.grad);
                 let dst = &mut dw[gi * og * kdim..][..og * kdim];
-                // SAFETY: `dst` is an initialised `O_g × C_g·k_h·k_w` buffer.
-                unsafe { matmul((og, kdim, ld), dst.as_mut_ptr(), dst.len(), kdim, n0 > lo, (lhs, ld, 1), (rhs, 1, ld), par) }
+                // SAFETY: `dst` is an initialised `O_g × C_g·k_h·k_w` buffer
+                // (or its transpose).
+                unsafe {
+                    if transposed {
+                        // ∂W_gᵀ += cols · gradᵀ, gradᵀ read column-major.
+                        matmul((kdim, og, ld), dst.as_mut_ptr(), dst.len(), og, n0 > lo, (cols, ld, 1), (grad, 1, ld), par)
+                    } else {
+                        // ∂W_g += grad · colsᵀ, colsᵀ read column-major.
+                        matmul((og, kdim, ld), dst.as_mut_ptr(), dst.len(), kdim, n0 > lo, (grad, ld, 1), (cols, 1, ld), par)
+                    }
+                }
             }
         }
     });
     let mut partials = vec![E::zero(); parts * len];
-    if parts == 1 {
-        part(0, &mut partials);
-        return partials;
-    }
-    if parallel {
+    if parallel && parts > 1 {
         partials.par_chunks_mut(len).enumerate().for_each(|(b, dw)| part(b, dw));
     } else {
         partials.chunks_mut(len).enumerate().for_each(|(b, dw)| part(b, dw));
@@ -566,7 +581,16 @@ fn weight_grad<E: Elem>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
         }
     }
     partials.truncate(len);
-    partials
+    if !transposed {
+        return partials;
+    }
+    let mut out = Vec::with_capacity(len);
+    for t in partials.chunks_exact(og * kdim) {
+        for o in 0..og {
+            out.extend(t[o..].iter().step_by(og));
+        }
+    }
+    out
 }
 
 /// Which pass a [`ConvGemm`] op computes, and from which operands.
