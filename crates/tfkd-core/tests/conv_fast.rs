@@ -24,6 +24,10 @@ const CASES: &[Case] = &[
     Case { name: "5x5 s2 p2 non-square", n: 2, c_in: 3, h: 11, w: 9, c_out: 4, k: 5, stride: 2, pad: 2, groups: 1 },
     Case { name: "7x7 s2 p3", n: 2, c_in: 3, h: 16, w: 16, c_out: 8, k: 7, stride: 2, pad: 3, groups: 1 },
     Case { name: "3x3 s3 p0", n: 2, c_in: 3, h: 10, w: 13, c_out: 4, k: 3, stride: 3, pad: 0, groups: 1 },
+    // Output as wide as the input (im2col copies a whole shifted plane per
+    // tap), down to taps that read only the padding.
+    Case { name: "5x5 s1 p2 same width", n: 3, c_in: 4, h: 7, w: 6, c_out: 5, k: 5, stride: 1, pad: 2, groups: 1 },
+    Case { name: "7x7 s1 p3 on 2x2", n: 2, c_in: 3, h: 2, w: 2, c_out: 4, k: 7, stride: 1, pad: 3, groups: 1 },
     Case { name: "groups 2", n: 2, c_in: 6, h: 7, w: 7, c_out: 8, k: 3, stride: 1, pad: 1, groups: 2 },
     Case { name: "groups 4 s2", n: 2, c_in: 8, h: 8, w: 8, c_out: 12, k: 3, stride: 2, pad: 1, groups: 4 },
     Case { name: "groups 8 s2 odd (ResNeXt)", n: 3, c_in: 16, h: 9, w: 7, c_out: 24, k: 3, stride: 2, pad: 1, groups: 8 },

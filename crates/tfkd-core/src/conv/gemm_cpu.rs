@@ -184,20 +184,12 @@ fn im2col_impl<E: Float>(g: &Geom, x: &[E], out: &mut [E], ld: usize) {
     // lies in `[0, H)`; per kernel column, the same for columns: computed
     // once per call, not per tap (their divisions were a quarter of im2col
     // at 4×4).
-    const TABLE: usize = 16;
-    let (mut rows_in, mut cols_in) = ([(0, 0); TABLE], [(0, 0); TABLE]);
-    for (a, r) in rows_in.iter_mut().enumerate().take(kh) {
-        *r = super::inside_range(h, g.ho, s, p, a);
-    }
-    for (b, r) in cols_in.iter_mut().enumerate().take(kw) {
-        *r = g.cols_in(b);
-    }
+    let rows_in: Vec<_> = (0..kh).map(|a| super::inside_range(h, g.ho, s, p, a)).collect();
+    let cols_in: Vec<_> = (0..kw).map(|b| g.cols_in(b)).collect();
     let mut t = 0;
     for plane in x.chunks_exact(h * w).take(g.cg()) {
-        for a in 0..kh {
-            let (i_lo, i_hi) = if a < TABLE { rows_in[a] } else { super::inside_range(h, g.ho, s, p, a) };
-            for b in 0..kw {
-                let (j_lo, j_hi) = if b < TABLE { cols_in[b] } else { g.cols_in(b) };
+        for (a, &(i_lo, i_hi)) in rows_in.iter().enumerate() {
+            for (b, &(j_lo, j_hi)) in cols_in.iter().enumerate() {
                 let row = &mut out[t * ld..][..hwo];
                 t += 1;
                 row[..i_lo * wo].fill(zero);
