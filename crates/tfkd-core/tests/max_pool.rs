@@ -143,6 +143,10 @@ fn any_geometry_matches_the_scan_exactly() {
         (6, 11, 4, 1, 2),
         (10, 10, 3, 2, 0),
         (3, 3, 3, 1, 1),
+        // 2×2 tiles: eight windows at a time in AVX2 registers (f32), the
+        // rest (and the odd last row and column) by the generic kernel.
+        (6, 37, 2, 2, 0),
+        (5, 32, 2, 2, 0),
     ] {
         let tag = format!("{h}x{w} k{k} s{s} p{p}");
         let u = to_f64(&rng.uniform_tensor((2 * h * w,), 0.0, 1.0, DType::F64, &dev).unwrap());
@@ -177,5 +181,39 @@ fn any_geometry_matches_the_scan_exactly() {
             };
             assert_eq!(dx, want, "{tag} {dtype:?}: gradient");
         }
+    }
+}
+
+#[test]
+fn tiles_of_every_pattern_match_the_scan_exactly() {
+    // Every 2×2 window over {NaN, 1, 0, −0, −inf}: 625 windows in one row
+    // (the f32 kernel takes eight at a time), so that two or more NaNs,
+    // ties and signed zeros fall on every tap order.
+    let dev = Device::Cpu;
+    let values = [f64::NAN, 1.0, 0.0, -0.0, f64::NEG_INFINITY];
+    let windows = values.len().pow(4);
+    let (h, w) = (2, 2 * windows);
+    let mut xs = vec![0.0; h * w];
+    for j in 0..windows {
+        let taps = [j % 5, j / 5 % 5, j / 25 % 5, j / 125 % 5].map(|i| values[i]);
+        xs[2 * j] = taps[0];
+        xs[2 * j + 1] = taps[1];
+        xs[w + 2 * j] = taps[2];
+        xs[w + 2 * j + 1] = taps[3];
+    }
+    let gs: Vec<f64> = (0..windows).map(|j| 1.0 + j as f64 / 8.0).collect();
+    let (y_ref, argmax) = scan_reference(&xs, (h, w), 2, 2, 0);
+    for dtype in [DType::F32, DType::F64] {
+        let x = Var::from_tensor(&Tensor::from_vec(xs.clone(), (1, 1, h, w), &dev).unwrap().to_dtype(dtype).unwrap()).unwrap();
+        let g = Tensor::from_vec(gs.clone(), (1, 1, 1, windows), &dev).unwrap().to_dtype(dtype).unwrap();
+        let y = max_pool2d(&x, 2, 2, 0).unwrap();
+        for (o, (a, b)) in to_f64(&y).iter().zip(&y_ref).enumerate() {
+            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{dtype:?}: output {o}: {a} vs {b}");
+        }
+        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let dx = to_f64(grads.get(&x).unwrap());
+        let want = scan_gradient(&argmax, &gs, h * w);
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&dx), bits(&want), "{dtype:?}: gradient");
     }
 }
