@@ -582,7 +582,7 @@ fn weight_grad<E: Elem>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
     let par = if parallel && parts == 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     let nb = g.images_per_product();
     let transposed = og < kdim;
-    let part = |b: usize, dw: &mut [E]| E::with_scratch(|s| {
+    let part = |b: usize, dw: &mut [MaybeUninit<E>]| E::with_scratch(|s| {
         let (lo, hi) = (b * g.n / parts, (b + 1) * g.n / parts);
         for n0 in (lo..hi).step_by(nb) {
             let m = nb.min(hi - n0);
@@ -591,43 +591,64 @@ fn weight_grad<E: Elem>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
                 let cols = block_cols(g, x, n0, m, gi, &mut s.cols);
                 let grad = block_grad(g, gr, n0, m, gi, &mut s.grad);
                 let dst = &mut dw[gi * og * kdim..][..og * kdim];
-                // SAFETY: `dst` is an initialised `O_g × C_g·k_h·k_w` buffer
-                // (or its transpose).
+                let dst_ptr = dst.as_mut_ptr().cast::<E>();
+                // SAFETY: `dst` is an `O_g × C_g·k_h·k_w` buffer (or its
+                // transpose), written whole by the part's first block
+                // (no `acc`), read and added to by the others.
                 unsafe {
                     if transposed {
                         // ∂W_gᵀ += cols · gradᵀ, gradᵀ read column-major.
-                        matmul((kdim, og, ld), dst.as_mut_ptr(), dst.len(), og, n0 > lo, (cols, ld, 1), (grad, 1, ld), par)
+                        matmul((kdim, og, ld), dst_ptr, dst.len(), og, n0 > lo, (cols, ld, 1), (grad, 1, ld), par)
                     } else {
                         // ∂W_g += grad · colsᵀ, colsᵀ read column-major.
-                        matmul((og, kdim, ld), dst.as_mut_ptr(), dst.len(), kdim, n0 > lo, (grad, ld, 1), (cols, 1, ld), par)
+                        matmul((og, kdim, ld), dst_ptr, dst.len(), kdim, n0 > lo, (grad, ld, 1), (cols, 1, ld), par)
                     }
                 }
             }
         }
     });
-    let mut partials = vec![E::zero(); parts * len];
-    if parallel && parts > 1 {
-        partials.par_chunks_mut(len).enumerate().for_each(|(b, dw)| part(b, dw));
-    } else {
-        partials.chunks_mut(len).enumerate().for_each(|(b, dw)| part(b, dw));
-    }
-    let (dw, rest) = partials.split_at_mut(len);
-    for p in rest.chunks_exact(len) {
-        for (d, v) in dw.iter_mut().zip(p) {
-            *d += *v;
+    // Every part holds at least one image (`parts ≤ N`), so its first block
+    // writes all of its partial: no zero-fill.
+    let mut partials = filled(parts * len, |partials| {
+        if parallel && parts > 1 {
+            partials.par_chunks_mut(len).enumerate().for_each(|(b, dw)| part(b, dw));
+        } else {
+            partials.chunks_mut(len).enumerate().for_each(|(b, dw)| part(b, dw));
         }
-    }
+    });
+    // The partials added into the first in part order, in chunks on every
+    // core.
+    let (sum, rest) = partials.split_at_mut(len);
+    const SUM_CHUNK: usize = 16 * 1024;
+    for_each_chunk(sum, SUM_CHUNK, SUM_CHUNK * parts, |_: &mut (), i, dst| {
+        for p in rest.chunks_exact(len) {
+            for (d, v) in dst.iter_mut().zip(&p[i * SUM_CHUNK..]) {
+                *d += *v;
+            }
+        }
+    });
     partials.truncate(len);
     if !transposed {
         return partials;
     }
-    let mut out = Vec::with_capacity(len);
-    for t in partials.chunks_exact(og * kdim) {
-        for o in 0..og {
-            out.extend(t[o..].iter().step_by(og));
-        }
-    }
-    out
+    // Each group's `∂W_gᵀ` transposed back, 16 rows of `∂W` at a time (a
+    // line of `∂W_gᵀ` read per tap, 16 rows written in step).
+    const ROWS: usize = 16;
+    filled(len, |dw| {
+        for_each_chunk(dw, ROWS * kdim, ROWS * kdim, |_: &mut (), block, dst| {
+            let rows = dst.len() / kdim;
+            let mut from = [0; ROWS];
+            for (i, f) in from.iter_mut().enumerate().take(rows) {
+                let r = block * ROWS + i;
+                *f = (r / og) * og * kdim + r % og;
+            }
+            for kk in 0..kdim {
+                for (i, &f) in from[..rows].iter().enumerate() {
+                    dst[i * kdim + kk].write(partials[f + kk * og]);
+                }
+            }
+        })
+    })
 }
 
 /// Which pass a [`ConvGemm`] op computes, and from which operands.
