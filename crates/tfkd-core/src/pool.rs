@@ -104,11 +104,8 @@ impl MaxPool {
     /// inside the input (`0 ≤ s·j + b − p < w`).
     #[inline(always)]
     fn valid_cols(&self, b: usize, w: usize, w_o: usize) -> std::ops::Range<usize> {
-        let (s, p) = (self.s, self.p);
-        // s·j + b ≥ p  ⇔  j ≥ ⌈(p − b) / s⌉;  s·j + b − p < w  ⇔  j < ⌈(w + p − b) / s⌉.
-        let lo = p.saturating_sub(b).div_ceil(s);
-        let hi = (w + p).saturating_sub(b).div_ceil(s).min(w_o);
-        lo..hi.max(lo)
+        let (lo, hi) = crate::conv::inside_range(w, w_o, self.s, self.p, b);
+        lo..hi
     }
 
     /// The input rows `r = s·i + a − p` of output row `i`'s window, as

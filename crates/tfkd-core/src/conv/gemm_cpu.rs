@@ -145,6 +145,11 @@ impl Geom {
     fn cols_in(&self, b: usize) -> (usize, usize) {
         super::inside_range(self.w, self.wo, self.s, self.p, b)
     }
+    /// Output rows `i` whose input row `s·i + a − p` lies in `[0, H)`, for
+    /// kernel row `a`.
+    fn rows_in(&self, a: usize) -> (usize, usize) {
+        super::inside_range(self.h, self.ho, self.s, self.p, a)
+    }
     fn check(&self, what: &str, l: &Layout, want: (usize, usize, usize, usize)) -> Result<()> {
         if l.shape().dims4()? != want {
             candle_core::bail!("tfkd-conv-gemm: {what} has shape {:?}, want {want:?}", l.shape())
@@ -184,7 +189,7 @@ fn im2col_impl<E: Float>(g: &Geom, x: &[E], out: &mut [E], ld: usize) {
     // lies in `[0, H)`; per kernel column, the same for columns: computed
     // once per call, not per tap (their divisions were a quarter of im2col
     // at 4×4).
-    let rows_in: Vec<_> = (0..kh).map(|a| super::inside_range(h, g.ho, s, p, a)).collect();
+    let rows_in: Vec<_> = (0..kh).map(|a| g.rows_in(a)).collect();
     let cols_in: Vec<_> = (0..kw).map(|b| g.cols_in(b)).collect();
     let mut t = 0;
     for plane in x.chunks_exact(h * w).take(g.cg()) {
@@ -618,15 +623,17 @@ fn weight_grad<E: Elem>(g: &Geom, x: &[E], gr: &[E]) -> Vec<E> {
     });
     // The partials added into the first in part order, in chunks on every
     // core.
-    let (sum, rest) = partials.split_at_mut(len);
-    const SUM_CHUNK: usize = 16 * 1024;
-    for_each_chunk(sum, SUM_CHUNK, SUM_CHUNK * parts, |_: &mut (), i, dst| {
-        for p in rest.chunks_exact(len) {
-            for (d, v) in dst.iter_mut().zip(&p[i * SUM_CHUNK..]) {
-                *d += *v;
+    if parts > 1 {
+        let (sum, rest) = partials.split_at_mut(len);
+        const SUM_CHUNK: usize = 16 * 1024;
+        for_each_chunk(sum, SUM_CHUNK, SUM_CHUNK * parts, |_: &mut (), i, dst| {
+            for p in rest.chunks_exact(len) {
+                for (d, v) in dst.iter_mut().zip(&p[i * SUM_CHUNK..]) {
+                    *d += *v;
+                }
             }
-        }
-    });
+        });
+    }
     partials.truncate(len);
     if !transposed {
         return partials;
