@@ -1,29 +1,58 @@
 #!/usr/bin/env bash
-# One device session (docs/PERFORMANCE.md, "On CUDA"): tfkd vs PyTorch
-# training steps on CUDA, then real training on cifar10-mini. Everything lands
-# in $OUT (the device tool's output folder; set it yourself elsewhere).
+# One device session (docs/PERFORMANCE.md, "On CUDA"): the CUDA ops against
+# the CPU, tfkd vs PyTorch training steps on CUDA (the ratio table), then real
+# training on cifar10-mini. Everything lands in $OUT (the device tool's output
+# folder; set it yourself elsewhere).
 #
-# Prepare, on the build machine, a git-ignored folder `.gpu/` holding
-#   tfkd.gz       the stripped, gzipped `tfkd` from
-#                 `../shared/gpu/build-cuda.sh -p tfkd-runner` (or any
-#                 `cargo build --release -p tfkd-runner --features cuda`)
-#   run-cuda.sh   the launcher that puts the CUDA libraries on the path
-#   data/cifar10-mini   the 5k/2k CIFAR-10 subset (CIFAR binary format)
-# then, on the GPU machine, from the repository root: `bash scripts/gpu/check.sh`.
+# Prepare `.gpu/` on the build machine with `scripts/gpu/prepare.sh` (tfkd and
+# the cuda_ops test binary built with `--features cuda`, run-cuda.sh, the
+# cifar10-mini data), carry it, then on the GPU machine, from the repository
+# root: `bash scripts/gpu/check.sh`.
 # MODELS, CONFIGS, TRAIN_LIMIT (seconds per training run) and TRAIN_ARGS (extra
 # `tfkd train` arguments, e.g. `--set epochs=3`) override the defaults;
-# CANDLE_CONV_MODELS also times those models under TFKD_CONV=candle (candle's
-# own convolutions: the before/after of tfkd's conv paths in the same session).
+# NOCUDNN_MODELS times those models with TFKD_CUDNN=0 (tfkd's own CUDA conv
+# and BatchNorm paths: the before/after of cuDNN in the same session),
+# F32_MODELS with `--precision f32` (no TF32), CANDLE_CONV_MODELS under
+# TFKD_CONV=candle (candle's own convolutions).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 cd "${GPU_DIR:-.gpu}"
 cp "$here"/c10mini-*.toml .
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
-gunzip -f tfkd.gz && chmod +x tfkd
+for b in tfkd cuda_ops; do gunzip -f $b.gz && chmod +x $b; done
+# tfkd opens cuDNN at run time: take the one PyTorch's wheels installed unless
+# TFKD_CUDNN_LIB already names a file.
+if [ -z "${TFKD_CUDNN_LIB:-}" ]; then
+  TFKD_CUDNN_LIB=$(python3 - <<'PY'
+import glob, os, site
+dirs = site.getsitepackages() + [site.getusersitepackages()]
+try:
+    import torch
+    dirs.append(os.path.dirname(torch.__file__))
+except Exception:
+    pass
+for d in dirs:
+    for pattern in ("nvidia/cudnn/lib/libcudnn.so.9", "lib/libcudnn.so.9"):
+        hits = glob.glob(os.path.join(d, pattern))
+        if hits:
+            print(hits[0])
+            raise SystemExit
+PY
+)
+  export TFKD_CUDNN_LIB
+fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch;print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+  echo "cuDNN for tfkd: ${TFKD_CUDNN_LIB:-none found}"
+  echo "tfkd commit: $(cat commit.txt 2>/dev/null)"
   nproc; } 2>&1 | tee $OUT/gpu.txt
-models="${MODELS:-cnn resnet18 mobilenet_v2 shufflenet_v2}"
+echo "== CUDA ops vs CPU, cuDNN"; date
+timeout 240 ./run-cuda.sh ./cuda_ops --test-threads=1 --nocapture > $OUT/cuda-ops.txt 2>&1; echo "exit $?" >> $OUT/cuda-ops.txt
+grep -E "^test |test result|through|panicked|error" $OUT/cuda-ops.txt | head -40
+echo "== CUDA ops vs CPU, TFKD_CUDNN=0"; date
+TFKD_CUDNN=0 timeout 240 ./run-cuda.sh ./cuda_ops --test-threads=1 --nocapture > $OUT/cuda-ops-no-cudnn.txt 2>&1; echo "exit $?" >> $OUT/cuda-ops-no-cudnn.txt
+grep -E "test result|through|panicked" $OUT/cuda-ops-no-cudnn.txt | head -20
+models="${MODELS:-cnn resnet18 mobilenet_v2 shufflenet_v2 densenet121 resnext29}"
 sample() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > "$1" & echo $!; }
 for m in $models; do
   s=$(sample mem-tfkd-$m.txt)
@@ -32,6 +61,12 @@ for m in $models; do
   s=$(sample mem-torch-$m.txt)
   (cd "$here/../.." && timeout 100 python3 scripts/bench_steps_torch.py --models $m --device cuda --batch 128 --warmup 3 --steps 10 --json $OUT/torch-cuda.jsonl) 2>&1 | tail -3
   kill $s; echo "$m torch nvidia-smi peak MB $(sort -n mem-torch-$m.txt | tail -1)" | tee -a $OUT/mem.txt
+done
+for m in ${NOCUDNN_MODELS:-resnet18}; do
+  TFKD_CUDNN=0 timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --warmup 3 --steps 10 --json $OUT/tfkd-cuda-no-cudnn.jsonl 2>&1 | tail -2
+done
+for m in ${F32_MODELS:-}; do
+  timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --precision f32 --warmup 3 --steps 10 --json $OUT/tfkd-cuda-f32.jsonl 2>&1 | tail -2
 done
 for m in ${CANDLE_CONV_MODELS:-}; do
   TFKD_CONV=candle timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --warmup 3 --steps 10 --json $OUT/tfkd-cuda-candle-conv.jsonl 2>&1 | tail -2

@@ -9,7 +9,10 @@
 //! image's im2col matrix in a per-thread buffer and one product per group
 //! written straight into the NCHW result, the input gradient as a product
 //! and a col2im scatter-add, the weight gradient as per-thread partial
-//! products; no buffer grows with the batch. Elsewhere the forward is
+//! products; no buffer grows with the batch. On CUDA, where cuDNN loads
+//! (`--features cuda`, [`crate::cudnn`]), each pass is one cuDNN call with
+//! the algorithm timed once per shape (`conv/cudnn.rs`). Elsewhere (Metal,
+//! CUDA without cuDNN) the forward is
 //! candle's own and the backward is made of tensor ops (im2col views,
 //! `conv/im2col.rs`, and batched matmuls), which on CUDA run as cuBLAS work.
 //! Depthwise convolutions (one input channel per group), which candle runs
@@ -19,6 +22,8 @@
 use std::sync::{Mutex, OnceLock};
 
 mod bias;
+#[cfg(feature = "cuda")]
+pub mod cudnn;
 mod depthwise;
 mod gemm_cpu;
 mod im2col;
@@ -108,6 +113,12 @@ pub(crate) fn conv2d_candle(x: &Tensor, w: &Tensor, padding: usize, stride: usiz
     }
     if candle_only() {
         return x.conv2d(w, padding, stride, 1, groups);
+    }
+    // On CUDA, every convolution (dense, grouped, depthwise) is one cuDNN
+    // call each way where cuDNN loads.
+    #[cfg(feature = "cuda")]
+    if let Some(y) = cudnn::conv2d(x, w, padding, stride, groups)? {
+        return Ok(y);
     }
     if groups > 1 && c_in_k == 1 {
         return depthwise::depthwise_conv2d_candle(x, w, padding, stride);

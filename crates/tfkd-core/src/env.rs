@@ -38,3 +38,23 @@ pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
 /// `HOME`: the user's home folder, for the last default of [`TORCH_HOME`]
 /// (`~/.cache/torch`) and a leading `~` in it.
 pub const HOME: &str = "HOME";
+
+/// `TFKD_CUDNN`: `0` keeps cuDNN unloaded (CUDA convolutions and BatchNorm
+/// then take tfkd's own paths). Any other value, or unset: cuDNN is used
+/// where it loads. Read once per process (`--features cuda` only).
+pub const CUDNN: &str = "TFKD_CUDNN";
+
+/// `TFKD_CUDNN_LIB`: the cuDNN library file to open first (e.g. a wheel's
+/// `nvidia/cudnn/lib/libcudnn.so.9`); the loader's search path and the
+/// wheel folders beside the CUDA libraries are tried after it.
+pub const CUDNN_LIB: &str = "TFKD_CUDNN_LIB";
+
+/// `TFKD_CUDNN_WORKSPACE_MB`: the most scratch memory, in MiB, a cuDNN
+/// convolution algorithm may use (default 1024); faster algorithms that
+/// need more are passed over. Read once per process.
+pub const CUDNN_WORKSPACE_MB: &str = "TFKD_CUDNN_WORKSPACE_MB";
+
+/// `TFKD_CUDNN_DETERMINISTIC`: `1` keeps only the convolution algorithms
+/// cuDNN reports as deterministic (PyTorch's `cudnn.deterministic = True`);
+/// otherwise the fastest is used, as with `cudnn.benchmark = True`.
+pub const CUDNN_DETERMINISTIC: &str = "TFKD_CUDNN_DETERMINISTIC";

@@ -21,6 +21,8 @@
 //! * [`pool`]: max pooling with any kernel, stride and padding, with a
 //!   backward pass (candle has none for most of them);
 //! * [`shuffle`]: ShuffleNetV2's concatenate-and-shuffle as one op;
+//! * [`precision`]: TF32 or strict f32 for GPU convolutions, and
+//!   [`cudnn`]: cuDNN loaded at run time (used with `--features cuda`);
 //! * [`collective`]: the gradient all-reduce of data-parallel training,
 //!   behind a small trait (threads of one process; NCCL plugs in);
 //! * [`env`]: the environment variables the libraries read.
@@ -52,6 +54,7 @@ pub mod activation;
 pub mod collective;
 pub mod conv;
 mod cpu;
+pub mod cudnn;
 pub mod env;
 pub mod error;
 pub mod init;
@@ -60,6 +63,7 @@ pub mod metrics;
 pub mod norm;
 pub mod optim;
 pub mod pool;
+pub mod precision;
 pub mod recipe;
 pub mod rng;
 pub mod schedule;

@@ -35,6 +35,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, ModuleT, Result, Shape, Storage, Tensor, Var};
 use candle_nn::{BatchNormConfig, VarBuilder};
 
+#[cfg(feature = "cuda")]
+mod cudnn;
+
 use crate::cpu::{avx2_dispatch, filled, for_each_chunk, ncs, slice, supported, Float};
 
 /// The result of a training-mode batch normalisation.
@@ -55,8 +58,9 @@ pub struct BatchNormOutput {
 /// σ²), which the caller uses to update running statistics.
 ///
 /// On the CPU with f32/f64 operands this is one custom op with an analytic
-/// backward (module docs); elsewhere the same arithmetic as candle-nn's
-/// `BatchNorm::forward_train` (composed ops, candle's autograd).
+/// backward (module docs); on CUDA with f32 operands, where cuDNN loads, one
+/// cuDNN call each way (`norm/cudnn.rs`); elsewhere the same arithmetic as
+/// candle-nn's `BatchNorm::forward_train` (composed ops, candle's autograd).
 pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> crate::Result<BatchNormOutput> {
     Ok(batch_norm_train_candle(x, weight, bias, eps)?)
 }
@@ -83,6 +87,11 @@ pub(crate) fn batch_norm_train_candle(x: &Tensor, weight: &Tensor, bias: &Tensor
         && supported(x.dtype())
         && weight.dtype() == x.dtype()
         && bias.dtype() == x.dtype();
+    // On CUDA: one cuDNN call each way, where it loads (f32).
+    #[cfg(feature = "cuda")]
+    if let Some(out) = cudnn::batch_norm_train(x, weight, bias, eps)? {
+        return Ok(out);
+    }
     if !fast {
         return composed(x, weight, bias, eps);
     }
@@ -398,10 +407,10 @@ impl CustomOp3 for FusedBatchNorm {
 /// creates them (it is built by it).
 ///
 /// Training mode normalises with [`batch_norm_train`] (the fused op on the
-/// CPU) and updates the running statistics with candle-nn's arithmetic:
+/// CPU, cuDNN on CUDA) and updates the running statistics with candle-nn's arithmetic:
 /// `r_μ ← (1 − m)·r_μ + m·μ`, `r_σ² ← (1 − m)·r_σ² + m·M/(M − 1)·σ²` (the
-/// unbiased variance, as PyTorch). Evaluation mode, and training on other
-/// devices and dtypes, are candle-nn's `BatchNorm` unchanged.
+/// unbiased variance, as PyTorch). Evaluation mode, and training on Metal
+/// and in other dtypes, are candle-nn's `BatchNorm` unchanged.
 #[derive(Debug, Clone)]
 pub struct BatchNorm {
     inner: candle_nn::BatchNorm,
@@ -463,8 +472,7 @@ impl BatchNorm {
 
     fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.running_mean.as_tensor().dim(0)?;
-        let fused = matches!(x.device(), Device::Cpu)
-            && supported(x.dtype())
+        let fused = (x.device().is_cuda() || (matches!(x.device(), Device::Cpu) && supported(x.dtype())))
             && x.dtype() == self.weight.dtype()
             && x.rank() >= 2
             && x.dim(1)? == c;

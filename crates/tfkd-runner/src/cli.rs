@@ -118,6 +118,10 @@ pub enum Command {
         /// `cpu`, `cuda`, `cuda:N` or `metal`.
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
+        /// GPU arithmetic: `tf32` (TF32 convolutions, PyTorch's default) or
+        /// `f32` (strict).
+        #[arg(long, default_value = "tf32")]
+        precision: tfkd_core::precision::Precision,
         /// Append one JSON line per model to this file.
         #[arg(long)]
         json: Option<PathBuf>,

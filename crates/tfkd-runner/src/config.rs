@@ -27,6 +27,12 @@ pub struct ExperimentConfig {
     /// `cpu`, `cuda`, `cuda:N` or `metal`.
     #[serde(default)]
     pub device: DeviceSpec,
+    /// The arithmetic on GPUs: `tf32` (default: f32 convolutions on CUDA
+    /// may use TF32 tensor cores, as PyTorch's do) or `f32` (strict f32).
+    /// No effect on the CPU. Part of the run's identity when not the
+    /// default (TF32 changes the numbers).
+    #[serde(default, skip_serializing_if = "tfkd_core::precision::Precision::is_default")]
+    pub precision: tfkd_core::precision::Precision,
     /// Number of training epochs.
     pub epochs: usize,
     /// Data-parallel replicas (`tfkd train --nproc N`): each trains on its

@@ -271,6 +271,7 @@ pub fn experiment(
         seed,
         random: Default::default(),
         device: shared.device,
+        precision: Default::default(),
         epochs,
         replicas: shared.replicas,
         out_dir: shared.runs_dir.to_path_buf(),

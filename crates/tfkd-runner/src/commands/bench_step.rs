@@ -34,6 +34,8 @@ pub struct BenchStepArgs<'a> {
     pub steps: usize,
     /// The device.
     pub device: DeviceSpec,
+    /// GPU arithmetic.
+    pub precision: tfkd_core::precision::Precision,
     /// Where to append one JSON line per model.
     pub json: Option<&'a Path>,
 }
@@ -44,6 +46,11 @@ struct StepTiming {
     framework: &'static str,
     model: String,
     device: String,
+    /// `tf32` or `f32` (GPU arithmetic).
+    precision: String,
+    /// What ran the convolutions: `cpu`, a cuDNN version, or tfkd's own
+    /// CUDA / Metal paths.
+    conv: String,
     batch: usize,
     classes: usize,
     side: usize,
@@ -63,6 +70,10 @@ pub fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
     let input = InputSize::from_side(args.side)
         .with_context(|| format!("--side {} is not one of 32, 64, 224", args.side))?;
     let device = tfkd_runner::device::open_device(args.device)?;
+    args.precision.apply();
+    if !device.is_cpu() {
+        println!("convolutions: {} ({})", conv_backend(&device), args.precision);
+    }
     println!(
         "{:<16} {:>6} {:>12} {:>12} {:>10} {:>10}",
         "model", "batch", "median s", "min s", "img/s", "peak MB"
@@ -131,6 +142,8 @@ fn time_model(name: &str, input: InputSize, device: &Device, args: &BenchStepArg
         framework: "tfkd",
         model: name.to_string(),
         device: args.device.to_string(),
+        precision: args.precision.to_string(),
+        conv: conv_backend(device),
         batch: args.batch,
         classes: args.classes,
         side,
@@ -141,6 +154,17 @@ fn time_model(name: &str, input: InputSize, device: &Device, args: &BenchStepArg
         images_per_s: args.batch as f64 / median_s,
         peak_rss_mb: if device.is_cpu() { peak_rss_mb() } else { None },
     })
+}
+
+/// What runs convolutions on `device`.
+fn conv_backend(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) if tfkd_core::conv::cudnn::active(device, DType::F32) => tfkd_core::cudnn::describe(),
+        Device::Cuda(_) => format!("tfkd im2col + cuBLAS ({})", tfkd_core::cudnn::describe()),
+        Device::Metal(_) => "tfkd composed (Metal)".into(),
+    }
 }
 
 /// Linux's high-water mark of resident memory, in MB.

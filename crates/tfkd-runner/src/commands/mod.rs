@@ -27,7 +27,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
             Some(dataset) => download::run(dataset, &root),
             None => anyhow::bail!("tfkd download: name a dataset, or `torchvision <ARCH>`"),
         },
-        Command::BenchStep { models, batch, classes, side, width_divisor, warmup, steps, device, json } => {
+        Command::BenchStep { models, batch, classes, side, width_divisor, warmup, steps, device, precision, json } => {
             bench_step::run(&bench_step::BenchStepArgs {
                 models: &models,
                 batch,
@@ -37,6 +37,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<()> {
                 warmup,
                 steps,
                 device,
+                precision,
                 json: json.as_deref(),
             })
         }

@@ -1,0 +1,326 @@
+//! Convolutions on CUDA through cuDNN: the forward, `∂L/∂x` and `∂L/∂w`, each
+//! one cuDNN call (dense, grouped and depthwise alike: cuDNN takes the group
+//! count), with the algorithm chosen once per shape and GPU by timing
+//! ([`crate::cudnn`]).
+//!
+//! f32 convolutions use TF32 tensor cores unless strict f32 was asked for
+//! ([`crate::precision`]), as PyTorch's `allow_tf32` default does; bf16 and
+//! f16 convolutions accumulate in f32, f64 ones in f64.
+
+use std::ffi::{c_int, c_void};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
+use candle_core::cuda_backend::{CudaDType, CudaStorage};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+use crate::cudnn::{self, ConvKey, Descriptor, Pass, Scale};
+
+/// The convolution through cuDNN, if `x` is on a GPU, its dtype is one
+/// cuDNN convolves and the library loaded (else `None`: the caller takes its
+/// own path). The operands have been checked by the caller.
+pub(super) fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize, groups: usize) -> Result<Option<Tensor>> {
+    if !x.device().is_cuda() || w.dtype() != x.dtype() || cudnn::data_type(x.dtype()).is_none() || cudnn::api().is_none() {
+        return Ok(None);
+    }
+    let op = CudnnConv2d { padding, stride, groups };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let y = if x.track_op() || w.track_op() {
+        x.apply_op2(&w, op)?
+    } else {
+        x.apply_op2_no_bwd(&w, &op)?
+    };
+    Ok(Some(y))
+}
+
+/// True when a convolution of this device and dtype would go to cuDNN (the
+/// library loads): what the tests and benchmarks report.
+pub fn active(device: &candle_core::Device, dtype: DType) -> bool {
+    device.is_cuda() && cudnn::data_type(dtype).is_some() && cudnn::api().is_some()
+}
+
+/// The geometry shared by the three passes.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    x: [usize; 4],
+    w: [usize; 4],
+    padding: usize,
+    stride: usize,
+    groups: usize,
+}
+
+impl Geometry {
+    fn y(&self) -> [usize; 4] {
+        let [n, _, h, wd] = self.x;
+        let [o, _, k_h, k_w] = self.w;
+        let out = |len: usize, k: usize| (len + 2 * self.padding - k) / self.stride + 1;
+        [n, o, out(h, k_h), out(wd, k_w)]
+    }
+}
+
+fn dims4(l: &Layout, what: &str) -> Result<[usize; 4]> {
+    match l.shape().dims() {
+        &[a, b, c, d] => Ok([a, b, c, d]),
+        other => candle_core::bail!("tfkd-cudnn-conv2d: {what} must have 4 dims, got {other:?}"),
+    }
+}
+
+/// `y = conv(x, w)`; its backward runs the two gradient passes.
+struct CudnnConv2d {
+    padding: usize,
+    stride: usize,
+    groups: usize,
+}
+
+/// `∂L/∂x` from `(w, ∂L/∂y)`.
+struct CudnnConvBackwardData {
+    geometry: Geometry,
+}
+
+/// `∂L/∂w` from `(x, ∂L/∂y)`.
+struct CudnnConvBackwardFilter {
+    geometry: Geometry,
+}
+
+fn cpu_refused(name: &str) -> Result<(CpuStorage, Shape)> {
+    candle_core::bail!("{name}: a cuDNN op was given CPU tensors")
+}
+
+impl CustomOp2 for CudnnConv2d {
+    fn name(&self) -> &'static str {
+        "tfkd-cudnn-conv2d"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_refused(self.name())
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, ws: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let geometry = Geometry {
+            x: dims4(xl, "the input")?,
+            w: dims4(wl, "the kernel")?,
+            padding: self.padding,
+            stride: self.stride,
+            groups: self.groups,
+        };
+        let y = geometry.y();
+        let out = run(Pass::Forward, geometry, (xs, xl), (ws, wl))?;
+        Ok((out, Shape::from(y.to_vec())))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let geometry = Geometry {
+            x: x.dims4()?.into(),
+            w: w.dims4()?.into(),
+            padding: self.padding,
+            stride: self.stride,
+            groups: self.groups,
+        };
+        let grad = grad.contiguous()?;
+        let gx = if x.track_op() {
+            Some(w.apply_op2_no_bwd(&grad, &CudnnConvBackwardData { geometry })?)
+        } else {
+            None
+        };
+        let gw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(&grad, &CudnnConvBackwardFilter { geometry })?)
+        } else {
+            None
+        };
+        Ok((gx, gw))
+    }
+}
+
+impl CustomOp2 for CudnnConvBackwardData {
+    fn name(&self) -> &'static str {
+        "tfkd-cudnn-conv2d-backward-data"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_refused(self.name())
+    }
+
+    fn cuda_fwd(&self, ws: &CudaStorage, wl: &Layout, gs: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let out = run(Pass::BackwardData, self.geometry, (ws, wl), (gs, gl))?;
+        Ok((out, Shape::from(self.geometry.x.to_vec())))
+    }
+}
+
+impl CustomOp2 for CudnnConvBackwardFilter {
+    fn name(&self) -> &'static str {
+        "tfkd-cudnn-conv2d-backward-filter"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_refused(self.name())
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, gs: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let out = run(Pass::BackwardFilter, self.geometry, (xs, xl), (gs, gl))?;
+        Ok((out, Shape::from(self.geometry.w.to_vec())))
+    }
+}
+
+/// Runs one pass on operands `(a, b)`: `(x, w)` forward, `(w, ∂y)` for
+/// `∂x`, `(x, ∂y)` for `∂w`. Returns the pass's output.
+fn run(pass: Pass, g: Geometry, a: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout)) -> Result<CudaStorage> {
+    match a.0.dtype() {
+        DType::F32 => run_typed::<f32>(pass, g, a, b),
+        DType::F64 => run_typed::<f64>(pass, g, a, b),
+        DType::F16 => run_typed::<half::f16>(pass, g, a, b),
+        DType::BF16 => run_typed::<half::bf16>(pass, g, a, b),
+        other => candle_core::bail!("tfkd-cudnn-conv2d: cuDNN does not convolve {other:?}"),
+    }
+}
+
+/// The math type of a convolution of `data_type`: TF32 tensor cores for f32
+/// unless strict f32 is on, tensor cores for the half types, plain for f64.
+fn math_type(data_type: c_int) -> c_int {
+    match data_type {
+        cudnn::DATA_FLOAT if crate::precision::conv_tf32() => cudnn::TENSOR_OP_MATH,
+        cudnn::DATA_FLOAT => cudnn::FMA_MATH,
+        cudnn::DATA_DOUBLE => 0,
+        _ => cudnn::TENSOR_OP_MATH,
+    }
+}
+
+fn run_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
+    pass: Pass,
+    g: Geometry,
+    (a_s, a_l): (&CudaStorage, &Layout),
+    (b_s, b_l): (&CudaStorage, &Layout),
+) -> Result<CudaStorage> {
+    let Some(api) = cudnn::api() else {
+        candle_core::bail!("tfkd-cudnn-conv2d: cuDNN is not loaded")
+    };
+    let data_type = cudnn::data_type(T::DTYPE).unwrap_or(cudnn::DATA_FLOAT);
+    let dev = a_s.device().clone();
+    let stream = dev.cuda_stream();
+    let (a, b) = (view::<T>(a_s, a_l, "the first operand")?, view::<T>(b_s, b_l, "the second operand")?);
+    let out_dims = match pass {
+        Pass::Forward => g.y(),
+        Pass::BackwardData => g.x,
+        Pass::BackwardFilter => g.w,
+    };
+    // SAFETY: every element is written by the cuDNN call below.
+    let mut out = unsafe { stream.alloc::<T>(out_dims.iter().product()) }.map_err(candle_core::Error::wrap)?;
+    let math = math_type(data_type);
+    let x_desc = Descriptor::tensor(&api, data_type, g.x)?;
+    let w_desc = Descriptor::filter(&api, data_type, g.w)?;
+    let y_desc = Descriptor::tensor(&api, data_type, g.y())?;
+    let conv = Descriptor::convolution(&api, data_type, g.padding, g.stride, g.groups, math)?;
+    let key = ConvKey {
+        pass,
+        x: g.x,
+        w: g.w,
+        padding: g.padding,
+        stride: g.stride,
+        groups: g.groups,
+        dtype: data_type,
+        math,
+    };
+    {
+        let (pa, _read_a) = a.device_ptr(&stream);
+        let (pb, _read_b) = b.device_ptr(&stream);
+        let (po, _write_out) = out.device_ptr_mut(&stream);
+        let (pa, pb, po) = (pa as *const c_void, pb as *const c_void, po as *mut c_void);
+        // The descriptors in the order each pass's functions take them:
+        // (first operand, second operand, output).
+        let (d1, d2, d3) = match pass {
+            Pass::Forward => (&x_desc, &w_desc, &y_desc),
+            Pass::BackwardData => (&w_desc, &y_desc, &x_desc),
+            Pass::BackwardFilter => (&x_desc, &y_desc, &w_desc),
+        };
+        let (find, call, name) = match pass {
+            Pass::Forward => (api.find_fwd, api.conv_fwd, "cudnnConvolutionForward"),
+            Pass::BackwardData => (api.find_bwd_data, api.conv_bwd_data, "cudnnConvolutionBackwardData"),
+            Pass::BackwardFilter => (api.find_bwd_filter, api.conv_bwd_filter, "cudnnConvolutionBackwardFilter"),
+        };
+        cudnn::with_device(&api, &dev, |state| {
+            let choice = match state.algos.get(&key) {
+                Some(c) => *c,
+                None => {
+                    let c = find_algorithm(&api, state.handle, &stream, find, (d1, pa), (d2, pb), &conv, (d3, po), math)?;
+                    state.algos.insert(key, c);
+                    c
+                }
+            };
+            conv.set_math_type(choice.math_type)?;
+            let ws = state.workspace(&stream, choice.workspace)?;
+            let (alpha, beta) = (Scale::of(data_type, 1.0), Scale::of(data_type, 0.0));
+            // SAFETY: descriptors of these operands' shapes, device pointers
+            // of live buffers of those sizes, a workspace of the size the
+            // algorithm needs, all on the handle's stream.
+            let status = unsafe {
+                call(
+                    state.handle,
+                    alpha.ptr(),
+                    d1.raw,
+                    pa,
+                    d2.raw,
+                    pb,
+                    conv.raw,
+                    choice.algo,
+                    ws,
+                    choice.workspace,
+                    beta.ptr(),
+                    d3.raw,
+                    po,
+                )
+            };
+            api.check(status, &format!("{name} (x {:?}, w {:?}, padding {}, stride {}, groups {})", g.x, g.w, g.padding, g.stride, g.groups))
+        })?;
+    }
+    Ok(T::wrap_cuda_slice(out, dev))
+}
+
+/// The elements of a contiguous operand.
+fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("tfkd-cudnn-conv2d: {what} is not contiguous")
+    };
+    Ok(T::as_cuda_slice(s)?.slice(start..end))
+}
+
+/// Times every algorithm of a pass on the real operands (cuDNN's
+/// `Find*AlgorithmEx`, which writes the output) with a temporary workspace
+/// of the bound (halved until it can be allocated), and picks
+/// ([`cudnn::pick`]). Falls back to algorithm 0, which needs no workspace.
+#[allow(clippy::too_many_arguments)]
+fn find_algorithm(
+    api: &cudnn::Api,
+    handle: *mut c_void,
+    stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+    find: cudnn::FnFind,
+    (d1, p1): (&Descriptor, *const c_void),
+    (d2, p2): (&Descriptor, *const c_void),
+    conv: &Descriptor,
+    (d3, p3): (&Descriptor, *mut c_void),
+    math: c_int,
+) -> Result<cudnn::Choice> {
+    let mut bound = cudnn::workspace_bound();
+    let scratch = loop {
+        if bound == 0 {
+            break None;
+        }
+        // SAFETY: cuDNN only writes the scratch workspace.
+        match unsafe { stream.alloc::<u8>(bound) } {
+            Ok(s) => break Some(s),
+            Err(_) => bound /= 2,
+        }
+    };
+    let ws = scratch.as_ref().map_or(0, |s| s.device_ptr(stream).0) as *mut c_void;
+    let mut results = [cudnn::AlgoPerf::default(); 10];
+    let mut returned: c_int = 0;
+    // SAFETY: as for the call itself; `results` holds the requested count.
+    let status = unsafe {
+        find(handle, d1.raw, p1, d2.raw, p2, conv.raw, d3.raw, p3, results.len() as c_int, &mut returned, results.as_mut_ptr(), ws, bound)
+    };
+    api.check(status, "cudnnFind*AlgorithmEx")?;
+    let returned = (returned.max(0) as usize).min(results.len());
+    Ok(cudnn::pick(&results[..returned], bound, cudnn::deterministic_only()).unwrap_or(cudnn::Choice {
+        algo: 0,
+        math_type: math,
+        workspace: 0,
+    }))
+}

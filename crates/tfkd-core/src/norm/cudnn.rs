@@ -1,0 +1,306 @@
+//! Training-mode BatchNorm on CUDA as one cuDNN call each way
+//! (`cudnnBatchNormalizationForwardTraining` / `...Backward`, spatial mode:
+//! one mean and variance per channel over `N·H·W`), for f32 operands.
+//!
+//! The forward asks cuDNN for the batch mean and, through a running average
+//! with factor 1 over zeroed buffers, the unbiased batch variance; the
+//! biased one the caller gets is `σ²_unbiased·(M − 1)/M`. The backward uses
+//! the mean and `1/√(σ² + ε)` cuDNN saved; `∂L/∂γ` and `∂L/∂β` come out of the
+//! same call into buffers of their own (so the `(N, C, H, W)` input gradient
+//! is freed when the graph is done with it, not kept by the parameter
+//! gradients).
+
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+use super::BatchNormOutput;
+use crate::cudnn::{self, Descriptor, Scale};
+
+/// cuDNN's smallest accepted ε (`CUDNN_BN_MIN_EPSILON`).
+const MIN_EPSILON: f64 = 1e-5;
+
+/// The BatchNorm through cuDNN if the operands are f32 on a GPU, ε is one
+/// cuDNN accepts, every channel has more than one value and the library
+/// loaded; else `None`. `x` is `(N, C, …)` with `C` matching the parameters
+/// (checked by the caller).
+pub(super) fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Option<BatchNormOutput>> {
+    let all_f32 = [x, weight, bias].iter().all(|t| t.dtype() == DType::F32);
+    let (n, c) = (x.dim(0)?, x.dim(1)?);
+    let m = x.elem_count() / c.max(1);
+    if !x.device().is_cuda() || !all_f32 || eps < MIN_EPSILON || m < 2 || n == 0 || cudnn::api().is_none() {
+        return Ok(None);
+    }
+    let for_caller = Arc::new(Mutex::new(None));
+    let op = CudnnBatchNorm {
+        eps,
+        saved: Mutex::new(None),
+        for_caller: for_caller.clone(),
+    };
+    let (x, weight, bias) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
+    let y = x.apply_op3(&weight, &bias, op)?;
+    let Some((dev, mean, unbiased)) = for_caller.lock().map_err(|_| poisoned())?.take() else {
+        candle_core::bail!("tfkd-cudnn-batch-norm: the forward pass saved no statistics")
+    };
+    let mean = stashed(&weight, mean, &dev)?;
+    let unbiased = stashed(&weight, unbiased, &dev)?;
+    let var = (unbiased * ((m - 1) as f64 / m as f64))?;
+    Ok(Some(BatchNormOutput { y, mean, var }))
+}
+
+fn poisoned() -> candle_core::Error {
+    candle_core::Error::Msg("tfkd-cudnn-batch-norm: statistics lock poisoned".into())
+}
+
+/// What the forward pass keeps for the backward, per channel, on the GPU.
+struct Saved {
+    dev: CudaDevice,
+    /// The batch mean.
+    mean: CudaSlice<f32>,
+    /// `1/√(σ² + ε)`.
+    inv_std: CudaSlice<f32>,
+}
+
+/// The batch mean (a copy) and unbiased variance, for the caller.
+type ForCaller = Option<(CudaDevice, CudaSlice<f32>, CudaSlice<f32>)>;
+
+/// `(x, γ, β) → y`.
+struct CudnnBatchNorm {
+    eps: f64,
+    saved: Mutex<Option<Arc<Saved>>>,
+    for_caller: Arc<Mutex<ForCaller>>,
+}
+
+/// `(x, γ, ∂L/∂y) → ∂L/∂x`, leaving `∂L/∂γ`, `∂L/∂β` in `params`.
+struct CudnnBatchNormBackward {
+    eps: f64,
+    saved: Arc<Saved>,
+    params: Mutex<Option<(CudaSlice<f32>, CudaSlice<f32>)>>,
+}
+
+/// The 4-d shape cuDNN sees: `(N, C, rest, 1)`.
+fn nc_rest(l: &Layout) -> Result<[usize; 4]> {
+    let d = l.shape().dims();
+    if d.len() < 2 {
+        candle_core::bail!("tfkd-cudnn-batch-norm: the input must have at least two dims, got {d:?}")
+    }
+    Ok([d[0], d[1], d[2..].iter().product(), 1])
+}
+
+/// The device address of a contiguous f32 operand. (The read guard is
+/// dropped at once: candle runs everything on the device's one stream, where
+/// cudarc records no events.)
+fn ptr(s: &CudaStorage, l: &Layout, stream: &Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>) -> Result<u64> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("tfkd-cudnn-batch-norm: an operand is not contiguous")
+    };
+    let view = s.as_cuda_slice::<f32>()?.slice(start..end);
+    let (p, _read) = view.device_ptr(stream);
+    Ok(p)
+}
+
+impl CustomOp3 for CudnnBatchNorm {
+    fn name(&self) -> &'static str {
+        "tfkd-cudnn-batch-norm"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("tfkd-cudnn-batch-norm: given CPU tensors")
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let Some(api) = cudnn::api() else {
+            candle_core::bail!("tfkd-cudnn-batch-norm: cuDNN is not loaded")
+        };
+        let dims = nc_rest(xl)?;
+        let dev = xs.device().clone();
+        let stream = dev.cuda_stream();
+        let c = dims[1];
+        let wrap = candle_core::Error::wrap;
+        // SAFETY: every element of y is written by cuDNN.
+        let mut y = unsafe { stream.alloc::<f32>(xl.shape().elem_count()) }.map_err(wrap)?;
+        let mut mean = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
+        let mut inv_std = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
+        // Zeroed: the running average with factor 1 still reads it (0·old).
+        let mut running_mean = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
+        let mut unbiased_var = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
+        let x_desc = Descriptor::tensor(&api, cudnn::DATA_FLOAT, dims)?;
+        let p_desc = Descriptor::batch_norm_param(&api, &x_desc)?;
+        {
+            let (px, pw, pb) = (ptr(xs, xl, &stream)?, ptr(ws, wl, &stream)?, ptr(bs, bl, &stream)?);
+            let (py, _w1) = y.device_ptr_mut(&stream);
+            let (pm, _w2) = mean.device_ptr_mut(&stream);
+            let (pi, _w3) = inv_std.device_ptr_mut(&stream);
+            let (prm, _w4) = running_mean.device_ptr_mut(&stream);
+            let (prv, _w5) = unbiased_var.device_ptr_mut(&stream);
+            let (one, zero) = (Scale::F32(1.0), Scale::F32(0.0));
+            cudnn::with_device(&api, &dev, |state| {
+                // SAFETY: descriptors of these shapes, live buffers of those
+                // sizes, on the handle's stream.
+                let status = unsafe {
+                    (api.bn_fwd_train)(
+                        state.handle,
+                        cudnn::BATCHNORM_SPATIAL,
+                        one.ptr(),
+                        zero.ptr(),
+                        x_desc.raw,
+                        px as *const c_void,
+                        x_desc.raw,
+                        py as *mut c_void,
+                        p_desc.raw,
+                        pw as *const c_void,
+                        pb as *const c_void,
+                        1.0,
+                        prm as *mut c_void,
+                        prv as *mut c_void,
+                        self.eps,
+                        pm as *mut c_void,
+                        pi as *mut c_void,
+                    )
+                };
+                api.check(status, &format!("cudnnBatchNormalizationForwardTraining (input {:?})", xl.shape()))
+            })?;
+        }
+        drop(running_mean);
+        let mean_copy = stream.clone_dtod(&mean).map_err(wrap)?;
+        *self.for_caller.lock().map_err(|_| poisoned())? = Some((dev.clone(), mean_copy, unbiased_var));
+        *self.saved.lock().map_err(|_| poisoned())? = Some(Arc::new(Saved {
+            dev: dev.clone(),
+            mean,
+            inv_std,
+        }));
+        Ok((CudaStorage::wrap_cuda_slice(y, dev), xl.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(saved) = self.saved.lock().map_err(|_| poisoned())?.clone() else {
+            candle_core::bail!("tfkd-cudnn-batch-norm: backward before forward")
+        };
+        let grad = grad.contiguous()?;
+        let op = CudnnBatchNormBackward {
+            eps: self.eps,
+            saved,
+            params: Mutex::new(None),
+        };
+        let dx = x.apply_op3_no_bwd(gamma, &grad, &op)?;
+        let Some((dgamma, dbeta)) = op.params.lock().map_err(|_| poisoned())?.take() else {
+            candle_core::bail!("tfkd-cudnn-batch-norm: the backward pass left no parameter gradients")
+        };
+        let dgamma = if gamma.track_op() { Some(stashed(gamma, dgamma, &op.saved.dev)?) } else { None };
+        let dbeta = if beta.track_op() { Some(stashed(gamma, dbeta, &op.saved.dev)?) } else { None };
+        let dx = if x.track_op() { Some(dx) } else { None };
+        Ok((dx, dgamma, dbeta))
+    }
+}
+
+impl CustomOp3 for CudnnBatchNormBackward {
+    fn name(&self) -> &'static str {
+        "tfkd-cudnn-batch-norm-backward"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("tfkd-cudnn-batch-norm-backward: given CPU tensors")
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+        gs: &CudaStorage,
+        gl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let Some(api) = cudnn::api() else {
+            candle_core::bail!("tfkd-cudnn-batch-norm-backward: cuDNN is not loaded")
+        };
+        let dims = nc_rest(xl)?;
+        let dev = xs.device().clone();
+        let stream = dev.cuda_stream();
+        let c = dims[1];
+        let wrap = candle_core::Error::wrap;
+        // SAFETY: every element of each is written by cuDNN (β = 0 for all).
+        let (mut dx, mut dgamma, mut dbeta) = unsafe {
+            (
+                stream.alloc::<f32>(xl.shape().elem_count()).map_err(wrap)?,
+                stream.alloc::<f32>(c).map_err(wrap)?,
+                stream.alloc::<f32>(c).map_err(wrap)?,
+            )
+        };
+        let x_desc = Descriptor::tensor(&api, cudnn::DATA_FLOAT, dims)?;
+        let p_desc = Descriptor::batch_norm_param(&api, &x_desc)?;
+        {
+            let (px, pw, pg) = (ptr(xs, xl, &stream)?, ptr(ws, wl, &stream)?, ptr(gs, gl, &stream)?);
+            let (pm, _r1) = self.saved.mean.device_ptr(&stream);
+            let (pi, _r2) = self.saved.inv_std.device_ptr(&stream);
+            let (pdx, _w1) = dx.device_ptr_mut(&stream);
+            let (pdg, _w2) = dgamma.device_ptr_mut(&stream);
+            let (pdb, _w3) = dbeta.device_ptr_mut(&stream);
+            let (one, zero) = (Scale::F32(1.0), Scale::F32(0.0));
+            cudnn::with_device(&api, &dev, |state| {
+                // SAFETY: as for the forward pass.
+                let status = unsafe {
+                    (api.bn_bwd)(
+                        state.handle,
+                        cudnn::BATCHNORM_SPATIAL,
+                        one.ptr(),
+                        zero.ptr(),
+                        one.ptr(),
+                        zero.ptr(),
+                        x_desc.raw,
+                        px as *const c_void,
+                        x_desc.raw,
+                        pg as *const c_void,
+                        x_desc.raw,
+                        pdx as *mut c_void,
+                        p_desc.raw,
+                        pw as *const c_void,
+                        pdg as *mut c_void,
+                        pdb as *mut c_void,
+                        self.eps,
+                        pm as *const c_void,
+                        pi as *const c_void,
+                    )
+                };
+                api.check(status, &format!("cudnnBatchNormalizationBackward (input {:?})", xl.shape()))
+            })?;
+        }
+        *self.params.lock().map_err(|_| poisoned())? = Some((dgamma, dbeta));
+        Ok((CudaStorage::wrap_cuda_slice(dx, dev), xl.shape().clone()))
+    }
+}
+
+/// A `(C,)` tensor over a per-channel buffer computed by a cuDNN call: an op
+/// without inputs of its own, applied to `like` (a `(C,)` tensor on the same
+/// GPU) only to get a tensor out of candle.
+fn stashed(like: &Tensor, slice: CudaSlice<f32>, dev: &CudaDevice) -> Result<Tensor> {
+    struct Stashed(Mutex<Option<CudaStorage>>);
+    impl CustomOp1 for Stashed {
+        fn name(&self) -> &'static str {
+            "tfkd-cudnn-per-channel"
+        }
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            candle_core::bail!("tfkd-cudnn-per-channel: given CPU tensors")
+        }
+        fn cuda_fwd(&self, _: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+            match self.0.lock().ok().and_then(|mut s| s.take()) {
+                Some(s) => Ok((s, l.shape().clone())),
+                None => candle_core::bail!("tfkd-cudnn-per-channel: used twice"),
+            }
+        }
+    }
+    let op = Stashed(Mutex::new(Some(CudaStorage::wrap_cuda_slice(slice, dev.clone()))));
+    like.detach().apply_op1_no_bwd(&op)
+}

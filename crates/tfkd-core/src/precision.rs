@@ -1,0 +1,95 @@
+//! The numeric precision of convolutions on GPUs.
+//!
+//! As in PyTorch (`torch.backends.cudnn.allow_tf32 = True`, its default),
+//! f32 convolutions on CUDA may use TF32 tensor cores: inputs rounded to a
+//! 10-bit mantissa, products accumulated in f32. That is the default here
+//! too; [`set_conv_tf32`]`(false)` (a config's `precision = "f32"`, the
+//! benchmarks' `--precision f32`) asks for strict f32 arithmetic. Matrix
+//! products (linear layers) stay strict f32 either way, as PyTorch's
+//! `allow_tf32` for matmul defaults to off. CPU and Metal arithmetic does not
+//! depend on this switch.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A run's arithmetic on GPUs, as configs and command lines name it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 tensors; f32 convolutions on CUDA may use TF32 tensor cores
+    /// (PyTorch's default).
+    #[default]
+    Tf32,
+    /// f32 tensors and strict f32 arithmetic everywhere.
+    F32,
+}
+
+impl Precision {
+    /// Sets the process-wide switches this precision implies
+    /// ([`set_conv_tf32`]).
+    pub fn apply(self) {
+        set_conv_tf32(self == Precision::Tf32);
+    }
+
+    /// Whether this is the default ([`Precision::Tf32`]).
+    pub fn is_default(&self) -> bool {
+        *self == Precision::default()
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Tf32 => "tf32",
+            Precision::F32 => "f32",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "tf32" => Ok(Precision::Tf32),
+            "f32" => Ok(Precision::F32),
+            other => Err(format!("{other:?} is not a precision (tf32 or f32)")),
+        }
+    }
+}
+
+static CONV_TF32: AtomicBool = AtomicBool::new(true);
+
+/// Allows (`true`, the default) or forbids TF32 in f32 convolutions on
+/// CUDA, for the whole process, from the next convolution on.
+pub fn set_conv_tf32(allow: bool) {
+    CONV_TF32.store(allow, Ordering::Relaxed);
+}
+
+/// Whether f32 convolutions on CUDA may use TF32 ([`set_conv_tf32`]).
+pub fn conv_tf32() -> bool {
+    CONV_TF32.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Precision;
+
+    #[test]
+    fn tf32_is_on_by_default_and_each_precision_sets_it() {
+        // The only test touching the switch (process-wide).
+        assert!(super::conv_tf32());
+        Precision::F32.apply();
+        assert!(!super::conv_tf32());
+        Precision::Tf32.apply();
+        assert!(super::conv_tf32());
+    }
+
+    #[test]
+    fn precisions_parse_print_and_name_bad_values() {
+        for p in [Precision::Tf32, Precision::F32] {
+            assert_eq!(p.to_string().parse::<Precision>(), Ok(p));
+        }
+        assert_eq!(Precision::default(), Precision::Tf32);
+        let err = "fp16".parse::<Precision>().unwrap_err();
+        assert!(err.contains("\"fp16\"") && err.contains("tf32"), "{err}");
+    }
+}

@@ -1,0 +1,235 @@
+//! Every op tfkd runs on CUDA against its CPU path: values to 1e-4 and
+//! gradients to 1e-3 of the reference's largest magnitude, on the zoo's
+//! shapes (odd sizes, stride 2, groups, depthwise), with strict f32
+//! convolutions (TF32 off). Convolutions and BatchNorm take cuDNN where it
+//! loads and tfkd's own CUDA paths where it does not; each test says which.
+//!
+//! Built with `--features cuda` and run on a machine with a GPU
+//! (`scripts/gpu/check.sh` carries the compiled binary there); elsewhere each
+//! test prints why it did not run.
+
+// The checks read `!(err <= tol)` on purpose: a NaN error must fail them.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_ops_are_skipped_without_the_cuda_feature() {
+    eprintln!("skipped: tfkd-core built without `--features cuda`, so there is no CUDA path to compare");
+}
+
+#[cfg(feature = "cuda")]
+mod common;
+
+#[cfg(feature = "cuda")]
+mod on_gpu {
+    use candle_core::{DType, Device, ModuleT, Tensor, Var};
+    use tfkd_core::rng::SeededRng;
+
+    use super::common::{rel_err, to_f64, Case};
+
+    const VALUE_TOL: f64 = 1e-4;
+    const GRAD_TOL: f64 = 1e-3;
+
+    /// The GPU, with strict f32 convolutions, or `None` after saying why.
+    fn gpu() -> Option<Device> {
+        tfkd_core::precision::set_conv_tf32(false);
+        match Device::new_cuda(0) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("skipped: no CUDA device ({e})");
+                None
+            }
+        }
+    }
+
+    fn random(rng: &mut SeededRng, shape: &[usize]) -> Tensor {
+        let n = shape.iter().product::<usize>();
+        let v: Vec<f32> = (0..n).map(|_| rng.normal(0.0, 1.0) as f32).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn check(what: &str, ours: &Tensor, reference: &Tensor, tol: f64) {
+        assert_eq!(ours.dims(), reference.dims(), "{what}: shape");
+        let err = rel_err(&to_f64(&ours.to_device(&Device::Cpu).unwrap()), &to_f64(reference));
+        assert!(err <= tol, "{what}: relative error {err:e} > {tol:e}");
+    }
+
+    const CONV_CASES: &[Case] = &[
+        Case { name: "3x3 s1 (CIFAR stem)", n: 2, c_in: 3, h: 32, w: 32, c_out: 16, k: 3, stride: 1, pad: 1, groups: 1 },
+        Case { name: "3x3 s2 odd size", n: 3, c_in: 16, h: 15, w: 15, c_out: 32, k: 3, stride: 2, pad: 1, groups: 1 },
+        Case { name: "1x1 s2 shortcut", n: 2, c_in: 32, h: 8, w: 8, c_out: 64, k: 1, stride: 2, pad: 0, groups: 1 },
+        Case { name: "grouped 3x3 (ResNeXt)", n: 2, c_in: 32, h: 9, w: 9, c_out: 64, k: 3, stride: 1, pad: 1, groups: 8 },
+        Case { name: "depthwise 3x3 s2", n: 2, c_in: 24, h: 11, w: 11, c_out: 24, k: 3, stride: 2, pad: 1, groups: 24 },
+        Case { name: "depthwise 3x3 s1", n: 4, c_in: 96, h: 8, w: 8, c_out: 96, k: 3, stride: 1, pad: 1, groups: 96 },
+        Case { name: "depthwise 5x5", n: 2, c_in: 24, h: 7, w: 7, c_out: 24, k: 5, stride: 1, pad: 2, groups: 24 },
+        Case { name: "7x7 s2 on 5x5 (padding only taps)", n: 3, c_in: 8, h: 5, w: 5, c_out: 8, k: 7, stride: 2, pad: 3, groups: 1 },
+        Case { name: "5x5 s2 non-square", n: 3, c_in: 5, h: 11, w: 7, c_out: 7, k: 5, stride: 2, pad: 2, groups: 1 },
+    ];
+
+    /// `L = Σ conv(x, w)·r` on a device: (y, ∂L/∂x, ∂L/∂w).
+    fn conv_pass(c: &Case, x: &Tensor, w: &Tensor, r: &Tensor, dev: &Device) -> (Tensor, Tensor, Tensor) {
+        let xv = Var::from_tensor(&x.to_device(dev).unwrap()).unwrap();
+        let wv = Var::from_tensor(&w.to_device(dev).unwrap()).unwrap();
+        let y = tfkd_core::conv::conv2d(xv.as_tensor(), wv.as_tensor(), c.pad, c.stride, c.groups).unwrap();
+        let loss = (&y * r.to_device(dev).unwrap()).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        let gx = g.get(xv.as_tensor()).unwrap().to_device(&Device::Cpu).unwrap();
+        let gw = g.get(wv.as_tensor()).unwrap().to_device(&Device::Cpu).unwrap();
+        (y.to_device(&Device::Cpu).unwrap(), gx, gw)
+    }
+
+    #[test]
+    fn convolutions_match_the_cpu() {
+        let Some(dev) = gpu() else { return };
+        eprintln!(
+            "convolutions on CUDA through {}",
+            if tfkd_core::conv::cudnn::active(&dev, DType::F32) { tfkd_core::cudnn::describe() } else { "tfkd's im2col + cuBLAS path (no cuDNN)".into() }
+        );
+        let mut rng = SeededRng::new(7);
+        for c in CONV_CASES {
+            let ho = (c.h + 2 * c.pad - c.k) / c.stride + 1;
+            let wo = (c.w + 2 * c.pad - c.k) / c.stride + 1;
+            let x = random(&mut rng, &[c.n, c.c_in, c.h, c.w]);
+            let w = random(&mut rng, &[c.c_out, c.c_in / c.groups, c.k, c.k]);
+            let r = random(&mut rng, &[c.n, c.c_out, ho, wo]);
+            let (y0, gx0, gw0) = conv_pass(c, &x, &w, &r, &Device::Cpu);
+            // Twice on the GPU: the first call times the algorithms, the
+            // second runs the cached choice.
+            for round in ["first call", "cached algorithm"] {
+                let (y, gx, gw) = conv_pass(c, &x, &w, &r, &dev);
+                check(&format!("{} forward ({round})", c.name), &y, &y0, VALUE_TOL);
+                check(&format!("{} input gradient ({round})", c.name), &gx, &gx0, GRAD_TOL);
+                check(&format!("{} weight gradient ({round})", c.name), &gw, &gw0, GRAD_TOL);
+            }
+        }
+    }
+
+    #[test]
+    fn inference_convolutions_match_the_cpu() {
+        let Some(dev) = gpu() else { return };
+        let mut rng = SeededRng::new(8);
+        let c = &CONV_CASES[1];
+        let x = random(&mut rng, &[c.n, c.c_in, c.h, c.w]);
+        let w = random(&mut rng, &[c.c_out, c.c_in / c.groups, c.k, c.k]);
+        let y0 = tfkd_core::conv::conv2d(&x, &w, c.pad, c.stride, c.groups).unwrap();
+        let y = tfkd_core::conv::conv2d(&x.to_device(&dev).unwrap(), &w.to_device(&dev).unwrap(), c.pad, c.stride, c.groups).unwrap();
+        check("untracked forward", &y, &y0, VALUE_TOL);
+    }
+
+    #[test]
+    fn batch_norm_matches_the_cpu() {
+        let Some(dev) = gpu() else { return };
+        let mut rng = SeededRng::new(9);
+        for shape in [&[4usize, 16, 8, 8][..], &[3, 5, 7, 3], &[8, 12], &[2, 64, 1, 1]] {
+            let c = shape[1];
+            let x = random(&mut rng, shape).affine(3.0, 1.5).unwrap();
+            let gamma = random(&mut rng, &[c]);
+            let beta = random(&mut rng, &[c]);
+            let r = random(&mut rng, shape);
+            let run = |d: &Device| {
+                let xv = Var::from_tensor(&x.to_device(d).unwrap()).unwrap();
+                let gv = Var::from_tensor(&gamma.to_device(d).unwrap()).unwrap();
+                let bv = Var::from_tensor(&beta.to_device(d).unwrap()).unwrap();
+                let out = tfkd_core::norm::batch_norm_train(xv.as_tensor(), gv.as_tensor(), bv.as_tensor(), 1e-5).unwrap();
+                let loss = (&out.y * r.to_device(d).unwrap()).unwrap().sum_all().unwrap();
+                let g = loss.backward().unwrap();
+                let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+                [
+                    cpu(&out.y),
+                    cpu(&out.mean),
+                    cpu(&out.var),
+                    cpu(g.get(xv.as_tensor()).unwrap()),
+                    cpu(g.get(gv.as_tensor()).unwrap()),
+                    cpu(g.get(bv.as_tensor()).unwrap()),
+                ]
+            };
+            let (want, got) = (run(&Device::Cpu), run(&dev));
+            for (i, what) in ["y", "batch mean", "batch variance", "input gradient", "weight gradient", "bias gradient"].iter().enumerate() {
+                let tol = if i < 3 { VALUE_TOL } else { GRAD_TOL };
+                check(&format!("BatchNorm {shape:?} {what}"), &got[i], &want[i], tol);
+            }
+        }
+    }
+
+    #[test]
+    fn batch_norm_running_statistics_match_the_cpu() {
+        let Some(dev) = gpu() else { return };
+        let mut rng = SeededRng::new(10);
+        let x = random(&mut rng, &[6, 8, 5, 5]).affine(2.0, 0.5).unwrap();
+        let run = |d: &Device| {
+            let vm = candle_nn::VarMap::new();
+            let bn = tfkd_core::norm::BatchNorm::new(8, 1e-5, 0.1, candle_nn::VarBuilder::from_varmap(&vm, DType::F32, d)).unwrap();
+            let xd = x.to_device(d).unwrap();
+            for _ in 0..3 {
+                bn.forward_t(&xd, true).unwrap();
+            }
+            let eval = bn.forward_t(&xd, false).unwrap();
+            [bn.running_mean().clone(), bn.running_var().clone(), eval].map(|t| t.to_device(&Device::Cpu).unwrap())
+        };
+        let (want, got) = (run(&Device::Cpu), run(&dev));
+        for (i, what) in ["running mean", "running variance", "evaluation output"].iter().enumerate() {
+            check(what, &got[i], &want[i], VALUE_TOL);
+        }
+    }
+
+    /// `L = Σ op(x)·r`: (op(x), ∂L/∂x) on a device.
+    fn unary_pass(op: &dyn Fn(&Tensor) -> Tensor, x: &Tensor, dev: &Device) -> (Tensor, Tensor) {
+        let xv = Var::from_tensor(&x.to_device(dev).unwrap()).unwrap();
+        let y = op(xv.as_tensor());
+        let r = Tensor::ones_like(&y).unwrap().cumsum(y.rank() - 1).unwrap();
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        (y.to_device(&Device::Cpu).unwrap(), g.get(xv.as_tensor()).unwrap().to_device(&Device::Cpu).unwrap())
+    }
+
+    #[test]
+    fn activations_pooling_and_shuffle_match_the_cpu() {
+        let Some(dev) = gpu() else { return };
+        let mut rng = SeededRng::new(11);
+        let x = (random(&mut rng, &[3, 6, 9, 9]) * 4.0).unwrap();
+        let ops: Vec<(&str, Box<dyn Fn(&Tensor) -> Tensor>)> = vec![
+            ("relu", Box::new(|t| tfkd_core::activation::relu(t).unwrap())),
+            ("relu6", Box::new(|t| tfkd_core::activation::relu6(t).unwrap())),
+            ("max pool 2x2 s2", Box::new(|t| tfkd_core::pool::max_pool2d(t, 2, 2, 0).unwrap())),
+            ("max pool 3x3 s2 p1", Box::new(|t| tfkd_core::pool::max_pool2d(t, 3, 2, 1).unwrap())),
+            ("avg pool 3x3 s1", Box::new(|t| t.avg_pool2d_with_stride(3, 1).unwrap())),
+            ("cat + channel shuffle", Box::new(|t| tfkd_core::shuffle::cat_shuffle(t, &(t * 2.0).unwrap()).unwrap())),
+        ];
+        for (name, op) in &ops {
+            let (y0, g0) = unary_pass(op.as_ref(), &x, &Device::Cpu);
+            let (y, g) = unary_pass(op.as_ref(), &x, &dev);
+            check(&format!("{name} forward"), &y, &y0, VALUE_TOL);
+            check(&format!("{name} gradient"), &g, &g0, GRAD_TOL);
+        }
+    }
+
+    #[test]
+    fn losses_and_their_gradients_match_the_cpu() {
+        use tfkd_core::loss::{KdLoss, LabelSmoothing, VirtualTeacherLoss};
+        let Some(dev) = gpu() else { return };
+        let mut rng = SeededRng::new(12);
+        for (n, k) in [(7usize, 10usize), (128, 100), (3, 200)] {
+            let student = (random(&mut rng, &[n, k]) * 3.0).unwrap();
+            let teacher = (random(&mut rng, &[n, k]) * 3.0).unwrap();
+            let labels = Tensor::from_vec((0..n).map(|_| rng.below(k) as u32).collect::<Vec<_>>(), n, &Device::Cpu).unwrap();
+            type LossFn = Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor>;
+            let losses: Vec<(&str, LossFn)> = vec![
+                ("cross-entropy", Box::new(|s, _, l| tfkd_core::loss::cross_entropy(s, l).unwrap())),
+                ("LSR", Box::new(|s, _, l| LabelSmoothing::official().forward(s, l).unwrap().total)),
+                ("KD", Box::new(|s, t, l| KdLoss::official(0.95, 20.0).forward(s, t, l).unwrap().total)),
+                ("Tf-KD_self", Box::new(|s, t, l| KdLoss::self_training(0.6, 20.0, 100.0).forward(s, t, l).unwrap().total)),
+                ("Tf-KD_reg", Box::new(|s, _, l| VirtualTeacherLoss::as_coded(0.1, 20.0, 100.0).forward(s, l).unwrap().total)),
+            ];
+            for (name, loss) in &losses {
+                let run = |d: &Device| {
+                    let sv = Var::from_tensor(&student.to_device(d).unwrap()).unwrap();
+                    let v = loss(sv.as_tensor(), &teacher.to_device(d).unwrap(), &labels.to_device(d).unwrap());
+                    let g = v.backward().unwrap();
+                    (v.to_device(&Device::Cpu).unwrap(), g.get(sv.as_tensor()).unwrap().to_device(&Device::Cpu).unwrap())
+                };
+                let ((v0, g0), (v, g)) = (run(&Device::Cpu), run(&dev));
+                check(&format!("{name} ({n}x{k}) value"), &v, &v0, VALUE_TOL);
+                check(&format!("{name} ({n}x{k}) gradient"), &g, &g0, GRAD_TOL);
+            }
+        }
+    }
+}
