@@ -7,11 +7,12 @@
 //! MobileNetV2 training step on the CPU). Even candle's plain ReLU backward is
 //! five passes with an allocation each (`zeros_like`, `ge`, `to_dtype`, a
 //! product, the accumulation), and passes the gradient at exactly 0 where
-//! PyTorch does not. [`relu`] and [`relu6`] are one op each way: a clamp to
-//! `[0, max]` whose gradient passes where `0 < x < max`.
+//! PyTorch does not. [`relu`] and [`relu6`] are one op each way (on the CPU,
+//! and on CUDA one kernel each way): a clamp to `[0, max]` whose gradient
+//! passes where `0 < x < max` (and at NaN, as in PyTorch).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 
 use std::mem::MaybeUninit;
 
@@ -23,16 +24,16 @@ const CHUNK: usize = 16 * 1024;
 /// `ReLU(x) = max(x, 0)` (`nn.ReLU`), with PyTorch's gradient: `∂L/∂x = g`
 /// where `x > 0`, else 0.
 ///
-/// On the CPU with f32/f64 input this is one custom op forward and one
-/// backward; elsewhere candle's `relu` (whose gradient also passes at
-/// exactly 0).
+/// On the CPU with f32/f64 input and on CUDA with f32 this is one custom op
+/// forward and one backward; elsewhere candle's `relu` (whose gradient also
+/// passes at exactly 0).
 pub fn relu(x: &Tensor) -> crate::Result<Tensor> {
     Ok(relu_candle(x)?)
 }
 
 /// [`relu`] with candle's error, for use inside candle's traits.
 pub(crate) fn relu_candle(x: &Tensor) -> Result<Tensor> {
-    if !matches!(x.device(), Device::Cpu) || !supported(x.dtype()) {
+    if !ours(x) {
         return x.relu();
     }
     x.contiguous()?.apply_op1(Clamp { max: f64::INFINITY })
@@ -53,8 +54,8 @@ impl ReluOp for Tensor {
 /// `ReLU6(x) = min(max(x, 0), 6)` (`nn.ReLU6`), with PyTorch's gradient:
 /// `∂L/∂x = g` where `0 < x < 6`, else 0.
 ///
-/// On the CPU with f32/f64 input this is one custom op forward and one
-/// backward; elsewhere `x.relu()?.minimum(6.0)` (whose candle gradient
+/// On the CPU with f32/f64 input and on CUDA with f32 this is one custom op
+/// forward and one backward; elsewhere `x.relu()?.minimum(6.0)` (whose candle gradient
 /// differs only at exactly 0 and 6).
 pub fn relu6(x: &Tensor) -> crate::Result<Tensor> {
     Ok(relu6_candle(x)?)
@@ -62,10 +63,16 @@ pub fn relu6(x: &Tensor) -> crate::Result<Tensor> {
 
 /// [`relu6`] with candle's error, for use inside candle's traits.
 pub(crate) fn relu6_candle(x: &Tensor) -> Result<Tensor> {
-    if !matches!(x.device(), Device::Cpu) || !supported(x.dtype()) {
+    if !ours(x) {
         return x.relu()?.minimum(6f64);
     }
     x.contiguous()?.apply_op1(Clamp { max: 6.0 })
+}
+
+/// Where the clamp op runs: the CPU with f32/f64, CUDA with f32 (one kernel
+/// each way, `cuda/kernels.cu`).
+fn ours(x: &Tensor) -> bool {
+    (matches!(x.device(), Device::Cpu) && supported(x.dtype())) || crate::own_cuda_kernels(x)
 }
 
 /// `min(max(x, 0), max)`; `max` may be infinite.
@@ -108,20 +115,22 @@ fn clamp_rows_impl<E: Float>(x: &[E], max: E, y: &mut [MaybeUninit<E>]) {
 
 avx2_dispatch!(clamp_rows, clamp_rows_avx2, clamp_rows_impl, (x: &[E], max: E, y: &mut [MaybeUninit<E>]));
 
-/// `dxₖ = gₖ·[0 < xₖ < max]` (`max` `None`: `gₖ·[0 < xₖ]`), every element of
-/// `dx` written.
+/// `dxₖ = gₖ` unless `xₖ ≤ 0` or `xₖ ≥ max` (`max` `None`: unless `xₖ ≤ 0`),
+/// else 0, every element of `dx` written. NaN passes the gradient, as in
+/// PyTorch (`threshold_backward` / `hardtanh_backward` zero where those
+/// comparisons hold, and NaN compares false).
 #[inline(always)]
 fn clamp_grad_rows_impl<E: Float>(g: &[E], x: &[E], max: Option<E>, dx: &mut [MaybeUninit<E>]) {
     let zero = E::zero();
     match max {
         Some(max) => {
             for ((d, &gv), &v) in dx.iter_mut().zip(g).zip(x) {
-                d.write(if (v > zero) & (v < max) { gv } else { zero });
+                d.write(if (v <= zero) | (v >= max) { zero } else { gv });
             }
         }
         None => {
             for ((d, &gv), &v) in dx.iter_mut().zip(g).zip(x) {
-                d.write(if v > zero { gv } else { zero });
+                d.write(if v <= zero { zero } else { gv });
             }
         }
     }
@@ -148,12 +157,19 @@ impl CustomOp1 for Clamp {
         Ok((out, l.shape().clone()))
     }
 
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        #[cfg(feature = "cuda")]
+        return Ok((crate::cuda::clamp((s, l), self.max as f32)?, l.shape().clone()));
+        #[cfg(not(feature = "cuda"))]
+        candle_core::bail!("tfkd-clamp: built without CUDA ({:?}, {:?})", s.dtype(), l.shape())
+    }
+
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op2_no_bwd(x, &ClampGrad(*self))?))
     }
 }
 
-/// `(g, x) → g·[0 < x < max]`.
+/// `(g, x) → g·[0 < x < max]` (NaN `x` passing `g`).
 struct ClampGrad(Clamp);
 
 impl CustomOp2 for ClampGrad {
@@ -171,5 +187,15 @@ impl CustomOp2 for ClampGrad {
             other => candle_core::bail!("tfkd-clamp: unsupported dtype {other:?}"),
         };
         Ok((out, gl.shape().clone()))
+    }
+
+    fn cuda_fwd(&self, gs: &CudaStorage, gl: &Layout, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        if gl.shape() != xl.shape() {
+            candle_core::bail!("tfkd-clamp: gradient {:?} for an input {:?}", gl.shape(), xl.shape())
+        }
+        #[cfg(feature = "cuda")]
+        return Ok((crate::cuda::clamp_grad((gs, gl), (xs, xl), self.0.max as f32)?, gl.shape().clone()));
+        #[cfg(not(feature = "cuda"))]
+        candle_core::bail!("tfkd-clamp: built without CUDA ({:?}, {:?})", gs.dtype(), xs.dtype())
     }
 }

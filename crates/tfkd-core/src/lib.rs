@@ -54,6 +54,8 @@ pub mod activation;
 pub mod collective;
 pub mod conv;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod cudnn;
 pub mod env;
 pub mod error;
@@ -70,4 +72,18 @@ pub mod schedule;
 pub mod shuffle;
 
 pub use error::{Error, Result};
+
+/// True where tfkd's own CUDA kernels (`cuda.rs`) run for `t`: with
+/// `--features cuda`, f32 tensors on a GPU.
+pub(crate) fn own_cuda_kernels(t: &candle_core::Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::supported(t.device(), t.dtype())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = t;
+        false
+    }
+}
 pub use {candle_core, candle_nn};

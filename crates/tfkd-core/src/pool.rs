@@ -10,6 +10,9 @@
 //!   backward sends each output's gradient to the input its window's maximum
 //!   came from (found again by the same scan), as PyTorch does, ties going
 //!   to the first maximum in row-major order;
+//! * on CUDA (f32, `--features cuda`) the same, one kernel each way
+//!   (`cuda/kernels.cu`; the backward gathers, per input, the gradients of
+//!   the windows whose maximum it is: no atomics);
 //! * elsewhere it is composed from ops candle can differentiate: the input
 //!   padded with `-inf`, the `k × k` shifted, strided views
 //!   ([`crate::conv::window_taps`]) and [`Tensor::maximum`]. Where several
@@ -22,7 +25,7 @@
 //! narrowed GoogLeNet training step.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 
 use crate::conv::window_taps;
 use std::mem::MaybeUninit;
@@ -59,7 +62,8 @@ pub(crate) fn max_pool2d_candle(x: &Tensor, kernel: usize, stride: usize, paddin
     if h + 2 * padding < kernel || w + 2 * padding < kernel {
         candle_core::bail!("max_pool2d: input {h}x{w} with padding {padding} is smaller than kernel {kernel}")
     }
-    if !matches!(x.device(), Device::Cpu) || !supported(x.dtype()) {
+    let ours = (matches!(x.device(), Device::Cpu) && supported(x.dtype())) || crate::own_cuda_kernels(x);
+    if !ours {
         let taps = window_taps(x, (kernel, kernel), stride, padding, f64::NEG_INFINITY)?;
         let mut taps = taps.into_iter();
         let first = taps.next().ok_or_else(|| candle_core::Error::Msg("max_pool2d kernel must be positive".into()))?;
@@ -79,6 +83,22 @@ struct MaxPool {
 impl MaxPool {
     fn out_size(&self, side: usize) -> usize {
         (side + 2 * self.p - self.k) / self.s + 1
+    }
+
+    /// The CUDA kernels' description of this pooling of `planes` `h × w`
+    /// planes.
+    #[cfg(feature = "cuda")]
+    fn cuda_shape(&self, planes: usize, h: usize, w: usize) -> crate::cuda::PoolShape {
+        crate::cuda::PoolShape {
+            planes,
+            h,
+            w,
+            ho: self.out_size(h),
+            wo: self.out_size(w),
+            k: self.k,
+            s: self.s,
+            p: self.p,
+        }
     }
 
     /// The index in `plane` (`h × w`, row-major) of the first maximum of
@@ -532,6 +552,15 @@ impl CustomOp1 for MaxPool {
         Ok((out, Shape::from((n, c, self.out_size(h), self.out_size(w)))))
     }
 
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let out = Shape::from((n, c, self.out_size(h), self.out_size(w)));
+        #[cfg(feature = "cuda")]
+        return Ok((crate::cuda::max_pool2d((s, l), self.cuda_shape(n * c, h, w))?, out));
+        #[cfg(not(feature = "cuda"))]
+        candle_core::bail!("tfkd-max-pool2d: built without CUDA ({:?}, {out:?})", s.dtype())
+    }
+
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op3_no_bwd(x, &res.contiguous()?, &MaxPoolGrad(*self))?))
     }
@@ -576,5 +605,25 @@ impl CustomOp3 for MaxPoolGrad {
             other => candle_core::bail!("tfkd-max-pool2d: unsupported dtype {other:?}"),
         };
         Ok((out, xl.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        gs: &CudaStorage,
+        gl: &Layout,
+        xs: &CudaStorage,
+        xl: &Layout,
+        _ys: &CudaStorage,
+        yl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (n, c, h, w) = xl.shape().dims4()?;
+        let want = (n, c, self.0.out_size(h), self.0.out_size(w));
+        if gl.shape().dims4()? != want || yl.shape().dims4()? != want {
+            candle_core::bail!("tfkd-max-pool2d: gradient {:?} and output {:?} for an output {want:?}", gl.shape(), yl.shape())
+        }
+        #[cfg(feature = "cuda")]
+        return Ok((crate::cuda::max_pool2d_grad((gs, gl), (xs, xl), self.0.cuda_shape(n * c, h, w))?, xl.shape().clone()));
+        #[cfg(not(feature = "cuda"))]
+        candle_core::bail!("tfkd-max-pool2d: built without CUDA ({:?}, {:?})", gs.dtype(), xs.dtype())
     }
 }

@@ -1,0 +1,129 @@
+//! tfkd's own CUDA kernels (`src/cuda/kernels.cu`, compiled to PTX by nvcc
+//! in `build.rs`, loaded once per GPU): ReLU / ReLU6 and max pooling, each
+//! one kernel forward and one backward with the CPU ops' rules for the
+//! gradient at the clamp bounds, ties and NaN. `--features cuda` only.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage};
+use candle_core::{DType, Layout, Result};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
+const MODULE: &str = "tfkd_core_kernels";
+const THREADS: u32 = 256;
+
+/// True where these kernels run: f32 tensors on a GPU.
+pub(crate) fn supported(device: &candle_core::Device, dtype: DType) -> bool {
+    device.is_cuda() && dtype == DType::F32
+}
+
+/// Enough blocks of [`THREADS`] for `n` elements, at most 65,536 (the
+/// kernels loop over the rest).
+fn config(n: u64) -> LaunchConfig {
+    let blocks = n.div_ceil(THREADS as u64).clamp(1, 65_536) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The f32 elements of a contiguous operand.
+pub(crate) fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, f32>> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: the operand is not contiguous")
+    };
+    Ok(s.as_cuda_slice::<f32>()?.slice(start..end))
+}
+
+/// A fresh buffer of `n` f32 that the kernel will write whole.
+fn output(dev: &CudaDevice, n: usize) -> Result<CudaSlice<f32>> {
+    // SAFETY: every kernel below writes each element of its output.
+    unsafe { dev.alloc::<f32>(n) }
+}
+
+/// `y = min(max(x, 0), hi)`.
+pub(crate) fn clamp(x: (&CudaStorage, &Layout), hi: f32) -> Result<CudaStorage> {
+    let dev = x.0.device().clone();
+    let xv = f32_view(x.0, x.1, "tfkd-clamp")?;
+    let n = x.1.shape().elem_count();
+    let mut y = output(&dev, n)?;
+    let func = dev.get_or_load_custom_func("tfkd_clamp_f32", MODULE, PTX)?;
+    let n64 = n as u64;
+    let mut b = func.builder();
+    b.arg(&xv).arg(&mut y).arg(&hi).arg(&n64);
+    // SAFETY: the kernel's signature; buffers of n elements.
+    unsafe { b.launch(config(n64)) }.map_err(candle_core::Error::wrap)?;
+    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+}
+
+/// `dx = g·[0 < x < hi]` (`hi` infinite: `g·[0 < x]`).
+pub(crate) fn clamp_grad(g: (&CudaStorage, &Layout), x: (&CudaStorage, &Layout), hi: f32) -> Result<CudaStorage> {
+    let dev = g.0.device().clone();
+    let (gv, xv) = (f32_view(g.0, g.1, "tfkd-clamp-grad")?, f32_view(x.0, x.1, "tfkd-clamp-grad")?);
+    let n = g.1.shape().elem_count();
+    let mut dx = output(&dev, n)?;
+    let func = dev.get_or_load_custom_func("tfkd_clamp_grad_f32", MODULE, PTX)?;
+    let (n64, bounded) = (n as u64, i32::from(hi.is_finite()));
+    let mut b = func.builder();
+    b.arg(&gv).arg(&xv).arg(&mut dx).arg(&hi).arg(&bounded).arg(&n64);
+    // SAFETY: the kernel's signature; buffers of n elements.
+    unsafe { b.launch(config(n64)) }.map_err(candle_core::Error::wrap)?;
+    Ok(CudaStorage::wrap_cuda_slice(dx, dev))
+}
+
+/// A max pooling's shape: `(N·C, h, w, h_o, w_o)` and `(k, s, p)`.
+#[derive(Clone, Copy)]
+pub(crate) struct PoolShape {
+    pub planes: usize,
+    pub h: usize,
+    pub w: usize,
+    pub ho: usize,
+    pub wo: usize,
+    pub k: usize,
+    pub s: usize,
+    pub p: usize,
+}
+
+impl PoolShape {
+    fn ints(&self) -> Result<[i32; 7]> {
+        let v = [self.h, self.w, self.ho, self.wo, self.k, self.s, self.p];
+        let mut out = [0i32; 7];
+        for (o, x) in out.iter_mut().zip(v) {
+            *o = i32::try_from(x).map_err(|_| candle_core::Error::Msg(format!("tfkd-max-pool2d: {x} does not fit a C int")))?;
+        }
+        Ok(out)
+    }
+}
+
+/// Max pooling forward.
+pub(crate) fn max_pool2d(x: (&CudaStorage, &Layout), shape: PoolShape) -> Result<CudaStorage> {
+    let dev = x.0.device().clone();
+    let xv = f32_view(x.0, x.1, "tfkd-max-pool2d")?;
+    let n = shape.planes * shape.ho * shape.wo;
+    let mut y = output(&dev, n)?;
+    let func = dev.get_or_load_custom_func("tfkd_max_pool2d_f32", MODULE, PTX)?;
+    let planes = shape.planes as u64;
+    let [h, w, ho, wo, k, s, p] = shape.ints()?;
+    let mut b = func.builder();
+    b.arg(&xv).arg(&mut y).arg(&planes).arg(&h).arg(&w).arg(&ho).arg(&wo).arg(&k).arg(&s).arg(&p);
+    // SAFETY: the kernel's signature; x holds planes·h·w, y planes·ho·wo.
+    unsafe { b.launch(config(n as u64)) }.map_err(candle_core::Error::wrap)?;
+    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+}
+
+/// Max pooling backward: `∂L/∂x` from `(∂L/∂y, x)`.
+pub(crate) fn max_pool2d_grad(g: (&CudaStorage, &Layout), x: (&CudaStorage, &Layout), shape: PoolShape) -> Result<CudaStorage> {
+    let dev = g.0.device().clone();
+    let (gv, xv) = (f32_view(g.0, g.1, "tfkd-max-pool2d-grad")?, f32_view(x.0, x.1, "tfkd-max-pool2d-grad")?);
+    let n = shape.planes * shape.h * shape.w;
+    let mut dx = output(&dev, n)?;
+    let func = dev.get_or_load_custom_func("tfkd_max_pool2d_grad_f32", MODULE, PTX)?;
+    let planes = shape.planes as u64;
+    let [h, w, ho, wo, k, s, p] = shape.ints()?;
+    let mut b = func.builder();
+    b.arg(&gv).arg(&xv).arg(&mut dx).arg(&planes).arg(&h).arg(&w).arg(&ho).arg(&wo).arg(&k).arg(&s).arg(&p);
+    // SAFETY: the kernel's signature; x and dx hold planes·h·w, g planes·ho·wo.
+    unsafe { b.launch(config(n as u64)) }.map_err(candle_core::Error::wrap)?;
+    Ok(CudaStorage::wrap_cuda_slice(dx, dev))
+}

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Checks tfkd's CUDA kernels (crates/tfkd-core/src/cuda/kernels.cu) on a
+machine without a GPU: the file is compiled as plain C++ (one "thread" that
+walks every grid-stride loop), called through ctypes, and compared with
+PyTorch on the CPU: ReLU / ReLU6 and their gradients at the bounds, max
+pooling forward and backward with ties and NaN (PyTorch's rule: first
+maximum, last NaN).
+
+This is a developer's check of the kernels' arithmetic, not a CI test (it
+needs g++ and PyTorch); on a GPU, crates/tfkd-core/tests/cuda_ops.rs runs the
+kernels themselves against the CPU ops.
+
+Usage: python scripts/gpu/host_check_kernels.py
+"""
+
+import ctypes
+import os
+import subprocess
+import sys
+import tempfile
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KERNELS = os.path.join(HERE, "..", "..", "crates", "tfkd-core", "src", "cuda", "kernels.cu")
+
+SHIM = r"""
+#include <cmath>
+#include <algorithm>
+#include <cstdint>
+using std::isnan; using std::max; using std::min;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+struct Dim3 { unsigned x; };
+static Dim3 blockIdx{0}, blockDim{1}, threadIdx{0}, gridDim{1};
+#include "KERNELS"
+"""
+
+
+def build():
+    tmp = tempfile.mkdtemp()
+    src = os.path.join(tmp, "host.cpp")
+    with open(src, "w") as f:
+        f.write(SHIM.replace("KERNELS", os.path.abspath(KERNELS)))
+    lib = os.path.join(tmp, "kernels.so")
+    subprocess.check_call(["g++", "-O1", "-std=c++17", "-shared", "-fPIC", "-o", lib, src])
+    return ctypes.CDLL(lib)
+
+
+def ptr(t):
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def main():
+    lib = build()
+    u64, i32, f32 = ctypes.c_uint64, ctypes.c_int, ctypes.c_float
+    failures = 0
+
+    def check(name, ours, want):
+        nonlocal failures
+        same = torch.equal(torch.isnan(ours), torch.isnan(want)) and torch.allclose(
+            torch.nan_to_num(ours), torch.nan_to_num(want), atol=1e-6, rtol=1e-6)
+        print(("ok   " if same else "FAIL ") + name)
+        failures += 0 if same else 1
+
+    # Clamp: values at and around the bounds, infinities, NaN.
+    x = torch.tensor([-2.0, -0.0, 0.0, 1e-7, 3.0, 6.0, 6.5, float("inf"), float("-inf"), float("nan")])
+    g = torch.arange(1.0, x.numel() + 1)
+    for hi, name, op in [(float("inf"), "relu", F.relu), (6.0, "relu6", F.relu6)]:
+        y = torch.empty_like(x)
+        lib.tfkd_clamp_f32(ptr(x), ptr(y), f32(hi), u64(x.numel()))
+        check(f"{name} forward", y, op(x))
+        dx = torch.empty_like(x)
+        lib.tfkd_clamp_grad_f32(ptr(g), ptr(x), ptr(dx), f32(hi), i32(int(hi != float("inf"))), u64(x.numel()))
+        xr = x.clone().requires_grad_(True)
+        op(xr).backward(g)
+        check(f"{name} gradient", dx, xr.grad)
+
+    # Max pooling: random values, many ties (a few distinct values), NaN.
+    gen = torch.Generator().manual_seed(0)
+    cases = [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0), (3, 3, 0), (5, 2, 2)]
+    for k, s, p in cases:
+        for kind in ["random", "ties", "nan"]:
+            n, c, h, w = 2, 3, 9, 7
+            if kind == "random":
+                x = torch.randn(n, c, h, w, generator=gen)
+            else:
+                x = torch.randint(0, 3, (n, c, h, w), generator=gen).float()
+                if kind == "nan":
+                    x[torch.rand(n, c, h, w, generator=gen) < 0.1] = float("nan")
+            ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+            y = torch.empty(n, c, ho, wo)
+            lib.tfkd_max_pool2d_f32(ptr(x), ptr(y), u64(n * c), i32(h), i32(w), i32(ho), i32(wo), i32(k), i32(s), i32(p))
+            xr = x.clone().requires_grad_(True)
+            yr = F.max_pool2d(xr, k, s, p)
+            check(f"max pool k{k} s{s} p{p} {kind} forward", y, yr.detach())
+            gy = torch.randn(n, c, ho, wo, generator=gen)
+            yr.backward(gy)
+            dx = torch.empty_like(x)
+            lib.tfkd_max_pool2d_grad_f32(ptr(gy), ptr(x), ptr(dx), u64(n * c), i32(h), i32(w), i32(ho), i32(wo), i32(k), i32(s), i32(p))
+            check(f"max pool k{k} s{s} p{p} {kind} gradient", dx, xr.grad)
+
+    print("all kernels match PyTorch" if failures == 0 else f"{failures} mismatches")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
