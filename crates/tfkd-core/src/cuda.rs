@@ -127,3 +127,140 @@ pub(crate) fn max_pool2d_grad(g: (&CudaStorage, &Layout), x: (&CudaStorage, &Lay
     unsafe { b.launch(config(n as u64)) }.map_err(candle_core::Error::wrap)?;
     Ok(CudaStorage::wrap_cuda_slice(dx, dev))
 }
+
+/// A fused loss's configuration for the kernels (the layout of
+/// `LossParams` in `kernels.cu`; `loss/fused.rs` fills it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LossParams {
+    pub hard_weight: f64,
+    pub hard_on: f64,
+    pub hard_off: f64,
+    pub soft_weight: f64,
+    pub sigma: f64,
+    pub soft_on: f64,
+    pub soft_off: f64,
+    pub neg_entropy: f64,
+    pub teacher_scale: f64,
+    pub has_hard: i32,
+    /// 0: no soft term, 1: a label target, 2: a teacher target.
+    pub soft_kind: i32,
+}
+
+// SAFETY: plain old data with the C layout the kernel reads.
+unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for LossParams {}
+
+/// The student logits `(N, K)`, the teacher's (soft_kind 2) and the labels
+/// on the GPU.
+struct LossInputs<'a> {
+    dev: CudaDevice,
+    z: CudaView<'a, f32>,
+    t: Option<CudaView<'a, f32>>,
+    labels: CudaSlice<u32>,
+    n: usize,
+    k: usize,
+}
+
+fn loss_inputs<'a>(
+    z: (&'a CudaStorage, &Layout),
+    t: Option<(&'a CudaStorage, &Layout)>,
+    labels: &[u32],
+    params: &LossParams,
+) -> Result<LossInputs<'a>> {
+    let (n, k) = z.1.shape().dims2()?;
+    if labels.len() != n || k == 0 || labels.iter().any(|&y| y as usize >= k) {
+        candle_core::bail!("fused loss: {} labels (each < {k}) for {n} rows", labels.len())
+    }
+    if (params.soft_kind == 2) != t.is_some() || t.is_some_and(|t| t.1.shape() != z.1.shape()) {
+        candle_core::bail!("fused loss: the teacher logits must match the student's, and only a teacher target takes them")
+    }
+    let dev = z.0.device().clone();
+    let labels = dev.cuda_stream().clone_htod(labels).map_err(candle_core::Error::wrap)?;
+    Ok(LossInputs {
+        z: f32_view(z.0, z.1, "fused loss")?,
+        t: t.map(|t| f32_view(t.0, t.1, "fused loss")).transpose()?,
+        labels,
+        dev,
+        n,
+        k,
+    })
+}
+
+/// One block of [`THREADS`] per row (at most 65,535 blocks; the kernel loops
+/// over the rest).
+fn per_row(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.clamp(1, 65_535) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `[total, hard, soft]` of a fused loss.
+pub(crate) fn fused_loss(
+    z: (&CudaStorage, &Layout),
+    t: Option<(&CudaStorage, &Layout)>,
+    labels: &[u32],
+    params: LossParams,
+) -> Result<CudaStorage> {
+    let inp = loss_inputs(z, t, labels, &params)?;
+    let stream = inp.dev.cuda_stream();
+    // SAFETY: the row kernel writes both terms of every row.
+    let mut rows = unsafe { stream.alloc::<f64>(2 * inp.n) }.map_err(candle_core::Error::wrap)?;
+    let mut out = output(&inp.dev, 3)?;
+    let (n64, k32) = (inp.n as u64, inp.k as i32);
+    let no_grad: u64 = 0;
+    let func = inp.dev.get_or_load_custom_func("tfkd_fused_loss_rows_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&inp.z);
+    match &inp.t {
+        Some(t) => b.arg(t),
+        None => b.arg(&no_grad),
+    };
+    b.arg(&inp.labels).arg(&n64).arg(&k32).arg(&params).arg(&mut rows).arg(&no_grad).arg(&no_grad);
+    // SAFETY: the kernel's signature (null gradient and upstream pointers:
+    // terms only); buffers of the sizes it reads and writes.
+    unsafe { b.launch(per_row(inp.n)) }.map_err(candle_core::Error::wrap)?;
+    let func = inp.dev.get_or_load_custom_func("tfkd_fused_loss_total_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&rows).arg(&n64).arg(&params.hard_weight).arg(&params.soft_weight).arg(&mut out);
+    let one_block = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the kernel's signature; rows holds 2n doubles, out 3 floats.
+    unsafe { b.launch(one_block) }.map_err(candle_core::Error::wrap)?;
+    Ok(CudaStorage::wrap_cuda_slice(out, inp.dev))
+}
+
+/// The gradient w.r.t. the student logits for the op's upstream gradients
+/// `[g_total, g_hard, g_soft]` (read on the GPU: no synchronisation).
+pub(crate) fn fused_loss_gradient(
+    z: (&CudaStorage, &Layout),
+    t: Option<(&CudaStorage, &Layout)>,
+    labels: &[u32],
+    params: LossParams,
+    upstream: (&CudaStorage, &Layout),
+) -> Result<CudaStorage> {
+    if upstream.1.shape().elem_count() != 3 {
+        candle_core::bail!("fused loss: the upstream gradient must have 3 elements, got {:?}", upstream.1.shape())
+    }
+    let inp = loss_inputs(z, t, labels, &params)?;
+    let up = f32_view(upstream.0, upstream.1, "fused loss")?;
+    let mut grad = output(&inp.dev, inp.n * inp.k)?;
+    let (n64, k32) = (inp.n as u64, inp.k as i32);
+    let null: u64 = 0;
+    let func = inp.dev.get_or_load_custom_func("tfkd_fused_loss_rows_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&inp.z);
+    match &inp.t {
+        Some(t) => b.arg(t),
+        None => b.arg(&null),
+    };
+    b.arg(&inp.labels).arg(&n64).arg(&k32).arg(&params).arg(&null).arg(&mut grad).arg(&up);
+    // SAFETY: the kernel's signature (null rows pointer: gradient only); it
+    // writes every element of the N·K gradient.
+    unsafe { b.launch(per_row(inp.n)) }.map_err(candle_core::Error::wrap)?;
+    Ok(CudaStorage::wrap_cuda_slice(grad, inp.dev))
+}

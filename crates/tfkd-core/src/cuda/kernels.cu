@@ -87,3 +87,157 @@ extern "C" __global__ void tfkd_max_pool2d_grad_f32(const float* g, const float*
         dx[i] = acc;
     }
 }
+
+// ---------------------------------------------------------------------------
+// The fused losses (crates/tfkd-core/src/loss/fused.rs has the formulas):
+// one block per row of the student logits z (N x K); per-row terms in
+// double, then one block adds the rows in a fixed order.
+
+// The loss's configuration; the same layout as `LossParams` in cuda.rs.
+struct LossParams {
+    double hard_weight;   // w_h
+    double hard_on;       // label target of the hard term
+    double hard_off;
+    double soft_weight;   // w_s
+    double sigma;         // student scale of the soft term
+    double soft_on;       // label target of the soft term (soft_kind 1)
+    double soft_off;
+    double neg_entropy;   // its sum t log t
+    double teacher_scale; // 1/T of the teacher target (soft_kind 2)
+    int has_hard;
+    int soft_kind;        // 0: none, 1: label target, 2: teacher target
+};
+
+// Block-wide sum and max of one double per thread (blockDim.x a power of
+// two, at most 256), the same order on every call.
+__device__ double block_sum(double v, double* sh) {
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+        __syncthreads();
+    }
+    double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+__device__ double block_max(double v, double* sh) {
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) sh[threadIdx.x] = fmax(sh[threadIdx.x], sh[threadIdx.x + s]);
+        __syncthreads();
+    }
+    double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+// Per row n: with `rows`, writes the unweighted [H_n, S_n] to rows[2n..];
+// with `grad` (and the op's three upstream gradients in `upstream`), writes
+// dL/dz_n = c0 dH_n + c1 dS_n with c0 = w_h (g_total + g_hard),
+// c1 = w_s (g_total + g_soft). `t` (teacher logits) only for soft_kind 2.
+extern "C" __global__ void tfkd_fused_loss_rows_f32(const float* z, const float* t, const uint32_t* labels, uint64_t n, int k,
+                                                    LossParams p, double* rows, float* grad, const float* upstream) {
+    __shared__ double sh[256];
+    const double K = (double)k;
+    const bool needs_sum = (p.has_hard && p.hard_off != 0.0) || (p.soft_kind == 1 && p.soft_off != 0.0);
+    for (uint64_t row = blockIdx.x; row < n; row += gridDim.x) {
+        const float* zr = z + row * (uint64_t)k;
+        const float* tr = p.soft_kind == 2 ? t + row * (uint64_t)k : 0;
+        const int y = (int)labels[row];
+        double acc = -INFINITY;
+        for (int j = threadIdx.x; j < k; j += blockDim.x) acc = fmax(acc, (double)zr[j]);
+        const double m = block_max(acc, sh);
+        double sum_diff = 0.0;
+        if (needs_sum) {
+            acc = 0.0;
+            for (int j = threadIdx.x; j < k; j += blockDim.x) acc += (double)zr[j] - m;
+            sum_diff = block_sum(acc, sh);
+        }
+        const double zy = (double)zr[y] - m;
+        double hard_sum = 0.0, soft_sum = 0.0, mt = 0.0, t_sum = 0.0, cross = 0.0;
+        if (p.has_hard) {
+            acc = 0.0;
+            for (int j = threadIdx.x; j < k; j += blockDim.x) acc += exp((double)zr[j] - m);
+            hard_sum = block_sum(acc, sh);
+        }
+        if (p.soft_kind != 0) {
+            if (p.has_hard && p.sigma == 1.0) {
+                soft_sum = hard_sum;
+            } else {
+                acc = 0.0;
+                for (int j = threadIdx.x; j < k; j += blockDim.x) acc += exp(p.sigma * ((double)zr[j] - m));
+                soft_sum = block_sum(acc, sh);
+            }
+        }
+        if (p.soft_kind == 2) {
+            acc = -INFINITY;
+            for (int j = threadIdx.x; j < k; j += blockDim.x) acc = fmax(acc, (double)tr[j]);
+            mt = block_max(acc, sh);
+            double a = 0.0, b = 0.0;
+            for (int j = threadIdx.x; j < k; j += blockDim.x) {
+                double st = p.teacher_scale * ((double)tr[j] - mt);
+                double et = exp(st);
+                a += et;
+                b += et * (st - p.sigma * ((double)zr[j] - m));
+            }
+            t_sum = block_sum(a, sh);
+            cross = block_sum(b, sh);
+        }
+        if (rows && threadIdx.x == 0) {
+            double h = 0.0, s = 0.0;
+            if (p.has_hard)
+                h = (p.hard_on + (K - 1.0) * p.hard_off) * log(hard_sum) - p.hard_off * sum_diff - (p.hard_on - p.hard_off) * zy;
+            if (p.soft_kind == 1)
+                s = p.neg_entropy + (p.soft_on + (K - 1.0) * p.soft_off) * log(soft_sum) - p.soft_off * p.sigma * sum_diff
+                    - (p.soft_on - p.soft_off) * p.sigma * zy;
+            if (p.soft_kind == 2) s = cross / t_sum - log(t_sum) + log(soft_sum);
+            rows[2 * row] = h;
+            rows[2 * row + 1] = s;
+        }
+        if (grad) {
+            const double c0 = p.hard_weight * ((double)upstream[0] + (double)upstream[1]);
+            const double c1 = p.soft_weight * ((double)upstream[0] + (double)upstream[2]);
+            float* gr = grad + row * (uint64_t)k;
+            for (int j = threadIdx.x; j < k; j += blockDim.x) {
+                double zj = (double)zr[j] - m;
+                double g = 0.0;
+                if (p.has_hard) {
+                    g += c0 * ((p.hard_on + (K - 1.0) * p.hard_off) * exp(zj) / hard_sum - p.hard_off);
+                    if (j == y) g -= c0 * (p.hard_on - p.hard_off);
+                }
+                if (p.soft_kind == 1) {
+                    double cs = c1 * p.sigma;
+                    g += cs * ((p.soft_on + (K - 1.0) * p.soft_off) * exp(p.sigma * zj) / soft_sum - p.soft_off);
+                    if (j == y) g -= cs * (p.soft_on - p.soft_off);
+                }
+                if (p.soft_kind == 2) {
+                    double et = exp(p.teacher_scale * ((double)tr[j] - mt));
+                    g += c1 * p.sigma * (exp(p.sigma * zj) / soft_sum - et / t_sum);
+                }
+                gr[j] = (float)g;
+            }
+        }
+    }
+}
+
+// out = [w_h sum H + w_s sum S, w_h sum H, w_s sum S] over the n rows, by
+// one block, in a fixed order.
+extern "C" __global__ void tfkd_fused_loss_total_f32(const double* rows, uint64_t n, double hard_weight, double soft_weight, float* out) {
+    __shared__ double sh[256];
+    double h = 0.0, s = 0.0;
+    for (uint64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        h += rows[2 * i];
+        s += rows[2 * i + 1];
+    }
+    h = block_sum(h, sh);
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) {
+        double hard = hard_weight * h, soft = soft_weight * s;
+        out[0] = (float)(hard + soft);
+        out[1] = (float)hard;
+        out[2] = (float)soft;
+    }
+}

@@ -1,4 +1,4 @@
-//! Fused single-pass losses for the CPU: one candle [`CustomOp1`] /
+//! Fused single-pass losses (CPU, and CUDA with `--features cuda`): one candle [`CustomOp1`] /
 //! [`CustomOp2`] per loss, with an analytic backward.
 //!
 //! Every loss of this module is a sum of at most two weighted row terms of
@@ -44,7 +44,8 @@
 
 use crate::Result;
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, WithDType,
+    backend::BackendStorage, CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Storage, Tensor,
+    WithDType,
 };
 use crate::cpu::{self, avx2_dispatch, block_sum, Float};
 use rayon::prelude::*;
@@ -125,9 +126,12 @@ pub(crate) struct FusedTerms {
     pub soft: Tensor,
 }
 
-/// Whether `t` can take the fused path: a CPU tensor of f32 or f64.
+/// Whether `t` can take the fused path: a CPU tensor of f32 or f64, or (with
+/// `--features cuda`) an f32 tensor on a GPU, where the same formulas run as
+/// two kernels forward (per-row terms, then their sum) and one backward
+/// (`cuda/kernels.cu`).
 pub(crate) fn supported(t: &Tensor) -> bool {
-    t.device().is_cpu() && cpu::supported(t.dtype())
+    (t.device().is_cpu() && cpu::supported(t.dtype())) || crate::own_cuda_kernels(t)
 }
 
 impl FusedLoss {
@@ -146,6 +150,25 @@ impl FusedLoss {
             None => student.apply_op1(self)?,
         };
         Ok(FusedTerms { total: out.get(0)?, hard: out.get(1)?, soft: out.get(2)? })
+    }
+
+    /// The configuration as the CUDA kernels read it.
+    #[cfg(feature = "cuda")]
+    fn cuda_params(&self) -> crate::cuda::LossParams {
+        let mut p = crate::cuda::LossParams::default();
+        if let Some(h) = self.hard {
+            (p.has_hard, p.hard_weight, p.hard_on, p.hard_off) = (1, h.weight, h.target.on, h.target.off);
+        }
+        if let Some(soft) = self.soft {
+            (p.soft_weight, p.sigma) = (soft.weight, soft.student_scale);
+            match soft.target {
+                SoftTarget::Labels { target, neg_entropy } => {
+                    (p.soft_kind, p.soft_on, p.soft_off, p.neg_entropy) = (1, target.on, target.off, neg_entropy);
+                }
+                SoftTarget::Teacher { scale } => (p.soft_kind, p.teacher_scale) = (2, scale),
+            }
+        }
+        p
     }
 
     fn has_teacher(&self) -> bool {
@@ -438,6 +461,15 @@ fn forward_dispatch(
 }
 
 fn backward_dispatch(op: &FusedLoss, student: &Tensor, teacher: Option<&Tensor>, grad_res: &Tensor) -> candle_core::Result<Tensor> {
+    if student.device().is_cuda() {
+        // The upstream gradient stays on the GPU: the kernel reads it.
+        let grad_op = FusedLossGradient(op);
+        let g = grad_res.contiguous()?;
+        return match teacher {
+            Some(t) => student.apply_op3_no_bwd(t, &g, &grad_op),
+            None => student.apply_op2_no_bwd(&g, &grad_op),
+        };
+    }
     let g: [f64; 3] = grad_res
         .to_dtype(DType::F64)?
         .to_vec1::<f64>()?
@@ -481,6 +513,16 @@ impl CustomOp1 for FusedLoss {
         forward_dispatch(self, storage, layout, None)
     }
 
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        #[cfg(feature = "cuda")]
+        return Ok((crate::cuda::fused_loss((s, l), None, &self.labels, self.cuda_params())?, Shape::from(3)));
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (s, l);
+            Err(shape_error("built without CUDA"))
+        }
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         backward_dispatch(self, arg, None, grad_res).map(Some)
     }
@@ -501,6 +543,16 @@ impl CustomOp2 for FusedLoss {
         forward_dispatch(self, s1, l1, Some((s2, l2)))
     }
 
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        #[cfg(feature = "cuda")]
+        return Ok((crate::cuda::fused_loss((s1, l1), Some((s2, l2)), &self.labels, self.cuda_params())?, Shape::from(3)));
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (s1, l1, s2, l2);
+            Err(shape_error("built without CUDA"))
+        }
+    }
+
     fn bwd(
         &self,
         arg1: &Tensor,
@@ -509,5 +561,79 @@ impl CustomOp2 for FusedLoss {
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(backward_dispatch(self, arg1, Some(arg2), grad_res)?), None))
+    }
+}
+
+/// On a GPU: `(z, [zᵗ,] [g_total, g_hard, g_soft]) → ∂L/∂z` by the loss's
+/// row kernel, the upstream gradients read on the device.
+// Only read by the GPU path.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct FusedLossGradient<'a>(&'a FusedLoss);
+
+impl FusedLossGradient<'_> {
+    fn cpu_refused() -> candle_core::Result<(CpuStorage, Shape)> {
+        Err(shape_error("the GPU gradient op was given CPU tensors"))
+    }
+}
+
+impl CustomOp2 for FusedLossGradient<'_> {
+    fn name(&self) -> &'static str {
+        "tfkd-fused-loss-gradient"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Self::cpu_refused()
+    }
+
+    fn cuda_fwd(&self, zs: &CudaStorage, zl: &Layout, gs: &CudaStorage, gl: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        #[cfg(feature = "cuda")]
+        return Ok((
+            crate::cuda::fused_loss_gradient((zs, zl), None, &self.0.labels, self.0.cuda_params(), (gs, gl))?,
+            zl.shape().clone(),
+        ));
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (zs, zl, gs, gl);
+            Err(shape_error("built without CUDA"))
+        }
+    }
+}
+
+impl CustomOp3 for FusedLossGradient<'_> {
+    fn name(&self) -> &'static str {
+        "tfkd-fused-loss-gradient-with-teacher"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Self::cpu_refused()
+    }
+
+    fn cuda_fwd(
+        &self,
+        zs: &CudaStorage,
+        zl: &Layout,
+        ts: &CudaStorage,
+        tl: &Layout,
+        gs: &CudaStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        #[cfg(feature = "cuda")]
+        return Ok((
+            crate::cuda::fused_loss_gradient((zs, zl), Some((ts, tl)), &self.0.labels, self.0.cuda_params(), (gs, gl))?,
+            zl.shape().clone(),
+        ));
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (zs, zl, ts, tl, gs, gl);
+            Err(shape_error("built without CUDA"))
+        }
     }
 }
