@@ -18,7 +18,9 @@ Usage:
 and prints the ratio table (tfkd's images/s over PyTorch's: above 1 means tfkd
 is faster). On CPU the peak memory is the process's maximum resident set
 (`ru_maxrss`, run one model per process for a clean figure); on CUDA it is
-`torch.cuda.max_memory_allocated`.
+`torch.cuda.max_memory_allocated` (tfkd: its memory pool's high-water mark of
+bytes in use), and `max_memory_reserved` (tfkd: of bytes held) is shown
+beside it.
 
 `--rounds DIR` reads the interleaved rounds that `scripts/bench_cpu_ratio.sh`
 writes (DIR/torch*.jsonl, DIR/tfkd*.jsonl: one file per round) and prints
@@ -67,8 +69,10 @@ def time_model(name, args, device):
         step()
     times = sorted(step() for _ in range(args.steps))
     median = statistics.median(times)
+    reserved = None
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
+        reserved = torch.cuda.max_memory_reserved() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
@@ -83,6 +87,7 @@ def time_model(name, args, device):
         "min_s": times[0],
         "images_per_s": args.batch / median,
         "peak_mb": peak,
+        "peak_reserved_mb": reserved,
         "torch": torch.__version__,
     }
 
@@ -97,15 +102,24 @@ def compare(torch_rows, tfkd_rows, markdown):
     # PyTorch builds the full-width networks only.
     ours = {key(r): r for r in tfkd_rows if r.get("width_divisor", 1) == 1}
     head = ["model", "batch", "device", "PyTorch img/s", "tfkd img/s", "tfkd / PyTorch", "PyTorch peak MB", "tfkd peak MB"]
+    # On CUDA, peak MB is memory in use by tensors (PyTorch's
+    # max_memory_allocated, the memory pool's high-water mark for tfkd); the
+    # memory held by the allocators (max_memory_reserved) gets columns too.
+    reserved = any(r.get("peak_reserved_mb") is not None for r in torch_rows)
+    if reserved:
+        head += ["PyTorch reserved MB", "tfkd reserved MB"]
+    fmt = lambda v: "-" if v is None else "%.0f" % v
     rows = []
     for r in torch_rows:
         t = ours.get(key(r))
         if t is None:
             continue
         tp = t.get("peak_rss_mb") or t.get("peak_mb")
-        rows.append([r["model"], str(r["batch"]), r["device"], "%.1f" % r["images_per_s"], "%.1f" % t["images_per_s"],
-                     "%.2f" % (t["images_per_s"] / r["images_per_s"]), "%.0f" % r["peak_mb"],
-                     "-" if tp is None else "%.0f" % tp])
+        row = [r["model"], str(r["batch"]), r["device"], "%.1f" % r["images_per_s"], "%.1f" % t["images_per_s"],
+               "%.2f" % (t["images_per_s"] / r["images_per_s"]), fmt(r["peak_mb"]), fmt(tp)]
+        if reserved:
+            row += [fmt(r.get("peak_reserved_mb")), fmt(t.get("peak_reserved_mb"))]
+        rows.append(row)
     if markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))

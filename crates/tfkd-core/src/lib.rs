@@ -59,6 +59,8 @@ mod cuda;
 pub mod cudnn;
 pub mod env;
 pub mod error;
+#[cfg(feature = "cuda")]
+pub mod gpu_memory;
 pub mod init;
 pub mod loss;
 pub mod metrics;

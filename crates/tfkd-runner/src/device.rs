@@ -73,9 +73,16 @@ pub fn parse_device(text: &str) -> Result<DeviceSpec> {
 pub fn open_device(spec: DeviceSpec) -> Result<Device> {
     let device = match spec {
         DeviceSpec::Cpu => Device::Cpu,
-        DeviceSpec::Cuda(n) => Device::new_cuda(n).map_err(|e| {
-            config_err("device", format!("cannot open cuda:{n} ({e}); build with `--features cuda` on a machine with CUDA"))
-        })?,
+        DeviceSpec::Cuda(n) => {
+            let device = Device::new_cuda(n).map_err(|e| {
+                config_err("device", format!("cannot open cuda:{n} ({e}); build with `--features cuda` on a machine with CUDA"))
+            })?;
+            // Keep freed GPU memory for the next step (no per-step remapping).
+            #[cfg(feature = "cuda")]
+            tfkd_core::gpu_memory::retain_freed_memory(&device)
+                .map_err(|e| config_err("device", format!("cuda:{n}: cannot configure its memory pool ({e})")))?;
+            device
+        }
         DeviceSpec::Metal => Device::new_metal(0).map_err(|e| {
             config_err("device", format!("cannot open metal ({e}); build with `--features metal` on macOS"))
         })?,

@@ -61,6 +61,11 @@ struct StepTiming {
     images_per_s: f64,
     /// The process's peak resident memory so far (Linux `VmHWM`), CPU only.
     peak_rss_mb: Option<f64>,
+    /// On CUDA: the memory pool's high-water mark of bytes in use over the
+    /// warm-up and timed steps (PyTorch's `max_memory_allocated`).
+    peak_mb: Option<f64>,
+    /// On CUDA: of bytes the pool held (PyTorch's `max_memory_reserved`).
+    peak_reserved_mb: Option<f64>,
 }
 
 pub fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
@@ -87,7 +92,7 @@ pub fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
             timing.median_s,
             timing.min_s,
             timing.images_per_s,
-            timing.peak_rss_mb.map_or("-".into(), |m| format!("{m:.0}"))
+            timing.peak_rss_mb.or(timing.peak_mb).map_or("-".into(), |m| format!("{m:.0}"))
         );
         if let Some(path) = args.json {
             use std::io::Write;
@@ -128,6 +133,8 @@ fn time_model(name: &str, input: InputSize, device: &Device, args: &BenchStepArg
         }
         Ok(started.elapsed().as_secs_f64())
     };
+    #[cfg(feature = "cuda")]
+    tfkd_core::gpu_memory::reset_pool_peaks(device)?;
     for _ in 0..args.warmup {
         step()?;
     }
@@ -153,7 +160,20 @@ fn time_model(name: &str, input: InputSize, device: &Device, args: &BenchStepArg
         min_s: times[0],
         images_per_s: args.batch as f64 / median_s,
         peak_rss_mb: if device.is_cpu() { peak_rss_mb() } else { None },
+        peak_mb: gpu_peaks(device)?.map(|p| p.0),
+        peak_reserved_mb: gpu_peaks(device)?.map(|p| p.1),
     })
+}
+
+/// The GPU memory pool's peaks (in use, held) in MB, on CUDA.
+fn gpu_peaks(device: &Device) -> anyhow::Result<Option<(f64, f64)>> {
+    #[cfg(feature = "cuda")]
+    if let Some(u) = tfkd_core::gpu_memory::pool_usage(device)? {
+        let mb = |b: u64| b as f64 / (1u64 << 20) as f64;
+        return Ok(Some((mb(u.used_high), mb(u.reserved_high))));
+    }
+    let _ = device;
+    Ok(None)
 }
 
 /// What runs convolutions on `device`.
