@@ -4,7 +4,7 @@ machine without a GPU: the file is compiled as plain C++ (one "thread" that
 walks every grid-stride loop), called through ctypes, and compared with
 PyTorch on the CPU: ReLU / ReLU6 and their gradients at the bounds, max
 pooling forward and backward with ties and NaN (PyTorch's rule: first
-maximum, last NaN), and the fused losses' row terms, totals and gradients
+maximum, last NaN), the per-channel bias, and the fused losses' row terms, totals and gradients
 (label targets as in CE / LSR / Tf-KD_reg, teacher targets as in KD) against
 the formulas of crates/tfkd-core/src/loss/fused.rs written with torch ops.
 
@@ -105,6 +105,16 @@ def main():
             dx = torch.empty_like(x)
             lib.tfkd_max_pool2d_grad_f32(ptr(gy), ptr(x), ptr(dx), u64(n * c), i32(h), i32(w), i32(ho), i32(wo), i32(k), i32(s), i32(p))
             check(f"max pool k{k} s{s} p{p} {kind} gradient", dx, xr.grad)
+
+    # A convolution's per-channel bias and its gradient.
+    y = torch.randn(3, 5, 4, 6, generator=gen)
+    b = torch.randn(5, generator=gen)
+    out = torch.empty_like(y)
+    lib.tfkd_channel_bias_f32(ptr(y), ptr(b), ptr(out), u64(y.numel()), i32(5), u64(24))
+    check("channel bias forward", out, y + b.view(1, 5, 1, 1))
+    db = torch.empty(5)
+    lib.tfkd_channel_sums_f32(ptr(y), ptr(db), u64(3), i32(5), u64(24))
+    check("channel bias gradient (sums)", db, y.double().sum((0, 2, 3)).float())
 
     # Fused losses.
     class LossParams(ctypes.Structure):

@@ -264,3 +264,46 @@ pub(crate) fn fused_loss_gradient(
     unsafe { b.launch(per_row(inp.n)) }.map_err(candle_core::Error::wrap)?;
     Ok(CudaStorage::wrap_cuda_slice(grad, inp.dev))
 }
+
+/// `(N, C, S)` of a contiguous `(N, C, …)` operand.
+fn ncs(l: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+    let d = l.shape().dims();
+    if d.len() < 2 {
+        candle_core::bail!("{op}: the input must have at least two dims, got {d:?}")
+    }
+    Ok((d[0], d[1], d[2..].iter().product()))
+}
+
+/// `y + b[c]` per channel.
+pub(crate) fn channel_bias(y: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout)) -> Result<CudaStorage> {
+    let (_, c, plane) = ncs(y.1, "tfkd-channel-bias")?;
+    if b.1.shape().elem_count() != c {
+        candle_core::bail!("tfkd-channel-bias: {} biases for {c} channels", b.1.shape().elem_count())
+    }
+    let dev = y.0.device().clone();
+    let (yv, bv) = (f32_view(y.0, y.1, "tfkd-channel-bias")?, f32_view(b.0, b.1, "tfkd-channel-bias")?);
+    let total = y.1.shape().elem_count();
+    let mut out = output(&dev, total)?;
+    let (total64, c32, plane64) = (total as u64, c as i32, plane.max(1) as u64);
+    let func = dev.get_or_load_custom_func("tfkd_channel_bias_f32", MODULE, PTX)?;
+    let mut bl = func.builder();
+    bl.arg(&yv).arg(&bv).arg(&mut out).arg(&total64).arg(&c32).arg(&plane64);
+    // SAFETY: the kernel's signature; y and out hold `total`, b holds c.
+    unsafe { bl.launch(config(total64)) }.map_err(candle_core::Error::wrap)?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+/// `Σ_{n, s} g[n, c, s]` per channel.
+pub(crate) fn channel_sums(g: (&CudaStorage, &Layout)) -> Result<CudaStorage> {
+    let (n, c, plane) = ncs(g.1, "tfkd-channel-sums")?;
+    let dev = g.0.device().clone();
+    let gv = f32_view(g.0, g.1, "tfkd-channel-sums")?;
+    let mut db = output(&dev, c)?;
+    let (n64, c32, plane64) = (n as u64, c as i32, plane as u64);
+    let func = dev.get_or_load_custom_func("tfkd_channel_sums_f32", MODULE, PTX)?;
+    let mut bl = func.builder();
+    bl.arg(&gv).arg(&mut db).arg(&n64).arg(&c32).arg(&plane64);
+    // SAFETY: the kernel's signature; one block per channel writes db[c].
+    unsafe { bl.launch(per_row(c)) }.map_err(candle_core::Error::wrap)?;
+    Ok(CudaStorage::wrap_cuda_slice(db, dev))
+}

@@ -193,6 +193,13 @@ mod on_gpu {
             ("max pool 3x3 s2 p1", Box::new(|t| tfkd_core::pool::max_pool2d(t, 3, 2, 1).unwrap())),
             ("avg pool 3x3 s1", Box::new(|t| t.avg_pool2d_with_stride(3, 1).unwrap())),
             ("cat + channel shuffle", Box::new(|t| tfkd_core::shuffle::cat_shuffle(t, &(t * 2.0).unwrap()).unwrap())),
+            (
+                "conv bias (input side)",
+                Box::new(|t| {
+                    let b = Tensor::arange(0f32, 6.0, t.device()).unwrap();
+                    tfkd_core::conv::add_channel_bias(t, &b).unwrap()
+                }),
+            ),
         ];
         for (name, op) in &ops {
             let (y0, g0) = unary_pass(op.as_ref(), &x, &Device::Cpu);
@@ -200,6 +207,24 @@ mod on_gpu {
             check(&format!("{name} forward"), &y, &y0, VALUE_TOL);
             check(&format!("{name} gradient"), &g, &g0, GRAD_TOL);
         }
+    }
+
+    #[test]
+    fn the_conv_bias_gradient_matches_the_cpu() {
+        let Some(dev) = gpu() else { return };
+        let mut rng = SeededRng::new(13);
+        let y = random(&mut rng, &[4, 7, 5, 3]);
+        let b = random(&mut rng, &[7]);
+        let r = random(&mut rng, &[4, 7, 5, 3]);
+        let run = |d: &Device| {
+            let bv = Var::from_tensor(&b.to_device(d).unwrap()).unwrap();
+            let out = tfkd_core::conv::add_channel_bias(&y.to_device(d).unwrap(), bv.as_tensor()).unwrap();
+            let g = (&out * r.to_device(d).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+            (out.to_device(&Device::Cpu).unwrap(), g.get(bv.as_tensor()).unwrap().to_device(&Device::Cpu).unwrap())
+        };
+        let ((y0, g0), (y1, g1)) = (run(&Device::Cpu), run(&dev));
+        check("conv bias forward", &y1, &y0, VALUE_TOL);
+        check("conv bias gradient", &g1, &g0, GRAD_TOL);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! split over rayon's pool.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 
 use std::mem::MaybeUninit;
 
@@ -17,9 +17,10 @@ use crate::cpu::{avx2_dispatch, filled, for_each_chunk, ncs, slice, supported, F
 /// `y[n, c, …] + b[c]` for `y: (N, C, …)` and `b: (C,)`, the bias of a
 /// convolution (`nn.Conv2d(bias=True)`).
 ///
-/// On the CPU with f32/f64 operands this is one custom op with an analytic
-/// backward (`∂L/∂y = g`, `∂L/∂b[c] = Σ_{n, …} g[n, c, …]`); elsewhere
-/// `broadcast_add`.
+/// On the CPU with f32/f64 operands, and on CUDA with f32 (one kernel each
+/// way, the sums per channel in a fixed order), this is one custom op with
+/// an analytic backward (`∂L/∂y = g`, `∂L/∂b[c] = Σ_{n, …} g[n, c, …]`);
+/// elsewhere `broadcast_add`.
 pub fn add_channel_bias(y: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
     Ok(add_channel_bias_candle(y, b)?)
 }
@@ -30,7 +31,7 @@ pub(crate) fn add_channel_bias_candle(y: &Tensor, b: &Tensor) -> Result<Tensor> 
     if dims.len() < 2 || b.dims() != [dims[1]] {
         candle_core::bail!("add_channel_bias: bias {:?} for an input {:?} (want ({},))", b.shape(), y.shape(), dims.get(1).copied().unwrap_or(0))
     }
-    let fast = matches!(y.device(), Device::Cpu) && supported(y.dtype()) && b.dtype() == y.dtype();
+    let fast = ((matches!(y.device(), Device::Cpu) && supported(y.dtype())) || crate::own_cuda_kernels(y)) && b.dtype() == y.dtype();
     if !fast {
         let mut shape = vec![1; dims.len()];
         shape[1] = dims[1];
@@ -102,6 +103,16 @@ impl CustomOp2 for ChannelBias {
         Ok((out, yl.shape().clone()))
     }
 
+    fn cuda_fwd(&self, ys: &CudaStorage, yl: &Layout, bs: &CudaStorage, bl: &Layout) -> Result<(CudaStorage, Shape)> {
+        #[cfg(feature = "cuda")]
+        return Ok((crate::cuda::channel_bias((ys, yl), (bs, bl))?, yl.shape().clone()));
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (ys, bs, bl);
+            candle_core::bail!("tfkd-channel-bias: built without CUDA ({:?})", yl.shape())
+        }
+    }
+
     fn bwd(&self, y: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = y.track_op().then(|| grad.clone());
         let db = if b.track_op() {
@@ -129,5 +140,16 @@ impl CustomOp1 for ChannelSums {
             other => candle_core::bail!("tfkd-channel-sums: unsupported dtype {other:?}"),
         };
         Ok((out, Shape::from(dims.1)))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dims = ncs(l.shape(), "tfkd-channel-bias")?;
+        #[cfg(feature = "cuda")]
+        return Ok((crate::cuda::channel_sums((s, l))?, Shape::from(dims.1)));
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = s;
+            candle_core::bail!("tfkd-channel-sums: built without CUDA ({dims:?})")
+        }
     }
 }

@@ -241,3 +241,27 @@ extern "C" __global__ void tfkd_fused_loss_total_f32(const double* rows, uint64_
         out[2] = (float)soft;
     }
 }
+
+// ---------------------------------------------------------------------------
+// A convolution's per-channel bias: out[n, c, s] = y[n, c, s] + b[c] (planes
+// of `plane` elements), and its gradient db[c] = sum over n, s of g[n, c, s],
+// one block per channel in double, in a fixed order.
+
+extern "C" __global__ void tfkd_channel_bias_f32(const float* y, const float* b, float* out, uint64_t total, int c, uint64_t plane) {
+    GRID_STRIDE(i, total) {
+        out[i] = y[i] + b[(i / plane) % (uint64_t)c];
+    }
+}
+
+extern "C" __global__ void tfkd_channel_sums_f32(const float* g, float* db, uint64_t n, int c, uint64_t plane) {
+    __shared__ double sh[256];
+    for (int ch = blockIdx.x; ch < c; ch += gridDim.x) {
+        double acc = 0.0;
+        for (uint64_t ni = 0; ni < n; ++ni) {
+            const float* gp = g + (ni * (uint64_t)c + ch) * plane;
+            for (uint64_t s = threadIdx.x; s < plane; s += blockDim.x) acc += (double)gp[s];
+        }
+        acc = block_sum(acc, sh);
+        if (threadIdx.x == 0) db[ch] = (float)acc;
+    }
+}
