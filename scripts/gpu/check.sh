@@ -12,7 +12,9 @@
 # `tfkd train` arguments, e.g. `--set epochs=3`) override the defaults;
 # NOCUDNN_MODELS times those models with TFKD_CUDNN=0 (tfkd's own CUDA conv
 # and BatchNorm paths: the before/after of cuDNN in the same session),
-# F32_MODELS with `--precision f32` (no TF32), CANDLE_CONV_MODELS under
+# F32_MODELS with `--precision f32` (no TF32), BF16_MODELS (default: MODELS)
+# with `--precision bf16` (the ratio table's bf16 column, ratio-bf16.md),
+# BF16_CONFIGS (default: base) trains in bf16 too, CANDLE_CONV_MODELS under
 # TFKD_CONV=candle (candle's own convolutions).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -62,6 +64,9 @@ for m in $models; do
   (cd "$here/../.." && timeout 100 python3 scripts/bench_steps_torch.py --models $m --device cuda --batch 128 --warmup 3 --steps 10 --json $OUT/torch-cuda.jsonl) 2>&1 | tail -3
   kill $s; echo "$m torch nvidia-smi peak MB $(sort -n mem-torch-$m.txt | tail -1)" | tee -a $OUT/mem.txt
 done
+for m in ${BF16_MODELS:-$models}; do
+  timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --precision bf16 --warmup 3 --steps 10 --json $OUT/tfkd-cuda-bf16.jsonl 2>&1 | tail -2
+done
 for m in ${NOCUDNN_MODELS:-resnet18}; do
   TFKD_CUDNN=0 timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --warmup 3 --steps 10 --json $OUT/tfkd-cuda-no-cudnn.jsonl 2>&1 | tail -2
 done
@@ -72,9 +77,15 @@ for m in ${CANDLE_CONV_MODELS:-}; do
   TFKD_CONV=candle timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --warmup 3 --steps 10 --json $OUT/tfkd-cuda-candle-conv.jsonl 2>&1 | tail -2
 done
 (cd "$here/../.." && python3 scripts/bench_steps_torch.py --torch-json $OUT/torch-cuda.jsonl --compare $OUT/tfkd-cuda.jsonl --markdown) | tee $OUT/ratio.md
+[ -s $OUT/tfkd-cuda-bf16.jsonl ] && (cd "$here/../.." && python3 scripts/bench_steps_torch.py --torch-json $OUT/torch-cuda.jsonl --compare $OUT/tfkd-cuda-bf16.jsonl --markdown) | tee $OUT/ratio-bf16.md
 for c in ${CONFIGS:-base reg lsr}; do
   echo "== train $c"; date
   timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-$c.toml ${TRAIN_ARGS:-} 2>&1 | tail -5
+done
+# The same baseline recipe in bf16 (its own run name): accuracy beside f32's.
+for c in ${BF16_CONFIGS:-base}; do
+  echo "== train $c, precision bf16"; date
+  timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-$c.toml --set precision=\"bf16\" --set name=\"c10mini-$c-bf16\" ${TRAIN_ARGS:-} 2>&1 | tail -5
 done
 for d in runs/*/; do sed "s|^|$(basename $d) |" $d/metrics.jsonl; done > $OUT/train-metrics.txt 2>/dev/null
 date

@@ -470,7 +470,22 @@ impl BatchNorm {
         (&self.weight, &self.bias)
     }
 
+    /// bf16 activations (`precision = "bf16"`) with f32 parameters and
+    /// statistics: cuDNN takes them as they are; elsewhere the
+    /// normalisation runs in f32 between two casts.
+    fn mixed(&self, x: &Tensor) -> bool {
+        x.dtype() != self.weight.dtype()
+    }
+
     fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+        if self.mixed(x) {
+            #[cfg(feature = "cuda")]
+            if let Some(out) = cudnn::batch_norm_train(x, &self.weight, &self.bias, self.inner.eps())? {
+                self.update_running(x, &out)?;
+                return Ok(out.y);
+            }
+            return self.forward_train(&x.to_dtype(self.weight.dtype())?)?.to_dtype(x.dtype());
+        }
         let c = self.running_mean.as_tensor().dim(0)?;
         let fused = (x.device().is_cuda() || (matches!(x.device(), Device::Cpu) && supported(x.dtype())))
             && x.dtype() == self.weight.dtype()
@@ -480,14 +495,20 @@ impl BatchNorm {
             return self.inner.forward_t(x, true);
         }
         let out = batch_norm_train(x, &self.weight, &self.bias, self.inner.eps())?;
-        // candle-nn's update, operation for operation.
+        self.update_running(x, &out)?;
+        Ok(out.y)
+    }
+
+    /// candle-nn's update of the running statistics, operation for
+    /// operation.
+    fn update_running(&self, x: &Tensor, out: &BatchNormOutput) -> Result<()> {
+        let c = self.running_mean.as_tensor().dim(0)?;
         let momentum = self.inner.momentum();
         let m = (x.elem_count() / c) as f64;
         let mean = ((self.running_mean.as_tensor() * (1.0 - momentum))? + (&out.mean * momentum)?)?;
         self.running_mean.set(&mean)?;
         let var = ((self.running_var.as_tensor() * (1.0 - momentum))? + (&out.var * (momentum * m / (m - 1.0)))?)?;
-        self.running_var.set(&var)?;
-        Ok(out.y)
+        self.running_var.set(&var)
     }
 }
 
@@ -495,6 +516,8 @@ impl ModuleT for BatchNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if train {
             self.forward_train(x)
+        } else if self.mixed(x) {
+            self.inner.forward_t(&x.to_dtype(self.weight.dtype())?, false)?.to_dtype(x.dtype())
         } else {
             self.inner.forward_t(x, false)
         }

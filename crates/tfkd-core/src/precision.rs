@@ -7,7 +7,8 @@
 //! benchmarks' `--precision f32`) asks for strict f32 arithmetic. Matrix
 //! products (linear layers) stay strict f32 either way, as PyTorch's
 //! `allow_tf32` for matmul defaults to off. CPU and Metal arithmetic does not
-//! depend on this switch.
+//! depend on this switch. [`Precision::Bf16`] runs the network in bf16
+//! with f32 master weights.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -21,13 +22,29 @@ pub enum Precision {
     Tf32,
     /// f32 tensors and strict f32 arithmetic everywhere.
     F32,
+    /// Autocast-style mixed precision: the activations are bf16, so every
+    /// convolution and matrix product runs in bf16 (accumulating in f32);
+    /// the parameters (master weights), their gradients and the optimizer
+    /// stay f32, BatchNorm normalises with f32 statistics, and the logits
+    /// are cast to f32 before the loss. Meant for GPUs with bf16 tensor
+    /// cores; it runs anywhere candle has bf16 kernels.
+    Bf16,
 }
 
 impl Precision {
     /// Sets the process-wide switches this precision implies
-    /// ([`set_conv_tf32`]).
+    /// ([`set_conv_tf32`]: off only for strict f32).
     pub fn apply(self) {
-        set_conv_tf32(self == Precision::Tf32);
+        set_conv_tf32(self != Precision::F32);
+    }
+
+    /// The dtype of the activations: the images are cast to it before the
+    /// network, the logits back to f32 after it.
+    pub fn activation_dtype(self) -> candle_core::DType {
+        match self {
+            Precision::Tf32 | Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
     }
 
     /// Whether this is the default ([`Precision::Tf32`]).
@@ -41,6 +58,7 @@ impl std::fmt::Display for Precision {
         f.write_str(match self {
             Precision::Tf32 => "tf32",
             Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
         })
     }
 }
@@ -51,7 +69,8 @@ impl std::str::FromStr for Precision {
         match text.trim() {
             "tf32" => Ok(Precision::Tf32),
             "f32" => Ok(Precision::F32),
-            other => Err(format!("{other:?} is not a precision (tf32 or f32)")),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("{other:?} is not a precision (tf32, f32 or bf16)")),
         }
     }
 }
@@ -85,7 +104,7 @@ mod tests {
 
     #[test]
     fn precisions_parse_print_and_name_bad_values() {
-        for p in [Precision::Tf32, Precision::F32] {
+        for p in [Precision::Tf32, Precision::F32, Precision::Bf16] {
             assert_eq!(p.to_string().parse::<Precision>(), Ok(p));
         }
         assert_eq!(Precision::default(), Precision::Tf32);

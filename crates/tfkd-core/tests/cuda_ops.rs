@@ -209,6 +209,44 @@ mod on_gpu {
         }
     }
 
+    /// `precision = "bf16"`: bf16 convolutions (depthwise too) and BatchNorm
+    /// over bf16 activations with f32 parameters track the f32 CPU results
+    /// to bf16's precision (8 bits of mantissa).
+    #[test]
+    fn bf16_convolutions_and_batch_norm_track_f32() {
+        let Some(dev) = gpu() else { return };
+        const BF16_TOL: f64 = 3e-2;
+        let mut rng = SeededRng::new(14);
+        for c in [&CONV_CASES[1], &CONV_CASES[3], &CONV_CASES[4]] {
+            let ho = (c.h + 2 * c.pad - c.k) / c.stride + 1;
+            let wo = (c.w + 2 * c.pad - c.k) / c.stride + 1;
+            let x = random(&mut rng, &[c.n, c.c_in, c.h, c.w]);
+            let w = random(&mut rng, &[c.c_out, c.c_in / c.groups, c.k, c.k]);
+            let r = random(&mut rng, &[c.n, c.c_out, ho, wo]);
+            let (y0, gx0, gw0) = conv_pass(c, &x, &w, &r, &Device::Cpu);
+            let half = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+            let (y, gx, gw) = conv_pass(c, &half(&x), &half(&w), &half(&r), &dev);
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            check(&format!("{} bf16 forward", c.name), &f32(&y), &y0, BF16_TOL);
+            check(&format!("{} bf16 input gradient", c.name), &f32(&gx), &gx0, BF16_TOL);
+            check(&format!("{} bf16 weight gradient", c.name), &f32(&gw), &gw0, BF16_TOL);
+        }
+        let x = random(&mut rng, &[4, 16, 8, 8]).affine(3.0, 1.5).unwrap();
+        let (gamma, beta) = (random(&mut rng, &[16]), random(&mut rng, &[16]));
+        let want = tfkd_core::norm::batch_norm_train(&x, &gamma, &beta, 1e-5).unwrap();
+        let got = tfkd_core::norm::batch_norm_train(
+            &x.to_dtype(DType::BF16).unwrap().to_device(&dev).unwrap(),
+            &gamma.to_device(&dev).unwrap(),
+            &beta.to_device(&dev).unwrap(),
+            1e-5,
+        )
+        .unwrap();
+        assert_eq!(got.y.dtype(), DType::BF16, "BatchNorm keeps the activations' dtype");
+        check("bf16 BatchNorm y", &got.y.to_dtype(DType::F32).unwrap(), &want.y, BF16_TOL);
+        check("bf16 BatchNorm mean", &got.mean.to_dtype(DType::F32).unwrap(), &want.mean, BF16_TOL);
+        check("bf16 BatchNorm variance", &got.var.to_dtype(DType::F32).unwrap(), &want.var, BF16_TOL);
+    }
+
     #[test]
     fn the_conv_bias_gradient_matches_the_cpu() {
         let Some(dev) = gpu() else { return };

@@ -118,8 +118,8 @@ pub enum Command {
         /// `cpu`, `cuda`, `cuda:N` or `metal`.
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
-        /// GPU arithmetic: `tf32` (TF32 convolutions, PyTorch's default) or
-        /// `f32` (strict).
+        /// GPU arithmetic: `tf32` (TF32 convolutions, PyTorch's default),
+        /// `f32` (strict) or `bf16` (bf16 activations, f32 master weights).
         #[arg(long, default_value = "tf32")]
         precision: tfkd_core::precision::Precision,
         /// Append one JSON line per model to this file.

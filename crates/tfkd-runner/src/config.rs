@@ -27,10 +27,12 @@ pub struct ExperimentConfig {
     /// `cpu`, `cuda`, `cuda:N` or `metal`.
     #[serde(default)]
     pub device: DeviceSpec,
-    /// The arithmetic on GPUs: `tf32` (default: f32 convolutions on CUDA
-    /// may use TF32 tensor cores, as PyTorch's do) or `f32` (strict f32).
-    /// No effect on the CPU. Part of the run's identity when not the
-    /// default (TF32 changes the numbers).
+    /// The arithmetic: `tf32` (default: f32 convolutions on CUDA may use
+    /// TF32 tensor cores, as PyTorch's do; no effect elsewhere), `f32`
+    /// (strict f32) or `bf16` (autocast-style: bf16 activations, so bf16
+    /// convolutions and matrix products; f32 master weights, optimizer,
+    /// BatchNorm statistics and loss; for GPUs). Part of the run's identity
+    /// when not the default.
     #[serde(default, skip_serializing_if = "tfkd_core::precision::Precision::is_default")]
     pub precision: tfkd_core::precision::Precision,
     /// Number of training epochs.
@@ -415,6 +417,12 @@ impl ExperimentConfig {
         if self.replicas == 0 {
             return Err(config_err("replicas", "must be at least 1"));
         }
+        if self.precision == tfkd_core::precision::Precision::Bf16 && self.device.is_cpu() {
+            return Err(config_err(
+                "precision",
+                "\"bf16\" needs a GPU (device = \"cuda\" or \"metal\"): candle's CPU matrix products have no bf16 kernel",
+            ));
+        }
         if self.optim.batch_size < self.replicas {
             return Err(config_err(
                 "optim.batch_size",
@@ -639,6 +647,12 @@ mod tests {
         assert!(err("data.root=\"missing-dir\"").contains("data.root"));
         assert!(err("strategy.alpha=2").contains("alpha"));
         assert!(err("keep_epochs=[9]").contains("keep_epochs"));
+        assert!(err("precision=\"fp8\"").contains("fp8"));
+        let bf16_on_cpu = err("precision=\"bf16\"");
+        assert!(bf16_on_cpu.contains("precision") && bf16_on_cpu.contains("GPU"), "{bf16_on_cpu}");
+        let c = ExperimentConfig::load(&path, &["precision=\"f32\"".into()]).unwrap();
+        assert_eq!(c.precision, tfkd_core::precision::Precision::F32);
+        assert_ne!(c.identity(), ExperimentConfig::load(&path, &[]).unwrap().identity(), "precision is part of a run's identity");
         let err = ExperimentConfig::load(&dir.path().join("nope.toml"), &[]).unwrap_err().to_string();
         assert!(err.contains("nope.toml"), "{err}");
     }

@@ -402,7 +402,8 @@ pub fn run_experiment_in(
                 width_divisor: spec.width_divisor.unwrap_or(config.model.width_divisor),
                 ..model_opts(0)
             };
-            Some(load_teacher(&name, &opts, &path, &device)?)
+            let teacher = load_teacher(&name, &opts, &path, &device)?;
+            Some(tfkd_zoo::with_activation_dtype(teacher, config.precision.activation_dtype()))
         }
     };
     let teacher_top1 = match &teacher {
@@ -420,6 +421,7 @@ pub fn run_experiment_in(
     let build_replica = || -> Result<Replica> {
         let varmap = SeededVarMap::new(config.init_seed());
         let model = tfkd_zoo::build_with(&config.model.name, &model_opts(0), varmap.var_builder(DType::F32, &device))?;
+        let model = tfkd_zoo::with_activation_dtype(model, config.precision.activation_dtype());
         let params = tfkd_zoo::trainable_vars(&varmap);
         let optimizer = Optimizer::new(params.clone(), config.optim.optimizer())?;
         Ok(Replica { varmap, model, optimizer, params })

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use tfkd_core::activation::ReluOp;
 
 /// `nn.BatchNorm2d` with the fused CPU training pass of `tfkd_core::norm`.
@@ -95,11 +95,57 @@ pub(crate) struct Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let y = tfkd_core::conv::conv2d(xs, &self.weight, self.padding, self.stride, self.groups)?;
+        let weight = in_dtype_of(&self.weight, xs)?;
+        let y = tfkd_core::conv::conv2d(xs, &weight, self.padding, self.stride, self.groups)?;
         match &self.bias {
             None => Ok(y),
-            Some(b) => Ok(tfkd_core::conv::add_channel_bias(&y, b)?),
+            Some(b) => Ok(tfkd_core::conv::add_channel_bias(&y, &in_dtype_of(b, xs)?)?),
         }
+    }
+}
+
+/// `param` in `input`'s dtype: itself, or a cast whose gradient flows back
+/// to it in its own dtype. With `precision = "bf16"` the activations are
+/// bf16 and the parameters (the master weights) f32: every convolution and
+/// matrix product then runs in bf16, autocast-style.
+fn in_dtype_of(param: &Tensor, input: &Tensor) -> Result<Tensor> {
+    if param.dtype() == input.dtype() {
+        Ok(param.clone())
+    } else {
+        param.to_dtype(input.dtype())
+    }
+}
+
+/// `nn.Linear`: `y = x·Wᵀ + b`, candle-nn's [`candle_nn::Linear`] with the
+/// parameters cast to the input's dtype (see [`Conv2d`]).
+#[derive(Debug, Clone)]
+pub struct Linear(candle_nn::Linear);
+
+impl Linear {
+    /// A linear layer over `weight` `[out, in]` and an optional `bias`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear(candle_nn::Linear::new(weight, bias))
+    }
+
+    /// The weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        self.0.weight()
+    }
+
+    /// The bias `[out]`, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.0.bias()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if self.0.weight().dtype() == xs.dtype() {
+            return self.0.forward(xs);
+        }
+        let weight = in_dtype_of(self.0.weight(), xs)?;
+        let bias = self.0.bias().map(|b| in_dtype_of(b, xs)).transpose()?;
+        candle_nn::Linear::new(weight, bias).forward(xs)
     }
 }
 

@@ -28,6 +28,7 @@
 //! `train = false` for evaluation.
 #![deny(missing_docs)]
 
+mod autocast;
 pub mod checkpoint;
 pub mod error;
 pub mod layers;
@@ -41,6 +42,7 @@ pub use checkpoint::{
     check_state_dict, check_tensors, from_state_dict, load, read_state_dict, save_safetensors,
     varmap_state_dict,
 };
+pub use autocast::with_activation_dtype;
 pub use error::{MisShaped, Result, ZooError};
 pub use layers::{Dropout, MaskRng};
 pub use registry::{

@@ -1,6 +1,8 @@
 //! Training-mode BatchNorm on CUDA as one cuDNN call each way
 //! (`cudnnBatchNormalizationForwardTraining` / `...Backward`, spatial mode:
-//! one mean and variance per channel over `N·H·W`), for f32 operands.
+//! one mean and variance per channel over `N·H·W`), for f32 parameters and
+//! f32, bf16 or f16 activations (`precision = "bf16"`: cuDNN reads and writes
+//! bf16, keeps the statistics and parameter gradients in f32).
 //!
 //! The forward asks cuDNN for the batch mean and, through a running average
 //! with factor 1 over zeroed buffers, the unbiased batch variance; the
@@ -24,12 +26,13 @@ use crate::cudnn::{self, Descriptor, Scale};
 /// cuDNN's smallest accepted ε (`CUDNN_BN_MIN_EPSILON`).
 const MIN_EPSILON: f64 = 1e-5;
 
-/// The BatchNorm through cuDNN if the operands are f32 on a GPU, ε is one
+/// The BatchNorm through cuDNN if the parameters are f32 and the input f32,
+/// bf16 or f16 on a GPU, ε is one
 /// cuDNN accepts, every channel has more than one value and the library
 /// loaded; else `None`. `x` is `(N, C, …)` with `C` matching the parameters
 /// (checked by the caller).
 pub(super) fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Option<BatchNormOutput>> {
-    let all_f32 = [x, weight, bias].iter().all(|t| t.dtype() == DType::F32);
+    let all_f32 = [weight, bias].iter().all(|t| t.dtype() == DType::F32) && cudnn::data_type(x.dtype()).is_some_and(|d| d != cudnn::DATA_DOUBLE);
     let (n, c) = (x.dim(0)?, x.dim(1)?);
     let m = x.elem_count() / c.max(1);
     if !x.device().is_cuda() || !all_f32 || eps < MIN_EPSILON || m < 2 || n == 0 || cudnn::api().is_none() {
@@ -91,16 +94,39 @@ fn nc_rest(l: &Layout) -> Result<[usize; 4]> {
     Ok([d[0], d[1], d[2..].iter().product(), 1])
 }
 
-/// The device address of a contiguous f32 operand. (The read guard is
-/// dropped at once: candle runs everything on the device's one stream, where
-/// cudarc records no events.)
+/// The device address of a contiguous operand. (The guards are dropped at
+/// once here and in [`alloc`]: candle runs everything on the device's one
+/// stream, where cudarc records no events.)
 fn ptr(s: &CudaStorage, l: &Layout, stream: &Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>) -> Result<u64> {
     let Some((start, end)) = l.contiguous_offsets() else {
         candle_core::bail!("tfkd-cudnn-batch-norm: an operand is not contiguous")
     };
-    let view = s.as_cuda_slice::<f32>()?.slice(start..end);
-    let (p, _read) = view.device_ptr(stream);
-    Ok(p)
+    Ok(match s.dtype() {
+        DType::F32 => s.as_cuda_slice::<f32>()?.slice(start..end).device_ptr(stream).0,
+        DType::BF16 => s.as_cuda_slice::<half::bf16>()?.slice(start..end).device_ptr(stream).0,
+        DType::F16 => s.as_cuda_slice::<half::f16>()?.slice(start..end).device_ptr(stream).0,
+        other => candle_core::bail!("tfkd-cudnn-batch-norm: unsupported dtype {other:?}"),
+    })
+}
+
+/// A fresh buffer of `n` elements of `dtype`, every one of which the cuDNN
+/// call writes, and its device address.
+fn alloc(dev: &CudaDevice, dtype: DType, n: usize) -> Result<(CudaStorage, u64)> {
+    let stream = dev.cuda_stream();
+    macro_rules! typed {
+        ($t:ty) => {{
+            // SAFETY: written whole by the cuDNN call (β = 0).
+            let mut s = unsafe { stream.alloc::<$t>(n) }.map_err(candle_core::Error::wrap)?;
+            let p = s.device_ptr_mut(&stream).0;
+            (CudaStorage::wrap_cuda_slice(s, dev.clone()), p)
+        }};
+    }
+    Ok(match dtype {
+        DType::F32 => typed!(f32),
+        DType::BF16 => typed!(half::bf16),
+        DType::F16 => typed!(half::f16),
+        other => candle_core::bail!("tfkd-cudnn-batch-norm: unsupported dtype {other:?}"),
+    })
 }
 
 impl CustomOp3 for CudnnBatchNorm {
@@ -129,18 +155,17 @@ impl CustomOp3 for CudnnBatchNorm {
         let stream = dev.cuda_stream();
         let c = dims[1];
         let wrap = candle_core::Error::wrap;
-        // SAFETY: every element of y is written by cuDNN.
-        let mut y = unsafe { stream.alloc::<f32>(xl.shape().elem_count()) }.map_err(wrap)?;
+        let (y, py) = alloc(&dev, xs.dtype(), xl.shape().elem_count())?;
         let mut mean = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
         let mut inv_std = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
         // Zeroed: the running average with factor 1 still reads it (0·old).
         let mut running_mean = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
         let mut unbiased_var = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
-        let x_desc = Descriptor::tensor(&api, cudnn::DATA_FLOAT, dims)?;
+        let data_type = cudnn::data_type(xs.dtype()).unwrap_or(cudnn::DATA_FLOAT);
+        let x_desc = Descriptor::tensor(&api, data_type, dims)?;
         let p_desc = Descriptor::batch_norm_param(&api, &x_desc)?;
         {
             let (px, pw, pb) = (ptr(xs, xl, &stream)?, ptr(ws, wl, &stream)?, ptr(bs, bl, &stream)?);
-            let (py, _w1) = y.device_ptr_mut(&stream);
             let (pm, _w2) = mean.device_ptr_mut(&stream);
             let (pi, _w3) = inv_std.device_ptr_mut(&stream);
             let (prm, _w4) = running_mean.device_ptr_mut(&stream);
@@ -181,7 +206,7 @@ impl CustomOp3 for CudnnBatchNorm {
             mean,
             inv_std,
         }));
-        Ok((CudaStorage::wrap_cuda_slice(y, dev), xl.shape().clone()))
+        Ok((y, xl.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -231,21 +256,16 @@ impl CustomOp3 for CudnnBatchNormBackward {
         let stream = dev.cuda_stream();
         let c = dims[1];
         let wrap = candle_core::Error::wrap;
+        let (dx, pdx) = alloc(&dev, xs.dtype(), xl.shape().elem_count())?;
         // SAFETY: every element of each is written by cuDNN (β = 0 for all).
-        let (mut dx, mut dgamma, mut dbeta) = unsafe {
-            (
-                stream.alloc::<f32>(xl.shape().elem_count()).map_err(wrap)?,
-                stream.alloc::<f32>(c).map_err(wrap)?,
-                stream.alloc::<f32>(c).map_err(wrap)?,
-            )
-        };
-        let x_desc = Descriptor::tensor(&api, cudnn::DATA_FLOAT, dims)?;
+        let (mut dgamma, mut dbeta) = unsafe { (stream.alloc::<f32>(c).map_err(wrap)?, stream.alloc::<f32>(c).map_err(wrap)?) };
+        let data_type = cudnn::data_type(xs.dtype()).unwrap_or(cudnn::DATA_FLOAT);
+        let x_desc = Descriptor::tensor(&api, data_type, dims)?;
         let p_desc = Descriptor::batch_norm_param(&api, &x_desc)?;
         {
             let (px, pw, pg) = (ptr(xs, xl, &stream)?, ptr(ws, wl, &stream)?, ptr(gs, gl, &stream)?);
             let (pm, _r1) = self.saved.mean.device_ptr(&stream);
             let (pi, _r2) = self.saved.inv_std.device_ptr(&stream);
-            let (pdx, _w1) = dx.device_ptr_mut(&stream);
             let (pdg, _w2) = dgamma.device_ptr_mut(&stream);
             let (pdb, _w3) = dbeta.device_ptr_mut(&stream);
             let (one, zero) = (Scale::F32(1.0), Scale::F32(0.0));
@@ -278,7 +298,7 @@ impl CustomOp3 for CudnnBatchNormBackward {
             })?;
         }
         *self.params.lock().map_err(|_| poisoned())? = Some((dgamma, dbeta));
-        Ok((CudaStorage::wrap_cuda_slice(dx, dev), xl.shape().clone()))
+        Ok((dx, xl.shape().clone()))
     }
 }
 

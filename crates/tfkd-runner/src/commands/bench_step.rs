@@ -74,6 +74,9 @@ pub fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
     }
     let input = InputSize::from_side(args.side)
         .with_context(|| format!("--side {} is not one of 32, 64, 224", args.side))?;
+    if args.precision == tfkd_core::precision::Precision::Bf16 && args.device.is_cpu() {
+        bail!("--precision bf16 needs a GPU (--device cuda or metal): candle's CPU matrix products have no bf16 kernel");
+    }
     let device = tfkd_runner::device::open_device(args.device)?;
     args.precision.apply();
     if !device.is_cpu() {
@@ -112,6 +115,7 @@ fn time_model(name: &str, input: InputSize, device: &Device, args: &BenchStepArg
     let options = ModelOptions::new(args.classes, input).with_width_divisor(args.width_divisor);
     let varmap = SeededVarMap::new(0);
     let model = tfkd_zoo::build_with(name, &options, varmap.var_builder(DType::F32, device))?;
+    let model = tfkd_zoo::with_activation_dtype(model, args.precision.activation_dtype());
     let mut sgd = Sgd::new(tfkd_zoo::trainable_vars(&varmap), SgdConfig { lr: 0.01, ..SgdConfig::default() })?;
 
     let mut rng = SeededRng::new(1);

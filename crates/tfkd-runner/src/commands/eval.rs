@@ -18,6 +18,8 @@ pub fn run(args: &ConfigArgs, checkpoint: Option<PathBuf>) -> anyhow::Result<()>
         .with_width_divisor(config.model.width_divisor);
     let model = load_teacher(&config.model.name, &opts, &path, &device)
         .with_context(|| format!("loading {} into {}", path.display(), config.model.name))?;
+    config.precision.apply();
+    let model = tfkd_zoo::with_activation_dtype(model, config.precision.activation_dtype());
     let (loss, acc) = evaluate(model.as_ref(), &loaders.test)?;
     println!(
         "{}: top-1 {:.2}%, top-5 {:.2}%, loss {loss:.4} on {} test images",

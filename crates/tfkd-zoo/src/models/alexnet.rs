@@ -10,7 +10,8 @@
 //! zoo uses at every size (the flatten fails at 64×64).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use crate::layers::Linear;
 
 use crate::layers::{conv2d, linear, BiasInit, Conv2d, ConvSpec, WeightInit};
 use crate::ops::{global_avg_pool, max_pool2d};

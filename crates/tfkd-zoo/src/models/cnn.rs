@@ -9,7 +9,8 @@
 //! 8192 at 64×64 for Tiny-ImageNet, where `Net`'s hard-coded `4*4` would fail).
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use crate::layers::Linear;
 
 use crate::layers::{bn2d, conv2d, conv_bn, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
 use crate::ops::max_pool2d;

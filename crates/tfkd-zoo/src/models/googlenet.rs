@@ -10,7 +10,8 @@
 //! pool branch is max-pool 3 stride 1 padding 1 → conv1×1. Every conv has a bias.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use crate::layers::Linear;
 
 use crate::layers::{bn, bn2d, conv2d, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
 use crate::ops::{global_avg_pool, max_pool2d};

@@ -15,7 +15,8 @@
 //! weight kaiming_normal(fan_in).
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use crate::layers::Linear;
 
 use crate::layers::{bn2d, conv2d, linear, BatchNorm, BiasInit, Conv2d, ConvSpec, ResidualBlock, WeightInit};
 use crate::ops::global_avg_pool;

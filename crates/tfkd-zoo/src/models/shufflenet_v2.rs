@@ -9,7 +9,8 @@
 //! BN → ReLU → global average pool → Linear.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use crate::layers::Linear;
 
 use crate::layers::{bn2d, conv2d, conv_bn, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
 use crate::ops::global_avg_pool;

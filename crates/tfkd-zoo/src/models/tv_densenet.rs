@@ -12,7 +12,8 @@
 //! kaiming_normal(fan_in), BN 1/0, classifier bias 0.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use crate::layers::Linear;
 
 use crate::layers::{bn2d, conv2d, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
 use crate::ops::{avg_pool2d, global_avg_pool, max_pool2d};

@@ -12,7 +12,8 @@
 //! torchvision: conv kaiming_normal(fan_out), BN 1/0, `fc` PyTorch default.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use crate::layers::Linear;
 
 use crate::layers::{bn2d, conv2d, linear, BatchNorm, BiasInit, Conv2d, ConvSpec, ResidualBlock, WeightInit};
 use crate::ops::{global_avg_pool, max_pool2d};

@@ -13,7 +13,8 @@
 //! bias.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
+use crate::layers::Linear;
 
 use crate::layers::{bn2d, conv2d, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
 use crate::ops::{adaptive_avg_pool2d, max_pool2d};

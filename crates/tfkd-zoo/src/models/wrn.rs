@@ -12,7 +12,8 @@
 //! Linear bias 0.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use crate::layers::Linear;
 
 use crate::layers::{bn2d, conv2d, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
 use crate::ops::global_avg_pool;
