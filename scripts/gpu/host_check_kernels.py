@@ -4,7 +4,8 @@ machine without a GPU: the file is compiled as plain C++ (one "thread" that
 walks every grid-stride loop), called through ctypes, and compared with
 PyTorch on the CPU: ReLU / ReLU6 and their gradients at the bounds, max
 pooling forward and backward with ties and NaN (PyTorch's rule: first
-maximum, last NaN), the per-channel bias, and the fused losses' row terms, totals and gradients
+maximum, last NaN), the per-channel bias, SGD's in-place update (against
+torch.optim.SGD), and the fused losses' row terms, totals and gradients
 (label targets as in CE / LSR / Tf-KD_reg, teacher targets as in KD) against
 the formulas of crates/tfkd-core/src/loss/fused.rs written with torch ops.
 
@@ -37,6 +38,9 @@ using std::isnan; using std::max; using std::min;
 #define __forceinline__ inline
 #define __shared__ static
 #define __syncthreads()
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
 struct Dim3 { unsigned x; };
 static Dim3 blockIdx{0}, blockDim{1}, threadIdx{0}, gridDim{1};
 #include "KERNELS"
@@ -115,6 +119,26 @@ def main():
     db = torch.empty(5)
     lib.tfkd_channel_sums_f32(ptr(y), ptr(db), u64(3), i32(5), u64(24))
     check("channel bias gradient (sums)", db, y.double().sum((0, 2, 3)).float())
+
+    # SGD with momentum, in place: the buffer's update, then the parameter's,
+    # against torch.optim.SGD stepping from the same buffer.
+    for momentum, dampening, wd, nesterov in [(0.9, 0.0, 5e-4, False), (0.9, 0.0, 5e-4, True), (0.5, 0.1, 0.0, False), (0.0, 0.0, 1e-3, False)]:
+        p0, g = torch.randn(50, generator=gen), torch.randn(50, generator=gen)
+        b0 = torch.randn(50, generator=gen)
+        param = torch.nn.Parameter(p0.clone())
+        opt = torch.optim.SGD([param], lr=0.1, momentum=momentum, dampening=dampening, weight_decay=wd, nesterov=nesterov)
+        if momentum:
+            opt.state[param]["momentum_buffer"] = b0.clone()
+        param.grad = g.clone()
+        opt.step()
+        p, b = p0.clone(), b0.clone()
+        if momentum:
+            lib.tfkd_sgd_momentum_f32(ptr(b), ptr(g), ptr(p), f32(momentum), f32(1 - dampening), f32(wd), u64(50))
+        lib.tfkd_sgd_step_f32(ptr(p), ptr(g), ptr(b), f32(0.1), f32(wd), f32(momentum), i32(int(nesterov)), i32(int(momentum != 0)), u64(50))
+        name = f"SGD momentum {momentum} dampening {dampening} wd {wd} nesterov {nesterov}"
+        check(name + ": parameter", p, param.detach())
+        if momentum:
+            check(name + ": buffer", b, opt.state[param]["momentum_buffer"])
 
     # Fused losses.
     class LossParams(ctypes.Structure):

@@ -1,12 +1,14 @@
 //! tfkd's own CUDA kernels (`src/cuda/kernels.cu`, compiled to PTX by nvcc
-//! in `build.rs`, loaded once per GPU): ReLU / ReLU6 and max pooling, each
-//! one kernel forward and one backward with the CPU ops' rules for the
-//! gradient at the clamp bounds, ties and NaN. `--features cuda` only.
+//! in `build.rs`, loaded once per GPU): ReLU / ReLU6, max pooling, the conv
+//! bias and the fused losses, each one kernel forward and one backward with
+//! the CPU ops' rules for the gradient at the clamp bounds, ties and NaN;
+//! and SGD's update in place (two kernels per parameter instead of eight
+//! candle ops and their allocations). `--features cuda` only.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
-use candle_core::{DType, Layout, Result};
+use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Result};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
 const MODULE: &str = "tfkd_core_kernels";
@@ -306,4 +308,98 @@ pub(crate) fn channel_sums(g: (&CudaStorage, &Layout)) -> Result<CudaStorage> {
     // SAFETY: the kernel's signature; one block per channel writes db[c].
     unsafe { bl.launch(per_row(c)) }.map_err(candle_core::Error::wrap)?;
     Ok(CudaStorage::wrap_cuda_slice(db, dev))
+}
+
+/// The f32 elements of a contiguous operand written in place.
+fn f32_view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, op: &str) -> Result<CudaViewMut<'a, f32>> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: the operand is not contiguous")
+    };
+    Ok(s.as_cuda_slice_mut::<f32>()?.slice_mut(start..end))
+}
+
+fn same_len(op: &str, ls: [&Layout; 3]) -> Result<u64> {
+    let n = ls[0].shape().elem_count();
+    if ls.iter().any(|l| l.shape().elem_count() != n) {
+        candle_core::bail!("{op}: operands of {:?}, {:?} and {:?} elements", ls[0].shape(), ls[1].shape(), ls[2].shape())
+    }
+    Ok(n as u64)
+}
+
+/// SGD's momentum buffer update in place: `b ← μ·b + (1 − τ)·(g + λ·p)`
+/// (`(b, g, p)`; `optim::Sgd` on f32 GPU tensors).
+pub(crate) struct SgdMomentum {
+    pub momentum: f32,
+    pub one_minus_dampening: f32,
+    pub weight_decay: f32,
+}
+
+/// SGD's parameter update in place: `p ← p − lr·d` with `d` the direction
+/// after momentum (`(p, g, b)`; `b` unread when `has_buffer` is false).
+pub(crate) struct SgdStep {
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub momentum: f32,
+    pub nesterov: bool,
+    pub has_buffer: bool,
+}
+
+fn gpu_only(op: &str) -> Result<()> {
+    candle_core::bail!("{op}: a GPU op was given CPU tensors")
+}
+
+impl InplaceOp3 for SgdMomentum {
+    fn name(&self) -> &'static str {
+        "tfkd-sgd-momentum"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+        gpu_only(self.name())
+    }
+
+    fn cuda_fwd(&self, b: &mut CudaStorage, bl: &Layout, g: &CudaStorage, gl: &Layout, p: &CudaStorage, pl: &Layout) -> Result<()> {
+        let n = same_len(self.name(), [bl, gl, pl])?;
+        let dev = b.device().clone();
+        let (gv, pv) = (f32_view(g, gl, self.name())?, f32_view(p, pl, self.name())?);
+        let mut bv = f32_view_mut(b, bl, self.name())?;
+        let func = dev.get_or_load_custom_func("tfkd_sgd_momentum_f32", MODULE, PTX)?;
+        let mut builder = func.builder();
+        builder.arg(&mut bv).arg(&gv).arg(&pv).arg(&self.momentum).arg(&self.one_minus_dampening).arg(&self.weight_decay).arg(&n);
+        // SAFETY: the kernel's signature; three buffers of n elements.
+        unsafe { builder.launch(config(n)) }.map_err(candle_core::Error::wrap)?;
+        Ok(())
+    }
+}
+
+impl InplaceOp3 for SgdStep {
+    fn name(&self) -> &'static str {
+        "tfkd-sgd-step"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+        gpu_only(self.name())
+    }
+
+    fn cuda_fwd(&self, p: &mut CudaStorage, pl: &Layout, g: &CudaStorage, gl: &Layout, b: &CudaStorage, bl: &Layout) -> Result<()> {
+        let n = same_len(self.name(), [pl, gl, bl])?;
+        let dev = p.device().clone();
+        let (gv, bv) = (f32_view(g, gl, self.name())?, f32_view(b, bl, self.name())?);
+        let mut pv = f32_view_mut(p, pl, self.name())?;
+        let (nesterov, has_buffer) = (i32::from(self.nesterov), i32::from(self.has_buffer));
+        let func = dev.get_or_load_custom_func("tfkd_sgd_step_f32", MODULE, PTX)?;
+        let mut builder = func.builder();
+        builder
+            .arg(&mut pv)
+            .arg(&gv)
+            .arg(&bv)
+            .arg(&self.lr)
+            .arg(&self.weight_decay)
+            .arg(&self.momentum)
+            .arg(&nesterov)
+            .arg(&has_buffer)
+            .arg(&n);
+        // SAFETY: the kernel's signature; three buffers of n elements.
+        unsafe { builder.launch(config(n)) }.map_err(candle_core::Error::wrap)?;
+        Ok(())
+    }
 }

@@ -107,6 +107,11 @@ impl Sgd {
             // step that made them, and the momentum buffer lives across
             // steps; without this every buffer would keep every past graph.
             let grad = grad.detach();
+            #[cfg(feature = "cuda")]
+            if crate::own_cuda_kernels(var.as_tensor()) && grad.dtype() == candle_core::DType::F32 {
+                step_on_gpu(var, &grad.contiguous()?, buffer, &self.config)?;
+                continue;
+            }
             let p = var.as_tensor().detach();
             let mut d = if weight_decay != 0.0 { (&grad + (&p * weight_decay)?)? } else { grad };
             if momentum != 0.0 {
@@ -151,7 +156,8 @@ impl Sgd {
                         var.dims()
                     )));
                 }
-                *slot = Some(b.to_device(var.device())?.to_dtype(var.dtype())?);
+                // A buffer of its own: on a GPU the step updates it in place.
+                *slot = Some(b.to_device(var.device())?.to_dtype(var.dtype())?.copy()?);
             }
         }
         if let Some(name) = state.keys().min() {
@@ -407,4 +413,44 @@ impl Optimizer {
             Optimizer::Adam(o) => o.load_state(state),
         }
     }
+}
+
+/// [`Sgd::step`] of one f32 parameter on a GPU: the same arithmetic, rounded
+/// the same way, as two in-place kernels (the buffer's update, then the
+/// parameter's) instead of eight candle ops with an allocation each. The
+/// first step makes the buffer (`b = d`) with candle ops.
+#[cfg(feature = "cuda")]
+fn step_on_gpu(var: &Var, grad: &Tensor, buffer: &mut Option<Tensor>, config: &SgdConfig) -> Result<()> {
+    use crate::cuda::{SgdMomentum, SgdStep};
+    let SgdConfig { lr, momentum, dampening, weight_decay, nesterov } = *config;
+    let p = var.as_tensor();
+    let step = SgdStep {
+        lr: lr as f32,
+        weight_decay: weight_decay as f32,
+        momentum: momentum as f32,
+        nesterov,
+        has_buffer: momentum != 0.0,
+    };
+    if momentum == 0.0 {
+        p.inplace_op3(grad, grad, &step)?;
+        return Ok(());
+    }
+    let b = match buffer.take() {
+        None => {
+            let p = p.detach();
+            if weight_decay != 0.0 { (grad + (&p * weight_decay)?)? } else { grad.copy()? }
+        }
+        Some(b) => {
+            let update = SgdMomentum {
+                momentum: momentum as f32,
+                one_minus_dampening: (1.0 - dampening) as f32,
+                weight_decay: weight_decay as f32,
+            };
+            b.inplace_op3(grad, p, &update)?;
+            b
+        }
+    };
+    p.inplace_op3(grad, &b, &step)?;
+    *buffer = Some(b);
+    Ok(())
 }

@@ -265,3 +265,32 @@ extern "C" __global__ void tfkd_channel_sums_f32(const float* g, float* db, uint
         if (threadIdx.x == 0) db[ch] = (float)acc;
     }
 }
+
+// ---------------------------------------------------------------------------
+// SGD with momentum (torch.optim.SGD), in place, one pass per parameter:
+// d = g + wd p; b = mu b + (1 - tau) d; d = nesterov ? d + mu b : b;
+// p = p - lr d. Rounded as candle's separate f32 operations on the CPU
+// (no fused multiply-adds), so both devices step alike.
+
+__device__ __forceinline__ float sgd_direction(float g, float p, float wd) {
+    return wd != 0.0f ? __fadd_rn(g, __fmul_rn(p, wd)) : g;
+}
+
+// b <- mu b + (1 - tau) d (the buffer's update, before p changes).
+extern "C" __global__ void tfkd_sgd_momentum_f32(float* b, const float* g, const float* p, float mu, float one_minus_tau, float wd, uint64_t n) {
+    GRID_STRIDE(i, n) {
+        float d = sgd_direction(g[i], p[i], wd);
+        b[i] = __fadd_rn(__fmul_rn(b[i], mu), __fmul_rn(d, one_minus_tau));
+    }
+}
+
+// p <- p - lr d, with d the direction after momentum (b already updated;
+// has_buffer 0: plain SGD).
+extern "C" __global__ void tfkd_sgd_step_f32(float* p, const float* g, const float* b, float lr, float wd, float mu, int nesterov, int has_buffer, uint64_t n) {
+    GRID_STRIDE(i, n) {
+        float pi = p[i];
+        float d = sgd_direction(g[i], pi, wd);
+        if (has_buffer) d = nesterov ? __fadd_rn(d, __fmul_rn(b[i], mu)) : b[i];
+        p[i] = __fsub_rn(pi, __fmul_rn(d, lr));
+    }
+}
