@@ -269,7 +269,7 @@ def pipelines(dataset):
 
 def loss_label_smoothing(outputs, labels, eps):
     n, c = outputs.shape
-    smoothed = torch.full((n, c), eps / (c - 1), dtype=outputs.dtype)
+    smoothed = torch.full((n, c), eps / (c - 1), dtype=outputs.dtype, device=outputs.device)
     smoothed.scatter_(1, labels.unsqueeze(1), 1 - eps)
     return -torch.sum(F.log_softmax(outputs, dim=1) * smoothed) / n
 
@@ -296,11 +296,12 @@ def lr_at(base, epoch, it, iters, warmup_epochs, milestones, gamma):
     return base * gamma ** sum(1 for m in milestones if m <= epoch)
 
 
-def evaluate(model, loader):
+def evaluate(model, loader, device):
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
     with torch.no_grad():
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             out = model(x)
             loss_sum += F.cross_entropy(out, y, reduction="sum").item()
             correct += (out.argmax(1) == y).sum().item()
@@ -329,6 +330,8 @@ def main():
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda: cudnn.benchmark, TF32 convolutions: PyTorch's defaults)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for the training set")
     p.add_argument("--params-only", action="store_true", help="print the parameter count and exit")
     p.add_argument("--out", help="output folder (metrics.json, metrics.csv)")
     a = p.parse_args()
@@ -337,7 +340,10 @@ def main():
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
     folder, train_file, test_file, side, classes = DATASETS[a.dataset]
-    model = MODELS[a.model](classes, a.width_divisor)
+    device = torch.device(a.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model = MODELS[a.model](classes, a.width_divisor).to(device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{a.model} /{a.width_divisor} K={classes}: {n_params} parameters", flush=True)
     if a.params_only:
@@ -352,7 +358,7 @@ def main():
     gen = torch.Generator()
     gen.manual_seed(a.seed)
     train_loader = torch.utils.data.DataLoader(RecordDataset(xtr, ytr, train_tf), batch_size=a.batch_size,
-                                               shuffle=True, drop_last=False, num_workers=0, generator=gen)
+                                               shuffle=True, drop_last=False, num_workers=a.workers, generator=gen)
     test_loader = torch.utils.data.DataLoader(RecordDataset(xte, yte, test_tf), batch_size=256, shuffle=False, num_workers=0)
 
     base_lr = a.lr * a.batch_size / 128
@@ -377,6 +383,7 @@ def main():
         model.train()
         loss_sum, correct, seen, lr = 0.0, 0, 0, base_lr
         for it, (x, y) in enumerate(train_loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             lr = lr_at(base_lr, epoch, it, iters, a.warmup_epochs, milestones, a.gamma)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -390,7 +397,7 @@ def main():
             seen += y.numel()
         if not math.isfinite(loss_sum):
             print(f"epoch {epoch + 1}: non-finite loss", flush=True)
-        test_top1, test_loss = evaluate(model, test_loader)
+        test_top1, test_loss = evaluate(model, test_loader, device)
         rec = dict(epoch=epoch + 1, lr=lr, train_loss=loss_sum / seen, train_top1=100.0 * correct / seen,
                    test_loss=test_loss, test_top1=test_top1, seconds=time.time() - t0)
         history.append(rec)
