@@ -5,7 +5,7 @@
 # folder; set it yourself elsewhere).
 #
 # Prepare `.gpu/` on the build machine with `scripts/gpu/prepare.sh` (tfkd and
-# the cuda_ops test binary built with `--features cuda`, run-cuda.sh, the
+# the cuda_ops and zoo parity test binaries built with `--features cuda`, run-cuda.sh, the
 # cifar10-mini data), carry it, then on the GPU machine, from the repository
 # root: `bash scripts/gpu/check.sh`.
 # MODELS, CONFIGS, TRAIN_LIMIT (seconds per training run) and TRAIN_ARGS (extra
@@ -21,7 +21,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cd "${GPU_DIR:-.gpu}"
 cp "$here"/c10mini-*.toml .
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
-for b in tfkd cuda_ops; do gunzip -f $b.gz && chmod +x $b; done
+for b in tfkd cuda_ops parity; do [ -f $b.gz ] && gunzip -f $b.gz; chmod +x $b; done
 # tfkd opens cuDNN at run time: take the one PyTorch's wheels installed unless
 # TFKD_CUDNN_LIB already names a file.
 if [ -z "${TFKD_CUDNN_LIB:-}" ]; then
@@ -54,6 +54,9 @@ grep -E "^test |test result|through|panicked|error" $OUT/cuda-ops.txt | head -40
 echo "== CUDA ops vs CPU, TFKD_CUDNN=0"; date
 TFKD_CUDNN=0 timeout 240 ./run-cuda.sh ./cuda_ops --test-threads=1 --nocapture > $OUT/cuda-ops-no-cudnn.txt 2>&1; echo "exit $?" >> $OUT/cuda-ops-no-cudnn.txt
 grep -E "test result|through|panicked" $OUT/cuda-ops-no-cudnn.txt | head -20
+echo "== the zoo's PyTorch parity, on CUDA"; date
+TFKD_FIXTURES="$here/../../fixtures" timeout 240 ./run-cuda.sh ./parity --test-threads=1 --nocapture > $OUT/parity-cuda.txt 2>&1; echo "exit $?" >> $OUT/parity-cuda.txt
+grep -E "test result|panicked|differ" $OUT/parity-cuda.txt | head -20
 models="${MODELS:-cnn resnet18 mobilenet_v2 shufflenet_v2 densenet121 resnext29}"
 sample() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > "$1" & echo $!; }
 for m in $models; do

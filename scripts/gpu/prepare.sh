@@ -5,6 +5,8 @@
 #
 #   tfkd.gz       `tfkd` built with `--features cuda` (stripped, gzipped)
 #   cuda_ops.gz   tfkd-core's CUDA-vs-CPU op tests (tests/cuda_ops.rs)
+#   parity.gz     tfkd-zoo's PyTorch parity tests, which also run on CUDA
+#                 (they read the repository's fixtures/, carried with the tree)
 #   run-cuda.sh   the launcher that puts the CUDA libraries on the path
 #   data/cifar10-mini   the 5k/2k real CIFAR-10 subset, for the training runs
 #
@@ -18,19 +20,26 @@ shared=${SHARED_DIR:-$root/../shared}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tfkd-target}
 eval "$("$shared"/gpu/build-cuda.sh --print-env)"
 cargo build --release -p tfkd-runner --features cuda
-tests=$(cargo test --release -p tfkd-core --features cuda --test cuda_ops --no-run --message-format=json \
-  | python3 -c 'import json,sys
+# The test binary named $2 of package $1, built with CUDA; its path.
+test_binary() {
+  cargo test --release -p "$1" --features cuda --test "$2" --no-run --message-format=json \
+    | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda_ops":
-        print(m["executable"])')
-[ -n "$tests" ] || { echo "prepare.sh: no cuda_ops test binary was built" >&2; exit 1; }
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$2"
+}
+cuda_ops=$(test_binary tfkd-core cuda_ops)
+parity=$(test_binary tfkd-zoo parity)
+[ -n "$cuda_ops" ] && [ -n "$parity" ] || { echo "prepare.sh: a test binary was not built" >&2; exit 1; }
 mkdir -p .gpu/data
-pack() { strip -o .gpu/"$2" "$1" && gzip -f .gpu/"$2"; }
+pack() { strip -o .gpu/"$2" "$1" && gzip -9f .gpu/"$2"; }
 pack "$CARGO_TARGET_DIR/release/tfkd" tfkd
-pack "$tests" cuda_ops
+pack "$cuda_ops" cuda_ops
+pack "$parity" parity
 cp "$shared"/gpu/run-cuda.sh .gpu/
 [ -d .gpu/data/cifar10-mini ] || cp -r "$shared"/data/cifar10-mini .gpu/data/
 git rev-parse HEAD > .gpu/commit.txt
 du -sh .gpu
+[ "$(du -sm .gpu | cut -f1)" -lt 64 ] || echo "prepare.sh: WARNING: .gpu is over the device tool's 64 MiB carry limit" >&2
 echo "prepare.sh: .gpu is ready (commit $(cut -c1-12 .gpu/commit.txt)); on the GPU machine: bash scripts/gpu/check.sh"

@@ -186,7 +186,8 @@ mod on_gpu {
         let Some(dev) = gpu() else { return };
         let mut rng = SeededRng::new(11);
         let x = (random(&mut rng, &[3, 6, 9, 9]) * 4.0).unwrap();
-        let ops: Vec<(&str, Box<dyn Fn(&Tensor) -> Tensor>)> = vec![
+        type UnaryOp = Box<dyn Fn(&Tensor) -> Tensor>;
+        let ops: Vec<(&str, UnaryOp)> = vec![
             ("relu", Box::new(|t| tfkd_core::activation::relu(t).unwrap())),
             ("relu6", Box::new(|t| tfkd_core::activation::relu6(t).unwrap())),
             ("max pool 2x2 s2", Box::new(|t| tfkd_core::pool::max_pool2d(t, 2, 2, 0).unwrap())),

@@ -19,10 +19,18 @@ const LOGIT_TOL: f32 = 1e-4;
 const GRAD_TOL: f32 = 1e-3;
 
 fn check_case(case: &str) -> Result<()> {
-    let fx = fixture(&format!("{case}.safetensors"))?;
+    check_case_on(case, &Device::Cpu)
+}
+
+/// The parity of `case` with the network (and the references) on `dev`.
+fn check_case_on(case: &str, dev: &Device) -> Result<()> {
+    let mut fx = fixture(&format!("{case}.safetensors"))?;
+    for t in fx.values_mut() {
+        *t = t.to_device(dev)?;
+    }
     let params = with_prefix(&fx, "param.");
     let vm = varmap_from(&params)?;
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
     let (model, side) = build_case(case, vb)?;
     // Every tensor of the PyTorch state dict was used, and only those.
     let shapes = tfkd_zoo::record_shapes(|vb| {
@@ -116,6 +124,32 @@ parity!(
     vgg,
     vgg_t64
 );
+
+/// The same parity on a GPU, strict f32 (no TF32), every case; built with
+/// `--features cuda` and run where a GPU is (`scripts/gpu/check.sh`).
+#[cfg(feature = "cuda")]
+#[test]
+fn every_case_matches_pytorch_on_cuda() -> Result<()> {
+    let dev = match Device::new_cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            return Ok(());
+        }
+    };
+    tfkd_core::precision::set_conv_tf32(false);
+    let failures: Vec<String> = CASES.iter().filter_map(|case| check_case_on(case, &dev).err().map(|e| format!("{case}: {e:#}"))).collect();
+    if !failures.is_empty() {
+        bail!("{} of {} cases differ on CUDA:\n{}", failures.len(), CASES.len(), failures.join("\n"))
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn parity_on_cuda_is_skipped_without_the_cuda_feature() {
+    eprintln!("skipped: tfkd-zoo built without `--features cuda`; scripts/gpu/check.sh runs the parity on a GPU");
+}
 
 #[test]
 fn every_case_is_tested() {

@@ -18,13 +18,14 @@ use tfkd_zoo::Model;
 /// Number of classes of the reduced cases.
 pub const K: usize = 10;
 
-/// `fixtures/zoo/` of the workspace.
+/// `fixtures/zoo/` of the workspace, or of the `fixtures` folder named by
+/// `TFKD_FIXTURES` (a test binary carried to another machine, e.g. the GPU
+/// one of `scripts/gpu/check.sh`, finds the repository's fixtures there).
 pub fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("..")
-        .join("fixtures")
-        .join("zoo")
+    match std::env::var_os("TFKD_FIXTURES") {
+        Some(dir) => PathBuf::from(dir).join("zoo"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("fixtures").join("zoo"),
+    }
 }
 
 /// Loads `fixtures/zoo/<name>`.
