@@ -267,18 +267,10 @@ pub(crate) fn fused_loss_gradient(
     Ok(CudaStorage::wrap_cuda_slice(grad, inp.dev))
 }
 
-/// `(N, C, S)` of a contiguous `(N, C, …)` operand.
-fn ncs(l: &Layout, op: &str) -> Result<(usize, usize, usize)> {
-    let d = l.shape().dims();
-    if d.len() < 2 {
-        candle_core::bail!("{op}: the input must have at least two dims, got {d:?}")
-    }
-    Ok((d[0], d[1], d[2..].iter().product()))
-}
 
 /// `y + b[c]` per channel.
 pub(crate) fn channel_bias(y: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout)) -> Result<CudaStorage> {
-    let (_, c, plane) = ncs(y.1, "tfkd-channel-bias")?;
+    let (_, c, plane) = crate::cpu::ncs(y.1.shape(), "tfkd-channel-bias")?;
     if b.1.shape().elem_count() != c {
         candle_core::bail!("tfkd-channel-bias: {} biases for {c} channels", b.1.shape().elem_count())
     }
@@ -297,7 +289,7 @@ pub(crate) fn channel_bias(y: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout
 
 /// `Σ_{n, s} g[n, c, s]` per channel.
 pub(crate) fn channel_sums(g: (&CudaStorage, &Layout)) -> Result<CudaStorage> {
-    let (n, c, plane) = ncs(g.1, "tfkd-channel-sums")?;
+    let (n, c, plane) = crate::cpu::ncs(g.1.shape(), "tfkd-channel-sums")?;
     let dev = g.0.device().clone();
     let gv = f32_view(g.0, g.1, "tfkd-channel-sums")?;
     let mut db = output(&dev, c)?;

@@ -85,13 +85,15 @@ struct CudnnBatchNormBackward {
     params: Mutex<Option<(CudaSlice<f32>, CudaSlice<f32>)>>,
 }
 
-/// The 4-d shape cuDNN sees: `(N, C, rest, 1)`.
-fn nc_rest(l: &Layout) -> Result<[usize; 4]> {
-    let d = l.shape().dims();
-    if d.len() < 2 {
-        candle_core::bail!("tfkd-cudnn-batch-norm: the input must have at least two dims, got {d:?}")
-    }
-    Ok([d[0], d[1], d[2..].iter().product(), 1])
+/// What both passes start from: the library, the 4-d shape cuDNN sees,
+/// `(N, C, rest, 1)`, the GPU and the activations' cuDNN data type.
+fn prologue(op: &str, xs: &CudaStorage, xl: &Layout) -> Result<(Arc<cudnn::Api>, [usize; 4], CudaDevice, std::ffi::c_int)> {
+    let Some(api) = cudnn::api() else {
+        candle_core::bail!("{op}: cuDNN is not loaded")
+    };
+    let (n, c, rest) = crate::cpu::ncs(xl.shape(), op)?;
+    let data_type = cudnn::data_type(xs.dtype()).unwrap_or(cudnn::DATA_FLOAT);
+    Ok((api, [n, c, rest, 1], xs.device().clone(), data_type))
 }
 
 /// The device address of a contiguous operand. (The guards are dropped at
@@ -147,11 +149,7 @@ impl CustomOp3 for CudnnBatchNorm {
         bs: &CudaStorage,
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let Some(api) = cudnn::api() else {
-            candle_core::bail!("tfkd-cudnn-batch-norm: cuDNN is not loaded")
-        };
-        let dims = nc_rest(xl)?;
-        let dev = xs.device().clone();
+        let (api, dims, dev, data_type) = prologue(self.name(), xs, xl)?;
         let stream = dev.cuda_stream();
         let c = dims[1];
         let wrap = candle_core::Error::wrap;
@@ -161,7 +159,6 @@ impl CustomOp3 for CudnnBatchNorm {
         // Zeroed: the running average with factor 1 still reads it (0·old).
         let mut running_mean = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
         let mut unbiased_var = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
-        let data_type = cudnn::data_type(xs.dtype()).unwrap_or(cudnn::DATA_FLOAT);
         let x_desc = Descriptor::tensor(&api, data_type, dims)?;
         let p_desc = Descriptor::batch_norm_param(&api, &x_desc)?;
         {
@@ -248,18 +245,13 @@ impl CustomOp3 for CudnnBatchNormBackward {
         gs: &CudaStorage,
         gl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let Some(api) = cudnn::api() else {
-            candle_core::bail!("tfkd-cudnn-batch-norm-backward: cuDNN is not loaded")
-        };
-        let dims = nc_rest(xl)?;
-        let dev = xs.device().clone();
+        let (api, dims, dev, data_type) = prologue(self.name(), xs, xl)?;
         let stream = dev.cuda_stream();
         let c = dims[1];
         let wrap = candle_core::Error::wrap;
         let (dx, pdx) = alloc(&dev, xs.dtype(), xl.shape().elem_count())?;
         // SAFETY: every element of each is written by cuDNN (β = 0 for all).
         let (mut dgamma, mut dbeta) = unsafe { (stream.alloc::<f32>(c).map_err(wrap)?, stream.alloc::<f32>(c).map_err(wrap)?) };
-        let data_type = cudnn::data_type(xs.dtype()).unwrap_or(cudnn::DATA_FLOAT);
         let x_desc = Descriptor::tensor(&api, data_type, dims)?;
         let p_desc = Descriptor::batch_norm_param(&api, &x_desc)?;
         {
