@@ -113,6 +113,11 @@ type FnConv = unsafe extern "C" fn(
     *mut c_void,
 ) -> Status;
 
+/// `cudnnGetConvolution*WorkspaceSize`: (handle, first operand, second
+/// operand, convolution, output, algorithm, size out), the descriptors in
+/// the order of the pass's other calls.
+pub(crate) type FnWorkspace = unsafe extern "C" fn(Opaque, Opaque, Opaque, Opaque, Opaque, c_int, *mut usize) -> Status;
+
 /// The functions tfkd calls, resolved once from the loaded library.
 pub(crate) struct Api {
     _lib: libloading::Library,
@@ -132,6 +137,9 @@ pub(crate) struct Api {
     set_conv_2d: unsafe extern "C" fn(Opaque, c_int, c_int, c_int, c_int, c_int, c_int, c_int, c_int) -> Status,
     set_group_count: unsafe extern "C" fn(Opaque, c_int) -> Status,
     set_math_type: unsafe extern "C" fn(Opaque, c_int) -> Status,
+    pub workspace_fwd: FnWorkspace,
+    pub workspace_bwd_data: FnWorkspace,
+    pub workspace_bwd_filter: FnWorkspace,
     pub find_fwd: FnFind,
     pub find_bwd_data: FnFind,
     pub find_bwd_filter: FnFind,
@@ -216,6 +224,9 @@ impl Api {
                 set_conv_2d: sym!("cudnnSetConvolution2dDescriptor"),
                 set_group_count: sym!("cudnnSetConvolutionGroupCount"),
                 set_math_type: sym!("cudnnSetConvolutionMathType"),
+                workspace_fwd: sym!("cudnnGetConvolutionForwardWorkspaceSize"),
+                workspace_bwd_data: sym!("cudnnGetConvolutionBackwardDataWorkspaceSize"),
+                workspace_bwd_filter: sym!("cudnnGetConvolutionBackwardFilterWorkspaceSize"),
                 find_fwd: sym!("cudnnFindConvolutionForwardAlgorithmEx"),
                 find_bwd_data: sym!("cudnnFindConvolutionBackwardDataAlgorithmEx"),
                 find_bwd_filter: sym!("cudnnFindConvolutionBackwardFilterAlgorithmEx"),
@@ -363,6 +374,17 @@ pub(crate) enum Pass {
     Forward,
     BackwardData,
     BackwardFilter,
+}
+
+impl Pass {
+    /// How many algorithms cuDNN has for the pass (`*_ALGO_COUNT`).
+    pub fn algorithms(self) -> c_int {
+        match self {
+            Pass::Forward => 8,
+            Pass::BackwardData => 6,
+            Pass::BackwardFilter => 7,
+        }
+    }
 }
 
 /// What identifies a convolution for the algorithm cache.

@@ -236,11 +236,12 @@ fn run_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
             Pass::BackwardData => (api.find_bwd_data, api.conv_bwd_data, "cudnnConvolutionBackwardData"),
             Pass::BackwardFilter => (api.find_bwd_filter, api.conv_bwd_filter, "cudnnConvolutionBackwardFilter"),
         };
+        let search = Search { pass, find, descriptors: [d1, d2, &conv, d3], math };
         cudnn::with_device(&api, &dev, |state| {
             let choice = match state.algos.get(&key) {
                 Some(c) => *c,
                 None => {
-                    let c = find_algorithm(&api, state.handle, &stream, find, (d1, pa), (d2, pb), &conv, (d3, po), math)?;
+                    let c = find_algorithm(&api, state.handle, &stream, &search, (pa, pb, po))?;
                     state.algos.insert(key, c);
                     c
                 }
@@ -282,23 +283,52 @@ fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<
     Ok(T::as_cuda_slice(s)?.slice(start..end))
 }
 
+/// One pass's algorithm search: which pass, its `Find` function, the
+/// descriptors in the pass's order (first operand, second operand,
+/// convolution, output) and the math type asked for.
+struct Search<'a> {
+    pass: Pass,
+    find: cudnn::FnFind,
+    descriptors: [&'a Descriptor<'a>; 4],
+    math: c_int,
+}
+
+/// The most workspace any algorithm of the pass needs for these shapes, up
+/// to the bound (an algorithm that does not apply is skipped).
+fn largest_workspace(api: &cudnn::Api, handle: *mut c_void, search: &Search, bound: usize) -> usize {
+    let size_of = match search.pass {
+        Pass::Forward => api.workspace_fwd,
+        Pass::BackwardData => api.workspace_bwd_data,
+        Pass::BackwardFilter => api.workspace_bwd_filter,
+    };
+    let [d1, d2, conv, d3] = search.descriptors;
+    (0..search.pass.algorithms())
+        .filter_map(|algo| {
+            let mut bytes = 0usize;
+            // SAFETY: valid descriptors of this pass; cuDNN writes one size.
+            let status = unsafe { size_of(handle, d1.raw, d2.raw, conv.raw, d3.raw, algo, &mut bytes) };
+            (status == 0).then_some(bytes)
+        })
+        .filter(|&bytes| bytes <= bound)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Times every algorithm of a pass on the real operands (cuDNN's
 /// `Find*AlgorithmEx`, which writes the output) with a temporary workspace
-/// of the bound (halved until it can be allocated), and picks
-/// ([`cudnn::pick`]). Falls back to algorithm 0, which needs no workspace.
-#[allow(clippy::too_many_arguments)]
+/// as large as the hungriest algorithm that fits the bound needs (halved
+/// until it can be allocated), and picks ([`cudnn::pick`]). Falls back to
+/// algorithm 0, which needs no workspace.
 fn find_algorithm(
     api: &cudnn::Api,
     handle: *mut c_void,
     stream: &std::sync::Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
-    find: cudnn::FnFind,
-    (d1, p1): (&Descriptor, *const c_void),
-    (d2, p2): (&Descriptor, *const c_void),
-    conv: &Descriptor,
-    (d3, p3): (&Descriptor, *mut c_void),
-    math: c_int,
+    search: &Search,
+    (p1, p2, p3): (*const c_void, *const c_void, *mut c_void),
 ) -> Result<cudnn::Choice> {
-    let mut bound = cudnn::workspace_bound();
+    let [d1, d2, conv, d3] = search.descriptors;
+    let (find, math) = (search.find, search.math);
+    let mut bound = largest_workspace(api, handle, search, cudnn::workspace_bound());
     let scratch = loop {
         if bound == 0 {
             break None;
