@@ -8,7 +8,7 @@
 # the cuda_ops and zoo parity test binaries built with `--features cuda`, run-cuda.sh, the
 # cifar10-mini data), carry it, then on the GPU machine, from the repository
 # root: `bash scripts/gpu/check.sh`.
-# MODELS, CONFIGS, TRAIN_LIMIT (seconds per training run) and TRAIN_ARGS (extra
+# MODELS, CONFIGS (default: base), TRAIN_LIMIT (seconds per training run) and TRAIN_ARGS (extra
 # `tfkd train` arguments, e.g. `--set epochs=3`) override the defaults;
 # NOCUDNN_MODELS times those models with TFKD_CUDNN=0 (tfkd's own CUDA conv
 # and BatchNorm paths: the before/after of cuDNN in the same session),
@@ -81,7 +81,7 @@ for m in ${CANDLE_CONV_MODELS:-}; do
 done
 (cd "$here/../.." && python3 scripts/bench_steps_torch.py --torch-json $OUT/torch-cuda.jsonl --compare $OUT/tfkd-cuda.jsonl --markdown) | tee $OUT/ratio.md
 [ -s $OUT/tfkd-cuda-bf16.jsonl ] && (cd "$here/../.." && python3 scripts/bench_steps_torch.py --torch-json $OUT/torch-cuda.jsonl --compare $OUT/tfkd-cuda-bf16.jsonl --markdown) | tee $OUT/ratio-bf16.md
-for c in ${CONFIGS:-base reg lsr}; do
+for c in ${CONFIGS:-base}; do
   echo "== train $c"; date
   timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-$c.toml ${TRAIN_ARGS:-} 2>&1 | tail -5
 done
