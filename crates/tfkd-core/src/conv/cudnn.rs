@@ -20,7 +20,7 @@ use crate::cudnn::{self, ConvKey, Descriptor, Pass, Scale};
 /// cuDNN convolves and the library loaded (else `None`: the caller takes its
 /// own path). The operands have been checked by the caller.
 pub(super) fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize, groups: usize) -> Result<Option<Tensor>> {
-    if !x.device().is_cuda() || w.dtype() != x.dtype() || cudnn::data_type(x.dtype()).is_none() || cudnn::api().is_none() {
+    if w.dtype() != x.dtype() || !active(x.device(), x.dtype()) {
         return Ok(None);
     }
     let op = CudnnConv2d { padding, stride, groups };
