@@ -199,7 +199,7 @@ mod tests {
         let mut t = crate::tables::load_table(table).unwrap();
         // One measured network only: ResNet18's baseline cells.
         t.cells.retain(|c| c.student == "resnet18" && c.method == tfkd_distill::Method::Baseline);
-        Plan::build(&[t], &Shared { profile: &profile, device, runs_dir: &runs_dir, seeds: Some(1), replicas: 1 }).unwrap()
+        Plan::build(&[t], &Shared { profile: &profile, device, precision: Default::default(), runs_dir: &runs_dir, seeds: Some(1), replicas: 1 }).unwrap()
     }
 
     #[test]
@@ -220,7 +220,7 @@ mod tests {
         t.cells.truncate(1);
         let profile = Profile::new(ProfileName::Paper, Path::new("data"));
         let runs_dir = PathBuf::from("runs");
-        let shared = Shared { profile: &profile, device: DeviceSpec::Cuda(0), runs_dir: &runs_dir, seeds: Some(1), replicas: 1 };
+        let shared = Shared { profile: &profile, device: DeviceSpec::Cuda(0), precision: Default::default(), runs_dir: &runs_dir, seeds: Some(1), replicas: 1 };
         let e = estimate(&Plan::build(&[t], &shared).unwrap(), DeviceSpec::Cuda(0), 1);
         assert!(e.basis.contains("0 of 1 runs") && e.measured_against_pytorch.is_none(), "{}", e.basis);
     }

@@ -39,6 +39,11 @@ pub struct Args {
     /// `cpu`, `cuda`, `cuda:N` or `metal`.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// Every run's arithmetic (`precision` of its config): `tf32` (default,
+    /// PyTorch's on GPUs), `f32` (strict) or `bf16` (bf16 activations over
+    /// f32 master weights; GPUs only). Not the default: other runs.
+    #[arg(long, default_value = "tf32")]
+    pub precision: tfkd_core::precision::Precision,
     /// Seeds per cell (default: 3 for the CIFAR tables under `paper`, as the
     /// paper reports mean ± std over 3 runs; 1 where it prints single numbers;
     /// 2 under `quick`; 1 under `smoke`).
@@ -192,7 +197,7 @@ pub(crate) fn reproduce(args: &Args) -> Result<Option<slurm::Submission>> {
     let profile = Profile { own_teachers: args.own_teachers, ..Profile::new(args.profile, &data_dir) };
     let runs_dir = plan::runs_dir(&out, &profile);
     let shared =
-        Shared { profile: &profile, device: args.device, runs_dir: &runs_dir, seeds: args.seeds, replicas: args.nproc.unwrap_or(1) };
+        Shared { profile: &profile, device: args.device, precision: args.precision, runs_dir: &runs_dir, seeds: args.seeds, replicas: args.nproc.unwrap_or(1) };
     let plan = Plan::build(&tables, &shared)?;
     for run in plan.runs.values() {
         run.config.validate().with_context(|| format!("run {}", run.config.run_name()))?;
@@ -334,6 +339,7 @@ mod tests {
             tables: vec![tables.into()],
             profile,
             device: DeviceSpec::Cpu,
+            precision: Default::default(),
             seeds: None,
             data_dir: out.join("no-data-here"),
             out: out.to_path_buf(),
@@ -354,7 +360,7 @@ mod tests {
         let tables: Vec<Table> = TableId::all().iter().map(|id| tables::load(id).unwrap()).collect();
         let profile = Profile::new(a.profile, &a.data_dir);
         let runs_dir = plan::runs_dir(&a.out, &profile);
-        let shared = Shared { profile: &profile, device: DeviceSpec::Cuda(0), runs_dir: &runs_dir, seeds: None, replicas: 1 };
+        let shared = Shared { profile: &profile, device: DeviceSpec::Cuda(0), precision: Default::default(), runs_dir: &runs_dir, seeds: None, replicas: 1 };
         let plan = Plan::build(&tables, &shared).unwrap();
         // The CIFAR-100 ResNet18 baseline recipe (bs 128) appears as a baseline
         // (Tables 9 and the ablation among others), a teacher and a De-KD
@@ -388,7 +394,7 @@ mod tests {
         let profile = Profile::new(ProfileName::Paper, &tmp.path().join("data"));
         let runs_dir = plan::runs_dir(tmp.path(), &profile);
         let plan = |replicas| {
-            let shared = Shared { profile: &profile, device: DeviceSpec::Cuda(0), runs_dir: &runs_dir, seeds: None, replicas };
+            let shared = Shared { profile: &profile, device: DeviceSpec::Cuda(0), precision: Default::default(), runs_dir: &runs_dir, seeds: None, replicas };
             Plan::build(&tables, &shared).unwrap()
         };
         let (one, four) = (plan(1), plan(4));
@@ -398,6 +404,29 @@ mod tests {
         a.nproc = Some(0);
         let err = format!("{:#}", run(&a).unwrap_err());
         assert!(err.contains("replicas"), "{err}");
+    }
+
+    /// `--precision` sets every run's, and a non-default one makes other
+    /// runs (bf16 or strict f32 change the numbers); bf16 on the CPU is a
+    /// named error.
+    #[test]
+    fn precision_reaches_every_run_and_names_it() {
+        use tfkd_core::precision::Precision;
+        let tmp = tempfile::tempdir().unwrap();
+        let tables = vec![tables::load(&TableId::Paper(9)).unwrap()];
+        let profile = Profile::new(ProfileName::Paper, &tmp.path().join("data"));
+        let runs_dir = plan::runs_dir(tmp.path(), &profile);
+        let plan = |precision| {
+            let shared = Shared { profile: &profile, device: DeviceSpec::Cuda(0), precision, runs_dir: &runs_dir, seeds: None, replicas: 1 };
+            Plan::build(&tables, &shared).unwrap()
+        };
+        let (tf32, bf16) = (plan(Precision::Tf32), plan(Precision::Bf16));
+        assert!(bf16.runs.values().all(|r| r.config.precision == Precision::Bf16));
+        assert!(tf32.runs.keys().all(|k| !bf16.runs.contains_key(k)), "precision is part of a run's name");
+        let mut a = args("9", ProfileName::Paper, tmp.path(), true);
+        a.precision = Precision::Bf16;
+        let err = format!("{:#}", run(&a).unwrap_err());
+        assert!(err.contains("precision"), "{err}");
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct Shared<'a> {
     pub profile: &'a Profile,
     /// The device every run trains on.
     pub device: DeviceSpec,
+    /// Every run's arithmetic (`--precision`).
+    pub precision: tfkd_core::precision::Precision,
     /// Parent of all run directories.
     pub runs_dir: &'a Path,
     /// Seeds override.
@@ -271,7 +273,7 @@ pub fn experiment(
         seed,
         random: Default::default(),
         device: shared.device,
-        precision: Default::default(),
+        precision: shared.precision,
         epochs,
         replicas: shared.replicas,
         out_dir: shared.runs_dir.to_path_buf(),
@@ -331,7 +333,7 @@ mod tests {
     fn plan(tables: &[Table], profile: ProfileName) -> Plan {
         let profile = Profile::new(profile, Path::new("data"));
         let runs_dir = PathBuf::from("runs");
-        Plan::build(tables, &Shared { profile: &profile, device: DeviceSpec::Cpu, runs_dir: &runs_dir, seeds: None, replicas: 1 }).unwrap()
+        Plan::build(tables, &Shared { profile: &profile, device: DeviceSpec::Cpu, precision: Default::default(), runs_dir: &runs_dir, seeds: None, replicas: 1 }).unwrap()
     }
 
     fn runs_of<'p>(plan: &'p Plan, table: &TableId, row: &str, column: &str) -> &'p [String] {
@@ -449,7 +451,7 @@ mod tests {
         // The named option: tfkd's own baselines, trained first.
         let profile = Profile { own_teachers: true, ..Profile::new(ProfileName::Paper, Path::new("data")) };
         let runs_dir = PathBuf::from("runs");
-        let shared = Shared { profile: &profile, device: DeviceSpec::Cpu, runs_dir: &runs_dir, seeds: None, replicas: 1 };
+        let shared = Shared { profile: &profile, device: DeviceSpec::Cpu, precision: Default::default(), runs_dir: &runs_dir, seeds: None, replicas: 1 };
         let own = Plan::build(&tables, &shared).unwrap();
         for (name, source, teacher_run) in taught(&own) {
             assert!(matches!(source, TeacherSource::Checkpoint(_)), "{name}: {source:?}");

@@ -432,7 +432,7 @@ mod tests {
         let table = tables::load(&id).unwrap();
         let profile = Profile::new(ProfileName::Smoke, &out.join("no-data-here"));
         let runs_dir = plan::runs_dir(out, &profile);
-        let shared = Shared { profile: &profile, device: DeviceSpec::Cpu, runs_dir: &runs_dir, seeds: Some(seeds), replicas: 1 };
+        let shared = Shared { profile: &profile, device: DeviceSpec::Cpu, precision: Default::default(), runs_dir: &runs_dir, seeds: Some(seeds), replicas: 1 };
         let plan = Plan::build(std::slice::from_ref(&table), &shared).unwrap();
         for cell in &plan.cells {
             for (seed, run) in cell.runs.iter().enumerate() {
