@@ -66,6 +66,16 @@ mod on_gpu {
         Case { name: "5x5 s2 non-square", n: 3, c_in: 5, h: 11, w: 7, c_out: 7, k: 5, stride: 2, pad: 2, groups: 1 },
     ];
 
+    /// Random input, kernel and output weights `r` of a case, on the CPU.
+    fn conv_operands(c: &Case, rng: &mut SeededRng) -> (Tensor, Tensor, Tensor) {
+        let ho = (c.h + 2 * c.pad - c.k) / c.stride + 1;
+        let wo = (c.w + 2 * c.pad - c.k) / c.stride + 1;
+        let x = random(rng, &[c.n, c.c_in, c.h, c.w]);
+        let w = random(rng, &[c.c_out, c.c_in / c.groups, c.k, c.k]);
+        let r = random(rng, &[c.n, c.c_out, ho, wo]);
+        (x, w, r)
+    }
+
     /// `L = Σ conv(x, w)·r` on a device: (y, ∂L/∂x, ∂L/∂w).
     fn conv_pass(c: &Case, x: &Tensor, w: &Tensor, r: &Tensor, dev: &Device) -> (Tensor, Tensor, Tensor) {
         let xv = Var::from_tensor(&x.to_device(dev).unwrap()).unwrap();
@@ -87,11 +97,7 @@ mod on_gpu {
         );
         let mut rng = SeededRng::new(7);
         for c in CONV_CASES {
-            let ho = (c.h + 2 * c.pad - c.k) / c.stride + 1;
-            let wo = (c.w + 2 * c.pad - c.k) / c.stride + 1;
-            let x = random(&mut rng, &[c.n, c.c_in, c.h, c.w]);
-            let w = random(&mut rng, &[c.c_out, c.c_in / c.groups, c.k, c.k]);
-            let r = random(&mut rng, &[c.n, c.c_out, ho, wo]);
+            let (x, w, r) = conv_operands(c, &mut rng);
             let (y0, gx0, gw0) = conv_pass(c, &x, &w, &r, &Device::Cpu);
             // Twice on the GPU: the first call times the algorithms, the
             // second runs the cached choice.
@@ -219,11 +225,7 @@ mod on_gpu {
         const BF16_TOL: f64 = 3e-2;
         let mut rng = SeededRng::new(14);
         for c in [&CONV_CASES[1], &CONV_CASES[3], &CONV_CASES[4]] {
-            let ho = (c.h + 2 * c.pad - c.k) / c.stride + 1;
-            let wo = (c.w + 2 * c.pad - c.k) / c.stride + 1;
-            let x = random(&mut rng, &[c.n, c.c_in, c.h, c.w]);
-            let w = random(&mut rng, &[c.c_out, c.c_in / c.groups, c.k, c.k]);
-            let r = random(&mut rng, &[c.n, c.c_out, ho, wo]);
+            let (x, w, r) = conv_operands(c, &mut rng);
             let (y0, gx0, gw0) = conv_pass(c, &x, &w, &r, &Device::Cpu);
             let half = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
             let (y, gx, gw) = conv_pass(c, &half(&x), &half(&w), &half(&r), &dev);
