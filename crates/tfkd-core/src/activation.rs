@@ -12,11 +12,11 @@
 //! passes where `0 < x < max` (and at NaN, as in PyTorch).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use std::mem::MaybeUninit;
 
-use crate::cpu::{avx2_dispatch, filled, for_each_chunk, slice, supported, Float};
+use crate::cpu::{avx2_dispatch, filled, for_each_chunk, slice, Float};
 
 /// Elements per parallel chunk of the element-wise kernels.
 const CHUNK: usize = 16 * 1024;
@@ -33,7 +33,7 @@ pub fn relu(x: &Tensor) -> crate::Result<Tensor> {
 
 /// [`relu`] with candle's error, for use inside candle's traits.
 pub(crate) fn relu_candle(x: &Tensor) -> Result<Tensor> {
-    if !ours(x) {
+    if !crate::own_kernels(x) {
         return x.relu();
     }
     x.contiguous()?.apply_op1(Clamp { max: f64::INFINITY })
@@ -63,16 +63,10 @@ pub fn relu6(x: &Tensor) -> crate::Result<Tensor> {
 
 /// [`relu6`] with candle's error, for use inside candle's traits.
 pub(crate) fn relu6_candle(x: &Tensor) -> Result<Tensor> {
-    if !ours(x) {
+    if !crate::own_kernels(x) {
         return x.relu()?.minimum(6f64);
     }
     x.contiguous()?.apply_op1(Clamp { max: 6.0 })
-}
-
-/// Where the clamp op runs: the CPU with f32/f64, CUDA with f32 (one kernel
-/// each way, `cuda/kernels.cu`).
-fn ours(x: &Tensor) -> bool {
-    (matches!(x.device(), Device::Cpu) && supported(x.dtype())) || crate::own_cuda_kernels(x)
 }
 
 /// `min(max(x, 0), max)`; `max` may be infinite.

@@ -126,6 +126,24 @@ pub(crate) fn conv2d_candle(x: &Tensor, w: &Tensor, padding: usize, stride: usiz
     conv2d_grouped(x, w, padding, stride, groups)
 }
 
+/// What runs convolutions on `device`, in words, for logs and benchmark
+/// records: candle's own (`TFKD_CONV=candle`), tfkd's CPU engine, cuDNN
+/// (its version and file), or tfkd's im2col + cuBLAS path (and why cuDNN is
+/// not used), or candle's composed ops on Metal.
+pub fn backend(device: &candle_core::Device) -> String {
+    use candle_core::Device;
+    if candle_only() {
+        return format!("candle's conv2d ({}={})", crate::env::CONV, crate::env::CONV_CANDLE);
+    }
+    match device {
+        Device::Cpu => "tfkd's CPU engine".into(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) if cudnn::active(device, candle_core::DType::F32) => crate::cudnn::describe(),
+        Device::Cuda(_) => format!("tfkd's im2col + cuBLAS ({})", crate::cudnn::describe()),
+        Device::Metal(_) => "candle's forward, tfkd's tensor-op backward (Metal)".into(),
+    }
+}
+
 /// `TFKD_CONV=candle` in the environment ([`crate::env::CONV`]) makes [`conv2d`] call candle's own
 /// `Tensor::conv2d` (and its autograd) everywhere: the baseline of the
 /// benchmarks, and an escape hatch should the fast paths misbehave on a device.

@@ -7,7 +7,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::{CudaDevice, CudaStorage};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Result};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
@@ -30,12 +30,18 @@ fn config(n: u64) -> LaunchConfig {
     }
 }
 
-/// The f32 elements of a contiguous operand.
-pub(crate) fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, f32>> {
+/// The elements of a contiguous operand (for tfkd's kernels and the cuDNN
+/// calls alike).
+pub(crate) fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, T>> {
     let Some((start, end)) = l.contiguous_offsets() else {
         candle_core::bail!("{op}: the operand is not contiguous")
     };
-    Ok(s.as_cuda_slice::<f32>()?.slice(start..end))
+    Ok(T::as_cuda_slice(s)?.slice(start..end))
+}
+
+/// [`view`] of an f32 operand.
+fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, f32>> {
+    view(s, l, op)
 }
 
 /// A fresh buffer of `n` f32 that the kernel will write whole.
@@ -198,6 +204,40 @@ fn per_row(n: usize) -> LaunchConfig {
     }
 }
 
+/// Launches the fused loss's row kernel (the one place that knows its
+/// arguments): with `rows`, the per-row `[H, S]` terms; with `grad`, the
+/// gradient for the upstream gradients `upstream` (a null pointer stands for
+/// the one not asked for).
+fn launch_rows(
+    inp: &LossInputs,
+    params: &LossParams,
+    rows: Option<&mut CudaSlice<f64>>,
+    grad: Option<(&mut CudaSlice<f32>, &CudaView<f32>)>,
+) -> Result<()> {
+    let (n64, k32) = (inp.n as u64, inp.k as i32);
+    let null: u64 = 0;
+    let func = inp.dev.get_or_load_custom_func("tfkd_fused_loss_rows_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&inp.z);
+    match &inp.t {
+        Some(t) => b.arg(t),
+        None => b.arg(&null),
+    };
+    b.arg(&inp.labels).arg(&n64).arg(&k32).arg(params);
+    match rows {
+        Some(rows) => b.arg(rows),
+        None => b.arg(&null),
+    };
+    match grad {
+        Some((grad, upstream)) => b.arg(grad).arg(upstream),
+        None => b.arg(&null).arg(&null),
+    };
+    // SAFETY: the kernel's signature; buffers of the sizes it reads and
+    // writes (rows: 2n doubles, grad: N·K floats, upstream: 3 floats).
+    unsafe { b.launch(per_row(inp.n)) }.map_err(candle_core::Error::wrap)?;
+    Ok(())
+}
+
 /// `[total, hard, soft]` of a fused loss.
 pub(crate) fn fused_loss(
     z: (&CudaStorage, &Layout),
@@ -210,19 +250,8 @@ pub(crate) fn fused_loss(
     // SAFETY: the row kernel writes both terms of every row.
     let mut rows = unsafe { stream.alloc::<f64>(2 * inp.n) }.map_err(candle_core::Error::wrap)?;
     let mut out = output(&inp.dev, 3)?;
-    let (n64, k32) = (inp.n as u64, inp.k as i32);
-    let no_grad: u64 = 0;
-    let func = inp.dev.get_or_load_custom_func("tfkd_fused_loss_rows_f32", MODULE, PTX)?;
-    let mut b = func.builder();
-    b.arg(&inp.z);
-    match &inp.t {
-        Some(t) => b.arg(t),
-        None => b.arg(&no_grad),
-    };
-    b.arg(&inp.labels).arg(&n64).arg(&k32).arg(&params).arg(&mut rows).arg(&no_grad).arg(&no_grad);
-    // SAFETY: the kernel's signature (null gradient and upstream pointers:
-    // terms only); buffers of the sizes it reads and writes.
-    unsafe { b.launch(per_row(inp.n)) }.map_err(candle_core::Error::wrap)?;
+    launch_rows(&inp, &params, Some(&mut rows), None)?;
+    let n64 = inp.n as u64;
     let func = inp.dev.get_or_load_custom_func("tfkd_fused_loss_total_f32", MODULE, PTX)?;
     let mut b = func.builder();
     b.arg(&rows).arg(&n64).arg(&params.hard_weight).arg(&params.soft_weight).arg(&mut out);
@@ -251,22 +280,9 @@ pub(crate) fn fused_loss_gradient(
     let inp = loss_inputs(z, t, labels, &params)?;
     let up = f32_view(upstream.0, upstream.1, "fused loss")?;
     let mut grad = output(&inp.dev, inp.n * inp.k)?;
-    let (n64, k32) = (inp.n as u64, inp.k as i32);
-    let null: u64 = 0;
-    let func = inp.dev.get_or_load_custom_func("tfkd_fused_loss_rows_f32", MODULE, PTX)?;
-    let mut b = func.builder();
-    b.arg(&inp.z);
-    match &inp.t {
-        Some(t) => b.arg(t),
-        None => b.arg(&null),
-    };
-    b.arg(&inp.labels).arg(&n64).arg(&k32).arg(&params).arg(&null).arg(&mut grad).arg(&up);
-    // SAFETY: the kernel's signature (null rows pointer: gradient only); it
-    // writes every element of the N·K gradient.
-    unsafe { b.launch(per_row(inp.n)) }.map_err(candle_core::Error::wrap)?;
+    launch_rows(&inp, &params, None, Some((&mut grad, &up)))?;
     Ok(CudaStorage::wrap_cuda_slice(grad, inp.dev))
 }
-
 
 /// `y + b[c]` per channel.
 pub(crate) fn channel_bias(y: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout)) -> Result<CudaStorage> {

@@ -387,15 +387,32 @@ impl Pass {
     }
 }
 
-/// What identifies a convolution for the algorithm cache.
+/// A convolution's shapes: input `x`, kernel `w`, square padding and
+/// stride, groups (the output's follow, [`Geometry::y`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct ConvKey {
-    pub pass: Pass,
+pub(crate) struct Geometry {
     pub x: [usize; 4],
     pub w: [usize; 4],
     pub padding: usize,
     pub stride: usize,
     pub groups: usize,
+}
+
+impl Geometry {
+    /// The output's shape.
+    pub fn y(&self) -> [usize; 4] {
+        let [n, _, h, wd] = self.x;
+        let [o, _, k_h, k_w] = self.w;
+        let out = |len: usize, k: usize| (len + 2 * self.padding - k) / self.stride + 1;
+        [n, o, out(h, k_h), out(wd, k_w)]
+    }
+}
+
+/// What identifies a convolution for the algorithm cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ConvKey {
+    pub pass: Pass,
+    pub geometry: Geometry,
     pub dtype: c_int,
     pub math: c_int,
 }

@@ -75,6 +75,13 @@ pub mod shuffle;
 
 pub use error::{Error, Result};
 
+/// True where tfkd's own kernels run for `t`: on the CPU with f32/f64
+/// (`cpu.rs`), or where [`own_cuda_kernels`] does; elsewhere the ops take
+/// candle's composed paths.
+pub(crate) fn own_kernels(t: &candle_core::Tensor) -> bool {
+    (t.device().is_cpu() && cpu::supported(t.dtype())) || own_cuda_kernels(t)
+}
+
 /// True where tfkd's own CUDA kernels (`cuda.rs`) run for `t`: with
 /// `--features cuda`, f32 tensors on a GPU.
 pub(crate) fn own_cuda_kernels(t: &candle_core::Tensor) -> bool {

@@ -45,10 +45,11 @@ use crate::cpu::{avx2_dispatch, filled, for_each_chunk, ncs, slice, supported, F
 pub struct BatchNormOutput {
     /// The normalised, scaled and shifted input (same shape as the input).
     pub y: Tensor,
-    /// The batch mean per channel, `(C,)`, detached, in the input's dtype.
+    /// The batch mean per channel, `(C,)`, detached, in the parameters'
+    /// dtype (the input's, but for bf16 activations over f32 parameters).
     pub mean: Tensor,
     /// The biased batch variance per channel (divided by `M`), `(C,)`,
-    /// detached, in the input's dtype.
+    /// detached, in the parameters' dtype.
     pub var: Tensor,
 }
 
@@ -61,6 +62,9 @@ pub struct BatchNormOutput {
 /// backward (module docs); on CUDA with f32 operands, where cuDNN loads, one
 /// cuDNN call each way (`norm/cudnn.rs`); elsewhere the same arithmetic as
 /// candle-nn's `BatchNorm::forward_train` (composed ops, candle's autograd).
+/// Activations in another dtype than the parameters (bf16 over f32) are
+/// normalised by cuDNN as they are, elsewhere in the parameters' dtype
+/// between two casts; the statistics are then in the parameters' dtype.
 pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> crate::Result<BatchNormOutput> {
     Ok(batch_norm_train_candle(x, weight, bias, eps)?)
 }
@@ -87,10 +91,18 @@ pub(crate) fn batch_norm_train_candle(x: &Tensor, weight: &Tensor, bias: &Tensor
         && supported(x.dtype())
         && weight.dtype() == x.dtype()
         && bias.dtype() == x.dtype();
-    // On CUDA: one cuDNN call each way, where it loads (f32).
+    // On CUDA: one cuDNN call each way, where it loads (f32 parameters;
+    // f32, bf16 or f16 activations).
     #[cfg(feature = "cuda")]
     if let Some(out) = cudnn::batch_norm_train(x, weight, bias, eps)? {
         return Ok(out);
+    }
+    if weight.dtype() != x.dtype() && bias.dtype() == weight.dtype() {
+        // Activations in another dtype than the parameters (bf16 over f32,
+        // `precision = "bf16"`) off cuDNN: normalise in the parameters'
+        // dtype between two casts.
+        let out = batch_norm_train_candle(&x.to_dtype(weight.dtype())?, weight, bias, eps)?;
+        return Ok(BatchNormOutput { y: out.y.to_dtype(x.dtype())?, ..out });
     }
     if !fast {
         return composed(x, weight, bias, eps);
@@ -471,24 +483,14 @@ impl BatchNorm {
     }
 
     /// bf16 activations (`precision = "bf16"`) with f32 parameters and
-    /// statistics: cuDNN takes them as they are; elsewhere the
-    /// normalisation runs in f32 between two casts.
+    /// statistics ([`batch_norm_train`] takes them).
     fn mixed(&self, x: &Tensor) -> bool {
         x.dtype() != self.weight.dtype()
     }
 
     fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
-        if self.mixed(x) {
-            #[cfg(feature = "cuda")]
-            if let Some(out) = cudnn::batch_norm_train(x, &self.weight, &self.bias, self.inner.eps())? {
-                self.update_running(x, &out)?;
-                return Ok(out.y);
-            }
-            return self.forward_train(&x.to_dtype(self.weight.dtype())?)?.to_dtype(x.dtype());
-        }
         let c = self.running_mean.as_tensor().dim(0)?;
-        let fused = (x.device().is_cuda() || (matches!(x.device(), Device::Cpu) && supported(x.dtype())))
-            && x.dtype() == self.weight.dtype()
+        let fused = (self.mixed(x) || x.device().is_cuda() || (matches!(x.device(), Device::Cpu) && supported(x.dtype())))
             && x.rank() >= 2
             && x.dim(1)? == c;
         if !fused {

@@ -107,9 +107,15 @@ impl Sgd {
             // step that made them, and the momentum buffer lives across
             // steps; without this every buffer would keep every past graph.
             let grad = grad.detach();
+            // On a GPU, once the momentum buffer exists (or without
+            // momentum): in-place kernels. The first step with momentum,
+            // which makes the buffer, takes the generic path below.
             #[cfg(feature = "cuda")]
-            if crate::own_cuda_kernels(var.as_tensor()) && grad.dtype() == candle_core::DType::F32 {
-                step_on_gpu(var, &grad.contiguous()?, buffer, &self.config)?;
+            if crate::own_cuda_kernels(var.as_tensor())
+                && grad.dtype() == candle_core::DType::F32
+                && (momentum == 0.0 || buffer.is_some())
+            {
+                step_on_gpu(var, &grad.contiguous()?, buffer.as_ref(), &self.config)?;
                 continue;
             }
             let p = var.as_tensor().detach();
@@ -415,12 +421,12 @@ impl Optimizer {
     }
 }
 
-/// [`Sgd::step`] of one f32 parameter on a GPU: the same arithmetic, rounded
-/// the same way, as two in-place kernels (the buffer's update, then the
-/// parameter's) instead of eight candle ops with an allocation each. The
-/// first step makes the buffer (`b = d`) with candle ops.
+/// [`Sgd::step`] of one f32 parameter on a GPU whose momentum buffer
+/// exists (`None` without momentum): the same arithmetic, rounded the same
+/// way, as in-place kernels (the buffer's update, then the parameter's)
+/// instead of eight candle ops with an allocation each.
 #[cfg(feature = "cuda")]
-fn step_on_gpu(var: &Var, grad: &Tensor, buffer: &mut Option<Tensor>, config: &SgdConfig) -> Result<()> {
+fn step_on_gpu(var: &Var, grad: &Tensor, buffer: Option<&Tensor>, config: &SgdConfig) -> Result<()> {
     use crate::cuda::{SgdMomentum, SgdStep};
     let SgdConfig { lr, momentum, dampening, weight_decay, nesterov } = *config;
     let p = var.as_tensor();
@@ -429,17 +435,10 @@ fn step_on_gpu(var: &Var, grad: &Tensor, buffer: &mut Option<Tensor>, config: &S
         weight_decay: weight_decay as f32,
         momentum: momentum as f32,
         nesterov,
-        has_buffer: momentum != 0.0,
+        has_buffer: buffer.is_some(),
     };
-    if momentum == 0.0 {
-        p.inplace_op3(grad, grad, &step)?;
-        return Ok(());
-    }
-    let b = match buffer.take() {
-        None => {
-            let p = p.detach();
-            if weight_decay != 0.0 { (grad + (&p * weight_decay)?)? } else { grad.copy()? }
-        }
+    match buffer {
+        None => p.inplace_op3(grad, grad, &step)?,
         Some(b) => {
             let update = SgdMomentum {
                 momentum: momentum as f32,
@@ -447,10 +446,8 @@ fn step_on_gpu(var: &Var, grad: &Tensor, buffer: &mut Option<Tensor>, config: &S
                 weight_decay: weight_decay as f32,
             };
             b.inplace_op3(grad, p, &update)?;
-            b
+            p.inplace_op3(grad, b, &step)?;
         }
-    };
-    p.inplace_op3(grad, &b, &step)?;
-    *buffer = Some(b);
+    }
     Ok(())
 }

@@ -25,12 +25,12 @@
 //! narrowed GoogLeNet training step.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use crate::conv::window_taps;
 use std::mem::MaybeUninit;
 
-use crate::cpu::{avx2_dispatch, filled, for_each_chunk, slice, supported, Float};
+use crate::cpu::{avx2_dispatch, filled, for_each_chunk, slice, Float};
 
 /// 2-D max pooling, like `torch.nn.MaxPool2d(kernel, stride, padding)`
 /// (floor mode, dilation 1, padding never chosen).
@@ -62,8 +62,7 @@ pub(crate) fn max_pool2d_candle(x: &Tensor, kernel: usize, stride: usize, paddin
     if h + 2 * padding < kernel || w + 2 * padding < kernel {
         candle_core::bail!("max_pool2d: input {h}x{w} with padding {padding} is smaller than kernel {kernel}")
     }
-    let ours = (matches!(x.device(), Device::Cpu) && supported(x.dtype())) || crate::own_cuda_kernels(x);
-    if !ours {
+    if !crate::own_kernels(x) {
         let taps = window_taps(x, (kernel, kernel), stride, padding, f64::NEG_INFINITY)?;
         let mut taps = taps.into_iter();
         let first = taps.next().ok_or_else(|| candle_core::Error::Msg("max_pool2d kernel must be positive".into()))?;

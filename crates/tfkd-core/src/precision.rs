@@ -47,6 +47,12 @@ impl Precision {
         }
     }
 
+    /// Why this precision cannot run on the CPU, if it cannot: candle's CPU
+    /// matrix product (the `gemm` crate) has no bf16 kernel.
+    pub fn cpu_refusal(self) -> Option<&'static str> {
+        (self == Precision::Bf16).then_some("bf16 needs a GPU (cuda or metal): candle's CPU matrix products have no bf16 kernel")
+    }
+
     /// Whether this is the default ([`Precision::Tf32`]).
     pub fn is_default(&self) -> bool {
         *self == Precision::default()
@@ -108,6 +114,8 @@ mod tests {
             assert_eq!(p.to_string().parse::<Precision>(), Ok(p));
         }
         assert_eq!(Precision::default(), Precision::Tf32);
+        assert!(Precision::Bf16.cpu_refusal().is_some_and(|why| why.contains("GPU")));
+        assert!(Precision::Tf32.cpu_refusal().is_none() && Precision::F32.cpu_refusal().is_none());
         let err = "fp16".parse::<Precision>().unwrap_err();
         assert!(err.contains("\"fp16\"") && err.contains("tf32"), "{err}");
     }

@@ -91,10 +91,7 @@ mod on_gpu {
     #[test]
     fn convolutions_match_the_cpu() {
         let Some(dev) = gpu() else { return };
-        eprintln!(
-            "convolutions on CUDA through {}",
-            if tfkd_core::conv::cudnn::active(&dev, DType::F32) { tfkd_core::cudnn::describe() } else { "tfkd's im2col + cuBLAS path (no cuDNN)".into() }
-        );
+        eprintln!("convolutions on CUDA through {}", tfkd_core::conv::backend(&dev));
         let mut rng = SeededRng::new(7);
         for c in CONV_CASES {
             let (x, w, r) = conv_operands(c, &mut rng);

@@ -417,11 +417,8 @@ impl ExperimentConfig {
         if self.replicas == 0 {
             return Err(config_err("replicas", "must be at least 1"));
         }
-        if self.precision == tfkd_core::precision::Precision::Bf16 && self.device.is_cpu() {
-            return Err(config_err(
-                "precision",
-                "\"bf16\" needs a GPU (device = \"cuda\" or \"metal\"): candle's CPU matrix products have no bf16 kernel",
-            ));
+        if let Some(why) = self.precision.cpu_refusal().filter(|_| self.device.is_cpu()) {
+            return Err(config_err("precision", format!("\"{}\" on device \"cpu\": {why}", self.precision)));
         }
         if self.optim.batch_size < self.replicas {
             return Err(config_err(

@@ -364,10 +364,8 @@ pub fn run_experiment_in(
 
     let device = open_device(config.device)?;
     config.precision.apply();
-    #[cfg(feature = "cuda")]
-    if device.is_cuda() {
-        let conv = if tfkd_core::conv::cudnn::active(&device, candle_core::DType::F32) { "cuDNN" } else { "tfkd's im2col + cuBLAS" };
-        tracing::info!("CUDA convolutions and BatchNorm: {conv}; {} ({})", tfkd_core::cudnn::describe(), config.precision);
+    if !device.is_cpu() {
+        tracing::info!("convolutions: {} (precision {})", tfkd_core::conv::backend(&device), config.precision);
     }
     let strategy = config.strategy.build()?;
     let loaders = build_loaders(&config.data, config.optim.batch_size, config.data_seed(), &device)?;

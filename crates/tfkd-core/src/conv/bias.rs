@@ -8,11 +8,11 @@
 //! split over rayon's pool.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use std::mem::MaybeUninit;
 
-use crate::cpu::{avx2_dispatch, filled, for_each_chunk, ncs, slice, supported, Float};
+use crate::cpu::{avx2_dispatch, filled, for_each_chunk, ncs, slice, Float};
 
 /// `y[n, c, …] + b[c]` for `y: (N, C, …)` and `b: (C,)`, the bias of a
 /// convolution (`nn.Conv2d(bias=True)`).
@@ -31,7 +31,7 @@ pub(crate) fn add_channel_bias_candle(y: &Tensor, b: &Tensor) -> Result<Tensor> 
     if dims.len() < 2 || b.dims() != [dims[1]] {
         candle_core::bail!("add_channel_bias: bias {:?} for an input {:?} (want ({},))", b.shape(), y.shape(), dims.get(1).copied().unwrap_or(0))
     }
-    let fast = ((matches!(y.device(), Device::Cpu) && supported(y.dtype())) || crate::own_cuda_kernels(y)) && b.dtype() == y.dtype();
+    let fast = crate::own_kernels(y) && b.dtype() == y.dtype();
     if !fast {
         let mut shape = vec![1; dims.len()];
         shape[1] = dims[1];

@@ -10,11 +10,11 @@
 use std::ffi::{c_int, c_void};
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaStorage};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use crate::cudnn::{self, ConvKey, Descriptor, Pass, Scale};
+use crate::cudnn::{self, ConvKey, Descriptor, Geometry, Pass, Scale};
 
 /// The convolution through cuDNN, if `x` is on a GPU, its dtype is one
 /// cuDNN convolves and the library loaded (else `None`: the caller takes its
@@ -39,31 +39,6 @@ pub fn active(device: &candle_core::Device, dtype: DType) -> bool {
     device.is_cuda() && cudnn::data_type(dtype).is_some() && cudnn::api().is_some()
 }
 
-/// The geometry shared by the three passes.
-#[derive(Debug, Clone, Copy)]
-struct Geometry {
-    x: [usize; 4],
-    w: [usize; 4],
-    padding: usize,
-    stride: usize,
-    groups: usize,
-}
-
-impl Geometry {
-    fn y(&self) -> [usize; 4] {
-        let [n, _, h, wd] = self.x;
-        let [o, _, k_h, k_w] = self.w;
-        let out = |len: usize, k: usize| (len + 2 * self.padding - k) / self.stride + 1;
-        [n, o, out(h, k_h), out(wd, k_w)]
-    }
-}
-
-fn dims4(l: &Layout, what: &str) -> Result<[usize; 4]> {
-    match l.shape().dims() {
-        &[a, b, c, d] => Ok([a, b, c, d]),
-        other => candle_core::bail!("tfkd-cudnn-conv2d: {what} must have 4 dims, got {other:?}"),
-    }
-}
 
 /// `y = conv(x, w)`; its backward runs the two gradient passes.
 struct CudnnConv2d {
@@ -97,8 +72,8 @@ impl CustomOp2 for CudnnConv2d {
 
     fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, ws: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
         let geometry = Geometry {
-            x: dims4(xl, "the input")?,
-            w: dims4(wl, "the kernel")?,
+            x: xl.shape().dims4()?.into(),
+            w: wl.shape().dims4()?.into(),
             padding: self.padding,
             stride: self.stride,
             groups: self.groups,
@@ -196,7 +171,8 @@ fn run_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
     let data_type = cudnn::data_type(T::DTYPE).unwrap_or(cudnn::DATA_FLOAT);
     let dev = a_s.device().clone();
     let stream = dev.cuda_stream();
-    let (a, b) = (view::<T>(a_s, a_l, "the first operand")?, view::<T>(b_s, b_l, "the second operand")?);
+    let op = "tfkd-cudnn-conv2d";
+    let (a, b) = (crate::cuda::view::<T>(a_s, a_l, op)?, crate::cuda::view::<T>(b_s, b_l, op)?);
     let out_dims = match pass {
         Pass::Forward => g.y(),
         Pass::BackwardData => g.x,
@@ -209,16 +185,7 @@ fn run_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
     let w_desc = Descriptor::filter(&api, data_type, g.w)?;
     let y_desc = Descriptor::tensor(&api, data_type, g.y())?;
     let conv = Descriptor::convolution(&api, data_type, g.padding, g.stride, g.groups, math)?;
-    let key = ConvKey {
-        pass,
-        x: g.x,
-        w: g.w,
-        padding: g.padding,
-        stride: g.stride,
-        groups: g.groups,
-        dtype: data_type,
-        math,
-    };
+    let key = ConvKey { pass, geometry: g, dtype: data_type, math };
     {
         let (pa, _read_a) = a.device_ptr(&stream);
         let (pb, _read_b) = b.device_ptr(&stream);
@@ -273,14 +240,6 @@ fn run_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
         })?;
     }
     Ok(T::wrap_cuda_slice(out, dev))
-}
-
-/// The elements of a contiguous operand.
-fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("tfkd-cudnn-conv2d: {what} is not contiguous")
-    };
-    Ok(T::as_cuda_slice(s)?.slice(start..end))
 }
 
 /// One pass's algorithm search: which pass, its `Find` function, the

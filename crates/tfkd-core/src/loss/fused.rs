@@ -131,7 +131,7 @@ pub(crate) struct FusedTerms {
 /// two kernels forward (per-row terms, then their sum) and one backward
 /// (`cuda/kernels.cu`).
 pub(crate) fn supported(t: &Tensor) -> bool {
-    (t.device().is_cpu() && cpu::supported(t.dtype())) || crate::own_cuda_kernels(t)
+    crate::own_kernels(t)
 }
 
 impl FusedLoss {

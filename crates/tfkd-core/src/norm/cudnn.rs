@@ -100,14 +100,13 @@ fn prologue(op: &str, xs: &CudaStorage, xl: &Layout) -> Result<(Arc<cudnn::Api>,
 /// once here and in [`alloc`]: candle runs everything on the device's one
 /// stream, where cudarc records no events.)
 fn ptr(s: &CudaStorage, l: &Layout, stream: &Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>) -> Result<u64> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("tfkd-cudnn-batch-norm: an operand is not contiguous")
-    };
+    use crate::cuda::view;
+    let op = "tfkd-cudnn-batch-norm";
     Ok(match s.dtype() {
-        DType::F32 => s.as_cuda_slice::<f32>()?.slice(start..end).device_ptr(stream).0,
-        DType::BF16 => s.as_cuda_slice::<half::bf16>()?.slice(start..end).device_ptr(stream).0,
-        DType::F16 => s.as_cuda_slice::<half::f16>()?.slice(start..end).device_ptr(stream).0,
-        other => candle_core::bail!("tfkd-cudnn-batch-norm: unsupported dtype {other:?}"),
+        DType::F32 => view::<f32>(s, l, op)?.device_ptr(stream).0,
+        DType::BF16 => view::<half::bf16>(s, l, op)?.device_ptr(stream).0,
+        DType::F16 => view::<half::f16>(s, l, op)?.device_ptr(stream).0,
+        other => candle_core::bail!("{op}: unsupported dtype {other:?}"),
     })
 }
 

@@ -48,8 +48,7 @@ struct StepTiming {
     device: String,
     /// `tf32` or `f32` (GPU arithmetic).
     precision: String,
-    /// What ran the convolutions: `cpu`, a cuDNN version, or tfkd's own
-    /// CUDA / Metal paths.
+    /// What ran the convolutions (`tfkd_core::conv::backend`).
     conv: String,
     batch: usize,
     classes: usize,
@@ -74,13 +73,13 @@ pub fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
     }
     let input = InputSize::from_side(args.side)
         .with_context(|| format!("--side {} is not one of 32, 64, 224", args.side))?;
-    if args.precision == tfkd_core::precision::Precision::Bf16 && args.device.is_cpu() {
-        bail!("--precision bf16 needs a GPU (--device cuda or metal): candle's CPU matrix products have no bf16 kernel");
+    if let Some(why) = args.precision.cpu_refusal().filter(|_| args.device.is_cpu()) {
+        bail!("--precision {}: {why}", args.precision);
     }
     let device = tfkd_runner::device::open_device(args.device)?;
     args.precision.apply();
     if !device.is_cpu() {
-        println!("convolutions: {} ({})", conv_backend(&device), args.precision);
+        println!("convolutions: {} ({})", tfkd_core::conv::backend(&device), args.precision);
     }
     println!(
         "{:<16} {:>6} {:>12} {:>12} {:>10} {:>10}",
@@ -149,12 +148,13 @@ fn time_model(name: &str, input: InputSize, device: &Device, args: &BenchStepArg
     } else {
         0.5 * (times[times.len() / 2 - 1] + times[times.len() / 2])
     };
+    let peaks = gpu_peaks(device)?;
     Ok(StepTiming {
         framework: "tfkd",
         model: name.to_string(),
         device: args.device.to_string(),
         precision: args.precision.to_string(),
-        conv: conv_backend(device),
+        conv: tfkd_core::conv::backend(device),
         batch: args.batch,
         classes: args.classes,
         side,
@@ -164,8 +164,8 @@ fn time_model(name: &str, input: InputSize, device: &Device, args: &BenchStepArg
         min_s: times[0],
         images_per_s: args.batch as f64 / median_s,
         peak_rss_mb: if device.is_cpu() { peak_rss_mb() } else { None },
-        peak_mb: gpu_peaks(device)?.map(|p| p.0),
-        peak_reserved_mb: gpu_peaks(device)?.map(|p| p.1),
+        peak_mb: peaks.map(|p| p.0),
+        peak_reserved_mb: peaks.map(|p| p.1),
     })
 }
 
@@ -178,17 +178,6 @@ fn gpu_peaks(device: &Device) -> anyhow::Result<Option<(f64, f64)>> {
     }
     let _ = device;
     Ok(None)
-}
-
-/// What runs convolutions on `device`.
-fn conv_backend(device: &Device) -> String {
-    match device {
-        Device::Cpu => "cpu".into(),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(_) if tfkd_core::conv::cudnn::active(device, DType::F32) => tfkd_core::cudnn::describe(),
-        Device::Cuda(_) => format!("tfkd im2col + cuBLAS ({})", tfkd_core::cudnn::describe()),
-        Device::Metal(_) => "tfkd composed (Metal)".into(),
-    }
 }
 
 /// Linux's high-water mark of resident memory, in MB.
