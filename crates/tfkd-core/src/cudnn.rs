@@ -51,13 +51,18 @@ type Status = c_int;
 /// `cudnnHandle_t`, `cudnnTensorDescriptor_t`, ...: opaque pointers.
 type Opaque = *mut c_void;
 
-// The enum values of cudnn.h (the same from cuDNN 7 to 9).
+// The enum values of cudnn.h (the same from cuDNN 7 to 9; the test
+// `the_declarations_match_cudnn_h` compares them with the headers).
+/// `CUDNN_STATUS_SUCCESS`.
+pub(crate) const SUCCESS: Status = 0;
 pub(crate) const TENSOR_NCHW: c_int = 0;
 pub(crate) const CROSS_CORRELATION: c_int = 1;
 pub(crate) const DATA_FLOAT: c_int = 0;
 pub(crate) const DATA_DOUBLE: c_int = 1;
 pub(crate) const DATA_HALF: c_int = 2;
 pub(crate) const DATA_BFLOAT16: c_int = 9;
+/// `CUDNN_DEFAULT_MATH`: no tensor cores.
+pub(crate) const DEFAULT_MATH: c_int = 0;
 /// `CUDNN_TENSOR_OP_MATH`: tensor cores allowed (TF32 for f32 operands).
 pub(crate) const TENSOR_OP_MATH: c_int = 1;
 /// `CUDNN_FMA_MATH`: plain f32 FMA, no TF32.
@@ -121,6 +126,9 @@ pub(crate) type FnWorkspace = unsafe extern "C" fn(Opaque, Opaque, Opaque, Opaqu
 /// The functions tfkd calls, resolved once from the loaded library.
 pub(crate) struct Api {
     _lib: libloading::Library,
+    /// Each resolved function's name and the kinds of its C signature.
+    #[cfg(test)]
+    signatures: Vec<(&'static str, String)>,
     pub version: usize,
     pub from: String,
     get_error_string: unsafe extern "C" fn(Status) -> *const c_char,
@@ -200,10 +208,16 @@ impl Api {
         // cudnn.h.
         unsafe {
             let lib = libloading::Library::new(path).map_err(|e| format!("{path}: {e}"))?;
+            // Tests keep each function's C signature, to compare with cudnn.h.
+            #[cfg(test)]
+            let mut signatures = Vec::new();
             macro_rules! sym {
-                ($name:literal) => {
-                    symbol(&lib, path, concat!($name, "\0"))?
-                };
+                ($name:literal) => {{
+                    let f = symbol(&lib, path, concat!($name, "\0"))?;
+                    #[cfg(test)]
+                    signatures.push(($name, tests::signature_of(&f)));
+                    f
+                }};
             }
             let get_version: unsafe extern "C" fn() -> usize = sym!("cudnnGetVersion");
             let version = get_version();
@@ -236,6 +250,8 @@ impl Api {
                 derive_bn: sym!("cudnnDeriveBNTensorDescriptor"),
                 bn_fwd_train: sym!("cudnnBatchNormalizationForwardTraining"),
                 bn_bwd: sym!("cudnnBatchNormalizationBackward"),
+                #[cfg(test)]
+                signatures,
                 _lib: lib,
             })
         }
@@ -244,7 +260,7 @@ impl Api {
     /// A candle error naming the call and cuDNN's message, unless `status`
     /// is success.
     pub fn check(&self, status: Status, what: &str) -> Result<()> {
-        if status == 0 {
+        if status == SUCCESS {
             return Ok(());
         }
         // SAFETY: cudnnGetErrorString returns a static, NUL-terminated string
@@ -432,7 +448,7 @@ pub(crate) struct Choice {
 pub(crate) fn pick(results: &[AlgoPerf], bound: usize, deterministic: bool) -> Option<Choice> {
     results
         .iter()
-        .find(|p| p.status == 0 && p.memory <= bound && (!deterministic || p.determinism == DETERMINISTIC))
+        .find(|p| p.status == SUCCESS && p.memory <= bound && (!deterministic || p.determinism == DETERMINISTIC))
         .map(|p| Choice {
             algo: p.algo,
             math_type: p.math_type,
@@ -627,6 +643,53 @@ fn dim(v: usize) -> Result<c_int> {
 mod tests {
     use super::*;
 
+    /// One letter for a C parameter or return type, as
+    /// `scripts/gpu/cudnn_probe.cpp` prints it from cudnn.h.
+    pub(super) trait Kind {
+        const KIND: char;
+    }
+    impl Kind for c_int {
+        const KIND: char = 'i';
+    }
+    impl Kind for usize {
+        const KIND: char = 'z';
+    }
+    impl Kind for f64 {
+        const KIND: char = 'd';
+    }
+    impl Kind for f32 {
+        const KIND: char = 'f';
+    }
+    impl<T> Kind for *mut T {
+        const KIND: char = 'p';
+    }
+    impl<T> Kind for *const T {
+        const KIND: char = 'p';
+    }
+
+    /// A C function pointer's signature as `R(ARGS)`, one [`Kind`] each.
+    pub(super) trait Signature {
+        fn signature() -> String;
+    }
+    macro_rules! signature_impls {
+        ($($arg:ident)*) => {
+            impl<R: Kind, $($arg: Kind),*> Signature for unsafe extern "C" fn($($arg),*) -> R {
+                fn signature() -> String {
+                    [R::KIND, '('].into_iter().chain([$($arg::KIND),*]).chain([')']).collect()
+                }
+            }
+        };
+    }
+    macro_rules! all_arities {
+        () => { signature_impls!(); };
+        ($head:ident $($tail:ident)*) => { signature_impls!($head $($tail)*); all_arities!($($tail)*); };
+    }
+    all_arities!(A B C D E F G H I J K L M N O P Q S T U);
+
+    pub(super) fn signature_of<F: Signature>(_: &F) -> String {
+        F::signature()
+    }
+
     fn perf(algo: c_int, status: Status, memory: usize, determinism: c_int) -> AlgoPerf {
         AlgoPerf {
             algo,
@@ -659,5 +722,209 @@ mod tests {
     fn a_missing_library_is_a_reason_not_a_crash() {
         let Err(e) = Api::open("libtfkd-no-such-cudnn.so.9") else { panic!("a missing library loaded") };
         assert!(e.contains("libtfkd-no-such-cudnn"), "{e}");
+    }
+
+    /// The library and the probe's lines, or why the real-library tests skip.
+    fn real_library() -> Option<(Api, String)> {
+        let (Ok(lib), Ok(probe)) = (std::env::var(crate::env::CUDNN_LIB), std::env::var(crate::env::CUDNN_PROBE)) else {
+            eprintln!(
+                "skipped: {} and {} are not set (scripts/gpu/host_check_cudnn.sh sets them; no GPU needed)",
+                crate::env::CUDNN_LIB,
+                crate::env::CUDNN_PROBE
+            );
+            return None;
+        };
+        let api = Api::open(&lib).unwrap_or_else(|e| panic!("{}={lib}: {e}", crate::env::CUDNN_LIB));
+        let probe = std::fs::read_to_string(&probe).unwrap_or_else(|e| panic!("{}={probe}: {e}", crate::env::CUDNN_PROBE));
+        Some((api, probe))
+    }
+
+    /// The read-back functions the tests use, resolved as [`Api::open`]
+    /// resolves its own (their signatures are checked the same way).
+    #[allow(clippy::type_complexity)]
+    struct Getters {
+        _lib: libloading::Library,
+        signatures: Vec<(&'static str, String)>,
+        tensor_size: unsafe extern "C" fn(Opaque, *mut usize) -> Status,
+        tensor_4d: unsafe extern "C" fn(
+            Opaque,
+            *mut c_int,
+            *mut c_int,
+            *mut c_int,
+            *mut c_int,
+            *mut c_int,
+            *mut c_int,
+            *mut c_int,
+            *mut c_int,
+            *mut c_int,
+        ) -> Status,
+        filter_4d: unsafe extern "C" fn(Opaque, *mut c_int, *mut c_int, *mut c_int, *mut c_int, *mut c_int, *mut c_int) -> Status,
+        conv_2d: unsafe extern "C" fn(
+            Opaque,
+            *mut c_int,
+            *mut c_int,
+            *mut c_int,
+            *mut c_int,
+            *mut c_int,
+            *mut c_int,
+            *mut c_int,
+            *mut c_int,
+        ) -> Status,
+        group_count: unsafe extern "C" fn(Opaque, *mut c_int) -> Status,
+        math_type: unsafe extern "C" fn(Opaque, *mut c_int) -> Status,
+        output_dim: unsafe extern "C" fn(Opaque, Opaque, Opaque, *mut c_int, *mut c_int, *mut c_int, *mut c_int) -> Status,
+    }
+
+    impl Getters {
+        fn open(path: &str) -> Getters {
+            // SAFETY: as in Api::open; each signature is cudnn.h's (and is
+            // compared with it by `the_declarations_match_cudnn_h`).
+            unsafe {
+                let lib = libloading::Library::new(path).unwrap();
+                let mut signatures = Vec::new();
+                macro_rules! sym {
+                    ($name:literal) => {{
+                        let f = symbol(&lib, path, concat!($name, "\0")).unwrap();
+                        signatures.push(($name, signature_of(&f)));
+                        f
+                    }};
+                }
+                Getters {
+                    tensor_size: sym!("cudnnGetTensorSizeInBytes"),
+                    tensor_4d: sym!("cudnnGetTensor4dDescriptor"),
+                    filter_4d: sym!("cudnnGetFilter4dDescriptor"),
+                    conv_2d: sym!("cudnnGetConvolution2dDescriptor"),
+                    group_count: sym!("cudnnGetConvolutionGroupCount"),
+                    math_type: sym!("cudnnGetConvolutionMathType"),
+                    output_dim: sym!("cudnnGetConvolution2dForwardOutputDim"),
+                    signatures,
+                    _lib: lib,
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_declarations_match_cudnn_h() {
+        let Some((api, probe)) = real_library() else { return };
+        let getters = Getters::open(&api.from);
+        let mut ours: Vec<String> = api
+            .signatures
+            .iter()
+            .chain(&getters.signatures)
+            .map(|(name, sig)| format!("sig {name} {sig}"))
+            .collect();
+        let constants = [
+            ("STATUS_SUCCESS", SUCCESS),
+            ("TENSOR_NCHW", TENSOR_NCHW),
+            ("CROSS_CORRELATION", CROSS_CORRELATION),
+            ("DATA_FLOAT", DATA_FLOAT),
+            ("DATA_DOUBLE", DATA_DOUBLE),
+            ("DATA_HALF", DATA_HALF),
+            ("DATA_BFLOAT16", DATA_BFLOAT16),
+            ("DEFAULT_MATH", DEFAULT_MATH),
+            ("TENSOR_OP_MATH", TENSOR_OP_MATH),
+            ("FMA_MATH", FMA_MATH),
+            ("BATCHNORM_SPATIAL", BATCHNORM_SPATIAL),
+            ("DETERMINISTIC", DETERMINISTIC),
+            ("FWD_ALGO_COUNT", Pass::Forward.algorithms()),
+            ("BWD_DATA_ALGO_COUNT", Pass::BackwardData.algorithms()),
+            ("BWD_FILTER_ALGO_COUNT", Pass::BackwardFilter.algorithms()),
+        ];
+        ours.extend(constants.iter().map(|(name, v)| format!("const {name} {v}")));
+        let layout = format!(
+            "{} {} {}",
+            std::mem::size_of::<AlgoPerf>(),
+            std::mem::offset_of!(AlgoPerf, memory),
+            std::mem::offset_of!(AlgoPerf, math_type)
+        );
+        ours.extend(["fwd", "bwd_data", "bwd_filter"].map(|pass| format!("layout {pass} {layout}")));
+
+        let theirs: std::collections::BTreeSet<&str> = probe.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let ours_set: std::collections::BTreeSet<&str> = ours.iter().map(String::as_str).collect();
+        let only_ours: Vec<_> = ours_set.difference(&theirs).collect();
+        let only_theirs: Vec<_> = theirs.difference(&ours_set).collect();
+        assert!(
+            only_ours.is_empty() && only_theirs.is_empty(),
+            "tfkd's declarations differ from cudnn.h:\n  tfkd only:  {only_ours:?}\n  cudnn.h only: {only_theirs:?}"
+        );
+    }
+
+    #[test]
+    fn the_real_library_reads_back_what_tfkd_describes() {
+        let Some((api, _)) = real_library() else { return };
+        let get = Getters::open(&api.from);
+        assert!(api.version >= 8000, "cuDNN version {}", api.version);
+
+        // Each data type's element size, so each DATA_* value means its type.
+        for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+            let data = data_type(dtype).unwrap();
+            let d = Descriptor::tensor(&api, data, [2, 3, 5, 7]).unwrap();
+            let mut bytes = 0usize;
+            // SAFETY: a set tensor descriptor and a size_t out-pointer.
+            api.check(unsafe { (get.tensor_size)(d.raw, &mut bytes) }, "size").unwrap();
+            assert_eq!(bytes, 210 * dtype.size_in_bytes(), "{dtype:?}");
+        }
+
+        // The zoo's convolutions: cuDNN's output shape is Geometry::y, and the
+        // descriptors hold what tfkd set.
+        let geometries = [
+            ([8, 3, 32, 32], [64, 3, 3, 3], 1, 1, 1),      // stem
+            ([8, 64, 17, 17], [128, 64, 3, 3], 1, 2, 1),   // stride 2, odd size
+            ([8, 64, 17, 17], [128, 64, 1, 1], 0, 2, 1),   // 1x1 shortcut
+            ([8, 3, 5, 5], [16, 3, 7, 7], 3, 1, 1),        // 7x7 on 5x5
+            ([8, 96, 15, 15], [96, 1, 3, 3], 1, 2, 96),    // depthwise
+            ([8, 512, 8, 8], [512, 64, 3, 3], 1, 1, 8),    // ResNeXt's 8 groups
+        ];
+        for (x, w, padding, stride, groups) in geometries {
+            let g = Geometry { x, w, padding, stride, groups };
+            for (data, math) in [(DATA_FLOAT, TENSOR_OP_MATH), (DATA_FLOAT, FMA_MATH), (DATA_BFLOAT16, TENSOR_OP_MATH)] {
+                let xd = Descriptor::tensor(&api, data, x).unwrap();
+                let wd = Descriptor::filter(&api, data, w).unwrap();
+                let cd = Descriptor::convolution(&api, data, padding, stride, groups, math).unwrap();
+                let mut y = [0 as c_int; 4];
+                let [y0, y1, y2, y3] = &mut y;
+                // SAFETY: set descriptors and four int out-pointers.
+                api.check(unsafe { (get.output_dim)(cd.raw, xd.raw, wd.raw, y0, y1, y2, y3) }, "output dim").unwrap();
+                assert_eq!(y.map(|v| v as usize), g.y(), "{g:?}");
+
+                let mut f = [0 as c_int; 6];
+                let [f_data, f_format, f_o, f_c, f_h, f_w] = &mut f;
+                // SAFETY: a set filter descriptor and six int out-pointers.
+                api.check(unsafe { (get.filter_4d)(wd.raw, f_data, f_format, f_o, f_c, f_h, f_w) }, "filter").unwrap();
+                assert_eq!(f, [data, TENSOR_NCHW, w[0] as c_int, w[1] as c_int, w[2] as c_int, w[3] as c_int]);
+
+                let mut c = [0 as c_int; 8];
+                let [c_ph, c_pw, c_sh, c_sw, c_dh, c_dw, c_mode, c_compute] = &mut c;
+                // SAFETY: a set convolution descriptor and eight int out-pointers.
+                api.check(unsafe { (get.conv_2d)(cd.raw, c_ph, c_pw, c_sh, c_sw, c_dh, c_dw, c_mode, c_compute) }, "conv").unwrap();
+                let (p, s) = (padding as c_int, stride as c_int);
+                assert_eq!(c, [p, p, s, s, 1, 1, CROSS_CORRELATION, DATA_FLOAT]);
+
+                let (mut groups_read, mut math_read) = (0, -1);
+                // SAFETY: a set convolution descriptor and int out-pointers.
+                unsafe {
+                    api.check((get.group_count)(cd.raw, &mut groups_read), "groups").unwrap();
+                    api.check((get.math_type)(cd.raw, &mut math_read), "math").unwrap();
+                }
+                assert_eq!((groups_read as usize, math_read), (groups, math));
+            }
+        }
+
+        // BatchNorm's parameters are (1, C, 1, 1) f32, also for bf16 and f16
+        // activations: what norm/cudnn.rs hands cuDNN.
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let x = Descriptor::tensor(&api, data_type(dtype).unwrap(), [4, 6, 5, 5]).unwrap();
+            let p = Descriptor::batch_norm_param(&api, &x).unwrap();
+            let mut t = [0 as c_int; 9];
+            let [t_data, t_n, t_c, t_h, t_w, t_ns, t_cs, t_hs, t_ws] = &mut t;
+            // SAFETY: a derived tensor descriptor and nine int out-pointers.
+            api.check(unsafe { (get.tensor_4d)(p.raw, t_data, t_n, t_c, t_h, t_w, t_ns, t_cs, t_hs, t_ws) }, "bn").unwrap();
+            assert_eq!(t[..5], [DATA_FLOAT, 1, 6, 1, 1], "{dtype:?}");
+        }
+
+        // A refused call becomes an error naming the call and cuDNN's words.
+        let e = Descriptor::tensor(&api, 12345, [1, 1, 1, 1]).err().expect("a bad data type was accepted").to_string();
+        assert!(e.contains("cudnnSetTensor4dDescriptor") && e.contains("CUDNN_STATUS_BAD_PARAM"), "{e}");
     }
 }

@@ -58,3 +58,11 @@ pub const CUDNN_WORKSPACE_MB: &str = "TFKD_CUDNN_WORKSPACE_MB";
 /// cuDNN reports as deterministic (PyTorch's `cudnn.deterministic = True`);
 /// otherwise the fastest is used, as with `cudnn.benchmark = True`.
 pub const CUDNN_DETERMINISTIC: &str = "TFKD_CUDNN_DETERMINISTIC";
+
+/// `TFKD_CUDNN_PROBE`: a developer's check, not a setting. The file that
+/// `scripts/gpu/cudnn_probe.cpp` printed from cuDNN's headers; when set
+/// (with [`CUDNN_LIB`] naming the library), tfkd-core's cuDNN tests compare
+/// every hand-written declaration with it and call the library's
+/// descriptor functions, which need no GPU. `scripts/gpu/host_check_cudnn.sh`
+/// sets both. Unset: those tests print why they skip.
+pub const CUDNN_PROBE: &str = "TFKD_CUDNN_PROBE";

@@ -154,7 +154,7 @@ fn math_type(data_type: c_int) -> c_int {
     match data_type {
         cudnn::DATA_FLOAT if crate::precision::conv_tf32() => cudnn::TENSOR_OP_MATH,
         cudnn::DATA_FLOAT => cudnn::FMA_MATH,
-        cudnn::DATA_DOUBLE => 0,
+        cudnn::DATA_DOUBLE => cudnn::DEFAULT_MATH,
         _ => cudnn::TENSOR_OP_MATH,
     }
 }
@@ -266,7 +266,7 @@ fn largest_workspace(api: &cudnn::Api, handle: *mut c_void, search: &Search, bou
             let mut bytes = 0usize;
             // SAFETY: valid descriptors of this pass; cuDNN writes one size.
             let status = unsafe { size_of(handle, d1.raw, d2.raw, conv.raw, d3.raw, algo, &mut bytes) };
-            (status == 0).then_some(bytes)
+            (status == cudnn::SUCCESS).then_some(bytes)
         })
         .filter(|&bytes| bytes <= bound)
         .max()
