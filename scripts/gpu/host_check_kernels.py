@@ -140,6 +140,21 @@ def main():
         if momentum:
             check(name + ": buffer", b, opt.state[param]["momentum_buffer"])
 
+    # BatchNorm's running statistics, in place, against nn.BatchNorm2d's
+    # update (momentum 0.1; the unbiased batch variance).
+    bn = torch.nn.BatchNorm2d(7)
+    bn.running_mean.copy_(torch.randn(7, generator=gen))
+    bn.running_var.copy_(torch.rand(7, generator=gen) + 0.5)
+    rm, rv = bn.running_mean.clone(), bn.running_var.clone()
+    xs = torch.randn(4, 7, 3, 5, generator=gen)
+    bn(xs)
+    m = xs.numel() // 7
+    mean, var = xs.mean((0, 2, 3)), xs.var((0, 2, 3), unbiased=False)
+    lib.tfkd_running_average_f32(ptr(rm), ptr(mean), f32(1 - 0.1), f32(0.1), u64(7))
+    lib.tfkd_running_average_f32(ptr(rv), ptr(var), f32(1 - 0.1), f32(0.1 * m / (m - 1)), u64(7))
+    check("BatchNorm running mean", rm, bn.running_mean)
+    check("BatchNorm running variance", rv, bn.running_var)
+
     # Fused losses.
     class LossParams(ctypes.Structure):
         _fields_ = [(name, ctypes.c_double) for name in

@@ -411,3 +411,19 @@ impl InplaceOp3 for SgdStep {
         Ok(())
     }
 }
+
+/// `r ← keep·r + gain·s` in place (BatchNorm's running statistics; rounded
+/// as the CPU's [`crate::norm`] update).
+pub(crate) fn running_average(r: (&mut CudaStorage, &Layout), s: (&CudaStorage, &Layout), keep: f32, gain: f32) -> Result<()> {
+    let op = "tfkd-running-average";
+    let n = same_len(op, [r.1, s.1, s.1])?;
+    let dev = r.0.device().clone();
+    let sv = f32_view(s.0, s.1, op)?;
+    let mut rv = f32_view_mut(r.0, r.1, op)?;
+    let func = dev.get_or_load_custom_func("tfkd_running_average_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&mut rv).arg(&sv).arg(&keep).arg(&gain).arg(&n);
+    // SAFETY: the kernel's signature; two buffers of n elements.
+    unsafe { b.launch(config(n)) }.map_err(candle_core::Error::wrap)?;
+    Ok(())
+}

@@ -501,16 +501,70 @@ impl BatchNorm {
         Ok(out.y)
     }
 
-    /// candle-nn's update of the running statistics, operation for
-    /// operation.
+    /// The update of the running statistics: `r ← (1 − m)·r + m·s`, with
+    /// `s` the batch mean, or the biased variance times `M/(M − 1)`.
     fn update_running(&self, x: &Tensor, out: &BatchNormOutput) -> Result<()> {
         let c = self.running_mean.as_tensor().dim(0)?;
         let momentum = self.inner.momentum();
         let m = (x.elem_count() / c) as f64;
-        let mean = ((self.running_mean.as_tensor() * (1.0 - momentum))? + (&out.mean * momentum)?)?;
-        self.running_mean.set(&mean)?;
-        let var = ((self.running_var.as_tensor() * (1.0 - momentum))? + (&out.var * (momentum * m / (m - 1.0)))?)?;
-        self.running_var.set(&var)
+        running_average(&self.running_mean, &out.mean, 1.0 - momentum, momentum)?;
+        running_average(&self.running_var, &out.var, 1.0 - momentum, momentum * m / (m - 1.0))
+    }
+}
+
+/// `r ← keep·r + gain·s`, rounded as candle-nn's update (two scalings and
+/// an addition, each rounded to the element type): in place, one pass, where
+/// tfkd's own kernels run (the CPU's f32/f64, CUDA's f32: one launch instead
+/// of four ops with three allocations); elsewhere candle-nn's ops.
+fn running_average(r: &Var, s: &Tensor, keep: f64, gain: f64) -> Result<()> {
+    let r_t = r.as_tensor();
+    if crate::own_kernels(r_t) && s.dtype() == r_t.dtype() && s.dims() == r_t.dims() && r_t.is_contiguous() {
+        return r_t.inplace_op2(&s.contiguous()?, &RunningAverage { keep, gain });
+    }
+    r.set(&((r_t * keep)? + (s * gain)?)?)
+}
+
+/// The in-place op of [`running_average`] (`(r, s)`).
+struct RunningAverage {
+    keep: f64,
+    gain: f64,
+}
+
+impl RunningAverage {
+    fn blend<E: Float>(&self, r: &mut [E], s: &[E]) {
+        let (keep, gain) = (E::from_f64(self.keep), E::from_f64(self.gain));
+        for (r, &s) in r.iter_mut().zip(s) {
+            *r = *r * keep + s * gain;
+        }
+    }
+}
+
+impl candle_core::InplaceOp2 for RunningAverage {
+    fn name(&self) -> &'static str {
+        "tfkd-running-average"
+    }
+
+    fn cpu_fwd(&self, r: &mut CpuStorage, rl: &Layout, s: &CpuStorage, sl: &Layout) -> Result<()> {
+        let Some((start, end)) = rl.contiguous_offsets() else {
+            candle_core::bail!("{}: the running statistic must be contiguous", self.name())
+        };
+        match r {
+            CpuStorage::F32(r) => self.blend(&mut r[start..end], slice::<f32>(s, sl, "the batch statistic")?),
+            CpuStorage::F64(r) => self.blend(&mut r[start..end], slice::<f64>(s, sl, "the batch statistic")?),
+            other => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), other.dtype()),
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        r: &mut candle_core::cuda_backend::CudaStorage,
+        rl: &Layout,
+        s: &candle_core::cuda_backend::CudaStorage,
+        sl: &Layout,
+    ) -> Result<()> {
+        crate::cuda::running_average((r, rl), (s, sl), self.keep as f32, self.gain as f32)
     }
 }
 
@@ -522,6 +576,32 @@ impl ModuleT for BatchNorm {
             self.inner.forward_t(&x.to_dtype(self.weight.dtype())?, false)?.to_dtype(x.dtype())
         } else {
             self.inner.forward_t(x, false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-place update gives candle-nn's composed update bit for bit
+    /// (f32, f64: the op; f16: the composed fallback itself).
+    #[test]
+    fn the_running_average_in_place_is_candle_nns_update() {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::SeededRng::new(3);
+        for dtype in [DType::F32, DType::F64, DType::F16] {
+            let r0 = rng.normal_tensor(37, 0.0, 2.0, DType::F32, &dev).unwrap().to_dtype(dtype).unwrap();
+            let s = rng.normal_tensor(37, 1.0, 3.0, DType::F32, &dev).unwrap().to_dtype(dtype).unwrap();
+            let (keep, gain) = (1.0 - 0.1, 0.1 * 50.0 / 49.0);
+            let want = ((&r0 * keep).unwrap() + (&s * gain).unwrap()).unwrap();
+            let r = Var::from_tensor(&r0).unwrap();
+            let shared = r.as_tensor().clone();
+            running_average(&r, &s, keep, gain).unwrap();
+            let bits = |t: &Tensor| t.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            assert_eq!(bits(r.as_tensor()), bits(&want), "{dtype:?}");
+            // In place: every handle on the storage sees the update.
+            assert_eq!(bits(&shared), bits(&want), "{dtype:?}");
         }
     }
 }

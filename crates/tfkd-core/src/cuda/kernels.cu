@@ -294,3 +294,12 @@ extern "C" __global__ void tfkd_sgd_step_f32(float* p, const float* g, const flo
         p[i] = __fsub_rn(pi, __fmul_rn(d, lr));
     }
 }
+
+// ---------------------------------------------------------------------------
+// BatchNorm's running statistics, in place: r <- keep r + gain s (keep =
+// 1 - momentum; gain = momentum, times M/(M - 1) for the variance). Rounded
+// as the CPU's two scalings and an addition (no fused multiply-add).
+
+extern "C" __global__ void tfkd_running_average_f32(float* r, const float* s, float keep, float gain, uint64_t n) {
+    GRID_STRIDE(i, n) r[i] = __fadd_rn(__fmul_rn(r[i], keep), __fmul_rn(s[i], gain));
+}

@@ -4,8 +4,8 @@
 //! f32, bf16 or f16 activations (`precision = "bf16"`: cuDNN reads and writes
 //! bf16, keeps the statistics and parameter gradients in f32).
 //!
-//! The forward asks cuDNN for the batch mean and, through a running average
-//! with factor 1 over zeroed buffers, the unbiased batch variance; the
+//! The forward asks cuDNN, through a running average with factor 1 over
+//! zeroed buffers, for the batch mean and the unbiased batch variance; the
 //! biased one the caller gets is `σ²_unbiased·(M − 1)/M`. The backward uses
 //! the mean and `1/√(σ² + ε)` cuDNN saved; `∂L/∂γ` and `∂L/∂β` come out of the
 //! same call into buffers of their own (so the `(N, C, H, W)` input gradient
@@ -68,7 +68,7 @@ struct Saved {
     inv_std: CudaSlice<f32>,
 }
 
-/// The batch mean (a copy) and unbiased variance, for the caller.
+/// The batch mean and unbiased variance, for the caller.
 type ForCaller = Option<(CudaDevice, CudaSlice<f32>, CudaSlice<f32>)>;
 
 /// `(x, γ, β) → y`.
@@ -153,10 +153,12 @@ impl CustomOp3 for CudnnBatchNorm {
         let c = dims[1];
         let wrap = candle_core::Error::wrap;
         let (y, py) = alloc(&dev, xs.dtype(), xl.shape().elem_count())?;
-        let mut mean = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
-        let mut inv_std = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
-        // Zeroed: the running average with factor 1 still reads it (0·old).
-        let mut running_mean = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
+        // SAFETY: cuDNN writes both whole (the saved mean and 1/√(σ² + ε)).
+        let (mut mean, mut inv_std) = unsafe { (stream.alloc::<f32>(c).map_err(wrap)?, stream.alloc::<f32>(c).map_err(wrap)?) };
+        // cuDNN's "running" statistics with factor 1 are the batch mean and
+        // unbiased variance, for the caller's own update. Zeroed: the average
+        // still reads the old value (0·old).
+        let mut batch_mean = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
         let mut unbiased_var = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
         let x_desc = Descriptor::tensor(&api, data_type, dims)?;
         let p_desc = Descriptor::batch_norm_param(&api, &x_desc)?;
@@ -164,7 +166,7 @@ impl CustomOp3 for CudnnBatchNorm {
             let (px, pw, pb) = (ptr(xs, xl, &stream)?, ptr(ws, wl, &stream)?, ptr(bs, bl, &stream)?);
             let (pm, _w2) = mean.device_ptr_mut(&stream);
             let (pi, _w3) = inv_std.device_ptr_mut(&stream);
-            let (prm, _w4) = running_mean.device_ptr_mut(&stream);
+            let (prm, _w4) = batch_mean.device_ptr_mut(&stream);
             let (prv, _w5) = unbiased_var.device_ptr_mut(&stream);
             let (one, zero) = (Scale::F32(1.0), Scale::F32(0.0));
             cudnn::with_device(&api, &dev, |state| {
@@ -194,9 +196,7 @@ impl CustomOp3 for CudnnBatchNorm {
                 api.check(status, &format!("cudnnBatchNormalizationForwardTraining (input {:?})", xl.shape()))
             })?;
         }
-        drop(running_mean);
-        let mean_copy = stream.clone_dtod(&mean).map_err(wrap)?;
-        *self.for_caller.lock().map_err(|_| poisoned())? = Some((dev.clone(), mean_copy, unbiased_var));
+        *self.for_caller.lock().map_err(|_| poisoned())? = Some((dev.clone(), batch_mean, unbiased_var));
         *self.saved.lock().map_err(|_| poisoned())? = Some(Arc::new(Saved {
             dev: dev.clone(),
             mean,
