@@ -41,6 +41,8 @@ using std::isnan; using std::max; using std::min;
 static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 struct Dim3 { unsigned x; };
 static Dim3 blockIdx{0}, blockDim{1}, threadIdx{0}, gridDim{1};
 #include "KERNELS"
@@ -120,25 +122,69 @@ def main():
     lib.tfkd_channel_sums_f32(ptr(y), ptr(db), u64(3), i32(5), u64(24))
     check("channel bias gradient (sums)", db, y.double().sum((0, 2, 3)).float())
 
-    # SGD with momentum, in place: the buffer's update, then the parameter's,
-    # against torch.optim.SGD stepping from the same buffer.
-    for momentum, dampening, wd, nesterov in [(0.9, 0.0, 5e-4, False), (0.9, 0.0, 5e-4, True), (0.5, 0.1, 0.0, False), (0.0, 0.0, 1e-3, False)]:
-        p0, g = torch.randn(50, generator=gen), torch.randn(50, generator=gen)
-        b0 = torch.randn(50, generator=gen)
-        param = torch.nn.Parameter(p0.clone())
-        opt = torch.optim.SGD([param], lr=0.1, momentum=momentum, dampening=dampening, weight_decay=wd, nesterov=nesterov)
-        if momentum:
-            opt.state[param]["momentum_buffer"] = b0.clone()
-        param.grad = g.clone()
+    # The optimizers, multi-tensor: a table of pieces (two parameters, one
+    # split into pieces of 20), against torch.optim stepping from the same
+    # state.
+    class Chunk(ctypes.Structure):
+        _fields_ = [("p", ctypes.c_void_p), ("g", ctypes.c_void_p), ("s1", ctypes.c_void_p), ("s2", ctypes.c_void_p),
+                    ("start", ctypes.c_uint64), ("len", ctypes.c_uint64), ("fresh", ctypes.c_int),
+                    ("step_size", ctypes.c_float), ("inv_bias2_sqrt", ctypes.c_float), ("unused", ctypes.c_int)]
+
+    class SgdScalars(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_float) for n in ["lr", "wd", "mu", "one_minus_tau"]] + [("nesterov", ctypes.c_int)]
+
+    class AdamScalars(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_float) for n in ["b1", "one_minus_b1", "b2", "one_minus_b2", "eps", "wd"]]
+
+    def table(params, grads, s1, s2, fresh, scales):
+        pieces = []
+        for k, p in enumerate(params):
+            for start in range(0, p.numel(), 20):
+                pieces.append(Chunk(p.data_ptr(), grads[k].data_ptr(), s1[k].data_ptr() if s1 else None,
+                                    s2[k].data_ptr() if s2 else None, start, min(20, p.numel() - start),
+                                    int(fresh), scales[k][0], scales[k][1], 0))
+        return (Chunk * len(pieces))(*pieces), u64(len(pieces))
+
+    sizes = [50, 7]
+    for momentum, dampening, wd, nesterov, first in [(0.9, 0.0, 5e-4, False, False), (0.9, 0.0, 5e-4, True, False), (0.5, 0.1, 0.0, False, False),
+                                                     (0.0, 0.0, 1e-3, False, False), (0.9, 0.0, 5e-4, False, True), (0.9, 0.0, 5e-4, True, True)]:
+        p0 = [torch.randn(n, generator=gen) for n in sizes]
+        g = [torch.randn(n, generator=gen) for n in sizes]
+        b0 = [torch.randn(n, generator=gen) for n in sizes]
+        params = [torch.nn.Parameter(p.clone()) for p in p0]
+        opt = torch.optim.SGD(params, lr=0.1, momentum=momentum, dampening=dampening, weight_decay=wd, nesterov=nesterov, foreach=False)
+        if momentum and not first:
+            for param, b in zip(params, b0):
+                opt.state[param]["momentum_buffer"] = b.clone()
+        for param, gk in zip(params, g):
+            param.grad = gk.clone()
         opt.step()
-        p, b = p0.clone(), b0.clone()
+        p, b = [x.clone() for x in p0], ([x.clone() for x in b0] if momentum else None)
+        chunks, count = table(p, g, b, None, first, [(0.0, 0.0)] * len(sizes))
+        lib.tfkd_sgd_f32(chunks, count, SgdScalars(0.1, wd, momentum, 1 - dampening, int(nesterov)))
+        name = f"SGD momentum {momentum} dampening {dampening} wd {wd} nesterov {nesterov}{' first step' if first else ''}"
+        check(name + ": parameters", torch.cat(p), torch.cat([x.detach() for x in params]))
         if momentum:
-            lib.tfkd_sgd_momentum_f32(ptr(b), ptr(g), ptr(p), f32(momentum), f32(1 - dampening), f32(wd), u64(50))
-        lib.tfkd_sgd_step_f32(ptr(p), ptr(g), ptr(b), f32(0.1), f32(wd), f32(momentum), i32(int(nesterov)), i32(int(momentum != 0)), u64(50))
-        name = f"SGD momentum {momentum} dampening {dampening} wd {wd} nesterov {nesterov}"
-        check(name + ": parameter", p, param.detach())
-        if momentum:
-            check(name + ": buffer", b, opt.state[param]["momentum_buffer"])
+            check(name + ": buffers", torch.cat(b), torch.cat([opt.state[x]["momentum_buffer"] for x in params]))
+
+    for wd, steps in [(0.0, 1), (0.0, 3), (1e-2, 2)]:
+        p0 = [torch.randn(n, generator=gen) for n in sizes]
+        grads = [[torch.randn(n, generator=gen) for n in sizes] for _ in range(steps)]
+        params = [torch.nn.Parameter(p.clone()) for p in p0]
+        opt = torch.optim.Adam(params, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd, foreach=False)
+        p = [x.clone() for x in p0]
+        m, v = [torch.zeros(n) for n in sizes], [torch.zeros(n) for n in sizes]
+        for t in range(1, steps + 1):
+            for param, gk in zip(params, grads[t - 1]):
+                param.grad = gk.clone()
+            opt.step()
+            scale = (1e-2 / (1 - 0.9 ** t), 1 / (1 - 0.999 ** t) ** 0.5)
+            chunks, count = table(p, grads[t - 1], m, v, False, [scale] * len(sizes))
+            lib.tfkd_adam_f32(chunks, count, AdamScalars(0.9, 1 - 0.9, 0.999, 1 - 0.999, 1e-8, wd))
+        name = f"Adam wd {wd}, {steps} steps"
+        check(name + ": parameters", torch.cat(p), torch.cat([x.detach() for x in params]))
+        check(name + ": first moments", torch.cat(m), torch.cat([opt.state[x]["exp_avg"] for x in params]))
+        check(name + ": second moments", torch.cat(v), torch.cat([opt.state[x]["exp_avg_sq"] for x in params]))
 
     # BatchNorm's running statistics, in place, against nn.BatchNorm2d's
     # update (momentum 0.1; the unbiased batch variance).

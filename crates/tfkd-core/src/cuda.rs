@@ -2,13 +2,15 @@
 //! in `build.rs`, loaded once per GPU): ReLU / ReLU6, max pooling, the conv
 //! bias and the fused losses, each one kernel forward and one backward with
 //! the CPU ops' rules for the gradient at the clamp bounds, ties and NaN;
-//! and SGD's update in place (two kernels per parameter instead of eight
-//! candle ops and their allocations). `--features cuda` only.
+//! SGD's and Adam's updates of every parameter in place in one launch
+//! (multi-tensor, as PyTorch's foreach optimizers; before, eight to twelve
+//! candle ops with an allocation each per parameter); and BatchNorm's
+//! running statistics in place. `--features cuda` only.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
-use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Result};
+use candle_core::{DType, Layout, Result, Tensor};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
 const MODULE: &str = "tfkd_core_kernels";
@@ -326,97 +328,179 @@ fn f32_view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, op: &str) -> Result<Cuda
     Ok(s.as_cuda_slice_mut::<f32>()?.slice_mut(start..end))
 }
 
-fn same_len(op: &str, ls: [&Layout; 3]) -> Result<u64> {
-    let n = ls[0].shape().elem_count();
-    if ls.iter().any(|l| l.shape().elem_count() != n) {
-        candle_core::bail!("{op}: operands of {:?}, {:?} and {:?} elements", ls[0].shape(), ls[1].shape(), ls[2].shape())
+/// One piece of one parameter for the multi-tensor optimizer kernels (the
+/// layout of `Chunk` in `kernels.cu`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct Chunk {
+    p: u64,
+    g: u64,
+    s1: u64,
+    s2: u64,
+    start: u64,
+    len: u64,
+    fresh: i32,
+    step_size: f32,
+    inv_bias2_sqrt: f32,
+    unused: i32,
+}
+
+// SAFETY: plain old data with the C layout the kernels read.
+unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for Chunk {}
+
+/// The most elements one block of the optimizer kernels updates.
+const PIECE: usize = 8192;
+
+/// A parameter, its gradient and its optimizer state on the GPU, for
+/// [`sgd`] and [`adam`]: all f32, contiguous, of one size.
+pub(crate) struct OptimSlot<'a> {
+    pub param: &'a Tensor,
+    pub grad: &'a Tensor,
+    /// SGD: `[momentum buffer, -]` (none without momentum); Adam: `[m, v]`.
+    pub state: [Option<&'a Tensor>; 2],
+    /// SGD: the buffer was made for this step (it gets `d`).
+    pub fresh: bool,
+    /// Adam: `lr/(1 − β₁ᵗ)` and `1/√(1 − β₂ᵗ)` for this parameter's `t`.
+    pub adam_scales: [f32; 2],
+}
+
+/// The device address of a contiguous f32 tensor's first element, and its
+/// GPU.
+fn address(t: &Tensor, op: &str) -> Result<(CudaDevice, u64)> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cuda(s) = &*storage else {
+        candle_core::bail!("{op}: a tensor is not on a GPU")
+    };
+    let view = f32_view(s, layout, op)?;
+    let stream = s.device().cuda_stream();
+    let (ptr, _sync) = view.device_ptr(&stream);
+    Ok((s.device().clone(), ptr))
+}
+
+/// Launches the optimizer kernel `kernel` over every element of `slots`,
+/// with its hyper-parameters `scalars` after the piece table, in one launch.
+///
+/// The kernel writes the parameters and their state in place through
+/// addresses taken under candle's read locks: what candle's in-place ops do
+/// under its write lock, without a lock per tensor. This is sound because
+/// the optimizer is the only writer of its parameters and state during a
+/// step, and candle runs every op on the device's one stream, so each
+/// earlier read of these tensors is done before the kernel starts and each
+/// later one sees its writes; no host reference into device memory exists.
+fn optimizer_launch<S: candle_core::cuda_backend::cudarc::driver::DeviceRepr>(kernel: &str, slots: &[OptimSlot], scalars: &S) -> Result<()> {
+    let op = kernel;
+    let mut chunks = Vec::new();
+    let mut dev: Option<CudaDevice> = None;
+    for slot in slots {
+        let n = slot.param.elem_count();
+        let mut at = |t: &Tensor| -> Result<u64> {
+            if t.elem_count() != n || t.dtype() != DType::F32 {
+                candle_core::bail!("{op}: a gradient or state of {:?} {:?} for a parameter of {:?} f32", t.shape(), t.dtype(), slot.param.shape())
+            }
+            let (d, ptr) = address(t, op)?;
+            match &dev {
+                Some(first) if first.id() != d.id() => candle_core::bail!("{op}: parameters on two GPUs"),
+                Some(_) => {}
+                None => dev = Some(d),
+            }
+            Ok(ptr)
+        };
+        let (p, g) = (at(slot.param)?, at(slot.grad)?);
+        let [s1, s2] = [slot.state[0], slot.state[1]].map(|s| s.map_or(Ok(0), &mut at));
+        let (s1, s2) = (s1?, s2?);
+        for start in (0..n).step_by(PIECE) {
+            chunks.push(Chunk {
+                p,
+                g,
+                s1,
+                s2,
+                start: start as u64,
+                len: PIECE.min(n - start) as u64,
+                fresh: i32::from(slot.fresh),
+                step_size: slot.adam_scales[0],
+                inv_bias2_sqrt: slot.adam_scales[1],
+                unused: 0,
+            });
+        }
     }
-    Ok(n as u64)
+    let Some(dev) = dev else { return Ok(()) };
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let stream = dev.cuda_stream();
+    let table = stream.clone_htod(&chunks).map_err(candle_core::Error::wrap)?;
+    let count = chunks.len() as u64;
+    let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&table).arg(&count).arg(scalars);
+    let cfg = LaunchConfig {
+        grid_dim: (chunks.len().min(65_535) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the kernel's signature (the table, its length, the
+    // hyper-parameters' struct); every address in the table points at a live
+    // f32 buffer of at least start + len elements (checked above), and the
+    // table outlives the launch (freed in stream order).
+    unsafe { b.launch(cfg) }.map_err(candle_core::Error::wrap)?;
+    Ok(())
 }
 
-/// SGD's momentum buffer update in place: `b ← μ·b + (1 − τ)·(g + λ·p)`
-/// (`(b, g, p)`; `optim::Sgd` on f32 GPU tensors).
-pub(crate) struct SgdMomentum {
-    pub momentum: f32,
-    pub one_minus_dampening: f32,
-    pub weight_decay: f32,
-}
-
-/// SGD's parameter update in place: `p ← p − lr·d` with `d` the direction
-/// after momentum (`(p, g, b)`; `b` unread when `has_buffer` is false).
-pub(crate) struct SgdStep {
+/// SGD's hyper-parameters as the kernel takes them (`SgdScalars` in
+/// `kernels.cu`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SgdScalars {
     pub lr: f32,
     pub weight_decay: f32,
     pub momentum: f32,
-    pub nesterov: bool,
-    pub has_buffer: bool,
+    pub one_minus_dampening: f32,
+    pub nesterov: i32,
 }
 
-fn gpu_only(op: &str) -> Result<()> {
-    candle_core::bail!("{op}: a GPU op was given CPU tensors")
+// SAFETY: plain old data with the C layout the kernel reads.
+unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for SgdScalars {}
+
+/// One SGD step of every slot, in place, in one launch (`optim::Sgd` on f32
+/// GPU tensors; the buffer in `state[0]`, none without momentum).
+pub(crate) fn sgd(slots: &[OptimSlot], scalars: &SgdScalars) -> Result<()> {
+    optimizer_launch("tfkd_sgd_f32", slots, scalars)
 }
 
-impl InplaceOp3 for SgdMomentum {
-    fn name(&self) -> &'static str {
-        "tfkd-sgd-momentum"
-    }
-
-    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
-        gpu_only(self.name())
-    }
-
-    fn cuda_fwd(&self, b: &mut CudaStorage, bl: &Layout, g: &CudaStorage, gl: &Layout, p: &CudaStorage, pl: &Layout) -> Result<()> {
-        let n = same_len(self.name(), [bl, gl, pl])?;
-        let dev = b.device().clone();
-        let (gv, pv) = (f32_view(g, gl, self.name())?, f32_view(p, pl, self.name())?);
-        let mut bv = f32_view_mut(b, bl, self.name())?;
-        let func = dev.get_or_load_custom_func("tfkd_sgd_momentum_f32", MODULE, PTX)?;
-        let mut builder = func.builder();
-        builder.arg(&mut bv).arg(&gv).arg(&pv).arg(&self.momentum).arg(&self.one_minus_dampening).arg(&self.weight_decay).arg(&n);
-        // SAFETY: the kernel's signature; three buffers of n elements.
-        unsafe { builder.launch(config(n)) }.map_err(candle_core::Error::wrap)?;
-        Ok(())
-    }
+/// Adam's hyper-parameters as the kernel takes them (`AdamScalars` in
+/// `kernels.cu`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AdamScalars {
+    pub beta1: f32,
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
 }
 
-impl InplaceOp3 for SgdStep {
-    fn name(&self) -> &'static str {
-        "tfkd-sgd-step"
-    }
+// SAFETY: plain old data with the C layout the kernel reads.
+unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for AdamScalars {}
 
-    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
-        gpu_only(self.name())
+/// One Adam step of every slot, in place, in one launch (`optim::Adam` on
+/// f32 GPU tensors; `[m, v]` in `state`).
+pub(crate) fn adam(slots: &[OptimSlot], scalars: &AdamScalars) -> Result<()> {
+    if slots.iter().any(|s| s.state.iter().any(Option::is_none)) {
+        candle_core::bail!("tfkd_adam_f32: a parameter without its two moments")
     }
-
-    fn cuda_fwd(&self, p: &mut CudaStorage, pl: &Layout, g: &CudaStorage, gl: &Layout, b: &CudaStorage, bl: &Layout) -> Result<()> {
-        let n = same_len(self.name(), [pl, gl, bl])?;
-        let dev = p.device().clone();
-        let (gv, bv) = (f32_view(g, gl, self.name())?, f32_view(b, bl, self.name())?);
-        let mut pv = f32_view_mut(p, pl, self.name())?;
-        let (nesterov, has_buffer) = (i32::from(self.nesterov), i32::from(self.has_buffer));
-        let func = dev.get_or_load_custom_func("tfkd_sgd_step_f32", MODULE, PTX)?;
-        let mut builder = func.builder();
-        builder
-            .arg(&mut pv)
-            .arg(&gv)
-            .arg(&bv)
-            .arg(&self.lr)
-            .arg(&self.weight_decay)
-            .arg(&self.momentum)
-            .arg(&nesterov)
-            .arg(&has_buffer)
-            .arg(&n);
-        // SAFETY: the kernel's signature; three buffers of n elements.
-        unsafe { builder.launch(config(n)) }.map_err(candle_core::Error::wrap)?;
-        Ok(())
-    }
+    optimizer_launch("tfkd_adam_f32", slots, scalars)
 }
 
 /// `r ← keep·r + gain·s` in place (BatchNorm's running statistics; rounded
 /// as the CPU's [`crate::norm`] update).
 pub(crate) fn running_average(r: (&mut CudaStorage, &Layout), s: (&CudaStorage, &Layout), keep: f32, gain: f32) -> Result<()> {
     let op = "tfkd-running-average";
-    let n = same_len(op, [r.1, s.1, s.1])?;
+    let n = r.1.shape().elem_count() as u64;
+    if s.1.shape().elem_count() as u64 != n {
+        candle_core::bail!("{op}: a statistic of {:?} for a running one of {:?}", s.1.shape(), r.1.shape())
+    }
     let dev = r.0.device().clone();
     let sv = f32_view(s.0, s.1, op)?;
     let mut rv = f32_view_mut(r.0, r.1, op)?;

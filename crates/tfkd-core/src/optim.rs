@@ -99,25 +99,26 @@ impl Sgd {
     }
 
     /// One update of every parameter that has a gradient in `grads`.
+    ///
+    /// f32 parameters on a GPU are all updated by one in-place kernel
+    /// launch (PyTorch's foreach SGD), rounded as the candle ops of the
+    /// other parameters are.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
-        let SgdConfig { lr, momentum, dampening, weight_decay, nesterov } = self.config;
-        for ((_, var), buffer) in self.params.iter().zip(self.buffers.iter_mut()) {
+        #[cfg(feature = "cuda")]
+        let mut on_gpu = Vec::new();
+        #[cfg_attr(not(feature = "cuda"), allow(unused_variables))] // `i`: the GPU path's
+        for (i, ((_, var), buffer)) in self.params.iter().zip(self.buffers.iter_mut()).enumerate() {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
             // Detached: candle's gradients can carry the op history of the
             // step that made them, and the momentum buffer lives across
             // steps; without this every buffer would keep every past graph.
             let grad = grad.detach();
-            // On a GPU, once the momentum buffer exists (or without
-            // momentum): in-place kernels. The first step with momentum,
-            // which makes the buffer, takes the generic path below.
             #[cfg(feature = "cuda")]
-            if crate::own_cuda_kernels(var.as_tensor())
-                && grad.dtype() == candle_core::DType::F32
-                && (momentum == 0.0 || buffer.is_some())
-            {
-                step_on_gpu(var, &grad.contiguous()?, buffer.as_ref(), &self.config)?;
+            if crate::own_cuda_kernels(var.as_tensor()) && grad.dtype() == candle_core::DType::F32 {
+                on_gpu.push((i, grad.contiguous()?));
                 continue;
             }
+            let SgdConfig { lr, momentum, dampening, weight_decay, nesterov } = self.config;
             let p = var.as_tensor().detach();
             let mut d = if weight_decay != 0.0 { (&grad + (&p * weight_decay)?)? } else { grad };
             if momentum != 0.0 {
@@ -130,7 +131,45 @@ impl Sgd {
             }
             var.set(&(&p - (d * lr)?)?)?;
         }
+        #[cfg(feature = "cuda")]
+        self.step_on_gpu(on_gpu)?;
         Ok(())
+    }
+
+    /// [`Sgd::step`] of the f32 GPU parameters `(index, gradient)`: a
+    /// momentum buffer is made (zeroed; the kernel writes `d` into it) for
+    /// each first step, then one launch updates them all.
+    #[cfg(feature = "cuda")]
+    fn step_on_gpu(&mut self, on_gpu: Vec<(usize, Tensor)>) -> Result<()> {
+        let SgdConfig { lr, momentum, dampening, weight_decay, nesterov } = self.config;
+        let mut fresh = vec![false; on_gpu.len()];
+        if momentum != 0.0 {
+            for ((i, _), fresh) in on_gpu.iter().zip(fresh.iter_mut()) {
+                if self.buffers[*i].is_none() {
+                    self.buffers[*i] = Some(self.params[*i].1.as_tensor().zeros_like()?);
+                    *fresh = true;
+                }
+            }
+        }
+        let slots: Vec<crate::cuda::OptimSlot> = on_gpu
+            .iter()
+            .zip(fresh)
+            .map(|((i, grad), fresh)| crate::cuda::OptimSlot {
+                param: self.params[*i].1.as_tensor(),
+                grad,
+                state: [self.buffers[*i].as_ref(), None],
+                fresh,
+                adam_scales: [0.0; 2],
+            })
+            .collect();
+        let scalars = crate::cuda::SgdScalars {
+            lr: lr as f32,
+            weight_decay: weight_decay as f32,
+            momentum: momentum as f32,
+            one_minus_dampening: (1.0 - dampening) as f32,
+            nesterov: i32::from(nesterov),
+        };
+        Ok(crate::cuda::sgd(&slots, &scalars)?)
     }
 
     /// Back-propagates `loss` and takes one step.
@@ -253,26 +292,63 @@ impl Adam {
     }
 
     /// One update of every parameter that has a gradient in `grads`.
+    ///
+    /// f32 parameters on a GPU are all updated by one in-place kernel
+    /// launch, rounded as the candle ops of the other parameters are.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         let AdamConfig { lr, beta1, beta2, eps, weight_decay } = self.config;
-        for ((_, var), slot) in self.params.iter().zip(self.moments.iter_mut()) {
+        #[cfg(feature = "cuda")]
+        let mut on_gpu = Vec::new();
+        #[cfg_attr(not(feature = "cuda"), allow(unused_variables))] // `i`: the GPU path's
+        for (i, ((_, var), slot)) in self.params.iter().zip(self.moments.iter_mut()).enumerate() {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
             let grad = grad.detach();
             let p = var.as_tensor().detach();
-            let g = if weight_decay != 0.0 { (&grad + (&p * weight_decay)?)? } else { grad };
             let (t, m, v) = match slot.take() {
                 None => (0, p.zeros_like()?, p.zeros_like()?),
                 Some(state) => state,
             };
             let t = t + 1;
-            let m = ((m * beta1)? + (&g * (1.0 - beta1))?)?;
-            let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let bias1 = 1.0 - beta1.powi(t as i32);
             let bias2_sqrt = (1.0 - beta2.powi(t as i32)).sqrt();
+            #[cfg(feature = "cuda")]
+            if crate::own_cuda_kernels(&p) && grad.dtype() == candle_core::DType::F32 {
+                on_gpu.push((i, grad.contiguous()?, [(lr / bias1) as f32, (1.0 / bias2_sqrt) as f32]));
+                *slot = Some((t, m, v));
+                continue;
+            }
+            let g = if weight_decay != 0.0 { (&grad + (&p * weight_decay)?)? } else { grad };
+            let m = ((m * beta1)? + (&g * (1.0 - beta1))?)?;
+            let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let denom = ((v.sqrt()? / bias2_sqrt)? + eps)?;
             let update = ((&m / denom)? * (lr / bias1))?;
             var.set(&(&p - update)?)?;
             *slot = Some((t, m, v));
+        }
+        #[cfg(feature = "cuda")]
+        if !on_gpu.is_empty() {
+            let slots: Vec<crate::cuda::OptimSlot> = on_gpu
+                .iter()
+                .filter_map(|(i, grad, adam_scales)| {
+                    let (_, m, v) = self.moments[*i].as_ref()?;
+                    Some(crate::cuda::OptimSlot {
+                        param: self.params[*i].1.as_tensor(),
+                        grad,
+                        state: [Some(m), Some(v)],
+                        fresh: false,
+                        adam_scales: *adam_scales,
+                    })
+                })
+                .collect();
+            let scalars = crate::cuda::AdamScalars {
+                beta1: beta1 as f32,
+                one_minus_beta1: (1.0 - beta1) as f32,
+                beta2: beta2 as f32,
+                one_minus_beta2: (1.0 - beta2) as f32,
+                eps: eps as f32,
+                weight_decay: weight_decay as f32,
+            };
+            crate::cuda::adam(&slots, &scalars)?;
         }
         Ok(())
     }
@@ -328,7 +404,8 @@ impl Adam {
                         [s] if *s >= 1.0 && s.fract() == 0.0 => *s as u64,
                         other => return Err(Error::State(format!("step of {name} is {other:?}, not one count >= 1"))),
                     };
-                    let to = |x: Tensor| -> Result<Tensor> { Ok(x.to_device(var.device())?.to_dtype(var.dtype())?) };
+                    // Moments of their own: on a GPU the step updates them in place.
+                    let to = |x: Tensor| -> Result<Tensor> { Ok(x.to_device(var.device())?.to_dtype(var.dtype())?.copy()?) };
                     *slot = Some((steps, to(m)?, to(v)?));
                 }
                 _ => return Err(Error::State(format!("the Adam state of {name} is incomplete (exp_avg, exp_avg_sq, step)"))),
@@ -419,35 +496,4 @@ impl Optimizer {
             Optimizer::Adam(o) => o.load_state(state),
         }
     }
-}
-
-/// [`Sgd::step`] of one f32 parameter on a GPU whose momentum buffer
-/// exists (`None` without momentum): the same arithmetic, rounded the same
-/// way, as in-place kernels (the buffer's update, then the parameter's)
-/// instead of eight candle ops with an allocation each.
-#[cfg(feature = "cuda")]
-fn step_on_gpu(var: &Var, grad: &Tensor, buffer: Option<&Tensor>, config: &SgdConfig) -> Result<()> {
-    use crate::cuda::{SgdMomentum, SgdStep};
-    let SgdConfig { lr, momentum, dampening, weight_decay, nesterov } = *config;
-    let p = var.as_tensor();
-    let step = SgdStep {
-        lr: lr as f32,
-        weight_decay: weight_decay as f32,
-        momentum: momentum as f32,
-        nesterov,
-        has_buffer: buffer.is_some(),
-    };
-    match buffer {
-        None => p.inplace_op3(grad, grad, &step)?,
-        Some(b) => {
-            let update = SgdMomentum {
-                momentum: momentum as f32,
-                one_minus_dampening: (1.0 - dampening) as f32,
-                weight_decay: weight_decay as f32,
-            };
-            b.inplace_op3(grad, p, &update)?;
-            p.inplace_op3(grad, b, &step)?;
-        }
-    }
-    Ok(())
 }

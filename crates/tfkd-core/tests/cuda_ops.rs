@@ -269,35 +269,50 @@ mod on_gpu {
     /// that create, update and (Nesterov) use the momentum buffer, and a
     /// checkpointed buffer restored mid-way.
     #[test]
-    fn sgd_steps_match_the_cpu() {
-        use tfkd_core::optim::{Sgd, SgdConfig};
+    fn optimizer_steps_match_the_cpu() {
+        use tfkd_core::optim::{AdamConfig, Optimizer, OptimizerConfig, SgdConfig};
         let Some(dev) = gpu() else { return };
         let mut rng = SeededRng::new(15);
         let configs = [
-            SgdConfig { lr: 0.1, momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: false },
-            SgdConfig { lr: 0.05, momentum: 0.9, dampening: 0.0, weight_decay: 1e-3, nesterov: true },
-            SgdConfig { lr: 0.2, momentum: 0.5, dampening: 0.1, weight_decay: 0.0, nesterov: false },
-            SgdConfig { lr: 0.1, momentum: 0.0, dampening: 0.0, weight_decay: 5e-4, nesterov: false },
+            OptimizerConfig::Sgd(SgdConfig { lr: 0.1, momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: false }),
+            OptimizerConfig::Sgd(SgdConfig { lr: 0.05, momentum: 0.9, dampening: 0.0, weight_decay: 1e-3, nesterov: true }),
+            OptimizerConfig::Sgd(SgdConfig { lr: 0.2, momentum: 0.5, dampening: 0.1, weight_decay: 0.0, nesterov: false }),
+            OptimizerConfig::Sgd(SgdConfig { lr: 0.1, momentum: 0.0, dampening: 0.0, weight_decay: 5e-4, nesterov: false }),
+            OptimizerConfig::Adam(AdamConfig::default()),
+            OptimizerConfig::Adam(AdamConfig { lr: 0.01, weight_decay: 1e-2, ..AdamConfig::default() }),
         ];
+        // Three parameters in one step: one larger than a kernel piece (so
+        // split into several), a small one, and one without a gradient in
+        // the second step (skipped, as PyTorch skips `grad is None`).
+        let shapes: [&[usize]; 3] = [&[130, 70], &[7, 5], &[3]];
         for config in configs {
-            let p0 = random(&mut rng, &[7, 5]);
-            let grads: Vec<Tensor> = (0..4).map(|_| random(&mut rng, &[7, 5])).collect();
+            let p0: Vec<Tensor> = shapes.iter().map(|s| random(&mut rng, s)).collect();
+            let grads: Vec<Vec<Tensor>> = (0..4).map(|_| shapes.iter().map(|s| random(&mut rng, s)).collect()).collect();
             let run = |d: &Device| {
-                let var = Var::from_tensor(&p0.to_device(d).unwrap()).unwrap();
-                let mut sgd = Sgd::new(vec![("w".into(), var.clone())], config).unwrap();
-                for (i, g) in grads.iter().enumerate() {
-                    if i == 2 {
-                        // A resume: the buffer goes through a checkpoint.
-                        let state = sgd.state().into_iter().map(|(k, t)| (k, t.to_device(&Device::Cpu).unwrap())).collect();
-                        sgd.load_state(state).unwrap();
+                let vars: Vec<Var> = p0.iter().map(|p| Var::from_tensor(&p.to_device(d).unwrap()).unwrap()).collect();
+                let named = vars.iter().enumerate().map(|(i, v)| (format!("w{i}"), v.clone())).collect();
+                let mut opt = Optimizer::new(named, config).unwrap();
+                for (step, gs) in grads.iter().enumerate() {
+                    if step == 2 {
+                        // A resume: the state goes through a checkpoint.
+                        let state = opt.state().into_iter().map(|(k, t)| (k, t.to_device(&Device::Cpu).unwrap())).collect();
+                        opt.load_state(state).unwrap();
                     }
-                    let loss = (var.as_tensor() * g.to_device(d).unwrap()).unwrap().sum_all().unwrap();
-                    sgd.backward_step(&loss).unwrap();
+                    let mut loss = Tensor::zeros((), candle_core::DType::F32, d).unwrap();
+                    for (i, (v, g)) in vars.iter().zip(gs).enumerate() {
+                        if step == 1 && i == 2 {
+                            continue;
+                        }
+                        loss = (loss + (v.as_tensor() * g.to_device(d).unwrap()).unwrap().sum_all().unwrap()).unwrap();
+                    }
+                    opt.backward_step(&loss).unwrap();
                 }
-                var.as_tensor().to_device(&Device::Cpu).unwrap()
+                vars.iter().map(|v| v.as_tensor().to_device(&Device::Cpu).unwrap()).collect::<Vec<_>>()
             };
             let (want, got) = (run(&Device::Cpu), run(&dev));
-            check(&format!("SGD {config:?}"), &got, &want, VALUE_TOL);
+            for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+                check(&format!("{config:?}: parameter {i}"), got, want, VALUE_TOL);
+            }
         }
     }
 

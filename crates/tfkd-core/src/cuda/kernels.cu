@@ -267,31 +267,76 @@ extern "C" __global__ void tfkd_channel_sums_f32(const float* g, float* db, uint
 }
 
 // ---------------------------------------------------------------------------
-// SGD with momentum (torch.optim.SGD), in place, one pass per parameter:
-// d = g + wd p; b = mu b + (1 - tau) d; d = nesterov ? d + mu b : b;
-// p = p - lr d. Rounded as candle's separate f32 operations on the CPU
-// (no fused multiply-adds), so both devices step alike.
+// The optimizers, multi-tensor: one launch updates every parameter in place
+// (PyTorch's foreach / multi_tensor_apply). The host splits each parameter
+// into pieces of at most a few thousand elements and uploads a table of
+// them; one block walks one piece. Rounded as candle's separate f32
+// operations on the CPU (no fused multiply-adds), so both devices step
+// alike.
 
-__device__ __forceinline__ float sgd_direction(float g, float p, float wd) {
+// One piece of one parameter (the layout of `Chunk` in cuda.rs).
+struct Chunk {
+    float* p;              // the parameter
+    const float* g;        // its gradient
+    float* s1;             // SGD: the momentum buffer (null without momentum); Adam: m
+    float* s2;             // Adam: v
+    uint64_t start, len;   // the piece: elements start .. start + len
+    int fresh;             // SGD: the buffer is new this step (b = d)
+    float step_size;       // Adam: lr / (1 - beta1^t)
+    float inv_bias2_sqrt;  // Adam: 1 / sqrt(1 - beta2^t)
+    int unused;
+};
+
+// The hyper-parameters (the layouts of `SgdScalars` and `AdamScalars` in
+// cuda.rs).
+struct SgdScalars {
+    float lr, wd, mu, one_minus_tau;
+    int nesterov;
+};
+struct AdamScalars {
+    float b1, one_minus_b1, b2, one_minus_b2, eps, wd;
+};
+
+// d = g + wd p (weight decay as an L2 term, PyTorch's SGD and Adam).
+__device__ __forceinline__ float with_decay(float g, float p, float wd) {
     return wd != 0.0f ? __fadd_rn(g, __fmul_rn(p, wd)) : g;
 }
 
-// b <- mu b + (1 - tau) d (the buffer's update, before p changes).
-extern "C" __global__ void tfkd_sgd_momentum_f32(float* b, const float* g, const float* p, float mu, float one_minus_tau, float wd, uint64_t n) {
-    GRID_STRIDE(i, n) {
-        float d = sgd_direction(g[i], p[i], wd);
-        b[i] = __fadd_rn(__fmul_rn(b[i], mu), __fmul_rn(d, one_minus_tau));
+// torch.optim.SGD: d = g + wd p; b = d (fresh) or mu b + (1 - tau) d;
+// d = nesterov ? d + mu b : b; p = p - lr d.
+extern "C" __global__ void tfkd_sgd_f32(const Chunk* chunks, uint64_t count, SgdScalars s) {
+    // Block b walks pieces b, b + gridDim.x, ...; its threads the elements.
+    for (uint64_t c = blockIdx.x; c < count; c += gridDim.x) {
+        const Chunk k = chunks[c];
+        for (uint64_t i = k.start + threadIdx.x; i < k.start + k.len; i += blockDim.x) {
+            float p = k.p[i];
+            float d = with_decay(k.g[i], p, s.wd);
+            if (k.s1) {
+                float b = k.fresh ? d : __fadd_rn(__fmul_rn(k.s1[i], s.mu), __fmul_rn(d, s.one_minus_tau));
+                k.s1[i] = b;
+                d = s.nesterov ? __fadd_rn(d, __fmul_rn(b, s.mu)) : b;
+            }
+            k.p[i] = __fsub_rn(p, __fmul_rn(d, s.lr));
+        }
     }
 }
 
-// p <- p - lr d, with d the direction after momentum (b already updated;
-// has_buffer 0: plain SGD).
-extern "C" __global__ void tfkd_sgd_step_f32(float* p, const float* g, const float* b, float lr, float wd, float mu, int nesterov, int has_buffer, uint64_t n) {
-    GRID_STRIDE(i, n) {
-        float pi = p[i];
-        float d = sgd_direction(g[i], pi, wd);
-        if (has_buffer) d = nesterov ? __fadd_rn(d, __fmul_rn(b[i], mu)) : b[i];
-        p[i] = __fsub_rn(pi, __fmul_rn(d, lr));
+// torch.optim.Adam (L2 weight decay, no amsgrad): d = g + wd p;
+// m = b1 m + (1 - b1) d; v = b2 v + (1 - b2) d^2;
+// p = p - (m / (sqrt(v) / sqrt(1 - b2^t) + eps)) * lr / (1 - b1^t).
+extern "C" __global__ void tfkd_adam_f32(const Chunk* chunks, uint64_t count, AdamScalars s) {
+    for (uint64_t c = blockIdx.x; c < count; c += gridDim.x) {
+        const Chunk k = chunks[c];
+        for (uint64_t i = k.start + threadIdx.x; i < k.start + k.len; i += blockDim.x) {
+            float p = k.p[i];
+            float d = with_decay(k.g[i], p, s.wd);
+            float m = __fadd_rn(__fmul_rn(k.s1[i], s.b1), __fmul_rn(d, s.one_minus_b1));
+            float v = __fadd_rn(__fmul_rn(k.s2[i], s.b2), __fmul_rn(__fmul_rn(d, d), s.one_minus_b2));
+            k.s1[i] = m;
+            k.s2[i] = v;
+            float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), k.inv_bias2_sqrt), s.eps);
+            k.p[i] = __fsub_rn(p, __fmul_rn(__fdiv_rn(m, denom), k.step_size));
+        }
     }
 }
 
