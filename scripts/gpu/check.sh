@@ -12,7 +12,9 @@
 # `tfkd train` arguments, e.g. `--set epochs=3`) override the defaults;
 # NOCUDNN_MODELS times those models with TFKD_CUDNN=0 (tfkd's own CUDA conv
 # and BatchNorm paths: the before/after of cuDNN in the same session),
-# F32_MODELS with `--precision f32` (no TF32), BF16_MODELS (default: MODELS)
+# DEPTHWISE_CUDNN_MODELS (default: mobilenet_v2 shufflenet_v2) with
+# TFKD_DEPTHWISE=cudnn (depthwise convolutions on cuDNN instead of tfkd's
+# kernels: which default is faster), F32_MODELS with `--precision f32` (no TF32), BF16_MODELS (default: MODELS)
 # with `--precision bf16` (the ratio table's bf16 column, ratio-bf16.md),
 # BF16_CONFIGS (default: base) trains in bf16 too, CANDLE_CONV_MODELS under
 # TFKD_CONV=candle (candle's own convolutions).
@@ -54,6 +56,9 @@ grep -E "^test |test result|through|panicked|error" $OUT/cuda-ops.txt | head -40
 echo "== CUDA ops vs CPU, TFKD_CUDNN=0"; date
 TFKD_CUDNN=0 timeout 240 ./run-cuda.sh ./cuda_ops --test-threads=1 --nocapture > $OUT/cuda-ops-no-cudnn.txt 2>&1; echo "exit $?" >> $OUT/cuda-ops-no-cudnn.txt
 grep -E "test result|through|panicked" $OUT/cuda-ops-no-cudnn.txt | head -20
+echo "== CUDA convolutions vs CPU, TFKD_DEPTHWISE=cudnn (depthwise on cuDNN, not tfkd's kernels)"; date
+TFKD_DEPTHWISE=cudnn timeout 120 ./run-cuda.sh ./cuda_ops convolutions --test-threads=1 --nocapture > $OUT/cuda-ops-depthwise-cudnn.txt 2>&1; echo "exit $?" >> $OUT/cuda-ops-depthwise-cudnn.txt
+grep -E "test result|panicked" $OUT/cuda-ops-depthwise-cudnn.txt | head -10
 echo "== the zoo's PyTorch parity, on CUDA"; date
 TFKD_FIXTURES="$here/../../fixtures" timeout 240 ./run-cuda.sh ./parity --test-threads=1 --nocapture > $OUT/parity-cuda.txt 2>&1; echo "exit $?" >> $OUT/parity-cuda.txt
 grep -E "test result|panicked|differ" $OUT/parity-cuda.txt | head -20
@@ -72,6 +77,9 @@ for m in ${BF16_MODELS:-$models}; do
 done
 for m in ${NOCUDNN_MODELS:-resnet18}; do
   TFKD_CUDNN=0 timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --warmup 3 --steps 10 --json $OUT/tfkd-cuda-no-cudnn.jsonl 2>&1 | tail -2
+done
+for m in ${DEPTHWISE_CUDNN_MODELS:-mobilenet_v2 shufflenet_v2}; do
+  TFKD_DEPTHWISE=cudnn timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --warmup 3 --steps 10 --json $OUT/tfkd-cuda-depthwise-cudnn.jsonl 2>&1 | tail -2
 done
 for m in ${F32_MODELS:-}; do
   timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --precision f32 --warmup 3 --steps 10 --json $OUT/tfkd-cuda-f32.jsonl 2>&1 | tail -2

@@ -186,6 +186,30 @@ def main():
         check(name + ": first moments", torch.cat(m), torch.cat([opt.state[x]["exp_avg"] for x in params]))
         check(name + ": second moments", torch.cat(v), torch.cat([opt.state[x]["exp_avg_sq"] for x in params]))
 
+    # Depthwise convolution (groups = C, channel multiplier m), forward and
+    # both gradients, against F.conv2d and its autograd.
+    class DepthwiseShape(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_int) for n in ["n", "c", "m", "h", "w", "kh", "kw", "s", "p", "ho", "wo"]]
+
+    for n, c, m, h, w, k, s, p in [(2, 3, 1, 7, 5, 3, 1, 1), (2, 4, 1, 9, 8, 3, 2, 1), (1, 2, 2, 6, 6, 3, 1, 1),
+                                   (3, 5, 1, 5, 5, 5, 1, 2), (2, 3, 3, 8, 7, 3, 2, 0), (2, 2, 1, 4, 6, 1, 2, 0)]:
+        xr = torch.randn(n, c, h, w, generator=gen, requires_grad=True)
+        kr = torch.randn(c * m, 1, k, k, generator=gen, requires_grad=True)
+        yr = F.conv2d(xr, kr, stride=s, padding=p, groups=c)
+        gy = torch.randn(yr.shape, generator=gen)
+        yr.backward(gy)
+        ho, wo = yr.shape[2], yr.shape[3]
+        d = DepthwiseShape(n, c, m, h, w, k, k, s, p, ho, wo)
+        x, kk = xr.detach().contiguous(), kr.detach().contiguous()
+        y, dx, dk = torch.empty(yr.shape), torch.empty(x.shape), torch.empty(kk.shape)
+        lib.tfkd_depthwise_f32(ptr(x), ptr(kk), ptr(y), d)
+        lib.tfkd_depthwise_input_grad_f32(ptr(gy), ptr(kk), ptr(dx), d)
+        lib.tfkd_depthwise_weight_grad_f32(ptr(x), ptr(gy), ptr(dk), d)
+        name = f"depthwise {n}x{c}x{h}x{w} m{m} k{k} s{s} p{p}"
+        check(name + ": forward", y, yr.detach())
+        check(name + ": input gradient", dx, xr.grad)
+        check(name + ": weight gradient", dk, kr.grad)
+
     # BatchNorm's running statistics, in place, against nn.BatchNorm2d's
     # update (momentum 0.1; the unbiased batch variance).
     bn = torch.nn.BatchNorm2d(7)

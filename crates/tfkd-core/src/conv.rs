@@ -16,8 +16,10 @@
 //! candle's own and the backward is made of tensor ops (im2col views,
 //! `conv/im2col.rs`, and batched matmuls), which on CUDA run as cuBLAS work.
 //! Depthwise convolutions (one input channel per group), which candle runs
-//! as one tiny convolution per channel, have their own CPU kernels
-//! ([`depthwise_conv2d`], `conv/depthwise.rs`).
+//! as one tiny convolution per channel, have their own CPU kernels and, in
+//! f32, their own CUDA kernels, which run instead of cuDNN's, as PyTorch
+//! runs its own (`TFKD_DEPTHWISE=cudnn` hands them to cuDNN;
+//! [`depthwise_conv2d`], `conv/depthwise.rs`).
 
 use std::sync::{Mutex, OnceLock};
 
@@ -114,13 +116,17 @@ pub(crate) fn conv2d_candle(x: &Tensor, w: &Tensor, padding: usize, stride: usiz
     if candle_only() {
         return x.conv2d(w, padding, stride, 1, groups);
     }
-    // On CUDA, every convolution (dense, grouped, depthwise) is one cuDNN
-    // call each way where cuDNN loads.
+    let depthwise = groups > 1 && c_in_k == 1;
+    // On CUDA, f32 depthwise convolutions take tfkd's own kernels (as
+    // PyTorch takes its own), every other convolution one cuDNN call each
+    // way where cuDNN loads.
     #[cfg(feature = "cuda")]
-    if let Some(y) = cudnn::conv2d(x, w, padding, stride, groups)? {
-        return Ok(y);
+    if !(depthwise && depthwise::on_own_gpu_kernels(x, w, padding, stride)?) {
+        if let Some(y) = cudnn::conv2d(x, w, padding, stride, groups)? {
+            return Ok(y);
+        }
     }
-    if groups > 1 && c_in_k == 1 {
+    if depthwise {
         return depthwise::depthwise_conv2d_candle(x, w, padding, stride);
     }
     conv2d_grouped(x, w, padding, stride, groups)
@@ -138,7 +144,22 @@ pub fn backend(device: &candle_core::Device) -> String {
     match device {
         Device::Cpu => "tfkd's CPU engine".into(),
         #[cfg(feature = "cuda")]
-        Device::Cuda(_) if cudnn::active(device, candle_core::DType::F32) => crate::cudnn::describe(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => {
+            let cudnn = cudnn::active(device, candle_core::DType::F32);
+            let depthwise = match (depthwise::to_cudnn(), cudnn) {
+                (false, _) => "tfkd's kernels",
+                (true, true) => "cuDNN",
+                (true, false) => "tfkd's per-tap ops",
+            };
+            let convs = if cudnn {
+                crate::cudnn::describe()
+            } else {
+                format!("tfkd's im2col + cuBLAS ({})", crate::cudnn::describe())
+            };
+            format!("{convs}; f32 depthwise: {depthwise}")
+        }
+        #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => format!("tfkd's im2col + cuBLAS ({})", crate::cudnn::describe()),
         Device::Metal(_) => "candle's forward, tfkd's tensor-op backward (Metal)".into(),
     }

@@ -5,7 +5,8 @@
 //! SGD's and Adam's updates of every parameter in place in one launch
 //! (multi-tensor, as PyTorch's foreach optimizers; before, eight to twelve
 //! candle ops with an allocation each per parameter); and BatchNorm's
-//! running statistics in place. `--features cuda` only.
+//! running statistics in place; and the depthwise convolution's three
+//! passes. `--features cuda` only.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
@@ -510,4 +511,68 @@ pub(crate) fn running_average(r: (&mut CudaStorage, &Layout), s: (&CudaStorage, 
     // SAFETY: the kernel's signature; two buffers of n elements.
     unsafe { b.launch(config(n)) }.map_err(candle_core::Error::wrap)?;
     Ok(())
+}
+
+/// A depthwise convolution's sizes as the kernels take them
+/// (`DepthwiseShape` in `kernels.cu`): `n, c, m` (channel multiplier),
+/// `h, w`, the kernel `kh, kw`, stride `s`, padding `p`, the output `ho, wo`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DepthwiseShape {
+    pub n: i32,
+    pub c: i32,
+    pub m: i32,
+    pub h: i32,
+    pub w: i32,
+    pub kh: i32,
+    pub kw: i32,
+    pub s: i32,
+    pub p: i32,
+    pub ho: i32,
+    pub wo: i32,
+}
+
+// SAFETY: plain old data with the C layout the kernels read.
+unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for DepthwiseShape {}
+
+/// The most elements a tensor of the depthwise kernels may have: their
+/// indices are 32-bit (with room for the grid stride).
+pub(crate) const DEPTHWISE_MAX_ELEMENTS: usize = 1 << 30;
+
+/// The depthwise convolution's three passes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum DepthwisePass {
+    /// `(x, k) → y`.
+    Forward,
+    /// `(∂L/∂y, k) → ∂L/∂x`.
+    InputGrad,
+    /// `(x, ∂L/∂y) → ∂L/∂k`.
+    WeightGrad,
+}
+
+/// One pass of the depthwise convolution `d` on f32 operands `a`, `b` (in
+/// the pass's order), one launch.
+pub(crate) fn depthwise(pass: DepthwisePass, a: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout), d: DepthwiseShape) -> Result<CudaStorage> {
+    let op = "tfkd-depthwise-conv2d";
+    let dev = a.0.device().clone();
+    let (av, bv) = (f32_view(a.0, a.1, op)?, f32_view(b.0, b.1, op)?);
+    let dims = |v: &[i32]| v.iter().map(|&x| x as usize).product::<usize>();
+    let (kernel, len) = match pass {
+        DepthwisePass::Forward => ("tfkd_depthwise_f32", dims(&[d.n, d.c, d.m, d.ho, d.wo])),
+        DepthwisePass::InputGrad => ("tfkd_depthwise_input_grad_f32", dims(&[d.n, d.c, d.h, d.w])),
+        DepthwisePass::WeightGrad => ("tfkd_depthwise_weight_grad_f32", dims(&[d.c, d.m, d.kh, d.kw])),
+    };
+    let cfg = match pass {
+        // One block per kernel tap.
+        DepthwisePass::WeightGrad => per_row(len),
+        _ => config(len as u64),
+    };
+    let mut out = output(&dev, len)?;
+    let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
+    let mut builder = func.builder();
+    builder.arg(&av).arg(&bv).arg(&mut out).arg(&d);
+    // SAFETY: the kernel's signature; the operands hold the elements `d`
+    // describes (checked by the caller's shapes), `out` the pass's output.
+    unsafe { builder.launch(cfg) }.map_err(candle_core::Error::wrap)?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }

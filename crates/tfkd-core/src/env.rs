@@ -66,3 +66,13 @@ pub const CUDNN_DETERMINISTIC: &str = "TFKD_CUDNN_DETERMINISTIC";
 /// descriptor functions, which need no GPU. `scripts/gpu/host_check_cudnn.sh`
 /// sets both. Unset: those tests print why they skip.
 pub const CUDNN_PROBE: &str = "TFKD_CUDNN_PROBE";
+
+/// `TFKD_DEPTHWISE`: which kernels run f32 depthwise convolutions on CUDA.
+/// Unset, or any other value: tfkd's own (`src/cuda/kernels.cu`, the scheme
+/// of PyTorch's, which does not use cuDNN for f32 depthwise convolutions);
+/// [`DEPTHWISE_CUDNN`] (`cudnn`): cuDNN's grouped convolution, as for every
+/// other convolution. Read once per process (`--features cuda` only).
+pub const DEPTHWISE: &str = "TFKD_DEPTHWISE";
+
+/// The value of [`DEPTHWISE`] that hands depthwise convolutions to cuDNN.
+pub const DEPTHWISE_CUDNN: &str = "cudnn";

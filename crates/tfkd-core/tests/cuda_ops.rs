@@ -62,6 +62,7 @@ mod on_gpu {
         Case { name: "depthwise 3x3 s2", n: 2, c_in: 24, h: 11, w: 11, c_out: 24, k: 3, stride: 2, pad: 1, groups: 24 },
         Case { name: "depthwise 3x3 s1", n: 4, c_in: 96, h: 8, w: 8, c_out: 96, k: 3, stride: 1, pad: 1, groups: 96 },
         Case { name: "depthwise 5x5", n: 2, c_in: 24, h: 7, w: 7, c_out: 24, k: 5, stride: 1, pad: 2, groups: 24 },
+        Case { name: "depthwise multiplier 2, s2 odd", n: 3, c_in: 8, h: 9, w: 9, c_out: 16, k: 3, stride: 2, pad: 1, groups: 8 },
         Case { name: "7x7 s2 on 5x5 (padding only taps)", n: 3, c_in: 8, h: 5, w: 5, c_out: 8, k: 7, stride: 2, pad: 3, groups: 1 },
         Case { name: "5x5 s2 non-square", n: 3, c_in: 5, h: 11, w: 7, c_out: 7, k: 5, stride: 2, pad: 2, groups: 1 },
     ];

@@ -1,5 +1,7 @@
 //! Depthwise 2-D convolution (one input channel per group) on the CPU, with
-//! an analytic backward pass.
+//! an analytic backward pass; on CUDA (f32), one kernel per pass
+//! (`src/cuda/kernels.cu`: PyTorch's scheme, one thread per output or input
+//! element, one block per kernel tap for the weight gradient).
 //!
 //! candle 0.11.1 runs a grouped convolution as one convolution per group and
 //! a concatenation, and its backward as as many transposed convolutions: for
@@ -28,6 +30,8 @@
 //! a fixed order, so results do not depend on the number of threads.
 
 use candle_core::backend::BackendStorage;
+#[cfg(feature = "cuda")]
+use candle_core::cuda_backend::CudaStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 
 use std::mem::MaybeUninit;
@@ -61,9 +65,8 @@ pub(crate) fn depthwise_conv2d_candle(x: &Tensor, w: &Tensor, padding: usize, st
             "depthwise_conv2d: input {h}x{wd} with padding {padding} is smaller than kernel {k_h}x{k_w} (stride {stride})"
         )
     }
-    let fast = matches!(x.device(), Device::Cpu)
-        && supported(x.dtype())
-        && x.dtype() == w.dtype();
+    let fast = (matches!(x.device(), Device::Cpu) && supported(x.dtype()) && x.dtype() == w.dtype())
+        || on_own_gpu_kernels(x, w, padding, stride)?;
     if !fast {
         // Off the CPU: a few kernels per tap instead of one convolution per channel.
         return if c_out == c {
@@ -75,6 +78,36 @@ pub(crate) fn depthwise_conv2d_candle(x: &Tensor, w: &Tensor, padding: usize, st
     let x = x.contiguous()?;
     let w = w.contiguous()?;
     x.apply_op2(&w, Depthwise { padding, stride })
+}
+
+/// Whether this depthwise convolution runs on tfkd's own CUDA kernels: f32
+/// operands on a GPU, tensors small enough for their 32-bit indices, and not
+/// handed to cuDNN by `TFKD_DEPTHWISE=cudnn` ([`crate::env::DEPTHWISE`]).
+/// Always false without `--features cuda`.
+pub(crate) fn on_own_gpu_kernels(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<bool> {
+    #[cfg(feature = "cuda")]
+    {
+        if to_cudnn() || !crate::own_cuda_kernels(x) || w.dtype() != DType::F32 {
+            return Ok(false);
+        }
+        let (n, c, h, wd) = x.dims4()?;
+        let (co, _, kh, kw) = w.dims4()?;
+        let g = Geom::new(n, c, co, h, wd, kh, kw, stride, padding)?;
+        let largest = (n * c * h * wd).max(n * co * g.ho * g.wo);
+        Ok(largest < crate::cuda::DEPTHWISE_MAX_ELEMENTS)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, w, padding, stride);
+        Ok(false)
+    }
+}
+
+/// `TFKD_DEPTHWISE=cudnn`: f32 depthwise convolutions on CUDA go to cuDNN.
+#[cfg(feature = "cuda")]
+pub(crate) fn to_cudnn() -> bool {
+    static TO_CUDNN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TO_CUDNN.get_or_init(|| std::env::var(crate::env::DEPTHWISE).is_ok_and(|v| v == crate::env::DEPTHWISE_CUDNN))
 }
 
 /// Shapes of one depthwise convolution.
@@ -135,6 +168,27 @@ impl Geom {
     }
     fn plane_out(&self) -> usize {
         self.ho * self.wo
+    }
+
+    /// The sizes as tfkd's CUDA kernels take them.
+    #[cfg(feature = "cuda")]
+    fn cuda(&self) -> Result<crate::cuda::DepthwiseShape> {
+        let int = |v: usize| {
+            i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("tfkd-depthwise-conv2d: {v} does not fit a C int")))
+        };
+        Ok(crate::cuda::DepthwiseShape {
+            n: int(self.n)?,
+            c: int(self.c)?,
+            m: int(self.m)?,
+            h: int(self.h)?,
+            w: int(self.w)?,
+            kh: int(self.kh)?,
+            kw: int(self.kw)?,
+            s: int(self.s)?,
+            p: int(self.p)?,
+            ho: int(self.ho)?,
+            wo: int(self.wo)?,
+        })
     }
 }
 
@@ -505,6 +559,15 @@ impl CustomOp2 for Depthwise {
         Ok((out, Shape::from((n, co, g.ho, g.wo))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, ws: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (n, c, h, w) = xl.shape().dims4()?;
+        let (co, _, kh, kw) = wl.shape().dims4()?;
+        let g = Geom::new(n, c, co, h, w, kh, kw, self.stride, self.padding)?;
+        let y = crate::cuda::depthwise(crate::cuda::DepthwisePass::Forward, (xs, xl), (ws, wl), g.cuda()?)?;
+        Ok((y, Shape::from((n, co, g.ho, g.wo))))
+    }
+
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (_, c, h, wd) = x.dims4()?;
@@ -533,23 +596,39 @@ struct InputGrad {
     stride: usize,
 }
 
-impl CustomOp2 for InputGrad {
-    fn name(&self) -> &'static str {
-        "tfkd-depthwise-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+impl InputGrad {
+    /// The convolution's shapes, from the upstream gradient's and the
+    /// kernel's layouts.
+    fn geometry(&self, gl: &Layout, wl: &Layout) -> Result<Geom> {
         let (n, co, ho, wo) = gl.shape().dims4()?;
         let (_, _, kh, kw) = wl.shape().dims4()?;
         let g = Geom::new(n, self.c, co, self.h, self.w, kh, kw, self.stride, self.padding)?;
         if (g.ho, g.wo) != (ho, wo) {
             candle_core::bail!("tfkd-depthwise-conv2d: gradient {ho}x{wo} for an output of {}x{}", g.ho, g.wo)
         }
+        Ok(g)
+    }
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "tfkd-depthwise-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry(gl, wl)?;
         fn run<E: Float>(g: &Geom, gs: &CpuStorage, gl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<Vec<E>> {
             Ok(input_grad(g, slice(gs, gl, "the gradient")?, slice(ws, wl, "the kernel")?))
         }
         let out = by_dtype!(gs.dtype(), run, &g, gs, gl, ws, wl);
-        Ok((out, Shape::from((n, self.c, self.h, self.w))))
+        Ok((out, Shape::from((g.n, self.c, self.h, self.w))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, gs: &CudaStorage, gl: &Layout, ws: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let g = self.geometry(gl, wl)?;
+        let dx = crate::cuda::depthwise(crate::cuda::DepthwisePass::InputGrad, (gs, gl), (ws, wl), g.cuda()?)?;
+        Ok((dx, Shape::from((g.n, self.c, self.h, self.w))))
     }
 }
 
@@ -561,23 +640,39 @@ struct WeightGrad {
     stride: usize,
 }
 
-impl CustomOp2 for WeightGrad {
-    fn name(&self) -> &'static str {
-        "tfkd-depthwise-conv2d-weight-grad"
-    }
-
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+impl WeightGrad {
+    /// The convolution's shapes, from the input's and the upstream
+    /// gradient's layouts.
+    fn geometry(&self, xl: &Layout, gl: &Layout) -> Result<Geom> {
         let (n, c, h, w) = xl.shape().dims4()?;
         let (_, co, ho, wo) = gl.shape().dims4()?;
         let g = Geom::new(n, c, co, h, w, self.kh, self.kw, self.stride, self.padding)?;
         if (g.ho, g.wo) != (ho, wo) {
             candle_core::bail!("tfkd-depthwise-conv2d: gradient {ho}x{wo} for an output of {}x{}", g.ho, g.wo)
         }
+        Ok(g)
+    }
+}
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "tfkd-depthwise-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry(xl, gl)?;
         fn run<E: Float>(g: &Geom, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<Vec<E>> {
             Ok(weight_grad(g, slice(xs, xl, "the input")?, slice(gs, gl, "the gradient")?))
         }
         let out = by_dtype!(xs.dtype(), run, &g, xs, xl, gs, gl);
-        Ok((out, Shape::from((co, 1, self.kh, self.kw))))
+        Ok((out, Shape::from((g.co(), 1, self.kh, self.kw))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, gs: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let g = self.geometry(xl, gl)?;
+        let dk = crate::cuda::depthwise(crate::cuda::DepthwisePass::WeightGrad, (xs, xl), (gs, gl), g.cuda()?)?;
+        Ok((dk, Shape::from((g.co(), 1, self.kh, self.kw))))
     }
 }
 

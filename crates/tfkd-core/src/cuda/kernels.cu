@@ -348,3 +348,116 @@ extern "C" __global__ void tfkd_adam_f32(const Chunk* chunks, uint64_t count, Ad
 extern "C" __global__ void tfkd_running_average_f32(float* r, const float* s, float keep, float gain, uint64_t n) {
     GRID_STRIDE(i, n) r[i] = __fadd_rn(__fmul_rn(r[i], keep), __fmul_rn(s[i], gain));
 }
+
+// ---------------------------------------------------------------------------
+// Depthwise convolution (groups = C; output channel o = c·m + i reads input
+// channel c), NCHW, dilation 1, as PyTorch's own fp32 CUDA kernels do it
+// (PyTorch does not use cuDNN for fp32 depthwise convolutions): one thread
+// per output element forward, one per input element for the input
+// gradient, one block per kernel tap for the weight gradient. Taps are
+// summed in row-major order, as the CPU kernels sum them.
+
+// The problem's sizes (the layout of `DepthwiseShape` in cuda.rs). Every
+// tensor has fewer than 2^31 elements (the host checks), so indices are
+// 32-bit, as in PyTorch's kernels.
+struct DepthwiseShape {
+    int n, c, m, h, w, kh, kw, s, p, ho, wo;
+};
+
+// y[n, o, r, j] = sum_{a, b} k[o, a, b] x[n, o / m, r s - p + a, j s - p + b]
+// (taps outside the input are zero). KH = KW = 0: any kernel size.
+template <int KH, int KW>
+__device__ __forceinline__ float depthwise_output(const float* xp, const float* kp, const DepthwiseShape& d, int r, int j) {
+    const int kh = KH ? KH : d.kh, kw = KW ? KW : d.kw;
+    const int r0 = r * d.s - d.p, c0 = j * d.s - d.p;
+    float acc = 0.0f;
+#pragma unroll
+    for (int a = 0; a < kh; ++a) {
+        const int row = r0 + a;
+        if (row < 0 || row >= d.h) continue;
+#pragma unroll
+        for (int b = 0; b < kw; ++b) {
+            const int col = c0 + b;
+            if (col < 0 || col >= d.w) continue;
+            acc += kp[a * kw + b] * xp[row * d.w + col];
+        }
+    }
+    return acc;
+}
+
+extern "C" __global__ void tfkd_depthwise_f32(const float* x, const float* k, float* y, DepthwiseShape d) {
+    const int co = d.c * d.m;
+    const int total = d.n * co * d.ho * d.wo;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+        const int j = i % d.wo;
+        int t = i / d.wo;
+        const int r = t % d.ho;
+        t /= d.ho;
+        const int o = t % co;
+        const int n = t / co;
+        const float* xp = x + (n * d.c + o / d.m) * d.h * d.w;
+        const float* kp = k + o * d.kh * d.kw;
+        y[i] = d.kh == 3 && d.kw == 3 ? depthwise_output<3, 3>(xp, kp, d, r, j) : depthwise_output<0, 0>(xp, kp, d, r, j);
+    }
+}
+
+// dx[n, c, row, col] = sum over the m output channels o of c and the taps
+// (a, b) with row = r s - p + a, col = j s - p + b inside the output of
+// k[o, a, b] g[n, o, r, j].
+extern "C" __global__ void tfkd_depthwise_input_grad_f32(const float* g, const float* k, float* dx, DepthwiseShape d) {
+    const int co = d.c * d.m;
+    const int total = d.n * d.c * d.h * d.w;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+        const int col = i % d.w;
+        int t = i / d.w;
+        const int row = t % d.h;
+        t /= d.h;
+        const int ch = t % d.c;
+        const int n = t / d.c;
+        float acc = 0.0f;
+        for (int mi = 0; mi < d.m; ++mi) {
+            const int o = ch * d.m + mi;
+            const float* gp = g + (n * co + o) * d.ho * d.wo;
+            const float* kp = k + o * d.kh * d.kw;
+            for (int a = 0; a < d.kh; ++a) {
+                const int rs = row + d.p - a;
+                if (rs < 0 || rs % d.s) continue;
+                const int r = rs / d.s;
+                if (r >= d.ho) continue;
+                for (int b = 0; b < d.kw; ++b) {
+                    const int cs = col + d.p - b;
+                    if (cs < 0 || cs % d.s) continue;
+                    const int j = cs / d.s;
+                    if (j >= d.wo) continue;
+                    acc += kp[a * d.kw + b] * gp[r * d.wo + j];
+                }
+            }
+        }
+        dx[i] = acc;
+    }
+}
+
+// dk[o, a, b] = sum_{n, r, j} g[n, o, r, j] x[n, o / m, r s - p + a, j s - p + b],
+// one block per tap, in double, the block's sum in a fixed order.
+extern "C" __global__ void tfkd_depthwise_weight_grad_f32(const float* x, const float* g, float* dk, DepthwiseShape d) {
+    __shared__ double sh[256];
+    const int co = d.c * d.m;
+    const int taps = co * d.kh * d.kw;
+    const int plane_out = d.ho * d.wo;
+    for (int q = blockIdx.x; q < taps; q += gridDim.x) {
+        const int b = q % d.kw;
+        const int a = (q / d.kw) % d.kh;
+        const int o = q / (d.kw * d.kh);
+        const int ch = o / d.m;
+        double acc = 0.0;
+        for (int e = threadIdx.x; e < d.n * plane_out; e += blockDim.x) {
+            const int n = e / plane_out;
+            const int rem = e % plane_out;
+            const int row = (rem / d.wo) * d.s - d.p + a, col = (rem % d.wo) * d.s - d.p + b;
+            if (row < 0 || row >= d.h || col < 0 || col >= d.w) continue;
+            acc += (double)g[(n * co + o) * plane_out + rem] * (double)x[(n * d.c + ch) * d.h * d.w + row * d.w + col];
+        }
+        acc = block_sum(acc, sh);
+        if (threadIdx.x == 0) dk[q] = (float)acc;
+    }
+}
