@@ -367,7 +367,7 @@ pub(crate) struct OptimSlot<'a> {
 
 /// The device address of a contiguous f32 tensor's first element, and its
 /// GPU.
-fn address(t: &Tensor, op: &str) -> Result<(CudaDevice, u64)> {
+pub(crate) fn address(t: &Tensor, op: &str) -> Result<(CudaDevice, u64)> {
     use candle_core::cuda_backend::cudarc::driver::DevicePtr;
     let (storage, layout) = t.storage_and_layout();
     let candle_core::Storage::Cuda(s) = &*storage else {

@@ -419,10 +419,12 @@ impl CustomOp3 for FusedBatchNorm {
 /// creates them (it is built by it).
 ///
 /// Training mode normalises with [`batch_norm_train`] (the fused op on the
-/// CPU, cuDNN on CUDA) and updates the running statistics with candle-nn's arithmetic:
+/// CPU, cuDNN on CUDA) and updates the running statistics:
 /// `r_μ ← (1 − m)·r_μ + m·μ`, `r_σ² ← (1 − m)·r_σ² + m·M/(M − 1)·σ²` (the
-/// unbiased variance, as PyTorch). Evaluation mode, and training on Metal
-/// and in other dtypes, are candle-nn's `BatchNorm` unchanged.
+/// unbiased variance, as PyTorch), rounded as candle-nn's ops, in place;
+/// on cuDNN, cuDNN averages them inside its one call, as PyTorch on a GPU
+/// has it do. Evaluation mode, and training on Metal and in other dtypes,
+/// are candle-nn's `BatchNorm` unchanged.
 #[derive(Debug, Clone)]
 pub struct BatchNorm {
     inner: candle_nn::BatchNorm,
@@ -495,6 +497,18 @@ impl BatchNorm {
             && x.dim(1)? == c;
         if !fused {
             return self.inner.forward_t(x, true);
+        }
+        // On cuDNN, the running statistics are averaged inside its call.
+        #[cfg(feature = "cuda")]
+        if let Some(y) = cudnn::batch_norm_train_updating(
+            x,
+            &self.weight,
+            &self.bias,
+            self.inner.eps(),
+            [self.running_mean.as_tensor(), self.running_var.as_tensor()],
+            self.inner.momentum(),
+        )? {
+            return Ok(y);
         }
         let out = batch_norm_train(x, &self.weight, &self.bias, self.inner.eps())?;
         self.update_running(x, &out)?;

@@ -4,9 +4,13 @@
 //! f32, bf16 or f16 activations (`precision = "bf16"`: cuDNN reads and writes
 //! bf16, keeps the statistics and parameter gradients in f32).
 //!
-//! The forward asks cuDNN, through a running average with factor 1 over
-//! zeroed buffers, for the batch mean and the unbiased batch variance; the
-//! biased one the caller gets is `σ²_unbiased·(M − 1)/M`. The backward uses
+//! The `BatchNorm` module's forward has cuDNN average its running
+//! statistics in place within the call (factor = momentum, the unbiased
+//! batch variance: what `nn.BatchNorm2d` on a GPU does), so no statistic
+//! leaves it. The public `batch_norm_train` asks cuDNN, through a running
+//! average with factor 1 over zeroed buffers, for the batch mean and the
+//! unbiased batch variance; the biased one the caller gets is
+//! `σ²_unbiased·(M − 1)/M`. The backward uses
 //! the mean and `1/√(σ² + ε)` cuDNN saved; `∂L/∂γ` and `∂L/∂β` come out of the
 //! same call into buffers of their own (so the `(N, C, H, W)` input gradient
 //! is freed when the graph is done with it, not kept by the parameter
@@ -26,23 +30,29 @@ use crate::cudnn::{self, Descriptor, Scale};
 /// cuDNN's smallest accepted ε (`CUDNN_BN_MIN_EPSILON`).
 const MIN_EPSILON: f64 = 1e-5;
 
-/// The BatchNorm through cuDNN if the parameters are f32 and the input f32,
-/// bf16 or f16 on a GPU, ε is one
-/// cuDNN accepts, every channel has more than one value and the library
-/// loaded; else `None`. `x` is `(N, C, …)` with `C` matching the parameters
-/// (checked by the caller).
-pub(super) fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Option<BatchNormOutput>> {
+/// Whether cuDNN takes this BatchNorm: f32 parameters and an f32, bf16 or
+/// f16 input on a GPU, an ε cuDNN accepts, more than one value per channel,
+/// and the library loaded. `x` is `(N, C, …)` with `C` matching the
+/// parameters (checked by the caller).
+fn eligible(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<bool> {
     let all_f32 = [weight, bias].iter().all(|t| t.dtype() == DType::F32) && cudnn::data_type(x.dtype()).is_some_and(|d| d != cudnn::DATA_DOUBLE);
     let (n, c) = (x.dim(0)?, x.dim(1)?);
     let m = x.elem_count() / c.max(1);
-    if !x.device().is_cuda() || !all_f32 || eps < MIN_EPSILON || m < 2 || n == 0 || cudnn::api().is_none() {
+    Ok(x.device().is_cuda() && all_f32 && eps >= MIN_EPSILON && m >= 2 && n > 0 && cudnn::api().is_some())
+}
+
+/// The BatchNorm through cuDNN where [`eligible`], with the batch
+/// statistics for the caller; else `None`.
+pub(super) fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Option<BatchNormOutput>> {
+    if !eligible(x, weight, bias, eps)? {
         return Ok(None);
     }
+    let m = x.elem_count() / x.dim(1)?;
     let for_caller = Arc::new(Mutex::new(None));
     let op = CudnnBatchNorm {
         eps,
         saved: Mutex::new(None),
-        for_caller: for_caller.clone(),
+        statistics: Statistics::ForCaller(for_caller.clone()),
     };
     let (x, weight, bias) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
     let y = x.apply_op3(&weight, &bias, op)?;
@@ -53,6 +63,39 @@ pub(super) fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: 
     let unbiased = stashed(&weight, unbiased, &dev)?;
     let var = (unbiased * ((m - 1) as f64 / m as f64))?;
     Ok(Some(BatchNormOutput { y, mean, var }))
+}
+
+/// The BatchNorm through cuDNN where [`eligible`], with cuDNN updating the
+/// running statistics in place as `nn.BatchNorm2d` on a GPU has it do:
+/// `r_μ ← (1 − m)·r_μ + m·μ`, `r_σ² ← (1 − m)·r_σ² + m·σ²_unbiased`, inside
+/// the one call (no statistic leaves it); else `None`. The running
+/// statistics are f32 `(C,)` tensors on `x`'s GPU.
+pub(super) fn batch_norm_train_updating(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    [running_mean, running_var]: [&Tensor; 2],
+    momentum: f64,
+) -> Result<Option<Tensor>> {
+    let c = x.dim(1)?;
+    let running_ok = [running_mean, running_var]
+        .iter()
+        .all(|r| r.dtype() == DType::F32 && r.dims() == [c] && r.is_contiguous() && r.device().same_device(x.device()));
+    if !running_ok || !eligible(x, weight, bias, eps)? {
+        return Ok(None);
+    }
+    let op = CudnnBatchNorm {
+        eps,
+        saved: Mutex::new(None),
+        statistics: Statistics::Running {
+            mean: crate::cuda::address(running_mean, "tfkd-cudnn-batch-norm")?.1,
+            var: crate::cuda::address(running_var, "tfkd-cudnn-batch-norm")?.1,
+            momentum,
+        },
+    };
+    let (x, weight, bias) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
+    Ok(Some(x.apply_op3(&weight, &bias, op)?))
 }
 
 fn poisoned() -> candle_core::Error {
@@ -71,11 +114,24 @@ struct Saved {
 /// The batch mean and unbiased variance, for the caller.
 type ForCaller = Option<(CudaDevice, CudaSlice<f32>, CudaSlice<f32>)>;
 
+/// Where the forward pass's statistics go.
+enum Statistics {
+    /// The batch mean and unbiased variance, to the caller.
+    ForCaller(Arc<Mutex<ForCaller>>),
+    /// Into running statistics at these device addresses (f32, `C` each),
+    /// averaged in place by cuDNN with factor `momentum`. The addresses are
+    /// taken under candle's read lock and written by the cuDNN call: sound
+    /// for the reason given at `cuda::optimizer_launch` (the module is the
+    /// only writer of its running statistics, and candle orders every op on
+    /// the device's one stream).
+    Running { mean: u64, var: u64, momentum: f64 },
+}
+
 /// `(x, γ, β) → y`.
 struct CudnnBatchNorm {
     eps: f64,
     saved: Mutex<Option<Arc<Saved>>>,
-    for_caller: Arc<Mutex<ForCaller>>,
+    statistics: Statistics,
 }
 
 /// `(x, γ, ∂L/∂y) → ∂L/∂x`, leaving `∂L/∂γ`, `∂L/∂β` in `params`.
@@ -155,19 +211,30 @@ impl CustomOp3 for CudnnBatchNorm {
         let (y, py) = alloc(&dev, xs.dtype(), xl.shape().elem_count())?;
         // SAFETY: cuDNN writes both whole (the saved mean and 1/√(σ² + ε)).
         let (mut mean, mut inv_std) = unsafe { (stream.alloc::<f32>(c).map_err(wrap)?, stream.alloc::<f32>(c).map_err(wrap)?) };
-        // cuDNN's "running" statistics with factor 1 are the batch mean and
-        // unbiased variance, for the caller's own update. Zeroed: the average
-        // still reads the old value (0·old).
-        let mut batch_mean = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
-        let mut unbiased_var = stream.alloc_zeros::<f32>(c).map_err(wrap)?;
+        // For the caller: cuDNN's "running" statistics with factor 1 are the
+        // batch mean and unbiased variance. Zeroed: the average still reads
+        // the old value (0·old).
+        let mut for_caller = match &self.statistics {
+            Statistics::ForCaller(_) => Some((stream.alloc_zeros::<f32>(c).map_err(wrap)?, stream.alloc_zeros::<f32>(c).map_err(wrap)?)),
+            Statistics::Running { .. } => None,
+        };
         let x_desc = Descriptor::tensor(&api, data_type, dims)?;
         let p_desc = Descriptor::batch_norm_param(&api, &x_desc)?;
         {
             let (px, pw, pb) = (ptr(xs, xl, &stream)?, ptr(ws, wl, &stream)?, ptr(bs, bl, &stream)?);
             let (pm, _w2) = mean.device_ptr_mut(&stream);
             let (pi, _w3) = inv_std.device_ptr_mut(&stream);
-            let (prm, _w4) = batch_mean.device_ptr_mut(&stream);
-            let (prv, _w5) = unbiased_var.device_ptr_mut(&stream);
+            let mut guards = None;
+            let (prm, prv, factor) = match (&self.statistics, &mut for_caller) {
+                (Statistics::Running { mean, var, momentum }, _) => (*mean, *var, *momentum),
+                (Statistics::ForCaller(_), Some((batch_mean, unbiased_var))) => {
+                    let (prm, w4) = batch_mean.device_ptr_mut(&stream);
+                    let (prv, w5) = unbiased_var.device_ptr_mut(&stream);
+                    guards = Some((w4, w5));
+                    (prm, prv, 1.0)
+                }
+                (Statistics::ForCaller(_), None) => unreachable!("allocated above"),
+            };
             let (one, zero) = (Scale::F32(1.0), Scale::F32(0.0));
             cudnn::with_device(&api, &dev, |state| {
                 // SAFETY: descriptors of these shapes, live buffers of those
@@ -185,7 +252,7 @@ impl CustomOp3 for CudnnBatchNorm {
                         p_desc.raw,
                         pw as *const c_void,
                         pb as *const c_void,
-                        1.0,
+                        factor,
                         prm as *mut c_void,
                         prv as *mut c_void,
                         self.eps,
@@ -195,8 +262,11 @@ impl CustomOp3 for CudnnBatchNorm {
                 };
                 api.check(status, &format!("cudnnBatchNormalizationForwardTraining (input {:?})", xl.shape()))
             })?;
+            drop(guards);
         }
-        *self.for_caller.lock().map_err(|_| poisoned())? = Some((dev.clone(), batch_mean, unbiased_var));
+        if let (Statistics::ForCaller(to), Some((batch_mean, unbiased_var))) = (&self.statistics, for_caller) {
+            *to.lock().map_err(|_| poisoned())? = Some((dev.clone(), batch_mean, unbiased_var));
+        }
         *self.saved.lock().map_err(|_| poisoned())? = Some(Arc::new(Saved {
             dev: dev.clone(),
             mean,
