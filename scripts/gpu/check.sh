@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device session (docs/PERFORMANCE.md, "On CUDA"): the CUDA ops against
-# the CPU, tfkd vs PyTorch training steps on CUDA (the ratio table), then real
-# training on cifar10-mini. Everything lands in $OUT (the device tool's output
+# the CPU, tfkd vs PyTorch training steps on CUDA (the ratio table), real
+# training on cifar10-mini, then the alternative paths (no cuDNN, depthwise
+# on cuDNN), most important first: about 9 minutes on one GPU, so run it
+# with the device tool's timeout_s near 590. Everything lands in $OUT (the device tool's output
 # folder; set it yourself elsewhere).
 #
 # Prepare `.gpu/` on the build machine with `scripts/gpu/prepare.sh` (tfkd and
@@ -53,12 +55,6 @@ fi
 echo "== CUDA ops vs CPU, cuDNN"; date
 timeout 240 ./run-cuda.sh ./cuda_ops --test-threads=1 --nocapture > $OUT/cuda-ops.txt 2>&1; echo "exit $?" >> $OUT/cuda-ops.txt
 grep -E "^test |test result|through|panicked|error" $OUT/cuda-ops.txt | head -40
-echo "== CUDA ops vs CPU, TFKD_CUDNN=0"; date
-TFKD_CUDNN=0 timeout 240 ./run-cuda.sh ./cuda_ops --test-threads=1 --nocapture > $OUT/cuda-ops-no-cudnn.txt 2>&1; echo "exit $?" >> $OUT/cuda-ops-no-cudnn.txt
-grep -E "test result|through|panicked" $OUT/cuda-ops-no-cudnn.txt | head -20
-echo "== CUDA convolutions vs CPU, TFKD_DEPTHWISE=cudnn (depthwise on cuDNN, not tfkd's kernels)"; date
-TFKD_DEPTHWISE=cudnn timeout 120 ./run-cuda.sh ./cuda_ops convolutions --test-threads=1 --nocapture > $OUT/cuda-ops-depthwise-cudnn.txt 2>&1; echo "exit $?" >> $OUT/cuda-ops-depthwise-cudnn.txt
-grep -E "test result|panicked" $OUT/cuda-ops-depthwise-cudnn.txt | head -10
 echo "== the zoo's PyTorch parity, on CUDA"; date
 TFKD_FIXTURES="$here/../../fixtures" timeout 240 ./run-cuda.sh ./parity --test-threads=1 --nocapture > $OUT/parity-cuda.txt 2>&1; echo "exit $?" >> $OUT/parity-cuda.txt
 grep -E "test result|panicked|differ" $OUT/parity-cuda.txt | head -20
@@ -74,12 +70,6 @@ for m in $models; do
 done
 for m in ${BF16_MODELS:-$models}; do
   timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --precision bf16 --warmup 3 --steps 10 --json $OUT/tfkd-cuda-bf16.jsonl 2>&1 | tail -2
-done
-for m in ${NOCUDNN_MODELS:-resnet18}; do
-  TFKD_CUDNN=0 timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --warmup 3 --steps 10 --json $OUT/tfkd-cuda-no-cudnn.jsonl 2>&1 | tail -2
-done
-for m in ${DEPTHWISE_CUDNN_MODELS:-mobilenet_v2 shufflenet_v2}; do
-  TFKD_DEPTHWISE=cudnn timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --warmup 3 --steps 10 --json $OUT/tfkd-cuda-depthwise-cudnn.jsonl 2>&1 | tail -2
 done
 for m in ${F32_MODELS:-}; do
   timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --precision f32 --warmup 3 --steps 10 --json $OUT/tfkd-cuda-f32.jsonl 2>&1 | tail -2
@@ -99,6 +89,20 @@ for c in ${BF16_CONFIGS:-base}; do
   timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-$c.toml --set precision=\"bf16\" --set name=\"c10mini-$c-bf16\" ${TRAIN_ARGS:-} 2>&1 | tail -5
 done
 for d in runs/*/; do sed "s|^|$(basename $d) |" $d/metrics.jsonl; done > $OUT/train-metrics.txt 2>/dev/null
+# The alternatives, last (what a short device window can lose): tfkd's
+# own CUDA paths without cuDNN, and depthwise convolutions on cuDNN.
+for m in ${NOCUDNN_MODELS:-resnet18}; do
+  TFKD_CUDNN=0 timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --warmup 3 --steps 10 --json $OUT/tfkd-cuda-no-cudnn.jsonl 2>&1 | tail -2
+done
+for m in ${DEPTHWISE_CUDNN_MODELS:-mobilenet_v2 shufflenet_v2}; do
+  TFKD_DEPTHWISE=cudnn timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --warmup 3 --steps 10 --json $OUT/tfkd-cuda-depthwise-cudnn.jsonl 2>&1 | tail -2
+done
+echo "== CUDA ops vs CPU, TFKD_CUDNN=0"; date
+TFKD_CUDNN=0 timeout 240 ./run-cuda.sh ./cuda_ops --test-threads=1 --nocapture > $OUT/cuda-ops-no-cudnn.txt 2>&1; echo "exit $?" >> $OUT/cuda-ops-no-cudnn.txt
+grep -E "test result|through|panicked" $OUT/cuda-ops-no-cudnn.txt | head -20
+echo "== CUDA convolutions vs CPU, TFKD_DEPTHWISE=cudnn (depthwise on cuDNN, not tfkd's kernels)"; date
+TFKD_DEPTHWISE=cudnn timeout 120 ./run-cuda.sh ./cuda_ops convolutions --test-threads=1 --nocapture > $OUT/cuda-ops-depthwise-cudnn.txt 2>&1; echo "exit $?" >> $OUT/cuda-ops-depthwise-cudnn.txt
+grep -E "test result|panicked" $OUT/cuda-ops-depthwise-cudnn.txt | head -10
 date
 # Data parallelism over NCCL (issue 13): with two GPUs or more and a `tfkd`
 # built with `--features nccl` (`build-cuda.sh --with-nccl -p tfkd-runner
