@@ -297,6 +297,16 @@ struct AdamScalars {
     float b1, one_minus_b1, b2, one_minus_b2, eps, wd;
 };
 
+// Calls f(k, i) for every element i of every piece k: block b takes pieces
+// b, b + gridDim.x, ...; its threads the piece's elements.
+template <class F>
+__device__ __forceinline__ void for_each_piece_element(const Chunk* chunks, uint64_t count, F f) {
+    for (uint64_t c = blockIdx.x; c < count; c += gridDim.x) {
+        const Chunk k = chunks[c];
+        for (uint64_t i = k.start + threadIdx.x; i < k.start + k.len; i += blockDim.x) f(k, i);
+    }
+}
+
 // d = g + wd p (weight decay as an L2 term, PyTorch's SGD and Adam).
 __device__ __forceinline__ float with_decay(float g, float p, float wd) {
     return wd != 0.0f ? __fadd_rn(g, __fmul_rn(p, wd)) : g;
@@ -305,39 +315,32 @@ __device__ __forceinline__ float with_decay(float g, float p, float wd) {
 // torch.optim.SGD: d = g + wd p; b = d (fresh) or mu b + (1 - tau) d;
 // d = nesterov ? d + mu b : b; p = p - lr d.
 extern "C" __global__ void tfkd_sgd_f32(const Chunk* chunks, uint64_t count, SgdScalars s) {
-    // Block b walks pieces b, b + gridDim.x, ...; its threads the elements.
-    for (uint64_t c = blockIdx.x; c < count; c += gridDim.x) {
-        const Chunk k = chunks[c];
-        for (uint64_t i = k.start + threadIdx.x; i < k.start + k.len; i += blockDim.x) {
-            float p = k.p[i];
-            float d = with_decay(k.g[i], p, s.wd);
-            if (k.s1) {
-                float b = k.fresh ? d : __fadd_rn(__fmul_rn(k.s1[i], s.mu), __fmul_rn(d, s.one_minus_tau));
-                k.s1[i] = b;
-                d = s.nesterov ? __fadd_rn(d, __fmul_rn(b, s.mu)) : b;
-            }
-            k.p[i] = __fsub_rn(p, __fmul_rn(d, s.lr));
+    for_each_piece_element(chunks, count, [&](const Chunk& k, uint64_t i) {
+        float p = k.p[i];
+        float d = with_decay(k.g[i], p, s.wd);
+        if (k.s1) {
+            float b = k.fresh ? d : __fadd_rn(__fmul_rn(k.s1[i], s.mu), __fmul_rn(d, s.one_minus_tau));
+            k.s1[i] = b;
+            d = s.nesterov ? __fadd_rn(d, __fmul_rn(b, s.mu)) : b;
         }
-    }
+        k.p[i] = __fsub_rn(p, __fmul_rn(d, s.lr));
+    });
 }
 
 // torch.optim.Adam (L2 weight decay, no amsgrad): d = g + wd p;
 // m = b1 m + (1 - b1) d; v = b2 v + (1 - b2) d^2;
 // p = p - (m / (sqrt(v) / sqrt(1 - b2^t) + eps)) * lr / (1 - b1^t).
 extern "C" __global__ void tfkd_adam_f32(const Chunk* chunks, uint64_t count, AdamScalars s) {
-    for (uint64_t c = blockIdx.x; c < count; c += gridDim.x) {
-        const Chunk k = chunks[c];
-        for (uint64_t i = k.start + threadIdx.x; i < k.start + k.len; i += blockDim.x) {
-            float p = k.p[i];
-            float d = with_decay(k.g[i], p, s.wd);
-            float m = __fadd_rn(__fmul_rn(k.s1[i], s.b1), __fmul_rn(d, s.one_minus_b1));
-            float v = __fadd_rn(__fmul_rn(k.s2[i], s.b2), __fmul_rn(__fmul_rn(d, d), s.one_minus_b2));
-            k.s1[i] = m;
-            k.s2[i] = v;
-            float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), k.inv_bias2_sqrt), s.eps);
-            k.p[i] = __fsub_rn(p, __fmul_rn(__fdiv_rn(m, denom), k.step_size));
-        }
-    }
+    for_each_piece_element(chunks, count, [&](const Chunk& k, uint64_t i) {
+        float p = k.p[i];
+        float d = with_decay(k.g[i], p, s.wd);
+        float m = __fadd_rn(__fmul_rn(k.s1[i], s.b1), __fmul_rn(d, s.one_minus_b1));
+        float v = __fadd_rn(__fmul_rn(k.s2[i], s.b2), __fmul_rn(__fmul_rn(d, d), s.one_minus_b2));
+        k.s1[i] = m;
+        k.s2[i] = v;
+        float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), k.inv_bias2_sqrt), s.eps);
+        k.p[i] = __fsub_rn(p, __fmul_rn(__fdiv_rn(m, denom), k.step_size));
+    });
 }
 
 // ---------------------------------------------------------------------------
