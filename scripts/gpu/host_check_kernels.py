@@ -277,6 +277,23 @@ def main():
         ((hard + soft) * float(up[0]) + hard * float(up[1]) + soft * float(up[2])).backward()
         check(f"{name}: gradient", grad, zr.grad.float())
 
+    # A label out of range (labels read on the GPU are not checked before the
+    # kernel): that row's terms and gradient are NaN, the others untouched.
+    n, k = 4, 10
+    z = torch.randn(n, k, generator=gen)
+    labels = torch.tensor([3, 10, 0, 7], dtype=torch.int32)
+    params = LossParams(1.0 / n, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1, 0)
+    rows = torch.zeros(n, 2, dtype=torch.float64)
+    lib.tfkd_fused_loss_rows_f32(ptr(z), None, ptr(labels), u64(n), i32(k), params, ptr(rows), None, None)
+    grad = torch.zeros(n, k)
+    up = torch.tensor([1.0, 0.0, 0.0])
+    lib.tfkd_fused_loss_rows_f32(ptr(z), None, ptr(labels), u64(n), i32(k), params, None, ptr(grad), ptr(up))
+    bad_row_nan = bool(rows[1].isnan().all()) and bool(grad[1].isnan().all())
+    others_finite = bool(rows[[0, 2, 3]].isfinite().all()) and bool(grad[[0, 2, 3]].isfinite().all())
+    ok = bad_row_nan and others_finite
+    failures += 0 if ok else 1
+    print(("ok  " if ok else "FAIL"), "label out of range: NaN row, other rows finite")
+
     print("all kernels match PyTorch" if failures == 0 else f"{failures} mismatches")
     sys.exit(1 if failures else 0)
 

@@ -167,7 +167,10 @@ struct LossInputs<'a> {
     dev: CudaDevice,
     z: CudaView<'a, f32>,
     t: Option<CudaView<'a, f32>>,
-    labels: CudaSlice<u32>,
+    /// The labels' device address: of `_uploaded`, or of the caller's
+    /// device labels (kept alive by the loss op that holds them).
+    labels: u64,
+    _uploaded: Option<CudaSlice<u32>>,
     n: usize,
     k: usize,
 }
@@ -175,22 +178,42 @@ struct LossInputs<'a> {
 fn loss_inputs<'a>(
     z: (&'a CudaStorage, &Layout),
     t: Option<(&'a CudaStorage, &Layout)>,
-    labels: &[u32],
+    labels: &crate::loss::fused::Labels,
     params: &LossParams,
 ) -> Result<LossInputs<'a>> {
+    use crate::loss::fused::Labels;
     let (n, k) = z.1.shape().dims2()?;
-    if labels.len() != n || k == 0 || labels.iter().any(|&y| y as usize >= k) {
-        candle_core::bail!("fused loss: {} labels (each < {k}) for {n} rows", labels.len())
-    }
     if (params.soft_kind == 2) != t.is_some() || t.is_some_and(|t| t.1.shape() != z.1.shape()) {
         candle_core::bail!("fused loss: the teacher logits must match the student's, and only a teacher target takes them")
     }
     let dev = z.0.device().clone();
-    let labels = dev.cuda_stream().clone_htod(labels).map_err(candle_core::Error::wrap)?;
+    let (address, uploaded) = match labels {
+        Labels::Host(labels) => {
+            if labels.len() != n || k == 0 || labels.iter().any(|&y| y as usize >= k) {
+                candle_core::bail!("fused loss: {} labels (each < {k}) for {n} rows", labels.len())
+            }
+            use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+            let stream = dev.cuda_stream();
+            let up = stream.clone_htod(labels.as_ref()).map_err(candle_core::Error::wrap)?;
+            let address = up.device_ptr(&stream).0;
+            (address, Some(up))
+        }
+        Labels::Device(labels) => {
+            if labels.dims() != [n] {
+                candle_core::bail!("fused loss: labels of shape {:?} for {n} rows", labels.dims())
+            }
+            let (labels_dev, address) = self::address::<u32>(labels, "fused loss")?;
+            if labels_dev.id() != dev.id() {
+                candle_core::bail!("fused loss: the labels are on another GPU than the logits")
+            }
+            (address, None)
+        }
+    };
     Ok(LossInputs {
         z: f32_view(z.0, z.1, "fused loss")?,
         t: t.map(|t| f32_view(t.0, t.1, "fused loss")).transpose()?,
-        labels,
+        labels: address,
+        _uploaded: uploaded,
         dev,
         n,
         k,
@@ -245,7 +268,7 @@ fn launch_rows(
 pub(crate) fn fused_loss(
     z: (&CudaStorage, &Layout),
     t: Option<(&CudaStorage, &Layout)>,
-    labels: &[u32],
+    labels: &crate::loss::fused::Labels,
     params: LossParams,
 ) -> Result<CudaStorage> {
     let inp = loss_inputs(z, t, labels, &params)?;
@@ -273,7 +296,7 @@ pub(crate) fn fused_loss(
 pub(crate) fn fused_loss_gradient(
     z: (&CudaStorage, &Layout),
     t: Option<(&CudaStorage, &Layout)>,
-    labels: &[u32],
+    labels: &crate::loss::fused::Labels,
     params: LossParams,
     upstream: (&CudaStorage, &Layout),
 ) -> Result<CudaStorage> {
@@ -365,15 +388,15 @@ pub(crate) struct OptimSlot<'a> {
     pub adam_scales: [f32; 2],
 }
 
-/// The device address of a contiguous f32 tensor's first element, and its
-/// GPU.
-pub(crate) fn address(t: &Tensor, op: &str) -> Result<(CudaDevice, u64)> {
+/// The device address of a contiguous tensor's first element (of element
+/// type `T`), and its GPU.
+pub(crate) fn address<T: CudaDType>(t: &Tensor, op: &str) -> Result<(CudaDevice, u64)> {
     use candle_core::cuda_backend::cudarc::driver::DevicePtr;
     let (storage, layout) = t.storage_and_layout();
     let candle_core::Storage::Cuda(s) = &*storage else {
         candle_core::bail!("{op}: a tensor is not on a GPU")
     };
-    let view = f32_view(s, layout, op)?;
+    let view = view::<T>(s, layout, op)?;
     let stream = s.device().cuda_stream();
     let (ptr, _sync) = view.device_ptr(&stream);
     Ok((s.device().clone(), ptr))
@@ -399,7 +422,7 @@ fn optimizer_launch<S: candle_core::cuda_backend::cudarc::driver::DeviceRepr>(ke
             if t.elem_count() != n || t.dtype() != DType::F32 {
                 candle_core::bail!("{op}: a gradient or state of {:?} {:?} for a parameter of {:?} f32", t.shape(), t.dtype(), slot.param.shape())
             }
-            let (d, ptr) = address(t, op)?;
+            let (d, ptr) = address::<f32>(t, op)?;
             match &dev {
                 Some(first) if first.id() != d.id() => candle_core::bail!("{op}: parameters on two GPUs"),
                 Some(_) => {}

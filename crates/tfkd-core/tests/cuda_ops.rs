@@ -317,6 +317,32 @@ mod on_gpu {
         }
     }
 
+    /// Labels on the GPU are not read before the loss kernel; a bad one
+    /// still comes back as the error naming it, from every fused loss.
+    #[test]
+    fn a_label_out_of_range_on_the_gpu_is_named() {
+        use tfkd_core::loss::{KdLoss, LabelSmoothing, VirtualTeacherLoss};
+        let Some(dev) = gpu() else { return };
+        let mut rng = SeededRng::new(16);
+        let logits = random(&mut rng, &[4, 10]).to_device(&dev).unwrap();
+        let teacher = random(&mut rng, &[4, 10]).to_device(&dev).unwrap();
+        for labels in [
+            Tensor::new(&[3u32, 10, 0, 7], &dev).unwrap(),
+            Tensor::new(&[3i64, -1, 0, 7], &dev).unwrap(),
+        ] {
+            let errors = [
+                tfkd_core::loss::cross_entropy(&logits, &labels).err(),
+                LabelSmoothing::official().forward(&logits, &labels).err(),
+                KdLoss::official(0.95, 20.0).forward(&logits, &teacher, &labels).err(),
+                VirtualTeacherLoss::as_coded(0.1, 20.0, 100.0).forward(&logits, &labels).err(),
+            ];
+            for e in errors {
+                let e = e.expect("a bad label was accepted");
+                assert!(matches!(e, tfkd_core::Error::LabelOutOfRange { index: 1, num_classes: 10, .. }), "{e}");
+            }
+        }
+    }
+
     #[test]
     fn losses_and_their_gradients_match_the_cpu() {
         use tfkd_core::loss::{KdLoss, LabelSmoothing, VirtualTeacherLoss};

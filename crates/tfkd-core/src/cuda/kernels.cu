@@ -146,6 +146,15 @@ extern "C" __global__ void tfkd_fused_loss_rows_f32(const float* z, const float*
     for (uint64_t row = blockIdx.x; row < n; row += gridDim.x) {
         const float* zr = z + row * (uint64_t)k;
         const float* tr = p.soft_kind == 2 ? t + row * (uint64_t)k : 0;
+        // A label outside [0, k) (labels read on the GPU are not checked
+        // before): NaN terms and gradient row, which the loss's finiteness
+        // check reports as that label. Uniform in the block (one row).
+        if (labels[row] >= (uint32_t)k) {
+            if (rows && threadIdx.x == 0) rows[2 * row] = rows[2 * row + 1] = nan("");
+            if (grad)
+                for (int j = threadIdx.x; j < k; j += blockDim.x) grad[row * (uint64_t)k + j] = nanf("");
+            continue;
+        }
         const int y = (int)labels[row];
         double acc = -INFINITY;
         for (int j = threadIdx.x; j < k; j += blockDim.x) acc = fmax(acc, (double)zr[j]);

@@ -101,6 +101,19 @@ pub(crate) struct HardTerm {
     pub target: LabelTarget,
 }
 
+/// The labels of a fused loss.
+#[derive(Debug, Clone)]
+pub(crate) enum Labels {
+    /// Values checked to be `< K`, on the host (the CPU path; the CUDA path
+    /// uploads them).
+    Host(Arc<[u32]>),
+    /// `(N,)` u32, contiguous, on the logits' GPU, values unchecked: the row
+    /// kernel gives a label `≥ K` NaN terms and gradient
+    /// (`loss::fused_labels`).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Device(Tensor),
+}
+
 /// A fused loss: the configuration of the op (see the module docs).
 ///
 /// When the student logits track gradients, the forward pass also writes the
@@ -112,7 +125,7 @@ pub(crate) struct HardTerm {
 pub(crate) struct FusedLoss {
     pub hard: Option<HardTerm>,
     pub soft: Option<SoftTerm>,
-    labels: Arc<[u32]>,
+    labels: Labels,
     /// Whether the forward pass also computes the gradient.
     cache_gradient: bool,
     /// The gradient for `[1, 0, 0]`, from the forward pass, until used.
@@ -135,9 +148,9 @@ pub(crate) fn supported(t: &Tensor) -> bool {
 }
 
 impl FusedLoss {
-    /// A loss over validated `labels` (values < K).
-    pub(crate) fn new(hard: Option<HardTerm>, soft: Option<SoftTerm>, labels: Vec<u32>) -> Self {
-        Self { hard, soft, labels: labels.into(), cache_gradient: false, cached: Mutex::new(None) }
+    /// A loss over `labels` (see [`Labels`]).
+    pub(crate) fn new(hard: Option<HardTerm>, soft: Option<SoftTerm>, labels: Labels) -> Self {
+        Self { hard, soft, labels, cache_gradient: false, cached: Mutex::new(None) }
     }
 
     /// Applies the loss to validated (N, K) CPU logits of f32 / f64. `teacher`
@@ -232,10 +245,13 @@ impl FusedLoss {
         k: usize,
         grad: Option<(&mut [E], [f64; 2])>,
     ) -> candle_core::Result<[f64; 2]> {
-        if z.len() != n * k || self.labels.len() != n || teacher.is_some_and(|t| t.len() != n * k) {
+        let Labels::Host(labels) = &self.labels else {
+            return Err(shape_error("the CPU path was given labels on a GPU"));
+        };
+        if z.len() != n * k || labels.len() != n || teacher.is_some_and(|t| t.len() != n * k) {
             return Err(shape_error("inputs do not match the labels"));
         }
-        if self.labels.iter().any(|&y| y as usize >= k) {
+        if labels.iter().any(|&y| y as usize >= k) {
             return Err(shape_error("a label is out of range"));
         }
         if self.has_teacher() != teacher.is_some() {
@@ -248,7 +264,7 @@ impl FusedLoss {
         let chunk = |c: usize, g: Option<(&mut [E], [f64; 2])>| {
             let rows = c * rows_per_chunk..((c + 1) * rows_per_chunk).min(n);
             let span = rows.start * k..rows.end * k;
-            let labels = &self.labels[rows];
+            let labels = &labels[rows];
             rows_dispatch(self, &z[span.clone()], teacher.map(|t| &t[span]), labels, k, g)
         };
         let partials: Vec<[f64; 2]> = match grad {

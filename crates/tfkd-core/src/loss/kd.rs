@@ -3,7 +3,7 @@
 
 use super::fused::{FusedLoss, HardTerm, LabelTarget, SoftTarget, SoftTerm};
 use super::{
-    check_labels, check_labels_host, check_logits, check_same_shape, ensure_finite, hard_cross_entropy,
+    check_labels, check_logits, check_same_shape, ensure_finite, fused_labels, hard_cross_entropy,
     kl_from_log_target, log_softmax, KlReduction, LossTerms, Path,
 };
 use crate::error::check_param;
@@ -107,14 +107,14 @@ impl KdLoss {
         let t2 = if self.temperature_squared { t * t } else { 1.0 };
         let soft_weight = self.alpha * t2 * self.multiplier;
         let (total, hard, soft) = if path.fused(student) {
-            let labels = check_labels_host(labels, n, k)?;
+            let fused_labels = fused_labels(labels, student, n, k)?;
             let hard = HardTerm { weight: (1.0 - self.alpha) / n as f64, target: LabelTarget { on: 1.0, off: 0.0 } };
             let soft = SoftTerm {
                 weight: soft_weight / self.reduction.divisor(n, k),
                 student_scale: 1.0 / t,
                 target: SoftTarget::Teacher { scale: 1.0 / t },
             };
-            let terms = FusedLoss::new(Some(hard), Some(soft), labels).apply(student, Some(teacher))?;
+            let terms = FusedLoss::new(Some(hard), Some(soft), fused_labels).apply(student, Some(teacher))?;
             (terms.total, terms.hard, terms.soft)
         } else {
             let labels = check_labels(labels, n, k)?;
@@ -125,7 +125,7 @@ impl KdLoss {
             let soft = (kl * soft_weight)?;
             ((&hard + &soft)?, hard, soft)
         };
-        ensure_finite(&total, &[("student logits", student), ("teacher logits", teacher)])?;
+        ensure_finite(&total, Some((labels, n, k)), &[("student logits", student), ("teacher logits", teacher)])?;
         Ok(LossTerms { total, hard, soft: Some(soft) })
     }
 }

@@ -1,7 +1,7 @@
 //! Label-smoothing regularisation (LSR), the paper's hand-made baseline.
 
 use super::fused::{FusedLoss, HardTerm, LabelTarget};
-use super::{check_labels, check_labels_host, check_logits, ensure_finite, log_softmax, one_hot, LossTerms, Path};
+use super::{check_labels, check_logits, ensure_finite, fused_labels, log_softmax, one_hot, LossTerms, Path};
 use crate::error::check_param;
 use crate::Result;
 use candle_core::Tensor;
@@ -89,16 +89,16 @@ impl LabelSmoothing {
         self.validate()?;
         let (n, k) = check_logits("logits", logits)?;
         let total = if path.fused(logits) {
-            let labels = check_labels_host(labels, n, k)?;
+            let fused_labels = fused_labels(labels, logits, n, k)?;
             let hard = HardTerm { weight: 1.0 / n as f64, target: self.label_target(k) };
-            FusedLoss::new(Some(hard), None, labels).apply(logits, None)?.total
+            FusedLoss::new(Some(hard), None, fused_labels).apply(logits, None)?.total
         } else {
             let labels = check_labels(labels, n, k)?;
             let targets = self.targets(&labels, k, logits)?;
             let log_p = log_softmax(logits)?;
             ((targets * log_p)?.sum_all()? / -(n as f64))?
         };
-        ensure_finite(&total, &[("logits", logits)])?;
+        ensure_finite(&total, Some((labels, n, k)), &[("logits", logits)])?;
         Ok(LossTerms { hard: total.clone(), total, soft: None })
     }
 }

@@ -28,7 +28,7 @@
 //! are composed from candle ops (max, exp, sum, log, gather), so the code runs
 //! wherever candle does. Both paths agree to float rounding (tested).
 
-mod fused;
+pub(crate) mod fused;
 mod kd;
 mod label_smoothing;
 mod virtual_teacher;
@@ -137,13 +137,13 @@ pub fn cross_entropy_composed(logits: &Tensor, labels: &Tensor) -> Result<Tensor
 fn cross_entropy_on(path: Path, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let (n, k) = check_logits("logits", logits)?;
     let loss = if path.fused(logits) {
-        let labels = check_labels_host(labels, n, k)?;
+        let fused_labels = fused_labels(labels, logits, n, k)?;
         let hard = fused::HardTerm { weight: 1.0 / n as f64, target: fused::LabelTarget { on: 1.0, off: 0.0 } };
-        fused::FusedLoss::new(Some(hard), None, labels).apply(logits, None)?.total
+        fused::FusedLoss::new(Some(hard), None, fused_labels).apply(logits, None)?.total
     } else {
         hard_cross_entropy(logits, &check_labels(labels, n, k)?)?
     };
-    ensure_finite(&loss, &[("logits", logits)])?;
+    ensure_finite(&loss, Some((labels, n, k)), &[("logits", logits)])?;
     Ok(loss)
 }
 
@@ -161,7 +161,7 @@ pub fn kl_div(log_pred: &Tensor, target: &Tensor, reduction: KlReduction) -> Res
     let safe_log = positive.where_cond(&target.log()?, &target.zeros_like()?)?;
     let terms = (&target * (safe_log - log_pred)?)?;
     let loss = (terms.sum_all()? / reduction.divisor(n, k))?;
-    ensure_finite(&loss, &[("log-probabilities", log_pred), ("target probabilities", &target)])?;
+    ensure_finite(&loss, None, &[("log-probabilities", log_pred), ("target probabilities", &target)])?;
     Ok(loss)
 }
 
@@ -225,14 +225,15 @@ pub(crate) fn check_same_shape(what: &'static str, t: &Tensor, like: &Tensor) ->
 /// Checks labels (N) of an integer dtype with values in `[0, K)`; returns them as u32.
 ///
 /// This reads the labels to the host once: N integers, negligible next to a
-/// forward pass, and the only way to catch a bad label on every backend.
+/// forward pass, and the one check that works on every backend (where the
+/// fused CUDA kernels run, [`fused_labels`] avoids the read).
 pub(crate) fn check_labels(labels: &Tensor, n: usize, k: usize) -> Result<Tensor> {
     check_labels_host(labels, n, k)?;
     Ok(labels.to_dtype(DType::U32)?)
 }
 
-/// [`check_labels`], returning the labels on the host.
-pub(crate) fn check_labels_host(labels: &Tensor, n: usize, k: usize) -> Result<Vec<u32>> {
+/// Checks that `labels` are (N) of an integer dtype (not their values).
+fn check_label_shape(labels: &Tensor, n: usize) -> Result<()> {
     if !matches!(labels.dtype(), DType::U8 | DType::U32 | DType::I64) {
         return Err(Error::Shape {
             what: "labels",
@@ -242,6 +243,28 @@ pub(crate) fn check_labels_host(labels: &Tensor, n: usize, k: usize) -> Result<V
     if labels.dims() != [n] {
         return Err(Error::Shape { what: "labels", detail: format!("expected shape [{n}], got {:?}", labels.dims()) });
     }
+    Ok(())
+}
+
+/// The labels for a fused loss over `logits`: on the logits' GPU, where the
+/// CUDA kernels run, checked for shape only and not read (the row kernel
+/// turns a label outside `[0, K)` into NaN terms, which [`ensure_finite`]
+/// then reports as that label: no synchronisation on the happy path);
+/// elsewhere [`check_labels_host`]'s values.
+pub(crate) fn fused_labels(labels: &Tensor, logits: &Tensor, n: usize, k: usize) -> Result<fused::Labels> {
+    #[cfg(feature = "cuda")]
+    if crate::own_cuda_kernels(logits) && labels.device().same_device(logits.device()) {
+        check_label_shape(labels, n)?;
+        return Ok(fused::Labels::Device(labels.to_dtype(DType::U32)?.contiguous()?));
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = logits;
+    Ok(fused::Labels::Host(check_labels_host(labels, n, k)?.into()))
+}
+
+/// [`check_labels`], returning the labels on the host.
+pub(crate) fn check_labels_host(labels: &Tensor, n: usize, k: usize) -> Result<Vec<u32>> {
+    check_label_shape(labels, n)?;
     let values = labels.to_dtype(DType::I64)?.to_vec1::<i64>()?;
     if let Some((index, &label)) = values.iter().enumerate().find(|(_, &l)| l < 0 || l as usize >= k) {
         return Err(Error::LabelOutOfRange { index, label, num_classes: k });
@@ -257,12 +280,17 @@ pub(crate) fn all_finite(t: &Tensor) -> Result<bool> {
     Ok(probe.is_finite())
 }
 
-/// Fails when `loss` is not finite, naming the first non-finite input (or the
-/// loss itself). Costs one scalar read on the happy path.
-pub(crate) fn ensure_finite(loss: &Tensor, inputs: &[(&'static str, &Tensor)]) -> Result<()> {
+/// Fails when `loss` is not finite, naming the first label out of range
+/// (`labels`: the labels, N and K, where they may not have been checked), or
+/// the first non-finite input, or the loss itself. Costs one scalar read on
+/// the happy path.
+pub(crate) fn ensure_finite(loss: &Tensor, labels: Option<(&Tensor, usize, usize)>, inputs: &[(&'static str, &Tensor)]) -> Result<()> {
     let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if value.is_finite() {
         return Ok(());
+    }
+    if let Some((labels, n, k)) = labels {
+        check_labels_host(labels, n, k)?;
     }
     for &(what, t) in inputs {
         if !all_finite(t)? {

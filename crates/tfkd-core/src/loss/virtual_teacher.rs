@@ -2,7 +2,7 @@
 
 use super::fused::{FusedLoss, HardTerm, LabelTarget, SoftTarget, SoftTerm};
 use super::{
-    check_labels, check_labels_host, check_logits, ensure_finite, hard_cross_entropy, kl_from_log_target,
+    check_labels, check_logits, ensure_finite, fused_labels, hard_cross_entropy, kl_from_log_target,
     log_softmax, one_hot, softmax, KlReduction, LossTerms, Path,
 };
 use crate::error::check_param;
@@ -163,7 +163,7 @@ impl VirtualTeacherLoss {
         };
         let soft_weight = self.alpha * self.multiplier * t2;
         let (total, hard, soft) = if path.fused(student) {
-            let labels = check_labels_host(labels, n, k)?;
+            let fused_labels = fused_labels(labels, student, n, k)?;
             let hard = HardTerm { weight: (1.0 - self.alpha) / n as f64, target: LabelTarget { on: 1.0, off: 0.0 } };
             let (target, neg_entropy) = self.target_closed_form(k);
             let soft = SoftTerm {
@@ -171,7 +171,7 @@ impl VirtualTeacherLoss {
                 student_scale: 1.0 / student_t,
                 target: SoftTarget::Labels { target, neg_entropy },
             };
-            let terms = FusedLoss::new(Some(hard), Some(soft), labels).apply(student, None)?;
+            let terms = FusedLoss::new(Some(hard), Some(soft), fused_labels).apply(student, None)?;
             (terms.total, terms.hard, terms.soft)
         } else {
             let labels = check_labels(labels, n, k)?;
@@ -183,7 +183,7 @@ impl VirtualTeacherLoss {
             let soft = (kl * soft_weight)?;
             ((&hard + &soft)?, hard, soft)
         };
-        ensure_finite(&total, &[("student logits", student)])?;
+        ensure_finite(&total, Some((labels, n, k)), &[("student logits", student)])?;
         Ok(LossTerms { total, hard, soft: Some(soft) })
     }
 }

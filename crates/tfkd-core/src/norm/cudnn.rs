@@ -89,8 +89,8 @@ pub(super) fn batch_norm_train_updating(
         eps,
         saved: Mutex::new(None),
         statistics: Statistics::Running {
-            mean: crate::cuda::address(running_mean, "tfkd-cudnn-batch-norm")?.1,
-            var: crate::cuda::address(running_var, "tfkd-cudnn-batch-norm")?.1,
+            mean: crate::cuda::address::<f32>(running_mean, "tfkd-cudnn-batch-norm")?.1,
+            var: crate::cuda::address::<f32>(running_var, "tfkd-cudnn-batch-norm")?.1,
             momentum,
         },
     };
