@@ -15,12 +15,24 @@ pub fn top_k_correct(logits: &Tensor, labels: &Tensor, k: usize) -> Result<usize
     let labels = crate::loss::check_labels(labels, n, classes)?;
     let k = k.clamp(1, classes);
     let hits = if k == 1 {
-        logits.argmax(D::Minus1)?.eq(&labels)?
+        return Ok(top1_hits(logits, &labels)?.to_scalar::<u32>()? as usize);
     } else {
         let top = logits.arg_sort_last_dim(false)?.narrow(1, 0, k)?.contiguous()?;
         top.broadcast_eq(&labels.unsqueeze(1)?)?.max(D::Minus1)?
     };
     Ok(hits.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
+}
+
+/// How many rows have their label as the largest logit (ties: the lower
+/// class index), as a 0-d u32 tensor on the logits' device, not read: for a
+/// loop that reads it together with other numbers (on a GPU every read is a
+/// synchronisation). The labels are not checked: [`top_k_correct`] with
+/// `k = 1` checks them, then counts with this.
+///
+/// # Shapes
+/// `logits`: (N, K); `labels`: (N) of an integer dtype.
+pub fn top1_hits(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    Ok(logits.argmax(D::Minus1)?.eq(&labels.to_dtype(DType::U32)?)?.to_dtype(DType::U32)?.sum_all()?)
 }
 
 /// Running top-1 / top-5 counts over an evaluation.

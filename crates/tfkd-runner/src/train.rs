@@ -26,7 +26,7 @@ use candle_core::Var;
 use tfkd_core::collective::{all_reduce_gradients, Collective, Solo, ThreadGroup};
 use tfkd_core::init::SeededVarMap;
 use tfkd_core::loss::cross_entropy;
-use tfkd_core::metrics::{top_k_correct, Accuracy};
+use tfkd_core::metrics::{top1_hits, Accuracy};
 use tfkd_core::optim::Optimizer;
 use tfkd_core::rng::SeededRng;
 use tfkd_data::Loader;
@@ -836,14 +836,21 @@ impl EpochStep<'_> {
                 replica.optimizer.step(&grads)?;
                 (sums[0] > 0.0).then(|| stop_requested().unwrap_or(libc::SIGTERM))
             };
-            let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
-            let loss = scalar(&terms.total)?;
+            // What the step reports, in one read: on a GPU each read waits
+            // for the device. (The loss checked the labels.)
+            let hits = top1_hits(&logits.detach(), &labels)?.to_dtype(terms.total.dtype())?;
+            let no_soft = terms.total.zeros_like()?;
+            let reported = [&terms.total, &terms.hard, terms.soft.as_ref().unwrap_or(&no_soft), &hits];
+            let values = Tensor::stack(&reported, 0)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            let [loss, hard, soft, correct] = values[..] else {
+                unreachable!("four values were stacked")
+            };
             p.loss_sum += loss * n as f64;
-            p.hard_sum += scalar(&terms.hard)? * n as f64;
-            if let Some(soft) = &terms.soft {
-                p.soft_sum += scalar(soft)? * n as f64;
+            p.hard_sum += hard * n as f64;
+            if terms.soft.is_some() {
+                p.soft_sum += soft * n as f64;
             }
-            p.correct += top_k_correct(&logits.detach(), &labels, 1)?;
+            p.correct += correct as usize;
             p.images += n;
             p.batches_done = iteration + 1;
             reporter.batch_end(iteration, n, loss);
