@@ -131,6 +131,19 @@ def compare(torch_rows, tfkd_rows, markdown):
             print(("{:<14}" + "{:>16}" * (len(head) - 1)).format(*row))
 
 
+def rust_rows(torch_rows, tfkd_rows, measured_on):
+    """The rows of `CUDA_MEASURED` (crates/tfkd-zoo/src/registry.rs) for
+    these results: full width, batch 128, images/s of both side by side."""
+    ours = {r["model"]: r for r in tfkd_rows if r.get("width_divisor", 1) == 1 and r["batch"] == 128}
+    print("// measured_on: %s" % measured_on)
+    for r in torch_rows:
+        t = ours.get(r["model"])
+        if t is None or r["batch"] != 128:
+            continue
+        print('    CudaThroughput { model: "%s", tfkd_images_per_second: %.1f, pytorch_images_per_second: %.1f, measured_on: MEASURED_ON },'
+              % (r["model"], t["images_per_s"], r["images_per_s"]))
+
+
 def median_of_rounds(files):
     """One row per model: the median over rounds of images/s and of peak MB."""
     by_model = {}
@@ -163,6 +176,7 @@ def main():
     p.add_argument("--torch-json", help="compare this file of earlier PyTorch results instead of timing")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--rounds", help="folder of interleaved rounds (torch*.jsonl, tfkd*.jsonl) to summarise")
+    p.add_argument("--rust", metavar="MEASURED_ON", help="with --torch-json and --compare: print the CUDA_MEASURED rows of the zoo's registry instead of the table (MEASURED_ON: the GPU and date)")
     args = p.parse_args()
     if args.rounds:
         import glob
@@ -174,7 +188,10 @@ def main():
         compare(median_of_rounds(torch_files), median_of_rounds(tfkd_files), args.markdown)
         return
     if args.torch_json:
-        compare(load(args.torch_json), load(args.compare), args.markdown)
+        if args.rust:
+            rust_rows(load(args.torch_json), load(args.compare), args.rust)
+        else:
+            compare(load(args.torch_json), load(args.compare), args.markdown)
         return
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -78,6 +78,9 @@ for m in ${CANDLE_CONV_MODELS:-}; do
   TFKD_CONV=candle timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --warmup 3 --steps 10 --json $OUT/tfkd-cuda-candle-conv.jsonl 2>&1 | tail -2
 done
 (cd "$here/../.." && python3 scripts/bench_steps_torch.py --torch-json $OUT/torch-cuda.jsonl --compare $OUT/tfkd-cuda.jsonl --markdown) | tee $OUT/ratio.md
+# The planner's measured throughputs (CUDA_MEASURED in crates/tfkd-zoo/src/registry.rs), ready to paste.
+(cd "$here/../.." && python3 scripts/bench_steps_torch.py --torch-json $OUT/torch-cuda.jsonl --compare $OUT/tfkd-cuda.jsonl \
+  --rust "one $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(date +%F)") > $OUT/cuda-measured.rs
 [ -s $OUT/tfkd-cuda-bf16.jsonl ] && (cd "$here/../.." && python3 scripts/bench_steps_torch.py --torch-json $OUT/torch-cuda.jsonl --compare $OUT/tfkd-cuda-bf16.jsonl --markdown) | tee $OUT/ratio-bf16.md
 for c in ${CONFIGS:-base}; do
   echo "== train $c"; date
