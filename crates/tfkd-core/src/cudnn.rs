@@ -1,5 +1,5 @@
-//! cuDNN, loaded at run time: one handle per GPU, the workspace, the
-//! algorithm cache and the switches. The GPU parts are built with
+//! cuDNN, loaded at run time: one handle per GPU, the per-call workspace,
+//! the algorithm cache and the switches. The GPU parts are built with
 //! `--features cuda`; the loading and the algorithm choice are built (and
 //! tested) everywhere, so [`describe`] answers on any build.
 //!
@@ -457,12 +457,9 @@ pub(crate) fn pick(results: &[AlgoPerf], bound: usize, deterministic: bool) -> O
 }
 
 #[cfg(feature = "cuda")]
-/// A GPU's cuDNN state: the handle, the workspace (grown to the largest
-/// need, reused: every call is on the device's one stream) and the chosen
-/// algorithms.
+/// A GPU's cuDNN state: the handle and the chosen algorithms.
 pub(crate) struct DeviceState {
     pub handle: Opaque,
-    workspace: Option<CudaSlice<u8>>,
     pub algos: HashMap<ConvKey, Choice>,
 }
 
@@ -472,23 +469,20 @@ pub(crate) struct DeviceState {
 unsafe impl Send for DeviceState {}
 
 #[cfg(feature = "cuda")]
-impl DeviceState {
-    /// A workspace of at least `bytes` (null for zero), as a raw pointer valid
-    /// until the next call on this state.
-    pub fn workspace(&mut self, stream: &Arc<CudaStream>, bytes: usize) -> Result<*mut c_void> {
-        use candle_core::cuda_backend::cudarc::driver::DevicePtr;
-        if bytes == 0 {
-            return Ok(std::ptr::null_mut());
-        }
-        if self.workspace.as_ref().map_or(true, |w| w.len() < bytes) {
-            self.workspace = None;
-            // SAFETY: cuDNN only writes the workspace; it is never read as u8.
-            let w = unsafe { stream.alloc::<u8>(bytes) }.map_err(candle_core::Error::wrap)?;
-            self.workspace = Some(w);
-        }
-        let w = self.workspace.as_ref().map(|w| w.device_ptr(stream).0);
-        Ok(w.unwrap_or(0) as *mut c_void)
+/// A workspace of `bytes` for one cuDNN call (none for zero), taken from
+/// the device's memory pool and handed back, in stream order, when the
+/// returned buffer drops after the call: scratch counts towards the peak
+/// only while a call runs, as PyTorch's does (a workspace kept for the
+/// process would add the largest one to every moment's memory).
+pub(crate) fn workspace(stream: &Arc<CudaStream>, bytes: usize) -> Result<(Option<CudaSlice<u8>>, *mut c_void)> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    if bytes == 0 {
+        return Ok((None, std::ptr::null_mut()));
     }
+    // SAFETY: cuDNN only writes the workspace; it is never read as u8.
+    let w = unsafe { stream.alloc::<u8>(bytes) }.map_err(candle_core::Error::wrap)?;
+    let ptr = w.device_ptr(stream).0 as *mut c_void;
+    Ok((Some(w), ptr))
 }
 
 #[cfg(feature = "cuda")]
@@ -509,11 +503,7 @@ pub(crate) fn with_device<R>(api: &Api, dev: &CudaDevice, f: impl FnOnce(&mut De
             let mut handle: Opaque = std::ptr::null_mut();
             // SAFETY: cudnnCreate writes a handle into `handle`.
             api.check(unsafe { (api.create)(&mut handle) }, "cudnnCreate")?;
-            e.insert(DeviceState {
-                handle,
-                workspace: None,
-                algos: HashMap::new(),
-            })
+            e.insert(DeviceState { handle, algos: HashMap::new() })
         }
     };
     // SAFETY: a valid handle and the device's live stream (a CUstream is a

@@ -214,7 +214,7 @@ fn run_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
                 }
             };
             conv.set_math_type(choice.math_type)?;
-            let ws = state.workspace(&stream, choice.workspace)?;
+            let (_workspace, ws) = cudnn::workspace(&stream, choice.workspace)?;
             let (alpha, beta) = (Scale::of(data_type, 1.0), Scale::of(data_type, 0.0));
             // SAFETY: descriptors of these operands' shapes, device pointers
             // of live buffers of those sizes, a workspace of the size the
