@@ -53,6 +53,27 @@ impl Drop for CudaGraphHtodCacheGuard {
 
 pub struct ModuleStore {
     mdls: [Option<Arc<cudarc::driver::CudaModule>>; kernels::ALL_IDS.len()],
+    // tfkd patch: each module's functions, looked up once (see `cached_function`).
+    funcs: [HashMap<String, CudaFunction>; kernels::ALL_IDS.len()],
+}
+
+/// A custom module and its functions, looked up once (tfkd patch).
+type CustomModule = (Arc<cudarc::driver::CudaModule>, HashMap<String, CudaFunction>);
+
+/// tfkd patch: `fn_name` of `module`, from `funcs` or, the first time, from
+/// the driver (`cuModuleGetFunction`, with a C string made for the call),
+/// then kept: every kernel launch asked the driver again before.
+fn cached_function(
+    module: &Arc<cudarc::driver::CudaModule>,
+    funcs: &mut HashMap<String, CudaFunction>,
+    fn_name: &str,
+) -> Result<CudaFunction> {
+    if let Some(f) = funcs.get(fn_name) {
+        return Ok(f.clone());
+    }
+    let f = module.load_function(fn_name).w()?;
+    funcs.insert(fn_name.to_string(), f.clone());
+    Ok(f)
 }
 
 #[derive(Clone)]
@@ -60,7 +81,7 @@ pub struct CudaDevice {
     id: DeviceId,
     context: Arc<cudarc::driver::CudaContext>,
     modules: Arc<std::sync::RwLock<ModuleStore>>,
-    custom_modules: Arc<std::sync::RwLock<HashMap<String, Arc<cudarc::driver::CudaModule>>>>,
+    custom_modules: Arc<std::sync::RwLock<HashMap<String, CustomModule>>>,
     stream: Arc<cudarc::driver::CudaStream>,
     pub(crate) blas: Arc<cudarc::cublas::CudaBlas>,
     curand: Arc<Mutex<CudaRng>>,
@@ -317,19 +338,22 @@ impl CudaDevice {
         module_name: &str,
         ptx: &str,
     ) -> Result<CudaFunc> {
+        // tfkd patch: a function found before is returned under the read lock.
         let ms = self.custom_modules.read().unwrap();
-        if let Some(mdl) = ms.get(module_name).as_ref() {
-            let func = mdl.load_function(fn_name).w()?;
+        if let Some(func) = ms.get(module_name).and_then(|(_, funcs)| funcs.get(fn_name)) {
             return Ok(CudaFunc {
-                func,
+                func: func.clone(),
                 stream: self.stream.clone(),
             });
         }
         drop(ms);
         let mut ms = self.custom_modules.write().unwrap();
-        let cuda_module = self.context.load_module(ptx.into()).w()?;
-        ms.insert(module_name.to_string(), cuda_module.clone());
-        let func = cuda_module.load_function(fn_name).w()?;
+        if !ms.contains_key(module_name) {
+            let cuda_module = self.context.load_module(ptx.into()).w()?;
+            ms.insert(module_name.to_string(), (cuda_module, HashMap::new()));
+        }
+        let (cuda_module, funcs) = ms.get_mut(module_name).expect("inserted above");
+        let func = cached_function(cuda_module, funcs, fn_name)?;
         Ok(CudaFunc {
             func,
             stream: self.stream.clone(),
@@ -337,19 +361,22 @@ impl CudaDevice {
     }
 
     pub fn get_or_load_func(&self, fn_name: &str, mdl: &kernels::Module) -> Result<CudaFunc> {
+        // tfkd patch: a function found before is returned under the read lock.
         let ms = self.modules.read().unwrap();
-        if let Some(mdl) = ms.mdls[mdl.index()].as_ref() {
-            let func = mdl.load_function(fn_name).w()?;
+        if let Some(func) = ms.funcs[mdl.index()].get(fn_name) {
             return Ok(CudaFunc {
-                func,
+                func: func.clone(),
                 stream: self.stream.clone(),
             });
         }
         drop(ms);
         let mut ms = self.modules.write().unwrap();
-        let cuda_module = self.context.load_module(mdl.ptx().into()).w()?;
-        ms.mdls[mdl.index()] = Some(cuda_module.clone());
-        let func = cuda_module.load_function(fn_name).w()?;
+        let ms = &mut *ms;
+        if ms.mdls[mdl.index()].is_none() {
+            ms.mdls[mdl.index()] = Some(self.context.load_module(mdl.ptx().into()).w()?);
+        }
+        let cuda_module = ms.mdls[mdl.index()].as_ref().expect("loaded above");
+        let func = cached_function(cuda_module, &mut ms.funcs[mdl.index()], fn_name)?;
         Ok(CudaFunc {
             func,
             stream: self.stream.clone(),
@@ -376,6 +403,7 @@ impl CudaDevice {
         let curand = cudarc::curand::CudaRng::new(299792458, stream.clone()).w()?;
         let module_store = ModuleStore {
             mdls: [const { None }; kernels::ALL_IDS.len()],
+            funcs: std::array::from_fn(|_| HashMap::new()),
         };
         Ok(Self {
             id: DeviceId::new(),
