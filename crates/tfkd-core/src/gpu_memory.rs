@@ -1,5 +1,6 @@
-//! GPU memory: keep what a training step frees for the next step, and read
-//! the peaks (`--features cuda`).
+//! GPU memory: keep what a training step frees for the next step, make
+//! buffers without their two CUDA events, and read the peaks (`--features
+//! cuda`).
 //!
 //! candle's CUDA buffers come from the device's stream-ordered memory pool
 //! (`cuMemAllocAsync`). With the pool's default release threshold of 0 the
@@ -56,6 +57,29 @@ pub fn retain_freed_memory(device: &Device) -> Result<()> {
         Some(p) => set(p, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, u64::MAX),
         None => Ok(()),
     }
+}
+
+/// Makes cudarc allocate `device`'s buffers without their read and write
+/// CUDA events. By default every buffer gets two (`cuEventCreate` twice
+/// when a candle op allocates its output, `cuEventDestroy` twice when the
+/// buffer drops: four driver calls per op, PyTorch makes none), which
+/// cudarc uses only to order a buffer's uses between two streams of one
+/// context. candle runs each thread's work on one stream and tfkd makes no
+/// other, so they are never waited on. Nothing to do on other devices, or
+/// where the context already has streams of its own (their buffers keep
+/// their events).
+pub fn skip_buffer_events(device: &Device) -> Result<()> {
+    let Device::Cuda(dev) = device else { return Ok(()) };
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    if ctx.is_in_multi_stream_mode() {
+        return Ok(());
+    }
+    // SAFETY: cudarc's events order a buffer between streams of the
+    // context, and it has none but candle's (checked above; tfkd creates no
+    // stream): without them, every use stays ordered by its one stream.
+    unsafe { ctx.disable_event_tracking() };
+    Ok(())
 }
 
 /// The pool's high-water marks, or `None` off the GPU (or without a pool).

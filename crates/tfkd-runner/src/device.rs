@@ -77,9 +77,11 @@ pub fn open_device(spec: DeviceSpec) -> Result<Device> {
             let device = Device::new_cuda(n).map_err(|e| {
                 config_err("device", format!("cannot open cuda:{n} ({e}); build with `--features cuda` on a machine with CUDA"))
             })?;
-            // Keep freed GPU memory for the next step (no per-step remapping).
+            // Keep freed GPU memory for the next step (no per-step
+            // remapping), and allocate without per-buffer events.
             #[cfg(feature = "cuda")]
             tfkd_core::gpu_memory::retain_freed_memory(&device)
+                .and_then(|()| tfkd_core::gpu_memory::skip_buffer_events(&device))
                 .map_err(|e| config_err("device", format!("cuda:{n}: cannot configure its memory pool ({e})")))?;
             device
         }
