@@ -69,6 +69,61 @@ pub(crate) fn relu6_candle(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Clamp { max: 6.0 })
 }
 
+/// An activation that another op can apply to its own output (the
+/// BatchNorm module's `forward_act_t`): the op's output is then the
+/// activation's, and the graph never holds the tensor between them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// [`relu`].
+    Relu,
+    /// [`relu6`].
+    Relu6,
+}
+
+impl Activation {
+    /// The clamp's upper bound.
+    pub(crate) fn max(self) -> f64 {
+        match self {
+            Activation::Relu => f64::INFINITY,
+            Activation::Relu6 => 6.0,
+        }
+    }
+
+    /// The activation as an op of its own.
+    pub fn apply(self, x: &Tensor) -> crate::Result<Tensor> {
+        Ok(self.apply_candle(x)?)
+    }
+
+    /// [`Activation::apply`] with candle's error.
+    pub(crate) fn apply_candle(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Relu => relu_candle(x),
+            Activation::Relu6 => relu6_candle(x),
+        }
+    }
+
+    /// Clamps `y` in place, as [`relu`] / [`relu6`] compute (NaN passing
+    /// through).
+    pub(crate) fn apply_in_place<E: Float>(self, y: &mut [E]) {
+        use rayon::prelude::*;
+        let (zero, max) = (E::zero(), E::from_f64(self.max()));
+        y.par_chunks_mut(CHUNK).for_each(|ys| {
+            for v in ys {
+                let low = if *v < zero { zero } else { *v };
+                *v = if low > max { max } else { low };
+            }
+        });
+    }
+
+    /// The gradient through the activation from its *output* `y`:
+    /// `g·[0 < y < max]`, the same as from its input (the clamp keeps the
+    /// sign, maps exactly the inputs at or past a bound onto it, and NaN
+    /// onto NaN), so the input need not be kept.
+    pub(crate) fn grad_from_output(self, grad: &Tensor, y: &Tensor) -> Result<Tensor> {
+        grad.contiguous()?.apply_op2_no_bwd(y, &ClampGrad(Clamp { max: self.max() }))
+    }
+}
+
 /// `min(max(x, 0), max)`; `max` may be infinite.
 #[derive(Clone, Copy)]
 struct Clamp {

@@ -68,6 +68,20 @@ pub(crate) fn clamp(x: (&CudaStorage, &Layout), hi: f32) -> Result<CudaStorage> 
     Ok(CudaStorage::wrap_cuda_slice(y, dev))
 }
 
+/// `y ← min(max(y, 0), hi)` in place over the `n` f32 at device address
+/// `y` (a buffer the caller owns and has just written on the device's
+/// stream): the clamp kernel with its input and output the same.
+pub(crate) fn clamp_in_place(dev: &CudaDevice, y: u64, n: usize, hi: f32) -> Result<()> {
+    let func = dev.get_or_load_custom_func("tfkd_clamp_f32", MODULE, PTX)?;
+    let n64 = n as u64;
+    let mut b = func.builder();
+    b.arg(&y).arg(&y).arg(&hi).arg(&n64);
+    // SAFETY: the kernel's signature (it reads x[i] before writing y[i], so
+    // x = y is fine); `y` holds n f32.
+    unsafe { b.launch(config(n64)) }.map_err(candle_core::Error::wrap)?;
+    Ok(())
+}
+
 /// `dx = g·[0 < x < hi]` (`hi` infinite: `g·[0 < x]`).
 pub(crate) fn clamp_grad(g: (&CudaStorage, &Layout), x: (&CudaStorage, &Layout), hi: f32) -> Result<CudaStorage> {
     let dev = g.0.device().clone();

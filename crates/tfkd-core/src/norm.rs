@@ -38,6 +38,7 @@ use candle_nn::{BatchNormConfig, VarBuilder};
 #[cfg(feature = "cuda")]
 mod cudnn;
 
+use crate::activation::Activation;
 use crate::cpu::{avx2_dispatch, filled, for_each_chunk, ncs, slice, supported, Float};
 
 /// The result of a training-mode batch normalisation.
@@ -66,11 +67,21 @@ pub struct BatchNormOutput {
 /// normalised by cuDNN as they are, elsewhere in the parameters' dtype
 /// between two casts; the statistics are then in the parameters' dtype.
 pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> crate::Result<BatchNormOutput> {
-    Ok(batch_norm_train_candle(x, weight, bias, eps)?)
+    Ok(batch_norm_train_candle(x, weight, bias, eps, None)?)
 }
 
-/// [`batch_norm_train`] with candle's error, for use inside candle's traits.
-pub(crate) fn batch_norm_train_candle(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<BatchNormOutput> {
+/// [`batch_norm_train`] followed by `act`: `y = act(BN(x))` as the output
+/// of the one op where tfkd's own BatchNorm runs (the CPU's f32/f64, cuDNN
+/// with f32 activations), its backward masking the gradient by `y` before
+/// BatchNorm's; the normalised tensor before the activation is never kept.
+/// Elsewhere BatchNorm, then the activation as its own op.
+pub fn batch_norm_act_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, act: Activation) -> crate::Result<BatchNormOutput> {
+    Ok(batch_norm_train_candle(x, weight, bias, eps, Some(act))?)
+}
+
+/// [`batch_norm_train`] (then `act`) with candle's error, for use inside
+/// candle's traits.
+pub(crate) fn batch_norm_train_candle(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, act: Option<Activation>) -> Result<BatchNormOutput> {
     let dims = x.dims();
     if dims.len() < 2 {
         candle_core::bail!("batch_norm_train: the input must have at least two dims, got {:?}", x.shape())
@@ -94,18 +105,22 @@ pub(crate) fn batch_norm_train_candle(x: &Tensor, weight: &Tensor, bias: &Tensor
     // On CUDA: one cuDNN call each way, where it loads (f32 parameters;
     // f32, bf16 or f16 activations).
     #[cfg(feature = "cuda")]
-    if let Some(out) = cudnn::batch_norm_train(x, weight, bias, eps)? {
+    if let Some(out) = cudnn::batch_norm_train(x, weight, bias, eps, act)? {
         return Ok(out);
     }
     if weight.dtype() != x.dtype() && bias.dtype() == weight.dtype() {
         // Activations in another dtype than the parameters (bf16 over f32,
         // `precision = "bf16"`) off cuDNN: normalise in the parameters'
         // dtype between two casts.
-        let out = batch_norm_train_candle(&x.to_dtype(weight.dtype())?, weight, bias, eps)?;
+        let out = batch_norm_train_candle(&x.to_dtype(weight.dtype())?, weight, bias, eps, act)?;
         return Ok(BatchNormOutput { y: out.y.to_dtype(x.dtype())?, ..out });
     }
     if !fast {
-        return composed(x, weight, bias, eps);
+        let out = composed(x, weight, bias, eps)?;
+        return match act {
+            Some(act) => Ok(BatchNormOutput { y: act.apply_candle(&out.y)?, ..out }),
+            None => Ok(out),
+        };
     }
     let x = x.contiguous()?;
     let weight = weight.contiguous()?;
@@ -113,6 +128,7 @@ pub(crate) fn batch_norm_train_candle(x: &Tensor, weight: &Tensor, bias: &Tensor
     let stats = Arc::new(Mutex::new(None));
     let op = FusedBatchNorm {
         eps,
+        act,
         stats: stats.clone(),
     };
     let y = x.apply_op3(&weight, &bias, op)?;
@@ -311,10 +327,12 @@ fn backward<E: Float>(
     (dx, dgamma, dbeta)
 }
 
-/// The fused training op: `(x, γ, β) → y`; the statistics of the forward
-/// pass are shared with the caller and kept for the backward pass.
+/// The fused training op: `(x, γ, β) → y` (then `act` of it, in place);
+/// the statistics of the forward pass are shared with the caller and kept
+/// for the backward pass.
 struct FusedBatchNorm {
     eps: f64,
+    act: Option<Activation>,
     stats: Arc<Mutex<Option<Stats>>>,
 }
 
@@ -344,7 +362,10 @@ impl CustomOp3 for FusedBatchNorm {
             if w.len() != dims.1 || b.len() != dims.1 {
                 candle_core::bail!("tfkd-batch-norm: {} channels, weight {} and bias {}", dims.1, w.len(), b.len())
             }
-            let (y, st) = forward(x, w, b, dims, op.eps);
+            let (mut y, st) = forward(x, w, b, dims, op.eps);
+            if let Some(act) = op.act {
+                act.apply_in_place(&mut y);
+            }
             *op.stats.lock().map_err(|_| poisoned())? = Some(st);
             Ok(E::to_cpu_storage_owned(y))
         }
@@ -362,13 +383,16 @@ impl CustomOp3 for FusedBatchNorm {
         x: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let Some(st) = self.stats.lock().map_err(|_| poisoned())?.clone() else {
             candle_core::bail!("tfkd-batch-norm: backward before forward")
         };
-        let grad = grad.contiguous()?;
+        let grad = match self.act {
+            Some(act) => act.grad_from_output(grad, res)?,
+            None => grad.contiguous()?,
+        };
         let dims = ncs(x.shape(), "tfkd-batch-norm")?;
         let want_dx = x.track_op();
         let (dx, dgamma, dbeta) = {
@@ -490,13 +514,34 @@ impl BatchNorm {
         x.dtype() != self.weight.dtype()
     }
 
-    fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+    /// `act(BN(x))` in train (`train`) or evaluation mode; with an
+    /// activation, training runs it inside BatchNorm's op where
+    /// [`batch_norm_act_train`] can.
+    pub fn forward_act_t(&self, x: &Tensor, train: bool, act: Option<Activation>) -> Result<Tensor> {
+        let y = if train {
+            match self.forward_train(x, act)? {
+                (y, true) => return Ok(y),
+                (y, false) => y,
+            }
+        } else if self.mixed(x) {
+            self.inner.forward_t(&x.to_dtype(self.weight.dtype())?, false)?.to_dtype(x.dtype())?
+        } else {
+            self.inner.forward_t(x, false)?
+        };
+        match act {
+            Some(act) => act.apply_candle(&y),
+            None => Ok(y),
+        }
+    }
+
+    /// The training forward, and whether `act` was applied.
+    fn forward_train(&self, x: &Tensor, act: Option<Activation>) -> Result<(Tensor, bool)> {
         let c = self.running_mean.as_tensor().dim(0)?;
         let fused = (self.mixed(x) || x.device().is_cuda() || (matches!(x.device(), Device::Cpu) && supported(x.dtype())))
             && x.rank() >= 2
             && x.dim(1)? == c;
         if !fused {
-            return self.inner.forward_t(x, true);
+            return Ok((self.inner.forward_t(x, true)?, false));
         }
         // On cuDNN, the running statistics are averaged inside its call.
         #[cfg(feature = "cuda")]
@@ -507,12 +552,13 @@ impl BatchNorm {
             self.inner.eps(),
             [self.running_mean.as_tensor(), self.running_var.as_tensor()],
             self.inner.momentum(),
+            act,
         )? {
-            return Ok(y);
+            return Ok((y, true));
         }
-        let out = batch_norm_train(x, &self.weight, &self.bias, self.inner.eps())?;
+        let out = batch_norm_train_candle(x, &self.weight, &self.bias, self.inner.eps(), act)?;
         self.update_running(x, &out)?;
-        Ok(out.y)
+        Ok((out.y, true))
     }
 
     /// The update of the running statistics: `r ← (1 − m)·r + m·s`, with
@@ -584,13 +630,7 @@ impl candle_core::InplaceOp2 for RunningAverage {
 
 impl ModuleT for BatchNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if train {
-            self.forward_train(x)
-        } else if self.mixed(x) {
-            self.inner.forward_t(&x.to_dtype(self.weight.dtype())?, false)?.to_dtype(x.dtype())
-        } else {
-            self.inner.forward_t(x, false)
-        }
+        self.forward_act_t(x, train, None)
     }
 }
 

@@ -242,3 +242,63 @@ fn batch_norm_module_over_loaded_tensors() {
     let rv = to_f64(bn.running_var());
     assert!(rv.iter().all(|v| (v - 0.9).abs() < 1e-6), "{rv:?}");
 }
+
+/// BatchNorm with its activation inside the op equals BatchNorm then the
+/// activation as ops of their own: the output, the batch statistics, and the
+/// gradients of the input, γ and β (the mask taken from the output).
+#[test]
+fn batch_norm_with_its_activation_matches_the_two_ops() {
+    use tfkd_core::activation::Activation;
+    use tfkd_core::norm::batch_norm_act_train;
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(31);
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+        for act in [Activation::Relu, Activation::Relu6] {
+            for dims in random_shapes(12, 7) {
+                let c = dims[1];
+                // Scaled so that ReLU6's upper bound is crossed too.
+                let x = (rng.normal_tensor(dims.as_slice(), 0.0, 1.0, dtype, &dev).unwrap() * 4.0).unwrap();
+                let w = rng.uniform_tensor(c, 0.5, 8.0, dtype, &dev).unwrap();
+                let b = rng.uniform_tensor(c, -2.0, 2.0, dtype, &dev).unwrap();
+                let r = rng.uniform_tensor(dims.as_slice(), -1.0, 1.0, dtype, &dev).unwrap();
+                let run = |fused: bool| {
+                    let (xv, wv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+                    let out = if fused {
+                        batch_norm_act_train(&xv, &wv, &bv, 1e-5, act).unwrap()
+                    } else {
+                        let out = batch_norm_train(&xv, &wv, &bv, 1e-5).unwrap();
+                        tfkd_core::norm::BatchNormOutput { y: act.apply(&out.y).unwrap(), ..out }
+                    };
+                    let g = (&out.y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                    [&out.y, &out.mean, &out.var, g.get(&xv).unwrap(), g.get(&wv).unwrap(), g.get(&bv).unwrap()].map(to_f64)
+                };
+                let (fused, separate) = (run(true), run(false));
+                for (i, what) in ["y", "mean", "var", "dx", "dgamma", "dbeta"].iter().enumerate() {
+                    let err = rel_err(&fused[i], &separate[i]);
+                    assert!(err <= tol, "{dtype:?} {act:?} {dims:?} {what}: {err:e}");
+                }
+            }
+        }
+    }
+}
+
+/// The module's `forward_act_t` in training mode: the same output and running
+/// statistics as `forward_t` then the activation.
+#[test]
+fn batch_norm_module_forward_act_t_matches_forward_t_then_the_activation() {
+    use tfkd_core::activation::Activation;
+    let dev = Device::Cpu;
+    let c = 5;
+    let (vm_a, vm_b) = (VarMap::new(), VarMap::new());
+    let a = BatchNorm::new(c, 1e-5, 0.1, VarBuilder::from_varmap(&vm_a, DType::F32, &dev)).unwrap();
+    let b = BatchNorm::new(c, 1e-5, 0.1, VarBuilder::from_varmap(&vm_b, DType::F32, &dev)).unwrap();
+    let mut rng = SeededRng::new(32);
+    for train in [true, true, false] {
+        let x = (rng.normal_tensor((4, c, 3, 3), 0.0, 3.0, DType::F32, &dev).unwrap() + 1.0).unwrap();
+        let ya = a.forward_act_t(&x, train, Some(Activation::Relu6)).unwrap();
+        let yb = Activation::Relu6.apply(&b.forward_t(&x, train).unwrap()).unwrap();
+        assert!(rel_err(&to_f64(&ya), &to_f64(&yb)) < 1e-6, "train {train}");
+    }
+    assert_eq!(to_f64(a.running_mean()), to_f64(b.running_mean()));
+    assert_eq!(to_f64(a.running_var()), to_f64(b.running_var()));
+}

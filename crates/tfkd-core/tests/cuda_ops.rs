@@ -124,7 +124,12 @@ mod on_gpu {
     fn batch_norm_matches_the_cpu() {
         let Some(dev) = gpu() else { return };
         let mut rng = SeededRng::new(9);
-        for shape in [&[4usize, 16, 8, 8][..], &[3, 5, 7, 3], &[8, 12], &[2, 64, 1, 1]] {
+        use tfkd_core::activation::Activation;
+        let shapes = [&[4usize, 16, 8, 8][..], &[3, 5, 7, 3], &[8, 12], &[2, 64, 1, 1]];
+        // Alone, and with its activation inside the op (ReLU6's bound is
+        // crossed: x reaches about 10).
+        for (shape, act) in shapes.iter().flat_map(|s| [(s, None), (s, Some(Activation::Relu)), (s, Some(Activation::Relu6))]) {
+            let shape: &[usize] = shape;
             let c = shape[1];
             let x = random(&mut rng, shape).affine(3.0, 1.5).unwrap();
             let gamma = random(&mut rng, &[c]);
@@ -134,7 +139,10 @@ mod on_gpu {
                 let xv = Var::from_tensor(&x.to_device(d).unwrap()).unwrap();
                 let gv = Var::from_tensor(&gamma.to_device(d).unwrap()).unwrap();
                 let bv = Var::from_tensor(&beta.to_device(d).unwrap()).unwrap();
-                let out = tfkd_core::norm::batch_norm_train(xv.as_tensor(), gv.as_tensor(), bv.as_tensor(), 1e-5).unwrap();
+                let out = match act {
+                    None => tfkd_core::norm::batch_norm_train(xv.as_tensor(), gv.as_tensor(), bv.as_tensor(), 1e-5).unwrap(),
+                    Some(act) => tfkd_core::norm::batch_norm_act_train(xv.as_tensor(), gv.as_tensor(), bv.as_tensor(), 1e-5, act).unwrap(),
+                };
                 let loss = (&out.y * r.to_device(d).unwrap()).unwrap().sum_all().unwrap();
                 let g = loss.backward().unwrap();
                 let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
@@ -150,7 +158,7 @@ mod on_gpu {
             let (want, got) = (run(&Device::Cpu), run(&dev));
             for (i, what) in ["y", "batch mean", "batch variance", "input gradient", "weight gradient", "bias gradient"].iter().enumerate() {
                 let tol = if i < 3 { VALUE_TOL } else { GRAD_TOL };
-                check(&format!("BatchNorm {shape:?} {what}"), &got[i], &want[i], tol);
+                check(&format!("BatchNorm {shape:?} {act:?} {what}"), &got[i], &want[i], tol);
             }
         }
     }
@@ -164,8 +172,8 @@ mod on_gpu {
             let vm = candle_nn::VarMap::new();
             let bn = tfkd_core::norm::BatchNorm::new(8, 1e-5, 0.1, candle_nn::VarBuilder::from_varmap(&vm, DType::F32, d)).unwrap();
             let xd = x.to_device(d).unwrap();
-            for _ in 0..3 {
-                bn.forward_t(&xd, true).unwrap();
+            for act in [None, Some(tfkd_core::activation::Activation::Relu), None] {
+                bn.forward_act_t(&xd, true, act).unwrap();
             }
             let eval = bn.forward_t(&xd, false).unwrap();
             [bn.running_mean().clone(), bn.running_var().clone(), eval].map(|t| t.to_device(&Device::Cpu).unwrap())

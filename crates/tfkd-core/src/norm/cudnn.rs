@@ -25,6 +25,7 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use super::BatchNormOutput;
+use crate::activation::Activation;
 use crate::cudnn::{self, Descriptor, Scale};
 
 /// cuDNN's smallest accepted ε (`CUDNN_BN_MIN_EPSILON`).
@@ -43,19 +44,21 @@ fn eligible(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<bool
 
 /// The BatchNorm through cuDNN where [`eligible`], with the batch
 /// statistics for the caller; else `None`.
-pub(super) fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Option<BatchNormOutput>> {
+pub(super) fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, act: Option<Activation>) -> Result<Option<BatchNormOutput>> {
     if !eligible(x, weight, bias, eps)? {
         return Ok(None);
     }
     let m = x.elem_count() / x.dim(1)?;
     let for_caller = Arc::new(Mutex::new(None));
+    let (fused, after) = split_activation(x, act);
     let op = CudnnBatchNorm {
         eps,
+        act: fused,
         saved: Mutex::new(None),
         statistics: Statistics::ForCaller(for_caller.clone()),
     };
     let (x, weight, bias) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
-    let y = x.apply_op3(&weight, &bias, op)?;
+    let y = then(x.apply_op3(&weight, &bias, op)?, after)?;
     let Some((dev, mean, unbiased)) = for_caller.lock().map_err(|_| poisoned())?.take() else {
         candle_core::bail!("tfkd-cudnn-batch-norm: the forward pass saved no statistics")
     };
@@ -77,6 +80,7 @@ pub(super) fn batch_norm_train_updating(
     eps: f64,
     [running_mean, running_var]: [&Tensor; 2],
     momentum: f64,
+    act: Option<Activation>,
 ) -> Result<Option<Tensor>> {
     let c = x.dim(1)?;
     let running_ok = [running_mean, running_var]
@@ -85,8 +89,10 @@ pub(super) fn batch_norm_train_updating(
     if !running_ok || !eligible(x, weight, bias, eps)? {
         return Ok(None);
     }
+    let (fused, after) = split_activation(x, act);
     let op = CudnnBatchNorm {
         eps,
+        act: fused,
         saved: Mutex::new(None),
         statistics: Statistics::Running {
             mean: crate::cuda::address::<f32>(running_mean, "tfkd-cudnn-batch-norm")?.1,
@@ -95,7 +101,25 @@ pub(super) fn batch_norm_train_updating(
         },
     };
     let (x, weight, bias) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
-    Ok(Some(x.apply_op3(&weight, &bias, op)?))
+    Ok(Some(then(x.apply_op3(&weight, &bias, op)?, after)?))
+}
+
+/// Which part of `act` the cuDNN op applies in place (f32 activations: tfkd's
+/// clamp kernel) and which runs after it as an op of its own (bf16, f16).
+fn split_activation(x: &Tensor, act: Option<Activation>) -> (Option<Activation>, Option<Activation>) {
+    if x.dtype() == DType::F32 {
+        (act, None)
+    } else {
+        (None, act)
+    }
+}
+
+/// `y`, then `act` of it as its own op.
+fn then(y: Tensor, act: Option<Activation>) -> Result<Tensor> {
+    match act {
+        Some(act) => act.apply_candle(&y),
+        None => Ok(y),
+    }
 }
 
 fn poisoned() -> candle_core::Error {
@@ -127,9 +151,10 @@ enum Statistics {
     Running { mean: u64, var: u64, momentum: f64 },
 }
 
-/// `(x, γ, β) → y`.
+/// `(x, γ, β) → y` (then `act` of it, in place, f32 only).
 struct CudnnBatchNorm {
     eps: f64,
+    act: Option<Activation>,
     saved: Mutex<Option<Arc<Saved>>>,
     statistics: Statistics,
 }
@@ -264,6 +289,9 @@ impl CustomOp3 for CudnnBatchNorm {
             })?;
             drop(guards);
         }
+        if let Some(act) = self.act {
+            crate::cuda::clamp_in_place(&dev, py, xl.shape().elem_count(), act.max() as f32)?;
+        }
         if let (Statistics::ForCaller(to), Some((batch_mean, unbiased_var))) = (&self.statistics, for_caller) {
             *to.lock().map_err(|_| poisoned())? = Some((dev.clone(), batch_mean, unbiased_var));
         }
@@ -275,11 +303,14 @@ impl CustomOp3 for CudnnBatchNorm {
         Ok((y, xl.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let Some(saved) = self.saved.lock().map_err(|_| poisoned())?.clone() else {
             candle_core::bail!("tfkd-cudnn-batch-norm: backward before forward")
         };
-        let grad = grad.contiguous()?;
+        let grad = match self.act {
+            Some(act) => act.grad_from_output(grad, res)?,
+            None => grad.contiguous()?,
+        };
         let op = CudnnBatchNormBackward {
             eps: self.eps,
             saved,
