@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
-use tfkd_core::activation::ReluOp;
+use tfkd_core::activation::{Activation, ReluOp};
 
 /// `nn.BatchNorm2d` with the fused CPU training pass of `tfkd_core::norm`.
 pub(crate) use tfkd_core::norm::BatchNorm;
@@ -181,6 +181,18 @@ pub(crate) fn conv_bn(conv: &Conv2d, bn: &BatchNorm, xs: &Tensor, train: bool) -
     bn.forward_t(&conv.forward(xs)?, train)
 }
 
+/// A BatchNorm followed by `act`, as one op where tfkd's BatchNorm runs
+/// (`BatchNorm::forward_act_t`: the tensor between the two is never kept
+/// for the backward pass).
+pub(crate) fn bn_act(bn: &BatchNorm, xs: &Tensor, train: bool, act: Activation) -> Result<Tensor> {
+    bn.forward_act_t(xs, train, Some(act))
+}
+
+/// A conv, then its BatchNorm and `act` ([`bn_act`]).
+pub(crate) fn conv_bn_act(conv: &Conv2d, bn: &BatchNorm, xs: &Tensor, train: bool, act: Activation) -> Result<Tensor> {
+    bn_act(bn, &conv.forward(xs)?, train, act)
+}
+
 /// A post-activation residual block (He et al., CVPR 2016): conv → BN → ReLU
 /// for every conv but the last, conv → BN for the last, plus the shortcut
 /// (identity, or conv → BN), then ReLU. The one block forward of the CIFAR
@@ -230,10 +242,7 @@ impl ResidualBlock {
         let mut out = xs.clone();
         let last = self.convs.len().saturating_sub(1);
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            out = conv_bn(conv, bn, &out, train)?;
-            if i != last {
-                out = out.relu_op()?;
-            }
+            out = if i != last { conv_bn_act(conv, bn, &out, train, Activation::Relu)? } else { conv_bn(conv, bn, &out, train)? };
         }
         let short = match &self.shortcut {
             Some((conv, bn)) => conv_bn(conv, bn, xs, train)?,

@@ -12,11 +12,11 @@ use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use crate::layers::Linear;
 
-use crate::layers::{bn2d, conv2d, conv_bn, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
+use crate::layers::{bn2d, bn_act, conv2d, conv_bn, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
 use crate::ops::max_pool2d;
 
 use super::div_ceil_multiple;
-use tfkd_core::activation::ReluOp;
+use tfkd_core::activation::{Activation, ReluOp};
 
 /// Configuration of the plain CNN.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,7 +113,7 @@ impl crate::Model for Cnn {
             x = max_pool2d(&conv_bn(conv, bn, &x, train)?, 2, 2, 0)?.relu_op()?;
         }
         let x = x.flatten_from(1)?;
-        Ok(self.fcbn1.forward_t(&self.fc1.forward(&x)?, train)?.relu_op()?)
+        Ok(bn_act(&self.fcbn1, &self.fc1.forward(&x)?, train, Activation::Relu)?)
     }
 
     fn forward_head(&self, features: &Tensor, train: bool) -> crate::Result<Tensor> {

@@ -14,11 +14,11 @@ use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use crate::layers::Linear;
 
-use crate::layers::{bn2d, conv2d, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
+use crate::layers::{bn2d, bn_act, conv2d, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
 use crate::ops::{avg_pool2d, global_avg_pool};
 
 use super::div_ceil_multiple;
-use tfkd_core::activation::ReluOp;
+use tfkd_core::activation::Activation;
 
 /// Configuration of the CIFAR DenseNet.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,9 +166,9 @@ impl crate::Model for DenseNet {
             match s {
                 Stage::Dense(layers) => {
                     for l in layers {
-                        let y = l.bn1.forward_t(&x, train)?.relu_op()?;
+                        let y = bn_act(&l.bn1, &x, train, Activation::Relu)?;
                         let y = l.conv1.forward(&y)?;
-                        let y = l.bn2.forward_t(&y, train)?.relu_op()?;
+                        let y = bn_act(&l.bn2, &y, train, Activation::Relu)?;
                         let y = l.conv2.forward(&y)?;
                         x = Tensor::cat(&[&x, &y], 1)?;
                     }
@@ -179,7 +179,7 @@ impl crate::Model for DenseNet {
                 }
             }
         }
-        Ok(global_avg_pool(&self.bn.forward_t(&x, train)?.relu_op()?)?)
+        Ok(global_avg_pool(&bn_act(&self.bn, &x, train, Activation::Relu)?)?)
     }
 
     fn forward_head(&self, features: &Tensor, _train: bool) -> crate::Result<Tensor> {

@@ -13,11 +13,11 @@ use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use crate::layers::Linear;
 
-use crate::layers::{bn, bn2d, conv2d, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
+use crate::layers::{bn, bn2d, conv2d, conv_bn_act, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
 use crate::ops::{global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;
-use tfkd_core::activation::ReluOp;
+use tfkd_core::activation::Activation;
 
 /// Widths of one inception: `n1x1, n3x3_reduce, n3x3, n5x5_reduce, n5x5, pool_proj`.
 pub type InceptionWidths = [usize; 6];
@@ -90,7 +90,7 @@ fn cb(vb: &VarBuilder, i: usize, s: ConvSpec, eps: f64) -> Result<Cb> {
 }
 
 fn apply(c: &Cb, xs: &Tensor, train: bool) -> Result<Tensor> {
-    Ok(c.1.forward_t(&c.0.forward(xs)?, train)?.relu_op()?)
+    conv_bn_act(&c.0, &c.1, xs, train, Activation::Relu)
 }
 
 impl Inception {

@@ -10,12 +10,12 @@
 //! are single blocks (names `stageN.residual.*`), stages 2–6 are sequences
 //! (`stageN.I.residual.*`).
 
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::layers::{bn2d, conv2d, conv_bn, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
+use crate::layers::{bn2d, conv2d, conv_bn, conv_bn_act, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
 use crate::ops::global_avg_pool;
-use tfkd_core::activation::relu6;
+use tfkd_core::activation::Activation;
 
 use super::div_ceil_multiple;
 
@@ -127,10 +127,8 @@ impl Bottleneck {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = xs.clone();
         for (i, (conv, bn)) in self.layers.iter().enumerate() {
-            x = conv_bn(conv, bn, &x, train)?;
-            if i < 2 {
-                x = relu6(&x)?;
-            }
+            // ReLU6 after the expansion and depthwise convs; none after the projection.
+            x = if i < 2 { conv_bn_act(conv, bn, &x, train, Activation::Relu6)? } else { conv_bn(conv, bn, &x, train)? };
         }
         if self.residual {
             x + xs
@@ -205,11 +203,11 @@ pub fn build(cfg: &MobileNetV2Config, num_classes: usize, vb: VarBuilder) -> Res
 
 impl crate::Model for MobileNetV2 {
     fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
-        let mut x = relu6(&conv_bn(&self.pre.0, &self.pre.1, xs, train)?)?;
+        let mut x = conv_bn_act(&self.pre.0, &self.pre.1, xs, train, Activation::Relu6)?;
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;
         }
-        let x = relu6(&self.conv1.1.forward_t(&self.conv1.0.forward(&x)?, train)?)?;
+        let x = conv_bn_act(&self.conv1.0, &self.conv1.1, &x, train, Activation::Relu6)?;
         Ok(global_avg_pool(&x)?)
     }
 

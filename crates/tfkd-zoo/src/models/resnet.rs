@@ -13,11 +13,11 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use crate::layers::Linear;
 
-use crate::layers::{bn2d, conv2d, conv_bn, linear, BatchNorm, BiasInit, Conv2d, ConvSpec, ResidualBlock, WeightInit};
+use crate::layers::{bn2d, conv2d, conv_bn_act, linear, BatchNorm, BiasInit, Conv2d, ConvSpec, ResidualBlock, WeightInit};
 use crate::ops::global_avg_pool;
 
 use super::div_ceil_multiple;
-use tfkd_core::activation::ReluOp;
+use tfkd_core::activation::Activation;
 
 /// Configuration of a CIFAR ResNet.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,7 +140,7 @@ pub fn build(cfg: &ResNetConfig, num_classes: usize, vb: VarBuilder) -> Result<R
 
 impl crate::Model for ResNet {
     fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
-        let mut x = conv_bn(&self.conv1, &self.bn1, xs, train)?.relu_op()?;
+        let mut x = conv_bn_act(&self.conv1, &self.bn1, xs, train, Activation::Relu)?;
         for b in &self.layers {
             x = b.forward_t(&x, train)?;
         }

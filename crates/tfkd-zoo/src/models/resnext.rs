@@ -14,7 +14,7 @@
 //! gets kaiming_normal(fan_out), BN weights 1, every bias 0, the classifier
 //! weight kaiming_normal(fan_in).
 
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use crate::layers::Linear;
 
@@ -22,7 +22,7 @@ use crate::layers::{bn2d, conv2d, linear, BatchNorm, BiasInit, Conv2d, ConvSpec,
 use crate::ops::global_avg_pool;
 
 use super::div_ceil_multiple;
-use tfkd_core::activation::ReluOp;
+use tfkd_core::activation::Activation;
 
 /// Configuration of the CIFAR ResNeXt.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,8 +179,7 @@ impl crate::Model for ResNeXt {
         let mut x = self
             .stem
             .1
-            .forward_t(&self.stem.0.forward(xs)?, train)?
-            .relu_op()?;
+            .forward_act_t(&self.stem.0.forward(xs)?, train, Some(Activation::Relu))?;
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;
         }

@@ -8,16 +8,16 @@
 //! Both concat [shortcut, residual] and shuffle with 2 groups. Head: conv1×1 →
 //! BN → ReLU → global average pool → Linear.
 
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use crate::layers::Linear;
 
-use crate::layers::{bn2d, conv2d, conv_bn, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
+use crate::layers::{bn2d, conv2d, conv_bn, conv_bn_act, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
 use crate::ops::global_avg_pool;
 use tfkd_core::shuffle::cat_shuffle;
 
 use super::div_ceil_multiple;
-use tfkd_core::activation::ReluOp;
+use tfkd_core::activation::Activation;
 
 /// Configuration of ShuffleNetV2.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,7 +112,7 @@ impl Unit {
         let (short, res) = match &self.shortcut {
             Some(sc) => {
                 let s = conv_bn(&sc[0].0, &sc[0].1, xs, train)?;
-                let s = conv_bn(&sc[1].0, &sc[1].1, &s, train)?.relu_op()?;
+                let s = conv_bn_act(&sc[1].0, &sc[1].1, &s, train, Activation::Relu)?;
                 (s, xs.clone())
             }
             None => {
@@ -121,9 +121,9 @@ impl Unit {
             }
         };
         let r = &self.residual;
-        let res = conv_bn(&r[0].0, &r[0].1, &res, train)?.relu_op()?;
+        let res = conv_bn_act(&r[0].0, &r[0].1, &res, train, Activation::Relu)?;
         let res = conv_bn(&r[1].0, &r[1].1, &res, train)?;
-        let res = conv_bn(&r[2].0, &r[2].1, &res, train)?.relu_op()?;
+        let res = conv_bn_act(&r[2].0, &r[2].1, &res, train, Activation::Relu)?;
         // channel_shuffle(cat([short, res], 1), 2), as one op.
         Ok(cat_shuffle(&short, &res)?)
     }
@@ -189,8 +189,7 @@ impl crate::Model for ShuffleNetV2 {
         let x = self
             .conv5
             .1
-            .forward_t(&self.conv5.0.forward(&x)?, train)?
-            .relu_op()?;
+            .forward_act_t(&self.conv5.0.forward(&x)?, train, Some(Activation::Relu))?;
         Ok(global_avg_pool(&x)?)
     }
 

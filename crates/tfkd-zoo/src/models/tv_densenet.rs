@@ -11,15 +11,15 @@
 //! average pool → `classifier`. Initialisation as torchvision: conv
 //! kaiming_normal(fan_in), BN 1/0, classifier bias 0.
 
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use crate::layers::Linear;
 
-use crate::layers::{bn2d, conv2d, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
+use crate::layers::{bn2d, bn_act, conv2d, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, WeightInit};
 use crate::ops::{avg_pool2d, global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;
-use tfkd_core::activation::ReluOp;
+use tfkd_core::activation::Activation;
 
 /// Configuration of a torchvision DenseNet.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,29 +140,26 @@ pub fn build(cfg: &TvDenseNetConfig, num_classes: usize, vb: VarBuilder) -> Resu
 
 impl crate::Model for TvDenseNet {
     fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
-        let x = self
-            .norm0
-            .forward_t(&self.conv0.forward(xs)?, train)?
-            .relu_op()?;
+        let x = bn_act(&self.norm0, &self.conv0.forward(xs)?, train, Activation::Relu)?;
         let mut x = max_pool2d(&x, 3, 2, 1)?;
         for s in &self.stages {
             match s {
                 Stage::Dense(layers) => {
                     for l in layers {
-                        let y = l.norm1.forward_t(&x, train)?.relu_op()?;
+                        let y = bn_act(&l.norm1, &x, train, Activation::Relu)?;
                         let y = l.conv1.forward(&y)?;
-                        let y = l.norm2.forward_t(&y, train)?.relu_op()?;
+                        let y = bn_act(&l.norm2, &y, train, Activation::Relu)?;
                         let y = l.conv2.forward(&y)?;
                         x = Tensor::cat(&[&x, &y], 1)?;
                     }
                 }
                 Stage::Transition(norm, conv) => {
-                    x = conv.forward(&norm.forward_t(&x, train)?.relu_op()?)?;
+                    x = conv.forward(&bn_act(norm, &x, train, Activation::Relu)?)?;
                     x = avg_pool2d(&x, 2)?;
                 }
             }
         }
-        Ok(global_avg_pool(&self.norm5.forward_t(&x, train)?.relu_op()?)?)
+        Ok(global_avg_pool(&bn_act(&self.norm5, &x, train, Activation::Relu)?)?)
     }
 
     fn forward_head(&self, features: &Tensor, _train: bool) -> crate::Result<Tensor> {

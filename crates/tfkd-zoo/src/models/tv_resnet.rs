@@ -11,15 +11,15 @@
 //! `inner_widths`, for thinned networks). Initialisation as
 //! torchvision: conv kaiming_normal(fan_out), BN 1/0, `fc` PyTorch default.
 
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use crate::layers::Linear;
 
-use crate::layers::{bn2d, conv2d, linear, BatchNorm, BiasInit, Conv2d, ConvSpec, ResidualBlock, WeightInit};
+use crate::layers::{bn2d, bn_act, conv2d, linear, BatchNorm, BiasInit, Conv2d, ConvSpec, ResidualBlock, WeightInit};
 use crate::ops::{global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;
-use tfkd_core::activation::ReluOp;
+use tfkd_core::activation::Activation;
 
 /// Configuration of a torchvision ResNet / ResNeXt.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,10 +160,7 @@ pub fn build(cfg: &TvResNetConfig, num_classes: usize, vb: VarBuilder) -> Result
 
 impl crate::Model for TvResNet {
     fn forward_features(&self, xs: &Tensor, train: bool) -> crate::Result<Tensor> {
-        let x = self
-            .bn1
-            .forward_t(&self.conv1.forward(xs)?, train)?
-            .relu_op()?;
+        let x = bn_act(&self.bn1, &self.conv1.forward(xs)?, train, Activation::Relu)?;
         let mut x = max_pool2d(&x, 3, 2, 1)?;
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;

@@ -16,11 +16,11 @@ use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use crate::layers::Linear;
 
-use crate::layers::{bn2d, conv2d, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
+use crate::layers::{bn2d, conv2d, conv_bn_act, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
 use crate::ops::{adaptive_avg_pool2d, max_pool2d};
 
 use super::div_ceil_multiple;
-use tfkd_core::activation::ReluOp;
+use tfkd_core::activation::{Activation, ReluOp};
 
 /// One entry of a VGG configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +165,7 @@ impl crate::Model for Vgg {
         let mut x = xs.clone();
         for s in &self.stages {
             x = match s {
-                Stage::Conv(c, b) => b.forward_t(&c.forward(&x)?, train)?.relu_op()?,
+                Stage::Conv(c, b) => conv_bn_act(c, b, &x, train, Activation::Relu)?,
                 Stage::Pool => max_pool2d(&x, 2, 2, 0)?,
             };
         }

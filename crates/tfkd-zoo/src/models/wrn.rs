@@ -15,11 +15,11 @@ use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
 use crate::layers::Linear;
 
-use crate::layers::{bn2d, conv2d, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
+use crate::layers::{bn2d, bn_act, conv2d, linear, BiasInit, BatchNorm, Conv2d, ConvSpec, Dropout, shared_mask_rng, WeightInit};
 use crate::ops::global_avg_pool;
 
 use super::div_ceil_multiple;
-use tfkd_core::activation::ReluOp;
+use tfkd_core::activation::Activation;
 
 /// Configuration of a Wide ResNet.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,9 +69,9 @@ struct Block {
 
 impl Block {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let act = self.bn1.forward_t(xs, train)?.relu_op()?;
+        let act = bn_act(&self.bn1, xs, train, Activation::Relu)?;
         let out = self.conv1.forward(&act)?;
-        let out = self.bn2.forward_t(&out, train)?.relu_op()?;
+        let out = bn_act(&self.bn2, &out, train, Activation::Relu)?;
         let out = self.dropout.forward_t(&out, train)?;
         let out = self.conv2.forward(&out)?;
         match &self.shortcut {
@@ -170,7 +170,7 @@ impl crate::Model for Wrn {
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;
         }
-        Ok(global_avg_pool(&self.bn1.forward_t(&x, train)?.relu_op()?)?)
+        Ok(global_avg_pool(&bn_act(&self.bn1, &x, train, Activation::Relu)?)?)
     }
 
     fn forward_head(&self, features: &Tensor, _train: bool) -> crate::Result<Tensor> {
