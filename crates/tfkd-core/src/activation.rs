@@ -124,6 +124,68 @@ impl Activation {
     }
 }
 
+/// `act(a + b)` for two tensors of one shape (a residual connection and its
+/// activation), as one op where tfkd's own kernels run (the CPU's f32/f64,
+/// CUDA's f32): its output is the activation's and its backward passes
+/// `g·[0 < y < max]` to both operands, so the graph never holds the sum.
+/// Elsewhere `a + b`, then the activation.
+pub fn add_act(a: &Tensor, b: &Tensor, act: Activation) -> crate::Result<Tensor> {
+    if !crate::own_kernels(a) || a.dtype() != b.dtype() || a.dims() != b.dims() {
+        return act.apply(&(a + b)?);
+    }
+    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddClamp(Clamp { max: act.max() }))?)
+}
+
+/// `(a, b) → min(max(a + b, 0), max)`.
+struct AddClamp(Clamp);
+
+impl CustomOp2 for AddClamp {
+    fn name(&self) -> &'static str {
+        "tfkd-add-clamp"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("tfkd-add-clamp: operands of {:?} and {:?}", l1.shape(), l2.shape())
+        }
+        fn run<E: Float>(op: &AddClamp, a: &[E], b: &[E]) -> Vec<E> {
+            let (zero, max) = (E::zero(), E::from_f64(op.0.max));
+            filled(a.len(), |y| {
+                for_each_chunk(y, CHUNK, CHUNK, |_: &mut (), i, ys| {
+                    let at = i * CHUNK;
+                    for ((out, &a), &b) in ys.iter_mut().zip(&a[at..]).zip(&b[at..]) {
+                        let v = a + b;
+                        let low = if v < zero { zero } else { v };
+                        out.write(if low > max { max } else { low });
+                    }
+                })
+            })
+        }
+        let out = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(run(self, slice::<f32>(s1, l1, "the first operand")?, slice::<f32>(s2, l2, "the second operand")?)),
+            DType::F64 => CpuStorage::F64(run(self, slice::<f64>(s1, l1, "the first operand")?, slice::<f64>(s2, l2, "the second operand")?)),
+            other => candle_core::bail!("tfkd-add-clamp: unsupported dtype {other:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("tfkd-add-clamp: operands of {:?} and {:?}", l1.shape(), l2.shape())
+        }
+        #[cfg(feature = "cuda")]
+        return Ok((crate::cuda::add_clamp((s1, l1), (s2, l2), self.0.max as f32)?, l1.shape().clone()));
+        #[cfg(not(feature = "cuda"))]
+        candle_core::bail!("tfkd-add-clamp: built without CUDA ({:?}, {:?})", s1.dtype(), s2.dtype())
+    }
+
+    fn bwd(&self, _a: &Tensor, _b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // From the output: the same mask as from the sum (see grad_from_output).
+        let g = grad.contiguous()?.apply_op2_no_bwd(res, &ClampGrad(self.0))?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
 /// `min(max(x, 0), max)`; `max` may be infinite.
 #[derive(Clone, Copy)]
 struct Clamp {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
-use tfkd_core::activation::{Activation, ReluOp};
+use tfkd_core::activation::{add_act, Activation};
 
 /// `nn.BatchNorm2d` with the fused CPU training pass of `tfkd_core::norm`.
 pub(crate) use tfkd_core::norm::BatchNorm;
@@ -248,7 +248,7 @@ impl ResidualBlock {
             Some((conv, bn)) => conv_bn(conv, bn, xs, train)?,
             None => xs.clone(),
         };
-        Ok((out + short)?.relu_op()?)
+        Ok(add_act(&out, &short, Activation::Relu)?)
     }
 }
 

@@ -473,3 +473,14 @@ extern "C" __global__ void tfkd_depthwise_weight_grad_f32(const float* x, const 
         if (threadIdx.x == 0) dk[q] = (float)acc;
     }
 }
+
+// ---------------------------------------------------------------------------
+// A residual connection and its activation: y = min(max(a + b, 0), hi).
+
+extern "C" __global__ void tfkd_add_clamp_f32(const float* a, const float* b, float* y, float hi, uint64_t n) {
+    GRID_STRIDE(i, n) {
+        float v = a[i] + b[i];
+        float low = v < 0.0f ? 0.0f : v;
+        y[i] = low > hi ? hi : low;
+    }
+}
