@@ -91,13 +91,18 @@ def main():
         # from the output, as the clamp-grad kernel gets it in that op).
         b = torch.linspace(-3, 3, x.numel())
         y = torch.empty_like(x)
-        lib.tfkd_add_clamp_f32(ptr(x), ptr(b), ptr(y), f32(hi), u64(x.numel()))
+        lib.tfkd_add_clamp_f32(ptr(x), ptr(b), ptr(y), f32(0.0), f32(hi), u64(x.numel()))
         check(f"residual add + {name} forward", y, op(x + b))
         dx = torch.empty_like(x)
         lib.tfkd_clamp_grad_f32(ptr(g), ptr(y), ptr(dx), f32(hi), i32(int(hi != float("inf"))), u64(x.numel()))
         xr = x.clone().requires_grad_(True)
         op(xr + b).backward(g)
         check(f"residual add + {name} gradient (from the output)", dx, xr.grad)
+    # The sum alone (lo = -inf, hi = inf), in place.
+    b = torch.linspace(-3, 3, x.numel())
+    y = x.clone()
+    lib.tfkd_add_clamp_f32(ptr(y), ptr(b), ptr(y), f32(float("-inf")), f32(float("inf")), u64(x.numel()))
+    check("residual add alone, in place", y, x + b)
 
     # Max pooling: random values, many ties (a few distinct values), NaN.
     gen = torch.Generator().manual_seed(0)

@@ -89,12 +89,26 @@ pub(crate) fn add_clamp(a: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout), 
     let n = a.1.shape().elem_count();
     let mut y = output(&dev, n)?;
     let func = dev.get_or_load_custom_func("tfkd_add_clamp_f32", MODULE, PTX)?;
-    let n64 = n as u64;
+    let (n64, lo) = (n as u64, 0f32);
     let mut builder = func.builder();
-    builder.arg(&av).arg(&bv).arg(&mut y).arg(&hi).arg(&n64);
+    builder.arg(&av).arg(&bv).arg(&mut y).arg(&lo).arg(&hi).arg(&n64);
     // SAFETY: the kernel's signature; three buffers of n elements.
     unsafe { builder.launch(config(n64)) }.map_err(candle_core::Error::wrap)?;
     Ok(CudaStorage::wrap_cuda_slice(y, dev))
+}
+
+/// `y ← min(max(y + s, lo), hi)` in place over the `n` f32 at device
+/// addresses `y` (a buffer the caller owns and has just written on the
+/// device's stream) and `s`.
+pub(crate) fn add_clamp_in_place(dev: &CudaDevice, y: u64, s: u64, n: usize, lo: f32, hi: f32) -> Result<()> {
+    let func = dev.get_or_load_custom_func("tfkd_add_clamp_f32", MODULE, PTX)?;
+    let n64 = n as u64;
+    let mut b = func.builder();
+    b.arg(&y).arg(&s).arg(&y).arg(&lo).arg(&hi).arg(&n64);
+    // SAFETY: the kernel's signature (it reads a[i] before writing y[i], so
+    // a = y is fine); `y` and `s` hold n f32.
+    unsafe { b.launch(config(n64)) }.map_err(candle_core::Error::wrap)?;
+    Ok(())
 }
 
 /// `dx = g·[0 < x < hi]` (`hi` infinite: `g·[0 < x]`).

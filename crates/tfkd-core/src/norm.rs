@@ -67,7 +67,7 @@ pub struct BatchNormOutput {
 /// normalised by cuDNN as they are, elsewhere in the parameters' dtype
 /// between two casts; the statistics are then in the parameters' dtype.
 pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> crate::Result<BatchNormOutput> {
-    Ok(batch_norm_train_candle(x, weight, bias, eps, None)?)
+    Ok(batch_norm_train_candle(x, weight, bias, eps, Tail::default())?)
 }
 
 /// [`batch_norm_train`] followed by `act`: `y = act(BN(x))` as the output
@@ -76,12 +76,50 @@ pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) ->
 /// BatchNorm's; the normalised tensor before the activation is never kept.
 /// Elsewhere BatchNorm, then the activation as its own op.
 pub fn batch_norm_act_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, act: Activation) -> crate::Result<BatchNormOutput> {
-    Ok(batch_norm_train_candle(x, weight, bias, eps, Some(act))?)
+    Ok(batch_norm_train_candle(x, weight, bias, eps, Tail { residual: None, act: Some(act) })?)
 }
 
-/// [`batch_norm_train`] (then `act`) with candle's error, for use inside
+/// [`batch_norm_train`] plus a residual connection, then `act`:
+/// `y = act(BN(x) + residual)`, `residual` of `x`'s shape and dtype, as the
+/// output of BatchNorm's one op where [`batch_norm_act_train`] fuses its
+/// activation (the residual's gradient is the masked upstream gradient);
+/// elsewhere the sum and the activation as ops of their own.
+pub fn batch_norm_residual_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    residual: &Tensor,
+    act: Option<Activation>,
+) -> crate::Result<BatchNormOutput> {
+    Ok(batch_norm_train_candle(x, weight, bias, eps, Tail { residual: Some(residual), act })?)
+}
+
+/// What follows the normalisation inside BatchNorm's op: a residual sum,
+/// then an activation.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Tail<'a> {
+    pub residual: Option<&'a Tensor>,
+    pub act: Option<Activation>,
+}
+
+impl Tail<'_> {
+    /// `y + residual`, then `act`, as ops of their own.
+    pub(crate) fn apply_after(&self, y: Tensor) -> Result<Tensor> {
+        let y = match self.residual {
+            Some(r) => (y + r)?,
+            None => y,
+        };
+        match self.act {
+            Some(act) => act.apply_candle(&y),
+            None => Ok(y),
+        }
+    }
+}
+
+/// [`batch_norm_train`] (then `tail`) with candle's error, for use inside
 /// candle's traits.
-pub(crate) fn batch_norm_train_candle(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, act: Option<Activation>) -> Result<BatchNormOutput> {
+pub(crate) fn batch_norm_train_candle(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, tail: Tail) -> Result<BatchNormOutput> {
     let dims = x.dims();
     if dims.len() < 2 {
         candle_core::bail!("batch_norm_train: the input must have at least two dims, got {:?}", x.shape())
@@ -98,6 +136,17 @@ pub(crate) fn batch_norm_train_candle(x: &Tensor, weight: &Tensor, bias: &Tensor
     if eps.is_nan() || eps < 0.0 {
         candle_core::bail!("batch_norm_train: eps {eps} must be non-negative")
     }
+    if let Some(r) = tail.residual {
+        if r.dims() != x.dims() || r.dtype() != x.dtype() {
+            candle_core::bail!(
+                "batch_norm_train: the residual {:?} {:?} must match the input {:?} {:?}",
+                r.shape(),
+                r.dtype(),
+                x.shape(),
+                x.dtype()
+            )
+        }
+    }
     let fast = matches!(x.device(), Device::Cpu)
         && supported(x.dtype())
         && weight.dtype() == x.dtype()
@@ -105,33 +154,35 @@ pub(crate) fn batch_norm_train_candle(x: &Tensor, weight: &Tensor, bias: &Tensor
     // On CUDA: one cuDNN call each way, where it loads (f32 parameters;
     // f32, bf16 or f16 activations).
     #[cfg(feature = "cuda")]
-    if let Some(out) = cudnn::batch_norm_train(x, weight, bias, eps, act)? {
+    if let Some(out) = cudnn::batch_norm_train(x, weight, bias, eps, tail)? {
         return Ok(out);
     }
     if weight.dtype() != x.dtype() && bias.dtype() == weight.dtype() {
         // Activations in another dtype than the parameters (bf16 over f32,
         // `precision = "bf16"`) off cuDNN: normalise in the parameters'
         // dtype between two casts.
-        let out = batch_norm_train_candle(&x.to_dtype(weight.dtype())?, weight, bias, eps, act)?;
+        let residual = tail.residual.map(|r| r.to_dtype(weight.dtype())).transpose()?;
+        let inner = Tail { residual: residual.as_ref(), act: tail.act };
+        let out = batch_norm_train_candle(&x.to_dtype(weight.dtype())?, weight, bias, eps, inner)?;
         return Ok(BatchNormOutput { y: out.y.to_dtype(x.dtype())?, ..out });
     }
     if !fast {
         let out = composed(x, weight, bias, eps)?;
-        return match act {
-            Some(act) => Ok(BatchNormOutput { y: act.apply_candle(&out.y)?, ..out }),
-            None => Ok(out),
-        };
+        return Ok(BatchNormOutput { y: tail.apply_after(out.y)?, ..out });
     }
     let x = x.contiguous()?;
-    let weight = weight.contiguous()?;
-    let bias = bias.contiguous()?;
     let stats = Arc::new(Mutex::new(None));
     let op = FusedBatchNorm {
         eps,
-        act,
+        act: tail.act,
+        residual: tail.residual.is_some(),
         stats: stats.clone(),
     };
-    let y = x.apply_op3(&weight, &bias, op)?;
+    let y = match tail.residual {
+        // The parameters travel packed, γ then β: an op has three operands.
+        Some(r) => x.apply_op3(&r.contiguous()?, &Tensor::cat(&[weight, bias], 0)?, op)?,
+        None => x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?,
+    };
     let Some(st) = stats.lock().map_err(|_| poisoned())?.clone() else {
         candle_core::bail!("tfkd-batch-norm: the forward pass left no statistics")
     };
@@ -327,12 +378,14 @@ fn backward<E: Float>(
     (dx, dgamma, dbeta)
 }
 
-/// The fused training op: `(x, γ, β) → y` (then `act` of it, in place);
-/// the statistics of the forward pass are shared with the caller and kept
-/// for the backward pass.
+/// The fused training op: `(x, γ, β) → y`, or with a residual
+/// `(x, r, [γ; β]) → y + r`, then `act` of it, in place; the statistics of
+/// the forward pass are shared with the caller and kept for the backward
+/// pass.
 struct FusedBatchNorm {
     eps: f64,
     act: Option<Activation>,
+    residual: bool,
     stats: Arc<Mutex<Option<Stats>>>,
 }
 
@@ -358,11 +411,26 @@ impl CustomOp3 for FusedBatchNorm {
             (ws, wl): (&CpuStorage, &Layout),
             (bs, bl): (&CpuStorage, &Layout),
         ) -> Result<CpuStorage> {
-            let (x, w, b) = (slice::<E>(xs, xl, "the input")?, slice::<E>(ws, wl, "the weight")?, slice::<E>(bs, bl, "the bias")?);
-            if w.len() != dims.1 || b.len() != dims.1 {
-                candle_core::bail!("tfkd-batch-norm: {} channels, weight {} and bias {}", dims.1, w.len(), b.len())
+            let x = slice::<E>(xs, xl, "the input")?;
+            let c = dims.1;
+            let (w, b, residual) = if op.residual {
+                // (ws, bs) are (the residual, [γ; β]).
+                let wb = slice::<E>(bs, bl, "the weight and bias")?;
+                if wb.len() != 2 * c {
+                    candle_core::bail!("tfkd-batch-norm: {c} channels, {} packed parameters", wb.len())
+                }
+                (&wb[..c], &wb[c..], Some(slice::<E>(ws, wl, "the residual")?))
+            } else {
+                (slice::<E>(ws, wl, "the weight")?, slice::<E>(bs, bl, "the bias")?, None)
+            };
+            if w.len() != c || b.len() != c || residual.is_some_and(|r| r.len() != x.len()) {
+                candle_core::bail!("tfkd-batch-norm: {c} channels, weight {} and bias {}", w.len(), b.len())
             }
             let (mut y, st) = forward(x, w, b, dims, op.eps);
+            if let Some(r) = residual {
+                use rayon::prelude::*;
+                y.par_iter_mut().zip(r.par_iter()).for_each(|(y, &r)| *y += r);
+            }
             if let Some(act) = op.act {
                 act.apply_in_place(&mut y);
             }
@@ -381,8 +449,8 @@ impl CustomOp3 for FusedBatchNorm {
     fn bwd(
         &self,
         x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
+        arg2: &Tensor,
+        arg3: &Tensor,
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -394,6 +462,13 @@ impl CustomOp3 for FusedBatchNorm {
             None => grad.contiguous()?,
         };
         let dims = ncs(x.shape(), "tfkd-batch-norm")?;
+        let packed_gamma;
+        let (gamma, beta) = if self.residual {
+            packed_gamma = arg3.narrow(0, 0, dims.1)?;
+            (&packed_gamma, arg3)
+        } else {
+            (arg2, arg3)
+        };
         let want_dx = x.track_op();
         let (dx, dgamma, dbeta) = {
             let (xg, xl) = x.storage_and_layout();
@@ -431,6 +506,17 @@ impl CustomOp3 for FusedBatchNorm {
         };
         let c = dims.1;
         let dx = dx.map(|s| tensor(s, x.shape().clone())).transpose()?;
+        if self.residual {
+            // The residual's gradient is the (masked) upstream one; [γ; β]'s
+            // the two packed.
+            let dr = if arg2.track_op() { Some(grad.clone()) } else { None };
+            let dwb = if arg3.track_op() {
+                Some(Tensor::cat(&[tensor(dgamma, Shape::from(c))?, tensor(dbeta, Shape::from(c))?], 0)?)
+            } else {
+                None
+            };
+            return Ok((dx, dr, dwb));
+        }
         let dgamma = if gamma.track_op() { Some(tensor(dgamma, Shape::from(c))?) } else { None };
         let dbeta = if beta.track_op() { Some(tensor(dbeta, Shape::from(c))?) } else { None };
         Ok((dx, dgamma, dbeta))
@@ -518,8 +604,20 @@ impl BatchNorm {
     /// activation, training runs it inside BatchNorm's op where
     /// [`batch_norm_act_train`] can.
     pub fn forward_act_t(&self, x: &Tensor, train: bool, act: Option<Activation>) -> Result<Tensor> {
+        self.forward_tail_t(x, train, Tail { residual: None, act })
+    }
+
+    /// `act(BN(x) + residual)` in train (`train`) or evaluation mode
+    /// (`residual` of `x`'s shape); training runs the sum and the
+    /// activation inside BatchNorm's op where [`batch_norm_residual_train`]
+    /// can, so the normalised tensor and the sum are never kept.
+    pub fn forward_residual_act_t(&self, x: &Tensor, residual: &Tensor, train: bool, act: Option<Activation>) -> Result<Tensor> {
+        self.forward_tail_t(x, train, Tail { residual: Some(residual), act })
+    }
+
+    fn forward_tail_t(&self, x: &Tensor, train: bool, tail: Tail) -> Result<Tensor> {
         let y = if train {
-            match self.forward_train(x, act)? {
+            match self.forward_train(x, tail)? {
                 (y, true) => return Ok(y),
                 (y, false) => y,
             }
@@ -528,14 +626,11 @@ impl BatchNorm {
         } else {
             self.inner.forward_t(x, false)?
         };
-        match act {
-            Some(act) => act.apply_candle(&y),
-            None => Ok(y),
-        }
+        tail.apply_after(y)
     }
 
-    /// The training forward, and whether `act` was applied.
-    fn forward_train(&self, x: &Tensor, act: Option<Activation>) -> Result<(Tensor, bool)> {
+    /// The training forward, and whether `tail` was applied.
+    fn forward_train(&self, x: &Tensor, tail: Tail) -> Result<(Tensor, bool)> {
         let c = self.running_mean.as_tensor().dim(0)?;
         let fused = (self.mixed(x) || x.device().is_cuda() || (matches!(x.device(), Device::Cpu) && supported(x.dtype())))
             && x.rank() >= 2
@@ -552,11 +647,11 @@ impl BatchNorm {
             self.inner.eps(),
             [self.running_mean.as_tensor(), self.running_var.as_tensor()],
             self.inner.momentum(),
-            act,
+            tail,
         )? {
             return Ok((y, true));
         }
-        let out = batch_norm_train_candle(x, &self.weight, &self.bias, self.inner.eps(), act)?;
+        let out = batch_norm_train_candle(x, &self.weight, &self.bias, self.inner.eps(), tail)?;
         self.update_running(x, &out)?;
         Ok((out.y, true))
     }

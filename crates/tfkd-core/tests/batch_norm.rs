@@ -302,3 +302,58 @@ fn batch_norm_module_forward_act_t_matches_forward_t_then_the_activation() {
     assert_eq!(to_f64(a.running_mean()), to_f64(b.running_mean()));
     assert_eq!(to_f64(a.running_var()), to_f64(b.running_var()));
 }
+
+/// BatchNorm with a residual (and an activation) inside the op equals
+/// BatchNorm, the sum and the activation as ops of their own: the output,
+/// the statistics, and the gradients of the input, the residual, γ and β.
+#[test]
+fn batch_norm_with_a_residual_matches_the_separate_ops() {
+    use tfkd_core::activation::Activation;
+    use tfkd_core::norm::batch_norm_residual_train;
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(33);
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+        for act in [None, Some(Activation::Relu), Some(Activation::Relu6)] {
+            for dims in random_shapes(10, 8) {
+                let c = dims[1];
+                let x = (rng.normal_tensor(dims.as_slice(), 0.0, 1.0, dtype, &dev).unwrap() * 3.0).unwrap();
+                let s = (rng.normal_tensor(dims.as_slice(), 0.0, 1.0, dtype, &dev).unwrap() * 3.0).unwrap();
+                let w = rng.uniform_tensor(c, 0.5, 4.0, dtype, &dev).unwrap();
+                let b = rng.uniform_tensor(c, -2.0, 2.0, dtype, &dev).unwrap();
+                let r = rng.uniform_tensor(dims.as_slice(), -1.0, 1.0, dtype, &dev).unwrap();
+                let run = |fused: bool| {
+                    let vars = [&x, &s, &w, &b].map(|t| Var::from_tensor(t).unwrap());
+                    let [xv, sv, wv, bv] = &vars;
+                    let out = if fused {
+                        batch_norm_residual_train(xv, wv, bv, 1e-5, sv, act).unwrap()
+                    } else {
+                        let out = batch_norm_train(xv, wv, bv, 1e-5).unwrap();
+                        let y = (&out.y + sv.as_tensor()).unwrap();
+                        let y = match act {
+                            Some(a) => a.apply(&y).unwrap(),
+                            None => y,
+                        };
+                        tfkd_core::norm::BatchNormOutput { y, ..out }
+                    };
+                    let g = (&out.y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                    let grads = vars.each_ref().map(|v| to_f64(g.get(v).unwrap()));
+                    (to_f64(&out.y), to_f64(&out.mean), to_f64(&out.var), grads)
+                };
+                let (fused, separate) = (run(true), run(false));
+                let pairs = [
+                    ("y", &fused.0, &separate.0),
+                    ("mean", &fused.1, &separate.1),
+                    ("var", &fused.2, &separate.2),
+                    ("dx", &fused.3[0], &separate.3[0]),
+                    ("dresidual", &fused.3[1], &separate.3[1]),
+                    ("dgamma", &fused.3[2], &separate.3[2]),
+                    ("dbeta", &fused.3[3], &separate.3[3]),
+                ];
+                for (what, a, b) in pairs {
+                    let err = rel_err(a, b);
+                    assert!(err <= tol, "{dtype:?} {act:?} {dims:?} {what}: {err:e}");
+                }
+            }
+        }
+    }
+}

@@ -163,6 +163,41 @@ mod on_gpu {
         }
     }
 
+    /// `act(BN(x) + residual)` in one op: the output, the statistics and
+    /// the four gradients (input, residual, γ, β).
+    #[test]
+    fn batch_norm_with_a_residual_matches_the_cpu() {
+        use tfkd_core::activation::Activation;
+        let Some(dev) = gpu() else { return };
+        let mut rng = SeededRng::new(17);
+        for (shape, act) in [
+            (&[4usize, 16, 8, 8][..], None),
+            (&[4, 16, 8, 8], Some(Activation::Relu)),
+            (&[3, 5, 7, 3], Some(Activation::Relu6)),
+        ] {
+            let c = shape[1];
+            let x = random(&mut rng, shape).affine(3.0, 1.5).unwrap();
+            let s = random(&mut rng, shape).affine(2.0, 0.0).unwrap();
+            let (gamma, beta, r) = (random(&mut rng, &[c]), random(&mut rng, &[c]), random(&mut rng, shape));
+            let run = |d: &Device| {
+                let vars = [&x, &s, &gamma, &beta].map(|t| Var::from_tensor(&t.to_device(d).unwrap()).unwrap());
+                let [xv, sv, gv, bv] = &vars;
+                let out = tfkd_core::norm::batch_norm_residual_train(xv, gv, bv, 1e-5, sv, act).unwrap();
+                let g = (&out.y * r.to_device(d).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+                let mut all = vec![cpu(&out.y), cpu(&out.mean), cpu(&out.var)];
+                all.extend(vars.iter().map(|v| cpu(g.get(v).unwrap())));
+                all
+            };
+            let (want, got) = (run(&Device::Cpu), run(&dev));
+            let names = ["y", "batch mean", "batch variance", "input gradient", "residual gradient", "weight gradient", "bias gradient"];
+            for (i, what) in names.iter().enumerate() {
+                let tol = if i < 3 { VALUE_TOL } else { GRAD_TOL };
+                check(&format!("BatchNorm + residual {shape:?} {act:?} {what}"), &got[i], &want[i], tol);
+            }
+        }
+    }
+
     #[test]
     fn batch_norm_running_statistics_match_the_cpu() {
         let Some(dev) = gpu() else { return };

@@ -475,12 +475,14 @@ extern "C" __global__ void tfkd_depthwise_weight_grad_f32(const float* x, const 
 }
 
 // ---------------------------------------------------------------------------
-// A residual connection and its activation: y = min(max(a + b, 0), hi).
+// A residual connection and its activation: y = min(max(a + b, lo), hi)
+// (lo = 0: ReLU / ReLU6; lo = -inf, hi = inf: the sum alone). y may be a
+// (each thread reads a[i] before writing y[i]).
 
-extern "C" __global__ void tfkd_add_clamp_f32(const float* a, const float* b, float* y, float hi, uint64_t n) {
+extern "C" __global__ void tfkd_add_clamp_f32(const float* a, const float* b, float* y, float lo, float hi, uint64_t n) {
     GRID_STRIDE(i, n) {
         float v = a[i] + b[i];
-        float low = v < 0.0f ? 0.0f : v;
+        float low = v < lo ? lo : v;
         y[i] = low > hi ? hi : low;
     }
 }

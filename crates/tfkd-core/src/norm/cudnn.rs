@@ -25,6 +25,7 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use super::BatchNormOutput;
+use super::Tail;
 use crate::activation::Activation;
 use crate::cudnn::{self, Descriptor, Scale};
 
@@ -44,26 +45,18 @@ fn eligible(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<bool
 
 /// The BatchNorm through cuDNN where [`eligible`], with the batch
 /// statistics for the caller; else `None`.
-pub(super) fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, act: Option<Activation>) -> Result<Option<BatchNormOutput>> {
+pub(super) fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, tail: Tail) -> Result<Option<BatchNormOutput>> {
     if !eligible(x, weight, bias, eps)? {
         return Ok(None);
     }
     let m = x.elem_count() / x.dim(1)?;
     let for_caller = Arc::new(Mutex::new(None));
-    let (fused, after) = split_activation(x, act);
-    let op = CudnnBatchNorm {
-        eps,
-        act: fused,
-        saved: Mutex::new(None),
-        statistics: Statistics::ForCaller(for_caller.clone()),
-    };
-    let (x, weight, bias) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
-    let y = then(x.apply_op3(&weight, &bias, op)?, after)?;
+    let y = apply(x, weight, bias, eps, Statistics::ForCaller(for_caller.clone()), tail)?;
     let Some((dev, mean, unbiased)) = for_caller.lock().map_err(|_| poisoned())?.take() else {
         candle_core::bail!("tfkd-cudnn-batch-norm: the forward pass saved no statistics")
     };
-    let mean = stashed(&weight, mean, &dev)?;
-    let unbiased = stashed(&weight, unbiased, &dev)?;
+    let mean = stashed(weight, mean, &dev)?;
+    let unbiased = stashed(weight, unbiased, &dev)?;
     let var = (unbiased * ((m - 1) as f64 / m as f64))?;
     Ok(Some(BatchNormOutput { y, mean, var }))
 }
@@ -80,7 +73,7 @@ pub(super) fn batch_norm_train_updating(
     eps: f64,
     [running_mean, running_var]: [&Tensor; 2],
     momentum: f64,
-    act: Option<Activation>,
+    tail: Tail,
 ) -> Result<Option<Tensor>> {
     let c = x.dim(1)?;
     let running_ok = [running_mean, running_var]
@@ -89,36 +82,38 @@ pub(super) fn batch_norm_train_updating(
     if !running_ok || !eligible(x, weight, bias, eps)? {
         return Ok(None);
     }
-    let (fused, after) = split_activation(x, act);
+    let statistics = Statistics::Running {
+        mean: crate::cuda::address::<f32>(running_mean, "tfkd-cudnn-batch-norm")?.1,
+        var: crate::cuda::address::<f32>(running_var, "tfkd-cudnn-batch-norm")?.1,
+        momentum,
+    };
+    Ok(Some(apply(x, weight, bias, eps, statistics, tail)?))
+}
+
+/// The op over `x` with `tail` inside it where the activations are f32
+/// (tfkd's kernels then add the residual and clamp in place), else after it
+/// as ops of their own (bf16, f16). With a residual inside, the operands are
+/// `(x, residual, [γ; β])`: an op has three.
+fn apply(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, statistics: Statistics, tail: Tail) -> Result<Tensor> {
+    let inside = x.dtype() == DType::F32;
     let op = CudnnBatchNorm {
         eps,
-        act: fused,
+        act: if inside { tail.act } else { None },
+        residual: inside && tail.residual.is_some(),
         saved: Mutex::new(None),
-        statistics: Statistics::Running {
-            mean: crate::cuda::address::<f32>(running_mean, "tfkd-cudnn-batch-norm")?.1,
-            var: crate::cuda::address::<f32>(running_var, "tfkd-cudnn-batch-norm")?.1,
-            momentum,
-        },
+        statistics,
     };
-    let (x, weight, bias) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
-    Ok(Some(then(x.apply_op3(&weight, &bias, op)?, after)?))
-}
-
-/// Which part of `act` the cuDNN op applies in place (f32 activations: tfkd's
-/// clamp kernel) and which runs after it as an op of its own (bf16, f16).
-fn split_activation(x: &Tensor, act: Option<Activation>) -> (Option<Activation>, Option<Activation>) {
-    if x.dtype() == DType::F32 {
-        (act, None)
-    } else {
-        (None, act)
-    }
-}
-
-/// `y`, then `act` of it as its own op.
-fn then(y: Tensor, act: Option<Activation>) -> Result<Tensor> {
-    match act {
-        Some(act) => act.apply_candle(&y),
-        None => Ok(y),
+    let x = x.contiguous()?;
+    match tail.residual {
+        Some(r) if inside => x.apply_op3(&r.contiguous()?, &Tensor::cat(&[weight, bias], 0)?, op),
+        _ => {
+            let y = x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
+            if inside {
+                Ok(y)
+            } else {
+                tail.apply_after(y)
+            }
+        }
     }
 }
 
@@ -151,10 +146,12 @@ enum Statistics {
     Running { mean: u64, var: u64, momentum: f64 },
 }
 
-/// `(x, γ, β) → y` (then `act` of it, in place, f32 only).
+/// `(x, γ, β) → y`, or with a residual `(x, r, [γ; β]) → y + r`, then `act`
+/// of it, in place (f32 only).
 struct CudnnBatchNorm {
     eps: f64,
     act: Option<Activation>,
+    residual: bool,
     saved: Mutex<Option<Arc<Saved>>>,
     statistics: Statistics,
 }
@@ -246,7 +243,14 @@ impl CustomOp3 for CudnnBatchNorm {
         let x_desc = Descriptor::tensor(&api, data_type, dims)?;
         let p_desc = Descriptor::batch_norm_param(&api, &x_desc)?;
         {
-            let (px, pw, pb) = (ptr(xs, xl, &stream)?, ptr(ws, wl, &stream)?, ptr(bs, bl, &stream)?);
+            // With a residual, (ws, bs) are (the residual, [γ; β]).
+            let (pw, pb) = if self.residual {
+                let wb = ptr(bs, bl, &stream)?;
+                (wb, wb + (c * std::mem::size_of::<f32>()) as u64)
+            } else {
+                (ptr(ws, wl, &stream)?, ptr(bs, bl, &stream)?)
+            };
+            let px = ptr(xs, xl, &stream)?;
             let (pm, _w2) = mean.device_ptr_mut(&stream);
             let (pi, _w3) = inv_std.device_ptr_mut(&stream);
             let mut guards = None;
@@ -289,8 +293,19 @@ impl CustomOp3 for CudnnBatchNorm {
             })?;
             drop(guards);
         }
-        if let Some(act) = self.act {
-            crate::cuda::clamp_in_place(&dev, py, xl.shape().elem_count(), act.max() as f32)?;
+        let n = xl.shape().elem_count();
+        if self.residual {
+            if ws.dtype() != DType::F32 || wl.shape().elem_count() != n || bl.shape().elem_count() != 2 * c {
+                candle_core::bail!("tfkd-cudnn-batch-norm: a residual of {:?} and {} packed parameters for {:?}", wl.shape(), bl.shape().elem_count(), xl.shape())
+            }
+            // y + r, clamped to the activation's range (none: ±∞).
+            let (lo, hi) = match self.act {
+                Some(act) => (0.0, act.max() as f32),
+                None => (f32::NEG_INFINITY, f32::INFINITY),
+            };
+            crate::cuda::add_clamp_in_place(&dev, py, ptr(ws, wl, &stream)?, n, lo, hi)?;
+        } else if let Some(act) = self.act {
+            crate::cuda::clamp_in_place(&dev, py, n, act.max() as f32)?;
         }
         if let (Statistics::ForCaller(to), Some((batch_mean, unbiased_var))) = (&self.statistics, for_caller) {
             *to.lock().map_err(|_| poisoned())? = Some((dev.clone(), batch_mean, unbiased_var));
@@ -303,13 +318,20 @@ impl CustomOp3 for CudnnBatchNorm {
         Ok((y, xl.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, arg2: &Tensor, arg3: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let Some(saved) = self.saved.lock().map_err(|_| poisoned())?.clone() else {
             candle_core::bail!("tfkd-cudnn-batch-norm: backward before forward")
         };
         let grad = match self.act {
             Some(act) => act.grad_from_output(grad, res)?,
             None => grad.contiguous()?,
+        };
+        let packed_gamma;
+        let (gamma, beta) = if self.residual {
+            packed_gamma = arg3.narrow(0, 0, x.dim(1)?)?;
+            (&packed_gamma, arg3)
+        } else {
+            (arg2, arg3)
         };
         let op = CudnnBatchNormBackward {
             eps: self.eps,
@@ -320,9 +342,21 @@ impl CustomOp3 for CudnnBatchNorm {
         let Some((dgamma, dbeta)) = op.params.lock().map_err(|_| poisoned())?.take() else {
             candle_core::bail!("tfkd-cudnn-batch-norm: the backward pass left no parameter gradients")
         };
+        let dx = if x.track_op() { Some(dx) } else { None };
+        if self.residual {
+            // The residual's gradient is the (masked) upstream one; [γ; β]'s
+            // the two packed.
+            let dr = if arg2.track_op() { Some(grad.clone()) } else { None };
+            let dwb = if arg3.track_op() {
+                let (dgamma, dbeta) = (stashed(gamma, dgamma, &op.saved.dev)?, stashed(gamma, dbeta, &op.saved.dev)?);
+                Some(Tensor::cat(&[dgamma, dbeta], 0)?)
+            } else {
+                None
+            };
+            return Ok((dx, dr, dwb));
+        }
         let dgamma = if gamma.track_op() { Some(stashed(gamma, dgamma, &op.saved.dev)?) } else { None };
         let dbeta = if beta.track_op() { Some(stashed(gamma, dbeta, &op.saved.dev)?) } else { None };
-        let dx = if x.track_op() { Some(dx) } else { None };
         Ok((dx, dgamma, dbeta))
     }
 }
