@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::VarBuilder;
-use tfkd_core::activation::{add_act, Activation};
+use tfkd_core::activation::Activation;
 
 /// `nn.BatchNorm2d` with the fused CPU training pass of `tfkd_core::norm`.
 pub(crate) use tfkd_core::norm::BatchNorm;
@@ -237,18 +237,22 @@ impl ResidualBlock {
         Ok(Self { convs, shortcut })
     }
 
-    /// The block's output: `relu(main(xs) + shortcut(xs))`.
+    /// The block's output: `relu(main(xs) + shortcut(xs))`. The last
+    /// BatchNorm, the sum and the ReLU are one op
+    /// (`BatchNorm::forward_residual_act_t`).
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let mut out = xs.clone();
-        let last = self.convs.len().saturating_sub(1);
-        for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            out = if i != last { conv_bn_act(conv, bn, &out, train, Activation::Relu)? } else { conv_bn(conv, bn, &out, train)? };
-        }
+        let Some(((last_conv, last_bn), first)) = self.convs.split_last() else {
+            candle_core::bail!("residual block without convolutions")
+        };
         let short = match &self.shortcut {
             Some((conv, bn)) => conv_bn(conv, bn, xs, train)?,
             None => xs.clone(),
         };
-        Ok(add_act(&out, &short, Activation::Relu)?)
+        let mut out = xs.clone();
+        for (conv, bn) in first {
+            out = conv_bn_act(conv, bn, &out, train, Activation::Relu)?;
+        }
+        last_bn.forward_residual_act_t(&last_conv.forward(&out)?, &short, train, Some(Activation::Relu))
     }
 }
 

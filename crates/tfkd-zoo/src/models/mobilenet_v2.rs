@@ -127,14 +127,15 @@ impl Bottleneck {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = xs.clone();
         for (i, (conv, bn)) in self.layers.iter().enumerate() {
-            // ReLU6 after the expansion and depthwise convs; none after the projection.
-            x = if i < 2 { conv_bn_act(conv, bn, &x, train, Activation::Relu6)? } else { conv_bn(conv, bn, &x, train)? };
+            // ReLU6 after the expansion and depthwise convs; none after the
+            // projection, whose BatchNorm also adds the residual (one op).
+            x = match (i < 2, self.residual) {
+                (true, _) => conv_bn_act(conv, bn, &x, train, Activation::Relu6)?,
+                (false, true) => bn.forward_residual_act_t(&conv.forward(&x)?, xs, train, None)?,
+                (false, false) => conv_bn(conv, bn, &x, train)?,
+            };
         }
-        if self.residual {
-            x + xs
-        } else {
-            Ok(x)
-        }
+        Ok(x)
     }
 }
 
