@@ -462,13 +462,7 @@ impl CustomOp3 for FusedBatchNorm {
             None => grad.contiguous()?,
         };
         let dims = ncs(x.shape(), "tfkd-batch-norm")?;
-        let packed_gamma;
-        let (gamma, beta) = if self.residual {
-            packed_gamma = arg3.narrow(0, 0, dims.1)?;
-            (&packed_gamma, arg3)
-        } else {
-            (arg2, arg3)
-        };
+        let gamma = &gamma_operand(self.residual, arg2, arg3, dims.1)?;
         let want_dx = x.track_op();
         let (dx, dgamma, dbeta) = {
             let (xg, xl) = x.storage_and_layout();
@@ -506,21 +500,46 @@ impl CustomOp3 for FusedBatchNorm {
         };
         let c = dims.1;
         let dx = dx.map(|s| tensor(s, x.shape().clone())).transpose()?;
-        if self.residual {
-            // The residual's gradient is the (masked) upstream one; [γ; β]'s
-            // the two packed.
-            let dr = if arg2.track_op() { Some(grad.clone()) } else { None };
-            let dwb = if arg3.track_op() {
-                Some(Tensor::cat(&[tensor(dgamma, Shape::from(c))?, tensor(dbeta, Shape::from(c))?], 0)?)
-            } else {
-                None
-            };
-            return Ok((dx, dr, dwb));
-        }
-        let dgamma = if gamma.track_op() { Some(tensor(dgamma, Shape::from(c))?) } else { None };
-        let dbeta = if beta.track_op() { Some(tensor(dbeta, Shape::from(c))?) } else { None };
-        Ok((dx, dgamma, dbeta))
+        let (d2, d3) = operand_grads(
+            self.residual,
+            (arg2, arg3),
+            &grad,
+            || tensor(dgamma, Shape::from(c)),
+            || tensor(dbeta, Shape::from(c)),
+        )?;
+        Ok((dx, d2, d3))
     }
+}
+
+/// γ among a BatchNorm op's operands `(x, arg2, arg3)`: `arg2`, or with a
+/// residual (`(x, r, [γ; β])`) the first half of `arg3`.
+pub(crate) fn gamma_operand(residual: bool, arg2: &Tensor, arg3: &Tensor, c: usize) -> Result<Tensor> {
+    if residual {
+        arg3.narrow(0, 0, c)
+    } else {
+        Ok(arg2.clone())
+    }
+}
+
+/// The gradients of a BatchNorm op's second and third operands, for those
+/// that track: γ's and β's (made by `dgamma`, `dbeta`), or with a residual
+/// the residual's (`grad`, the op's masked upstream gradient) and `[γ; β]`'s
+/// (the two packed).
+pub(crate) fn operand_grads(
+    residual: bool,
+    (arg2, arg3): (&Tensor, &Tensor),
+    grad: &Tensor,
+    dgamma: impl FnOnce() -> Result<Tensor>,
+    dbeta: impl FnOnce() -> Result<Tensor>,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    if residual {
+        let dr = arg2.track_op().then(|| grad.clone());
+        let dwb = if arg3.track_op() { Some(Tensor::cat(&[dgamma()?, dbeta()?], 0)?) } else { None };
+        return Ok((dr, dwb));
+    }
+    let dg = if arg2.track_op() { Some(dgamma()?) } else { None };
+    let db = if arg3.track_op() { Some(dbeta()?) } else { None };
+    Ok((dg, db))
 }
 
 /// `nn.BatchNorm2d(c, eps, momentum)` (also `BatchNorm1d`: any input

@@ -326,13 +326,7 @@ impl CustomOp3 for CudnnBatchNorm {
             Some(act) => act.grad_from_output(grad, res)?,
             None => grad.contiguous()?,
         };
-        let packed_gamma;
-        let (gamma, beta) = if self.residual {
-            packed_gamma = arg3.narrow(0, 0, x.dim(1)?)?;
-            (&packed_gamma, arg3)
-        } else {
-            (arg2, arg3)
-        };
+        let gamma = &super::gamma_operand(self.residual, arg2, arg3, x.dim(1)?)?;
         let op = CudnnBatchNormBackward {
             eps: self.eps,
             saved,
@@ -343,21 +337,15 @@ impl CustomOp3 for CudnnBatchNorm {
             candle_core::bail!("tfkd-cudnn-batch-norm: the backward pass left no parameter gradients")
         };
         let dx = if x.track_op() { Some(dx) } else { None };
-        if self.residual {
-            // The residual's gradient is the (masked) upstream one; [γ; β]'s
-            // the two packed.
-            let dr = if arg2.track_op() { Some(grad.clone()) } else { None };
-            let dwb = if arg3.track_op() {
-                let (dgamma, dbeta) = (stashed(gamma, dgamma, &op.saved.dev)?, stashed(gamma, dbeta, &op.saved.dev)?);
-                Some(Tensor::cat(&[dgamma, dbeta], 0)?)
-            } else {
-                None
-            };
-            return Ok((dx, dr, dwb));
-        }
-        let dgamma = if gamma.track_op() { Some(stashed(gamma, dgamma, &op.saved.dev)?) } else { None };
-        let dbeta = if beta.track_op() { Some(stashed(gamma, dbeta, &op.saved.dev)?) } else { None };
-        Ok((dx, dgamma, dbeta))
+        let dev = &op.saved.dev;
+        let (d2, d3) = super::operand_grads(
+            self.residual,
+            (arg2, arg3),
+            &grad,
+            || stashed(gamma, dgamma, dev),
+            || stashed(gamma, dbeta, dev),
+        )?;
+        Ok((dx, d2, d3))
     }
 }
 
