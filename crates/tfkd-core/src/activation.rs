@@ -106,13 +106,8 @@ impl Activation {
     /// through).
     pub(crate) fn apply_in_place<E: Float>(self, y: &mut [E]) {
         use rayon::prelude::*;
-        let (zero, max) = (E::zero(), E::from_f64(self.max()));
-        y.par_chunks_mut(CHUNK).for_each(|ys| {
-            for v in ys {
-                let low = if *v < zero { zero } else { *v };
-                *v = if low > max { max } else { low };
-            }
-        });
+        let max = E::from_f64(self.max());
+        y.par_chunks_mut(CHUNK).for_each(|ys| ys.iter_mut().for_each(|v| *v = clamp_value(*v, max)));
     }
 
     /// The gradient through the activation from its *output* `y`:
@@ -121,68 +116,6 @@ impl Activation {
     /// onto NaN), so the input need not be kept.
     pub(crate) fn grad_from_output(self, grad: &Tensor, y: &Tensor) -> Result<Tensor> {
         grad.contiguous()?.apply_op2_no_bwd(y, &ClampGrad(Clamp { max: self.max() }))
-    }
-}
-
-/// `act(a + b)` for two tensors of one shape (a residual connection and its
-/// activation), as one op where tfkd's own kernels run (the CPU's f32/f64,
-/// CUDA's f32): its output is the activation's and its backward passes
-/// `g·[0 < y < max]` to both operands, so the graph never holds the sum.
-/// Elsewhere `a + b`, then the activation.
-pub fn add_act(a: &Tensor, b: &Tensor, act: Activation) -> crate::Result<Tensor> {
-    if !crate::own_kernels(a) || a.dtype() != b.dtype() || a.dims() != b.dims() {
-        return act.apply(&(a + b)?);
-    }
-    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddClamp(Clamp { max: act.max() }))?)
-}
-
-/// `(a, b) → min(max(a + b, 0), max)`.
-struct AddClamp(Clamp);
-
-impl CustomOp2 for AddClamp {
-    fn name(&self) -> &'static str {
-        "tfkd-add-clamp"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("tfkd-add-clamp: operands of {:?} and {:?}", l1.shape(), l2.shape())
-        }
-        fn run<E: Float>(op: &AddClamp, a: &[E], b: &[E]) -> Vec<E> {
-            let (zero, max) = (E::zero(), E::from_f64(op.0.max));
-            filled(a.len(), |y| {
-                for_each_chunk(y, CHUNK, CHUNK, |_: &mut (), i, ys| {
-                    let at = i * CHUNK;
-                    for ((out, &a), &b) in ys.iter_mut().zip(&a[at..]).zip(&b[at..]) {
-                        let v = a + b;
-                        let low = if v < zero { zero } else { v };
-                        out.write(if low > max { max } else { low });
-                    }
-                })
-            })
-        }
-        let out = match s1.dtype() {
-            DType::F32 => CpuStorage::F32(run(self, slice::<f32>(s1, l1, "the first operand")?, slice::<f32>(s2, l2, "the second operand")?)),
-            DType::F64 => CpuStorage::F64(run(self, slice::<f64>(s1, l1, "the first operand")?, slice::<f64>(s2, l2, "the second operand")?)),
-            other => candle_core::bail!("tfkd-add-clamp: unsupported dtype {other:?}"),
-        };
-        Ok((out, l1.shape().clone()))
-    }
-
-    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("tfkd-add-clamp: operands of {:?} and {:?}", l1.shape(), l2.shape())
-        }
-        #[cfg(feature = "cuda")]
-        return Ok((crate::cuda::add_clamp((s1, l1), (s2, l2), self.0.max as f32)?, l1.shape().clone()));
-        #[cfg(not(feature = "cuda"))]
-        candle_core::bail!("tfkd-add-clamp: built without CUDA ({:?}, {:?})", s1.dtype(), s2.dtype())
-    }
-
-    fn bwd(&self, _a: &Tensor, _b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // From the output: the same mask as from the sum (see grad_from_output).
-        let g = grad.contiguous()?.apply_op2_no_bwd(res, &ClampGrad(self.0))?;
-        Ok((Some(g.clone()), Some(g)))
     }
 }
 
@@ -216,11 +149,21 @@ impl Clamp {
 /// vectorises (every element of `y` written).
 #[inline(always)]
 fn clamp_rows_impl<E: Float>(x: &[E], max: E, y: &mut [MaybeUninit<E>]) {
-    let zero = E::zero();
     for (y, &v) in y.iter_mut().zip(x) {
-        // `v` itself when NaN, as PyTorch: both comparisons are false.
-        let low = if v < zero { zero } else { v };
-        y.write(if low > max { max } else { low });
+        y.write(clamp_value(v, max));
+    }
+}
+
+/// `min(max(v, 0), max)`: `v` itself when NaN, as PyTorch (both
+/// comparisons are false); written as selects LLVM vectorises.
+#[inline(always)]
+fn clamp_value<E: Float>(v: E, max: E) -> E {
+    let zero = E::zero();
+    let low = if v < zero { zero } else { v };
+    if low > max {
+        max
+    } else {
+        low
     }
 }
 

@@ -82,21 +82,6 @@ pub(crate) fn clamp_in_place(dev: &CudaDevice, y: u64, n: usize, hi: f32) -> Res
     Ok(())
 }
 
-/// `y = min(max(a + b, 0), hi)`.
-pub(crate) fn add_clamp(a: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout), hi: f32) -> Result<CudaStorage> {
-    let dev = a.0.device().clone();
-    let (av, bv) = (f32_view(a.0, a.1, "tfkd-add-clamp")?, f32_view(b.0, b.1, "tfkd-add-clamp")?);
-    let n = a.1.shape().elem_count();
-    let mut y = output(&dev, n)?;
-    let func = dev.get_or_load_custom_func("tfkd_add_clamp_f32", MODULE, PTX)?;
-    let (n64, lo) = (n as u64, 0f32);
-    let mut builder = func.builder();
-    builder.arg(&av).arg(&bv).arg(&mut y).arg(&lo).arg(&hi).arg(&n64);
-    // SAFETY: the kernel's signature; three buffers of n elements.
-    unsafe { builder.launch(config(n64)) }.map_err(candle_core::Error::wrap)?;
-    Ok(CudaStorage::wrap_cuda_slice(y, dev))
-}
-
 /// `y ← min(max(y + s, lo), hi)` in place over the `n` f32 at device
 /// addresses `y` (a buffer the caller owns and has just written on the
 /// device's stream) and `s`.

@@ -77,28 +77,3 @@ fn relu_matches_candle_away_from_zero_and_pytorch_at_it() {
     let g = relu(&x).unwrap().sum_all().unwrap().backward().unwrap();
     assert_eq!(to_f64(g.get(&x).unwrap()), vec![0.0, 1.0, 0.0, 1.0, 1.0]);
 }
-
-/// `add_act(a, b, act)` against `act(a + b)` as two ops: the output and both
-/// operands' gradients, f32 and f64, ReLU and ReLU6 (random values, so no
-/// sum lands exactly on a kink).
-#[test]
-fn add_act_matches_the_sum_then_the_activation() {
-    use tfkd_core::activation::{add_act, Activation};
-    let dev = Device::Cpu;
-    let mut rng = SeededRng::new(41);
-    for dtype in [DType::F32, DType::F64] {
-        for act in [Activation::Relu, Activation::Relu6] {
-            let a = (rng.normal_tensor((3, 5, 7, 9), 0.0, 1.0, dtype, &dev).unwrap() * 4.0).unwrap();
-            let b = (rng.normal_tensor((3, 5, 7, 9), 0.0, 1.0, dtype, &dev).unwrap() * 4.0).unwrap();
-            let r = rng.uniform_tensor((3, 5, 7, 9), -1.0, 1.0, dtype, &dev).unwrap();
-            let run = |fused: bool| {
-                let (av, bv) = (Var::from_tensor(&a).unwrap(), Var::from_tensor(&b).unwrap());
-                let y = if fused { add_act(&av, &bv, act).unwrap() } else { act.apply(&(av.as_tensor() + bv.as_tensor()).unwrap()).unwrap() };
-                let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                [to_f64(&y), to_f64(g.get(&av).unwrap()), to_f64(g.get(&bv).unwrap())]
-            };
-            let (fused, separate) = (run(true), run(false));
-            assert_eq!(fused, separate, "{dtype:?} {act:?}");
-        }
-    }
-}

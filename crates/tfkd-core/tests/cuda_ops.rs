@@ -237,8 +237,6 @@ mod on_gpu {
         let ops: Vec<(&str, UnaryOp)> = vec![
             ("relu", Box::new(|t| tfkd_core::activation::relu(t).unwrap())),
             ("relu6", Box::new(|t| tfkd_core::activation::relu6(t).unwrap())),
-            ("residual add + relu", Box::new(|t| tfkd_core::activation::add_act(t, &t.affine(0.5, -1.0).unwrap(), tfkd_core::activation::Activation::Relu).unwrap())),
-            ("residual add + relu6", Box::new(|t| tfkd_core::activation::add_act(&t.affine(0.5, 1.0).unwrap(), t, tfkd_core::activation::Activation::Relu6).unwrap())),
             ("max pool 2x2 s2", Box::new(|t| tfkd_core::pool::max_pool2d(t, 2, 2, 0).unwrap())),
             ("max pool 3x3 s2 p1", Box::new(|t| tfkd_core::pool::max_pool2d(t, 3, 2, 1).unwrap())),
             ("avg pool 3x3 s1", Box::new(|t| t.avg_pool2d_with_stride(3, 1).unwrap())),

@@ -154,6 +154,14 @@ impl Geom {
     fn co(&self) -> usize {
         self.c * self.m
     }
+
+    /// `self`, if an upstream gradient of `ho × wo` planes is its output's.
+    fn with_gradient_of(self, ho: usize, wo: usize) -> Result<Self> {
+        if (self.ho, self.wo) != (ho, wo) {
+            candle_core::bail!("tfkd-depthwise-conv2d: gradient {ho}x{wo} for an output of {}x{}", self.ho, self.wo)
+        }
+        Ok(self)
+    }
     fn hp(&self) -> usize {
         self.h + 2 * self.p
     }
@@ -602,11 +610,7 @@ impl InputGrad {
     fn geometry(&self, gl: &Layout, wl: &Layout) -> Result<Geom> {
         let (n, co, ho, wo) = gl.shape().dims4()?;
         let (_, _, kh, kw) = wl.shape().dims4()?;
-        let g = Geom::new(n, self.c, co, self.h, self.w, kh, kw, self.stride, self.padding)?;
-        if (g.ho, g.wo) != (ho, wo) {
-            candle_core::bail!("tfkd-depthwise-conv2d: gradient {ho}x{wo} for an output of {}x{}", g.ho, g.wo)
-        }
-        Ok(g)
+        Geom::new(n, self.c, co, self.h, self.w, kh, kw, self.stride, self.padding)?.with_gradient_of(ho, wo)
     }
 }
 
@@ -646,11 +650,7 @@ impl WeightGrad {
     fn geometry(&self, xl: &Layout, gl: &Layout) -> Result<Geom> {
         let (n, c, h, w) = xl.shape().dims4()?;
         let (_, co, ho, wo) = gl.shape().dims4()?;
-        let g = Geom::new(n, c, co, h, w, self.kh, self.kw, self.stride, self.padding)?;
-        if (g.ho, g.wo) != (ho, wo) {
-            candle_core::bail!("tfkd-depthwise-conv2d: gradient {ho}x{wo} for an output of {}x{}", g.ho, g.wo)
-        }
-        Ok(g)
+        Geom::new(n, c, co, h, w, self.kh, self.kw, self.stride, self.padding)?.with_gradient_of(ho, wo)
     }
 }
 
