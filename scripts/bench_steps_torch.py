@@ -20,7 +20,10 @@ is faster). On CPU the peak memory is the process's maximum resident set
 (`ru_maxrss`, run one model per process for a clean figure); on CUDA it is
 `torch.cuda.max_memory_allocated` (tfkd: its memory pool's high-water mark of
 bytes in use), and `max_memory_reserved` (tfkd: of bytes held) is shown
-beside it.
+beside it. Graph MB is the activation memory the step's graph keeps for
+the backward pass (the distinct buffers autograd saves, parameters and the
+input excluded; tfkd: `tfkd_core::graph::kept_by_graph`): the same count
+on every device, so the CPU shows what either framework keeps on a GPU.
 
 `--rounds DIR` reads the interleaved rounds that `scripts/bench_cpu_ratio.sh`
 writes (DIR/torch*.jsonl, DIR/tfkd*.jsonl: one file per round) and prints
@@ -43,6 +46,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gen_zoo_fixtures import FULL  # noqa: E402
 
 
+def saved_mb(model, images, labels):
+    """MiB of the distinct buffers autograd saves for the backward pass of one
+    forward + loss, parameters, buffers and the input batch excluded: what
+    `tfkd bench-step` reports as graph MB (tfkd_core::graph::kept_by_graph),
+    the activation memory of a step, the same on every device."""
+    own = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers()) + [images]}
+    sizes = {}
+
+    def pack(t):
+        # Every dtype: max pooling's int64 indices and dropout's masks are
+        # memory too (tfkd keeps no integer tensor bigger than the labels).
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in own and storage.nbytes() > 0:
+            sizes[ptr] = max(sizes.get(ptr, 0), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(images), labels)
+    del loss
+    return sum(sizes.values()) / 2**20
+
+
 def time_model(name, args, device):
     torch.manual_seed(0)
     model = FULL[name](args.classes, args.side).to(device)
@@ -50,6 +76,7 @@ def time_model(name, args, device):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     images = torch.randn(args.batch, 3, args.side, args.side, device=device)
     labels = torch.randint(0, args.classes, (args.batch,), device=device)
+    graph = saved_mb(model, images, labels)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -88,6 +115,7 @@ def time_model(name, args, device):
         "images_per_s": args.batch / median,
         "peak_mb": peak,
         "peak_reserved_mb": reserved,
+        "graph_mb": graph,
         "torch": torch.__version__,
     }
 
@@ -108,6 +136,10 @@ def compare(torch_rows, tfkd_rows, markdown):
     reserved = any(r.get("peak_reserved_mb") is not None for r in torch_rows)
     if reserved:
         head += ["PyTorch reserved MB", "tfkd reserved MB"]
+    # What each graph keeps for the backward pass (device-independent).
+    graph = any(r.get("graph_mb") is not None for r in torch_rows)
+    if graph:
+        head += ["PyTorch graph MB", "tfkd graph MB"]
     fmt = lambda v: "-" if v is None else "%.0f" % v
     rows = []
     for r in torch_rows:
@@ -119,6 +151,8 @@ def compare(torch_rows, tfkd_rows, markdown):
                "%.2f" % (t["images_per_s"] / r["images_per_s"]), fmt(r["peak_mb"]), fmt(tp)]
         if reserved:
             row += [fmt(r.get("peak_reserved_mb")), fmt(t.get("peak_reserved_mb"))]
+        if graph:
+            row += [fmt(r.get("graph_mb")), fmt(t.get("graph_mb"))]
         rows.append(row)
     if markdown:
         print("| " + " | ".join(head) + " |")
@@ -203,7 +237,7 @@ def main():
             sys.exit("unknown model %r; one of %s" % (name, ", ".join(FULL)))
         row = time_model(name, args, device)
         rows.append(row)
-        print("%-16s batch %4d  %.4f s/step  %8.1f img/s  peak %.0f MB" % (name, args.batch, row["median_s"], row["images_per_s"], row["peak_mb"]), flush=True)
+        print("%-16s batch %4d  %.4f s/step  %8.1f img/s  peak %.0f MB  graph %.0f MB" % (name, args.batch, row["median_s"], row["images_per_s"], row["peak_mb"], row["graph_mb"]), flush=True)
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(row) + "\n")

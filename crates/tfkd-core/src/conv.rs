@@ -29,9 +29,32 @@ pub mod cudnn;
 mod depthwise;
 mod gemm_cpu;
 mod im2col;
-pub use bias::add_channel_bias;
+pub use bias::{add_channel_bias, conv2d_with_bias};
 use im2col::im2col_rows;
 pub(crate) mod windows;
+
+/// `s` under a layout `l` that is not contiguous, copied into a contiguous
+/// buffer of its own (`None` when `l` is contiguous: read `s` itself).
+///
+/// The convolutions keep their input as given, a channel slice say
+/// (ShuffleNetV2 convolves half of a block's channels), as PyTorch's convolution
+/// saves its input view: the copy their kernels read lives only while a pass
+/// runs, where `x.contiguous()` before the op would be a graph node that the
+/// graph keeps until the backward pass ends.
+pub(crate) fn contiguous_copy<S>(s: &S, l: &Layout) -> Result<Option<S>>
+where
+    S: BackendStorage,
+    S::Device: candle_core::backend::BackendDevice<Storage = S>,
+{
+    use candle_core::backend::BackendDevice;
+    if l.is_contiguous() {
+        return Ok(None);
+    }
+    // SAFETY: `copy_strided_src` writes every element of the new buffer.
+    let mut dst = unsafe { s.device().alloc_uninit(l.shape(), s.dtype())? };
+    s.copy_strided_src(&mut dst, 0, l)?;
+    Ok(Some(dst))
+}
 
 /// The outputs `j` in `[lo, hi)` (of `len_out`) whose input `s·j + b − p`
 /// lies inside `[0, len_in)`, for kernel offset `b`, stride `s` and padding
@@ -187,9 +210,10 @@ fn conv2d_grouped(x: &Tensor, w: &Tensor, padding: usize, stride: usize, groups:
             // Nothing to differentiate (inference): no op.
             return gemm_cpu::forward_op(x, w, padding, stride, groups);
         }
-        // The op's own `cpu_fwd` computes the forward into its output.
+        // The op's own `cpu_fwd` computes the forward into its output (and
+        // copies a strided `x` for it, see `contiguous_copy`).
         let op = FastConv2d { padding, stride, groups, y: Mutex::new(None) };
-        return x.contiguous()?.apply_op2(&w.contiguous()?, op);
+        return x.apply_op2(&w.contiguous()?, op);
     }
     let y = x.detach().conv2d(&w.detach(), padding, stride, 1, groups)?;
     if !tracked {
@@ -291,7 +315,10 @@ impl CustomOp2 for FastConv2d {
     ) -> Result<(CpuStorage, Shape)> {
         let precomputed = self.y.lock().map(|y| y.is_some()).unwrap_or(false);
         if !precomputed {
-            return gemm_cpu::forward_storage((xs, xl), (ws, wl), self.padding, self.stride, self.groups);
+            let packed = contiguous_copy(xs, xl)?;
+            let packed_layout = Layout::contiguous(xl.shape());
+            let x = packed.as_ref().map_or((xs, xl), |p| (p, &packed_layout));
+            return gemm_cpu::forward_storage(x, (ws, wl), self.padding, self.stride, self.groups);
         }
         match self.out()? {
             (Storage::Cpu(c), s) => Ok((c, s)),

@@ -9,7 +9,7 @@
 //! passes. `--features cuda` only.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtrMut, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{DType, Layout, Result, Tensor};
 
@@ -355,6 +355,29 @@ pub(crate) fn channel_bias(y: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout
     // SAFETY: the kernel's signature; y and out hold `total`, b holds c.
     unsafe { bl.launch(config(total64)) }.map_err(candle_core::Error::wrap)?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+/// `y[n, c, …] += b[c]` in place (the same kernel, writing where it reads).
+pub(crate) fn channel_bias_in_place(y: (&mut CudaStorage, &Layout), b: (&CudaStorage, &Layout)) -> Result<()> {
+    let op = "tfkd-channel-bias";
+    let (_, c, plane) = crate::cpu::ncs(y.1.shape(), op)?;
+    if b.1.shape().elem_count() != c {
+        candle_core::bail!("{op}: {} biases for {c} channels", b.1.shape().elem_count())
+    }
+    let dev = y.0.device().clone();
+    let stream = dev.cuda_stream();
+    let total = y.1.shape().elem_count();
+    let bv = f32_view(b.0, b.1, op)?;
+    let mut yv = f32_view_mut(y.0, y.1, op)?;
+    let (py, _write) = yv.device_ptr_mut(&stream);
+    let (total64, c32, plane64) = (total as u64, c as i32, plane.max(1) as u64);
+    let func = dev.get_or_load_custom_func("tfkd_channel_bias_f32", MODULE, PTX)?;
+    let mut bl = func.builder();
+    bl.arg(&py).arg(&bv).arg(&py).arg(&total64).arg(&c32).arg(&plane64);
+    // SAFETY: the kernel's signature (it reads y[i] before writing out[i],
+    // so y = out is fine); y holds `total` f32, b holds c.
+    unsafe { bl.launch(config(total64)) }.map_err(candle_core::Error::wrap)?;
+    Ok(())
 }
 
 /// `Σ_{n, s} g[n, c, s]` per channel.

@@ -25,6 +25,7 @@
 //!   [`cudnn`]: cuDNN loaded at run time (used with `--features cuda`);
 //! * [`collective`]: the gradient all-reduce of data-parallel training,
 //!   behind a small trait (threads of one process; NCCL plugs in);
+//! * [`graph`]: the activation memory a training graph keeps alive;
 //! * [`env`]: the environment variables the libraries read.
 //!
 //! ```
@@ -61,6 +62,7 @@ pub mod env;
 pub mod error;
 #[cfg(feature = "cuda")]
 pub mod gpu_memory;
+pub mod graph;
 pub mod init;
 pub mod loss;
 pub mod metrics;

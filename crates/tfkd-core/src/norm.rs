@@ -76,7 +76,7 @@ pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) ->
 /// BatchNorm's; the normalised tensor before the activation is never kept.
 /// Elsewhere BatchNorm, then the activation as its own op.
 pub fn batch_norm_act_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, act: Activation) -> crate::Result<BatchNormOutput> {
-    Ok(batch_norm_train_candle(x, weight, bias, eps, Tail { residual: None, act: Some(act) })?)
+    Ok(batch_norm_train_candle(x, weight, bias, eps, Tail { residual: None, act: Some(act), into_residual: false })?)
 }
 
 /// [`batch_norm_train`] plus a residual connection, then `act`:
@@ -92,7 +92,7 @@ pub fn batch_norm_residual_train(
     residual: &Tensor,
     act: Option<Activation>,
 ) -> crate::Result<BatchNormOutput> {
-    Ok(batch_norm_train_candle(x, weight, bias, eps, Tail { residual: Some(residual), act })?)
+    Ok(batch_norm_train_candle(x, weight, bias, eps, Tail { residual: Some(residual), act, into_residual: false })?)
 }
 
 /// What follows the normalisation inside BatchNorm's op: a residual sum,
@@ -101,6 +101,10 @@ pub fn batch_norm_residual_train(
 pub(crate) struct Tail<'a> {
     pub residual: Option<&'a Tensor>,
     pub act: Option<Activation>,
+    /// The caller gives the residual up, and the op that made it does not
+    /// read its own output in its backward pass: the output may be written
+    /// into the residual's buffer ([`BatchNorm::forward_into_residual_act_t`]).
+    pub into_residual: bool,
 }
 
 impl Tail<'_> {
@@ -162,7 +166,7 @@ pub(crate) fn batch_norm_train_candle(x: &Tensor, weight: &Tensor, bias: &Tensor
         // `precision = "bf16"`) off cuDNN: normalise in the parameters'
         // dtype between two casts.
         let residual = tail.residual.map(|r| r.to_dtype(weight.dtype())).transpose()?;
-        let inner = Tail { residual: residual.as_ref(), act: tail.act };
+        let inner = Tail { residual: residual.as_ref(), ..tail };
         let out = batch_norm_train_candle(&x.to_dtype(weight.dtype())?, weight, bias, eps, inner)?;
         return Ok(BatchNormOutput { y: out.y.to_dtype(x.dtype())?, ..out });
     }
@@ -172,7 +176,7 @@ pub(crate) fn batch_norm_train_candle(x: &Tensor, weight: &Tensor, bias: &Tensor
     }
     let x = x.contiguous()?;
     let stats = Arc::new(Mutex::new(None));
-    let op = FusedBatchNorm {
+    let op = || FusedBatchNorm {
         eps,
         act: tail.act,
         residual: tail.residual.is_some(),
@@ -180,8 +184,14 @@ pub(crate) fn batch_norm_train_candle(x: &Tensor, weight: &Tensor, bias: &Tensor
     };
     let y = match tail.residual {
         // The parameters travel packed, γ then β: an op has three operands.
-        Some(r) => x.apply_op3(&r.contiguous()?, &Tensor::cat(&[weight, bias], 0)?, op)?,
-        None => x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?,
+        Some(r) => {
+            let wb = Tensor::cat(&[weight, bias], 0)?;
+            match into_residual(tail, r, &x, &wb, op)? {
+                Some(y) => y,
+                None => x.apply_op3(&r.contiguous()?, &wb, op())?,
+            }
+        }
+        None => x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op())?,
     };
     let Some(st) = stats.lock().map_err(|_| poisoned())?.clone() else {
         candle_core::bail!("tfkd-batch-norm: the forward pass left no statistics")
@@ -389,6 +399,125 @@ struct FusedBatchNorm {
     stats: Arc<Mutex<Option<Stats>>>,
 }
 
+impl FusedBatchNorm {
+    /// `BN(x)` with γ = `w`, β = `b`, keeping the statistics for the
+    /// backward pass.
+    fn normalise<E: Float>(&self, x: &[E], w: &[E], b: &[E], dims: (usize, usize, usize)) -> Result<Vec<E>> {
+        let (y, st) = forward(x, w, b, dims, self.eps);
+        *self.stats.lock().map_err(|_| poisoned())? = Some(st);
+        Ok(y)
+    }
+}
+
+/// `acc += v`, element by element, over rayon's pool.
+fn add_assign<E: Float>(acc: &mut [E], v: &[E]) {
+    use rayon::prelude::*;
+    acc.par_iter_mut().zip(v.par_iter()).for_each(|(a, &v)| *a += v);
+}
+
+/// The residual form of BatchNorm's op computed into the residual's buffer
+/// (`r ← act(BN(x) + r)`): the op's operands `(x, r, [γ; β])` become
+/// `(r, x, [γ; β])`, the first being written, and its backward pass is the
+/// op's own, its gradients handed back in this order.
+struct IntoResidual<O>(O);
+
+/// BatchNorm ops that can write their residual form into the residual.
+pub(crate) trait ResidualInPlace: CustomOp3 {
+    /// `r ← act(BN(x) + r)` on the CPU.
+    fn cpu_into(&self, r: (&mut CpuStorage, &Layout), x: (&CpuStorage, &Layout), wb: (&CpuStorage, &Layout)) -> Result<()> {
+        let _ = (r, x, wb);
+        candle_core::bail!("{}: no CPU implementation", self.name())
+    }
+
+    /// `r ← act(BN(x) + r)` on CUDA.
+    fn cuda_into(
+        &self,
+        r: (&mut candle_core::CudaStorage, &Layout),
+        x: (&candle_core::CudaStorage, &Layout),
+        wb: (&candle_core::CudaStorage, &Layout),
+    ) -> Result<()> {
+        let _ = (r, x, wb);
+        candle_core::bail!("{}: no CUDA implementation", self.name())
+    }
+}
+
+/// Runs `op()` into the residual `r` where `tail` allows it and nothing
+/// else holds `r` (`Tensor::apply_op3_in_place`); `None`: run it as usual.
+pub(crate) fn into_residual<O, F>(tail: Tail, r: &Tensor, x: &Tensor, wb: &Tensor, op: F) -> Result<Option<Tensor>>
+where
+    O: ResidualInPlace + Send + Sync + 'static,
+    F: FnOnce() -> O,
+{
+    if !tail.into_residual || !r.is_contiguous() || r.dtype() != x.dtype() || r.dims() != x.dims() {
+        return Ok(None);
+    }
+    r.apply_op3_in_place(x, wb, IntoResidual(op()))
+}
+
+impl<O: ResidualInPlace> candle_core::InplaceOp3 for IntoResidual<O> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn cpu_fwd(&self, r: &mut CpuStorage, rl: &Layout, x: &CpuStorage, xl: &Layout, wb: &CpuStorage, wbl: &Layout) -> Result<()> {
+        self.0.cpu_into((r, rl), (x, xl), (wb, wbl))
+    }
+
+    fn cuda_fwd(
+        &self,
+        r: &mut candle_core::CudaStorage,
+        rl: &Layout,
+        x: &candle_core::CudaStorage,
+        xl: &Layout,
+        wb: &candle_core::CudaStorage,
+        wbl: &Layout,
+    ) -> Result<()> {
+        self.0.cuda_into((r, rl), (x, xl), (wb, wbl))
+    }
+}
+
+impl<O: ResidualInPlace> CustomOp3 for IntoResidual<O> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("{}: the residual form runs in place only", self.name())
+    }
+
+    fn bwd(&self, r: &Tensor, x: &Tensor, wb: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dr, dwb) = self.0.bwd(x, r, wb, res, grad)?;
+        Ok((dr, dx, dwb))
+    }
+}
+
+impl ResidualInPlace for FusedBatchNorm {
+    fn cpu_into(&self, (rs, rl): (&mut CpuStorage, &Layout), (xs, xl): (&CpuStorage, &Layout), (ws, wl): (&CpuStorage, &Layout)) -> Result<()> {
+        let dims = ncs(xl.shape(), "tfkd-batch-norm")?;
+        let Some((start, end)) = rl.contiguous_offsets() else {
+            candle_core::bail!("tfkd-batch-norm: the residual must be contiguous")
+        };
+        fn run<E: Float>(op: &FusedBatchNorm, r: &mut [E], (xs, xl): (&CpuStorage, &Layout), (ws, wl): (&CpuStorage, &Layout), dims: (usize, usize, usize)) -> Result<()> {
+            let (x, wb) = (slice::<E>(xs, xl, "the input")?, slice::<E>(ws, wl, "the weight and bias")?);
+            let c = dims.1;
+            if wb.len() != 2 * c || r.len() != x.len() {
+                candle_core::bail!("tfkd-batch-norm: {c} channels, {} packed parameters, a residual of {} for {} values", wb.len(), r.len(), x.len())
+            }
+            let y = op.normalise(x, &wb[..c], &wb[c..], dims)?;
+            add_assign(r, &y);
+            if let Some(act) = op.act {
+                act.apply_in_place(r);
+            }
+            Ok(())
+        }
+        match rs {
+            CpuStorage::F32(r) => run::<f32>(self, &mut r[start..end], (xs, xl), (ws, wl), dims),
+            CpuStorage::F64(r) => run::<f64>(self, &mut r[start..end], (xs, xl), (ws, wl), dims),
+            other => candle_core::bail!("tfkd-batch-norm: unsupported dtype {:?}", other.dtype()),
+        }
+    }
+}
+
 impl CustomOp3 for FusedBatchNorm {
     fn name(&self) -> &'static str {
         "tfkd-batch-norm"
@@ -426,15 +555,13 @@ impl CustomOp3 for FusedBatchNorm {
             if w.len() != c || b.len() != c || residual.is_some_and(|r| r.len() != x.len()) {
                 candle_core::bail!("tfkd-batch-norm: {c} channels, weight {} and bias {}", w.len(), b.len())
             }
-            let (mut y, st) = forward(x, w, b, dims, op.eps);
+            let mut y = op.normalise(x, w, b, dims)?;
             if let Some(r) = residual {
-                use rayon::prelude::*;
-                y.par_iter_mut().zip(r.par_iter()).for_each(|(y, &r)| *y += r);
+                add_assign(&mut y, r);
             }
             if let Some(act) = op.act {
                 act.apply_in_place(&mut y);
             }
-            *op.stats.lock().map_err(|_| poisoned())? = Some(st);
             Ok(E::to_cpu_storage_owned(y))
         }
         let args = ((xs, xl), (ws, wl), (bs, bl));
@@ -623,7 +750,7 @@ impl BatchNorm {
     /// activation, training runs it inside BatchNorm's op where
     /// [`batch_norm_act_train`] can.
     pub fn forward_act_t(&self, x: &Tensor, train: bool, act: Option<Activation>) -> Result<Tensor> {
-        self.forward_tail_t(x, train, Tail { residual: None, act })
+        self.forward_tail_t(x, train, Tail { residual: None, act, into_residual: false })
     }
 
     /// `act(BN(x) + residual)` in train (`train`) or evaluation mode
@@ -631,7 +758,18 @@ impl BatchNorm {
     /// activation inside BatchNorm's op where [`batch_norm_residual_train`]
     /// can, so the normalised tensor and the sum are never kept.
     pub fn forward_residual_act_t(&self, x: &Tensor, residual: &Tensor, train: bool, act: Option<Activation>) -> Result<Tensor> {
-        self.forward_tail_t(x, train, Tail { residual: Some(residual), act })
+        self.forward_tail_t(x, train, Tail { residual: Some(residual), act, into_residual: false })
+    }
+
+    /// [`BatchNorm::forward_residual_act_t`] for a residual the caller gives
+    /// up and whose making op does not read its own output in its backward
+    /// pass (a convolution, or BatchNorm without activation: a projection
+    /// shortcut). Where the fused op runs and nothing else holds the
+    /// residual, the result is written into the residual's buffer, so the
+    /// graph keeps one buffer for the shortcut and the sum, as PyTorch's
+    /// `out += shortcut` does; otherwise it is `forward_residual_act_t`.
+    pub fn forward_into_residual_act_t(&self, x: &Tensor, residual: Tensor, train: bool, act: Option<Activation>) -> Result<Tensor> {
+        self.forward_tail_t(x, train, Tail { residual: Some(&residual), act, into_residual: true })
     }
 
     fn forward_tail_t(&self, x: &Tensor, train: bool, tail: Tail) -> Result<Tensor> {

@@ -357,3 +357,60 @@ fn batch_norm_with_a_residual_matches_the_separate_ops() {
         }
     }
 }
+
+/// `forward_into_residual_act_t` (the output written into the residual's
+/// buffer) against `forward_residual_act_t`: the same output, running
+/// statistics and gradients (input, the residual's source, γ, β), bit for
+/// bit, with one buffer fewer kept by the graph; and with the residual held
+/// elsewhere it writes nothing into it.
+#[test]
+fn batch_norm_into_the_residual_is_the_residual_form_with_one_buffer_less() {
+    use tfkd_core::activation::Activation;
+    use tfkd_core::graph::kept_by_graph;
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(34);
+    for dtype in [DType::F32, DType::F64] {
+        for act in [None, Some(Activation::Relu)] {
+            let (n, c, h, w) = (3, 4, 5, 5);
+            let x = rng.normal_tensor((n, c, h, w), 0.5, 2.0, dtype, &dev).unwrap();
+            let s = rng.normal_tensor((n, c, h, w), 0.0, 1.0, dtype, &dev).unwrap();
+            let r = rng.uniform_tensor((n, c, h, w), -1.0, 1.0, dtype, &dev).unwrap();
+            let run = |into: bool, hold: bool| {
+                let vm = VarMap::new();
+                let bn = BatchNorm::new(c, 1e-5, 0.1, VarBuilder::from_varmap(&vm, dtype, &dev)).unwrap();
+                let (xv, sv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&s).unwrap());
+                // The residual as a projection shortcut makes it: an op whose
+                // backward pass does not read its output.
+                let residual = (sv.as_tensor() * 2.0).unwrap();
+                let held = hold.then(|| residual.clone());
+                let y = if into {
+                    bn.forward_into_residual_act_t(&xv, residual, true, act).unwrap()
+                } else {
+                    bn.forward_residual_act_t(&xv, &residual, true, act).unwrap()
+                };
+                if let Some(held) = held {
+                    assert_eq!(to_f64(&held), to_f64(&(&s * 2.0).unwrap()), "a residual held elsewhere is not written");
+                }
+                let loss = (&y * &r).unwrap().sum_all().unwrap();
+                let kept = kept_by_graph(&loss).bytes;
+                let g = loss.backward().unwrap();
+                let (gamma, beta) = bn.weight_and_bias();
+                let grads = [g.get(&xv), g.get(&sv), g.get(gamma), g.get(beta)].map(|t| to_f64(t.unwrap()));
+                (to_f64(&y), to_f64(bn.running_mean()), to_f64(bn.running_var()), grads, kept)
+            };
+            let reference = run(false, false);
+            let buffer = (n * c * h * w * dtype.size_in_bytes()) as u64;
+            for hold in [false, true] {
+                let got = run(true, hold);
+                let case = format!("{dtype:?} {act:?} residual held elsewhere: {hold}");
+                assert_eq!(got.0, reference.0, "{case}: y");
+                assert_eq!((&got.1, &got.2), (&reference.1, &reference.2), "{case}: running statistics");
+                for (i, name) in ["dx", "dsource", "dgamma", "dbeta"].iter().enumerate() {
+                    assert_eq!(got.3[i], reference.3[i], "{case}: {name}");
+                }
+                let saved = if hold { 0 } else { buffer };
+                assert_eq!(got.4 + saved, reference.4, "{case}: bytes kept");
+            }
+        }
+    }
+}

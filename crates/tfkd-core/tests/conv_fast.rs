@@ -281,3 +281,39 @@ fn fast_conv2d_is_deterministic() {
         }
     }
 }
+
+/// A channel slice of a tracked tensor as the input (ShuffleNetV2's split):
+/// the same values and gradients as the slice made contiguous first, and the
+/// graph keeps the slice as it is, with no contiguous copy of it (the
+/// convolution's kernels read a copy that lives while a pass runs).
+#[test]
+fn a_channel_slice_is_convolved_without_a_kept_copy() {
+    use tfkd_core::graph::kept_by_graph;
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(45);
+    for dtype in [DType::F32, DType::F64] {
+        let whole = Var::from_tensor(&rng.uniform_tensor((3, 8, 7, 7), -1.0, 1.0, dtype, &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&rng.uniform_tensor((5, 4, 3, 3), -1.0, 1.0, dtype, &dev).unwrap()).unwrap();
+        let r = rng.uniform_tensor((3, 5, 4, 4), -1.0, 1.0, dtype, &dev).unwrap();
+        let run = |copy_first: bool| {
+            let x = (whole.as_tensor() * 1.0).unwrap(); // a graph node, as inside a network
+            let mut half = x.narrow(1, 4, 4).unwrap();
+            if copy_first {
+                half = half.contiguous().unwrap();
+            }
+            let y = conv2d(&half, &w, 1, 2, 1).unwrap();
+            let loss = (&y * &r).unwrap().sum_all().unwrap();
+            let kept = kept_by_graph(&loss);
+            let grads = loss.backward().unwrap();
+            (y, kept, grads.get(&whole).unwrap().clone(), grads.get(&w).unwrap().clone())
+        };
+        let (y, kept, dx, dw) = run(false);
+        let (y_ref, kept_ref, dx_ref, dw_ref) = run(true);
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+        assert_eq!(flat(&y), flat(&y_ref), "{dtype:?}: forward");
+        assert_eq!(flat(&dx), flat(&dx_ref), "{dtype:?}: dx");
+        assert_eq!(flat(&dw), flat(&dw_ref), "{dtype:?}: dw");
+        let half_bytes = (3 * 4 * 7 * 7 * dtype.size_in_bytes()) as u64;
+        assert_eq!(kept.bytes + half_bytes, kept_ref.bytes, "{dtype:?}: no copy of the slice kept");
+    }
+}

@@ -198,6 +198,41 @@ mod on_gpu {
         }
     }
 
+    /// The BatchNorm module's output written into a projection shortcut's
+    /// buffer (`forward_into_residual_act_t`, cuDNN then tfkd's add-clamp in
+    /// place): output, running statistics and gradients against the CPU.
+    #[test]
+    fn batch_norm_into_the_residual_matches_the_cpu() {
+        use tfkd_core::activation::Activation;
+        let Some(dev) = gpu() else { return };
+        let mut rng = SeededRng::new(18);
+        for act in [None, Some(Activation::Relu)] {
+            let shape = [4usize, 16, 8, 8];
+            let x = random(&mut rng, &shape).affine(3.0, 1.5).unwrap();
+            let s = random(&mut rng, &shape).affine(2.0, 0.0).unwrap();
+            let r = random(&mut rng, &shape);
+            let run = |d: &Device| {
+                let vm = candle_nn::VarMap::new();
+                let bn = tfkd_core::norm::BatchNorm::new(16, 1e-5, 0.1, candle_nn::VarBuilder::from_varmap(&vm, DType::F32, d)).unwrap();
+                let (xv, sv) = (Var::from_tensor(&x.to_device(d).unwrap()).unwrap(), Var::from_tensor(&s.to_device(d).unwrap()).unwrap());
+                let residual = (sv.as_tensor() * 2.0).unwrap();
+                let y = bn.forward_into_residual_act_t(&xv, residual, true, act).unwrap();
+                let g = (&y * r.to_device(d).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                let (gamma, beta) = bn.weight_and_bias();
+                let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+                let mut all = vec![cpu(&y), cpu(bn.running_mean()), cpu(bn.running_var())];
+                all.extend([g.get(&xv), g.get(&sv), g.get(gamma), g.get(beta)].map(|t| cpu(t.unwrap())));
+                all
+            };
+            let (want, got) = (run(&Device::Cpu), run(&dev));
+            let names = ["y", "running mean", "running variance", "input gradient", "residual gradient", "weight gradient", "bias gradient"];
+            for (i, what) in names.iter().enumerate() {
+                let tol = if i < 3 { VALUE_TOL } else { GRAD_TOL };
+                check(&format!("BatchNorm into the residual {act:?} {what}"), &got[i], &want[i], tol);
+            }
+        }
+    }
+
     #[test]
     fn batch_norm_running_statistics_match_the_cpu() {
         let Some(dev) = gpu() else { return };
@@ -307,6 +342,33 @@ mod on_gpu {
         let ((y0, g0), (y1, g1)) = (run(&Device::Cpu), run(&dev));
         check("conv bias forward", &y1, &y0, VALUE_TOL);
         check("conv bias gradient", &g1, &g0, GRAD_TOL);
+    }
+
+    /// A biased convolution with the bias added in place on the GPU
+    /// (`conv2d_with_bias`): output and the three gradients against the CPU.
+    #[test]
+    fn the_conv_with_bias_in_place_matches_the_cpu() {
+        let Some(dev) = gpu() else { return };
+        let mut rng = SeededRng::new(14);
+        // Dense stride 2 (cuDNN), and depthwise (tfkd's kernels).
+        for (x_dims, w_dims, p, s, g) in [([4, 6, 9, 7], [5, 6, 3, 3], 1, 2, 1), ([3, 8, 9, 9], [8, 1, 3, 3], 1, 1, 8)] {
+            let (x, w, b) = (random(&mut rng, &x_dims), random(&mut rng, &w_dims), random(&mut rng, &[w_dims[0]]));
+            let run = |d: &Device| {
+                let vars: Vec<Var> = [&x, &w, &b].iter().map(|t| Var::from_tensor(&t.to_device(d).unwrap()).unwrap()).collect();
+                let x_in = (vars[0].as_tensor() * 1.0).unwrap();
+                let out = tfkd_core::conv::conv2d_with_bias(&x_in, &vars[1], &vars[2], p, s, g).unwrap();
+                let r = Tensor::ones(out.dims(), DType::F32, d).unwrap().affine(0.5, 0.25).unwrap();
+                let grads = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut all = vec![out.to_device(&Device::Cpu).unwrap()];
+                all.extend(vars.iter().map(|v| grads.get(v).unwrap().to_device(&Device::Cpu).unwrap()));
+                all
+            };
+            let (cpu, gpu_) = (run(&Device::Cpu), run(&dev));
+            check("conv with bias forward", &gpu_[0], &cpu[0], VALUE_TOL);
+            for (i, name) in ["dx", "dw", "db"].iter().enumerate() {
+                check(&format!("conv with bias {name}"), &gpu_[i + 1], &cpu[i + 1], GRAD_TOL);
+            }
+        }
     }
 
     /// SGD's in-place GPU update against the CPU's candle ops, over steps

@@ -96,11 +96,12 @@ pub(crate) struct Conv2d {
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let weight = in_dtype_of(&self.weight, xs)?;
-        let y = tfkd_core::conv::conv2d(xs, &weight, self.padding, self.stride, self.groups)?;
-        match &self.bias {
-            None => Ok(y),
-            Some(b) => Ok(tfkd_core::conv::add_channel_bias(&y, &in_dtype_of(b, xs)?)?),
-        }
+        let (p, s, g) = (self.padding, self.stride, self.groups);
+        Ok(match &self.bias {
+            None => tfkd_core::conv::conv2d(xs, &weight, p, s, g)?,
+            // The bias is added in place: the graph keeps one output.
+            Some(b) => tfkd_core::conv::conv2d_with_bias(xs, &weight, &in_dtype_of(b, xs)?, p, s, g)?,
+        })
     }
 }
 
@@ -239,20 +240,28 @@ impl ResidualBlock {
 
     /// The block's output: `relu(main(xs) + shortcut(xs))`. The last
     /// BatchNorm, the sum and the ReLU are one op
-    /// (`BatchNorm::forward_residual_act_t`).
+    /// (`BatchNorm::forward_residual_act_t`); a projection shortcut's
+    /// output, which its BatchNorm's backward pass does not read, receives
+    /// the block's output in place (`forward_into_residual_act_t`), so the
+    /// graph keeps one buffer for both, as PyTorch's `out += shortcut`.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let Some(((last_conv, last_bn), first)) = self.convs.split_last() else {
             candle_core::bail!("residual block without convolutions")
         };
-        let short = match &self.shortcut {
-            Some((conv, bn)) => conv_bn(conv, bn, xs, train)?,
-            None => xs.clone(),
+        let projected = match &self.shortcut {
+            Some((conv, bn)) => Some(conv_bn(conv, bn, xs, train)?),
+            None => None,
         };
         let mut out = xs.clone();
         for (conv, bn) in first {
             out = conv_bn_act(conv, bn, &out, train, Activation::Relu)?;
         }
-        last_bn.forward_residual_act_t(&last_conv.forward(&out)?, &short, train, Some(Activation::Relu))
+        let main = last_conv.forward(&out)?;
+        let relu = Some(Activation::Relu);
+        match projected {
+            Some(short) => last_bn.forward_into_residual_act_t(&main, short, train, relu),
+            None => last_bn.forward_residual_act_t(&main, xs, train, relu),
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! split over rayon's pool.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, InplaceOp2, Layout, Result, Shape, Tensor};
 
 use std::mem::MaybeUninit;
 
@@ -23,6 +23,35 @@ use crate::cpu::{avx2_dispatch, filled, for_each_chunk, ncs, slice, Float};
 /// elsewhere `broadcast_add`.
 pub fn add_channel_bias(y: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
     Ok(add_channel_bias_candle(y, b)?)
+}
+
+/// `nn.Conv2d(bias=True)`: [`conv2d`](super::conv2d) of `x` and `w`, then
+/// the bias `b` (`(C_out,)`) added per channel.
+///
+/// Where [`add_channel_bias`] runs as one op, the bias is added in place to
+/// the convolution's output, as one more graph node over the same buffer:
+/// neither the convolution's backward pass nor the bias's reads that
+/// buffer, so the graph keeps one output per convolution, as PyTorch's
+/// biased convolution does, instead of the unbiased and the biased
+/// outputs. The result and its gradients are the same as
+/// `add_channel_bias(&conv2d(..), b)`.
+pub fn conv2d_with_bias(x: &Tensor, w: &Tensor, b: &Tensor, padding: usize, stride: usize, groups: usize) -> crate::Result<Tensor> {
+    let y = super::conv2d_candle(x, w, padding, stride, groups)?;
+    Ok(add_channel_bias_in_place(y, b)?)
+}
+
+/// `y + b` per channel, in place on `y`'s buffer where the fast op runs and
+/// nothing else holds that buffer (see [`Tensor::apply_op2_in_place`]):
+/// only for a `y` whose making op's backward pass does not read its result.
+fn add_channel_bias_in_place(y: Tensor, b: &Tensor) -> Result<Tensor> {
+    let dims = y.dims();
+    let fits = dims.len() >= 2 && b.dims() == [dims[1]];
+    if fits && crate::own_kernels(&y) && b.dtype() == y.dtype() && y.is_contiguous() {
+        if let Some(out) = y.apply_op2_in_place(&b.contiguous()?, ChannelBias)? {
+            return Ok(out);
+        }
+    }
+    add_channel_bias_candle(&y, b)
 }
 
 /// [`add_channel_bias`] with candle's error, for use inside candle's traits.
@@ -48,6 +77,13 @@ fn add_impl<E: Float>(ys: &[E], b: E, out: &mut [MaybeUninit<E>]) {
 }
 
 #[inline(always)]
+fn add_in_place_impl<E: Float>(ys: &mut [E], b: E) {
+    for y in ys {
+        *y += b;
+    }
+}
+
+#[inline(always)]
 fn lane_sums_impl<E: Float>(xs: &[E], lanes: &mut [f64; 8]) {
     let mut chunks = xs.chunks_exact(8);
     for ch in &mut chunks {
@@ -61,6 +97,7 @@ fn lane_sums_impl<E: Float>(xs: &[E], lanes: &mut [f64; 8]) {
 }
 
 avx2_dispatch!(add, add_avx2, add_impl, (ys: &[E], b: E, out: &mut [MaybeUninit<E>]));
+avx2_dispatch!(add_in_place, add_in_place_avx2, add_in_place_impl, (ys: &mut [E], b: E));
 avx2_dispatch!(lane_sums, lane_sums_avx2, lane_sums_impl, (xs: &[E], lanes: &mut [f64; 8]));
 
 /// `Σ_{n, s} g[n, c, s]` for every channel, in f64.
@@ -121,6 +158,43 @@ impl CustomOp2 for ChannelBias {
             None
         };
         Ok((dy, db))
+    }
+}
+
+/// The same sum, in place on the first operand ([`add_channel_bias_in_place`]).
+impl InplaceOp2 for ChannelBias {
+    fn name(&self) -> &'static str {
+        "tfkd-channel-bias"
+    }
+
+    fn cpu_fwd(&self, ys: &mut CpuStorage, yl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<()> {
+        let dims = ncs(yl.shape(), "tfkd-channel-bias")?;
+        let Some((start, end)) = yl.contiguous_offsets() else {
+            candle_core::bail!("tfkd-channel-bias: the input must be contiguous")
+        };
+        fn run<E: Float>(y: &mut [E], bs: &CpuStorage, bl: &Layout, (_, c, s): (usize, usize, usize)) -> Result<()> {
+            let b = slice::<E>(bs, bl, "the bias")?;
+            if b.len() != c {
+                candle_core::bail!("tfkd-channel-bias: {} biases for {c} channels", b.len())
+            }
+            for_each_chunk(y, s.max(1), s, |_: &mut (), i, plane| add_in_place(plane, b[i % c]));
+            Ok(())
+        }
+        match ys {
+            CpuStorage::F32(y) => run(&mut y[start..end], bs, bl, dims),
+            CpuStorage::F64(y) => run(&mut y[start..end], bs, bl, dims),
+            other => candle_core::bail!("tfkd-channel-bias: unsupported dtype {:?}", other.dtype()),
+        }
+    }
+
+    fn cuda_fwd(&self, ys: &mut CudaStorage, yl: &Layout, bs: &CudaStorage, bl: &Layout) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        return crate::cuda::channel_bias_in_place((ys, yl), (bs, bl));
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (ys, bs, bl);
+            candle_core::bail!("tfkd-channel-bias: built without CUDA ({:?})", yl.shape())
+        }
     }
 }
 

@@ -24,7 +24,9 @@ pub(super) fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize, grou
         return Ok(None);
     }
     let op = CudnnConv2d { padding, stride, groups };
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    // A strided `x` stays the graph's operand; `run` copies it for cuDNN
+    // while a pass runs (`contiguous_copy`).
+    let w = w.contiguous()?;
     let y = if x.track_op() || w.track_op() {
         x.apply_op2(&w, op)?
     } else {
@@ -139,6 +141,12 @@ impl CustomOp2 for CudnnConvBackwardFilter {
 /// Runs one pass on operands `(a, b)`: `(x, w)` forward, `(w, ∂y)` for
 /// `∂x`, `(x, ∂y)` for `∂w`. Returns the pass's output.
 fn run(pass: Pass, g: Geometry, a: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout)) -> Result<CudaStorage> {
+    // A strided operand (the input as the graph keeps it) is read from a
+    // contiguous copy that lives while this pass runs.
+    let (a_packed, b_packed) = (super::contiguous_copy(a.0, a.1)?, super::contiguous_copy(b.0, b.1)?);
+    let (a_layout, b_layout) = (Layout::contiguous(a.1.shape()), Layout::contiguous(b.1.shape()));
+    let a = a_packed.as_ref().map_or(a, |s| (s, &a_layout));
+    let b = b_packed.as_ref().map_or(b, |s| (s, &b_layout));
     match a.0.dtype() {
         DType::F32 => run_typed::<f32>(pass, g, a, b),
         DType::F64 => run_typed::<f64>(pass, g, a, b),

@@ -96,18 +96,24 @@ pub(super) fn batch_norm_train_updating(
 /// `(x, residual, [γ; β])`: an op has three.
 fn apply(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, statistics: Statistics, tail: Tail) -> Result<Tensor> {
     let inside = x.dtype() == DType::F32;
-    let op = CudnnBatchNorm {
+    let op = || CudnnBatchNorm {
         eps,
         act: if inside { tail.act } else { None },
         residual: inside && tail.residual.is_some(),
         saved: Mutex::new(None),
-        statistics,
+        statistics: statistics.clone(),
     };
     let x = x.contiguous()?;
     match tail.residual {
-        Some(r) if inside => x.apply_op3(&r.contiguous()?, &Tensor::cat(&[weight, bias], 0)?, op),
+        Some(r) if inside => {
+            let wb = Tensor::cat(&[weight, bias], 0)?;
+            match super::into_residual(tail, r, &x, &wb, op)? {
+                Some(y) => Ok(y),
+                None => x.apply_op3(&r.contiguous()?, &wb, op()),
+            }
+        }
         _ => {
-            let y = x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
+            let y = x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op())?;
             if inside {
                 Ok(y)
             } else {
@@ -134,6 +140,7 @@ struct Saved {
 type ForCaller = Option<(CudaDevice, CudaSlice<f32>, CudaSlice<f32>)>;
 
 /// Where the forward pass's statistics go.
+#[derive(Clone)]
 enum Statistics {
     /// The batch mean and unbiased variance, to the caller.
     ForCaller(Arc<Mutex<ForCaller>>),
@@ -208,24 +215,11 @@ fn alloc(dev: &CudaDevice, dtype: DType, n: usize) -> Result<(CudaStorage, u64)>
     })
 }
 
-impl CustomOp3 for CudnnBatchNorm {
-    fn name(&self) -> &'static str {
-        "tfkd-cudnn-batch-norm"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("tfkd-cudnn-batch-norm: given CPU tensors")
-    }
-
-    fn cuda_fwd(
-        &self,
-        xs: &CudaStorage,
-        xl: &Layout,
-        ws: &CudaStorage,
-        wl: &Layout,
-        bs: &CudaStorage,
-        bl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
+impl CudnnBatchNorm {
+    /// `BN(x)` into a fresh buffer (and its address) with γ, β at the
+    /// device addresses `(pw, pb)`, keeping the statistics for the backward
+    /// pass and handing or averaging them as `statistics` says.
+    fn normalise(&self, xs: &CudaStorage, xl: &Layout, (pw, pb): (u64, u64)) -> Result<(CudaStorage, u64)> {
         let (api, dims, dev, data_type) = prologue(self.name(), xs, xl)?;
         let stream = dev.cuda_stream();
         let c = dims[1];
@@ -243,13 +237,6 @@ impl CustomOp3 for CudnnBatchNorm {
         let x_desc = Descriptor::tensor(&api, data_type, dims)?;
         let p_desc = Descriptor::batch_norm_param(&api, &x_desc)?;
         {
-            // With a residual, (ws, bs) are (the residual, [γ; β]).
-            let (pw, pb) = if self.residual {
-                let wb = ptr(bs, bl, &stream)?;
-                (wb, wb + (c * std::mem::size_of::<f32>()) as u64)
-            } else {
-                (ptr(ws, wl, &stream)?, ptr(bs, bl, &stream)?)
-            };
             let px = ptr(xs, xl, &stream)?;
             let (pm, _w2) = mean.device_ptr_mut(&stream);
             let (pi, _w3) = inv_std.device_ptr_mut(&stream);
@@ -293,20 +280,6 @@ impl CustomOp3 for CudnnBatchNorm {
             })?;
             drop(guards);
         }
-        let n = xl.shape().elem_count();
-        if self.residual {
-            if ws.dtype() != DType::F32 || wl.shape().elem_count() != n || bl.shape().elem_count() != 2 * c {
-                candle_core::bail!("tfkd-cudnn-batch-norm: a residual of {:?} and {} packed parameters for {:?}", wl.shape(), bl.shape().elem_count(), xl.shape())
-            }
-            // y + r, clamped to the activation's range (none: ±∞).
-            let (lo, hi) = match self.act {
-                Some(act) => (0.0, act.max() as f32),
-                None => (f32::NEG_INFINITY, f32::INFINITY),
-            };
-            crate::cuda::add_clamp_in_place(&dev, py, ptr(ws, wl, &stream)?, n, lo, hi)?;
-        } else if let Some(act) = self.act {
-            crate::cuda::clamp_in_place(&dev, py, n, act.max() as f32)?;
-        }
         if let (Statistics::ForCaller(to), Some((batch_mean, unbiased_var))) = (&self.statistics, for_caller) {
             *to.lock().map_err(|_| poisoned())? = Some((dev.clone(), batch_mean, unbiased_var));
         }
@@ -315,6 +288,83 @@ impl CustomOp3 for CudnnBatchNorm {
             mean,
             inv_std,
         }));
+        Ok((y, py))
+    }
+
+    /// The bounds of the activation that follows (none: ±∞).
+    fn clamp_range(&self) -> (f32, f32) {
+        match self.act {
+            Some(act) => (0.0, act.max() as f32),
+            None => (f32::NEG_INFINITY, f32::INFINITY),
+        }
+    }
+}
+
+/// γ's and β's addresses in the packed `[γ; β]` (f32, `2C`).
+fn packed_params(s: &CudaStorage, l: &Layout, c: usize, stream: &Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>) -> Result<(u64, u64)> {
+    let wb = ptr(s, l, stream)?;
+    Ok((wb, wb + (c * std::mem::size_of::<f32>()) as u64))
+}
+
+/// The residual form written into the residual (f32: `r ← act(BN(x) + r)`,
+/// BatchNorm's output through a buffer that lives while the call runs).
+impl super::ResidualInPlace for CudnnBatchNorm {
+    fn cuda_into(&self, (rs, rl): (&mut CudaStorage, &Layout), (xs, xl): (&CudaStorage, &Layout), (ws, wl): (&CudaStorage, &Layout)) -> Result<()> {
+        let op = "tfkd-cudnn-batch-norm";
+        let stream = xs.device().cuda_stream();
+        let (c, n) = (crate::cpu::ncs(xl.shape(), op)?.1, xl.shape().elem_count());
+        if !self.residual || rs.dtype() != DType::F32 || rl.shape().elem_count() != n || wl.shape().elem_count() != 2 * c {
+            candle_core::bail!("{op}: a residual of {:?} {:?} and {} packed parameters for {:?}", rl.shape(), rs.dtype(), wl.shape().elem_count(), xl.shape())
+        }
+        let (_y, py) = self.normalise(xs, xl, packed_params(ws, wl, c, &stream)?)?;
+        let Some((start, end)) = rl.contiguous_offsets() else {
+            candle_core::bail!("{op}: the residual must be contiguous")
+        };
+        let pr = rs.as_cuda_slice_mut::<f32>()?.slice_mut(start..end).device_ptr_mut(&stream).0;
+        let (lo, hi) = self.clamp_range();
+        // r ← clamp(r + y); `_y` is freed (in stream order) after the launch.
+        crate::cuda::add_clamp_in_place(xs.device(), pr, py, n, lo, hi)
+    }
+}
+
+impl CustomOp3 for CudnnBatchNorm {
+    fn name(&self) -> &'static str {
+        "tfkd-cudnn-batch-norm"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("tfkd-cudnn-batch-norm: given CPU tensors")
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+        bs: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let stream = xs.device().cuda_stream();
+        let c = crate::cpu::ncs(xl.shape(), self.name())?.1;
+        let n = xl.shape().elem_count();
+        // With a residual, (ws, bs) are (the residual, [γ; β]).
+        let params = if self.residual {
+            if ws.dtype() != DType::F32 || wl.shape().elem_count() != n || bl.shape().elem_count() != 2 * c {
+                candle_core::bail!("tfkd-cudnn-batch-norm: a residual of {:?} and {} packed parameters for {:?}", wl.shape(), bl.shape().elem_count(), xl.shape())
+            }
+            packed_params(bs, bl, c, &stream)?
+        } else {
+            (ptr(ws, wl, &stream)?, ptr(bs, bl, &stream)?)
+        };
+        let (y, py) = self.normalise(xs, xl, params)?;
+        let dev = xs.device();
+        if self.residual {
+            let (lo, hi) = self.clamp_range();
+            crate::cuda::add_clamp_in_place(dev, py, ptr(ws, wl, &stream)?, n, lo, hi)?;
+        } else if let Some(act) = self.act {
+            crate::cuda::clamp_in_place(dev, py, n, act.max() as f32)?;
+        }
         Ok((y, xl.shape().clone()))
     }
 

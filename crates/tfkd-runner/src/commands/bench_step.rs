@@ -65,6 +65,10 @@ struct StepTiming {
     peak_mb: Option<f64>,
     /// On CUDA: of bytes the pool held (PyTorch's `max_memory_reserved`).
     peak_reserved_mb: Option<f64>,
+    /// The activation memory the step's graph keeps for the backward pass,
+    /// parameters excluded (`tfkd_core::graph::kept_by_graph` on the loss;
+    /// PyTorch's side counts its saved tensors): the same on every device.
+    graph_mb: f64,
 }
 
 pub fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
@@ -82,19 +86,20 @@ pub fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
         println!("convolutions: {} ({})", tfkd_core::conv::backend(&device), args.precision);
     }
     println!(
-        "{:<16} {:>6} {:>12} {:>12} {:>10} {:>10}",
-        "model", "batch", "median s", "min s", "img/s", "peak MB"
+        "{:<16} {:>6} {:>12} {:>12} {:>10} {:>10} {:>10}",
+        "model", "batch", "median s", "min s", "img/s", "peak MB", "graph MB"
     );
     for name in args.models {
         let timing = time_model(name, input, &device, args)?;
         println!(
-            "{:<16} {:>6} {:>12.4} {:>12.4} {:>10.1} {:>10}",
+            "{:<16} {:>6} {:>12.4} {:>12.4} {:>10.1} {:>10} {:>10.0}",
             timing.model,
             timing.batch,
             timing.median_s,
             timing.min_s,
             timing.images_per_s,
-            timing.peak_rss_mb.or(timing.peak_mb).map_or("-".into(), |m| format!("{m:.0}"))
+            timing.peak_rss_mb.or(timing.peak_mb).map_or("-".into(), |m| format!("{m:.0}")),
+            timing.graph_mb
         );
         if let Some(path) = args.json {
             use std::io::Write;
@@ -124,10 +129,18 @@ fn time_model(name: &str, input: InputSize, device: &Device, args: &BenchStepArg
     let labels: Vec<u32> = (0..args.batch).map(|_| rng.below(args.classes) as u32).collect();
     let labels = Tensor::from_vec(labels, args.batch, device)?;
 
+    let mut graph = None;
     let mut step = || -> anyhow::Result<f64> {
         let started = Instant::now();
         let logits = model.forward_t(&images, true)?;
         let loss = cross_entropy(&logits, &labels)?;
+        // Counted once, at the first step: a walk over the graph, no device work.
+        graph.get_or_insert_with(|| {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                log_kept_buffers(name, &loss);
+            }
+            tfkd_core::graph::kept_by_graph(&loss)
+        });
         sgd.backward_step(&loss)?;
         let loss = loss.to_scalar::<f32>()?;
         device.synchronize()?;
@@ -142,6 +155,7 @@ fn time_model(name: &str, input: InputSize, device: &Device, args: &BenchStepArg
         step()?;
     }
     let mut times = (0..args.steps).map(|_| step()).collect::<anyhow::Result<Vec<f64>>>()?;
+    let graph = graph.expect("at least one step ran");
     times.sort_by(f64::total_cmp);
     let median_s = if times.len() % 2 == 1 {
         times[times.len() / 2]
@@ -166,7 +180,26 @@ fn time_model(name: &str, input: InputSize, device: &Device, args: &BenchStepArg
         peak_rss_mb: if device.is_cpu() { peak_rss_mb() } else { None },
         peak_mb: peaks.map(|p| p.0),
         peak_reserved_mb: peaks.map(|p| p.1),
+        graph_mb: graph.mib(),
     })
+}
+
+/// `-v`: what the graph keeps, by shape, largest total first.
+fn log_kept_buffers(name: &str, loss: &Tensor) {
+    let mut by_shape: Vec<(Vec<usize>, candle_core::DType, usize, u64)> = Vec::new();
+    for b in tfkd_core::graph::kept_buffers(loss) {
+        match by_shape.iter_mut().find(|(d, t, _, _)| *d == b.dims && *t == b.dtype) {
+            Some(entry) => {
+                entry.2 += 1;
+                entry.3 += b.bytes;
+            }
+            None => by_shape.push((b.dims, b.dtype, 1, b.bytes)),
+        }
+    }
+    by_shape.sort_by_key(|entry| std::cmp::Reverse(entry.3));
+    for (dims, dtype, count, bytes) in by_shape {
+        tracing::debug!("{name}: the graph keeps {count} × {dims:?} {dtype:?} ({:.1} MiB)", bytes as f64 / (1u64 << 20) as f64);
+    }
 }
 
 /// The GPU memory pool's peaks (in use, held) in MB, on CUDA.

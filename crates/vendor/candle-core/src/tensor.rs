@@ -2757,6 +2757,65 @@ impl Tensor {
         m.forward_t(self, train)
     }
 
+    /// (tfkd patch) `c` applied in place to `self`'s buffer, returned as a
+    /// new graph node over that same buffer whose backward pass is `c`'s
+    /// `CustomOp2::bwd(self, rhs, result, grad)`: the graph then keeps one
+    /// buffer where `apply_op2` keeps two.
+    ///
+    /// Returns `Ok(None)`, having changed nothing, unless `self` is not a
+    /// variable, is the only handle on its tensor, and its tensor the only
+    /// one on its buffer: no other tensor can see the change. The caller
+    /// must know that the backward pass of the op that made `self` does not
+    /// read its result, and that `c`'s backward pass does not read `self`'s
+    /// values: both see the changed values.
+    pub fn apply_op2_in_place<C>(&self, rhs: &Self, c: C) -> Result<Option<Self>>
+    where
+        C: 'static + crate::InplaceOp2 + crate::CustomOp2 + Send + Sync,
+    {
+        if !self.held_alone() {
+            return Ok(None);
+        }
+        self.inplace_op2(rhs, &c)?;
+        let c: Arc<Box<dyn crate::CustomOp2 + Send + Sync>> = Arc::new(Box::new(c));
+        let op = BackpropOp::new2(self, rhs, |t1, t2| Op::CustomOp2(t1, t2, c.clone()));
+        Ok(Some(self.in_place_node(op)))
+    }
+
+    /// (tfkd patch) [`Tensor::apply_op2_in_place`] for a ternary op: the
+    /// node's backward pass is `CustomOp3::bwd(self, t2, t3, result, grad)`.
+    pub fn apply_op3_in_place<C>(&self, t2: &Self, t3: &Self, c: C) -> Result<Option<Self>>
+    where
+        C: 'static + crate::InplaceOp3 + crate::CustomOp3 + Send + Sync,
+    {
+        if !self.held_alone() {
+            return Ok(None);
+        }
+        self.inplace_op3(t2, t3, &c)?;
+        let c: Arc<Box<dyn crate::CustomOp3 + Send + Sync>> = Arc::new(Box::new(c));
+        let op = BackpropOp::new3(self, t2, t3, |t1, t2, t3| Op::CustomOp3(t1, t2, t3, c.clone()));
+        Ok(Some(self.in_place_node(op)))
+    }
+
+    /// (tfkd patch) No other handle on this tensor, no other tensor on its
+    /// buffer, and not a variable.
+    fn held_alone(&self) -> bool {
+        !self.is_variable && Arc::strong_count(&self.0) == 1 && Arc::strong_count(&self.storage) == 1
+    }
+
+    /// (tfkd patch) A new node over this tensor's buffer and layout.
+    fn in_place_node(&self, op: BackpropOp) -> Tensor {
+        let tensor_ = Tensor_ {
+            id: TensorId::new(),
+            storage: self.storage.clone(),
+            layout: self.layout.clone(),
+            op,
+            is_variable: false,
+            dtype: self.dtype,
+            device: self.device.clone(),
+        };
+        Tensor(Arc::new(tensor_))
+    }
+
     /// Acquire read lock on storage and returns guard.
     /// `read_recursive` allows for shared read access.
     pub(crate) fn storage(&self) -> StorageRef<'_> {
