@@ -24,12 +24,14 @@
 use std::sync::{Mutex, OnceLock};
 
 mod bias;
+mod concat;
 #[cfg(feature = "cuda")]
 pub mod cudnn;
 mod depthwise;
 mod gemm_cpu;
 mod im2col;
 pub use bias::{add_channel_bias, conv2d_with_bias};
+pub use concat::cat_conv2d;
 use im2col::im2col_rows;
 pub(crate) mod windows;
 
@@ -359,22 +361,26 @@ impl CustomOp2 for FastConv2d {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (p, s, groups) = (self.padding, self.stride, self.groups);
-        let cpu = cpu_fast(x, w);
-        // Only the operands that track gradients get one (the network's
-        // input, the images, does not).
-        let gx = match (x.track_op(), cpu) {
-            (false, _) => None,
-            (true, true) => Some(gemm_cpu::input_grad_op(x, w, grad, p, s, groups)?),
-            (true, false) => Some(input_grad(x, w, grad, p, s, groups)?),
-        };
-        let gw = match (w.track_op(), cpu) {
-            (false, _) => None,
-            (true, true) => Some(gemm_cpu::weight_grad_op(x, w, grad, p, s, groups)?),
-            (true, false) => Some(weight_grad(x, w, grad, p, s, groups)?),
-        };
-        Ok((gx, gw))
+        grads(x, w, grad, self.padding, self.stride, self.groups)
     }
+}
+
+/// The convolution's gradients `(∂L/∂x, ∂L/∂w)` for the upstream gradient
+/// `grad`, each only where its operand tracks gradients (the network's
+/// input, the images, does not): the CPU engine's, or the tensor-op path's.
+fn grads(x: &Tensor, w: &Tensor, grad: &Tensor, p: usize, s: usize, groups: usize) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let cpu = cpu_fast(x, w);
+    let gx = match (x.track_op(), cpu) {
+        (false, _) => None,
+        (true, true) => Some(gemm_cpu::input_grad_op(x, w, grad, p, s, groups)?),
+        (true, false) => Some(input_grad(x, w, grad, p, s, groups)?),
+    };
+    let gw = match (w.track_op(), cpu) {
+        (false, _) => None,
+        (true, true) => Some(gemm_cpu::weight_grad_op(x, w, grad, p, s, groups)?),
+        (true, false) => Some(weight_grad(x, w, grad, p, s, groups)?),
+    };
+    Ok((gx, gw))
 }
 
 /// Pads (positive) or crops (negative) `t` along `dim` by `lo`/`hi`.

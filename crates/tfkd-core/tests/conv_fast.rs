@@ -317,3 +317,53 @@ fn a_channel_slice_is_convolved_without_a_kept_copy() {
         assert_eq!(kept.bytes + half_bytes, kept_ref.bytes, "{dtype:?}: no copy of the slice kept");
     }
 }
+
+/// `cat_conv2d` (DenseNet's `cat([x, conv(h)], 1)` as one op) against the
+/// two ops: the same values and gradients (x, h, w) bit for bit, one
+/// convolution output fewer kept by the graph; and a concatenation that
+/// does not fit is an error naming the shapes.
+#[test]
+fn cat_conv2d_is_the_two_ops_with_one_buffer_less() {
+    use tfkd_core::conv::cat_conv2d;
+    use tfkd_core::graph::kept_by_graph;
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(46);
+    // (x channels, h (N, C, H, W), (C_out, k, padding, stride, groups))
+    let cases = [(6, (2, 5, 8, 8), (3, 3, 1, 1, 1)), (4, (3, 8, 9, 9), (4, 3, 1, 2, 2)), (2, (2, 4, 5, 5), (5, 1, 0, 1, 1))];
+    for dtype in [DType::F32, DType::F64] {
+        for (cx, (n, c, h, w), (co, k, p, s, g)) in cases {
+            let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+            let x = Var::from_tensor(&rng.uniform_tensor((n, cx, ho, wo), -1.0, 1.0, dtype, &dev).unwrap()).unwrap();
+            let hv = Var::from_tensor(&rng.uniform_tensor((n, c, h, w), -1.0, 1.0, dtype, &dev).unwrap()).unwrap();
+            let wv = Var::from_tensor(&rng.uniform_tensor((co, c / g, k, k), -1.0, 1.0, dtype, &dev).unwrap()).unwrap();
+            let r = rng.uniform_tensor((n, cx + co, ho, wo), -1.0, 1.0, dtype, &dev).unwrap();
+            let run = |fused: bool| {
+                // Through tracked nodes, as inside a network.
+                let (x_in, h_in) = ((x.as_tensor() * 1.0).unwrap(), (hv.as_tensor() * 1.0).unwrap());
+                let y = if fused {
+                    cat_conv2d(&x_in, &h_in, &wv, p, s, g).unwrap()
+                } else {
+                    Tensor::cat(&[&x_in, &conv2d(&h_in, &wv, p, s, g).unwrap()], 1).unwrap()
+                };
+                let loss = (&y * &r).unwrap().sum_all().unwrap();
+                let kept = kept_by_graph(&loss).bytes;
+                let grads = loss.backward().unwrap();
+                let flat = |t: &Tensor| t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+                (flat(&y), [&x, &hv, &wv].map(|v| flat(grads.get(v).unwrap())), kept)
+            };
+            let (got, want) = (run(true), run(false));
+            let case = format!("{dtype:?} x {cx} h {:?} k {k} p {p} s {s} g {g}", (n, c, h, w));
+            assert_eq!(got.0, want.0, "{case}: forward");
+            for (i, name) in ["dx", "dh", "dw"].iter().enumerate() {
+                assert_eq!(got.1[i], want.1[i], "{case}: {name}");
+            }
+            let y_bytes = (n * co * ho * wo * dtype.size_in_bytes()) as u64;
+            assert_eq!(got.2 + y_bytes, want.2, "{case}: the convolution's output is not kept");
+        }
+    }
+    let x = Tensor::zeros((2, 3, 4, 4), DType::F32, &dev).unwrap();
+    let h = Var::zeros((2, 3, 5, 5), DType::F32, &dev).unwrap();
+    let w = Var::zeros((2, 3, 3, 3), DType::F32, &dev).unwrap();
+    let err = cat_conv2d(&x, &h, &w, 1, 1, 1).unwrap_err().to_string();
+    assert!(err.contains("[2, 3, 4, 4]") && err.contains("(2, 2, 5, 5)"), "{err}");
+}

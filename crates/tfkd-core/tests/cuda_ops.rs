@@ -371,6 +371,30 @@ mod on_gpu {
         }
     }
 
+    /// DenseNet's `cat([x, conv(h)], 1)` as one op (`cat_conv2d`, cuDNN):
+    /// output and the three gradients against the CPU.
+    #[test]
+    fn the_concatenated_conv_matches_the_cpu() {
+        let Some(dev) = gpu() else { return };
+        let mut rng = SeededRng::new(19);
+        let (x, h, w) = (random(&mut rng, &[4, 6, 8, 8]), random(&mut rng, &[4, 5, 8, 8]), random(&mut rng, &[3, 5, 3, 3]));
+        let run = |d: &Device| {
+            let vars: Vec<Var> = [&x, &h, &w].iter().map(|t| Var::from_tensor(&t.to_device(d).unwrap()).unwrap()).collect();
+            let (x_in, h_in) = ((vars[0].as_tensor() * 1.0).unwrap(), (vars[1].as_tensor() * 1.0).unwrap());
+            let out = tfkd_core::conv::cat_conv2d(&x_in, &h_in, &vars[2], 1, 1, 1).unwrap();
+            let r = Tensor::ones(out.dims(), DType::F32, d).unwrap().cumsum(3).unwrap();
+            let grads = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut all = vec![out.to_device(&Device::Cpu).unwrap()];
+            all.extend(vars.iter().map(|v| grads.get(v).unwrap().to_device(&Device::Cpu).unwrap()));
+            all
+        };
+        let (cpu, gpu_) = (run(&Device::Cpu), run(&dev));
+        check("concatenated conv forward", &gpu_[0], &cpu[0], VALUE_TOL);
+        for (i, name) in ["dx", "dh", "dw"].iter().enumerate() {
+            check(&format!("concatenated conv {name}"), &gpu_[i + 1], &cpu[i + 1], GRAD_TOL);
+        }
+    }
+
     /// SGD's in-place GPU update against the CPU's candle ops, over steps
     /// that create, update and (Nesterov) use the momentum buffer, and a
     /// checkpointed buffer restored mid-way.

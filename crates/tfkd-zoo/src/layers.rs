@@ -105,6 +105,20 @@ impl Module for Conv2d {
     }
 }
 
+impl Conv2d {
+    /// `cat([prev, self(xs)], 1)`: DenseNet's concatenation of a layer's
+    /// new features after its input. Without a bias, one op
+    /// ([`tfkd_core::conv::cat_conv2d`]) whose graph does not keep the new
+    /// features on their own, as PyTorch's does not.
+    pub fn forward_after(&self, prev: &Tensor, xs: &Tensor) -> Result<Tensor> {
+        if self.bias.is_some() {
+            return Tensor::cat(&[prev, &self.forward(xs)?], 1);
+        }
+        let weight = in_dtype_of(&self.weight, xs)?;
+        Ok(tfkd_core::conv::cat_conv2d(prev, xs, &weight, self.padding, self.stride, self.groups)?)
+    }
+}
+
 /// `param` in `input`'s dtype: itself, or a cast whose gradient flows back
 /// to it in its own dtype. With `precision = "bf16"` the activations are
 /// bf16 and the parameters (the master weights) f32: every convolution and

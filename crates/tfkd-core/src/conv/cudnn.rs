@@ -86,26 +86,32 @@ impl CustomOp2 for CudnnConv2d {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let geometry = Geometry {
-            x: x.dims4()?.into(),
-            w: w.dims4()?.into(),
-            padding: self.padding,
-            stride: self.stride,
-            groups: self.groups,
-        };
-        let grad = grad.contiguous()?;
-        let gx = if x.track_op() {
-            Some(w.apply_op2_no_bwd(&grad, &CudnnConvBackwardData { geometry })?)
-        } else {
-            None
-        };
-        let gw = if w.track_op() {
-            Some(x.apply_op2_no_bwd(&grad, &CudnnConvBackwardFilter { geometry })?)
-        } else {
-            None
-        };
-        Ok((gx, gw))
+        grads(x, w, grad, self.padding, self.stride, self.groups)
     }
+}
+
+/// The convolution's gradients `(∂L/∂x, ∂L/∂w)` through cuDNN, each only
+/// where its operand tracks gradients.
+pub(super) fn grads(x: &Tensor, w: &Tensor, grad: &Tensor, padding: usize, stride: usize, groups: usize) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let geometry = Geometry {
+        x: x.dims4()?.into(),
+        w: w.dims4()?.into(),
+        padding,
+        stride,
+        groups,
+    };
+    let grad = grad.contiguous()?;
+    let gx = if x.track_op() {
+        Some(w.apply_op2_no_bwd(&grad, &CudnnConvBackwardData { geometry })?)
+    } else {
+        None
+    };
+    let gw = if w.track_op() {
+        Some(x.apply_op2_no_bwd(&grad, &CudnnConvBackwardFilter { geometry })?)
+    } else {
+        None
+    };
+    Ok((gx, gw))
 }
 
 impl CustomOp2 for CudnnConvBackwardData {
@@ -140,7 +146,7 @@ impl CustomOp2 for CudnnConvBackwardFilter {
 
 /// Runs one pass on operands `(a, b)`: `(x, w)` forward, `(w, ∂y)` for
 /// `∂x`, `(x, ∂y)` for `∂w`. Returns the pass's output.
-fn run(pass: Pass, g: Geometry, a: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout)) -> Result<CudaStorage> {
+pub(super) fn run(pass: Pass, g: Geometry, a: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout)) -> Result<CudaStorage> {
     // A strided operand (the input as the graph keeps it) is read from a
     // contiguous copy that lives while this pass runs.
     let (a_packed, b_packed) = (super::contiguous_copy(a.0, a.1)?, super::contiguous_copy(b.0, b.1)?);

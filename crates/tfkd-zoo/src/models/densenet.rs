@@ -169,8 +169,7 @@ impl crate::Model for DenseNet {
                         let y = bn_act(&l.bn1, &x, train, Activation::Relu)?;
                         let y = l.conv1.forward(&y)?;
                         let y = bn_act(&l.bn2, &y, train, Activation::Relu)?;
-                        let y = l.conv2.forward(&y)?;
-                        x = Tensor::cat(&[&x, &y], 1)?;
+                        x = l.conv2.forward_after(&x, &y)?;
                     }
                 }
                 Stage::Transition(bn, conv) => {
