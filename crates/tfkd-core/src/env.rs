@@ -76,3 +76,12 @@ pub const DEPTHWISE: &str = "TFKD_DEPTHWISE";
 
 /// The value of [`DEPTHWISE`] that hands depthwise convolutions to cuDNN.
 pub const DEPTHWISE_CUDNN: &str = "cudnn";
+
+/// `TFKD_KEEP_GRAPH`: `1` makes the optimizers' `backward_step` (and the
+/// data-parallel step) keep every activation until the step's graph is
+/// dropped, as candle's plain `backward` does. Unset, or any other value:
+/// the backward pass hands each activation back once no later step of it
+/// reads the activation ([`crate::optim::backward`]), as PyTorch frees saved
+/// tensors during its backward pass. The same gradients either way; read
+/// once per process.
+pub const KEEP_GRAPH: &str = "TFKD_KEEP_GRAPH";

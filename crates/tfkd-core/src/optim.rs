@@ -25,6 +25,22 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use std::collections::HashMap;
 
+
+/// The gradients of `loss` for a training step: candle's backward pass,
+/// handing each activation's buffer back as soon as no later step of the
+/// pass reads it and nothing outside the graph holds it (candle-core patch
+/// 5, `Tensor::backward_releasing`), as PyTorch frees its saved tensors
+/// during the backward pass. The peak memory of a step then no longer holds
+/// every activation together with the largest gradients. The gradients are
+/// the same as `loss.backward()`'s; the graph cannot be differentiated a
+/// second time (an error says so). `TFKD_KEEP_GRAPH=1`
+/// ([`crate::env::KEEP_GRAPH`]) keeps the whole graph instead.
+pub fn backward(loss: &Tensor) -> Result<GradStore> {
+    static KEEP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let keep = *KEEP.get_or_init(|| std::env::var(crate::env::KEEP_GRAPH).is_ok_and(|v| v == "1"));
+    Ok(if keep { loss.backward()? } else { loss.backward_releasing()? })
+}
+
 /// Hyper-parameters of [`Sgd`]; the defaults are the paper's CIFAR recipe.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -174,7 +190,7 @@ impl Sgd {
 
     /// Back-propagates `loss` and takes one step.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
-        let grads = loss.backward()?;
+        let grads = backward(loss)?;
         self.step(&grads)
     }
 
@@ -355,7 +371,7 @@ impl Adam {
 
     /// Back-propagates `loss` and takes one step.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
-        let grads = loss.backward()?;
+        let grads = backward(loss)?;
         self.step(&grads)
     }
 

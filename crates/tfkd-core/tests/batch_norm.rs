@@ -414,3 +414,63 @@ fn batch_norm_into_the_residual_is_the_residual_form_with_one_buffer_less() {
         }
     }
 }
+
+/// The training step's backward pass that hands activations back as it goes
+/// (`tfkd_core::optim::backward`, candle-core patch 5) against candle's
+/// plain one, on a small network of the zoo's ops (a biased conv, BatchNorm
+/// with ReLU, a projection shortcut written in place, a concatenation,
+/// pooling): the same gradients bit for bit; the tensors the caller kept
+/// (the loss, the logits) unchanged; and the graph refuses a second
+/// backward pass with an error instead of reading released buffers.
+#[test]
+fn the_releasing_backward_pass_gives_the_same_gradients_once() {
+    use tfkd_core::activation::Activation;
+    use tfkd_core::conv::{cat_conv2d, conv2d, conv2d_with_bias};
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(35);
+    let x = rng.normal_tensor((4, 3, 8, 8), 0.0, 1.0, DType::F32, &dev).unwrap();
+    let r = rng.uniform_tensor((4, 10), -1.0, 1.0, DType::F32, &dev).unwrap();
+    let run = |releasing: bool| {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let mut rng = SeededRng::new(36);
+        let mut param = |name: &str, shape: &[usize]| {
+            let t = rng.normal_tensor(shape, 0.0, 0.3, DType::F32, &dev).unwrap();
+            vm.data().lock().unwrap().insert(name.to_string(), Var::from_tensor(&t).unwrap());
+            vm.data().lock().unwrap()[name].as_tensor().clone()
+        };
+        let (w1, b1, w2, ws, w3) = (param("w1", &[6, 3, 3, 3]), param("b1", &[6]), param("w2", &[6, 6, 3, 3]), param("ws", &[6, 6, 1, 1]), param("w3", &[4, 6, 3, 3]));
+        let fc = param("fc", &[10, 10]);
+        let (bn1, bn2, bns) = (
+            BatchNorm::new(6, 1e-5, 0.1, vb.pp("bn1")).unwrap(),
+            BatchNorm::new(6, 1e-5, 0.1, vb.pp("bn2")).unwrap(),
+            BatchNorm::new(6, 1e-5, 0.1, vb.pp("bns")).unwrap(),
+        );
+        let h = conv2d_with_bias(&x, &w1, &b1, 1, 1, 1).unwrap();
+        let h = bn1.forward_act_t(&h, true, Some(Activation::Relu)).unwrap();
+        let short = bns.forward_t(&conv2d(&h, &ws, 0, 2, 1).unwrap(), true).unwrap();
+        let main = conv2d(&h, &w2, 1, 2, 1).unwrap();
+        let h = bn2.forward_into_residual_act_t(&main, short, true, Some(Activation::Relu)).unwrap();
+        let h = cat_conv2d(&h, &h, &w3, 1, 1, 1).unwrap(); // (4, 10, 4, 4)
+        let logits = h.mean((2, 3)).unwrap().matmul(&fc.t().unwrap()).unwrap();
+        let loss = (&logits * &r).unwrap().sum_all().unwrap();
+        let grads = if releasing { tfkd_core::optim::backward(&loss).unwrap() } else { loss.backward().unwrap() };
+        let mut names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
+        names.sort();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let got: Vec<(String, Vec<f32>)> = names
+            .iter()
+            // The running statistics are variables without a gradient.
+            .filter_map(|n| grads.get(vm.data().lock().unwrap()[n].as_tensor()).map(|g| (n.clone(), flat(g))))
+            .collect();
+        assert_eq!(got.len(), 12, "every parameter has a gradient: {names:?}");
+        let again = loss.backward().map(|_| ()).map_err(|e| e.to_string());
+        (got, flat(&logits), loss.to_scalar::<f32>().unwrap(), again)
+    };
+    let (kept, releasing) = (run(false), run(true));
+    assert_eq!(releasing.0, kept.0, "the gradients");
+    assert_eq!((releasing.1.clone(), releasing.2), (kept.1.clone(), kept.2), "the logits and the loss the caller kept");
+    assert!(kept.3.is_ok(), "a kept graph can be differentiated again");
+    let err = releasing.3.expect_err("a released graph refuses a second backward pass");
+    assert!(err.contains("released"), "{err}");
+}

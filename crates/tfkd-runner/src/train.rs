@@ -829,7 +829,7 @@ impl EpochStep<'_> {
                 // The global batch's gradient: every replica's, weighted by
                 // its share, summed; the stop flag rides along, so that all
                 // replicas stop after the same step.
-                let mut grads = terms.total.backward()?;
+                let mut grads = tfkd_core::optim::backward(&terms.total)?;
                 let flag = f32::from(u8::from(stop_requested().is_some()));
                 let weight = n as f64 / global as f64;
                 let sums = all_reduce_gradients(&mut grads, &replica.params, weight, &[flag], collective)?;

@@ -27,19 +27,90 @@ thread_local! {
     }
 }
 
+/// (tfkd patch) The bookkeeping of [`Tensor::backward_releasing`]: the
+/// graph's nodes grouped by the buffer they share, how many of each group
+/// still await their backward step, and the handles the graph holds on
+/// each node.
+struct Releaser<'a> {
+    /// Buffer key -> (the nodes on it, how many have not had their step).
+    groups: HashMap<usize, (Vec<&'a Tensor>, usize)>,
+    refs: HashMap<TensorId, usize>,
+}
+
+impl<'a> Releaser<'a> {
+    fn new(nodes: &[&'a Tensor], refs: HashMap<TensorId, usize>) -> Self {
+        let mut groups: HashMap<usize, (Vec<&'a Tensor>, usize)> = HashMap::new();
+        for node in nodes {
+            let group = groups.entry(node.storage_key()).or_default();
+            group.0.push(node);
+            group.1 += 1;
+        }
+        Self { groups, refs }
+    }
+
+    /// `node` has had its backward step: if its group is complete and
+    /// nothing outside the graph holds it, hand its buffer back.
+    fn done(&mut self, node: &Tensor) -> Result<()> {
+        let key = node.storage_key();
+        let Some(group) = self.groups.get_mut(&key) else {
+            return Ok(());
+        };
+        group.1 -= 1;
+        if group.1 > 0 {
+            return Ok(());
+        }
+        let (members, _) = self.groups.remove(&key).expect("the group is there");
+        let graph_only = members.iter().all(|m| {
+            !m.is_variable() && m.handle_count() == self.refs.get(&m.id()).copied().unwrap_or(0)
+        });
+        if !graph_only || members[0].storage_handle_count() != members.len() {
+            return Ok(());
+        }
+        // One element stands for the buffer: `was_released` tells it from
+        // the buffer the layout needs.
+        let shape = crate::Shape::from(1usize);
+        // SAFETY: never read (`was_released` refuses the graph).
+        let placeholder = unsafe { members[0].device().alloc_uninit(&shape, members[0].dtype())? };
+        *members[0].storage_mut() = placeholder;
+        Ok(())
+    }
+}
+
+impl Tensor {
+    /// (tfkd patch) Whether `backward_releasing` handed this node's buffer
+    /// back: the buffer holds fewer elements than the layout reaches.
+    fn was_released(&self) -> bool {
+        if self.elem_count() == 0 {
+            return false;
+        }
+        let layout = self.layout();
+        let farthest: usize = layout.dims().iter().zip(layout.stride()).map(|(&d, &s)| d.saturating_sub(1) * s).sum();
+        self.storage().buffer_elements() < layout.start_offset() + farthest + 1
+    }
+}
+
 impl Tensor {
     /// Return all the nodes that lead to this value in a topologically sorted vec, the first
     /// elements having dependencies on the latter ones, e.g. the first element if any is the
     /// argument.
     /// This assumes that the op graph is a DAG.
     pub fn sorted_nodes(&self) -> Vec<&Tensor> {
+        self.sorted_nodes_and_references().0
+    }
+
+    /// (tfkd patch) [`Tensor::sorted_nodes`], and for each node how many
+    /// operands of the walked ops are that node (the root's own count is
+    /// 0): the handles on a node that the graph itself holds.
+    fn sorted_nodes_and_references(&self) -> (Vec<&Tensor>, HashMap<TensorId, usize>) {
         // The vec of sorted nodes is passed as an owned value rather than a mutable reference
         // to get around some lifetime limitations.
         fn walk<'a>(
             node: &'a Tensor,
             nodes: Vec<&'a Tensor>,
             already_seen: &mut HashMap<TensorId, bool>,
+            refs: &mut HashMap<TensorId, usize>,
         ) -> (bool, Vec<&'a Tensor>) {
+            *refs.entry(node.id()).or_insert(0) += 1;
             if let Some(&tg) = already_seen.get(&node.id()) {
                 return (tg, nodes);
             }
@@ -57,11 +128,11 @@ impl Tensor {
                     | Op::ScatterAdd(t1, t2, t3, _)
                     | Op::CustomOp3(t1, t2, t3, _)
                     | Op::WhereCond(t1, t2, t3) => {
-                        let (tg, nodes) = walk(t1, nodes, already_seen);
+                        let (tg, nodes) = walk(t1, nodes, already_seen, refs);
                         track_grad |= tg;
-                        let (tg, nodes) = walk(t2, nodes, already_seen);
+                        let (tg, nodes) = walk(t2, nodes, already_seen, refs);
                         track_grad |= tg;
-                        let (tg, nodes) = walk(t3, nodes, already_seen);
+                        let (tg, nodes) = walk(t3, nodes, already_seen, refs);
                         track_grad |= tg;
                         nodes
                     }
@@ -91,14 +162,14 @@ impl Tensor {
                     | Op::IndexSelect(lhs, rhs, _)
                     | Op::Matmul(lhs, rhs)
                     | Op::SliceScatter0(lhs, rhs, _) => {
-                        let (tg, nodes) = walk(lhs, nodes, already_seen);
+                        let (tg, nodes) = walk(lhs, nodes, already_seen, refs);
                         track_grad |= tg;
-                        let (tg, nodes) = walk(rhs, nodes, already_seen);
+                        let (tg, nodes) = walk(rhs, nodes, already_seen, refs);
                         track_grad |= tg;
                         nodes
                     }
                     Op::Cat(args, _) => args.iter().fold(nodes, |nodes, arg| {
-                        let (tg, nodes) = walk(arg, nodes, already_seen);
+                        let (tg, nodes) = walk(arg, nodes, already_seen, refs);
                         track_grad |= tg;
                         nodes
                     }),
@@ -106,7 +177,7 @@ impl Tensor {
                         if *mul == 0. {
                             nodes
                         } else {
-                            let (tg, nodes) = walk(arg, nodes, already_seen);
+                            let (tg, nodes) = walk(arg, nodes, already_seen, refs);
                             track_grad |= tg;
                             nodes
                         }
@@ -133,13 +204,13 @@ impl Tensor {
                     | Op::Elu(node, _)
                     | Op::Powf(node, _)
                     | Op::CustomOp1(node, _) => {
-                        let (tg, nodes) = walk(node, nodes, already_seen);
+                        let (tg, nodes) = walk(node, nodes, already_seen, refs);
                         track_grad |= tg;
                         nodes
                     }
                     Op::ToDType(node) => {
                         if node.dtype().is_float() {
-                            let (tg, nodes) = walk(node, nodes, already_seen);
+                            let (tg, nodes) = walk(node, nodes, already_seen, refs);
                             track_grad |= tg;
                             nodes
                         } else {
@@ -157,19 +228,67 @@ impl Tensor {
             }
             (track_grad, nodes)
         }
-        let (_tg, mut nodes) = walk(self, vec![], &mut HashMap::new());
+        let mut refs = HashMap::new();
+        let (_tg, mut nodes) = walk(self, vec![], &mut HashMap::new(), &mut refs);
         nodes.reverse();
-        nodes
+        // The walk's first call is not an operand.
+        if let Some(r) = refs.get_mut(&self.id()) {
+            *r -= 1;
+        }
+        (nodes, refs)
     }
 
     pub fn backward(&self) -> Result<GradStore> {
-        let sorted_nodes = self.sorted_nodes();
+        self.backward_impl(false)
+    }
+
+    /// (tfkd patch) [`Tensor::backward`] that hands back, as it goes, the
+    /// buffers of the graph's nodes that no later step of this backward
+    /// pass reads, as PyTorch frees saved tensors during its backward pass:
+    /// the activations then leave memory as the gradients that replace
+    /// them arrive, instead of all staying until the graph is dropped.
+    ///
+    /// A node's buffer is handed back once the node and every node sharing
+    /// its buffer (views, in-place nodes) have had their backward step
+    /// (their consumers, whose steps read them, come before them), and
+    /// only if nothing outside the graph holds any of them: the root, a
+    /// tensor the caller kept (the logits, say) and the variables are never
+    /// touched. The graph can then not be differentiated again: a later
+    /// `backward` of it returns an error naming a released node.
+    pub fn backward_releasing(&self) -> Result<GradStore> {
+        self.backward_impl(true)
+    }
+
+    fn backward_impl(&self, release: bool) -> Result<GradStore> {
+        let (sorted_nodes, refs) = self.sorted_nodes_and_references();
+        if let Some(node) = sorted_nodes.iter().find(|n| n.was_released()) {
+            crate::bail!(
+                "backward: a node of this graph ({:?} {:?}) was released by an earlier backward_releasing; a graph is differentiated once",
+                node.shape(),
+                node.dtype()
+            )
+        }
+        let mut releaser = if release { Some(Releaser::new(&sorted_nodes, refs)) } else { None };
         let mut grads = GradStore::new();
         grads.insert(self, self.ones_like()?.contiguous()?);
         for node in sorted_nodes.iter() {
             if node.is_variable() {
                 continue;
             }
+            Self::backward_step(node, &mut grads)?;
+            if let Some(r) = releaser.as_mut() {
+                r.done(node)?;
+            }
+        }
+        Ok(grads)
+    }
+
+    /// (tfkd patch) One node's step of the backward pass: its gradient,
+    /// taken from `grads`, sent to its operands.
+    fn backward_step(node: &Tensor, grads: &mut GradStore) -> Result<()> {
+        // As the loop over `&&Tensor` had it, for the formulas below.
+        let node = &node;
+        {
             let grad = grads
                 .remove(node)
                 .expect("candle internal error - grad not populated");
@@ -682,7 +801,7 @@ impl Tensor {
                 };
             }
         }
-        Ok(grads)
+        Ok(())
     }
 }
 

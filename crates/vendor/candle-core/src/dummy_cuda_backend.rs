@@ -315,3 +315,10 @@ pub fn gemm_reduced_precision_f32() -> bool {
 /// This bool controls whether reduced precision reductions (e.g., with tf32 accumulation type) are
 /// allowed with f32 GEMMs.
 pub fn set_gemm_reduced_precision_f32(_b: bool) {}
+
+/// (tfkd patch) No buffer without the backend.
+impl CudaStorage {
+    pub(crate) fn buffer_elements(&self) -> usize {
+        0
+    }
+}

@@ -278,3 +278,10 @@ impl crate::backend::BackendDevice for MetalDevice {
         Ok(())
     }
 }
+
+/// (tfkd patch) No buffer without the backend.
+impl MetalStorage {
+    pub(crate) fn buffer_elements(&self) -> usize {
+        0
+    }
+}

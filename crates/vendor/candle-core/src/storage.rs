@@ -19,6 +19,15 @@ pub type StorageRef<'a> = RwLockReadGuard<'a, Storage>;
 pub type StorageMutRef<'a> = RwLockWriteGuard<'a, Storage>;
 
 impl Storage {
+    /// (tfkd patch) The number of elements the buffer holds.
+    pub(crate) fn buffer_elements(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.buffer_elements(),
+            Storage::Cuda(s) => s.buffer_elements(),
+            Storage::Metal(s) => s.buffer_elements(),
+        }
+    }
+
     pub fn try_clone(&self, layout: &Layout) -> Result<Self> {
         match self {
             Self::Cpu(storage) => Ok(Self::Cpu(storage.clone())),

@@ -2799,7 +2799,17 @@ impl Tensor {
     /// (tfkd patch) No other handle on this tensor, no other tensor on its
     /// buffer, and not a variable.
     fn held_alone(&self) -> bool {
-        !self.is_variable && Arc::strong_count(&self.0) == 1 && Arc::strong_count(&self.storage) == 1
+        !self.is_variable && self.handle_count() == 1 && self.storage_handle_count() == 1
+    }
+
+    /// (tfkd patch) How many handles there are on this tensor.
+    pub(crate) fn handle_count(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
+    /// (tfkd patch) How many tensors share this tensor's buffer.
+    pub(crate) fn storage_handle_count(&self) -> usize {
+        Arc::strong_count(&self.storage)
     }
 
     /// (tfkd patch) A new node over this tensor's buffer and layout.

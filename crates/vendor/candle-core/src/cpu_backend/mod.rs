@@ -1778,6 +1778,24 @@ fn elu<T: num_traits::Float>(v: T, alpha: T) -> T {
     }
 }
 
+/// (tfkd patch) The number of elements the buffer holds.
+impl CpuStorage {
+    pub(crate) fn buffer_elements(&self) -> usize {
+        match self {
+            Self::U8(v) | Self::F6E2M3(v) | Self::F6E3M2(v) | Self::F4(v) | Self::F8E8M0(v) => v.len(),
+            Self::U32(v) => v.len(),
+            Self::I16(v) => v.len(),
+            Self::I32(v) => v.len(),
+            Self::I64(v) => v.len(),
+            Self::BF16(v) => v.len(),
+            Self::F16(v) => v.len(),
+            Self::F32(v) => v.len(),
+            Self::F64(v) => v.len(),
+            Self::F8E4M3(v) => v.len(),
+        }
+    }
+}
+
 impl CpuStorage {
     pub fn as_slice<D: WithDType>(&self) -> Result<&[D]> {
         D::cpu_storage_as_slice(self)

@@ -1253,6 +1253,28 @@ pub struct CudaStorage {
     pub device: CudaDevice,
 }
 
+/// (tfkd patch) The number of elements the buffer holds.
+impl CudaStorage {
+    pub(crate) fn buffer_elements(&self) -> usize {
+        match &self.slice {
+            CudaStorageSlice::U8(v)
+            | CudaStorageSlice::F6E2M3(v)
+            | CudaStorageSlice::F6E3M2(v)
+            | CudaStorageSlice::F4(v)
+            | CudaStorageSlice::F8E8M0(v) => v.len(),
+            CudaStorageSlice::U32(v) => v.len(),
+            CudaStorageSlice::I16(v) => v.len(),
+            CudaStorageSlice::I32(v) => v.len(),
+            CudaStorageSlice::I64(v) => v.len(),
+            CudaStorageSlice::BF16(v) => v.len(),
+            CudaStorageSlice::F16(v) => v.len(),
+            CudaStorageSlice::F32(v) => v.len(),
+            CudaStorageSlice::F64(v) => v.len(),
+            CudaStorageSlice::F8E4M3(v) => v.len(),
+        }
+    }
+}
+
 pub trait CudaDType: Sized {
     fn as_cuda_slice(s: &CudaStorage) -> Result<&CudaSlice<Self>>;
     fn as_cuda_slice_mut(s: &mut CudaStorage) -> Result<&mut CudaSlice<Self>>;

@@ -1903,6 +1903,13 @@ impl BackendStorage for MetalStorage {
     }
 }
 
+/// (tfkd patch) The number of elements the buffer holds.
+impl MetalStorage {
+    pub(crate) fn buffer_elements(&self) -> usize {
+        self.count
+    }
+}
+
 impl MetalStorage {
     pub fn new(buffer: Arc<Buffer>, device: MetalDevice, count: usize, dtype: DType) -> Self {
         Self {
