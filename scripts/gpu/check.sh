@@ -19,7 +19,9 @@
 # kernels: which default is faster), F32_MODELS with `--precision f32` (no TF32), BF16_MODELS (default: MODELS)
 # with `--precision bf16` (the ratio table's bf16 column, ratio-bf16.md),
 # BF16_CONFIGS (default: base) trains in bf16 too, CANDLE_CONV_MODELS under
-# TFKD_CONV=candle (candle's own convolutions).
+# TFKD_CONV=candle (candle's own convolutions), KEEP_GRAPH_MODELS (default:
+# resnet18 mobilenet_v2) with TFKD_KEEP_GRAPH=1 (every activation kept until
+# the step ends: the peak without the releasing backward pass).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 cd "${GPU_DIR:-.gpu}"
@@ -99,6 +101,12 @@ for m in ${NOCUDNN_MODELS:-resnet18}; do
 done
 for m in ${DEPTHWISE_CUDNN_MODELS:-mobilenet_v2 shufflenet_v2}; do
   TFKD_DEPTHWISE=cudnn timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --warmup 3 --steps 10 --json $OUT/tfkd-cuda-depthwise-cudnn.jsonl 2>&1 | tail -2
+done
+# The whole graph kept through the backward pass (candle's plain backward),
+# against the default that hands activations back as it goes: the peak's
+# before/after on the same machine (compare peak_mb with tfkd-cuda.jsonl).
+for m in ${KEEP_GRAPH_MODELS:-resnet18 mobilenet_v2}; do
+  TFKD_KEEP_GRAPH=1 timeout 150 ./run-cuda.sh ./tfkd bench-step --models $m --batch 128 --device cuda --warmup 3 --steps 10 --json $OUT/tfkd-cuda-keep-graph.jsonl 2>&1 | tail -2
 done
 echo "== CUDA ops vs CPU, TFKD_CUDNN=0"; date
 TFKD_CUDNN=0 timeout 240 ./run-cuda.sh ./cuda_ops --test-threads=1 --nocapture > $OUT/cuda-ops-no-cudnn.txt 2>&1; echo "exit $?" >> $OUT/cuda-ops-no-cudnn.txt
