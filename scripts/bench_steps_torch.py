@@ -11,7 +11,7 @@ The architectures are the PyTorch references of `scripts/gen_zoo_fixtures.py`
 Usage:
     python scripts/bench_steps_torch.py [--models cnn,resnet18] [--batch 128]
         [--device cpu|cuda] [--threads 2] [--steps 5] [--warmup 2]
-        [--json torch.jsonl] [--compare tfkd.jsonl] [--markdown]
+        [--json torch.jsonl] [--compare tfkd.jsonl] [--markdown] [--shapes]
     python scripts/bench_steps_torch.py --rounds DIR [--markdown]
 
 `--compare FILE` reads the JSON lines written by `tfkd bench-step --json FILE`
@@ -46,13 +46,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gen_zoo_fixtures import FULL  # noqa: E402
 
 
-def saved_mb(model, images, labels):
+def saved_mb(model, images, labels, shapes=None):
     """MiB of the distinct buffers autograd saves for the backward pass of one
     forward + loss, parameters, buffers and the input batch excluded: what
     `tfkd bench-step` reports as graph MB (tfkd_core::graph::kept_by_graph),
-    the activation memory of a step, the same on every device."""
+    the activation memory of a step, the same on every device.
+
+    With `shapes` (a model name), also prints the saved buffers by shape,
+    largest total first, as `tfkd -v bench-step` logs its own: the two lists
+    side by side say which tensor one framework keeps and the other not."""
     own = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers()) + [images]}
     sizes = {}
+    described = {}
 
     def pack(t):
         # Every dtype: max pooling's int64 indices and dropout's masks are
@@ -61,11 +66,23 @@ def saved_mb(model, images, labels):
         ptr = storage.data_ptr()
         if ptr not in own and storage.nbytes() > 0:
             sizes[ptr] = max(sizes.get(ptr, 0), storage.nbytes())
+            if t.numel() * t.element_size() == storage.nbytes():
+                described[ptr] = (tuple(t.shape), str(t.dtype).replace("torch.", ""))
+            else:
+                described.setdefault(ptr, (("storage",), str(t.dtype).replace("torch.", "")))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = F.cross_entropy(model(images), labels)
     del loss
+    if shapes:
+        by_shape = {}
+        for ptr, nbytes in sizes.items():
+            key = described.get(ptr, (("storage",), "?"))
+            count, total = by_shape.get(key, (0, 0))
+            by_shape[key] = (count + 1, total + nbytes)
+        for (dims, dtype), (count, total) in sorted(by_shape.items(), key=lambda kv: -kv[1][1]):
+            print("%s: autograd keeps %d x %s %s (%.1f MiB)" % (shapes, count, list(dims), dtype, total / 2**20))
     return sum(sizes.values()) / 2**20
 
 
@@ -76,7 +93,7 @@ def time_model(name, args, device):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     images = torch.randn(args.batch, 3, args.side, args.side, device=device)
     labels = torch.randint(0, args.classes, (args.batch,), device=device)
-    graph = saved_mb(model, images, labels)
+    graph = saved_mb(model, images, labels, shapes=name if args.shapes else None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -209,6 +226,7 @@ def main():
     p.add_argument("--compare", help="tfkd bench-step JSON lines to compare with")
     p.add_argument("--torch-json", help="compare this file of earlier PyTorch results instead of timing")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--shapes", action="store_true", help="print what autograd keeps, by shape (tfkd: `tfkd -v bench-step`)")
     p.add_argument("--rounds", help="folder of interleaved rounds (torch*.jsonl, tfkd*.jsonl) to summarise")
     p.add_argument("--rust", metavar="MEASURED_ON", help="with --torch-json and --compare: print the CUDA_MEASURED rows of the zoo's registry instead of the table (MEASURED_ON: the GPU and date)")
     args = p.parse_args()

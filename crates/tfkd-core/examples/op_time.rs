@@ -136,6 +136,50 @@ fn main() -> anyhow::Result<()> {
         let t_fwd = time(5, || ours.forward_t(&x.as_detached_tensor(), true).map(drop))?;
         println!("{name:<44} {t_candle:>12.2} {t_ours:>12.2} {:>7.1}x {t_fwd:>12.2}", t_candle / t_ours);
     }
+    // BatchNorm with its tail, as the zoo's blocks run it: `relu(BN(x))`
+    // (`forward_act_t`) and `relu(BN(x) + r)` written into a residual the
+    // caller gives up (`forward_into_residual_act_t`; both columns copy the
+    // residual first, so that each run has one to give). candle: its
+    // BatchNorm, then the add and the ReLU as ops of their own.
+    let tails: &[(&str, usize, usize, usize, bool)] = &[
+        ("bn + relu 32x64x32x32 (ResNet18)", 32, 64, 32, false),
+        ("bn + residual + relu 32x64x32x32 (ResNet18)", 32, 64, 32, true),
+        ("bn + relu6 32x192x16x16 (MobileNetV2)", 32, 192, 16, false),
+    ];
+    for &(name, n, c, side, residual) in tails {
+        if !name.contains(&filter) {
+            continue;
+        }
+        let x = Var::from_tensor(&rng.normal_tensor((n, c, side, side), 0.5, 2.0, DType::F32, &dev)?)?;
+        let skip = rng.normal_tensor((n, c, side, side), 0.0, 1.0, DType::F32, &dev)?;
+        let r = rng.uniform_tensor((n, c, side, side), -1.0, 1.0, DType::F32, &dev)?;
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let ours = tfkd_core::norm::BatchNorm::new(c, 1e-5, 0.1, vb.pp("ours"))?;
+        let cfg = candle_nn::BatchNormConfig { eps: 1e-5, remove_mean: true, affine: true, momentum: 0.1 };
+        let theirs = candle_nn::batch_norm(c, cfg, vb.pp("candle"))?;
+        let act = if name.contains("relu6") { tfkd_core::activation::Activation::Relu6 } else { tfkd_core::activation::Activation::Relu };
+        let tfkd_fwd = |x: &Tensor| -> Result<Tensor> {
+            if residual {
+                ours.forward_into_residual_act_t(x, skip.copy()?, true, Some(act))
+            } else {
+                ours.forward_act_t(x, true, Some(act))
+            }
+        };
+        let candle_fwd = |x: &Tensor| -> Result<Tensor> {
+            let y = theirs.forward_t(x, true)?;
+            let y = if residual { (y + skip.copy()?)? } else { y };
+            act.apply(&y).map_err(candle_core::Error::from)
+        };
+        let run = |fwd: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<()> {
+            let y = fwd(&x)?;
+            (&y * &r)?.sum_all()?.backward().map(drop)
+        };
+        let t_candle = if no_candle { f64::NAN } else { time(5, || run(&candle_fwd))? };
+        let t_ours = time(if no_candle { 20 } else { 5 }, || run(&tfkd_fwd))?;
+        let t_fwd = time(9, || tfkd_fwd(&x.as_detached_tensor()).map(drop))?;
+        println!("{name:<44} {t_candle:>12.2} {t_ours:>12.2} {:>7.1}x {t_fwd:>12.2}", t_candle / t_ours);
+    }
     // (name, n, c, side, kernel, stride, padding); candle: its own
     // max_pool2d (kernel = stride only; its backward scales the gradient).
     let pools: &[(&str, usize, usize, usize, usize, usize, usize)] = &[

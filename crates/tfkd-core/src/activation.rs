@@ -102,12 +102,13 @@ impl Activation {
         }
     }
 
-    /// Clamps `y` in place, as [`relu`] / [`relu6`] compute (NaN passing
-    /// through).
-    pub(crate) fn apply_in_place<E: Float>(self, y: &mut [E]) {
-        use rayon::prelude::*;
-        let max = E::from_f64(self.max());
-        y.par_chunks_mut(CHUNK).for_each(|ys| ys.iter_mut().for_each(|v| *v = clamp_value(*v, max)));
+    /// The bounds [`clamp_to`] applies for `act`: `(0, max)`, or for no
+    /// activation `(−∞, ∞)` (the identity).
+    pub(crate) fn bounds<E: Float>(act: Option<Self>) -> (E, E) {
+        match act {
+            Some(act) => (E::zero(), E::from_f64(act.max())),
+            None => (E::from_f64(f64::NEG_INFINITY), E::from_f64(f64::INFINITY)),
+        }
     }
 
     /// The gradient through the activation from its *output* `y`:
@@ -154,14 +155,20 @@ fn clamp_rows_impl<E: Float>(x: &[E], max: E, y: &mut [MaybeUninit<E>]) {
     }
 }
 
-/// `min(max(v, 0), max)`: `v` itself when NaN, as PyTorch (both
-/// comparisons are false); written as selects LLVM vectorises.
+/// `min(max(v, 0), max)`: the activation's clamp ([`clamp_to`]).
 #[inline(always)]
 fn clamp_value<E: Float>(v: E, max: E) -> E {
-    let zero = E::zero();
-    let low = if v < zero { zero } else { v };
-    if low > max {
-        max
+    clamp_to(v, (E::zero(), max))
+}
+
+/// `min(max(v, lo), hi)`: `v` itself when NaN, as PyTorch (both comparisons
+/// are false); written as selects LLVM vectorises. With
+/// [`Activation::bounds`] it is the activation, or the identity.
+#[inline(always)]
+pub(crate) fn clamp_to<E: Float>(v: E, (lo, hi): (E, E)) -> E {
+    let low = if v < lo { lo } else { v };
+    if low > hi {
+        hi
     } else {
         low
     }

@@ -38,7 +38,7 @@ use candle_nn::{BatchNormConfig, VarBuilder};
 #[cfg(feature = "cuda")]
 mod cudnn;
 
-use crate::activation::Activation;
+use crate::activation::{clamp_to, Activation};
 use crate::cpu::{avx2_dispatch, filled, for_each_chunk, ncs, slice, supported, Float};
 
 /// The result of a training-mode batch normalisation.
@@ -282,11 +282,27 @@ fn grad_sums_impl<E: Float>(gs: &[E], xs: &[E], mean: f64, l1: &mut [f64; 8], l2
     }
 }
 
-/// `y = (x − μ)·a + β` over one plane.
+/// `y = clamp((x − μ)·a + β)` over one plane.
 #[inline(always)]
-fn normalise_impl<E: Float>(xs: &[E], mean: E, a: E, beta: E, ys: &mut [MaybeUninit<E>]) {
+fn normalise_impl<E: Float>(xs: &[E], mean: E, a: E, beta: E, bounds: (E, E), ys: &mut [MaybeUninit<E>]) {
     for (y, &x) in ys.iter_mut().zip(xs) {
-        y.write((x - mean) * a + beta);
+        y.write(clamp_to((x - mean) * a + beta, bounds));
+    }
+}
+
+/// `y = clamp((x − μ)·a + β + r)` over one plane.
+#[inline(always)]
+fn normalise_add_impl<E: Float>(xs: &[E], rs: &[E], mean: E, a: E, beta: E, bounds: (E, E), ys: &mut [MaybeUninit<E>]) {
+    for ((y, &x), &r) in ys.iter_mut().zip(xs).zip(rs) {
+        y.write(clamp_to((x - mean) * a + beta + r, bounds));
+    }
+}
+
+/// `r ← clamp((x − μ)·a + β + r)` over one plane.
+#[inline(always)]
+fn normalise_into_impl<E: Float>(xs: &[E], mean: E, a: E, beta: E, bounds: (E, E), rs: &mut [E]) {
+    for (r, &x) in rs.iter_mut().zip(xs) {
+        *r = clamp_to((x - mean) * a + beta + *r, bounds);
     }
 }
 
@@ -301,7 +317,9 @@ fn input_grad_impl<E: Float>(gs: &[E], xs: &[E], mean: E, coef: [E; 3], dx: &mut
 
 avx2_dispatch!(shifted_sums, shifted_sums_avx2, shifted_sums_impl, (xs: &[E], k: f64, l1: &mut [f64; 8], l2: &mut [f64; 8]));
 avx2_dispatch!(grad_sums, grad_sums_avx2, grad_sums_impl, (gs: &[E], xs: &[E], mean: f64, l1: &mut [f64; 8], l2: &mut [f64; 8]));
-avx2_dispatch!(normalise, normalise_avx2, normalise_impl, (xs: &[E], mean: E, a: E, beta: E, ys: &mut [MaybeUninit<E>]));
+avx2_dispatch!(normalise, normalise_avx2, normalise_impl, (xs: &[E], mean: E, a: E, beta: E, bounds: (E, E), ys: &mut [MaybeUninit<E>]));
+avx2_dispatch!(normalise_add, normalise_add_avx2, normalise_add_impl, (xs: &[E], rs: &[E], mean: E, a: E, beta: E, bounds: (E, E), ys: &mut [MaybeUninit<E>]));
+avx2_dispatch!(normalise_into, normalise_into_avx2, normalise_into_impl, (xs: &[E], mean: E, a: E, beta: E, bounds: (E, E), rs: &mut [E]));
 avx2_dispatch!(input_grad, input_grad_avx2, input_grad_impl, (gs: &[E], xs: &[E], mean: E, coef: [E; 3], dx: &mut [MaybeUninit<E>]));
 
 fn lane_total(l: &[f64; 8]) -> f64 {
@@ -327,23 +345,57 @@ fn statistics<E: Float>(x: &[E], (n, c, s): (usize, usize, usize), eps: f64) -> 
     Stats { mean, var, inv_std }
 }
 
-fn forward<E: Float>(x: &[E], gamma: &[E], beta: &[E], dims: (usize, usize, usize), eps: f64) -> (Vec<E>, Stats) {
-    let (_, c, s) = dims;
+/// What follows the normalisation inside the op's one pass: the residual
+/// added, then the activation's clamp. The rounding is that of separate ops
+/// (`y`, then `y + r`, then the clamp), so the fused pass gives the same
+/// bits as the passes it replaces.
+#[derive(Clone, Copy)]
+struct Finish<'a, E> {
+    residual: Option<&'a [E]>,
+    act: Option<Activation>,
+}
+
+/// The statistics, and per channel `(μ, a = γ/√(σ² + ε), β)` in `E`.
+fn coefficients<E: Float>(x: &[E], gamma: &[E], beta: &[E], dims: (usize, usize, usize), eps: f64) -> (Vec<(E, E, E)>, Stats) {
     let st = statistics(x, dims, eps);
-    let per_channel: Vec<(E, E, E)> = (0..c)
+    let per_channel = (0..dims.1)
         .map(|ci| {
             let a = gamma[ci].to_f64() * st.inv_std[ci];
             (E::from_f64(st.mean[ci]), E::from_f64(a), beta[ci])
         })
         .collect();
-    // Every plane is written by `normalise` (s elements each).
+    (per_channel, st)
+}
+
+/// `finish(BN(x))` into a new buffer, in one pass after the statistics.
+fn forward<E: Float>(x: &[E], gamma: &[E], beta: &[E], dims: (usize, usize, usize), eps: f64, finish: Finish<'_, E>) -> (Vec<E>, Stats) {
+    let (_, c, s) = dims;
+    let (per_channel, st) = coefficients(x, gamma, beta, dims, eps);
+    let bounds = Activation::bounds(finish.act);
+    // Every plane is written by `normalise` / `normalise_add` (s elements each).
     let y = filled(x.len(), |y| {
         for_each_chunk(y, s.max(1), s, |_: &mut (), idx, ys| {
             let (mean, a, b) = per_channel[idx % c];
-            normalise(&x[idx * s..][..s], mean, a, b, ys);
+            let xs = &x[idx * s..][..s];
+            match finish.residual {
+                Some(r) => normalise_add(xs, &r[idx * s..][..s], mean, a, b, bounds, ys),
+                None => normalise(xs, mean, a, b, bounds, ys),
+            }
         })
     });
     (y, st)
+}
+
+/// `r ← act(BN(x) + r)`, in one pass after the statistics.
+fn forward_into<E: Float>(x: &[E], gamma: &[E], beta: &[E], dims: (usize, usize, usize), eps: f64, act: Option<Activation>, r: &mut [E]) -> Stats {
+    let (_, c, s) = dims;
+    let (per_channel, st) = coefficients(x, gamma, beta, dims, eps);
+    let bounds = Activation::bounds(act);
+    for_each_chunk(r, s.max(1), s, |_: &mut (), idx, rs| {
+        let (mean, a, b) = per_channel[idx % c];
+        normalise_into(&x[idx * s..][..s], mean, a, b, bounds, rs);
+    });
+    st
 }
 
 /// `(∂L/∂x if wanted, ∂L/∂γ, ∂L/∂β)`.
@@ -400,19 +452,11 @@ struct FusedBatchNorm {
 }
 
 impl FusedBatchNorm {
-    /// `BN(x)` with γ = `w`, β = `b`, keeping the statistics for the
-    /// backward pass.
-    fn normalise<E: Float>(&self, x: &[E], w: &[E], b: &[E], dims: (usize, usize, usize)) -> Result<Vec<E>> {
-        let (y, st) = forward(x, w, b, dims, self.eps);
+    /// Keeps the statistics for the backward pass.
+    fn keep(&self, st: Stats) -> Result<()> {
         *self.stats.lock().map_err(|_| poisoned())? = Some(st);
-        Ok(y)
+        Ok(())
     }
-}
-
-/// `acc += v`, element by element, over rayon's pool.
-fn add_assign<E: Float>(acc: &mut [E], v: &[E]) {
-    use rayon::prelude::*;
-    acc.par_iter_mut().zip(v.par_iter()).for_each(|(a, &v)| *a += v);
 }
 
 /// The residual form of BatchNorm's op computed into the residual's buffer
@@ -503,12 +547,7 @@ impl ResidualInPlace for FusedBatchNorm {
             if wb.len() != 2 * c || r.len() != x.len() {
                 candle_core::bail!("tfkd-batch-norm: {c} channels, {} packed parameters, a residual of {} for {} values", wb.len(), r.len(), x.len())
             }
-            let y = op.normalise(x, &wb[..c], &wb[c..], dims)?;
-            add_assign(r, &y);
-            if let Some(act) = op.act {
-                act.apply_in_place(r);
-            }
-            Ok(())
+            op.keep(forward_into(x, &wb[..c], &wb[c..], dims, op.eps, op.act, r))
         }
         match rs {
             CpuStorage::F32(r) => run::<f32>(self, &mut r[start..end], (xs, xl), (ws, wl), dims),
@@ -555,13 +594,8 @@ impl CustomOp3 for FusedBatchNorm {
             if w.len() != c || b.len() != c || residual.is_some_and(|r| r.len() != x.len()) {
                 candle_core::bail!("tfkd-batch-norm: {c} channels, weight {} and bias {}", w.len(), b.len())
             }
-            let mut y = op.normalise(x, w, b, dims)?;
-            if let Some(r) = residual {
-                add_assign(&mut y, r);
-            }
-            if let Some(act) = op.act {
-                act.apply_in_place(&mut y);
-            }
+            let (y, st) = forward(x, w, b, dims, op.eps, Finish { residual, act: op.act });
+            op.keep(st)?;
             Ok(E::to_cpu_storage_owned(y))
         }
         let args = ((xs, xl), (ws, wl), (bs, bl));
