@@ -30,8 +30,19 @@ pub mod cudnn;
 mod depthwise;
 mod gemm_cpu;
 mod im2col;
+mod residual;
 pub use bias::{add_channel_bias, conv2d_with_bias};
 pub use concat::cat_conv2d;
+pub use residual::{conv2d_accumulate, conv2d_add};
+
+/// The names (`CustomOp2::name`) of the ops in which [`conv2d`]'s paths
+/// end: the CPU engine's, cuDNN's, and the depthwise kernels'. None of
+/// their backward passes reads the op's output.
+pub(crate) mod op_names {
+    pub(crate) const FAST: &str = "tfkd-fast-conv2d";
+    pub(crate) const CUDNN: &str = "tfkd-cudnn-conv2d";
+    pub(crate) const DEPTHWISE: &str = "tfkd-depthwise-conv2d";
+}
 use im2col::im2col_rows;
 pub(crate) mod windows;
 
@@ -305,7 +316,7 @@ impl FastConv2d {
 
 impl CustomOp2 for FastConv2d {
     fn name(&self) -> &'static str {
-        "tfkd-fast-conv2d"
+        op_names::FAST
     }
 
     fn cpu_fwd(

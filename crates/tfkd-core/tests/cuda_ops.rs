@@ -371,6 +371,44 @@ mod on_gpu {
         }
     }
 
+    /// A convolution's output summed with a residual, in place on the GPU
+    /// (`conv2d_add` into the output, `conv2d_accumulate` into the residual;
+    /// Wide ResNet's blocks): output and the three gradients against the CPU,
+    /// on cuDNN and on tfkd's depthwise kernels.
+    #[test]
+    fn the_residual_sums_in_place_match_the_cpu() {
+        let Some(dev) = gpu() else { return };
+        let mut rng = SeededRng::new(15);
+        for (x_dims, w_dims, p, s, g) in [([4, 6, 9, 7], [5, 6, 3, 3], 1, 2, 1), ([3, 8, 9, 9], [8, 1, 3, 3], 1, 1, 8)] {
+            let (x, w) = (random(&mut rng, &x_dims), random(&mut rng, &w_dims));
+            let out_dims = [x_dims[0], w_dims[0], (x_dims[2] + 2 * p - 3) / s + 1, (x_dims[3] + 2 * p - 3) / s + 1];
+            let src = random(&mut rng, &out_dims);
+            for accumulate in [false, true] {
+                let run = |d: &Device| {
+                    let vars: Vec<Var> = [&x, &w, &src].iter().map(|t| Var::from_tensor(&t.to_device(d).unwrap()).unwrap()).collect();
+                    let x_in = (vars[0].as_tensor() * 1.0).unwrap();
+                    let r = (vars[2].as_tensor() * 2.0).unwrap();
+                    let out = if accumulate {
+                        tfkd_core::conv::conv2d_accumulate(r, &x_in, &vars[1], p, s, g).unwrap()
+                    } else {
+                        tfkd_core::conv::conv2d_add(&x_in, &vars[1], &r, p, s, g).unwrap()
+                    };
+                    let up = Tensor::ones(out.dims(), DType::F32, d).unwrap().cumsum(3).unwrap();
+                    let grads = (&out * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                    let mut all = vec![out.to_device(&Device::Cpu).unwrap()];
+                    all.extend(vars.iter().map(|v| grads.get(v).unwrap().to_device(&Device::Cpu).unwrap()));
+                    all
+                };
+                let (cpu, gpu_) = (run(&Device::Cpu), run(&dev));
+                let what = if accumulate { "conv accumulated into its residual" } else { "conv plus residual" };
+                check(&format!("{what} forward, groups {g}"), &gpu_[0], &cpu[0], VALUE_TOL);
+                for (i, name) in ["dx", "dw", "dresidual"].iter().enumerate() {
+                    check(&format!("{what} {name}, groups {g}"), &gpu_[i + 1], &cpu[i + 1], GRAD_TOL);
+                }
+            }
+        }
+    }
+
     /// DenseNet's `cat([x, conv(h)], 1)` as one op (`cat_conv2d`, cuDNN):
     /// output and the three gradients against the CPU.
     #[test]

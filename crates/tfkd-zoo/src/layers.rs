@@ -117,6 +117,30 @@ impl Conv2d {
         let weight = in_dtype_of(&self.weight, xs)?;
         Ok(tfkd_core::conv::cat_conv2d(prev, xs, &weight, self.padding, self.stride, self.groups)?)
     }
+
+    /// `self(xs) + r`: a pre-activation block's sum with its input. Without
+    /// a bias, the sum is written into the convolution's output
+    /// ([`tfkd_core::conv::conv2d_add`]), so the graph does not keep that
+    /// output on its own, as PyTorch's does not.
+    pub fn forward_add(&self, xs: &Tensor, r: &Tensor) -> Result<Tensor> {
+        if self.bias.is_some() {
+            return self.forward(xs)? + r;
+        }
+        let weight = in_dtype_of(&self.weight, xs)?;
+        Ok(tfkd_core::conv::conv2d_add(xs, &weight, r, self.padding, self.stride, self.groups)?)
+    }
+
+    /// `r + self(xs)`, `r` given up: a projection shortcut added to a
+    /// block's output. Without a bias, the sum is written into `r`
+    /// ([`tfkd_core::conv::conv2d_accumulate`]) and the convolution's output
+    /// lives only while the op runs.
+    pub fn forward_accumulate(&self, r: Tensor, xs: &Tensor) -> Result<Tensor> {
+        if self.bias.is_some() {
+            return r + self.forward(xs)?;
+        }
+        let weight = in_dtype_of(&self.weight, xs)?;
+        Ok(tfkd_core::conv::conv2d_accumulate(r, xs, &weight, self.padding, self.stride, self.groups)?)
+    }
 }
 
 /// `param` in `input`'s dtype: itself, or a cast whose gradient flows back

@@ -103,3 +103,49 @@ fn channel_shuffle_interleaves_groups() -> Result<()> {
     assert!(tfkd_zoo::ops::channel_shuffle(&x, 4).is_err());
     Ok(())
 }
+
+/// `adaptive_avg_pool2d` on its three paths (divisible sides, a nearest
+/// upsampling such as VGG's 7×7 pool of a 1×1 map, overlapping bins)
+/// against PyTorch's bins computed here element by element: values, and the
+/// input gradient (each cell's upstream gradient spread over its bin).
+#[test]
+fn adaptive_avg_pool_matches_its_bins() -> Result<()> {
+    let dev = Device::Cpu;
+    for (h, w, oh, ow) in [(4, 6, 2, 3), (1, 1, 7, 7), (2, 3, 4, 6), (5, 7, 3, 3), (3, 2, 7, 5)] {
+        let (n, c) = (2, 3);
+        let xv: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+        let pv: Vec<f32> = (0..n * c * oh * ow).map(|i| ((i * 53 % 89) as f32 - 44.0) / 13.0).collect();
+        let x = Var::from_tensor(&Tensor::from_vec(xv.clone(), (n, c, h, w), &dev)?)?;
+        let proj = Tensor::from_vec(pv.clone(), (n, c, oh, ow), &dev)?;
+        let y = tfkd_zoo::ops::adaptive_avg_pool2d(x.as_tensor(), oh, ow)?;
+        let gx = (&y * &proj)?.sum_all()?.backward()?.get(x.as_tensor()).cloned().ok_or_else(|| anyhow::anyhow!("no gradient"))?;
+        let (y, gx) = (y.flatten_all()?.to_vec1::<f32>()?, gx.flatten_all()?.to_vec1::<f32>()?);
+        let bin = |i: usize, len: usize, out: usize| (i * len / out, ((i + 1) * len).div_ceil(out));
+        let mut want_g = vec![0f32; xv.len()];
+        for plane in 0..n * c {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let ((r0, r1), (c0, c1)) = (bin(i, h, oh), bin(j, w, ow));
+                    let count = ((r1 - r0) * (c1 - c0)) as f32;
+                    let mut sum = 0f32;
+                    for r in r0..r1 {
+                        for q in c0..c1 {
+                            sum += xv[(plane * h + r) * w + q];
+                            want_g[(plane * h + r) * w + q] += pv[(plane * oh + i) * ow + j] / count;
+                        }
+                    }
+                    let got = y[(plane * oh + i) * ow + j];
+                    if (got - sum / count).abs() > 1e-5 {
+                        bail!("{h}x{w} -> {oh}x{ow}: cell ({plane}, {i}, {j}) is {got}, want {}", sum / count)
+                    }
+                }
+            }
+        }
+        for (k, (&got, &want)) in gx.iter().zip(&want_g).enumerate() {
+            if (got - want).abs() > 1e-5 {
+                bail!("{h}x{w} -> {oh}x{ow}: gradient {k} is {got}, want {want}")
+            }
+        }
+    }
+    Ok(())
+}

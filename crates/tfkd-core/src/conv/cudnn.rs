@@ -65,7 +65,7 @@ fn cpu_refused(name: &str) -> Result<(CpuStorage, Shape)> {
 
 impl CustomOp2 for CudnnConv2d {
     fn name(&self) -> &'static str {
-        "tfkd-cudnn-conv2d"
+        super::op_names::CUDNN
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {

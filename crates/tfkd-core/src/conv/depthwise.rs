@@ -553,7 +553,7 @@ struct Depthwise {
 
 impl CustomOp2 for Depthwise {
     fn name(&self) -> &'static str {
-        "tfkd-depthwise-conv2d"
+        super::op_names::DEPTHWISE
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {

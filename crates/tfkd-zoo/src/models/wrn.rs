@@ -73,10 +73,12 @@ impl Block {
         let out = self.conv1.forward(&act)?;
         let out = bn_act(&self.bn2, &out, train, Activation::Relu)?;
         let out = self.dropout.forward_t(&out, train)?;
-        let out = self.conv2.forward(&out)?;
+        // The sums are written into a buffer given up (the second
+        // convolution's output), so the graph keeps no convolution output
+        // on its own (`Conv2d::forward_add` / `forward_accumulate`).
         match &self.shortcut {
-            Some(c) => c.forward(&act)? + out,
-            None => xs + out,
+            Some(c) => c.forward_accumulate(self.conv2.forward(&out)?, &act),
+            None => self.conv2.forward_add(&out, xs),
         }
     }
 }

@@ -2108,7 +2108,8 @@ impl Tensor {
         self.is_variable
     }
 
-    pub(crate) fn op(&self) -> &Option<Op> {
+    /// (tfkd patch: public) The op that made this tensor, if it tracks one.
+    pub fn op(&self) -> &Option<Op> {
         &self.op
     }
 
