@@ -9,7 +9,9 @@
 # Prepare `.gpu/` on the build machine with `scripts/gpu/prepare.sh` (tfkd and
 # the cuda_ops and zoo parity test binaries built with `--features cuda`, run-cuda.sh, the
 # cifar10-mini data), carry it, then on the GPU machine, from the repository
-# root: `bash scripts/gpu/check.sh`.
+# root: `bash scripts/gpu/check.sh`. After changing this script, rehearse it
+# on the build machine with `scripts/gpu/dry_run.sh` (CPU builds, a stand-in
+# nvidia-smi: it must run to its end).
 # MODELS, CONFIGS (default: base), TRAIN_LIMIT (seconds per training run) and TRAIN_ARGS (extra
 # `tfkd train` arguments, e.g. `--set epochs=3`) override the defaults;
 # NOCUDNN_MODELS times those models with TFKD_CUDNN=0 (tfkd's own CUDA conv
