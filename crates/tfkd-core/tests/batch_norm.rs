@@ -422,14 +422,15 @@ fn batch_norm_into_the_residual_is_the_residual_form_with_one_buffer_less() {
 /// The training step's backward pass that hands activations back as it goes
 /// (`tfkd_core::optim::backward`, candle-core patch 5) against candle's
 /// plain one, on a small network of the zoo's ops (a biased conv, BatchNorm
-/// with ReLU, a projection shortcut written in place, a concatenation,
-/// pooling): the same gradients bit for bit; the tensors the caller kept
+/// with ReLU, a projection shortcut written in place, a convolution's sums
+/// with a residual, a concatenation, pooling): the same gradients bit for
+/// bit; the tensors the caller kept
 /// (the loss, the logits) unchanged; and the graph refuses a second
 /// backward pass with an error instead of reading released buffers.
 #[test]
 fn the_releasing_backward_pass_gives_the_same_gradients_once() {
     use tfkd_core::activation::Activation;
-    use tfkd_core::conv::{cat_conv2d, conv2d, conv2d_with_bias};
+    use tfkd_core::conv::{cat_conv2d, conv2d, conv2d_accumulate, conv2d_add, conv2d_with_bias};
     let dev = Device::Cpu;
     let mut rng = SeededRng::new(35);
     let x = rng.normal_tensor((4, 3, 8, 8), 0.0, 1.0, DType::F32, &dev).unwrap();
@@ -444,6 +445,7 @@ fn the_releasing_backward_pass_gives_the_same_gradients_once() {
             vm.data().lock().unwrap()[name].as_tensor().clone()
         };
         let (w1, b1, w2, ws, w3) = (param("w1", &[6, 3, 3, 3]), param("b1", &[6]), param("w2", &[6, 6, 3, 3]), param("ws", &[6, 6, 1, 1]), param("w3", &[4, 6, 3, 3]));
+        let (w4, w5, w6) = (param("w4", &[6, 6, 3, 3]), param("w5", &[6, 6, 3, 3]), param("w6", &[6, 6, 1, 1]));
         let fc = param("fc", &[10, 10]);
         let (bn1, bn2, bns) = (
             BatchNorm::new(6, 1e-5, 0.1, vb.pp("bn1")).unwrap(),
@@ -455,6 +457,10 @@ fn the_releasing_backward_pass_gives_the_same_gradients_once() {
         let short = bns.forward_t(&conv2d(&h, &ws, 0, 2, 1).unwrap(), true).unwrap();
         let main = conv2d(&h, &w2, 1, 2, 1).unwrap();
         let h = bn2.forward_into_residual_act_t(&main, short, true, Some(Activation::Relu)).unwrap();
+        // Pre-activation sums: into a convolution's output, and a 1x1
+        // convolution accumulated into another's (its output never kept).
+        let h = conv2d_add(&h, &w4, &h, 1, 1, 1).unwrap();
+        let h = conv2d_accumulate(conv2d(&h, &w5, 1, 1, 1).unwrap(), &h, &w6, 0, 1, 1).unwrap();
         let h = cat_conv2d(&h, &h, &w3, 1, 1, 1).unwrap(); // (4, 10, 4, 4)
         let logits = h.mean((2, 3)).unwrap().matmul(&fc.t().unwrap()).unwrap();
         let loss = (&logits * &r).unwrap().sum_all().unwrap();
@@ -467,7 +473,7 @@ fn the_releasing_backward_pass_gives_the_same_gradients_once() {
             // The running statistics are variables without a gradient.
             .filter_map(|n| grads.get(vm.data().lock().unwrap()[n].as_tensor()).map(|g| (n.clone(), flat(g))))
             .collect();
-        assert_eq!(got.len(), 12, "every parameter has a gradient: {names:?}");
+        assert_eq!(got.len(), 15, "every parameter has a gradient: {names:?}");
         let again = loss.backward().map(|_| ()).map_err(|e| e.to_string());
         (got, flat(&logits), loss.to_scalar::<f32>().unwrap(), again)
     };
