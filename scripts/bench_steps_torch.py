@@ -74,6 +74,18 @@ def saved_mb(model, images, labels, shapes=None):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = F.cross_entropy(model(images), labels)
+    if shapes:
+        # The autograd nodes (the parameters' AccumulateGrad excluded): a
+        # count to hold against `tfkd -v bench-step`'s graph nodes.
+        seen, todo = set(), [loss.grad_fn]
+        while todo:
+            fn = todo.pop()
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            todo.extend(next_fn for next_fn, _ in fn.next_functions)
+        nodes = sum(1 for fn in seen if type(fn).__name__ != "AccumulateGrad")
+        print("%s: autograd has %d nodes" % (shapes, nodes))
     del loss
     if shapes:
         by_shape = {}

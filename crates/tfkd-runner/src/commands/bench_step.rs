@@ -136,10 +136,14 @@ fn time_model(name: &str, input: InputSize, device: &Device, args: &BenchStepArg
         let loss = cross_entropy(&logits, &labels)?;
         // Counted once, at the first step: a walk over the graph, no device work.
         graph.get_or_insert_with(|| {
+            let kept = tfkd_core::graph::kept_by_graph(&loss);
             if tracing::enabled!(tracing::Level::DEBUG) {
                 log_kept_buffers(name, &loss);
+                // Each node is an op of the forward pass (views included):
+                // a count to hold against PyTorch's autograd nodes.
+                tracing::debug!("{name}: the graph has {} nodes over {} buffers", kept.nodes, kept.buffers);
             }
-            tfkd_core::graph::kept_by_graph(&loss)
+            kept
         });
         sgd.backward_step(&loss)?;
         let loss = loss.to_scalar::<f32>()?;
