@@ -9,7 +9,7 @@
 //! passes. `--features cuda` only.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtrMut, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{DType, Layout, Result, Tensor};
 
@@ -94,6 +94,22 @@ pub(crate) fn add_clamp_in_place(dev: &CudaDevice, y: u64, s: u64, n: usize, lo:
     // a = y is fine); `y` and `s` hold n f32.
     unsafe { b.launch(config(n64)) }.map_err(candle_core::Error::wrap)?;
     Ok(())
+}
+
+/// `dst += src` over two contiguous f32 operands of the same length: the
+/// add-clamp kernel without bounds.
+pub(crate) fn add_in_place(dst: (&mut CudaStorage, &Layout), src: (&CudaStorage, &Layout), op: &str) -> Result<()> {
+    let n = dst.1.shape().elem_count();
+    if src.1.shape().elem_count() != n {
+        candle_core::bail!("{op}: {} values added into {n}", src.1.shape().elem_count())
+    }
+    let dev = dst.0.device().clone();
+    let stream = dev.cuda_stream();
+    let sv = f32_view(src.0, src.1, op)?;
+    let mut dv = f32_view_mut(dst.0, dst.1, op)?;
+    let (ps, _read) = sv.device_ptr(&stream);
+    let (pd, _write) = dv.device_ptr_mut(&stream);
+    add_clamp_in_place(&dev, pd, ps, n, f32::NEG_INFINITY, f32::INFINITY)
 }
 
 /// `dx = g·[0 < x < hi]` (`hi` infinite: `g·[0 < x]`).
@@ -220,7 +236,6 @@ fn loss_inputs<'a>(
             if labels.len() != n || k == 0 || labels.iter().any(|&y| y as usize >= k) {
                 candle_core::bail!("fused loss: {} labels (each < {k}) for {n} rows", labels.len())
             }
-            use candle_core::cuda_backend::cudarc::driver::DevicePtr;
             let stream = dev.cuda_stream();
             let up = stream.clone_htod(labels.as_ref()).map_err(candle_core::Error::wrap)?;
             let address = up.device_ptr(&stream).0;
@@ -442,7 +457,6 @@ pub(crate) struct OptimSlot<'a> {
 /// The device address of a contiguous tensor's first element (of element
 /// type `T`), and its GPU.
 pub(crate) fn address<T: CudaDType>(t: &Tensor, op: &str) -> Result<(CudaDevice, u64)> {
-    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
     let (storage, layout) = t.storage_and_layout();
     let candle_core::Storage::Cuda(s) = &*storage else {
         candle_core::bail!("{op}: a tensor is not on a GPU")

@@ -40,12 +40,14 @@ fn the_sums_in_place_are_the_two_ops_with_fewer_buffers() {
                 let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
                 let src = Var::from_tensor(&rng.uniform_tensor((n, co, ho, wo), -1.0, 1.0, dtype, &dev).unwrap()).unwrap();
                 let up = rng.uniform_tensor((n, co, ho, wo), -1.0, 1.0, dtype, &dev).unwrap();
+                let mix = Var::from_tensor(&rng.uniform_tensor((co, co, 1, 1), -1.0, 1.0, dtype, &dev).unwrap()).unwrap();
                 let case = format!("{dtype:?} x {:?} w {:?} p {p} s {s} g {g} accumulate {accumulate}", x.dims(), wt.dims());
                 // Through tracked ops, as inside a network: the residual is a
-                // fresh tensor (`accumulate` gives it up).
+                // fresh convolution's output (`accumulate` gives it up), as
+                // a Wide ResNet block's second convolution's.
                 let run = |fused: bool| {
                     let x_in = (x.as_tensor() * 1.0).unwrap();
-                    let r = (src.as_tensor() * 2.0).unwrap();
+                    let r = conv2d(&(src.as_tensor() * 1.0).unwrap(), &mix, 0, 1, 1).unwrap();
                     let y = match (fused, accumulate) {
                         (true, false) => conv2d_add(&x_in, &wt, &r, p, s, g).unwrap(),
                         (true, true) => conv2d_accumulate(r, &x_in, &wt, p, s, g).unwrap(),
@@ -118,5 +120,42 @@ fn the_sums_fall_back_and_report_bad_shapes() {
     for err in [conv2d_add(&x, &w, &wrong, 1, 1, 1).unwrap_err(), conv2d_accumulate(wrong.clone(), &x, &w, 1, 1, 1).unwrap_err()] {
         let msg = err.to_string();
         assert!(msg.contains("[2, 4, 4, 4]") && msg.contains("[2, 4, 5, 5]"), "{msg}");
+    }
+}
+
+/// A residual made by an op that reads its own output in its backward pass
+/// (max pooling: its gradient goes to the window's maximum, found again
+/// from the output; BatchNorm with its ReLU: the mask is the output) is not
+/// written: the sum is a new buffer, and every gradient is the two ops'.
+#[test]
+fn a_residual_whose_op_reads_its_output_is_not_written() {
+    use tfkd_core::activation::Activation;
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(74);
+    let h = Var::from_tensor(&rng.uniform_tensor((2, 4, 8, 8), -1.0, 1.0, DType::F32, &dev).unwrap()).unwrap();
+    let x = Var::from_tensor(&rng.uniform_tensor((2, 3, 4, 4), -1.0, 1.0, DType::F32, &dev).unwrap()).unwrap();
+    let w = Var::from_tensor(&rng.uniform_tensor((4, 3, 3, 3), -1.0, 1.0, DType::F32, &dev).unwrap()).unwrap();
+    let up = rng.uniform_tensor((2, 4, 4, 4), -1.0, 1.0, DType::F32, &dev).unwrap();
+    let vm = candle_nn::VarMap::new();
+    let bn = tfkd_core::norm::BatchNorm::new(4, 1e-5, 0.1, candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+    for maker in ["max pool", "batch norm + relu"] {
+        let run = |fused: bool| {
+            let r = match maker {
+                "max pool" => tfkd_core::pool::max_pool2d(&h, 2, 2, 0).unwrap(),
+                _ => bn.forward_act_t(&(h.as_tensor() * 1.0).unwrap().narrow(2, 0, 4).unwrap().narrow(3, 0, 4).unwrap(), true, Some(Activation::Relu)).unwrap(),
+            };
+            let y = if fused {
+                conv2d_accumulate(r, &x, &w, 1, 1, 1).unwrap()
+            } else {
+                (&r + conv2d(&x, &w, 1, 1, 1).unwrap()).unwrap()
+            };
+            let g = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            (to_f64(&y), [&h, &x, &w].map(|v| to_f64(g.get(v).unwrap())))
+        };
+        let (fused, two_ops) = (run(true), run(false));
+        assert_eq!(fused.0, two_ops.0, "{maker}: forward");
+        for (i, name) in ["dh", "dx", "dw"].iter().enumerate() {
+            assert_eq!(fused.1[i], two_ops.1[i], "{maker}: {name}");
+        }
     }
 }

@@ -37,7 +37,7 @@ const OUTPUT_UNREAD: [&str; 3] = [super::op_names::FAST, super::op_names::CUDNN,
 pub fn conv2d_add(x: &Tensor, w: &Tensor, r: &Tensor, padding: usize, stride: usize, groups: usize) -> crate::Result<Tensor> {
     let y = super::conv2d_candle(x, w, padding, stride, groups)?;
     if summable(&y, r) && made_by_a_convolution(&y).is_some() {
-        if let Some(out) = y.apply_op2_in_place(&r.contiguous()?, AddInPlace)? {
+        if let Some(out) = y.apply_op2_in_place(r, AddInPlace)? {
             return Ok(out);
         }
     }
@@ -45,12 +45,15 @@ pub fn conv2d_add(x: &Tensor, w: &Tensor, r: &Tensor, padding: usize, stride: us
 }
 
 /// `r + conv2d(x, w)`, written into `r`'s buffer where nothing else holds
-/// `r` (the caller gives it up: pass the tensor, not a clone still in use):
-/// the graph keeps `x`, `w` and the sum; the convolution's output lives
-/// only while the op runs.
+/// `r` (the caller gives it up: pass the tensor, not a clone still in use)
+/// and the op that made `r` does not read its output in its backward pass
+/// (a convolution, one of these sums, or no op): the graph keeps `x`, `w`
+/// and the sum; the convolution's output lives only while the op runs.
+/// Otherwise (an `r` made by BatchNorm with its ReLU, say, whose gradient
+/// mask is its output) the two ops.
 pub fn conv2d_accumulate(r: Tensor, x: &Tensor, w: &Tensor, padding: usize, stride: usize, groups: usize) -> crate::Result<Tensor> {
     let y = super::conv2d_candle(x, w, padding, stride, groups)?;
-    if summable(&r, &y) {
+    if summable(&r, &y) && output_unread(&r) {
         if let Some((xs, ws, conv)) = made_by_a_convolution(&y) {
             let op = AccumulateConv { value: Mutex::new(Some(y.detach())), conv };
             if let Some(out) = r.apply_op3_in_place(&xs, &ws, op)? {
@@ -71,6 +74,22 @@ fn summable(dst: &Tensor, src: &Tensor) -> bool {
         && crate::own_kernels(dst)
         && dst.device().same_device(src.device())
 }
+
+/// Whether the op that made `t` leaves its output unread in its backward
+/// pass, so that `t`'s buffer may take a sum: no op, a convolution
+/// ([`OUTPUT_UNREAD`]), or one of this file's sums.
+fn output_unread(t: &Tensor) -> bool {
+    match t.op() {
+        None => true,
+        Some(Op::CustomOp2(_, _, op)) => OUTPUT_UNREAD.contains(&op.name()) || op.name() == ADD_IN_PLACE,
+        Some(Op::CustomOp3(_, _, _, op)) => op.name() == ACCUMULATE_CONV,
+        Some(_) => false,
+    }
+}
+
+/// The sums' op names.
+const ADD_IN_PLACE: &str = "tfkd-add-in-place";
+const ACCUMULATE_CONV: &str = "tfkd-accumulate-conv";
 
 /// A graph node's binary op, as candle keeps it.
 type NodeOp2 = Arc<Box<dyn CustomOp2 + Send + Sync>>;
@@ -109,25 +128,12 @@ fn add_into(op: &str, (dst, dl): (&mut CpuStorage, &Layout), (src, sl): (&CpuSto
 const CHUNK: usize = 16 * 1024;
 
 /// `dst += src` on a GPU (f32, contiguous).
-fn add_into_cuda(op: &str, (dst, dl): (&mut CudaStorage, &Layout), (src, sl): (&CudaStorage, &Layout)) -> Result<()> {
+fn add_into_cuda(op: &str, dst: (&mut CudaStorage, &Layout), src: (&CudaStorage, &Layout)) -> Result<()> {
     #[cfg(feature = "cuda")]
-    {
-        use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
-        let (Some((ds, de)), Some((ss, se))) = (dl.contiguous_offsets(), sl.contiguous_offsets()) else {
-            candle_core::bail!("{op}: the sum's operands must be contiguous")
-        };
-        if de - ds != se - ss {
-            candle_core::bail!("{op}: {} values added into {}", se - ss, de - ds)
-        }
-        let dev = dst.device().clone();
-        let stream = dev.cuda_stream();
-        let ps = src.as_cuda_slice::<f32>()?.slice(ss..se).device_ptr(&stream).0;
-        let pd = dst.as_cuda_slice_mut::<f32>()?.slice_mut(ds..de).device_ptr_mut(&stream).0;
-        crate::cuda::add_clamp_in_place(&dev, pd, ps, de - ds, f32::NEG_INFINITY, f32::INFINITY)
-    }
+    return crate::cuda::add_in_place(dst, src, op);
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (dst, dl, src, sl);
+        let _ = (dst, src);
         candle_core::bail!("{op}: built without CUDA")
     }
 }
@@ -137,7 +143,7 @@ struct AddInPlace;
 
 impl CustomOp2 for AddInPlace {
     fn name(&self) -> &'static str {
-        "tfkd-add-in-place"
+        ADD_IN_PLACE
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -151,7 +157,7 @@ impl CustomOp2 for AddInPlace {
 
 impl InplaceOp2 for AddInPlace {
     fn name(&self) -> &'static str {
-        "tfkd-add-in-place"
+        ADD_IN_PLACE
     }
 
     fn cpu_fwd(&self, y: &mut CpuStorage, yl: &Layout, r: &CpuStorage, rl: &Layout) -> Result<()> {
@@ -182,7 +188,7 @@ impl AccumulateConv {
 
 impl CustomOp3 for AccumulateConv {
     fn name(&self) -> &'static str {
-        "tfkd-accumulate-conv"
+        ACCUMULATE_CONV
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -200,7 +206,7 @@ impl CustomOp3 for AccumulateConv {
 
 impl InplaceOp3 for AccumulateConv {
     fn name(&self) -> &'static str {
-        "tfkd-accumulate-conv"
+        ACCUMULATE_CONV
     }
 
     fn cpu_fwd(&self, r: &mut CpuStorage, rl: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {

@@ -67,7 +67,11 @@ impl<'a> Releaser<'a> {
             return Ok(());
         }
         // One element stands for the buffer: `was_released` tells it from
-        // the buffer the layout needs.
+        // the buffer a layout needs, which takes a node reaching past one
+        // element (a buffer that no node reaches past one is kept).
+        if members.iter().all(|m| m.extent() <= 1) {
+            return Ok(());
+        }
         let shape = crate::Shape::from(1usize);
         // SAFETY: never read (`was_released` refuses the graph).
         let placeholder = unsafe { members[0].device().alloc_uninit(&shape, members[0].dtype())? };
@@ -80,12 +84,18 @@ impl Tensor {
     /// (tfkd patch) Whether `backward_releasing` handed this node's buffer
     /// back: the buffer holds fewer elements than the layout reaches.
     fn was_released(&self) -> bool {
+        self.storage().buffer_elements() < self.extent()
+    }
+
+    /// (tfkd patch) How many elements of its buffer this node's layout
+    /// reaches: its offset plus its farthest strided element (0 when empty).
+    fn extent(&self) -> usize {
         if self.elem_count() == 0 {
-            return false;
+            return 0;
         }
         let layout = self.layout();
         let farthest: usize = layout.dims().iter().zip(layout.stride()).map(|(&d, &s)| d.saturating_sub(1) * s).sum();
-        self.storage().buffer_elements() < layout.start_offset() + farthest + 1
+        layout.start_offset() + farthest + 1
     }
 }
 

@@ -2109,6 +2109,9 @@ impl Tensor {
     }
 
     /// (tfkd patch: public) The op that made this tensor, if it tracks one.
+    /// Its operands are the graph's nodes as they are now: an operand that
+    /// an in-place op has since written holds the new values, and a handle
+    /// kept past the graph keeps its buffer from `backward_releasing`.
     pub fn op(&self) -> &Option<Op> {
         &self.op
     }
