@@ -31,7 +31,7 @@ mod depthwise;
 mod gemm_cpu;
 mod im2col;
 mod residual;
-pub use bias::{add_channel_bias, conv2d_with_bias};
+pub use bias::{add_channel_bias, conv2d_with_bias, conv2d_with_bias_act};
 pub use concat::cat_conv2d;
 pub use residual::{conv2d_accumulate, conv2d_add};
 

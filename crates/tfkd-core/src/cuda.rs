@@ -373,7 +373,9 @@ pub(crate) fn channel_bias(y: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout
 }
 
 /// `y[n, c, …] += b[c]` in place (the same kernel, writing where it reads).
-pub(crate) fn channel_bias_in_place(y: (&mut CudaStorage, &Layout), b: (&CudaStorage, &Layout)) -> Result<()> {
+/// `y ← y + b` per channel, then, with `clamp_hi`, `y ← min(max(y, 0), hi)`
+/// (the activation of `conv2d_with_bias_act`).
+pub(crate) fn channel_bias_in_place(y: (&mut CudaStorage, &Layout), b: (&CudaStorage, &Layout), clamp_hi: Option<f32>) -> Result<()> {
     let op = "tfkd-channel-bias";
     let (_, c, plane) = crate::cpu::ncs(y.1.shape(), op)?;
     if b.1.shape().elem_count() != c {
@@ -392,6 +394,9 @@ pub(crate) fn channel_bias_in_place(y: (&mut CudaStorage, &Layout), b: (&CudaSto
     // SAFETY: the kernel's signature (it reads y[i] before writing out[i],
     // so y = out is fine); y holds `total` f32, b holds c.
     unsafe { bl.launch(config(total64)) }.map_err(candle_core::Error::wrap)?;
+    if let Some(hi) = clamp_hi {
+        clamp_in_place(&dev, py, total, hi)?;
+    }
     Ok(())
 }
 

@@ -109,3 +109,44 @@ fn conv_with_bias_falls_back_where_the_op_does_not_run() {
     let g = got.sum_all().unwrap().backward().unwrap();
     assert_eq!(g.get(&b).unwrap().dims(), &[4]);
 }
+
+/// A biased convolution followed by ReLU / ReLU6 (AlexNet's): with the
+/// activation in the bias's in-place op, the same output and gradients, bit
+/// for bit, as `conv2d_with_bias` then the activation, and one output
+/// buffer less kept; where the bias cannot run in place (f16) the two ops.
+#[test]
+fn conv_with_bias_and_activation_in_place_is_the_ops_with_one_buffer_less() {
+    use tfkd_core::activation::Activation;
+    use tfkd_core::conv::conv2d_with_bias_act;
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(45);
+    for dtype in [DType::F32, DType::F64] {
+        for act in [Activation::Relu, Activation::Relu6] {
+            for ((n, c, h, w), (co, k, p, s, g)) in [((2, 3, 9, 7), (5, 3, 1, 1, 1)), ((3, 4, 8, 8), (6, 3, 1, 2, 2)), ((2, 6, 7, 9), (6, 3, 1, 1, 6))] {
+                let x = Var::from_tensor(&rng.uniform_tensor((n, c, h, w), -3.0, 3.0, dtype, &dev).unwrap()).unwrap();
+                let wt = Var::from_tensor(&rng.uniform_tensor((co, c / g, k, k), -1.0, 1.0, dtype, &dev).unwrap()).unwrap();
+                let b = Var::from_tensor(&rng.uniform_tensor(co, -1.0, 1.0, dtype, &dev).unwrap()).unwrap();
+                let x_in = (x.as_tensor() * 1.0).unwrap();
+                let fused = conv2d_with_bias_act(&x_in, &wt, &b, act, p, s, g).unwrap();
+                let two_ops = act.apply(&conv2d_with_bias(&x_in, &wt, &b, p, s, g).unwrap()).unwrap();
+                let case = format!("{dtype:?} {act:?} x {:?} w {:?} p {p} s {s} g {g}", x.dims(), wt.dims());
+                assert_eq!(to_f64(&fused), to_f64(&two_ops), "{case}: forward");
+                let r = rng.uniform_tensor(fused.dims(), -1.0, 1.0, dtype, &dev).unwrap();
+                let (loss, loss_ref) = ((&fused * &r).unwrap().sum_all().unwrap(), (&two_ops * &r).unwrap().sum_all().unwrap());
+                let out_bytes = (fused.elem_count() * dtype.size_in_bytes()) as u64;
+                assert_eq!(kept_by_graph(&loss).bytes + out_bytes, kept_by_graph(&loss_ref).bytes, "{case}: one output buffer less");
+                let (gr, gr_ref) = (loss.backward().unwrap(), loss_ref.backward().unwrap());
+                for (v, name) in [(&x, "dx"), (&wt, "dw"), (&b, "db")] {
+                    assert_eq!(to_f64(gr.get(v).unwrap()), to_f64(gr_ref.get(v).unwrap()), "{case}: {name}");
+                }
+            }
+        }
+    }
+    let f16 = |t: Tensor| t.to_dtype(DType::F16).unwrap();
+    let x = f16(rng.uniform_tensor((2, 3, 5, 5), -1.0, 1.0, DType::F32, &dev).unwrap());
+    let w = f16(rng.uniform_tensor((4, 3, 3, 3), -1.0, 1.0, DType::F32, &dev).unwrap());
+    let b = f16(rng.uniform_tensor(4, -1.0, 1.0, DType::F32, &dev).unwrap());
+    let got = conv2d_with_bias_act(&x, &w, &b, Activation::Relu, 1, 1, 1).unwrap();
+    let want = Activation::Relu.apply(&conv2d_with_bias(&x, &w, &b, 1, 1, 1).unwrap()).unwrap();
+    assert_eq!(to_f64(&got), to_f64(&want), "f16: the two ops");
+}

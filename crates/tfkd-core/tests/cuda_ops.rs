@@ -345,18 +345,25 @@ mod on_gpu {
     }
 
     /// A biased convolution with the bias added in place on the GPU
-    /// (`conv2d_with_bias`): output and the three gradients against the CPU.
+    /// (`conv2d_with_bias`), and with ReLU / ReLU6 in the same op
+    /// (`conv2d_with_bias_act`, AlexNet's): output and the three gradients
+    /// against the CPU.
     #[test]
     fn the_conv_with_bias_in_place_matches_the_cpu() {
+        use tfkd_core::activation::Activation;
         let Some(dev) = gpu() else { return };
         let mut rng = SeededRng::new(14);
         // Dense stride 2 (cuDNN), and depthwise (tfkd's kernels).
-        for (x_dims, w_dims, p, s, g) in [([4, 6, 9, 7], [5, 6, 3, 3], 1, 2, 1), ([3, 8, 9, 9], [8, 1, 3, 3], 1, 1, 8)] {
+        let cases = [([4, 6, 9, 7], [5, 6, 3, 3], 1, 2, 1), ([3, 8, 9, 9], [8, 1, 3, 3], 1, 1, 8)];
+        for ((x_dims, w_dims, p, s, g), act) in cases.into_iter().flat_map(|c| [None, Some(Activation::Relu), Some(Activation::Relu6)].map(|a| (c, a))) {
             let (x, w, b) = (random(&mut rng, &x_dims), random(&mut rng, &w_dims), random(&mut rng, &[w_dims[0]]));
             let run = |d: &Device| {
                 let vars: Vec<Var> = [&x, &w, &b].iter().map(|t| Var::from_tensor(&t.to_device(d).unwrap()).unwrap()).collect();
                 let x_in = (vars[0].as_tensor() * 1.0).unwrap();
-                let out = tfkd_core::conv::conv2d_with_bias(&x_in, &vars[1], &vars[2], p, s, g).unwrap();
+                let out = match act {
+                    None => tfkd_core::conv::conv2d_with_bias(&x_in, &vars[1], &vars[2], p, s, g).unwrap(),
+                    Some(a) => tfkd_core::conv::conv2d_with_bias_act(&x_in, &vars[1], &vars[2], a, p, s, g).unwrap(),
+                };
                 let r = Tensor::ones(out.dims(), DType::F32, d).unwrap().affine(0.5, 0.25).unwrap();
                 let grads = (&out * &r).unwrap().sum_all().unwrap().backward().unwrap();
                 let mut all = vec![out.to_device(&Device::Cpu).unwrap()];
@@ -364,9 +371,9 @@ mod on_gpu {
                 all
             };
             let (cpu, gpu_) = (run(&Device::Cpu), run(&dev));
-            check("conv with bias forward", &gpu_[0], &cpu[0], VALUE_TOL);
+            check(&format!("conv with bias and {act:?}, groups {g}: forward"), &gpu_[0], &cpu[0], VALUE_TOL);
             for (i, name) in ["dx", "dw", "db"].iter().enumerate() {
-                check(&format!("conv with bias {name}"), &gpu_[i + 1], &cpu[i + 1], GRAD_TOL);
+                check(&format!("conv with bias and {act:?}, groups {g}: {name}"), &gpu_[i + 1], &cpu[i + 1], GRAD_TOL);
             }
         }
     }

@@ -118,6 +118,18 @@ impl Conv2d {
         Ok(tfkd_core::conv::cat_conv2d(prev, xs, &weight, self.padding, self.stride, self.groups)?)
     }
 
+    /// `act(self(xs))`: AlexNet's convolution and ReLU. With a bias, the
+    /// bias and the activation run in place on the convolution's output
+    /// ([`tfkd_core::conv::conv2d_with_bias_act`]): the graph keeps one
+    /// tensor, as PyTorch's in-place ReLU does.
+    pub fn forward_act(&self, xs: &Tensor, act: Activation) -> Result<Tensor> {
+        let Some(b) = &self.bias else {
+            return Ok(act.apply(&self.forward(xs)?)?);
+        };
+        let weight = in_dtype_of(&self.weight, xs)?;
+        Ok(tfkd_core::conv::conv2d_with_bias_act(xs, &weight, &in_dtype_of(b, xs)?, act, self.padding, self.stride, self.groups)?)
+    }
+
     /// `self(xs) + r`: a pre-activation block's sum with its input. Without
     /// a bias, the sum is written into the convolution's output
     /// ([`tfkd_core::conv::conv2d_add`]), so the graph does not keep that

@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, InplaceO
 
 use std::mem::MaybeUninit;
 
+use crate::activation::{clamp_to, Activation};
 use crate::cpu::{avx2_dispatch, filled, for_each_chunk, ncs, slice, Float};
 
 /// `y[n, c, …] + b[c]` for `y: (N, C, …)` and `b: (C,)`, the bias of a
@@ -37,21 +38,36 @@ pub fn add_channel_bias(y: &Tensor, b: &Tensor) -> crate::Result<Tensor> {
 /// `add_channel_bias(&conv2d(..), b)`.
 pub fn conv2d_with_bias(x: &Tensor, w: &Tensor, b: &Tensor, padding: usize, stride: usize, groups: usize) -> crate::Result<Tensor> {
     let y = super::conv2d_candle(x, w, padding, stride, groups)?;
-    Ok(add_channel_bias_in_place(y, b)?)
+    Ok(add_channel_bias_in_place(y, b, None)?)
 }
 
-/// `y + b` per channel, in place on `y`'s buffer where the fast op runs and
-/// nothing else holds that buffer (see [`Tensor::apply_op2_in_place`]):
+/// [`conv2d_with_bias`], then `act` (ReLU / ReLU6, as
+/// [`Activation::apply`]): AlexNet's `relu(conv(x))`. Where the bias runs
+/// in place, the activation runs in the same op and its gradient is masked
+/// by the op's output, so the graph keeps one buffer per convolution, as
+/// PyTorch's in-place ReLU does; elsewhere the activation is an op of its
+/// own. The same values and gradients as the separate ops.
+pub fn conv2d_with_bias_act(x: &Tensor, w: &Tensor, b: &Tensor, act: Activation, padding: usize, stride: usize, groups: usize) -> crate::Result<Tensor> {
+    let y = super::conv2d_candle(x, w, padding, stride, groups)?;
+    Ok(add_channel_bias_in_place(y, b, Some(act))?)
+}
+
+/// `act(y + b)` per channel, in place on `y`'s buffer where the fast op runs
+/// and nothing else holds that buffer (see [`Tensor::apply_op2_in_place`]):
 /// only for a `y` whose making op's backward pass does not read its result.
-fn add_channel_bias_in_place(y: Tensor, b: &Tensor) -> Result<Tensor> {
+fn add_channel_bias_in_place(y: Tensor, b: &Tensor, act: Option<Activation>) -> Result<Tensor> {
     let dims = y.dims();
     let fits = dims.len() >= 2 && b.dims() == [dims[1]];
     if fits && crate::own_kernels(&y) && b.dtype() == y.dtype() && y.is_contiguous() {
-        if let Some(out) = y.apply_op2_in_place(&b.contiguous()?, ChannelBias)? {
+        if let Some(out) = y.apply_op2_in_place(&b.contiguous()?, ChannelBias { act })? {
             return Ok(out);
         }
     }
-    add_channel_bias_candle(&y, b)
+    let out = add_channel_bias_candle(&y, b)?;
+    match act {
+        Some(act) => act.apply_candle(&out),
+        None => Ok(out),
+    }
 }
 
 /// [`add_channel_bias`] with candle's error, for use inside candle's traits.
@@ -66,7 +82,7 @@ pub(crate) fn add_channel_bias_candle(y: &Tensor, b: &Tensor) -> Result<Tensor> 
         shape[1] = dims[1];
         return y.broadcast_add(&b.reshape(shape)?);
     }
-    y.contiguous()?.apply_op2(&b.contiguous()?, ChannelBias)
+    y.contiguous()?.apply_op2(&b.contiguous()?, ChannelBias { act: None })
 }
 
 #[inline(always)]
@@ -76,10 +92,12 @@ fn add_impl<E: Float>(ys: &[E], b: E, out: &mut [MaybeUninit<E>]) {
     }
 }
 
+/// `y ← clamp(y + b)` ([`Activation::bounds`]: the identity without an
+/// activation).
 #[inline(always)]
-fn add_in_place_impl<E: Float>(ys: &mut [E], b: E) {
+fn add_in_place_impl<E: Float>(ys: &mut [E], b: E, bounds: (E, E)) {
     for y in ys {
-        *y += b;
+        *y = clamp_to(*y + b, bounds);
     }
 }
 
@@ -97,7 +115,7 @@ fn lane_sums_impl<E: Float>(xs: &[E], lanes: &mut [f64; 8]) {
 }
 
 avx2_dispatch!(add, add_avx2, add_impl, (ys: &[E], b: E, out: &mut [MaybeUninit<E>]));
-avx2_dispatch!(add_in_place, add_in_place_avx2, add_in_place_impl, (ys: &mut [E], b: E));
+avx2_dispatch!(add_in_place, add_in_place_avx2, add_in_place_impl, (ys: &mut [E], b: E, bounds: (E, E)));
 avx2_dispatch!(lane_sums, lane_sums_avx2, lane_sums_impl, (xs: &[E], lanes: &mut [f64; 8]));
 
 /// `Σ_{n, s} g[n, c, s]` for every channel, in f64.
@@ -113,7 +131,11 @@ pub(crate) fn channel_sums<E: Float>(g: &[E], (n, c, s): (usize, usize, usize)) 
     out
 }
 
-struct ChannelBias;
+/// The per-channel bias; with `act` (in place only) followed by the
+/// activation, whose gradient is masked by the op's output.
+struct ChannelBias {
+    act: Option<Activation>,
+}
 
 impl CustomOp2 for ChannelBias {
     fn name(&self) -> &'static str {
@@ -121,6 +143,9 @@ impl CustomOp2 for ChannelBias {
     }
 
     fn cpu_fwd(&self, ys: &CpuStorage, yl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+        if self.act.is_some() {
+            candle_core::bail!("tfkd-channel-bias: with an activation, it runs in place only")
+        }
         let dims = ncs(yl.shape(), "tfkd-channel-bias")?;
         fn run<E: Float>(ys: &CpuStorage, yl: &Layout, bs: &CpuStorage, bl: &Layout, (_, c, s): (usize, usize, usize)) -> Result<Vec<E>> {
             let (y, b) = (slice::<E>(ys, yl, "the input")?, slice::<E>(bs, bl, "the bias")?);
@@ -141,6 +166,9 @@ impl CustomOp2 for ChannelBias {
     }
 
     fn cuda_fwd(&self, ys: &CudaStorage, yl: &Layout, bs: &CudaStorage, bl: &Layout) -> Result<(CudaStorage, Shape)> {
+        if self.act.is_some() {
+            candle_core::bail!("tfkd-channel-bias: with an activation, it runs in place only")
+        }
         #[cfg(feature = "cuda")]
         return Ok((crate::cuda::channel_bias((ys, yl), (bs, bl))?, yl.shape().clone()));
         #[cfg(not(feature = "cuda"))]
@@ -150,7 +178,12 @@ impl CustomOp2 for ChannelBias {
         }
     }
 
-    fn bwd(&self, y: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, y: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // With an activation, the gradient through it, from the op's output.
+        let grad = &match self.act {
+            Some(act) => act.grad_from_output(grad, res)?,
+            None => grad.clone(),
+        };
         let dy = y.track_op().then(|| grad.clone());
         let db = if b.track_op() {
             Some(grad.contiguous()?.apply_op1_no_bwd(&ChannelSums)?)
@@ -172,24 +205,25 @@ impl InplaceOp2 for ChannelBias {
         let Some((start, end)) = yl.contiguous_offsets() else {
             candle_core::bail!("tfkd-channel-bias: the input must be contiguous")
         };
-        fn run<E: Float>(y: &mut [E], bs: &CpuStorage, bl: &Layout, (_, c, s): (usize, usize, usize)) -> Result<()> {
+        fn run<E: Float>(y: &mut [E], bs: &CpuStorage, bl: &Layout, (_, c, s): (usize, usize, usize), act: Option<Activation>) -> Result<()> {
             let b = slice::<E>(bs, bl, "the bias")?;
             if b.len() != c {
                 candle_core::bail!("tfkd-channel-bias: {} biases for {c} channels", b.len())
             }
-            for_each_chunk(y, s.max(1), s, |_: &mut (), i, plane| add_in_place(plane, b[i % c]));
+            let bounds = Activation::bounds(act);
+            for_each_chunk(y, s.max(1), s, |_: &mut (), i, plane| add_in_place(plane, b[i % c], bounds));
             Ok(())
         }
         match ys {
-            CpuStorage::F32(y) => run(&mut y[start..end], bs, bl, dims),
-            CpuStorage::F64(y) => run(&mut y[start..end], bs, bl, dims),
+            CpuStorage::F32(y) => run(&mut y[start..end], bs, bl, dims, self.act),
+            CpuStorage::F64(y) => run(&mut y[start..end], bs, bl, dims, self.act),
             other => candle_core::bail!("tfkd-channel-bias: unsupported dtype {:?}", other.dtype()),
         }
     }
 
     fn cuda_fwd(&self, ys: &mut CudaStorage, yl: &Layout, bs: &CudaStorage, bl: &Layout) -> Result<()> {
         #[cfg(feature = "cuda")]
-        return crate::cuda::channel_bias_in_place((ys, yl), (bs, bl));
+        return crate::cuda::channel_bias_in_place((ys, yl), (bs, bl), self.act.map(|a| a.max() as f32));
         #[cfg(not(feature = "cuda"))]
         {
             let _ = (ys, bs, bl);

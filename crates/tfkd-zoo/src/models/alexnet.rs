@@ -17,7 +17,7 @@ use crate::layers::{conv2d, linear, BiasInit, Conv2d, ConvSpec, WeightInit};
 use crate::ops::{global_avg_pool, max_pool2d};
 
 use super::div_ceil_multiple;
-use tfkd_core::activation::ReluOp;
+use tfkd_core::activation::Activation;
 
 /// Configuration of the CIFAR AlexNet.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +88,8 @@ impl crate::Model for AlexNet {
     fn forward_features(&self, xs: &Tensor, _train: bool) -> crate::Result<Tensor> {
         let mut x = xs.clone();
         for (i, c) in self.convs.iter().enumerate() {
-            x = c.forward(&x)?.relu_op()?;
+            // The bias and the ReLU in place on the convolution's output.
+            x = c.forward_act(&x, Activation::Relu)?;
             if i < 2 || i == 4 {
                 x = max_pool2d(&x, 2, 2, 0)?;
             }
