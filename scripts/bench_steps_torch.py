@@ -43,7 +43,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gen_zoo_fixtures import FULL  # noqa: E402
+from gen_zoo_fixtures import FULL, IMAGENET  # noqa: E402
+
+
+def build(name, classes, side):
+    """The PyTorch reference of a registry name: a CIFAR network (FULL) or
+    an ImageNet one (IMAGENET, torchvision's code; run them with --side 224)."""
+    if name in IMAGENET:
+        return IMAGENET[name][0](classes)
+    return FULL[name](classes, side)
 
 
 def saved_mb(model, images, labels, shapes=None):
@@ -100,7 +108,7 @@ def saved_mb(model, images, labels, shapes=None):
 
 def time_model(name, args, device):
     torch.manual_seed(0)
-    model = FULL[name](args.classes, args.side).to(device)
+    model = build(name, args.classes, args.side).to(device)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     images = torch.randn(args.batch, 3, args.side, args.side, device=device)
@@ -263,8 +271,8 @@ def main():
         torch.backends.cudnn.benchmark = True
     rows = []
     for name in args.models.split(","):
-        if name not in FULL:
-            sys.exit("unknown model %r; one of %s" % (name, ", ".join(FULL)))
+        if name not in FULL and name not in IMAGENET:
+            sys.exit("unknown model %r; one of %s" % (name, ", ".join(list(FULL) + list(IMAGENET))))
         row = time_model(name, args, device)
         rows.append(row)
         print("%-16s batch %4d  %.4f s/step  %8.1f img/s  peak %.0f MB  graph %.0f MB" % (name, args.batch, row["median_s"], row["images_per_s"], row["peak_mb"], row["graph_mb"]), flush=True)

@@ -149,8 +149,11 @@ impl crate::Model for TvDenseNet {
                         let y = bn_act(&l.norm1, &x, train, Activation::Relu)?;
                         let y = l.conv1.forward(&y)?;
                         let y = bn_act(&l.norm2, &y, train, Activation::Relu)?;
-                        let y = l.conv2.forward(&y)?;
-                        x = Tensor::cat(&[&x, &y], 1)?;
+                        // torchvision concatenates the layer's inputs anew
+                        // at every layer: the same values as this running
+                        // concatenation, which the convolution's op makes
+                        // (its new features are not kept on their own).
+                        x = l.conv2.forward_after(&x, &y)?;
                     }
                 }
                 Stage::Transition(norm, conv) => {
