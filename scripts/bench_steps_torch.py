@@ -54,11 +54,26 @@ def build(name, classes, side):
     return FULL[name](classes, side)
 
 
+def autograd_nodes(loss):
+    """The autograd nodes behind `loss`, the parameters' AccumulateGrad
+    excluded: the ops of a step's forward pass and loss (`tfkd bench-step`
+    records its graph's nodes as graph_nodes), a proxy for its launches."""
+    seen, todo = set(), [loss.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        todo.extend(next_fn for next_fn, _ in fn.next_functions)
+    return sum(1 for fn in seen if type(fn).__name__ != "AccumulateGrad")
+
+
 def saved_mb(model, images, labels, shapes=None):
     """MiB of the distinct buffers autograd saves for the backward pass of one
     forward + loss, parameters, buffers and the input batch excluded: what
     `tfkd bench-step` reports as graph MB (tfkd_core::graph::kept_by_graph),
-    the activation memory of a step, the same on every device.
+    the activation memory of a step, the same on every device; and the
+    graph's nodes (`autograd_nodes`).
 
     With `shapes` (a model name), also prints the saved buffers by shape,
     largest total first, as `tfkd -v bench-step` logs its own: the two lists
@@ -82,17 +97,8 @@ def saved_mb(model, images, labels, shapes=None):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = F.cross_entropy(model(images), labels)
+    nodes = autograd_nodes(loss)
     if shapes:
-        # The autograd nodes (the parameters' AccumulateGrad excluded): a
-        # count to hold against `tfkd -v bench-step`'s graph nodes.
-        seen, todo = set(), [loss.grad_fn]
-        while todo:
-            fn = todo.pop()
-            if fn is None or fn in seen:
-                continue
-            seen.add(fn)
-            todo.extend(next_fn for next_fn, _ in fn.next_functions)
-        nodes = sum(1 for fn in seen if type(fn).__name__ != "AccumulateGrad")
         print("%s: autograd has %d nodes" % (shapes, nodes))
     del loss
     if shapes:
@@ -103,7 +109,7 @@ def saved_mb(model, images, labels, shapes=None):
             by_shape[key] = (count + 1, total + nbytes)
         for (dims, dtype), (count, total) in sorted(by_shape.items(), key=lambda kv: -kv[1][1]):
             print("%s: autograd keeps %d x %s %s (%.1f MiB)" % (shapes, count, list(dims), dtype, total / 2**20))
-    return sum(sizes.values()) / 2**20
+    return sum(sizes.values()) / 2**20, nodes
 
 
 def time_model(name, args, device):
@@ -113,7 +119,7 @@ def time_model(name, args, device):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     images = torch.randn(args.batch, 3, args.side, args.side, device=device)
     labels = torch.randint(0, args.classes, (args.batch,), device=device)
-    graph = saved_mb(model, images, labels, shapes=name if args.shapes else None)
+    graph, nodes = saved_mb(model, images, labels, shapes=name if args.shapes else None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -153,6 +159,7 @@ def time_model(name, args, device):
         "peak_mb": peak,
         "peak_reserved_mb": reserved,
         "graph_mb": graph,
+        "graph_nodes": nodes,
         "torch": torch.__version__,
     }
 

@@ -69,6 +69,10 @@ struct StepTiming {
     /// parameters excluded (`tfkd_core::graph::kept_by_graph` on the loss;
     /// PyTorch's side counts its saved tensors): the same on every device.
     graph_mb: f64,
+    /// The graph's nodes (every op of the forward pass and the loss, views
+    /// and in-place nodes included; PyTorch's side: its autograd nodes): a
+    /// proxy for the launches a step makes on a GPU.
+    graph_nodes: usize,
 }
 
 pub fn run(args: &BenchStepArgs) -> anyhow::Result<()> {
@@ -185,6 +189,7 @@ fn time_model(name: &str, input: InputSize, device: &Device, args: &BenchStepArg
         peak_mb: peaks.map(|p| p.0),
         peak_reserved_mb: peaks.map(|p| p.1),
         graph_mb: graph.mib(),
+        graph_nodes: graph.nodes,
     })
 }
 
