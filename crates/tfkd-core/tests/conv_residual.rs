@@ -16,12 +16,14 @@ use common::to_f64;
 /// (N, C_in, H, W), (C_out, k, padding, stride, groups)
 type Case = ((usize, usize, usize, usize), (usize, usize, usize, usize, usize));
 
-const CASES: [Case; 5] = [
+const CASES: [Case; 6] = [
     ((2, 3, 9, 7), (5, 3, 1, 1, 1)),
     ((3, 4, 8, 8), (6, 3, 1, 2, 2)),
     ((2, 6, 7, 9), (6, 3, 1, 1, 6)),
     ((1, 4, 6, 6), (8, 1, 0, 2, 1)),
     ((4, 8, 17, 17), (8, 3, 1, 2, 8)),
+    // A sum of several chunks, over rayon's pool.
+    ((2, 4, 64, 64), (16, 3, 1, 1, 1)),
 ];
 
 /// The sums, each against `conv(x, w) + r` / `r + conv(x, w)` as two ops:

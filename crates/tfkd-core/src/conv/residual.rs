@@ -110,8 +110,8 @@ fn add_into(op: &str, (dst, dl): (&mut CpuStorage, &Layout), (src, sl): (&CpuSto
         if src.len() != dst.len() {
             candle_core::bail!("{op}: {} values added into {}", src.len(), dst.len())
         }
-        use rayon::prelude::*;
-        dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d += s));
+        // Over rayon's pool where the sum is large enough to pay for it.
+        crate::cpu::for_each_chunk(dst, CHUNK, CHUNK, |_: &mut (), i, d| d.iter_mut().zip(&src[i * CHUNK..]).for_each(|(d, &s)| *d += s));
         Ok(())
     }
     let Some((start, end)) = dl.contiguous_offsets() else {
