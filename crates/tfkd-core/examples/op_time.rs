@@ -39,6 +39,17 @@ fn time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(ms[ms.len() / 2])
 }
 
+/// tfkd's BatchNorm and candle-nn's over `c` channels (PyTorch's defaults),
+/// with the variable map that holds their parameters.
+fn batch_norms(c: usize, dev: &Device) -> Result<(candle_nn::VarMap, tfkd_core::norm::BatchNorm, candle_nn::BatchNorm)> {
+    let vm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, dev);
+    let ours = tfkd_core::norm::BatchNorm::new(c, 1e-5, 0.1, vb.pp("ours"))?;
+    let cfg = candle_nn::BatchNormConfig { eps: 1e-5, remove_mean: true, affine: true, momentum: 0.1 };
+    let theirs = candle_nn::batch_norm(c, cfg, vb.pp("candle"))?;
+    Ok((vm, ours, theirs))
+}
+
 /// Forward + backward of `conv(x, k)` with an upstream gradient `r`.
 fn fwd_bwd(conv: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>, x: &Var, k: &Var, r: &Tensor) -> Result<()> {
     let y = conv(x, k)?;
@@ -122,11 +133,7 @@ fn main() -> anyhow::Result<()> {
         }
         let x = Var::from_tensor(&rng.normal_tensor((n, c, side, side), 0.5, 2.0, DType::F32, &dev)?)?;
         let r = rng.uniform_tensor((n, c, side, side), -1.0, 1.0, DType::F32, &dev)?;
-        let vm = candle_nn::VarMap::new();
-        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
-        let ours = tfkd_core::norm::BatchNorm::new(c, 1e-5, 0.1, vb.pp("ours"))?;
-        let cfg = candle_nn::BatchNormConfig { eps: 1e-5, remove_mean: true, affine: true, momentum: 0.1 };
-        let theirs = candle_nn::batch_norm(c, cfg, vb.pp("candle"))?;
+        let (_vm, ours, theirs) = batch_norms(c, &dev)?;
         let run = |bn: &dyn ModuleT| -> Result<()> {
             let y = bn.forward_t(&x, true)?;
             (&y * &r)?.sum_all()?.backward().map(drop)
@@ -141,24 +148,20 @@ fn main() -> anyhow::Result<()> {
     // caller gives up (`forward_into_residual_act_t`; both columns copy the
     // residual first, so that each run has one to give). candle: its
     // BatchNorm, then the add and the ReLU as ops of their own.
-    let tails: &[(&str, usize, usize, usize, bool)] = &[
-        ("bn + relu 32x64x32x32 (ResNet18)", 32, 64, 32, false),
-        ("bn + residual + relu 32x64x32x32 (ResNet18)", 32, 64, 32, true),
-        ("bn + relu6 32x192x16x16 (MobileNetV2)", 32, 192, 16, false),
+    use tfkd_core::activation::Activation;
+    let tails: &[(&str, usize, usize, usize, Activation, bool)] = &[
+        ("bn + relu 32x64x32x32 (ResNet18)", 32, 64, 32, Activation::Relu, false),
+        ("bn + residual + relu 32x64x32x32 (ResNet18)", 32, 64, 32, Activation::Relu, true),
+        ("bn + relu6 32x192x16x16 (MobileNetV2)", 32, 192, 16, Activation::Relu6, false),
     ];
-    for &(name, n, c, side, residual) in tails {
+    for &(name, n, c, side, act, residual) in tails {
         if !name.contains(&filter) {
             continue;
         }
         let x = Var::from_tensor(&rng.normal_tensor((n, c, side, side), 0.5, 2.0, DType::F32, &dev)?)?;
         let skip = rng.normal_tensor((n, c, side, side), 0.0, 1.0, DType::F32, &dev)?;
         let r = rng.uniform_tensor((n, c, side, side), -1.0, 1.0, DType::F32, &dev)?;
-        let vm = candle_nn::VarMap::new();
-        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
-        let ours = tfkd_core::norm::BatchNorm::new(c, 1e-5, 0.1, vb.pp("ours"))?;
-        let cfg = candle_nn::BatchNormConfig { eps: 1e-5, remove_mean: true, affine: true, momentum: 0.1 };
-        let theirs = candle_nn::batch_norm(c, cfg, vb.pp("candle"))?;
-        let act = if name.contains("relu6") { tfkd_core::activation::Activation::Relu6 } else { tfkd_core::activation::Activation::Relu };
+        let (_vm, ours, theirs) = batch_norms(c, &dev)?;
         let tfkd_fwd = |x: &Tensor| -> Result<Tensor> {
             if residual {
                 ours.forward_into_residual_act_t(x, skip.copy()?, true, Some(act))

@@ -47,14 +47,15 @@ use im2col::im2col_rows;
 pub(crate) mod windows;
 
 /// `s` under a layout `l` that is not contiguous, copied into a contiguous
-/// buffer of its own (`None` when `l` is contiguous: read `s` itself).
+/// buffer of its own, with that buffer's layout (`None` when `l` is
+/// contiguous: read `s` itself).
 ///
 /// The convolutions keep their input as given, a channel slice say
 /// (ShuffleNetV2 convolves half of a block's channels), as PyTorch's convolution
 /// saves its input view: the copy their kernels read lives only while a pass
 /// runs, where `x.contiguous()` before the op would be a graph node that the
 /// graph keeps until the backward pass ends.
-pub(crate) fn contiguous_copy<S>(s: &S, l: &Layout) -> Result<Option<S>>
+pub(crate) fn contiguous_copy<S>(s: &S, l: &Layout) -> Result<Option<(S, Layout)>>
 where
     S: BackendStorage,
     S::Device: candle_core::backend::BackendDevice<Storage = S>,
@@ -66,7 +67,7 @@ where
     // SAFETY: `copy_strided_src` writes every element of the new buffer.
     let mut dst = unsafe { s.device().alloc_uninit(l.shape(), s.dtype())? };
     s.copy_strided_src(&mut dst, 0, l)?;
-    Ok(Some(dst))
+    Ok(Some((dst, Layout::contiguous(l.shape()))))
 }
 
 /// The outputs `j` in `[lo, hi)` (of `len_out`) whose input `s·j + b − p`
@@ -329,8 +330,7 @@ impl CustomOp2 for FastConv2d {
         let precomputed = self.y.lock().map(|y| y.is_some()).unwrap_or(false);
         if !precomputed {
             let packed = contiguous_copy(xs, xl)?;
-            let packed_layout = Layout::contiguous(xl.shape());
-            let x = packed.as_ref().map_or((xs, xl), |p| (p, &packed_layout));
+            let x = packed.as_ref().map_or((xs, xl), |(s, l)| (s, l));
             return gemm_cpu::forward_storage(x, (ws, wl), self.padding, self.stride, self.groups);
         }
         match self.out()? {

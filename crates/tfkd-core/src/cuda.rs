@@ -372,9 +372,9 @@ pub(crate) fn channel_bias(y: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 
-/// `y[n, c, …] += b[c]` in place (the same kernel, writing where it reads).
-/// `y ← y + b` per channel, then, with `clamp_hi`, `y ← min(max(y, 0), hi)`
-/// (the activation of `conv2d_with_bias_act`).
+/// `y[n, c, …] += b[c]` in place (the same kernel, writing where it reads),
+/// then, with `clamp_hi`, `y ← min(max(y, 0), hi)` (the activation of
+/// `conv2d_with_bias_act`).
 pub(crate) fn channel_bias_in_place(y: (&mut CudaStorage, &Layout), b: (&CudaStorage, &Layout), clamp_hi: Option<f32>) -> Result<()> {
     let op = "tfkd-channel-bias";
     let (_, c, plane) = crate::cpu::ncs(y.1.shape(), op)?;

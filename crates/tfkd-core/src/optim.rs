@@ -25,7 +25,6 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use std::collections::HashMap;
 
-
 /// The gradients of `loss` for a training step: candle's backward pass,
 /// handing each activation's buffer back as soon as no later step of the
 /// pass reads it and nothing outside the graph holds it (candle-core patch

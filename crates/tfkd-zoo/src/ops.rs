@@ -49,7 +49,7 @@ pub fn global_avg_pool(xs: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// `xs`: `[N, C, H, W]` → `[N, C, oh, ow]`
 pub fn adaptive_avg_pool2d(xs: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
-    let (_, _, h, w) = xs.dims4()?;
+    let (n, c, h, w) = xs.dims4()?;
     if oh == 0 || ow == 0 || h == 0 || w == 0 {
         candle_core::bail!("adaptive_avg_pool2d: empty input {h}x{w} or output {oh}x{ow}")
     }
@@ -60,7 +60,6 @@ pub fn adaptive_avg_pool2d(xs: &Tensor, oh: usize, ow: usize) -> Result<Tensor> 
         // Every bin is one input pixel (VGG's 7×7 pool of a 1×1 map at
         // CIFAR sizes): a nearest upsampling, one broadcast copy, where the
         // bins below are about a hundred small nodes kept to the end.
-        let (n, c) = (xs.dim(0)?, xs.dim(1)?);
         return xs
             .reshape((n, c, h, 1, w, 1))?
             .broadcast_as((n, c, h, oh / h, w, ow / w))?

@@ -106,8 +106,7 @@ impl CustomOp3 for CatConv {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, hs: &CpuStorage, hl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
         let packed = contiguous_copy(hs, hl)?;
-        let packed_layout = Layout::contiguous(hl.shape());
-        let h = packed.as_ref().map_or((hs, hl), |p| (p, &packed_layout));
+        let h = packed.as_ref().map_or((hs, hl), |(s, l)| (s, l));
         let (y, _) = gemm_cpu::forward_storage(h, (ws, wl), self.padding, self.stride, self.groups)?;
         let (shape, sizes) = self.shapes(xl, wl)?;
         Ok((side_by_side((xs, xl), &y, sizes)?, shape))

@@ -150,9 +150,8 @@ pub(super) fn run(pass: Pass, g: Geometry, a: (&CudaStorage, &Layout), b: (&Cuda
     // A strided operand (the input as the graph keeps it) is read from a
     // contiguous copy that lives while this pass runs.
     let (a_packed, b_packed) = (super::contiguous_copy(a.0, a.1)?, super::contiguous_copy(b.0, b.1)?);
-    let (a_layout, b_layout) = (Layout::contiguous(a.1.shape()), Layout::contiguous(b.1.shape()));
-    let a = a_packed.as_ref().map_or(a, |s| (s, &a_layout));
-    let b = b_packed.as_ref().map_or(b, |s| (s, &b_layout));
+    let a = a_packed.as_ref().map_or(a, |(s, l)| (s, l));
+    let b = b_packed.as_ref().map_or(b, |(s, l)| (s, l));
     match a.0.dtype() {
         DType::F32 => run_typed::<f32>(pass, g, a, b),
         DType::F64 => run_typed::<f64>(pass, g, a, b),

@@ -36,7 +36,7 @@ const OUTPUT_UNREAD: [&str; 3] = [super::op_names::FAST, super::op_names::CUDNN,
 /// graph keeps `x`, `w`, `r` and the sum, not the output on its own.
 pub fn conv2d_add(x: &Tensor, w: &Tensor, r: &Tensor, padding: usize, stride: usize, groups: usize) -> crate::Result<Tensor> {
     let y = super::conv2d_candle(x, w, padding, stride, groups)?;
-    if summable(&y, r) && made_by_a_convolution(&y).is_some() {
+    if summable(&y, r) && output_unread(&y) {
         if let Some(out) = y.apply_op2_in_place(r, AddInPlace)? {
             return Ok(out);
         }

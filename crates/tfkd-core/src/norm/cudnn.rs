@@ -290,14 +290,6 @@ impl CudnnBatchNorm {
         }));
         Ok((y, py))
     }
-
-    /// The bounds of the activation that follows (none: ±∞).
-    fn clamp_range(&self) -> (f32, f32) {
-        match self.act {
-            Some(act) => (0.0, act.max() as f32),
-            None => (f32::NEG_INFINITY, f32::INFINITY),
-        }
-    }
 }
 
 /// γ's and β's addresses in the packed `[γ; β]` (f32, `2C`).
@@ -321,7 +313,7 @@ impl super::ResidualInPlace for CudnnBatchNorm {
             candle_core::bail!("{op}: the residual must be contiguous")
         };
         let pr = rs.as_cuda_slice_mut::<f32>()?.slice_mut(start..end).device_ptr_mut(&stream).0;
-        let (lo, hi) = self.clamp_range();
+        let (lo, hi) = Activation::bounds::<f32>(self.act);
         // r ← clamp(r + y); `_y` is freed (in stream order) after the launch.
         crate::cuda::add_clamp_in_place(xs.device(), pr, py, n, lo, hi)
     }
@@ -360,7 +352,7 @@ impl CustomOp3 for CudnnBatchNorm {
         let (y, py) = self.normalise(xs, xl, params)?;
         let dev = xs.device();
         if self.residual {
-            let (lo, hi) = self.clamp_range();
+            let (lo, hi) = Activation::bounds::<f32>(self.act);
             crate::cuda::add_clamp_in_place(dev, py, ptr(ws, wl, &stream)?, n, lo, hi)?;
         } else if let Some(act) = self.act {
             crate::cuda::clamp_in_place(dev, py, n, act.max() as f32)?;
