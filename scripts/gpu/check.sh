@@ -29,7 +29,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cd "${GPU_DIR:-.gpu}"
 cp "$here"/c10mini-*.toml .
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
-for b in tfkd cuda_ops parity; do [ -f $b.gz ] && gunzip -f $b.gz; chmod +x $b; done
+for b in tfkd cuda_ops parity nccl tfkd-nccl; do [ -f $b.gz ] && gunzip -f $b.gz; [ -f $b ] && chmod +x $b; done
 # tfkd opens cuDNN at run time: take the one PyTorch's wheels installed unless
 # TFKD_CUDNN_LIB already names a file.
 if [ -z "${TFKD_CUDNN_LIB:-}" ]; then
@@ -96,6 +96,40 @@ for c in ${BF16_CONFIGS:-base}; do
   timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-$c.toml --set precision=\"bf16\" --set name=\"c10mini-$c-bf16\" ${TRAIN_ARGS:-} 2>&1 | tail -5
 done
 for d in runs/*/; do sed "s|^|$(basename $d) |" $d/metrics.jsonl; done > $OUT/train-metrics.txt 2>/dev/null
+# Data parallelism over NCCL (issue 13). The `nccl` test binary (tfkd-core
+# built with `--features nccl`): on one GPU, a group of one process through
+# NCCL (id over TCP, communicator, all-reduce, SGD steps) must train bit for
+# bit as a process alone; on two GPUs, two replicas at half the batch as one
+# process at the whole batch. NCCL needs a GPU per rank, so one GPU runs the
+# first only. With two GPUs, also two `tfkd train` processes against one
+# process with two replicas (threads) at the same global batch: the loss
+# curves should agree up to NCCL's summation order; that needs `tfkd-nccl`
+# (`PREPARE_TFKD_NCCL=1 scripts/gpu/prepare.sh`), else the processes sum
+# over TCP, which `nccl.txt` then says.
+echo "== NCCL"; date
+if [ -f nccl ]; then
+  NCCL_DEBUG=${NCCL_DEBUG:-WARN} timeout 120 ./run-cuda.sh ./nccl --test-threads=1 --nocapture > $OUT/nccl-test.txt 2>&1
+  echo "exit $?" >> $OUT/nccl-test.txt
+  grep -E "^test |test result|NCCL,|skipped|panicked|exit" $OUT/nccl-test.txt | head -20 | tee $OUT/nccl.txt
+else
+  echo "no nccl test binary here: scripts/gpu/prepare.sh builds it" | tee $OUT/nccl.txt
+fi
+if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+  echo "== NCCL: 2 processes vs 2 threads"; date
+  trainer=./tfkd-nccl
+  [ -f $trainer ] || { trainer=./tfkd; echo "no tfkd-nccl: the two processes sum over TCP" | tee -a $OUT/nccl.txt; }
+  export MASTER_ADDR=127.0.0.1 MASTER_PORT=29517
+  for r in 0 1; do
+    RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh $trainer -q train -c c10mini-base.toml \
+      --set out_dir=\"nccl-procs\" --set epochs=3 > nccl-rank$r.log 2>&1 &
+  done
+  wait
+  tail -3 nccl-rank0.log nccl-rank1.log | tee -a $OUT/nccl.txt
+  timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-base.toml --nproc 2 --set out_dir=\"nccl-threads\" --set epochs=3 2>&1 | tail -2
+  for d in nccl-procs/*/ nccl-threads/*/; do sed "s|^|$d |" $d/metrics.jsonl; done | tee -a $OUT/nccl.txt
+else
+  echo "== one GPU: the two-process NCCL run skipped (NCCL needs a GPU per process)" | tee -a $OUT/nccl.txt
+fi
 # The alternatives, last (what a short device window can lose): tfkd's
 # own CUDA paths without cuDNN, and depthwise convolutions on cuDNN.
 for m in ${NOCUDNN_MODELS:-resnet18}; do
@@ -117,23 +151,4 @@ echo "== CUDA convolutions vs CPU, TFKD_DEPTHWISE=cudnn (depthwise on cuDNN, not
 TFKD_DEPTHWISE=cudnn timeout 120 ./run-cuda.sh ./cuda_ops convolutions --test-threads=1 --nocapture > $OUT/cuda-ops-depthwise-cudnn.txt 2>&1; echo "exit $?" >> $OUT/cuda-ops-depthwise-cudnn.txt
 grep -E "test result|panicked" $OUT/cuda-ops-depthwise-cudnn.txt | head -10
 date
-# Data parallelism over NCCL (issue 13): with two GPUs or more and a `tfkd`
-# built with `--features nccl` (`build-cuda.sh --with-nccl -p tfkd-runner
-# --features nccl`), two processes on two GPUs against one process with two
-# replicas (threads) at the same global batch: the loss curves should agree up
-# to NCCL's summation order. NCCL needs one GPU per process, so one GPU skips.
-if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
-  echo "== NCCL: 2 processes vs 2 threads"; date
-  export MASTER_ADDR=127.0.0.1 MASTER_PORT=29517
-  for r in 0 1; do
-    RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-base.toml \
-      --set out_dir=\"nccl-procs\" --set epochs=3 > nccl-rank$r.log 2>&1 &
-  done
-  wait
-  tail -3 nccl-rank0.log nccl-rank1.log | tee $OUT/nccl.txt
-  timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-base.toml --nproc 2 --set out_dir=\"nccl-threads\" --set epochs=3 2>&1 | tail -2
-  for d in nccl-procs/*/ nccl-threads/*/; do sed "s|^|$d |" $d/metrics.jsonl; done | tee -a $OUT/nccl.txt
-else
-  echo "== NCCL: one GPU, skipped (NCCL needs a GPU per process)" | tee $OUT/nccl.txt
-fi
 date

@@ -2,7 +2,7 @@
 # A GPU-less rehearsal of scripts/gpu/check.sh, on the build machine: the
 # device window is short and rare, so a broken path, variable or step in the
 # check should be found here, not there. It fills a scratch copy of `.gpu/`
-# with CPU builds (tfkd and the cuda_ops and parity test binaries, gzipped as
+# with CPU builds (tfkd and the cuda_ops, parity and nccl test binaries, gzipped as
 # prepare.sh packs them), puts a stand-in `nvidia-smi` first on PATH, and runs
 # the whole check with the small models: every GPU step then fails with "no
 # CUDA" (tfkd) or "no NVIDIA driver" (PyTorch), and the script must go on to
@@ -33,7 +33,8 @@ for line in sys.stdin:
 cp "$CARGO_TARGET_DIR/debug/tfkd" "$scratch/gpu/tfkd"
 cp "$(test_binary tfkd-core cuda_ops)" "$scratch/gpu/cuda_ops"
 cp "$(test_binary tfkd-zoo parity)" "$scratch/gpu/parity"
-gzip "$scratch/gpu/tfkd" "$scratch/gpu/cuda_ops" "$scratch/gpu/parity"
+cp "$(test_binary tfkd-core nccl)" "$scratch/gpu/nccl"
+gzip "$scratch/gpu/tfkd" "$scratch/gpu/cuda_ops" "$scratch/gpu/parity" "$scratch/gpu/nccl"
 shared=${SHARED_DIR:-$root/../shared}
 if [ -f "$shared/gpu/run-cuda.sh" ]; then
   cp "$shared/gpu/run-cuda.sh" "$scratch/gpu/"
@@ -69,12 +70,12 @@ PATH="$scratch/bin:$PATH" GPU_DIR="$scratch/gpu" OUT="$scratch/out" MODELS=$smal
 cat "$log"
 echo "== files the check left in \$OUT:"; ls "$scratch/out"
 status=0
-grep -q "== NCCL" "$log" || { echo "dry_run: the check stopped before its last step" >&2; status=1; }
+grep -q "TFKD_DEPTHWISE=cudnn (depthwise" "$log" || { echo "dry_run: the check stopped before its last step" >&2; status=1; }
 if grep -E "No such file or directory|command not found|unbound variable|syntax error" "$log" | grep -v "torch-cuda.jsonl\|tfkd-cuda.*jsonl"; then
   echo "dry_run: the check named a missing file, command or variable (above)" >&2
   status=1
 fi
-for f in gpu.txt cuda-ops.txt parity-cuda.txt mem.txt ratio.md nccl.txt; do
+for f in gpu.txt cuda-ops.txt parity-cuda.txt mem.txt ratio.md nccl-test.txt nccl.txt; do
   [ -e "$scratch/out/$f" ] || { echo "dry_run: the check left no $f" >&2; status=1; }
 done
 [ $status -eq 0 ] && echo "dry_run: the check ran to its end; every GPU step failed only for want of a GPU"

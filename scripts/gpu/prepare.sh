@@ -7,6 +7,11 @@
 #   cuda_ops.gz   tfkd-core's CUDA-vs-CPU op tests (tests/cuda_ops.rs)
 #   parity.gz     tfkd-zoo's PyTorch parity tests, which also run on CUDA
 #                 (they read the repository's fixtures/, carried with the tree)
+#   nccl.gz       tfkd-core's NCCL tests (tests/nccl.rs, `--features nccl`;
+#                 libnccl comes from PyTorch's wheels on the GPU machine)
+#   tfkd-nccl.gz  only with PREPARE_TFKD_NCCL=1: `tfkd` built with
+#                 `--features nccl`, for check.sh's two-process run on a
+#                 machine with two GPUs (one more release build)
 #   run-cuda.sh   the launcher that puts the CUDA libraries on the path
 #   data/cifar10-mini   the 5k/2k real CIFAR-10 subset, for the training runs
 #
@@ -18,11 +23,14 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 shared=${SHARED_DIR:-$root/../shared}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tfkd-target}
-eval "$("$shared"/gpu/build-cuda.sh --print-env)"
+# --with-nccl every time: the wheel set (and build-cuda.sh's stamp) stays the
+# same whichever binaries are built.
+eval "$("$shared"/gpu/build-cuda.sh --with-nccl --print-env)"
 cargo build --release -p tfkd-runner --features cuda
-# The test binary named $2 of package $1, built with CUDA; its path.
+# The test binary named $2 of package $1, built with the features $3
+# (default: cuda); its path.
 test_binary() {
-  cargo test --release -p "$1" --features cuda --test "$2" --no-run --message-format=json \
+  cargo test --release -p "$1" --features "${3:-cuda}" --test "$2" --no-run --message-format=json \
     | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -31,12 +39,18 @@ for line in sys.stdin:
 }
 cuda_ops=$(test_binary tfkd-core cuda_ops)
 parity=$(test_binary tfkd-zoo parity)
-[ -n "$cuda_ops" ] && [ -n "$parity" ] || { echo "prepare.sh: a test binary was not built" >&2; exit 1; }
+nccl=$(test_binary tfkd-core nccl nccl)
+[ -n "$cuda_ops" ] && [ -n "$parity" ] && [ -n "$nccl" ] || { echo "prepare.sh: a test binary was not built" >&2; exit 1; }
 mkdir -p .gpu/data
 pack() { strip -o .gpu/"$2" "$1" && gzip -9f .gpu/"$2"; }
 pack "$CARGO_TARGET_DIR/release/tfkd" tfkd
 pack "$cuda_ops" cuda_ops
 pack "$parity" parity
+pack "$nccl" nccl
+if [ "${PREPARE_TFKD_NCCL:-0}" = 1 ]; then
+  cargo build --release -p tfkd-runner --features nccl
+  pack "$CARGO_TARGET_DIR/release/tfkd" tfkd-nccl
+fi
 cp "$shared"/gpu/run-cuda.sh .gpu/
 [ -d .gpu/data/cifar10-mini ] || cp -r "$shared"/data/cifar10-mini .gpu/data/
 git rev-parse HEAD > .gpu/commit.txt
