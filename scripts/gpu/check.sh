@@ -114,6 +114,13 @@ if [ -f nccl ]; then
 else
   echo "no nccl test binary here: scripts/gpu/prepare.sh builds it" | tee $OUT/nccl.txt
 fi
+# Two replicas as threads of one process on one GPU (`tfkd train --nproc 2`:
+# each thread has its own CUDA stream, and the group synchronises them): a
+# smoke run, 3 epochs, beside the one-replica baseline's first epochs in
+# train-metrics.txt.
+echo "== two replicas as threads on one GPU"; date
+timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-base.toml --nproc 2 --set out_dir=\"nproc2\" --set epochs=3 2>&1 | tail -2
+for d in nproc2/*/; do sed "s|^|$d |" $d/metrics.jsonl; done 2>/dev/null | tee -a $OUT/nccl.txt
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   echo "== NCCL: 2 processes vs 2 threads"; date
   trainer=./tfkd-nccl
@@ -125,8 +132,8 @@ if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   done
   wait
   tail -3 nccl-rank0.log nccl-rank1.log | tee -a $OUT/nccl.txt
-  timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-base.toml --nproc 2 --set out_dir=\"nccl-threads\" --set epochs=3 2>&1 | tail -2
-  for d in nccl-procs/*/ nccl-threads/*/; do sed "s|^|$d |" $d/metrics.jsonl; done | tee -a $OUT/nccl.txt
+  # Against the two threads above (nproc2/): the same global batch.
+  for d in nccl-procs/*/ nproc2/*/; do sed "s|^|$d |" $d/metrics.jsonl; done | tee -a $OUT/nccl.txt
 else
   echo "== one GPU: the two-process NCCL run skipped (NCCL needs a GPU per process)" | tee -a $OUT/nccl.txt
 fi

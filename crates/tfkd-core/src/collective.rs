@@ -15,7 +15,9 @@
 //! - [`Solo`]: one process, no communication (world size 1);
 //! - [`ThreadGroup`]: N replicas as threads of one process (CPU; also what
 //!   tests the logic). The sum is taken in rank order by every replica, so
-//!   all replicas get bit-identical results whatever the scheduling.
+//!   all replicas get bit-identical results whatever the scheduling. On
+//!   CUDA the threads share one GPU, each on its own stream; the group
+//!   synchronises a thread's stream before another thread reads its tensor.
 //! - [`TcpGroup`]: N processes (`srun`, torchrun-style launchers) that meet
 //!   over TCP; the same sums as [`ThreadGroup`], in the same order.
 //!
@@ -109,6 +111,10 @@ impl Collective for ThreadGroup {
         if self.world == 1 {
             return Ok(tensor.clone());
         }
+        // On CUDA every thread has its own stream (candle's per-thread
+        // default stream), and streams do not wait for each other: the
+        // tensor must be computed before another thread reads it.
+        tensor.device().synchronize()?;
         let (lock, changed) = &*self.shared;
         let mut m = lock.lock().unwrap_or_else(|e| e.into_inner());
         // Wait until the previous round's result has been read by everyone.
@@ -137,6 +143,9 @@ impl Collective for ThreadGroup {
             }
             sum = (sum + t)?;
         }
+        // The others' tensors are read before this replica says so: the last
+        // reader frees them, in its own stream's order.
+        sum.device().synchronize()?;
         m.read += 1;
         if m.read == self.world {
             // The last reader opens the next round.

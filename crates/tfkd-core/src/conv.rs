@@ -181,7 +181,6 @@ pub fn backend(device: &candle_core::Device) -> String {
     match device {
         Device::Cpu => "tfkd's CPU engine".into(),
         #[cfg(feature = "cuda")]
-        #[cfg(feature = "cuda")]
         Device::Cuda(_) => {
             let cudnn = cudnn::active(device, candle_core::DType::F32);
             let depthwise = match (depthwise::to_cudnn(), cudnn) {

@@ -348,6 +348,44 @@ pub(crate) fn api() -> Option<Arc<Api>> {
     }
 }
 
+/// Whether cuDNN serves `device`: the library loaded ([`api`]) and a handle
+/// made on that GPU, which is where a library that loads but cannot run
+/// (a driver or GPU it does not support) first fails. Decided once per GPU;
+/// a GPU where it fails gets one warning, and its convolutions and BatchNorm
+/// take tfkd's own paths instead of failing at their first call.
+pub(crate) fn usable(device: &candle_core::Device) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        use std::sync::Mutex;
+        let candle_core::Device::Cuda(dev) = device else { return false };
+        let Some(api) = api() else { return false };
+        static READY: OnceLock<Mutex<HashMap<candle_core::cuda_backend::DeviceId, bool>>> = OnceLock::new();
+        let ready = READY.get_or_init(|| Mutex::new(HashMap::new()));
+        if let Some(&known) = ready.lock().unwrap_or_else(|e| e.into_inner()).get(&dev.id()) {
+            return known;
+        }
+        let works = match with_device(&api, dev, |_| Ok(())) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!(
+                    "tfkd: cuDNN loaded ({}) but does not start on {:?}: {e}; its convolutions and BatchNorm run on \
+                     tfkd's slower im2col + cuBLAS and composed paths",
+                    api.from,
+                    device.location()
+                );
+                false
+            }
+        };
+        ready.lock().unwrap_or_else(|e| e.into_inner()).insert(dev.id(), works);
+        works
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// One line for logs and benchmarks: the cuDNN version and file, or why
 /// there is none. Loads the library if it was not loaded yet.
 pub fn describe() -> String {
@@ -431,6 +469,8 @@ pub(crate) struct ConvKey {
     pub geometry: Geometry,
     pub dtype: c_int,
     pub math: c_int,
+    /// Bit i: operand i (first, second, output) is 16-byte aligned.
+    pub aligned: u8,
 }
 
 /// The cached choice: algorithm, the math type cuDNN timed it with, and its

@@ -30,11 +30,16 @@ mod on_gpu {
     const VALUE_TOL: f64 = 1e-4;
     const GRAD_TOL: f64 = 1e-3;
 
-    /// The GPU, with strict f32 convolutions, or `None` after saying why.
+    /// The GPU, with strict f32 convolutions and the memory pool set up as
+    /// `tfkd train` sets it up, or `None` after saying why.
     fn gpu() -> Option<Device> {
         tfkd_core::precision::set_conv_tf32(false);
         match Device::new_cuda(0) {
-            Ok(d) => Some(d),
+            Ok(d) => {
+                tfkd_core::gpu_memory::retain_freed_memory(&d).unwrap();
+                tfkd_core::gpu_memory::skip_buffer_events(&d).unwrap();
+                Some(d)
+            }
             Err(e) => {
                 eprintln!("skipped: no CUDA device ({e})");
                 None
@@ -104,6 +109,39 @@ mod on_gpu {
                 check(&format!("{} forward ({round})", c.name), &y, &y0, VALUE_TOL);
                 check(&format!("{} input gradient ({round})", c.name), &gx, &gx0, GRAD_TOL);
                 check(&format!("{} weight gradient ({round})", c.name), &gw, &gw0, GRAD_TOL);
+            }
+        }
+    }
+
+    /// Inputs that are views on the GPU: one that starts one element into
+    /// its buffer (contiguous, so cuDNN reads it in place, 4-byte aligned
+    /// only) and a transposed one (strided, copied first); forward and both
+    /// gradients, twice (the cached algorithm must suit the alignment).
+    #[test]
+    fn convolutions_of_views_match_the_cpu() {
+        let Some(dev) = gpu() else { return };
+        let mut rng = SeededRng::new(19);
+        let (n, c, h, w) = (3, 8, 9, 9);
+        let big = random(&mut rng, &[n * c * h * w + 1]);
+        let kernel = random(&mut rng, &[16, c, 3, 3]);
+        let r = random(&mut rng, &[n, 16, 5, 5]);
+        let offset = |t: &Tensor| t.narrow(0, 1, n * c * h * w).unwrap().reshape((n, c, h, w)).unwrap();
+        let transposed = |t: &Tensor| t.narrow(0, 0, n * c * h * w).unwrap().reshape((n, h, c, w)).unwrap().transpose(1, 2).unwrap();
+        type View<'a> = &'a dyn Fn(&Tensor) -> Tensor;
+        let views: [(&str, View); 2] = [("offset by one element", &offset), ("transposed", &transposed)];
+        for (what, view) in views {
+            let run = |d: &Device| {
+                let (bv, kv) = (Var::from_tensor(&big.to_device(d).unwrap()).unwrap(), Var::from_tensor(&kernel.to_device(d).unwrap()).unwrap());
+                let y = tfkd_core::conv::conv2d(&view(bv.as_tensor()), kv.as_tensor(), 1, 2, 1).unwrap();
+                let g = (&y * r.to_device(d).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                [&y, g.get(&bv).unwrap(), g.get(&kv).unwrap()].map(|t| t.to_device(&Device::Cpu).unwrap())
+            };
+            let want = run(&Device::Cpu);
+            for round in ["first call", "cached algorithm"] {
+                let got = run(&dev);
+                check(&format!("conv of a view {what}: forward ({round})"), &got[0], &want[0], VALUE_TOL);
+                check(&format!("conv of a view {what}: input gradient ({round})"), &got[1], &want[1], GRAD_TOL);
+                check(&format!("conv of a view {what}: weight gradient ({round})"), &got[2], &want[2], GRAD_TOL);
             }
         }
     }
@@ -206,14 +244,15 @@ mod on_gpu {
         use tfkd_core::activation::Activation;
         let Some(dev) = gpu() else { return };
         let mut rng = SeededRng::new(18);
-        for act in [None, Some(Activation::Relu)] {
-            let shape = [4usize, 16, 8, 8];
+        // 6 channels: β of the packed [γ; β] is not 16-byte aligned.
+        for (c, act) in [(16, None), (16, Some(Activation::Relu)), (6, Some(Activation::Relu))] {
+            let shape = [4usize, c, 8, 8];
             let x = random(&mut rng, &shape).affine(3.0, 1.5).unwrap();
             let s = random(&mut rng, &shape).affine(2.0, 0.0).unwrap();
             let r = random(&mut rng, &shape);
             let run = |d: &Device| {
                 let vm = candle_nn::VarMap::new();
-                let bn = tfkd_core::norm::BatchNorm::new(16, 1e-5, 0.1, candle_nn::VarBuilder::from_varmap(&vm, DType::F32, d)).unwrap();
+                let bn = tfkd_core::norm::BatchNorm::new(c, 1e-5, 0.1, candle_nn::VarBuilder::from_varmap(&vm, DType::F32, d)).unwrap();
                 let (xv, sv) = (Var::from_tensor(&x.to_device(d).unwrap()).unwrap(), Var::from_tensor(&s.to_device(d).unwrap()).unwrap());
                 let residual = (sv.as_tensor() * 2.0).unwrap();
                 let y = bn.forward_into_residual_act_t(&xv, residual, true, act).unwrap();
@@ -228,7 +267,7 @@ mod on_gpu {
             let names = ["y", "running mean", "running variance", "input gradient", "residual gradient", "weight gradient", "bias gradient"];
             for (i, what) in names.iter().enumerate() {
                 let tol = if i < 3 { VALUE_TOL } else { GRAD_TOL };
-                check(&format!("BatchNorm into the residual {act:?} {what}"), &got[i], &want[i], tol);
+                check(&format!("BatchNorm into the residual, {c} channels, {act:?} {what}"), &got[i], &want[i], tol);
             }
         }
     }

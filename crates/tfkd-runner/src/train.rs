@@ -628,6 +628,18 @@ impl Replica {
             }
         }
         self.optimizer.load_state(other.optimizer.state().into_iter().collect())?;
+        // Another thread trains this replica next.
+        self.synchronize()
+    }
+
+    /// Waits for this thread's work on the replica's device. On CUDA each
+    /// thread has its own stream, and streams do not wait for each other: a
+    /// replica that another thread trains next (the epoch's threads are
+    /// new ones) must be up to date first.
+    fn synchronize(&self) -> Result<()> {
+        if let Some((_, var)) = self.params.first() {
+            var.device().synchronize()?;
+        }
         Ok(())
     }
 }
@@ -743,7 +755,8 @@ impl EpochStep<'_> {
                 .map(|(replica, collective)| {
                     let fresh = fresh.clone();
                     scope.spawn(move || {
-                        let r = self.train(replica, collective.as_ref(), fresh, &mut Silent);
+                        let r = self.train(replica, collective.as_ref(), fresh, &mut Silent)
+                            .and_then(|done| replica.synchronize().map(|()| done));
                         if let Err(e) = &r {
                             collective.abort(&format!("replica {}: {e}", collective.rank()));
                         }

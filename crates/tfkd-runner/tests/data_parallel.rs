@@ -94,6 +94,31 @@ fn replicas_without_images_are_refused() {
     assert!(err.contains("replicas") && err.contains("BatchNorm"), "{err}");
 }
 
+/// Replicas that are threads share one GPU: `tfkd train --nproc N` on a GPU
+/// says so (also with `--show-config`, which opens no device) and names
+/// the one-process-per-GPU launch; on the CPU it does not.
+#[test]
+fn thread_replicas_on_a_gpu_are_said_to_share_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(tmp.path(), "method = \"baseline\"", 1);
+    let path = tmp.path().join("exp.toml");
+    std::fs::write(&path, c.to_toml()).unwrap();
+    let train = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tfkd"))
+            .args(["train", "--nproc", "2", "-c"])
+            .arg(&path)
+            .args(extra)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let on_gpu = train(&["--show-config", "--set", "device=\"cuda:1\""]);
+    assert!(on_gpu.contains("2 replicas are threads of this process and share cuda:1"), "{on_gpu}");
+    assert!(on_gpu.contains("torchrun --nproc-per-node 2 --no-python tfkd train"), "{on_gpu}");
+    let on_cpu = train(&["--show-config"]);
+    assert!(!on_cpu.contains("share"), "{on_cpu}");
+}
+
 /// Starts `tfkd train` as `world` processes of one run, as srun or torchrun
 /// would (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`), and waits for
 /// them; returns their exit codes and stderr.

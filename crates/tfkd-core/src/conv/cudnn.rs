@@ -38,7 +38,7 @@ pub(super) fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize, grou
 /// True when a convolution of this device and dtype would go to cuDNN (the
 /// library loads): what the tests and benchmarks report.
 pub fn active(device: &candle_core::Device, dtype: DType) -> bool {
-    device.is_cuda() && cudnn::data_type(dtype).is_some() && cudnn::api().is_some()
+    cudnn::data_type(dtype).is_some() && cudnn::usable(device)
 }
 
 
@@ -198,11 +198,14 @@ fn run_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
     let w_desc = Descriptor::filter(&api, data_type, g.w)?;
     let y_desc = Descriptor::tensor(&api, data_type, g.y())?;
     let conv = Descriptor::convolution(&api, data_type, g.padding, g.stride, g.groups, math)?;
-    let key = ConvKey { pass, geometry: g, dtype: data_type, math };
     {
         let (pa, _read_a) = a.device_ptr(&stream);
         let (pb, _read_b) = b.device_ptr(&stream);
         let (po, _write_out) = out.device_ptr_mut(&stream);
+        // Operands with an offset into their buffer may be less aligned than
+        // those an algorithm was timed on (PyTorch keys on this too).
+        let aligned = [pa, pb, po].iter().enumerate().fold(0u8, |bits, (i, &p)| bits | (u8::from(p % 16 == 0) << i));
+        let key = ConvKey { pass, geometry: g, dtype: data_type, math, aligned };
         let (pa, pb, po) = (pa as *const c_void, pb as *const c_void, po as *mut c_void);
         // The descriptors in the order each pass's functions take them:
         // (first operand, second operand, output).
@@ -226,7 +229,10 @@ fn run_typed<T: CudaDType + DeviceRepr + candle_core::WithDType>(
                     c
                 }
             };
-            conv.set_math_type(choice.math_type)?;
+            // The math type cuDNN timed the algorithm with, except that
+            // strict f32 stays plain FMA whatever cuDNN reports (its
+            // default math type allows TF32 on tensor cores).
+            conv.set_math_type(if math == cudnn::FMA_MATH { math } else { choice.math_type })?;
             let (_workspace, ws) = cudnn::workspace(&stream, choice.workspace)?;
             let (alpha, beta) = (Scale::of(data_type, 1.0), Scale::of(data_type, 0.0));
             // SAFETY: descriptors of these operands' shapes, device pointers
@@ -268,29 +274,35 @@ struct Search<'a> {
 /// The most workspace any algorithm of the pass needs for these shapes, up
 /// to the bound (an algorithm that does not apply is skipped).
 fn largest_workspace(api: &cudnn::Api, handle: *mut c_void, search: &Search, bound: usize) -> usize {
+    (0..search.pass.algorithms())
+        .filter_map(|algo| workspace_of(api, handle, search, algo))
+        .filter(|&bytes| bytes <= bound)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The workspace algorithm `algo` of the pass needs for these shapes, or
+/// `None` where it does not apply.
+fn workspace_of(api: &cudnn::Api, handle: *mut c_void, search: &Search, algo: c_int) -> Option<usize> {
     let size_of = match search.pass {
         Pass::Forward => api.workspace_fwd,
         Pass::BackwardData => api.workspace_bwd_data,
         Pass::BackwardFilter => api.workspace_bwd_filter,
     };
     let [d1, d2, conv, d3] = search.descriptors;
-    (0..search.pass.algorithms())
-        .filter_map(|algo| {
-            let mut bytes = 0usize;
-            // SAFETY: valid descriptors of this pass; cuDNN writes one size.
-            let status = unsafe { size_of(handle, d1.raw, d2.raw, conv.raw, d3.raw, algo, &mut bytes) };
-            (status == cudnn::SUCCESS).then_some(bytes)
-        })
-        .filter(|&bytes| bytes <= bound)
-        .max()
-        .unwrap_or(0)
+    let mut bytes = 0usize;
+    // SAFETY: valid descriptors of this pass; cuDNN writes one size.
+    let status = unsafe { size_of(handle, d1.raw, d2.raw, conv.raw, d3.raw, algo, &mut bytes) };
+    (status == cudnn::SUCCESS).then_some(bytes)
 }
 
 /// Times every algorithm of a pass on the real operands (cuDNN's
 /// `Find*AlgorithmEx`, which writes the output) with a temporary workspace
 /// as large as the hungriest algorithm that fits the bound needs (halved
-/// until it can be allocated), and picks ([`cudnn::pick`]). Falls back to
-/// algorithm 0, which needs no workspace.
+/// until it can be allocated), and picks ([`cudnn::pick`]). Where none
+/// qualifies, falls back to algorithm 0, or with
+/// `TFKD_CUDNN_DETERMINISTIC=1` to a deterministic one (the gradient passes'
+/// algorithm 0 adds with atomics; their algorithm 1 does not).
 fn find_algorithm(
     api: &cudnn::Api,
     handle: *mut c_void,
@@ -320,9 +332,9 @@ fn find_algorithm(
     };
     api.check(status, "cudnnFind*AlgorithmEx")?;
     let returned = (returned.max(0) as usize).min(results.len());
-    Ok(cudnn::pick(&results[..returned], bound, cudnn::deterministic_only()).unwrap_or(cudnn::Choice {
-        algo: 0,
-        math_type: math,
-        workspace: 0,
+    let deterministic = cudnn::deterministic_only();
+    Ok(cudnn::pick(&results[..returned], bound, deterministic).unwrap_or_else(|| {
+        let algo = if deterministic && search.pass != Pass::Forward { 1 } else { 0 };
+        cudnn::Choice { algo, math_type: math, workspace: workspace_of(api, handle, search, algo).unwrap_or(0) }
     }))
 }

@@ -29,8 +29,9 @@ use super::Tail;
 use crate::activation::Activation;
 use crate::cudnn::{self, Descriptor, Scale};
 
-/// cuDNN's smallest accepted ε (`CUDNN_BN_MIN_EPSILON`).
-const MIN_EPSILON: f64 = 1e-5;
+/// cuDNN's smallest accepted ε (`CUDNN_BN_MIN_EPSILON`, 0.0 in cuDNN 9's
+/// `cudnn_ops.h`).
+const MIN_EPSILON: f64 = 0.0;
 
 /// Whether cuDNN takes this BatchNorm: f32 parameters and an f32, bf16 or
 /// f16 input on a GPU, an ε cuDNN accepts, more than one value per channel,
@@ -40,7 +41,7 @@ fn eligible(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<bool
     let all_f32 = [weight, bias].iter().all(|t| t.dtype() == DType::F32) && cudnn::data_type(x.dtype()).is_some_and(|d| d != cudnn::DATA_DOUBLE);
     let (n, c) = (x.dim(0)?, x.dim(1)?);
     let m = x.elem_count() / c.max(1);
-    Ok(x.device().is_cuda() && all_f32 && eps >= MIN_EPSILON && m >= 2 && n > 0 && cudnn::api().is_some())
+    Ok(all_f32 && eps >= MIN_EPSILON && m >= 2 && n > 0 && cudnn::usable(x.device()))
 }
 
 /// The BatchNorm through cuDNN where [`eligible`], with the batch
@@ -292,10 +293,28 @@ impl CudnnBatchNorm {
     }
 }
 
-/// γ's and β's addresses in the packed `[γ; β]` (f32, `2C`).
-fn packed_params(s: &CudaStorage, l: &Layout, c: usize, stream: &Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>) -> Result<(u64, u64)> {
-    let wb = ptr(s, l, stream)?;
-    Ok((wb, wb + (c * std::mem::size_of::<f32>()) as u64))
+/// γ's and β's addresses in the packed `[γ; β]` (f32, `2C`). Where β does
+/// not start on a 16-byte boundary (C not a multiple of 4), it is copied
+/// into a buffer of its own, returned to be kept until the call is queued:
+/// cuDNN documents no alignment for these parameters, and C floats copied
+/// take the question off the table.
+fn packed_params(
+    s: &CudaStorage,
+    l: &Layout,
+    c: usize,
+    stream: &Arc<candle_core::cuda_backend::cudarc::driver::CudaStream>,
+) -> Result<(u64, u64, Option<CudaSlice<f32>>)> {
+    let gamma = ptr(s, l, stream)?;
+    let beta = gamma + (c * std::mem::size_of::<f32>()) as u64;
+    if beta % 16 == 0 {
+        return Ok((gamma, beta, None));
+    }
+    let Some((start, _)) = l.contiguous_offsets() else {
+        candle_core::bail!("tfkd-cudnn-batch-norm: the packed parameters must be contiguous")
+    };
+    let copy = stream.clone_dtod(&s.as_cuda_slice::<f32>()?.slice(start + c..start + 2 * c)).map_err(candle_core::Error::wrap)?;
+    let beta = copy.device_ptr(stream).0;
+    Ok((gamma, beta, Some(copy)))
 }
 
 /// The residual form written into the residual (f32: `r ← act(BN(x) + r)`,
@@ -308,7 +327,8 @@ impl super::ResidualInPlace for CudnnBatchNorm {
         if !self.residual || rs.dtype() != DType::F32 || rl.shape().elem_count() != n || wl.shape().elem_count() != 2 * c {
             candle_core::bail!("{op}: a residual of {:?} {:?} and {} packed parameters for {:?}", rl.shape(), rs.dtype(), wl.shape().elem_count(), xl.shape())
         }
-        let (_y, py) = self.normalise(xs, xl, packed_params(ws, wl, c, &stream)?)?;
+        let (gamma, beta, _beta_copy) = packed_params(ws, wl, c, &stream)?;
+        let (_y, py) = self.normalise(xs, xl, (gamma, beta))?;
         let Some((start, end)) = rl.contiguous_offsets() else {
             candle_core::bail!("{op}: the residual must be contiguous")
         };
@@ -341,13 +361,14 @@ impl CustomOp3 for CudnnBatchNorm {
         let c = crate::cpu::ncs(xl.shape(), self.name())?.1;
         let n = xl.shape().elem_count();
         // With a residual, (ws, bs) are (the residual, [γ; β]).
-        let params = if self.residual {
+        let (params, _beta_copy) = if self.residual {
             if ws.dtype() != DType::F32 || wl.shape().elem_count() != n || bl.shape().elem_count() != 2 * c {
                 candle_core::bail!("tfkd-cudnn-batch-norm: a residual of {:?} and {} packed parameters for {:?}", wl.shape(), bl.shape().elem_count(), xl.shape())
             }
-            packed_params(bs, bl, c, &stream)?
+            let (gamma, beta, copy) = packed_params(bs, bl, c, &stream)?;
+            ((gamma, beta), copy)
         } else {
-            (ptr(ws, wl, &stream)?, ptr(bs, bl, &stream)?)
+            ((ptr(ws, wl, &stream)?, ptr(bs, bl, &stream)?), None)
         };
         let (y, py) = self.normalise(xs, xl, params)?;
         let dev = xs.device();
