@@ -15,7 +15,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cd "${GPU_DIR:-.gpu}"
 gpu=$(pwd)
-[ -x tfkd ] || { gunzip -f tfkd.gz && chmod +x tfkd; }
+. "$here/unpack.sh"
+unpack tfkd
 epochs=${EPOCHS:-15}
 milestones=${MILESTONES:-5,9,12}
 precision=${PRECISION:-tf32}

@@ -29,7 +29,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 cd "${GPU_DIR:-.gpu}"
 cp "$here"/c10mini-*.toml .
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
-for b in tfkd cuda_ops parity nccl tfkd-nccl; do [ -f $b.gz ] && gunzip -f $b.gz; [ -f $b ] && chmod +x $b; done
+. "$here/unpack.sh"
+for b in tfkd cuda_ops parity nccl tfkd-nccl; do unpack $b; done
 # tfkd opens cuDNN at run time: take the one PyTorch's wheels installed unless
 # TFKD_CUDNN_LIB already names a file.
 if [ -z "${TFKD_CUDNN_LIB:-}" ]; then

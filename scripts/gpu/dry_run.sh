@@ -2,7 +2,7 @@
 # A GPU-less rehearsal of scripts/gpu/check.sh, on the build machine: the
 # device window is short and rare, so a broken path, variable or step in the
 # check should be found here, not there. It fills a scratch copy of `.gpu/`
-# with CPU builds (tfkd and the cuda_ops, parity and nccl test binaries, gzipped as
+# with CPU builds (tfkd and the cuda_ops, parity and nccl test binaries, packed as
 # prepare.sh packs them), puts a stand-in `nvidia-smi` first on PATH, and runs
 # the whole check with the small models: every GPU step then fails with "no
 # CUDA" (tfkd) or "no NVIDIA driver" (PyTorch), and the script must go on to
@@ -34,7 +34,7 @@ cp "$CARGO_TARGET_DIR/debug/tfkd" "$scratch/gpu/tfkd"
 cp "$(test_binary tfkd-core cuda_ops)" "$scratch/gpu/cuda_ops"
 cp "$(test_binary tfkd-zoo parity)" "$scratch/gpu/parity"
 cp "$(test_binary tfkd-core nccl)" "$scratch/gpu/nccl"
-gzip "$scratch/gpu/tfkd" "$scratch/gpu/cuda_ops" "$scratch/gpu/parity" "$scratch/gpu/nccl"
+xz -1 -T0 "$scratch/gpu/tfkd" "$scratch/gpu/cuda_ops" "$scratch/gpu/parity" "$scratch/gpu/nccl"
 shared=${SHARED_DIR:-$root/../shared}
 if [ -f "$shared/gpu/run-cuda.sh" ]; then
   cp "$shared/gpu/run-cuda.sh" "$scratch/gpu/"

@@ -3,13 +3,14 @@
 # GPU machine (which has no Rust): run it here, on the build machine, from any
 # folder, then carry `.gpu` to the device and run `bash scripts/gpu/check.sh`.
 #
-#   tfkd.gz       `tfkd` built with `--features cuda` (stripped, gzipped)
-#   cuda_ops.gz   tfkd-core's CUDA-vs-CPU op tests (tests/cuda_ops.rs)
-#   parity.gz     tfkd-zoo's PyTorch parity tests, which also run on CUDA
+#   tfkd.xz       `tfkd` built with `--features cuda` (stripped, xz: half
+#                 gzip's size, and the folder must stay under 64 MiB)
+#   cuda_ops.xz   tfkd-core's CUDA-vs-CPU op tests (tests/cuda_ops.rs)
+#   parity.xz     tfkd-zoo's PyTorch parity tests, which also run on CUDA
 #                 (they read the repository's fixtures/, carried with the tree)
-#   nccl.gz       tfkd-core's NCCL tests (tests/nccl.rs, `--features nccl`;
+#   nccl.xz       tfkd-core's NCCL tests (tests/nccl.rs, `--features nccl`;
 #                 libnccl comes from PyTorch's wheels on the GPU machine)
-#   tfkd-nccl.gz  only with PREPARE_TFKD_NCCL=1: `tfkd` built with
+#   tfkd-nccl.xz  only with PREPARE_TFKD_NCCL=1: `tfkd` built with
 #                 `--features nccl`, for check.sh's two-process run on a
 #                 machine with two GPUs (one more release build)
 #   run-cuda.sh   the launcher that puts the CUDA libraries on the path
@@ -42,7 +43,7 @@ parity=$(test_binary tfkd-zoo parity)
 nccl=$(test_binary tfkd-core nccl nccl)
 [ -n "$cuda_ops" ] && [ -n "$parity" ] && [ -n "$nccl" ] || { echo "prepare.sh: a test binary was not built" >&2; exit 1; }
 mkdir -p .gpu/data
-pack() { strip -o .gpu/"$2" "$1" && gzip -9f .gpu/"$2"; }
+pack() { strip -o .gpu/"$2" "$1" && rm -f .gpu/"$2".gz && xz -9 -T0 -f .gpu/"$2"; }
 pack "$CARGO_TARGET_DIR/release/tfkd" tfkd
 pack "$cuda_ops" cuda_ops
 pack "$parity" parity

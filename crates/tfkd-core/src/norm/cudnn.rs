@@ -41,7 +41,50 @@ fn eligible(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<bool
     let all_f32 = [weight, bias].iter().all(|t| t.dtype() == DType::F32) && cudnn::data_type(x.dtype()).is_some_and(|d| d != cudnn::DATA_DOUBLE);
     let (n, c) = (x.dim(0)?, x.dim(1)?);
     let m = x.elem_count() / c.max(1);
-    Ok(all_f32 && eps >= MIN_EPSILON && m >= 2 && n > 0 && cudnn::usable(x.device()))
+    Ok(all_f32 && eps >= MIN_EPSILON && m >= 2 && n > 0 && cudnn::usable(x.device()) && takes_dtype(x))
+}
+
+/// Whether cuDNN's BatchNorm takes `x`'s activations on its GPU: f32
+/// always; bf16 and f16 found out once per GPU and dtype, by a forward and
+/// backward pass over two values (PyTorch keeps bf16 off cuDNN's BatchNorm,
+/// and a cuDNN that refuses it must not stop a run: the activations are
+/// then normalised in f32 by the other path).
+fn takes_dtype(x: &Tensor) -> bool {
+    if x.dtype() == DType::F32 {
+        return true;
+    }
+    let candle_core::Device::Cuda(dev) = x.device() else { return false };
+    type Known = std::collections::HashMap<(candle_core::cuda_backend::DeviceId, DType), bool>;
+    static KNOWN: std::sync::OnceLock<Mutex<Known>> = std::sync::OnceLock::new();
+    let known = KNOWN.get_or_init(Default::default);
+    let key = (dev.id(), x.dtype());
+    if let Some(&k) = known.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return k;
+    }
+    let probe = || -> Result<()> {
+        let d = x.device();
+        let v = candle_core::Var::from_tensor(&Tensor::new(&[1f32, -1.0], d)?.reshape((2, 1))?.to_dtype(x.dtype())?)?;
+        let (w, b) = (Tensor::ones(1, DType::F32, d)?, Tensor::zeros(1, DType::F32, d)?);
+        let statistics = Statistics::ForCaller(Arc::new(Mutex::new(None)));
+        let y = apply(v.as_tensor(), &w, &b, 1e-5, statistics, Tail::default())?;
+        let grads = (y.to_dtype(DType::F32)? * Tensor::new(&[1f32, 2.0], d)?.reshape((2, 1))?)?.sum_all()?.backward()?;
+        // Read back: a refused call may only surface at the next synchronisation.
+        grads.get(&v).map(|g| g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()).transpose()?;
+        Ok(())
+    };
+    let takes = match probe() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!(
+                "tfkd: cuDNN's BatchNorm refuses {:?} activations on {:?} ({e}); they are normalised in f32 by tfkd's other path",
+                x.dtype(),
+                x.device().location()
+            );
+            false
+        }
+    };
+    known.lock().unwrap_or_else(|e| e.into_inner()).insert(key, takes);
+    takes
 }
 
 /// The BatchNorm through cuDNN where [`eligible`], with the batch
