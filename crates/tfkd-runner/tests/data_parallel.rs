@@ -113,7 +113,7 @@ fn thread_replicas_on_a_gpu_are_said_to_share_it() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let on_gpu = train(&["--show-config", "--set", "device=\"cuda:1\""]);
-    assert!(on_gpu.contains("2 replicas are threads of this process and share cuda:1"), "{on_gpu}");
+    assert!(on_gpu.contains("2 replicas are threads of this process and share one GPU (cuda:1)"), "{on_gpu}");
     assert!(on_gpu.contains("torchrun --nproc-per-node 2 --no-python tfkd train"), "{on_gpu}");
     let on_cpu = train(&["--show-config"]);
     assert!(!on_cpu.contains("share"), "{on_cpu}");

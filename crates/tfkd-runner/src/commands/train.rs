@@ -21,7 +21,7 @@ pub fn run(args: &ConfigArgs, options: &RunOptions, show_config: bool, nproc: Op
     }
     if launch.is_none() && config.replicas > 1 && matches!(config.device, tfkd_runner::device::DeviceSpec::Cuda(_)) {
         tracing::warn!(
-            "the {} replicas are threads of this process and share {}: DataParallel's numbers, not its speed; \
+            "the {} replicas are threads of this process and share one GPU ({}): DataParallel's numbers, not its speed; \
              to train on {} GPUs, start one process per GPU (e.g. `torchrun --nproc-per-node {} --no-python tfkd train ...` or srun)",
             config.replicas,
             config.device,
