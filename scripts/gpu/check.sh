@@ -102,9 +102,9 @@ for d in runs/*/; do sed "s|^|$(basename $d) |" $d/metrics.jsonl; done > $OUT/tr
 # NCCL (id over TCP, communicator, all-reduce, SGD steps) must train bit for
 # bit as a process alone; on two GPUs, two replicas at half the batch as one
 # process at the whole batch. NCCL needs a GPU per rank, so one GPU runs the
-# first only. With two GPUs, also two `tfkd train` processes against one
-# process with two replicas (threads) at the same global batch: the loss
-# curves should agree up to NCCL's summation order; that needs `tfkd-nccl`
+# first only. With two GPUs, also two `tfkd train` processes against the
+# threads below at the same global batch: the loss curves should agree up
+# to NCCL's summation order; that needs `tfkd-nccl`
 # (`PREPARE_TFKD_NCCL=1 scripts/gpu/prepare.sh`), else the processes sum
 # over TCP, which `nccl.txt` then says.
 echo "== NCCL"; date
@@ -116,25 +116,31 @@ else
   echo "no nccl test binary here: scripts/gpu/prepare.sh builds it" | tee $OUT/nccl.txt
 fi
 # Two replicas as threads of one process on one GPU (`tfkd train --nproc 2`:
-# each thread has its own CUDA stream, and the group synchronises them): a
-# smoke run, 3 epochs, beside the one-replica baseline's first epochs in
-# train-metrics.txt.
-echo "== two replicas as threads on one GPU"; date
-timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-base.toml --nproc 2 --set out_dir=\"nproc2\" --set epochs=3 2>&1 | tail -2
-for d in nproc2/*/; do sed "s|^|$d |" $d/metrics.jsonl; done 2>/dev/null | tee -a $OUT/nccl.txt
+# each thread has its own CUDA stream, and the group synchronises them),
+# against one replica at the same global batch: AlexNet has no BatchNorm,
+# so the two runs' losses and accuracies must agree up to float rounding
+# (cuDNN's deterministic algorithms; a race between the threads' streams
+# would show as a gap).
+echo "== two replicas as threads on one GPU vs one replica (AlexNet)"; date
+dp="--set model.name=\"alexnet\" --set epochs=2"
+for n in 1 2; do
+  TFKD_CUDNN_DETERMINISTIC=1 timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh ./tfkd -q train -c c10mini-base.toml --nproc $n \
+    --set out_dir=\"nproc$n\" $dp 2>&1 | tail -2
+done
+for d in nproc1/*/ nproc2/*/; do sed "s|^|$d |" $d/metrics.jsonl; done 2>/dev/null | tee -a $OUT/nccl.txt
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   echo "== NCCL: 2 processes vs 2 threads"; date
   trainer=./tfkd-nccl
   [ -f $trainer ] || { trainer=./tfkd; echo "no tfkd-nccl: the two processes sum over TCP" | tee -a $OUT/nccl.txt; }
   export MASTER_ADDR=127.0.0.1 MASTER_PORT=29517
   for r in 0 1; do
-    RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh $trainer -q train -c c10mini-base.toml \
-      --set out_dir=\"nccl-procs\" --set epochs=3 > nccl-rank$r.log 2>&1 &
+    RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r TFKD_CUDNN_DETERMINISTIC=1 timeout ${TRAIN_LIMIT:-150} ./run-cuda.sh $trainer -q train \
+      -c c10mini-base.toml --set out_dir=\"nccl-procs\" $dp > nccl-rank$r.log 2>&1 &
   done
   wait
   tail -3 nccl-rank0.log nccl-rank1.log | tee -a $OUT/nccl.txt
-  # Against the two threads above (nproc2/): the same global batch.
-  for d in nccl-procs/*/ nproc2/*/; do sed "s|^|$d |" $d/metrics.jsonl; done | tee -a $OUT/nccl.txt
+  # Against the threads above (nproc1/, nproc2/): the same global batch.
+  for d in nccl-procs/*/ nproc1/*/ nproc2/*/; do sed "s|^|$d |" $d/metrics.jsonl; done | tee -a $OUT/nccl.txt
 else
   echo "== one GPU: the two-process NCCL run skipped (NCCL needs a GPU per process)" | tee -a $OUT/nccl.txt
 fi

@@ -51,6 +51,8 @@ pack "$nccl" nccl
 if [ "${PREPARE_TFKD_NCCL:-0}" = 1 ]; then
   cargo build --release -p tfkd-runner --features nccl
   pack "$CARGO_TARGET_DIR/release/tfkd" tfkd-nccl
+else
+  rm -f .gpu/tfkd-nccl.xz .gpu/tfkd-nccl  # an older one would not match this commit
 fi
 cp "$shared"/gpu/run-cuda.sh .gpu/
 [ -d .gpu/data/cifar10-mini ] || cp -r "$shared"/data/cifar10-mini .gpu/data/

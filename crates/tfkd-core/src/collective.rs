@@ -387,6 +387,12 @@ impl NcclGroup {
         }
         let shared = tcp.all_reduce_sum(&Tensor::from_vec(bytes, 128, &candle_core::Device::Cpu)?)?.to_vec1::<f32>()?;
         let internal: [std::ffi::c_char; 128] = std::array::from_fn(|i| shared[i] as u8 as std::ffi::c_char);
+        // NCCL puts the rank on the calling thread's current GPU: `device`'s,
+        // even on a thread that has not used it yet.
+        cuda.cuda_stream()
+            .context()
+            .bind_to_thread()
+            .map_err(|e| Error::State(format!("NCCL: cannot make {:?} this thread's GPU: {e:?}", device.location())))?;
         let comm = Comm::from_rank(cuda.cuda_stream(), rank, world, Id::uninit(internal)).map_err(nccl_err("init"))?;
         Ok(NcclGroup { rank, world, device: device.clone(), comm: Mutex::new(nccl::SendComm(comm)) })
     }

@@ -755,8 +755,11 @@ impl EpochStep<'_> {
                 .map(|(replica, collective)| {
                     let fresh = fresh.clone();
                     scope.spawn(move || {
-                        let r = self.train(replica, collective.as_ref(), fresh, &mut Silent)
-                            .and_then(|done| replica.synchronize().map(|()| done));
+                        let r = self.train(replica, collective.as_ref(), fresh, &mut Silent);
+                        // Also after a failure: the replica's buffers are
+                        // freed on another thread.
+                        let synchronized = replica.synchronize();
+                        let r = r.and_then(|done| synchronized.map(|()| done));
                         if let Err(e) = &r {
                             collective.abort(&format!("replica {}: {e}", collective.rank()));
                         }

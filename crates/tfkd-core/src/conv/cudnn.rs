@@ -334,7 +334,11 @@ fn find_algorithm(
     let returned = (returned.max(0) as usize).min(results.len());
     let deterministic = cudnn::deterministic_only();
     Ok(cudnn::pick(&results[..returned], bound, deterministic).unwrap_or_else(|| {
-        let algo = if deterministic && search.pass != Pass::Forward { 1 } else { 0 };
-        cudnn::Choice { algo, math_type: math, workspace: workspace_of(api, handle, search, algo).unwrap_or(0) }
+        // Algorithm 1 where it applies to these shapes, else 0.
+        let deterministic_one = (deterministic && search.pass != Pass::Forward).then(|| workspace_of(api, handle, search, 1)).flatten();
+        match deterministic_one {
+            Some(workspace) => cudnn::Choice { algo: 1, math_type: math, workspace },
+            None => cudnn::Choice { algo: 0, math_type: math, workspace: workspace_of(api, handle, search, 0).unwrap_or(0) },
+        }
     }))
 }
