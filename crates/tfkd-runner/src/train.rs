@@ -746,8 +746,14 @@ impl EpochStep<'_> {
         // The sums so far are replica 0's to carry; the others start at 0.
         let fresh = PartialEpoch { batches_done: resume.batches_done, lr: resume.lr, ..Default::default() };
         if others.is_empty() {
-            return self.train(main, collectives[0].as_ref(), resume, reporter);
+            return self.train(main, collectives[0].as_ref(), None, resume, reporter);
         }
+        // Replicas that are threads on one GPU take turns at it: they share
+        // candle's cuBLAS handle and tfkd's cuDNN handle, whose scratch
+        // memory is not meant for two streams at once. (DataParallel's
+        // numbers, not its speed: `tfkd train` says so.)
+        let gpu_turns = main.params.first().is_some_and(|(_, v)| v.device().is_cuda()).then(|| std::sync::Mutex::new(()));
+        let turns = gpu_turns.as_ref();
         let (first, rest) = std::thread::scope(|scope| {
             let handles: Vec<_> = others
                 .iter_mut()
@@ -755,7 +761,7 @@ impl EpochStep<'_> {
                 .map(|(replica, collective)| {
                     let fresh = fresh.clone();
                     scope.spawn(move || {
-                        let r = self.train(replica, collective.as_ref(), fresh, &mut Silent);
+                        let r = self.train(replica, collective.as_ref(), turns, fresh, &mut Silent);
                         // Also after a failure: the replica's buffers are
                         // freed on another thread.
                         let synchronized = replica.synchronize();
@@ -767,7 +773,7 @@ impl EpochStep<'_> {
                     })
                 })
                 .collect();
-            let first = self.train(main, collectives[0].as_ref(), resume, reporter);
+            let first = self.train(main, collectives[0].as_ref(), turns, resume, reporter);
             if let Err(e) = &first {
                 collectives[0].abort(&format!("replica 0: {e}"));
             }
@@ -797,11 +803,14 @@ impl EpochStep<'_> {
     }
 
     /// One replica's epoch from `p.batches_done` on: its share of every
-    /// batch, its sums added to `p`'s.
+    /// batch, its sums added to `p`'s. With `turns` (replicas that are
+    /// threads on one GPU), the replica holds the lock while it uses the
+    /// GPU, and finishes its work there before it lets go.
     fn train(
         &self,
         replica: &mut Replica,
         collective: &dyn Collective,
+        turns: Option<&std::sync::Mutex<()>>,
         mut p: PartialEpoch,
         reporter: &mut dyn Reporter,
     ) -> Result<(PartialEpoch, Option<i32>)> {
@@ -822,6 +831,9 @@ impl EpochStep<'_> {
                 let (start, end) = (global * rank / world, global * (rank + 1) / world);
                 (batch.images.narrow(0, start, end - start)?, batch.labels.narrow(0, start, end - start)?)
             };
+            // The turn covers what runs through the cuBLAS and cuDNN handles
+            // (forward, loss, backward); the sums and the step after it do not.
+            let mut turn = turns.map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
             let logits = model.forward_t(&images, true)?;
             let teacher_logits = match self.teacher {
                 Some(t) => Some(t.forward_t(&images, false)?.detach()),
@@ -846,6 +858,11 @@ impl EpochStep<'_> {
                 // its share, summed; the stop flag rides along, so that all
                 // replicas stop after the same step.
                 let mut grads = tfkd_core::optim::backward(&terms.total)?;
+                if let Some(done) = turn.take() {
+                    // The others take their turns while this one waits for them.
+                    logits.device().synchronize()?;
+                    drop(done);
+                }
                 let flag = f32::from(u8::from(stop_requested().is_some()));
                 let weight = n as f64 / global as f64;
                 let sums = all_reduce_gradients(&mut grads, &replica.params, weight, &[flag], collective)?;
