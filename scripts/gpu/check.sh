@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One device session (docs/PERFORMANCE.md, "On CUDA"): the CUDA ops against
 # the CPU, tfkd vs PyTorch training steps on CUDA (the ratio table), real
-# training on cifar10-mini, then the alternative paths (no cuDNN, depthwise
-# on cuDNN), most important first: about 9 minutes on one GPU, so run it
-# with the device tool's timeout_s near 590. Everything lands in $OUT (the device tool's output
-# folder; set it yourself elsewhere).
+# training on cifar10-mini, the NCCL tests and the data-parallel replicas,
+# then the alternative paths (no cuDNN, depthwise on cuDNN), most important
+# first: an estimated 9 to 10 minutes on one GPU, so run it with the device
+# tool's timeout_s near 590 (a cut-off loses only the last alternatives;
+# what the steps wrote still comes back). Everything lands in $OUT (the
+# device tool's output folder; set it yourself elsewhere).
 #
 # Prepare `.gpu/` on the build machine with `scripts/gpu/prepare.sh` (tfkd and
 # the cuda_ops and zoo parity test binaries built with `--features cuda`, run-cuda.sh, the
