@@ -15,8 +15,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cd "${GPU_DIR:-.gpu}"
 gpu=$(pwd)
-. "$here/unpack.sh"
+. "$here/lib.sh"
 unpack tfkd
+find_cudnn
 epochs=${EPOCHS:-15}
 milestones=${MILESTONES:-5,9,12}
 precision=${PRECISION:-tf32}

@@ -31,29 +31,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 cd "${GPU_DIR:-.gpu}"
 cp "$here"/c10mini-*.toml .
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
-. "$here/unpack.sh"
+. "$here/lib.sh"
 for b in tfkd cuda_ops parity nccl tfkd-nccl; do unpack $b; done
-# tfkd opens cuDNN at run time: take the one PyTorch's wheels installed unless
-# TFKD_CUDNN_LIB already names a file.
-if [ -z "${TFKD_CUDNN_LIB:-}" ]; then
-  TFKD_CUDNN_LIB=$(python3 - <<'PY'
-import glob, os, site
-dirs = site.getsitepackages() + [site.getusersitepackages()]
-try:
-    import torch
-    dirs.append(os.path.dirname(torch.__file__))
-except Exception:
-    pass
-for d in dirs:
-    for pattern in ("nvidia/cudnn/lib/libcudnn.so.9", "lib/libcudnn.so.9"):
-        hits = glob.glob(os.path.join(d, pattern))
-        if hits:
-            print(hits[0])
-            raise SystemExit
-PY
-)
-  export TFKD_CUDNN_LIB
-fi
+find_cudnn
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch;print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
   echo "cuDNN for tfkd: ${TFKD_CUDNN_LIB:-none found}"

@@ -1,4 +1,5 @@
-# Sourced by scripts/gpu/check.sh and accuracy.sh, on the GPU machine:
+# Sourced by scripts/gpu/check.sh and accuracy.sh, on the GPU machine.
+#
 # `unpack NAME` turns prepare.sh's NAME.xz into the executable NAME (with
 # xz, else Python's lzma; an older NAME.gz with gunzip), replacing a NAME
 # unpacked before. Without either archive it leaves NAME as it is; a
@@ -21,4 +22,28 @@ unpack() {
     gunzip -f "$1.gz" || echo "unpack: could not unpack $1.gz" >&2
   fi
   if [ -f "$1" ]; then chmod +x "$1"; fi
+}
+
+# `find_cudnn`: tfkd opens cuDNN at run time; this exports TFKD_CUDNN_LIB
+# as the libcudnn.so.9 that PyTorch's wheels installed, unless it already
+# names a file (nothing found: tfkd then searches the library path itself).
+find_cudnn() {
+  if [ -n "${TFKD_CUDNN_LIB:-}" ]; then return; fi
+  TFKD_CUDNN_LIB=$(python3 - <<'PY'
+import glob, os, site
+dirs = site.getsitepackages() + [site.getusersitepackages()]
+try:
+    import torch
+    dirs.append(os.path.dirname(torch.__file__))
+except Exception:
+    pass
+for d in dirs:
+    for pattern in ("nvidia/cudnn/lib/libcudnn.so.9", "lib/libcudnn.so.9"):
+        hits = glob.glob(os.path.join(d, pattern))
+        if hits:
+            print(hits[0])
+            raise SystemExit
+PY
+)
+  export TFKD_CUDNN_LIB
 }
