@@ -18,7 +18,10 @@ What it reproduces (docs/PAPER.md §2, §3.1, §5):
     RandomCrop(32, 4) -> RandomHorizontalFlip -> RandomRotation(15) ->
     ToTensor -> Normalize(CIFAR-100 statistics) on CIFAR; RandomRotation(20) ->
     RandomHorizontalFlip -> ToTensor -> Normalize(Tiny) on Tiny-ImageNet;
-    shuffled loader, drop_last False;
+    shuffled loader, drop_last False; where torchvision (or Pillow) is
+    missing, as on a GPU machine with PyTorch alone and no network, the same
+    augmentations in plain torch (`TensorPipeline`: same distributions,
+    other random draws; metrics.json's `transforms` says which ran);
   * SGD momentum 0.9, weight decay 5e-4, lr = lr * batch / 128; one warm-up
     epoch, batch i (1-based) at lr * i / (N + 1e-8); then MultiStepLR x gamma
     at the given (0-based) epochs;
@@ -49,8 +52,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
-from torchvision import transforms
+
+try:  # the official pipeline: torchvision's transforms on PIL images
+    from PIL import Image
+    from torchvision import transforms
+except ImportError:  # a machine with PyTorch alone (a GPU box without a network)
+    Image = transforms = None
 
 # ---------------------------------------------------------------------------
 # width narrowing, as tfkd-zoo (crates/tfkd-zoo/src/models/mod.rs)
@@ -229,7 +236,10 @@ def read_records(path, side):
 
 class RecordDataset(torch.utils.data.Dataset):
     def __init__(self, images, labels, transform):
-        self.images = [Image.fromarray(im) for im in images]
+        if transforms is None:  # tensors for `TensorPipeline`: C, H, W in [0, 1]
+            self.images = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
+        else:
+            self.images = [Image.fromarray(im) for im in images]
         self.labels = labels
         self.transform = transform
 
@@ -240,7 +250,49 @@ class RecordDataset(torch.utils.data.Dataset):
         return self.transform(self.images[i]), int(self.labels[i])
 
 
+class TensorPipeline:
+    """The same augmentations in plain torch, where torchvision is missing:
+    RandomCrop(side, padding) with zero padding, RandomHorizontalFlip(0.5),
+    RandomRotation(degrees) about the centre with nearest sampling and zero
+    fill (torchvision's defaults), in the official order (crop, flip,
+    rotation), then Normalize. Same distributions, not the same random
+    draws as torchvision; `transforms` in metrics.json says which ran."""
+
+    def __init__(self, mean, std, crop_padding=0, rotation=0.0, flip_first=False):
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.crop_padding, self.rotation, self.flip_first = crop_padding, rotation, flip_first
+
+    def _flip(self, x):
+        return x.flip(2) if torch.rand(1).item() < 0.5 else x
+
+    def __call__(self, x):
+        if self.crop_padding:
+            p = self.crop_padding
+            h, w = x.shape[1:]
+            padded = F.pad(x, (p, p, p, p))
+            i, j = torch.randint(0, 2 * p + 1, (2,)).tolist()
+            x = padded[:, i:i + h, j:j + w]
+        if self.flip_first:
+            x = self._flip(x)
+        if self.rotation:
+            angle = math.radians(torch.empty(1).uniform_(-self.rotation, self.rotation).item())
+            cos, sin = math.cos(angle), math.sin(angle)
+            theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]]).unsqueeze(0)
+            grid = F.affine_grid(theta, (1, *x.shape), align_corners=False)
+            x = F.grid_sample(x.unsqueeze(0), grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
+        if not self.flip_first:
+            x = self._flip(x)
+        return (x - self.mean) / self.std
+
+
 def pipelines(dataset):
+    if transforms is None:
+        if dataset == "cifar10-mini":
+            train = TensorPipeline(CIFAR100_MEAN, CIFAR100_STD, crop_padding=4, rotation=15.0, flip_first=True)
+            return train, TensorPipeline(CIFAR100_MEAN, CIFAR100_STD)
+        train = TensorPipeline(TINY_MEAN, TINY_STD, rotation=20.0)
+        return train, TensorPipeline(TINY_MEAN, TINY_STD)
     if dataset == "cifar10-mini":
         norm = transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD)
         train = transforms.Compose([
@@ -375,7 +427,8 @@ def main():
 
     os.makedirs(a.out, exist_ok=True)
     config = {k: v for k, v in vars(a).items() if k not in ("data_dir", "out")}
-    config.update(params=n_params, base_lr=base_lr, iters_per_epoch=iters, torch=torch.__version__)
+    config.update(params=n_params, base_lr=base_lr, iters_per_epoch=iters, torch=torch.__version__,
+                  transforms="torchvision" if transforms is not None else "torch (TensorPipeline)")
     config["state_shapes"] = {k: list(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     history = []
     for epoch in range(a.epochs):
