@@ -48,7 +48,16 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
+
+
+def save_file(tensors, path):
+    """safetensors' writer, imported when a fixture is written: the benchmark
+    (scripts/bench_steps_torch.py) imports this module's networks on
+    machines that may have PyTorch alone."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, path)
+
 
 # --------------------------------------------------------------------------
 # CIFAR networks (official model/*.py structures)
