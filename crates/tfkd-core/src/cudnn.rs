@@ -356,34 +356,46 @@ pub(crate) fn api() -> Option<Arc<Api>> {
 pub(crate) fn usable(device: &candle_core::Device) -> bool {
     #[cfg(feature = "cuda")]
     {
-        use std::sync::Mutex;
         let candle_core::Device::Cuda(dev) = device else { return false };
         let Some(api) = api() else { return false };
-        static READY: OnceLock<Mutex<HashMap<candle_core::cuda_backend::DeviceId, bool>>> = OnceLock::new();
-        let ready = READY.get_or_init(|| Mutex::new(HashMap::new()));
-        if let Some(&known) = ready.lock().unwrap_or_else(|e| e.into_inner()).get(&dev.id()) {
-            return known;
-        }
-        let works = match with_device(&api, dev, |_| Ok(())) {
-            Ok(()) => true,
-            Err(e) => {
-                eprintln!(
-                    "tfkd: cuDNN loaded ({}) but does not start on {:?}: {e}; its convolutions and BatchNorm run on \
-                     tfkd's slower im2col + cuBLAS and composed paths",
-                    api.from,
-                    device.location()
-                );
-                false
-            }
-        };
-        ready.lock().unwrap_or_else(|e| e.into_inner()).insert(dev.id(), works);
-        works
+        static READY: Answers<candle_core::cuda_backend::DeviceId> = OnceLock::new();
+        answered_once(&READY, dev.id(), || with_device(&api, dev, |_| Ok(())), |e| {
+            format!(
+                "cuDNN loaded ({}) but does not start on {:?}: {e}; its convolutions and BatchNorm run on \
+                 tfkd's slower im2col + cuBLAS and composed paths",
+                api.from,
+                device.location()
+            )
+        })
     }
     #[cfg(not(feature = "cuda"))]
     {
         let _ = device;
         false
     }
+}
+
+/// Yes-or-no answers about GPUs, one per key, for [`answered_once`].
+#[cfg(feature = "cuda")]
+pub(crate) type Answers<K> = OnceLock<std::sync::Mutex<HashMap<K, bool>>>;
+
+/// Whether `ask` succeeds for `key`, asked once per process: a failure is
+/// printed once (`refusal` says what it means) and the answer is no from
+/// then on. The lock is not held while `ask` runs (it may take others).
+#[cfg(feature = "cuda")]
+pub(crate) fn answered_once<K: Copy + Eq + std::hash::Hash>(
+    answers: &Answers<K>,
+    key: K,
+    ask: impl FnOnce() -> Result<()>,
+    refusal: impl FnOnce(candle_core::Error) -> String,
+) -> bool {
+    let answers = answers.get_or_init(Default::default);
+    if let Some(&known) = answers.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return known;
+    }
+    let yes = ask().map_err(|e| eprintln!("tfkd: {}", refusal(e))).is_ok();
+    answers.lock().unwrap_or_else(|e| e.into_inner()).insert(key, yes);
+    yes
 }
 
 /// One line for logs and benchmarks: the cuDNN version and file, or why

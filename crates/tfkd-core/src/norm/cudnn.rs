@@ -54,13 +54,7 @@ fn takes_dtype(x: &Tensor) -> bool {
         return true;
     }
     let candle_core::Device::Cuda(dev) = x.device() else { return false };
-    type Known = std::collections::HashMap<(candle_core::cuda_backend::DeviceId, DType), bool>;
-    static KNOWN: std::sync::OnceLock<Mutex<Known>> = std::sync::OnceLock::new();
-    let known = KNOWN.get_or_init(Default::default);
-    let key = (dev.id(), x.dtype());
-    if let Some(&k) = known.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return k;
-    }
+    static TAKES: cudnn::Answers<(candle_core::cuda_backend::DeviceId, DType)> = std::sync::OnceLock::new();
     let probe = || -> Result<()> {
         let d = x.device();
         let v = candle_core::Var::from_tensor(&Tensor::new(&[1f32, -1.0], d)?.reshape((2, 1))?.to_dtype(x.dtype())?)?;
@@ -72,19 +66,13 @@ fn takes_dtype(x: &Tensor) -> bool {
         grads.get(&v).map(|g| g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()).transpose()?;
         Ok(())
     };
-    let takes = match probe() {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!(
-                "tfkd: cuDNN's BatchNorm refuses {:?} activations on {:?} ({e}); they are normalised in f32 by tfkd's other path",
-                x.dtype(),
-                x.device().location()
-            );
-            false
-        }
-    };
-    known.lock().unwrap_or_else(|e| e.into_inner()).insert(key, takes);
-    takes
+    cudnn::answered_once(&TAKES, (dev.id(), x.dtype()), probe, |e| {
+        format!(
+            "cuDNN's BatchNorm refuses {:?} activations on {:?} ({e}); they are normalised in f32 by tfkd's other path",
+            x.dtype(),
+            x.device().location()
+        )
+    })
 }
 
 /// The BatchNorm through cuDNN where [`eligible`], with the batch
