@@ -21,12 +21,17 @@ fn nccl_is_skipped_without_the_nccl_feature() {
 }
 
 #[cfg(feature = "nccl")]
+mod common;
+
+#[cfg(feature = "nccl")]
 mod on_gpu {
     use candle_core::{DType, Device, Tensor, Var};
     use std::time::Duration;
     use tfkd_core::collective::{all_reduce_gradients, Collective, NcclGroup, Solo};
     use tfkd_core::optim::{Sgd, SgdConfig};
     use tfkd_core::rng::SeededRng;
+
+    use super::common::rel_err;
 
     const BATCH: usize = 16;
     const CLASSES: usize = 10;
@@ -180,8 +185,8 @@ mod on_gpu {
         for (rank, (weights, flags)) in replicas.iter().enumerate() {
             assert_eq!(flags, &vec![2.0; STEPS], "rank {rank}: every step's flag summed over two replicas");
             for ((name, _), (ours, theirs)) in network(&Device::Cpu).iter().zip(weights.iter().zip(&reference)) {
-                let scale = theirs.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
-                let err = ours.iter().zip(theirs).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+                let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+                let err = rel_err(&f64s(ours), &f64s(theirs));
                 assert!(err <= 1e-3, "rank {rank}, {name}: relative difference {err:e} from one process at the whole batch");
             }
         }

@@ -11,11 +11,14 @@ pub fn to_f64(t: &Tensor) -> Vec<f64> {
     t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
 }
 
-/// Largest absolute difference relative to the reference's largest magnitude.
+/// Largest absolute difference relative to the reference's largest
+/// magnitude; NaN where a difference is NaN (`f64::max` would skip it), so
+/// that `err <= tol` fails on it.
 pub fn rel_err(ours: &[f64], reference: &[f64]) -> f64 {
     assert_eq!(ours.len(), reference.len());
     let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
-    ours.iter().zip(reference).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale
+    let worst = ours.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0.0f64, |m, d| if d.is_nan() { d } else { m.max(d) });
+    worst / scale
 }
 
 /// A conv2d problem: batch, channels, spatial size, kernel, stride, padding, groups.
