@@ -22,18 +22,11 @@ trap 'rm -rf "$scratch"' EXIT
 mkdir -p "$scratch/gpu/data" "$scratch/bin" "$scratch/out"
 
 cargo build -q -p tfkd-runner
-test_binary() {
-  cargo test -q -p "$1" --test "$2" --no-run --message-format=json \
-    | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
-        print(m["executable"])' "$2"
-}
+. scripts/gpu/lib.sh
 cp "$CARGO_TARGET_DIR/debug/tfkd" "$scratch/gpu/tfkd"
-cp "$(test_binary tfkd-core cuda_ops)" "$scratch/gpu/cuda_ops"
-cp "$(test_binary tfkd-zoo parity)" "$scratch/gpu/parity"
-cp "$(test_binary tfkd-core nccl)" "$scratch/gpu/nccl"
+cp "$(test_binary tfkd-core cuda_ops -q)" "$scratch/gpu/cuda_ops"
+cp "$(test_binary tfkd-zoo parity -q)" "$scratch/gpu/parity"
+cp "$(test_binary tfkd-core nccl -q)" "$scratch/gpu/nccl"
 xz -1 -T0 "$scratch/gpu/tfkd" "$scratch/gpu/cuda_ops" "$scratch/gpu/parity" "$scratch/gpu/nccl"
 shared=${SHARED_DIR:-$root/../shared}
 if [ -f "$shared/gpu/run-cuda.sh" ]; then

@@ -1,4 +1,20 @@
-# Sourced by scripts/gpu/check.sh and accuracy.sh, on the GPU machine.
+# Shared by the scripts in scripts/gpu, which source it:
+#
+# On the build machine (prepare.sh, dry_run.sh):
+# `test_binary PACKAGE TEST [cargo test arguments...]` builds the test
+# binary TEST of PACKAGE (`--no-run`) and prints its path.
+test_binary() {
+  local package=$1 test=$2
+  shift 2
+  cargo test -p "$package" --test "$test" --no-run --message-format=json "$@" \
+    | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$test"
+}
+
+# On the GPU machine (check.sh, accuracy.sh):
 #
 # `unpack NAME` turns prepare.sh's NAME.xz into the executable NAME (with
 # xz, else Python's lzma; an older NAME.gz with gunzip), replacing a NAME

@@ -28,19 +28,10 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tfkd-target}
 # same whichever binaries are built.
 eval "$("$shared"/gpu/build-cuda.sh --with-nccl --print-env)"
 cargo build --release -p tfkd-runner --features cuda
-# The test binary named $2 of package $1, built with the features $3
-# (default: cuda); its path.
-test_binary() {
-  cargo test --release -p "$1" --features "${3:-cuda}" --test "$2" --no-run --message-format=json \
-    | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
-        print(m["executable"])' "$2"
-}
-cuda_ops=$(test_binary tfkd-core cuda_ops)
-parity=$(test_binary tfkd-zoo parity)
-nccl=$(test_binary tfkd-core nccl nccl)
+. scripts/gpu/lib.sh
+cuda_ops=$(test_binary tfkd-core cuda_ops --release --features cuda)
+parity=$(test_binary tfkd-zoo parity --release --features cuda)
+nccl=$(test_binary tfkd-core nccl --release --features nccl)
 [ -n "$cuda_ops" ] && [ -n "$parity" ] && [ -n "$nccl" ] || { echo "prepare.sh: a test binary was not built" >&2; exit 1; }
 mkdir -p .gpu/data
 pack() { strip -o .gpu/"$2" "$1" && rm -f .gpu/"$2".gz && xz -9 -T0 -f .gpu/"$2"; }
