@@ -102,7 +102,7 @@ fi
 # against one replica at the same global batch: AlexNet has no BatchNorm,
 # so the two runs' losses and accuracies must agree up to float rounding
 # (cuDNN's deterministic algorithms; a race between the threads' streams
-# would show as a gap). On the CPU these settings gave train losses of
+# would show as a gap). On the CPU (Intel Xeon, 2 cores, 2026-12-08) these settings gave train losses of
 # 2.178128 and 2.178126 after 2 epochs, and 19.30 % and 19.25 % top-1.
 echo "== two replicas as threads on one GPU vs one replica (AlexNet)"; date
 dp="--set model.name=\"alexnet\" --set epochs=2 --set optim.lr=0.05 --set schedule.warmup_epochs=0"
